@@ -1,0 +1,75 @@
+/**
+ * The one seam between the environment relay and the way a target is reached.
+ * DirectTransport runs the envelope executor in-process; AgentTransport sends
+ * the same envelopes to an agent over the hub. Callers cannot tell them apart.
+ *
+ * Failures reject with an AppError whose code is one of DESIGN.md §6
+ * (ENVIRONMENT_UNREACHABLE, ENVIRONMENT_TIMEOUT, CERTIFICATE_CHANGED,
+ * CERTIFICATE_EXPIRED, CERTIFICATE_HOSTNAME_MISMATCH, AGENT_OFFLINE, …).
+ * Certificate failures carry the certificate actually observed in
+ * `details.observedCertificate` (a CertificateInfo) so the caller can record it.
+ */
+import type { CertificateInfo } from '../tls/certificates.js';
+
+/** What a pinned request must meet, checked inside the TLS handshake. */
+export interface TrustMetadata {
+  /** SHA-256 of the pinned leaf certificate, `AB:CD:…`. */
+  fingerprintSha256: string;
+  /** The hostname the certificate must be valid for (the URL's host). */
+  expectedHostname: string;
+  /** DER of the pinned leaf certificate, when known. */
+  certificateDer?: Uint8Array;
+}
+
+export interface DiscoverOptions {
+  /** The target origin, `https://host:port`. */
+  url: string;
+  /** Bounds the TCP connect and the TLS handshake. */
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
+
+export interface DiscoverResult {
+  /** The leaf certificate, described. */
+  certificate: CertificateInfo;
+  /** The full peer chain as DER, leaf first. */
+  chain: Uint8Array[];
+  /** The leaf is outside its validity period now. */
+  expired: boolean;
+  /** The leaf's SANs cover the URL's hostname. */
+  hostnameMatches: boolean;
+}
+
+/** Header list as name/value pairs; names lower-case, repeats allowed. */
+export type HeaderList = Array<[name: string, value: string]>;
+
+export interface RelayRequest {
+  /** Absolute `https://` URL: origin + path + query. */
+  url: string;
+  method: string;
+  headers: HeaderList;
+  /** Request body (management API bodies are at most 1 MiB). */
+  body?: Uint8Array;
+  /** Bounds connect, handshake and the wait for the response head. */
+  timeoutMs: number;
+  trust: TrustMetadata;
+  /** Aborting cancels the request end to end (the upstream socket is closed). */
+  signal?: AbortSignal;
+}
+
+export interface RelayResponse {
+  status: number;
+  headers: HeaderList;
+  /** The response body, chunk by chunk as it arrives; flow-controlled. */
+  body: AsyncIterable<Uint8Array>;
+  /** Stops the body: the upstream request is aborted at once. Idempotent. */
+  cancel(): void;
+}
+
+/** How the control plane reaches a target's management API. */
+export interface Transport {
+  /** TLS handshake only: collects the peer certificate, sends no application byte. */
+  discover(options: DiscoverOptions): Promise<DiscoverResult>;
+  /** A pinned HTTPS request; resolves at the response head. */
+  request(request: RelayRequest): Promise<RelayResponse>;
+}
