@@ -54,7 +54,11 @@ export class AppError extends Error {
   readonly code: ErrorCode;
   readonly details: Record<string, unknown> | undefined;
 
-  constructor(code: ErrorCode, message: string, options: { cause?: unknown; details?: Record<string, unknown> } = {}) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { cause?: unknown; details?: Record<string, unknown> } = {},
+  ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.details = options.details;
@@ -100,7 +104,9 @@ export function toAppError(err: unknown, fallback: ErrorCode = 'INTERNAL'): AppE
       return new AppError(code, message, { cause: err });
     }
   }
-  return new AppError(fallback, fallback === 'INTERNAL' ? 'internal error' : String(fallback), { cause: err });
+  return new AppError(fallback, fallback === 'INTERNAL' ? 'internal error' : String(fallback), {
+    cause: err,
+  });
 }
 
 function describeSocketError(code: ErrorCode): string {

@@ -3,11 +3,14 @@
  * certificate), the relay (describing and checking peer certificates) and the
  * tests (certificates made on the spot: impostors, expired, wrong host).
  */
-import { X509Certificate, webcrypto } from 'node:crypto';
+import { webcrypto, X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import * as x509 from '@peculiar/x509';
 
-x509.cryptoProvider.set(webcrypto as unknown as Crypto);
+x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+
+type CryptoKey = webcrypto.CryptoKey;
+type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
 /** The public description of a certificate (DESIGN.md §3). */
 export interface CertificateInfo {
@@ -69,7 +72,8 @@ export async function createCertificate(options: CreateCertificateOptions): Prom
       ),
     );
   }
-  if (options.isCa !== true) extensions.push(new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]));
+  if (options.isCa !== true)
+    extensions.push(new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]));
   const serialNumber = Buffer.from(webcrypto.getRandomValues(new Uint8Array(16)))
     .toString('hex')
     .replace(/^[89a-f]/, '1');
@@ -137,7 +141,10 @@ export function normalizeFingerprint(input: unknown): string | null {
 
 /** Describes a DER or PEM certificate in the public shape of DESIGN.md §3. */
 export function describeCertificate(input: Uint8Array | string | X509Certificate): CertificateInfo {
-  const cert = input instanceof X509Certificate ? input : new X509Certificate(typeof input === 'string' ? input : Buffer.from(input));
+  const cert =
+    input instanceof X509Certificate
+      ? input
+      : new X509Certificate(typeof input === 'string' ? input : Buffer.from(input));
   return {
     fingerprintSha256: cert.fingerprint256,
     subject: cert.subject.replace(/\n/g, ', '),
@@ -155,7 +162,10 @@ function parseAltNames(value: string | undefined): string[] {
 }
 
 /** True when the certificate is valid at `now` (notBefore ≤ now ≤ notAfter). */
-export function isCurrentlyValid(info: Pick<CertificateInfo, 'validFrom' | 'validTo'>, now = Date.now()): boolean {
+export function isCurrentlyValid(
+  info: Pick<CertificateInfo, 'validFrom' | 'validTo'>,
+  now = Date.now(),
+): boolean {
   return Date.parse(info.validFrom) <= now && now <= Date.parse(info.validTo);
 }
 

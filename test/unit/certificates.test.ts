@@ -12,7 +12,11 @@ describe('certificates', () => {
     const cert = await createCertificate({ altNames: ['localhost', '127.0.0.1', '::1'] });
     const info = describeCertificate(cert.der);
     expect(info.fingerprintSha256).toBe(cert.fingerprintSha256);
-    expect(info.subjectAltNames).toEqual(['DNS:localhost', 'IP Address:127.0.0.1', 'IP Address:0:0:0:0:0:0:0:1']);
+    expect(info.subjectAltNames).toEqual([
+      'DNS:localhost',
+      'IP Address:127.0.0.1',
+      'IP Address:0:0:0:0:0:0:0:1',
+    ]);
     expect(matchesHostname(cert.der, '127.0.0.1')).toBe(true);
     expect(matchesHostname(cert.der, '[::1]')).toBe(true);
     expect(matchesHostname(cert.der, 'example.com')).toBe(false);
@@ -20,10 +24,13 @@ describe('certificates', () => {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const port = (server.address() as { port: number }).port;
     const authorized = await new Promise<boolean>((resolve, reject) => {
-      const socket = tls.connect({ port, host: '127.0.0.1', ca: [cert.cert], servername: 'localhost' }, () => {
-        resolve(socket.authorized);
-        socket.destroy();
-      });
+      const socket = tls.connect(
+        { port, host: '127.0.0.1', ca: [cert.cert], servername: 'localhost' },
+        () => {
+          resolve(socket.authorized);
+          socket.destroy();
+        },
+      );
       socket.on('error', reject);
     });
     server.close();

@@ -1,0 +1,114 @@
+/**
+ * buildApp(deps, options) → a FastifyInstance with every route, never
+ * listening: tests inject or listen on port 0; the server listens.
+ *
+ * Routes come in two scopes (DESIGN.md §3, §4):
+ * - local: setup, auth, the environment registry, the hub, the console —
+ *   always served by this instance;
+ * - operational: authenticated, and served locally or relayed to the
+ *   environment the caller selects (`X-P2PStream-Environment` or
+ *   `?environment=`).
+ */
+import Fastify, {
+  type FastifyInstance,
+  type FastifyPluginAsync,
+  type FastifyRequest,
+  LogController,
+} from 'fastify';
+import { DEFAULT_BODY_LIMIT_BYTES } from './config.js';
+import type { AuthService } from './domain/auth-service.js';
+import type { SystemService } from './domain/system-service.js';
+import type { TokenService } from './domain/token-service.js';
+import { AppError } from './errors.js';
+import { requireAuth } from './http/auth.js';
+import { registerErrorHandling } from './http/errors.js';
+import { registerAuthRoutes } from './http/routes/setup.js';
+import { registerSystemRoutes } from './http/routes/system.js';
+import { registerTokenRoutes } from './http/routes/tokens.js';
+import type { Logger } from './logger.js';
+
+export const ENVIRONMENT_HEADER = 'x-p2pstream-environment';
+export const LOCAL_ENVIRONMENT_ID = 'local';
+
+/** Relays an operational request to a remote environment (DESIGN.md §4). */
+export interface EnvironmentRelay {
+  /**
+   * Called after local authentication for a request whose selected environment
+   * is not `local`. Sends the response itself (it hijacks the reply), or throws
+   * an AppError (ENVIRONMENT_NOT_FOUND, ENVIRONMENT_DISABLED, …) before anything
+   * has been sent.
+   */
+  relay(request: FastifyRequest, reply: import('fastify').FastifyReply, environmentId: string): Promise<void>;
+}
+
+export interface AppDeps {
+  logger: Logger;
+  auth: AuthService;
+  tokens: TokenService;
+  system: SystemService;
+  environmentRelay?: EnvironmentRelay;
+  /** Plugins registered at the root: local routes (environments, hub, console). */
+  localPlugins?: FastifyPluginAsync[];
+  /** Plugins whose routes are operational (authenticated, environment-scoped). */
+  operationalPlugins?: FastifyPluginAsync[];
+}
+
+export interface AppOptions {
+  https?: { key: string | Buffer; cert: string | Buffer };
+  bodyLimitBytes?: number;
+}
+
+/** The environment a request selects: header first, then query; `local` when absent. */
+export function selectedEnvironment(request: FastifyRequest): string {
+  const header = request.headers[ENVIRONMENT_HEADER];
+  const fromHeader = Array.isArray(header) ? header[0] : header;
+  if (fromHeader !== undefined && fromHeader.trim() !== '') return fromHeader.trim();
+  const query = request.query as Record<string, unknown> | undefined;
+  const fromQuery = query?.environment;
+  if (typeof fromQuery === 'string' && fromQuery.trim() !== '') return fromQuery.trim();
+  return LOCAL_ENVIRONMENT_ID;
+}
+
+export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: deps.logger,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES,
+    ...(options.https ? { https: options.https } : {}),
+    forceCloseConnections: 'idle',
+    return503OnClosing: true,
+  }) as unknown as FastifyInstance;
+
+  app.decorateRequest('principal', null);
+  registerErrorHandling(app);
+  app.addHook('onResponse', async (request, reply) => {
+    request.log.info(
+      {
+        method: request.method,
+        route: request.routeOptions.url ?? 'unmatched',
+        status: reply.statusCode,
+        ms: Math.round(reply.elapsedTime),
+      },
+      'request',
+    );
+  });
+
+  registerAuthRoutes(app, deps);
+  for (const plugin of deps.localPlugins ?? []) await app.register(plugin);
+
+  await app.register(async (scope) => {
+    scope.addHook('onRequest', requireAuth(deps.auth, deps.tokens));
+    scope.addHook('onRequest', async (request, reply) => {
+      const environmentId = selectedEnvironment(request);
+      if (environmentId === LOCAL_ENVIRONMENT_ID) return;
+      if (!deps.environmentRelay) throw new AppError('ENVIRONMENT_NOT_FOUND', 'no such environment');
+      await deps.environmentRelay.relay(request, reply, environmentId);
+      return reply;
+    });
+    registerTokenRoutes(scope, deps);
+    registerSystemRoutes(scope, deps);
+    for (const plugin of deps.operationalPlugins ?? []) await scope.register(plugin);
+  });
+
+  return app;
+}

@@ -1,0 +1,73 @@
+/**
+ * Loaded settings. `loadConfig(env)` is the only reader of environment
+ * variables for the server (DESIGN.md §2); everything else receives a Config.
+ */
+import path from 'node:path';
+import { AppError } from './errors.js';
+
+export const DEFAULT_DATA_DIR = './data';
+export const DEFAULT_MANAGEMENT_ADDR = '0.0.0.0';
+export const DEFAULT_MANAGEMENT_PORT = 8081;
+export const DEFAULT_LOG_LEVEL = 'info';
+/** Largest accepted request body (413 PAYLOAD_TOO_LARGE above). */
+export const DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024;
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface ServerConfig {
+  dataDir: string;
+  managementAddr: string;
+  managementPort: number;
+  tlsCertFile: string | null;
+  tlsKeyFile: string | null;
+  setupToken: string | null;
+  logLevel: LogLevel;
+  bodyLimitBytes: number;
+}
+
+/** Reads the server settings; throws AppError VALIDATION_FAILED naming the bad variable. */
+export function loadConfig(env: NodeJS.ProcessEnv): Readonly<ServerConfig> {
+  const port = parsePort(env.MANAGEMENT_PORT, 'MANAGEMENT_PORT', DEFAULT_MANAGEMENT_PORT);
+  const certFile = nonEmpty(env.MANAGEMENT_TLS_CERT_FILE);
+  const keyFile = nonEmpty(env.MANAGEMENT_TLS_KEY_FILE);
+  if ((certFile === null) !== (keyFile === null)) {
+    throw new AppError(
+      'VALIDATION_FAILED',
+      'MANAGEMENT_TLS_CERT_FILE and MANAGEMENT_TLS_KEY_FILE must be set together',
+    );
+  }
+  const logLevel = (nonEmpty(env.LOG_LEVEL) ?? DEFAULT_LOG_LEVEL) as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) {
+    throw new AppError('VALIDATION_FAILED', `LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}`);
+  }
+  const setupToken = nonEmpty(env.P2PSTREAM_SETUP_TOKEN);
+  if (setupToken !== null && setupToken.length < 8) {
+    throw new AppError('VALIDATION_FAILED', 'P2PSTREAM_SETUP_TOKEN must be at least 8 characters');
+  }
+  return Object.freeze({
+    dataDir: path.resolve(nonEmpty(env.P2PSTREAM_DATA_DIR) ?? DEFAULT_DATA_DIR),
+    managementAddr: nonEmpty(env.MANAGEMENT_ADDR) ?? DEFAULT_MANAGEMENT_ADDR,
+    managementPort: port,
+    tlsCertFile: certFile,
+    tlsKeyFile: keyFile,
+    setupToken,
+    logLevel,
+    bodyLimitBytes: DEFAULT_BODY_LIMIT_BYTES,
+  });
+}
+
+function nonEmpty(value: string | undefined): string | null {
+  return value === undefined || value.trim() === '' ? null : value.trim();
+}
+
+/** Parses a TCP port (0 = any free port). */
+export function parsePort(value: string | undefined, name: string, fallback: number): number {
+  const text = nonEmpty(value);
+  if (text === null) return fallback;
+  const port = Number(text);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new AppError('VALIDATION_FAILED', `${name} must be a port number between 0 and 65535`);
+  }
+  return port;
+}

@@ -1,0 +1,78 @@
+/**
+ * The composition root of `p2pstream server`: opens the data dir, the store
+ * and the secrets box, builds the services and the app, and listens.
+ */
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import type { FastifyInstance } from 'fastify';
+import { buildApp } from './app.js';
+import type { ServerConfig } from './config.js';
+import { AuthService } from './domain/auth-service.js';
+import { createSystemService } from './domain/system-service.js';
+import { TokenService } from './domain/token-service.js';
+import type { Logger } from './logger.js';
+import { LowdbStore } from './storage/lowdb-store.js';
+import { loadSecretsBox } from './storage/secrets-box.js';
+import { loadManagementCertificate } from './tls/management-certificate.js';
+
+export interface RunningServer {
+  /** `https://HOST:PORT` of the management listener. */
+  url: string;
+  port: number;
+  app: FastifyInstance;
+  store: LowdbStore;
+  /** The management certificate (PEM), for clients that pin it. */
+  certificate: string;
+  /** Stops accepting, finishes in-flight requests, flushes the store. */
+  close(): Promise<void>;
+}
+
+/** Starts the management listener; logs `management listening on https://HOST:PORT`. */
+export async function startServer(config: Readonly<ServerConfig>, logger: Logger): Promise<RunningServer> {
+  await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  const store = await LowdbStore.open(config.dataDir);
+  const secrets = await loadSecretsBox(config.dataDir);
+  const tls = await loadManagementCertificate({
+    dataDir: config.dataDir,
+    certFile: config.tlsCertFile,
+    keyFile: config.tlsKeyFile,
+  });
+  const setupToken = config.setupToken ?? randomBytes(12).toString('base64url');
+  const auth = new AuthService({ store, setupToken });
+  const tokens = new TokenService({ store });
+  const system = createSystemService({ store });
+  void secrets;
+
+  const app = await buildApp(
+    { logger, auth, tokens, system },
+    { https: { key: tls.key, cert: tls.cert }, bodyLimitBytes: config.bodyLimitBytes },
+  );
+  await app.listen({ host: config.managementAddr, port: config.managementPort });
+  const address = app.server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  const url = `https://${host}:${address.port}`;
+  logger.info({ url, certificate: tls.certFile }, `management listening on ${url}`);
+  if (auth.setupRequired) {
+    // The setup code is meant to be read from the log by the operator, once.
+    logger.warn(
+      `setup pending: open ${url}/ and enter the setup code ${config.setupToken ? '(from P2PSTREAM_SETUP_TOKEN)' : setupToken}`,
+    );
+  }
+
+  let closing: Promise<void> | null = null;
+  return {
+    url,
+    port: address.port,
+    app,
+    store,
+    certificate: tls.cert,
+    close() {
+      closing ??= (async () => {
+        await app.close();
+        await store.close();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,97 @@
+/**
+ * The Store on a lowdb JSON file (`p2pstream.json` in the data dir). Writes are
+ * atomic (temporary file + rename, by lowdb's steno writer) and coalesced; a
+ * database that cannot be read or parsed stops start-up and is never
+ * overwritten.
+ */
+import { randomUUID } from 'node:crypto';
+import path from 'node:path';
+import { Low } from 'lowdb';
+import { JSONFile } from 'lowdb/node';
+import { type Database, emptyDatabase, migrate } from './schema.js';
+import type { Store } from './store.js';
+
+export const DATABASE_FILE_NAME = 'p2pstream.json';
+
+/** Thrown when the database file exists but cannot be used; start-up must stop. */
+export class DatabaseUnreadableError extends Error {
+  override readonly name = 'DatabaseUnreadableError';
+  constructor(
+    readonly file: string,
+    reason: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`cannot open the database ${file}: ${reason}; it was left untouched`, options);
+  }
+}
+
+export class LowdbStore implements Store {
+  readonly file: string;
+  readonly #low: Low<Database>;
+  #closed = false;
+  #pending: Promise<void> = Promise.resolve();
+
+  private constructor(file: string, low: Low<Database>) {
+    this.file = file;
+    this.#low = low;
+  }
+
+  /** Opens (or creates) the database in `dataDir`; runs migrations. */
+  static async open(dataDir: string): Promise<LowdbStore> {
+    const file = path.join(dataDir, DATABASE_FILE_NAME);
+    const adapter = new JSONFile<Database>(file);
+    let doc: unknown;
+    try {
+      doc = await adapter.read();
+    } catch (err) {
+      const reason =
+        err instanceof SyntaxError ? `it is not valid JSON (${err.message})` : String((err as Error).message);
+      throw new DatabaseUnreadableError(file, reason, { cause: err });
+    }
+    const fresh = doc === null;
+    let db: Database;
+    let migrated = false;
+    if (fresh) {
+      db = emptyDatabase(randomUUID());
+    } else {
+      try {
+        ({ db, migrated } = migrate(doc, randomUUID));
+      } catch (err) {
+        throw new DatabaseUnreadableError(file, (err as Error).message, { cause: err });
+      }
+    }
+    const low = new Low<Database>(adapter, db);
+    low.data = db;
+    const store = new LowdbStore(file, low);
+    if (fresh || migrated) await store.#persist();
+    return store;
+  }
+
+  read(): Readonly<Database> {
+    return this.#low.data;
+  }
+
+  async update<T>(mutate: (db: Database) => T): Promise<T> {
+    if (this.#closed) throw new Error('the store is closed');
+    const result = mutate(this.#low.data);
+    await this.#persist();
+    return result;
+  }
+
+  #persist(): Promise<void> {
+    // steno keeps only the newest pending document, so a burst of updates
+    // costs at most two file writes; every caller resolves once its change is on disk.
+    const write = this.#low.write();
+    this.#pending = write.catch(() => {});
+    return write;
+  }
+
+  async flush(): Promise<void> {
+    await this.#pending;
+  }
+
+  async close(): Promise<void> {
+    await this.flush();
+    this.#closed = true;
+  }
+}

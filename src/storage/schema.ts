@@ -1,0 +1,198 @@
+/**
+ * The persisted shape of an instance's data (one JSON document), its schema
+ * version and the migrations that bring older documents up to date.
+ */
+
+export const SCHEMA_VERSION = 1;
+
+export interface UserRecord {
+  id: string;
+  username: string;
+  /** `scrypt$N$r$p$saltB64$hashB64` */
+  passwordHash: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface SessionRecord {
+  id: string;
+  userId: string;
+  /** SHA-256 (hex) of the cookie value; the value itself is never stored. */
+  tokenHash: string;
+  createdAt: string;
+  expiresAt: string;
+}
+
+export interface ApiTokenRecord {
+  id: string;
+  name: string;
+  /** SHA-256 (hex) of the full `p2pat_…` token. */
+  tokenHash: string;
+  enabled: boolean;
+  expiresAt: string | null;
+  lastUsedAt: string | null;
+  createdAt: string;
+}
+
+export interface AgentConnectionRecord {
+  id: string;
+  startedAt: string;
+  endedAt: string | null;
+  remoteAddress: string | null;
+  version: string | null;
+  /** Why the session ended (`closed`, `replaced`, `disabled`, `rotated`, `deleted`, `restart`, …). */
+  endReason: string | null;
+}
+
+export interface AgentRecord {
+  id: string;
+  name: string;
+  enabled: boolean;
+  labels: Record<string, string>;
+  /** SHA-256 (hex) of the `p2pag_…` token. */
+  tokenHash: string;
+  /** Bumped on rotate: a session authenticated with an older generation is refused. */
+  tokenGeneration: number;
+  lastSeenAt: string | null;
+  remoteAddress: string | null;
+  version: string | null;
+  connections: AgentConnectionRecord[];
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface StoredCertificate {
+  fingerprintSha256: string;
+  subject: string;
+  issuer: string;
+  subjectAltNames: string[];
+  validFrom: string;
+  validTo: string;
+  serialNumber: string;
+  /** Base64 DER of the leaf. */
+  der: string;
+}
+
+export interface EnvironmentRecord {
+  id: string;
+  name: string;
+  url: string;
+  transport: 'direct' | 'agent';
+  agentId: string | null;
+  enabled: boolean;
+  timeoutMs: number;
+  /** The access token sealed by the secrets box (bound to the environment id). */
+  accessTokenSealed: string;
+  certificate: StoredCertificate | null;
+  discoveredCertificate: StoredCertificate | null;
+  lastTest: {
+    ok: boolean;
+    at: string;
+    latencyMs: number | null;
+    error: { code: string; message: string } | null;
+  } | null;
+  lastError: { code: string; message: string; at: string } | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export type RouteTarget =
+  | { type: 'upstream'; url: string }
+  | { type: 'redirect'; location: string; status: number }
+  | { type: 'static'; status: number; contentType: string; body: string };
+
+export interface ListenerRecord {
+  id: string;
+  name: string;
+  bindAddress: string;
+  port: number;
+  enabled: boolean;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface RouteRecord {
+  id: string;
+  listenerId: string;
+  host: string | null;
+  pathPrefix: string;
+  priority: number;
+  target: RouteTarget;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface TrafficSettingsRecord {
+  enabled: boolean;
+  level: 'basic' | 'detailed' | 'headers';
+}
+
+export interface Database {
+  schemaVersion: number;
+  instance: { id: string; createdAt: string };
+  users: UserRecord[];
+  sessions: SessionRecord[];
+  apiTokens: ApiTokenRecord[];
+  agents: AgentRecord[];
+  environments: EnvironmentRecord[];
+  proxy: { listeners: ListenerRecord[]; routes: RouteRecord[] };
+  traffic: TrafficSettingsRecord;
+}
+
+/** A fresh database for a new instance. */
+export function emptyDatabase(instanceId: string, now = new Date()): Database {
+  return {
+    schemaVersion: SCHEMA_VERSION,
+    instance: { id: instanceId, createdAt: now.toISOString() },
+    users: [],
+    sessions: [],
+    apiTokens: [],
+    agents: [],
+    environments: [],
+    proxy: { listeners: [], routes: [] },
+    traffic: { enabled: true, level: 'basic' },
+  };
+}
+
+/**
+ * Migrations keyed by the version they upgrade *from*. Version 0 is the
+ * unversioned document of early builds: every collection may be missing.
+ */
+const MIGRATIONS: Record<number, (doc: Record<string, unknown>) => void> = {
+  0: (doc) => {
+    const fresh = emptyDatabase(String((doc.instance as { id?: string } | undefined)?.id ?? ''));
+    for (const [key, value] of Object.entries(fresh)) {
+      if (doc[key] === undefined) doc[key] = value;
+    }
+    doc.schemaVersion = 1;
+  },
+};
+
+/**
+ * Brings a parsed document up to SCHEMA_VERSION in place. Throws when the
+ * document is not an object or comes from a newer p2pstream.
+ */
+export function migrate(doc: unknown, newInstanceId: () => string): { db: Database; migrated: boolean } {
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) {
+    throw new Error('the database is not a JSON object');
+  }
+  const record = doc as Record<string, unknown>;
+  let version = typeof record.schemaVersion === 'number' ? record.schemaVersion : 0;
+  if (version > SCHEMA_VERSION) {
+    throw new Error(
+      `the database has schema version ${version}, newer than this p2pstream (${SCHEMA_VERSION})`,
+    );
+  }
+  const migrated = version < SCHEMA_VERSION;
+  while (version < SCHEMA_VERSION) {
+    const step = MIGRATIONS[version];
+    if (!step) throw new Error(`no migration from schema version ${version}`);
+    step(record);
+    version = record.schemaVersion as number;
+  }
+  const instance = record.instance as { id?: string } | undefined;
+  if (!instance || typeof instance.id !== 'string' || instance.id === '') {
+    record.instance = { id: newInstanceId(), createdAt: new Date().toISOString() };
+  }
+  return { db: record as unknown as Database, migrated };
+}

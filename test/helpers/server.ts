@@ -1,0 +1,130 @@
+/**
+ * Starts a real p2pstream server on 127.0.0.1 (port 0) with its own temp data
+ * dir, and an HTTPS client that trusts exactly its generated certificate.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { Agent, fetch } from 'undici';
+import { loadConfig } from '../../src/config.js';
+import { createLogger } from '../../src/logger.js';
+import { type RunningServer, startServer } from '../../src/server.js';
+
+export const TEST_SETUP_TOKEN = 'test-setup-code-123';
+export const TEST_USERNAME = 'admin';
+export const TEST_PASSWORD = 'correct horse battery';
+
+export interface TestServerOptions {
+  dataDir?: string;
+  env?: Record<string, string>;
+  /** Keep the data dir on close (to restart on it). */
+  keepDataDir?: boolean;
+}
+
+export interface TestResponse {
+  status: number;
+  headers: Headers;
+  text: string;
+  // biome-ignore lint/suspicious/noExplicitAny: test responses are inspected freely
+  json: any;
+}
+
+export interface RequestOptions {
+  body?: unknown;
+  rawBody?: string | Buffer;
+  headers?: Record<string, string>;
+  cookie?: string;
+  token?: string;
+}
+
+export interface TestServer {
+  server: RunningServer;
+  url: string;
+  dataDir: string;
+  /** Everything the server logged (JSON lines). */
+  logs: string[];
+  dispatcher: Agent;
+  request(method: string, pathname: string, options?: RequestOptions): Promise<TestResponse>;
+  /** Runs setup and returns the session cookie (`p2pstream_session=…`). */
+  setupAdmin(): Promise<string>;
+  /** Creates an API token as the admin and returns its raw value. */
+  createToken(cookie: string, name?: string): Promise<string>;
+  close(): Promise<void>;
+}
+
+export async function startTestServer(options: TestServerOptions = {}): Promise<TestServer> {
+  const dataDir = options.dataDir ?? (await mkdtemp(path.join(os.tmpdir(), 'p2pstream-test-')));
+  const config = loadConfig({
+    P2PSTREAM_DATA_DIR: dataDir,
+    MANAGEMENT_ADDR: '127.0.0.1',
+    MANAGEMENT_PORT: '0',
+    P2PSTREAM_SETUP_TOKEN: TEST_SETUP_TOKEN,
+    LOG_LEVEL: 'info',
+    ...options.env,
+  });
+  const logs: string[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      logs.push(...String(chunk).split('\n').filter(Boolean));
+      cb();
+    },
+  });
+  const server = await startServer(config, createLogger(config.logLevel, sink));
+  const dispatcher = new Agent({ connect: { ca: server.certificate, servername: 'localhost' } });
+
+  const request = async (method: string, pathname: string, opts: RequestOptions = {}): Promise<TestResponse> => {
+    const headers: Record<string, string> = { origin: server.url, ...opts.headers };
+    if (opts.cookie) headers.cookie = opts.cookie;
+    if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+    let body: string | Buffer | undefined;
+    if (opts.rawBody !== undefined) body = opts.rawBody;
+    else if (opts.body !== undefined) {
+      body = JSON.stringify(opts.body);
+      headers['content-type'] ??= 'application/json';
+    }
+    const res = await fetch(`${server.url}${pathname}`, { method, headers, body, dispatcher });
+    const text = await res.text();
+    let json: unknown = null;
+    try {
+      json = text ? JSON.parse(text) : null;
+    } catch {
+      json = null;
+    }
+    return { status: res.status, headers: res.headers as unknown as Headers, text, json };
+  };
+
+  const testServer: TestServer = {
+    server,
+    url: server.url,
+    dataDir,
+    logs,
+    dispatcher,
+    request,
+    async setupAdmin() {
+      const res = await request('POST', '/api/v1/setup', {
+        body: { username: TEST_USERNAME, password: TEST_PASSWORD, setupToken: TEST_SETUP_TOKEN },
+      });
+      if (res.status !== 201) throw new Error(`setup failed: ${res.status} ${res.text}`);
+      return cookieOf(res);
+    },
+    async createToken(cookie, name = `token-${Math.random().toString(36).slice(2)}`) {
+      const res = await request('POST', '/api/v1/tokens', { cookie, body: { name } });
+      if (res.status !== 201) throw new Error(`token create failed: ${res.status} ${res.text}`);
+      return res.json.token as string;
+    },
+    async close() {
+      await server.close();
+      await dispatcher.close();
+      if (!options.keepDataDir && !options.dataDir) await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+  return testServer;
+}
+
+/** The `name=value` part of a response's Set-Cookie header. */
+export function cookieOf(res: TestResponse): string {
+  const header = res.headers.get('set-cookie');
+  if (!header) throw new Error('no set-cookie header');
+  return header.split(';')[0]!;
+}
