@@ -73,7 +73,11 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
   const server = await startServer(config, createLogger(config.logLevel, sink));
   const dispatcher = new Agent({ connect: { ca: server.certificate, servername: 'localhost' } });
 
-  const request = async (method: string, pathname: string, opts: RequestOptions = {}): Promise<TestResponse> => {
+  const request = async (
+    method: string,
+    pathname: string,
+    opts: RequestOptions = {},
+  ): Promise<TestResponse> => {
     const headers: Record<string, string> = { origin: server.url, ...opts.headers };
     if (opts.cookie) headers.cookie = opts.cookie;
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;
