@@ -1,0 +1,100 @@
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { DATABASE_FILE_NAME, DatabaseUnreadableError, LowdbStore } from '../../src/storage/lowdb-store.js';
+import { SCHEMA_VERSION } from '../../src/storage/schema.js';
+import { createSecretsBox, loadSecretsBox, SECRETS_KEY_FILE_NAME } from '../../src/storage/secrets-box.js';
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'p2pstream-store-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('LowdbStore', () => {
+  it('creates a versioned database, and what an update acknowledged is there after reopening', async () => {
+    const store = await LowdbStore.open(dir);
+    expect(store.read().schemaVersion).toBe(SCHEMA_VERSION);
+    const instanceId = store.read().instance.id;
+    await Promise.all(
+      Array.from({ length: 50 }, (_, i) =>
+        store.update((db) => {
+          db.apiTokens.push({
+            id: `t${i}`,
+            name: `n${i}`,
+            tokenHash: 'h',
+            enabled: true,
+            expiresAt: null,
+            lastUsedAt: null,
+            createdAt: '',
+          });
+        }),
+      ),
+    );
+    await store.close();
+    const reopened = await LowdbStore.open(dir);
+    expect(reopened.read().apiTokens).toHaveLength(50);
+    expect(reopened.read().instance.id).toBe(instanceId);
+  });
+
+  it('writes nothing when a mutation throws', async () => {
+    const store = await LowdbStore.open(dir);
+    const before = await readFile(path.join(dir, DATABASE_FILE_NAME), 'utf8');
+    await expect(
+      store.update(() => {
+        throw new Error('refused');
+      }),
+    ).rejects.toThrow('refused');
+    expect(await readFile(path.join(dir, DATABASE_FILE_NAME), 'utf8')).toBe(before);
+  });
+
+  it('migrates an unversioned document and keeps its data', async () => {
+    await writeFile(
+      path.join(dir, DATABASE_FILE_NAME),
+      JSON.stringify({ instance: { id: 'old-instance', createdAt: '2025-01-01T00:00:00.000Z' }, users: [] }),
+    );
+    const store = await LowdbStore.open(dir);
+    expect(store.read().schemaVersion).toBe(SCHEMA_VERSION);
+    expect(store.read().instance.id).toBe('old-instance');
+    expect(store.read().environments).toEqual([]);
+    const onDisk = JSON.parse(await readFile(path.join(dir, DATABASE_FILE_NAME), 'utf8'));
+    expect(onDisk.schemaVersion).toBe(SCHEMA_VERSION);
+  });
+
+  it('refuses a file that is not a JSON object and names it', async () => {
+    const file = path.join(dir, DATABASE_FILE_NAME);
+    await writeFile(file, '[1,2,3]');
+    const err = await LowdbStore.open(dir).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DatabaseUnreadableError);
+    expect((err as DatabaseUnreadableError).file).toBe(file);
+    expect(await readFile(file, 'utf8')).toBe('[1,2,3]');
+  });
+});
+
+describe('secrets box', () => {
+  it('creates a 0600 key once and opens what it sealed', async () => {
+    const box = await loadSecretsBox(dir);
+    const info = await stat(path.join(dir, SECRETS_KEY_FILE_NAME));
+    expect(info.mode & 0o777).toBe(0o600);
+    const sealed = box.seal('environment-access-token', 'env-1', 'p2pat_secret');
+    expect(sealed).not.toContain('p2pat_secret');
+    const again = await loadSecretsBox(dir);
+    expect(again.open('environment-access-token', 'env-1', sealed)).toBe('p2pat_secret');
+  });
+
+  it('does not open a value bound to another record or purpose, or tampered with', () => {
+    const box = createSecretsBox(Buffer.alloc(32, 7));
+    const sealed = box.seal('environment-access-token', 'env-1', 'secret');
+    expect(() => box.open('environment-access-token', 'env-2', sealed)).toThrow();
+    expect(() => box.open('other-purpose', 'env-1', sealed)).toThrow();
+    const parts = sealed.split('.');
+    const flipped = Buffer.from(parts[3]!, 'base64url');
+    flipped[0] = flipped[0]! ^ 1;
+    parts[3] = flipped.toString('base64url');
+    expect(() => box.open('environment-access-token', 'env-1', parts.join('.'))).toThrow();
+    expect(() => createSecretsBox(Buffer.alloc(31))).toThrow(/32 bytes/);
+  });
+});
