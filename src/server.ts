@@ -11,6 +11,7 @@ import type { ServerConfig } from './config.js';
 import { AuthService } from './domain/auth-service.js';
 import { createSystemService } from './domain/system-service.js';
 import { TokenService } from './domain/token-service.js';
+import { createConsolePlugin } from './http/routes/console.js';
 import type { Logger } from './logger.js';
 import { LowdbStore } from './storage/lowdb-store.js';
 import { loadSecretsBox } from './storage/secrets-box.js';
@@ -45,7 +46,7 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
   void secrets;
 
   const app = await buildApp(
-    { logger, auth, tokens, system },
+    { logger, auth, tokens, system, localPlugins: [createConsolePlugin()] },
     { https: { key: tls.key, cert: tls.cert }, bodyLimitBytes: config.bodyLimitBytes },
   );
   await app.listen({ host: config.managementAddr, port: config.managementPort });

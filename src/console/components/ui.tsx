@@ -1,0 +1,288 @@
+/** Small building blocks shared by the pages: dialogs, fields, badges, copy, data loading, formatting. */
+import type { ComponentChildren, JSX } from 'preact';
+import { useCallback, useEffect, useId, useRef, useState } from 'preact/hooks';
+import { ApiError, messageOf } from '../api';
+
+/**
+ * A modal built on the native `<dialog>`: focus moves inside, Escape closes,
+ * the page behind is inert. `onClose` runs once, whether closed by Escape, the
+ * close button or the caller unmounting it.
+ */
+export function Dialog(props: {
+  title: string;
+  onClose: () => void;
+  children: ComponentChildren;
+  wide?: boolean;
+  testId?: string;
+}) {
+  const ref = useRef<HTMLDialogElement>(null);
+  const onCloseRef = useRef(props.onClose);
+  onCloseRef.current = props.onClose;
+  const titleId = useId();
+  useEffect(() => {
+    const dialog = ref.current!;
+    const closed = () => onCloseRef.current();
+    dialog.addEventListener('close', closed);
+    if (!dialog.open) dialog.showModal();
+    return () => {
+      // Removed first: closing on unmount is not the user closing it.
+      dialog.removeEventListener('close', closed);
+      if (dialog.open) dialog.close();
+    };
+  }, []);
+  return (
+    <dialog
+      ref={ref}
+      class={props.wide ? 'dialog wide' : 'dialog'}
+      aria-labelledby={titleId}
+      data-testid={props.testId}
+    >
+      <header class="dialog-head">
+        <h2 id={titleId}>{props.title}</h2>
+        <button type="button" class="icon" aria-label="Close" onClick={() => ref.current?.close()}>
+          ×
+        </button>
+      </header>
+      <div class="dialog-body">{props.children}</div>
+    </dialog>
+  );
+}
+
+/** A labelled form control with its error (from a server `field`) shown right under it. */
+export function Field(props: {
+  label: string;
+  error?: string | null;
+  hint?: string;
+  children: ComponentChildren;
+}) {
+  return (
+    // biome-ignore lint/a11y/noLabelWithoutControl: the control is the child passed in; the label wraps it
+    <label class={props.error ? 'field invalid' : 'field'}>
+      <span class="field-label">{props.label}</span>
+      {props.children}
+      {props.hint && !props.error ? <small class="hint">{props.hint}</small> : null}
+      {props.error ? (
+        <small class="field-error" role="alert">
+          {props.error}
+        </small>
+      ) : null}
+    </label>
+  );
+}
+
+/** A form-level error message (errors without a field, network failures). */
+export function ErrorMessage(props: { error: unknown }) {
+  if (!props.error) return null;
+  return (
+    <p class="error-box" role="alert">
+      {messageOf(props.error)}
+    </p>
+  );
+}
+
+/** Server validation errors split into the one at a field and the rest. */
+export interface FormErrors {
+  field: Record<string, string>;
+  form: unknown;
+}
+
+export const NO_ERRORS: FormErrors = { field: {}, form: null };
+
+/** Sorts an error thrown by a save: a VALIDATION_FAILED with `field` goes to that field. */
+export function formErrors(err: unknown, knownFields: readonly string[]): FormErrors {
+  if (err instanceof ApiError && err.field && knownFields.includes(err.field)) {
+    return { field: { [err.field]: err.message }, form: null };
+  }
+  return { field: {}, form: err };
+}
+
+/** Tones used by badges. */
+export type Tone = 'ok' | 'warn' | 'bad' | 'muted' | 'info';
+
+export function Badge(props: { tone: Tone; children: ComponentChildren; title?: string }) {
+  return (
+    <span class={`badge ${props.tone}`} title={props.title}>
+      {props.children}
+    </span>
+  );
+}
+
+/** The badge for an environment's trust state. */
+export function TrustBadge(props: { state: string | undefined }) {
+  const tone: Tone =
+    props.state === 'TRUSTED'
+      ? 'ok'
+      : props.state === 'CHANGED'
+        ? 'bad'
+        : props.state === 'EXPIRED'
+          ? 'warn'
+          : 'muted';
+  return <Badge tone={tone}>{props.state ?? 'LOCAL'}</Badge>;
+}
+
+/** Copies `text` to the clipboard and says so; falls back to selecting the text when refused. */
+export function CopyButton(props: { text: string; label?: string; targetId?: string }) {
+  const [state, setState] = useState<'idle' | 'copied' | 'failed'>('idle');
+  const copy = async () => {
+    try {
+      await navigator.clipboard.writeText(props.text);
+      setState('copied');
+    } catch {
+      if (props.targetId) {
+        const el = document.getElementById(props.targetId);
+        const range = document.createRange();
+        if (el) {
+          range.selectNodeContents(el);
+          window.getSelection()?.removeAllRanges();
+          window.getSelection()?.addRange(range);
+        }
+      }
+      setState('failed');
+    }
+    window.setTimeout(() => setState('idle'), 2000);
+  };
+  return (
+    <button type="button" class="secondary small" onClick={copy} aria-live="polite">
+      {state === 'copied' ? 'Copied' : state === 'failed' ? 'Press Ctrl+C to copy' : (props.label ?? 'Copy')}
+    </button>
+  );
+}
+
+/** A block of secret or config text shown once, with a copy button. */
+export function SecretBlock(props: { text: string; label: string }) {
+  const id = useId();
+  return (
+    <div class="secret">
+      <div class="secret-head">
+        <span>{props.label}</span>
+        <CopyButton text={props.text} targetId={id} label={`Copy ${props.label.toLowerCase()}`} />
+      </div>
+      <pre id={id}>{props.text}</pre>
+    </div>
+  );
+}
+
+/** Asks before a destructive action; the action's error is shown in the dialog. */
+export function ConfirmDialog(props: {
+  title: string;
+  message: ComponentChildren;
+  confirmLabel: string;
+  onConfirm: () => Promise<unknown>;
+  onClose: () => void;
+}) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<unknown>(null);
+  const confirm = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      await props.onConfirm();
+      props.onClose();
+    } catch (err) {
+      setError(err);
+      setBusy(false);
+    }
+  };
+  return (
+    <Dialog title={props.title} onClose={props.onClose} testId="confirm-dialog">
+      <form onSubmit={confirm}>
+        <p>{props.message}</p>
+        <ErrorMessage error={error} />
+        <div class="actions">
+          <button type="button" class="secondary" onClick={props.onClose}>
+            Cancel
+          </button>
+          <button type="submit" class="danger" disabled={busy}>
+            {props.confirmLabel}
+          </button>
+        </div>
+      </form>
+    </Dialog>
+  );
+}
+
+/** Loads data and reloads on demand; `deps` restart the load (an older answer is ignored). */
+export function useResource<T>(
+  load: () => Promise<T>,
+  deps: readonly unknown[],
+): { data: T | undefined; error: unknown; loading: boolean; reload: () => void } {
+  const [data, setData] = useState<T | undefined>(undefined);
+  const [error, setError] = useState<unknown>(null);
+  const [loading, setLoading] = useState(true);
+  const [tick, setTick] = useState(0);
+  useEffect(() => {
+    let current = true;
+    setLoading(true);
+    load().then(
+      (value) => {
+        if (!current) return;
+        setData(value);
+        setError(null);
+        setLoading(false);
+      },
+      (err: unknown) => {
+        if (!current) return;
+        setError(err);
+        setLoading(false);
+      },
+    );
+    return () => {
+      current = false;
+    };
+  }, [...deps, tick]);
+  const reload = useCallback(() => setTick((t) => t + 1), []);
+  return { data, error, loading, reload };
+}
+
+/** A date-time in the reader's locale, or a dash. */
+export function formatTime(iso: string | null | undefined): string {
+  if (!iso) return '—';
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? '—' : date.toLocaleString();
+}
+
+/** "5 s ago", "3 min ago", "in 2 d"… or a dash. */
+export function relativeTime(iso: string | null | undefined, now = Date.now()): string {
+  if (!iso) return '—';
+  const t = Date.parse(iso);
+  if (Number.isNaN(t)) return '—';
+  const diff = Math.round((t - now) / 1000);
+  const abs = Math.abs(diff);
+  const [value, unit] =
+    abs < 60
+      ? [abs, 's']
+      : abs < 3600
+        ? [Math.round(abs / 60), 'min']
+        : abs < 86400
+          ? [Math.round(abs / 3600), 'h']
+          : [Math.round(abs / 86400), 'd'];
+  return diff < 0 ? `${value} ${unit} ago` : diff === 0 ? 'now' : `in ${value} ${unit}`;
+}
+
+/** `AB:CD:EF:01…78:9A`: enough to recognise a fingerprint at a glance. */
+export function shortFingerprint(fingerprint: string | null | undefined): string {
+  if (!fingerprint) return '—';
+  const pairs = fingerprint.split(':');
+  if (pairs.length <= 6) return fingerprint;
+  return `${pairs.slice(0, 4).join(':')}…${pairs.slice(-2).join(':')}`;
+}
+
+/** A page section heading with actions on the right. */
+export function SectionHead(props: { title: string; children?: ComponentChildren; level?: 1 | 2 }) {
+  const Heading = props.level === 2 ? 'h2' : 'h1';
+  return (
+    <div class="section-head">
+      <Heading>{props.title}</Heading>
+      <div class="toolbar">{props.children}</div>
+    </div>
+  );
+}
+
+/** Loading / error / empty states for a table body. */
+export function LoadState(props: { loading: boolean; error: unknown; empty: boolean; what: string }) {
+  if (props.error) return <ErrorMessage error={props.error} />;
+  if (props.loading) return <p class="muted">Loading {props.what}…</p>;
+  if (props.empty) return <p class="muted">No {props.what} yet.</p>;
+  return null;
+}

@@ -1,0 +1,374 @@
+/**
+ * Agents of the selected environment: connection status, last seen, version,
+ * address and recent sessions; create and rotate show the setup snippet once.
+ */
+import type { JSX } from 'preact';
+import { useState } from 'preact/hooks';
+import { clientFor, LOCAL } from '../api';
+import {
+  Badge,
+  ConfirmDialog,
+  Dialog,
+  ErrorMessage,
+  Field,
+  type FormErrors,
+  formatTime,
+  formErrors,
+  LoadState,
+  NO_ERRORS,
+  relativeTime,
+  SecretBlock,
+  SectionHead,
+  useResource,
+} from '../components/ui';
+import { useEnvironments } from '../environment';
+import type { Agent, AgentGrant, Environment } from '../types';
+
+export function AgentsPage(props: { environment: string }) {
+  const api = clientFor(props.environment);
+  const agents = useResource(() => api.get<{ agents: Agent[] }>('/api/v1/agents'), []);
+  const { selected } = useEnvironments();
+  const [creating, setCreating] = useState(false);
+  const [grant, setGrant] = useState<{ grant: AgentGrant; rotated: boolean } | null>(null);
+  const [confirm, setConfirm] = useState<{ agent: Agent; action: 'rotate' | 'delete' } | null>(null);
+  const [actionError, setActionError] = useState<unknown>(null);
+  const list = agents.data?.agents ?? [];
+
+  const toggle = async (agent: Agent) => {
+    setActionError(null);
+    try {
+      await api.patch(`/api/v1/agents/${encodeURIComponent(agent.id)}`, { enabled: !agent.enabled });
+      agents.reload();
+    } catch (err) {
+      setActionError(err);
+    }
+  };
+
+  return (
+    <section>
+      <SectionHead title="Agents">
+        <button type="button" class="secondary" onClick={agents.reload}>
+          Refresh
+        </button>
+        <button type="button" class="primary" onClick={() => setCreating(true)}>
+          Create agent
+        </button>
+      </SectionHead>
+      <p class="muted">
+        An agent runs next to instances that accept no inbound connection and keeps an outbound WebSocket to
+        this control plane.
+      </p>
+      <ErrorMessage error={actionError} />
+      <LoadState
+        loading={agents.loading && !agents.data}
+        error={agents.error}
+        empty={list.length === 0}
+        what="agents"
+      />
+      {list.length > 0 ? (
+        <table data-testid="agents-table">
+          <thead>
+            <tr>
+              <th scope="col">Name</th>
+              <th scope="col">Status</th>
+              <th scope="col">Last seen</th>
+              <th scope="col">Version</th>
+              <th scope="col">Address</th>
+              <th scope="col">Recent sessions</th>
+              <th scope="col">
+                <span class="visually-hidden">Actions</span>
+              </th>
+            </tr>
+          </thead>
+          <tbody>
+            {list.map((agent) => (
+              <tr key={agent.id}>
+                <td>
+                  <div>{agent.name}</div>
+                  <small class="muted mono">{agent.id}</small>
+                  {Object.keys(agent.labels ?? {}).length > 0 ? (
+                    <div class="labels">
+                      {Object.entries(agent.labels).map(([k, v]) => (
+                        <span key={k} class="label-chip">
+                          {k}={v}
+                        </span>
+                      ))}
+                    </div>
+                  ) : null}
+                </td>
+                <td>
+                  {agent.status === 'connected' ? (
+                    <Badge tone="ok">connected</Badge>
+                  ) : (
+                    <Badge tone="muted">offline</Badge>
+                  )}
+                  {agent.enabled ? null : <Badge tone="warn">disabled</Badge>}
+                </td>
+                <td title={formatTime(agent.lastSeenAt)}>{relativeTime(agent.lastSeenAt)}</td>
+                <td>{agent.version ?? '—'}</td>
+                <td class="mono">{agent.remoteAddress ?? '—'}</td>
+                <td>
+                  <Sessions agent={agent} />
+                </td>
+                <td class="row-actions">
+                  <button type="button" class="secondary small" onClick={() => toggle(agent)}>
+                    {agent.enabled ? 'Disable' : 'Enable'}
+                    <span class="visually-hidden"> {agent.name}</span>
+                  </button>
+                  <button
+                    type="button"
+                    class="secondary small"
+                    onClick={() => setConfirm({ agent, action: 'rotate' })}
+                  >
+                    Rotate token<span class="visually-hidden"> of {agent.name}</span>
+                  </button>
+                  <button
+                    type="button"
+                    class="danger small"
+                    onClick={() => setConfirm({ agent, action: 'delete' })}
+                  >
+                    Delete<span class="visually-hidden"> {agent.name}</span>
+                  </button>
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      ) : null}
+      {creating ? (
+        <CreateAgentDialog
+          environment={props.environment}
+          onClose={() => setCreating(false)}
+          onCreated={(created) => {
+            setCreating(false);
+            setGrant({ grant: created, rotated: false });
+            agents.reload();
+          }}
+        />
+      ) : null}
+      {grant ? (
+        <SetupDialog
+          grant={grant.grant}
+          rotated={grant.rotated}
+          environment={selected}
+          onClose={() => setGrant(null)}
+        />
+      ) : null}
+      {confirm?.action === 'delete' ? (
+        <ConfirmDialog
+          title="Delete agent"
+          message={
+            <>
+              Delete <strong>{confirm.agent.name}</strong>? A connected agent is disconnected at once, and
+              environments using it become unreachable.
+            </>
+          }
+          confirmLabel="Delete agent"
+          onConfirm={() =>
+            api.del(`/api/v1/agents/${encodeURIComponent(confirm.agent.id)}`).then(agents.reload)
+          }
+          onClose={() => setConfirm(null)}
+        />
+      ) : null}
+      {confirm?.action === 'rotate' ? (
+        <ConfirmDialog
+          title="Rotate agent token"
+          message={
+            <>
+              Issue a new token for <strong>{confirm.agent.name}</strong>? The current token stops working and
+              a connected agent is disconnected until it runs with the new one.
+            </>
+          }
+          confirmLabel="Rotate token"
+          onConfirm={async () => {
+            const rotated = await api.post<AgentGrant>(
+              `/api/v1/agents/${encodeURIComponent(confirm.agent.id)}/rotate`,
+            );
+            setGrant({ grant: rotated, rotated: true });
+            agents.reload();
+          }}
+          onClose={() => setConfirm(null)}
+        />
+      ) : null}
+    </section>
+  );
+}
+
+function Sessions(props: { agent: Agent }) {
+  const sessions = (props.agent.connections ?? []).slice(-5).reverse();
+  if (sessions.length === 0) return <span class="muted">none</span>;
+  return (
+    <details>
+      <summary>
+        {sessions.length} recent<span class="visually-hidden"> sessions of {props.agent.name}</span>
+      </summary>
+      <ul class="sessions">
+        {sessions.map((s) => (
+          <li key={s.id}>
+            {formatTime(s.startedAt)} → {s.endedAt ? formatTime(s.endedAt) : 'open'}
+            {s.remoteAddress ? ` · ${s.remoteAddress}` : ''}
+            {s.version ? ` · v${s.version}` : ''}
+            {s.endReason ? ` · ${s.endReason}` : ''}
+          </li>
+        ))}
+      </ul>
+    </details>
+  );
+}
+
+function parseLabels(text: string): Record<string, string> {
+  const labels: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const trimmed = line.trim();
+    if (!trimmed) continue;
+    const eq = trimmed.indexOf('=');
+    if (eq <= 0) throw new Error(`Labels: “${trimmed}” is not key=value`);
+    labels[trimmed.slice(0, eq).trim()] = trimmed.slice(eq + 1).trim();
+  }
+  return labels;
+}
+
+function CreateAgentDialog(props: {
+  environment: string;
+  onClose: () => void;
+  onCreated: (grant: AgentGrant) => void;
+}) {
+  const [name, setName] = useState('');
+  const [labels, setLabels] = useState('');
+  const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
+  const [busy, setBusy] = useState(false);
+  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    setBusy(true);
+    setErrors(NO_ERRORS);
+    try {
+      const body: Record<string, unknown> = { name };
+      const parsed = parseLabels(labels);
+      if (Object.keys(parsed).length > 0) body.labels = parsed;
+      props.onCreated(await clientFor(props.environment).post<AgentGrant>('/api/v1/agents', body));
+    } catch (err) {
+      setErrors(formErrors(err, ['name', 'labels']));
+      setBusy(false);
+    }
+  };
+  return (
+    <Dialog title="Create agent" onClose={props.onClose}>
+      <form onSubmit={submit}>
+        <Field label="Name" error={errors.field.name}>
+          <input
+            name="name"
+            required
+            maxLength={128}
+            value={name}
+            onInput={(e) => setName(e.currentTarget.value)}
+          />
+        </Field>
+        <Field label="Labels" error={errors.field.labels} hint="Optional, one key=value per line.">
+          <textarea name="labels" rows={3} value={labels} onInput={(e) => setLabels(e.currentTarget.value)} />
+        </Field>
+        <ErrorMessage error={errors.form} />
+        <div class="actions">
+          <button type="button" class="secondary" onClick={props.onClose}>
+            Cancel
+          </button>
+          <button type="submit" class="primary" disabled={busy}>
+            Create
+          </button>
+        </div>
+      </form>
+    </Dialog>
+  );
+}
+
+/** The snippet blocks for a new or rotated agent token: from the server's `setup` when given, else built here. */
+export function setupSnippets(
+  grant: AgentGrant,
+  environment: Environment,
+  origin: string,
+): { label: string; text: string }[] {
+  const server = grant.setup;
+  if (typeof server === 'string' && server.trim()) return [{ label: 'Setup', text: server }];
+  const blocks: { label: string; text: string }[] = [];
+  const fromServer = server && typeof server === 'object' ? (server as Record<string, unknown>) : {};
+  const env: Record<string, string> = {};
+  const serverEnv = fromServer.env;
+  if (serverEnv && typeof serverEnv === 'object') {
+    for (const [k, v] of Object.entries(serverEnv)) if (typeof v === 'string') env[k] = v;
+  }
+  const remote = environment.id !== LOCAL;
+  env.MANAGEMENT_URL ??= remote && environment.url ? environment.url : origin;
+  env.AGENT_ID ??= grant.agent.id;
+  env.AGENT_TOKEN = grant.token;
+  if (!env.MANAGEMENT_FINGERPRINT && !env.MANAGEMENT_CA_FILE) {
+    const pinned = remote ? environment.certificate?.fingerprintSha256 : undefined;
+    env.MANAGEMENT_FINGERPRINT = pinned ?? '<SHA-256 fingerprint of the management certificate>';
+  }
+  const envFile = Object.entries(env)
+    .map(([k, v]) => `${k}=${v}`)
+    .join('\n');
+  blocks.push({ label: 'Environment file (agent.env)', text: `${envFile}\n` });
+  const command =
+    typeof fromServer.command === 'string'
+      ? fromServer.command
+      : 'set -a && . ./agent.env && set +a && p2pstream agent';
+  blocks.push({ label: 'Command', text: command });
+  const unit =
+    typeof fromServer.systemdUnit === 'string'
+      ? fromServer.systemdUnit
+      : [
+          '# /etc/systemd/system/p2pstream-agent.service',
+          '# (agent.env as /etc/p2pstream/agent.env, mode 0600)',
+          '[Unit]',
+          `Description=p2pstream agent ${grant.agent.name}`,
+          'After=network-online.target',
+          'Wants=network-online.target',
+          '',
+          '[Service]',
+          'EnvironmentFile=/etc/p2pstream/agent.env',
+          'ExecStart=/usr/bin/env p2pstream agent',
+          'Restart=always',
+          'RestartSec=5',
+          'DynamicUser=yes',
+          'NoNewPrivileges=yes',
+          'ProtectSystem=strict',
+          'ProtectHome=yes',
+          '',
+          '[Install]',
+          'WantedBy=multi-user.target',
+          '',
+        ].join('\n');
+  blocks.push({ label: 'systemd unit', text: unit });
+  return blocks;
+}
+
+function SetupDialog(props: {
+  grant: AgentGrant;
+  rotated: boolean;
+  environment: Environment;
+  onClose: () => void;
+}) {
+  const blocks = setupSnippets(props.grant, props.environment, window.location.origin);
+  return (
+    <Dialog
+      title={
+        props.rotated ? `New token for ${props.grant.agent.name}` : `Agent ${props.grant.agent.name} created`
+      }
+      onClose={props.onClose}
+      wide
+      testId="agent-setup"
+    >
+      <p>
+        <strong>Copy the setup now: you will not see the token again.</strong> Run the agent next to the
+        instances it should reach.
+      </p>
+      {blocks.map((block) => (
+        <SecretBlock key={block.label} label={block.label} text={block.text} />
+      ))}
+      <div class="actions">
+        <button type="button" class="primary" onClick={props.onClose}>
+          Done
+        </button>
+      </div>
+    </Dialog>
+  );
+}

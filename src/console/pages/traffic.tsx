@@ -1,0 +1,336 @@
+/**
+ * Live traffic of the selected environment: newest first, status colours,
+ * filters, pause, tracing settings and a requests-per-second sparkline.
+ * The page is remounted on environment switch, which closes the old stream
+ * and clears everything shown.
+ */
+import type { JSX } from 'preact';
+import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
+import { ApiError, clientFor, messageOf } from '../api';
+import { formatNumber, Sparkline } from '../components/charts';
+import { ErrorMessage, SectionHead } from '../components/ui';
+import { type StreamState, TrafficStream } from '../traffic-stream';
+import type { TraceEvent, TraceLevel, TrafficSettings } from '../types';
+
+/** Events kept on screen (older ones fall off the bottom). */
+export const MAX_EVENTS = 500;
+const INITIAL_EVENTS = 100;
+const SPARK_SECONDS = 60;
+
+type StatusFilter = 'all' | '2xx' | '3xx' | '4xx' | '5xx' | 'error';
+
+/** True when an event passes the status and path filters. */
+export function matchesFilter(event: TraceEvent, status: StatusFilter, path: string): boolean {
+  if (path && !`${event.host ?? ''}${event.path}`.toLowerCase().includes(path.toLowerCase())) return false;
+  if (status === 'all') return true;
+  if (status === 'error') return Boolean(event.error) || event.status === null;
+  return event.status !== null && String(event.status)[0] === status[0];
+}
+
+function statusTone(event: TraceEvent): string {
+  if (event.error || event.status === null) return 'bad';
+  if (event.status >= 500) return 'bad';
+  if (event.status >= 400) return 'warn';
+  if (event.status >= 300) return 'info';
+  return 'ok';
+}
+
+function formatBytes(n: number | undefined): string {
+  if (n === undefined || n === null) return '—';
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+export function TrafficPage(props: { environment: string }) {
+  const api = useMemo(() => clientFor(props.environment), [props.environment]);
+  const [events, setEvents] = useState<TraceEvent[]>([]);
+  const [paused, setPaused] = useState(false);
+  const [held, setHeld] = useState<TraceEvent[]>([]);
+  const [state, setState] = useState<StreamState>({ kind: 'connecting' });
+  const [dropped, setDropped] = useState(0);
+  const [error, setError] = useState<unknown>(null);
+  const [statusFilter, setStatusFilter] = useState<StatusFilter>('all');
+  const [pathFilter, setPathFilter] = useState('');
+  const [now, setNow] = useState(() => Date.now());
+  const arrivals = useRef<number[]>([]);
+  const pausedRef = useRef(paused);
+  pausedRef.current = paused;
+
+  useEffect(() => {
+    let stream: TrafficStream | null = null;
+    let cancelled = false;
+    const add = (event: TraceEvent) => {
+      arrivals.current.push(Date.now());
+      if (pausedRef.current) setHeld((h) => [event, ...h].slice(0, MAX_EVENTS));
+      else setEvents((list) => [event, ...list].slice(0, MAX_EVENTS));
+    };
+    (async () => {
+      let after: number | null = null;
+      try {
+        const recent = await api.get<{ events: TraceEvent[] }>(
+          `/api/v1/traffic/recent?limit=${INITIAL_EVENTS}`,
+        );
+        if (cancelled) return;
+        const list = recent.events ?? [];
+        after = list.length ? list[list.length - 1]!.seq : 0;
+        for (const e of list) {
+          const t = Date.parse(e.time);
+          if (!Number.isNaN(t)) arrivals.current.push(t);
+        }
+        setEvents([...list].reverse().slice(0, MAX_EVENTS));
+      } catch (err) {
+        if (cancelled) return;
+        setError(err);
+        if (err instanceof ApiError && err.status === 401) return;
+      }
+      stream = new TrafficStream({
+        environment: props.environment,
+        after,
+        onEvent: add,
+        onState: (s) => {
+          setState(s);
+          if (s.kind === 'live') setError(null);
+        },
+        onDropped: (count) => setDropped((d) => d + count),
+        diagnose: async () => {
+          try {
+            await api.get('/api/v1/traffic/settings');
+            return null;
+          } catch (err) {
+            return messageOf(err);
+          }
+        },
+      });
+      stream.start();
+    })();
+    const tick = window.setInterval(() => {
+      const t = Date.now();
+      arrivals.current = arrivals.current.filter((a) => a > t - SPARK_SECONDS * 1000);
+      setNow(t);
+    }, 1000);
+    return () => {
+      cancelled = true;
+      stream?.stop();
+      window.clearInterval(tick);
+    };
+  }, [api, props.environment]);
+
+  const resume = () => {
+    setEvents((list) => [...held, ...list].slice(0, MAX_EVENTS));
+    setHeld([]);
+    setPaused(false);
+  };
+
+  const perSecond = useMemo(() => {
+    const buckets = new Array<number>(SPARK_SECONDS).fill(0);
+    const end = Math.floor(now / 1000);
+    for (const t of arrivals.current) {
+      const index = SPARK_SECONDS - 1 - (end - Math.floor(t / 1000));
+      if (index >= 0 && index < SPARK_SECONDS) buckets[index]! += 1;
+    }
+    return buckets;
+  }, [now]);
+  const shown = events.filter((e) => matchesFilter(e, statusFilter, pathFilter));
+
+  return (
+    <section>
+      <SectionHead title="Traffic">
+        <StreamStatus state={state} paused={paused} />
+        {paused ? (
+          <button type="button" class="primary" onClick={resume}>
+            Resume{held.length ? ` (${held.length} new)` : ''}
+          </button>
+        ) : (
+          <button type="button" class="secondary" onClick={() => setPaused(true)}>
+            Pause
+          </button>
+        )}
+        <button
+          type="button"
+          class="secondary"
+          onClick={() => {
+            setEvents([]);
+            setHeld([]);
+          }}
+        >
+          Clear
+        </button>
+      </SectionHead>
+      <ErrorMessage error={error} />
+      <div class="traffic-top">
+        <div class="card spark-card">
+          <div class="muted small">Requests per second, last {SPARK_SECONDS} s</div>
+          <Sparkline values={perSecond} label="Requests per second over the last minute" />
+          <div class="small">
+            now {perSecond[SPARK_SECONDS - 1] ?? 0}/s · peak {Math.max(...perSecond)}/s
+          </div>
+        </div>
+        <TraceSettings environment={props.environment} dropped={dropped} />
+      </div>
+      <div class="filters">
+        <label class="inline">
+          Status{' '}
+          <select
+            value={statusFilter}
+            onChange={(e) => setStatusFilter(e.currentTarget.value as StatusFilter)}
+          >
+            <option value="all">All</option>
+            <option value="2xx">2xx</option>
+            <option value="3xx">3xx</option>
+            <option value="4xx">4xx</option>
+            <option value="5xx">5xx</option>
+            <option value="error">Errors</option>
+          </select>
+        </label>
+        <label class="inline">
+          Path contains{' '}
+          <input type="search" value={pathFilter} onInput={(e) => setPathFilter(e.currentTarget.value)} />
+        </label>
+        <span class="muted small">
+          {shown.length} of {events.length} shown
+        </span>
+      </div>
+      <table class="traffic" data-testid="traffic-table">
+        <thead>
+          <tr>
+            <th scope="col">Time</th>
+            <th scope="col">Method</th>
+            <th scope="col">Host</th>
+            <th scope="col">Path</th>
+            <th scope="col">Status</th>
+            <th scope="col">Duration</th>
+            <th scope="col">In / out</th>
+            <th scope="col">Target</th>
+            <th scope="col">Client</th>
+          </tr>
+        </thead>
+        <tbody>
+          {shown.length === 0 ? (
+            <tr>
+              <td colSpan={9} class="muted empty-row">
+                {events.length === 0 ? 'Waiting for requests…' : 'No request matches the filters.'}
+              </td>
+            </tr>
+          ) : (
+            shown.map((event) => (
+              <tr key={event.seq} data-seq={event.seq}>
+                <td class="nowrap">{new Date(event.time).toLocaleTimeString()}</td>
+                <td>{event.method}</td>
+                <td class="mono">{event.host ?? '—'}</td>
+                <td class="mono break">{event.path}</td>
+                <td>
+                  <span class={`status ${statusTone(event)}`} title={event.error ?? undefined}>
+                    {event.status ?? 'ERR'}
+                  </span>
+                  {event.error ? <small class="bad-text"> {event.error}</small> : null}
+                </td>
+                <td class="nowrap">
+                  {event.durationMs === null ? '—' : `${formatNumber(event.durationMs)} ms`}
+                </td>
+                <td class="nowrap">
+                  {formatBytes(event.bytesIn)} / {formatBytes(event.bytesOut)}
+                </td>
+                <td class="mono break">{event.target ?? '—'}</td>
+                <td class="mono">{event.clientIp ?? '—'}</td>
+              </tr>
+            ))
+          )}
+        </tbody>
+      </table>
+    </section>
+  );
+}
+
+function StreamStatus(props: { state: StreamState; paused: boolean }) {
+  const { state } = props;
+  const text = props.paused
+    ? 'Paused'
+    : state.kind === 'live'
+      ? 'Live'
+      : state.kind === 'connecting'
+        ? 'Connecting…'
+        : `Reconnecting in ${Math.ceil(state.inMs / 1000)} s${state.reason ? `: ${state.reason}` : ''}`;
+  const tone = props.paused
+    ? 'muted'
+    : state.kind === 'live'
+      ? 'ok'
+      : state.kind === 'connecting'
+        ? 'info'
+        : 'warn';
+  return (
+    <span class={`badge ${tone}`} role="status" data-testid="stream-status">
+      {text}
+    </span>
+  );
+}
+
+function TraceSettings(props: { environment: string; dropped: number }) {
+  const api = useMemo(() => clientFor(props.environment), [props.environment]);
+  const [settings, setSettings] = useState<TrafficSettings | null>(null);
+  const [error, setError] = useState<unknown>(null);
+  const load = () =>
+    api.get<TrafficSettings>('/api/v1/traffic/settings').then(
+      (s) => {
+        setSettings(s);
+        setError(null);
+      },
+      (err: unknown) => setError(err),
+    );
+  useEffect(() => {
+    load();
+    const timer = window.setInterval(load, 10_000);
+    return () => window.clearInterval(timer);
+  }, []);
+  const save = async (change: Partial<Pick<TrafficSettings, 'enabled' | 'level'>>) => {
+    if (!settings) return;
+    try {
+      const next = await api.put<TrafficSettings>('/api/v1/traffic/settings', {
+        enabled: change.enabled ?? settings.enabled,
+        level: change.level ?? settings.level,
+      });
+      setSettings((s) => ({ ...s, ...next }));
+      setError(null);
+    } catch (err) {
+      setError(err);
+    }
+  };
+  return (
+    <form class="card settings-card" onSubmit={(e: JSX.TargetedEvent<HTMLFormElement>) => e.preventDefault()}>
+      <div class="muted small">Tracing</div>
+      {settings ? (
+        <>
+          <label class="inline">
+            <input
+              type="checkbox"
+              name="tracingEnabled"
+              checked={settings.enabled}
+              onChange={(e) => save({ enabled: e.currentTarget.checked })}
+            />{' '}
+            Enabled
+          </label>
+          <label class="inline">
+            Level{' '}
+            <select
+              name="level"
+              value={settings.level}
+              onChange={(e) => save({ level: e.currentTarget.value as TraceLevel })}
+            >
+              <option value="basic">basic</option>
+              <option value="detailed">detailed</option>
+              <option value="headers">headers (redacted)</option>
+            </select>
+          </label>
+          <div class="small muted">
+            {settings.subscribers ?? '?'} subscribers · {formatNumber(settings.emittedEvents ?? 0)} emitted ·{' '}
+            {formatNumber(settings.droppedEvents ?? 0)} dropped
+            {props.dropped ? ` · ${props.dropped} lost by this view` : ''}
+          </div>
+        </>
+      ) : error ? null : (
+        <span class="muted small">Loading…</span>
+      )}
+      <ErrorMessage error={error} />
+    </form>
+  );
+}

@@ -1,0 +1,164 @@
+/**
+ * The console in a real browser against a real server: first-run setup,
+ * login and logout, API tokens, and a session that expires mid-use.
+ */
+import type { Browser } from 'playwright-core';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import {
+  buildConsoleOnce,
+  type ConsolePage,
+  launchBrowser,
+  openConsole,
+  screenshot,
+} from '../helpers/browser.js';
+import {
+  startTestServer,
+  TEST_PASSWORD,
+  TEST_SETUP_TOKEN,
+  TEST_USERNAME,
+  type TestServer,
+} from '../helpers/server.js';
+
+let browser: Browser;
+let server: TestServer;
+let tab: ConsolePage;
+
+beforeAll(async () => {
+  await buildConsoleOnce();
+  browser = await launchBrowser();
+});
+
+afterAll(async () => {
+  await browser?.close();
+});
+
+beforeEach(async () => {
+  server = await startTestServer();
+  tab = await openConsole(browser, server.url);
+});
+
+afterEach(async () => {
+  await tab?.context.close();
+  await server?.close();
+});
+
+async function logIn(password = TEST_PASSWORD) {
+  const { page } = tab;
+  await page.getByLabel('Username').fill(TEST_USERNAME);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Log in' }).click();
+}
+
+describe('console: setup, login, tokens', () => {
+  it('creates the admin on first run, then logs out and back in', async () => {
+    const { page } = tab;
+    await page.goto('/');
+    await page.waitForURL('**/setup');
+    await expect(page.getByRole('heading', { name: 'Create the administrator' }).isVisible()).resolves.toBe(
+      true,
+    );
+    await screenshot(page, 'setup');
+
+    await page.getByLabel('Username').fill(TEST_USERNAME);
+    await page.getByLabel('Password').fill(TEST_PASSWORD);
+    await page.getByLabel('Setup code').fill('wrong-setup-code');
+    await page.getByRole('button', { name: 'Create administrator' }).click();
+    await page.getByRole('alert').first().waitFor();
+    expect(await page.getByRole('heading', { name: 'Create the administrator' }).isVisible()).toBe(true);
+
+    await page.getByLabel('Setup code').fill(TEST_SETUP_TOKEN);
+    await page.getByRole('button', { name: 'Create administrator' }).click();
+    await page.getByRole('heading', { name: 'Overview' }).waitFor();
+    expect(await page.getByTestId('current-user').textContent()).toBe(TEST_USERNAME);
+    expect(new URL(page.url()).pathname).toBe('/');
+
+    await page.getByRole('button', { name: 'Log out' }).click();
+    await page.getByRole('heading', { name: 'Log in' }).waitFor();
+    await screenshot(page, 'login');
+    // The session is gone on the server too: the API refuses the old cookie.
+    const cookies = await tab.context.cookies();
+    expect(cookies.find((c) => c.name === 'p2pstream_session')).toBeUndefined();
+
+    await logIn('not the password at all');
+    await page.getByText(/INVALID_CREDENTIALS/).waitFor();
+    await logIn();
+    await page.getByRole('heading', { name: 'Overview' }).waitFor();
+    expect(await page.getByTestId('current-user').textContent()).toBe(TEST_USERNAME);
+    expect(tab.errors).toEqual([]);
+  });
+
+  it('creates an API token shown once, disables and deletes it', async () => {
+    await server.setupAdmin();
+    const { page } = tab;
+    await page.goto('/settings/tokens');
+    await page.waitForURL('**/login?next=%2Fsettings%2Ftokens');
+    await logIn();
+    await page.getByRole('heading', { name: 'API Tokens' }).waitFor();
+    expect(new URL(page.url()).pathname).toBe('/settings/tokens');
+
+    await page.getByRole('button', { name: 'Create token' }).click();
+    await page.getByLabel('Name').fill('ci-scripts');
+    await page.getByRole('button', { name: 'Create', exact: true }).click();
+    const shown = page.getByTestId('token-created');
+    await shown.getByText('you will not see it again').waitFor();
+    const token = (await shown.locator('pre').textContent())?.trim() ?? '';
+    expect(token).toMatch(/^p2pat_[A-Za-z0-9_-]{43}$/);
+    expect(await shown.getByRole('button', { name: /Copy/ }).isVisible()).toBe(true);
+    await screenshot(page, 'token-created');
+
+    // The token shown works against the API, and is never shown again.
+    const me = await server.request('GET', '/api/v1/auth/me', { token });
+    expect(me.status).toBe(200);
+    expect(me.json.authMethod).toBe('apiToken');
+    await shown.getByRole('button', { name: 'Done' }).click();
+    const row = page.getByTestId('tokens-table').getByRole('row', { name: /ci-scripts/ });
+    await row.waitFor();
+    expect(await page.content()).not.toContain(token);
+    await screenshot(page, 'tokens');
+
+    await row.getByRole('button', { name: 'Disable ci-scripts' }).click();
+    await row.getByText('disabled').waitFor();
+    expect((await server.request('GET', '/api/v1/auth/me', { token })).status).toBe(401);
+    await row.getByRole('button', { name: 'Enable ci-scripts' }).click();
+    await row.getByText('enabled').waitFor();
+    expect((await server.request('GET', '/api/v1/auth/me', { token })).status).toBe(200);
+
+    await row.getByRole('button', { name: 'Delete ci-scripts' }).click();
+    await page.getByTestId('confirm-dialog').getByRole('button', { name: 'Delete token' }).click();
+    await row.waitFor({ state: 'detached' });
+    expect((await server.request('GET', '/api/v1/auth/me', { token })).status).toBe(401);
+    expect(tab.errors).toEqual([]);
+  });
+
+  it('sends an expired session back to login and returns to the page afterwards', async () => {
+    await server.setupAdmin();
+    const { page } = tab;
+    await page.goto('/login');
+    await logIn();
+    await page.getByRole('heading', { name: 'Overview' }).waitFor();
+
+    // The session ends on the server (as when it expires or is revoked elsewhere).
+    const cookie = (await tab.context.cookies()).find((c) => c.name === 'p2pstream_session')!;
+    const logout = await server.request('POST', '/api/v1/auth/logout', {
+      cookie: `${cookie.name}=${cookie.value}`,
+    });
+    expect(logout.status).toBe(204);
+
+    await page.getByRole('link', { name: 'API Tokens' }).click();
+    await page.waitForURL('**/login?next=%2Fsettings%2Ftokens');
+    await logIn();
+    await page.getByRole('heading', { name: 'API Tokens' }).waitFor();
+    expect(new URL(page.url()).pathname).toBe('/settings/tokens');
+    expect(tab.errors).toEqual([]);
+  });
+
+  it('keeps a login ?next= on this origin', async () => {
+    await server.setupAdmin();
+    const { page } = tab;
+    await page.goto('/login?next=%2F%2Fevil.example%2Fx');
+    await logIn();
+    await page.getByRole('heading', { name: 'Overview' }).waitFor();
+    expect(new URL(page.url()).origin).toBe(server.url);
+    expect(new URL(page.url()).pathname).toBe('/');
+  });
+});

@@ -1,0 +1,93 @@
+/**
+ * Browser test helpers: build the console once per test process, launch
+ * Debian's Chromium headless through playwright-core, open a console page
+ * that records page errors, and save screenshots under test-results/.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+/** Where the browser tests expect Chromium (`apt-get install -y chromium`); `CHROMIUM_PATH` overrides. */
+export const CHROMIUM_PATH = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+export const SCREENSHOT_DIR = path.join(ROOT, 'test-results', 'screenshots');
+
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-quic',
+  '--no-first-run',
+];
+
+let built: Promise<void> | null = null;
+
+/** Runs scripts/build-console.mjs once per process (servers started afterwards serve the result). */
+export function buildConsoleOnce(): Promise<void> {
+  built ??= promisify(execFile)(process.execPath, [path.join(ROOT, 'scripts', 'build-console.mjs')], {
+    cwd: ROOT,
+  }).then(() => undefined);
+  return built;
+}
+
+/**
+ * Launches headless Chromium. Fails (never skips) with an install hint when
+ * the browser is missing: the console tests must run in CI.
+ */
+export async function launchBrowser(): Promise<Browser> {
+  if (!existsSync(CHROMIUM_PATH)) {
+    throw new Error(
+      `Chromium not found at ${CHROMIUM_PATH}: the console tests need it. ` +
+        'Install it with `apt-get install -y chromium` (or set CHROMIUM_PATH).',
+    );
+  }
+  return chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS });
+}
+
+export interface ConsolePage {
+  context: BrowserContext;
+  page: Page;
+  /** Uncaught errors and console.error lines seen so far. */
+  errors: string[];
+}
+
+/**
+ * A fresh browser context on `baseURL`. The test servers use self-signed
+ * certificates; only this browser context ignores that (it holds no
+ * credentials but the ones the test creates through it).
+ */
+export async function openConsole(
+  browser: Browser,
+  baseURL: string,
+  options: { colorScheme?: 'light' | 'dark' } = {},
+): Promise<ConsolePage> {
+  const context = await browser.newContext({
+    baseURL,
+    ignoreHTTPSErrors: true,
+    colorScheme: options.colorScheme ?? 'light',
+    viewport: { width: 1280, height: 800 },
+  });
+  context.setDefaultTimeout(10_000);
+  const page = await context.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (err) => errors.push(`pageerror: ${err.message}`));
+  page.on('console', (msg) => {
+    // A failed fetch shows up as a console error; expected 4xx answers are not page bugs.
+    if (msg.type() === 'error' && !/Failed to load resource/.test(msg.text())) errors.push(msg.text());
+  });
+  return { context, page, errors };
+}
+
+/** Saves a full-page screenshot as test-results/screenshots/NAME.png. */
+export async function screenshot(page: Page, name: string): Promise<string> {
+  await mkdir(SCREENSHOT_DIR, { recursive: true });
+  const file = path.join(SCREENSHOT_DIR, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  return file;
+}
