@@ -71,6 +71,7 @@ describe('console: setup, login, tokens', () => {
     await page.getByRole('heading', { name: 'Overview' }).waitFor();
     expect(await page.getByTestId('current-user').textContent()).toBe(TEST_USERNAME);
     expect(new URL(page.url()).pathname).toBe('/');
+    await screenshot(page, 'overview-empty');
 
     await page.getByRole('button', { name: 'Log out' }).click();
     await page.getByRole('heading', { name: 'Log in' }).waitFor();
@@ -95,6 +96,15 @@ describe('console: setup, login, tokens', () => {
     await logIn();
     await page.getByRole('heading', { name: 'API Tokens' }).waitFor();
     expect(new URL(page.url()).pathname).toBe('/settings/tokens');
+
+    // The dialog is keyboard-usable: opened with Enter, focus inside, closed with Escape.
+    await page.getByRole('button', { name: 'Create token' }).focus();
+    await page.keyboard.press('Enter');
+    const dialog = page.getByRole('dialog', { name: 'Create API token' });
+    await dialog.waitFor();
+    expect(await dialog.evaluate((d) => d.contains(d.ownerDocument.activeElement))).toBe(true);
+    await page.keyboard.press('Escape');
+    await dialog.waitFor({ state: 'detached' });
 
     await page.getByRole('button', { name: 'Create token' }).click();
     await page.getByLabel('Name').fill('ci-scripts');
@@ -152,6 +162,25 @@ describe('console: setup, login, tokens', () => {
     expect(tab.errors).toEqual([]);
   });
 
+  it('is readable in dark mode', async () => {
+    await server.setupAdmin();
+    const dark = await openConsole(browser, server.url, { colorScheme: 'dark' });
+    try {
+      await dark.page.goto('/login');
+      await dark.page.getByRole('heading', { name: 'Log in' }).waitFor();
+      const colors = await dark.page.locator('body').evaluate((body) => {
+        const style = body.ownerDocument.defaultView!.getComputedStyle(body);
+        return { bg: style.backgroundColor, fg: style.color };
+      });
+      // Dark background, light text (from prefers-color-scheme, no toggle needed).
+      expect(luminance(colors.bg)).toBeLessThan(0.1);
+      expect(luminance(colors.fg)).toBeGreaterThan(0.6);
+      await screenshot(dark.page, 'login-dark');
+    } finally {
+      await dark.context.close();
+    }
+  });
+
   it('keeps a login ?next= on this origin', async () => {
     await server.setupAdmin();
     const { page } = tab;
@@ -162,3 +191,12 @@ describe('console: setup, login, tokens', () => {
     expect(new URL(page.url()).pathname).toBe('/');
   });
 });
+
+/** Relative luminance (0 black … 1 white) of a CSS `rgb(r, g, b)` colour. */
+function luminance(color: string): number {
+  const [r, g, b] = (color.match(/\d+(\.\d+)?/g) ?? []).slice(0, 3).map((c) => {
+    const v = Number(c) / 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  });
+  return 0.2126 * (r ?? 0) + 0.7152 * (g ?? 0) + 0.0722 * (b ?? 0);
+}
