@@ -26,8 +26,13 @@ export interface TrafficStreamOptions {
   onState(state: StreamState): void;
   /** Events the server reports this subscriber lost (slow consumer). */
   onDropped?(count: number): void;
-  /** Asked after a drop: why it failed (a 401 here sends the user to login); resolves null when unknown. */
-  diagnose?(): Promise<string | null>;
+  /**
+   * Asked before each reconnect: resolves the newest retained sequence number
+   * (null when none), or throws with the reason the stream is unavailable (a
+   * 401 here sends the user to login). A newest sequence below the resume point
+   * means the instance restarted: the stream then resumes from its beginning.
+   */
+  probe?(): Promise<number | null>;
 }
 
 /** The stream URL for an environment, resuming after `after` when given. */
@@ -120,17 +125,30 @@ export class TrafficStream {
       if (this.#source !== source || this.#stopped) return;
       this.#source = null;
       window.clearTimeout(this.#stableTimer);
-      this.#attempt += 1;
-      const inMs = retryDelay(this.#attempt);
-      this.#options.onState({ kind: 'retrying', inMs, reason: null });
-      this.#retryTimer = window.setTimeout(() => this.#connect(), inMs);
-      this.#options.diagnose?.().then(
-        (reason) => {
-          if (reason && !this.#stopped && this.#source === null)
-            this.#options.onState({ kind: 'retrying', inMs, reason });
-        },
-        () => undefined,
-      );
+      this.#retry(null);
     };
+  }
+
+  #retry(reason: string | null): void {
+    this.#attempt += 1;
+    const inMs = retryDelay(this.#attempt);
+    this.#options.onState({ kind: 'retrying', inMs, reason });
+    this.#retryTimer = window.setTimeout(() => this.#reconnect(), inMs);
+  }
+
+  async #reconnect(): Promise<void> {
+    if (this.#stopped) return;
+    if (this.#options.probe) {
+      let newest: number | null;
+      try {
+        newest = await this.#options.probe();
+      } catch (err) {
+        if (!this.#stopped) this.#retry(err instanceof Error ? err.message : String(err));
+        return;
+      }
+      if (this.#stopped) return;
+      if (this.#lastSeq !== null && (newest === null || newest < this.#lastSeq)) this.#lastSeq = 0;
+    }
+    this.#connect();
   }
 }

@@ -93,12 +93,12 @@ export function TrafficPage(props: { environment: string }) {
           if (s.kind === 'live') setError(null);
         },
         onDropped: (count) => setDropped((d) => d + count),
-        diagnose: async () => {
+        probe: async () => {
           try {
-            await api.get('/api/v1/traffic/settings');
-            return null;
+            const newest = await api.get<{ events: TraceEvent[] }>('/api/v1/traffic/recent?limit=1');
+            return newest.events?.at(-1)?.seq ?? null;
           } catch (err) {
-            return messageOf(err);
+            throw new Error(messageOf(err));
           }
         },
       });
