@@ -91,10 +91,14 @@ export interface Listener {
   bindAddress: string;
   port: number;
   enabled: boolean;
+  /** Bound right now. */
+  running?: boolean;
+  /** Why an enabled listener is not running (port in use…), else null. */
+  error?: string | null;
 }
 
 export type RouteTarget =
-  | { type: 'upstream'; url: string }
+  | { type: 'upstream'; url: string; timeoutMs?: number }
   | { type: 'redirect'; location: string; status: number }
   | { type: 'static'; status: number; contentType: string; body: string };
 

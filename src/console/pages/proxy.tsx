@@ -74,7 +74,7 @@ export function ProxyPage(props: { environment: string }) {
                   {listener.bindAddress}:{listener.port}
                 </td>
                 <td>
-                  {listener.enabled ? <Badge tone="ok">enabled</Badge> : <Badge tone="muted">disabled</Badge>}
+                  <ListenerStatus listener={listener} />
                 </td>
                 <td>{routes.filter((r) => r.listenerId === listener.id).length}</td>
                 <td class="row-actions">
@@ -211,11 +211,24 @@ export function ProxyPage(props: { environment: string }) {
   );
 }
 
+function ListenerStatus(props: { listener: Listener }) {
+  const { listener } = props;
+  if (!listener.enabled) return <Badge tone="muted">disabled</Badge>;
+  if (listener.running === false)
+    return (
+      <>
+        <Badge tone="bad">not running</Badge>
+        {listener.error ? <small class="bad-text"> {listener.error}</small> : null}
+      </>
+    );
+  return <Badge tone="ok">{listener.running ? 'running' : 'enabled'}</Badge>;
+}
+
 /** One line for a route target: `→ http://…`, `302 → /x`, `200 text/plain`. */
 export function describeTarget(target: RouteTarget): string {
   switch (target.type) {
     case 'upstream':
-      return `→ ${target.url}`;
+      return `→ ${target.url}${target.timeoutMs ? ` (timeout ${target.timeoutMs} ms)` : ''}`;
     case 'redirect':
       return `${target.status} → ${target.location}`;
     case 'static':
@@ -318,6 +331,9 @@ function RouteDialog(props: {
   const [priority, setPriority] = useState(String(existing?.priority ?? 0));
   const [type, setType] = useState<RouteTarget['type']>(target?.type ?? 'upstream');
   const [url, setUrl] = useState(target?.type === 'upstream' ? target.url : 'http://127.0.0.1:3000');
+  const [upstreamTimeout, setUpstreamTimeout] = useState(
+    target?.type === 'upstream' && target.timeoutMs ? String(target.timeoutMs) : '',
+  );
   const [location, setLocation] = useState(target?.type === 'redirect' ? target.location : '');
   const [redirectStatus, setRedirectStatus] = useState(
     String(target?.type === 'redirect' ? target.status : 302),
@@ -336,7 +352,9 @@ function RouteDialog(props: {
     setErrors(NO_ERRORS);
     const routeTarget =
       type === 'upstream'
-        ? { type, url }
+        ? upstreamTimeout.trim() === ''
+          ? { type, url }
+          : { type, url, timeoutMs: numberOr(upstreamTimeout) }
         : type === 'redirect'
           ? { type, location, status: numberOr(redirectStatus) }
           : { type, status: numberOr(staticStatus), contentType, body };
@@ -359,7 +377,9 @@ function RouteDialog(props: {
           'pathPrefix',
           'priority',
           'target',
+          'target.type',
           'target.url',
+          'target.timeoutMs',
           'target.location',
           'target.status',
           'target.contentType',
@@ -369,7 +389,8 @@ function RouteDialog(props: {
       setBusy(false);
     }
   };
-  const fieldError = (name: string) => errors.field[`target.${name}`] ?? errors.field.target;
+  const fieldError = (name: string) =>
+    errors.field[`target.${name}`] ?? errors.field.target ?? errors.field['target.type'];
   return (
     <Dialog title={existing ? 'Edit route' : 'Add route'} onClose={props.onClose} wide>
       <form onSubmit={submit} noValidate>
@@ -426,9 +447,29 @@ function RouteDialog(props: {
           ))}
         </fieldset>
         {type === 'upstream' ? (
-          <Field label="Upstream URL" error={fieldError('url')} hint="http:// or https:// origin.">
-            <input name="url" type="url" value={url} onInput={(e) => setUrl(e.currentTarget.value)} />
-          </Field>
+          <div class="grid2">
+            <Field
+              label="Upstream URL"
+              error={fieldError('url')}
+              hint="http:// or https:// origin, optionally a base path."
+            >
+              <input name="url" type="url" value={url} onInput={(e) => setUrl(e.currentTarget.value)} />
+            </Field>
+            <Field
+              label="Upstream timeout (ms)"
+              error={errors.field['target.timeoutMs']}
+              hint="Empty: the default (30 s)."
+            >
+              <input
+                name="timeoutMs"
+                type="number"
+                min={100}
+                max={600000}
+                value={upstreamTimeout}
+                onInput={(e) => setUpstreamTimeout(e.currentTarget.value)}
+              />
+            </Field>
+          </div>
         ) : null}
         {type === 'redirect' ? (
           <div class="grid2">
@@ -457,7 +498,7 @@ function RouteDialog(props: {
                 <input
                   name="status"
                   type="number"
-                  min={100}
+                  min={200}
                   max={599}
                   value={staticStatus}
                   onInput={(e) => setStaticStatus(e.currentTarget.value)}
