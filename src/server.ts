@@ -8,10 +8,18 @@ import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from './app.js';
 import type { ServerConfig } from './config.js';
+import { DataPlane } from './dataplane/data-plane.js';
+import { TraceRecorder } from './dataplane/trace-recorder.js';
 import { AuthService } from './domain/auth-service.js';
+import { createOverviewService } from './domain/overview-service.js';
+import { ProxyConfigService } from './domain/proxy-config-service.js';
 import { createSystemService } from './domain/system-service.js';
 import { TokenService } from './domain/token-service.js';
+import { TrafficSettingsService } from './domain/traffic-settings-service.js';
 import { createConsolePlugin } from './http/routes/console.js';
+import { createOverviewPlugin } from './http/routes/overview.js';
+import { createProxyPlugin } from './http/routes/proxy.js';
+import { createTrafficPlugin } from './http/routes/traffic.js';
 import type { Logger } from './logger.js';
 import { LowdbStore } from './storage/lowdb-store.js';
 import { loadSecretsBox } from './storage/secrets-box.js';
@@ -44,9 +52,36 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
   const tokens = new TokenService({ store });
   const system = createSystemService({ store });
   void secrets;
+  // Public proxy data plane, tracer and overview (configuration restored after listen).
+  const recorder = new TraceRecorder();
+  const traffic = new TrafficSettingsService({
+    store,
+    counters: () => recorder.counters(),
+    onChange: (settings) => recorder.configure(settings),
+  });
+  recorder.configure(traffic.settings());
+  const dataPlane = new DataPlane({ logger: logger.child({ component: 'dataplane' }), recorder });
+  const proxyConfig = new ProxyConfigService({ store, runtime: dataPlane });
+  const overview = createOverviewService({
+    stats: dataPlane.metrics,
+    listenersRunning: () => dataPlane.runningCount(),
+    listenersConfigured: () => proxyConfig.listenerCount(),
+    traceSubscribers: () => recorder.subscriberCount,
+  });
 
   const app = await buildApp(
-    { logger, auth, tokens, system, localPlugins: [createConsolePlugin()] },
+    {
+      logger,
+      auth,
+      tokens,
+      system,
+      localPlugins: [createConsolePlugin()],
+      operationalPlugins: [
+        createProxyPlugin({ proxyConfig }),
+        createTrafficPlugin({ settings: traffic, recorder }),
+        createOverviewPlugin({ overview }),
+      ],
+    },
     { https: { key: tls.key, cert: tls.cert }, bodyLimitBytes: config.bodyLimitBytes },
   );
   await app.listen({ host: config.managementAddr, port: config.managementPort });
@@ -54,6 +89,7 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `https://${host}:${address.port}`;
   logger.info({ url, certificate: tls.certFile }, `management listening on ${url}`);
+  await dataPlane.start(store.read().proxy);
   if (auth.setupRequired) {
     // The setup code is meant to be read from the log by the operator, once.
     logger.warn(
@@ -71,6 +107,7 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
     close() {
       closing ??= (async () => {
         await app.close();
+        await dataPlane.close();
         await store.close();
       })();
       return closing;

@@ -97,7 +97,7 @@ export interface EnvironmentRecord {
 }
 
 export type RouteTarget =
-  | { type: 'upstream'; url: string }
+  | { type: 'upstream'; url: string; timeoutMs?: number }
   | { type: 'redirect'; location: string; status: number }
   | { type: 'static'; status: number; contentType: string; body: string };
 

@@ -1,0 +1,249 @@
+/**
+ * The public proxy: one plain-HTTP server per enabled listener, the compiled
+ * route tables, and one shared undici Agent for upstreams (keep-alive pools
+ * per origin). Implements the domain's ProxyRuntime, so configuration
+ * changes apply live: a listener binds when created or enabled, closes its
+ * listening socket at once when disabled or deleted (in-flight requests get
+ * `closeGraceMs` to finish), and a route change takes effect for the next
+ * request.
+ *
+ * Bind failures map to AppError: EADDRINUSE → CONFLICT (field `port`),
+ * EADDRNOTAVAIL → VALIDATION_FAILED (field `bindAddress`), EACCES →
+ * VALIDATION_FAILED (field `port`).
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { rootCertificates } from 'node:tls';
+import { Agent } from 'undici';
+import {
+  DEFAULT_UPSTREAM_TIMEOUT_MS,
+  type ListenerStatus,
+  type ProxyRuntime,
+} from '../domain/proxy-config-service.js';
+import { AppError } from '../errors.js';
+import type { Logger } from '../logger.js';
+import type { ListenerRecord, RouteRecord } from '../storage/schema.js';
+import { type ExchangeContext, handleExchange } from './proxy-exchange.js';
+import { RequestMetrics } from './request-metrics.js';
+import { compileRoutes, type ListenerRoutes, routesOf } from './route-table.js';
+import { TraceRecorder } from './trace-recorder.js';
+
+/** Time in-flight requests get when their listener stops, before their connections are cut. */
+export const DEFAULT_CLOSE_GRACE_MS = 5000;
+export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
+/** Idle upstream connections are kept this long for reuse. */
+export const DEFAULT_UPSTREAM_KEEP_ALIVE_MS = 4000;
+
+export interface DataPlaneOptions {
+  logger: Logger;
+  recorder?: TraceRecorder;
+  metrics?: RequestMetrics;
+  /** Upstream timeout when a route sets none (default 30 s). */
+  upstreamTimeoutMs?: number;
+  upstreamConnectTimeoutMs?: number;
+  upstreamKeepAliveMs?: number;
+  /** Extra trusted CA certificates (PEM) for https upstreams; the system store is always used. */
+  upstreamCa?: string | string[];
+  closeGraceMs?: number;
+}
+
+interface RunningListener {
+  record: Readonly<ListenerRecord>;
+  server: Server;
+}
+
+export class DataPlane implements ProxyRuntime {
+  readonly recorder: TraceRecorder;
+  readonly metrics: RequestMetrics;
+  readonly #logger: Logger;
+  readonly #agent: Agent;
+  readonly #context: ExchangeContext;
+  readonly #closeGraceMs: number;
+  readonly #running = new Map<string, RunningListener>();
+  readonly #errors = new Map<string, string>();
+  readonly #closing = new Set<Promise<void>>();
+  #tables = new Map<string, ListenerRoutes>();
+  #closed = false;
+
+  constructor(options: DataPlaneOptions) {
+    this.#logger = options.logger;
+    this.recorder = options.recorder ?? new TraceRecorder();
+    this.metrics = options.metrics ?? new RequestMetrics();
+    this.#closeGraceMs = options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS;
+    const keepAlive = options.upstreamKeepAliveMs ?? DEFAULT_UPSTREAM_KEEP_ALIVE_MS;
+    const ca = options.upstreamCa;
+    this.#agent = new Agent({
+      keepAliveTimeout: keepAlive,
+      keepAliveMaxTimeout: Math.max(keepAlive, 600_000),
+      connect: {
+        timeout: options.upstreamConnectTimeoutMs ?? DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
+        ...(ca === undefined ? {} : { ca: [...(Array.isArray(ca) ? ca : [ca]), ...rootCertificates] }),
+      },
+    });
+    this.#context = {
+      dispatcher: this.#agent,
+      recorder: this.recorder,
+      metrics: this.metrics,
+      defaultTimeoutMs: options.upstreamTimeoutMs ?? DEFAULT_UPSTREAM_TIMEOUT_MS,
+    };
+  }
+
+  /**
+   * Restores a configuration at start: routes, then every enabled listener.
+   * A listener that cannot bind is logged and reported by `listenerStatus`;
+   * the others start anyway.
+   */
+  async start(config: {
+    listeners: readonly Readonly<ListenerRecord>[];
+    routes: readonly Readonly<RouteRecord>[];
+  }): Promise<void> {
+    this.setRoutes(config.routes);
+    for (const listener of config.listeners) {
+      if (!listener.enabled) continue;
+      try {
+        await this.startListener(listener);
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        this.#errors.set(listener.id, message);
+        this.#logger.warn(
+          { listenerId: listener.id, bindAddress: listener.bindAddress, port: listener.port, err },
+          `proxy listener "${listener.name}" could not start: ${message}`,
+        );
+      }
+    }
+  }
+
+  async startListener(listener: Readonly<ListenerRecord>): Promise<void> {
+    if (this.#closed) throw new AppError('INTERNAL', 'the data plane is closed');
+    const existing = this.#running.get(listener.id);
+    if (
+      existing &&
+      existing.record.bindAddress === listener.bindAddress &&
+      existing.record.port === listener.port
+    ) {
+      existing.record = listener;
+      return;
+    }
+    const id = listener.id;
+    const server = createServer(
+      { keepAliveTimeout: 5000, headersTimeout: 60_000, requestTimeout: 0 },
+      (req: IncomingMessage, res: ServerResponse) => {
+        handleExchange(this.#context, id, routesOf(this.#tables, id), req, res);
+      },
+    );
+    server.on('clientError', (_err, socket) => {
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+      else socket.destroy();
+    });
+    await listen(server, listener);
+    // Bound: only now replace the previous socket, so a failed rebind keeps the old one serving.
+    this.#running.set(id, { record: listener, server });
+    this.#errors.delete(id);
+    if (existing) this.#closeServer(existing.server);
+    this.#logger.info(
+      { listenerId: id, bindAddress: listener.bindAddress, port: boundPort(server) },
+      `proxy listener "${listener.name}" serving on ${listener.bindAddress}:${boundPort(server)}`,
+    );
+  }
+
+  async stopListener(id: string): Promise<void> {
+    this.#errors.delete(id);
+    const running = this.#running.get(id);
+    if (!running) return;
+    this.#running.delete(id);
+    this.#closeServer(running.server);
+    this.#logger.info({ listenerId: id }, `proxy listener "${running.record.name}" stopped`);
+  }
+
+  setRoutes(routes: readonly Readonly<RouteRecord>[]): void {
+    this.#tables = compileRoutes(routes);
+  }
+
+  listenerStatus(id: string): ListenerStatus {
+    return { running: this.#running.has(id), error: this.#errors.get(id) ?? null };
+  }
+
+  /** The port a running listener is bound to (useful with port 0), or null. */
+  boundPort(id: string): number | null {
+    const running = this.#running.get(id);
+    return running ? boundPort(running.server) : null;
+  }
+
+  /** Number of listeners bound right now. */
+  runningCount(): number {
+    return this.#running.size;
+  }
+
+  /** Stops every listener (in-flight requests get the grace period) and the upstream pools. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const running of this.#running.values()) this.#closeServer(running.server);
+    this.#running.clear();
+    await Promise.all(this.#closing);
+    await this.#agent.close();
+  }
+
+  /** Closes the listening socket now; idle connections at once, busy ones after the grace period. */
+  #closeServer(server: Server): void {
+    const done = new Promise<void>((resolve) => {
+      const timer = setTimeout(() => server.closeAllConnections(), this.#closeGraceMs);
+      timer.unref();
+      server.close(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+      server.closeIdleConnections();
+    });
+    this.#closing.add(done);
+    void done.then(() => this.#closing.delete(done));
+  }
+}
+
+function listen(server: Server, listener: Readonly<ListenerRecord>): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException) => {
+      server.off('listening', onListening);
+      reject(bindError(err, listener));
+    };
+    const onListening = () => {
+      server.off('error', onError);
+      resolve();
+    };
+    server.once('error', onError);
+    server.once('listening', onListening);
+    server.listen({ host: listener.bindAddress, port: listener.port, exclusive: true });
+  });
+}
+
+function bindError(err: NodeJS.ErrnoException, listener: Readonly<ListenerRecord>): AppError {
+  const where = `${listener.bindAddress}:${listener.port}`;
+  switch (err.code) {
+    case 'EADDRINUSE':
+      return new AppError('CONFLICT', `port ${listener.port} is in use on ${listener.bindAddress}`, {
+        cause: err,
+        details: { field: 'port' },
+      });
+    case 'EADDRNOTAVAIL':
+    case 'EAFNOSUPPORT':
+      return new AppError(
+        'VALIDATION_FAILED',
+        `bindAddress: ${listener.bindAddress} is not an address of this host`,
+        {
+          cause: err,
+          details: { field: 'bindAddress' },
+        },
+      );
+    case 'EACCES':
+      return new AppError('VALIDATION_FAILED', `port: not allowed to bind ${where}`, {
+        cause: err,
+        details: { field: 'port' },
+      });
+    default:
+      return new AppError('INTERNAL', `cannot bind ${where}`, { cause: err });
+  }
+}
+
+function boundPort(server: Server): number {
+  return (server.address() as AddressInfo | null)?.port ?? 0;
+}

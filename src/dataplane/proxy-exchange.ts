@@ -1,0 +1,423 @@
+/**
+ * One proxied request, from arrival to the end of the response: picks the
+ * route, answers static and redirect targets itself, and forwards upstream
+ * targets through undici's dispatcher with end-to-end streaming — the
+ * upstream body is written to the client chunk by chunk and the upstream
+ * socket is paused while the client does not drain; the request body is
+ * streamed to the upstream the same way. When the response is over (or the
+ * client gone) the exchange is counted and traced once.
+ *
+ * Forwarding rules: hop-by-hop headers (`Connection` and the headers it
+ * names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`,
+ * `Upgrade`) are dropped both ways; `Host` becomes the upstream's and the
+ * original travels in `X-Forwarded-Host`; `X-Forwarded-For` gets the client
+ * address appended; `X-Forwarded-Proto` is `http`. Paths with dot segments
+ * are resolved before routing, so `/public/../admin` is routed as `/admin`.
+ *
+ * Failures: no route → 404 (`no_route`); upstream refused/reset/DNS/TLS →
+ * 502; upstream timeout → 504; a failure after the response started cuts
+ * the client connection. Each carries a traced error kind.
+ */
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { Readable } from 'node:stream';
+import type { Dispatcher } from 'undici';
+import type { TraceErrorKind } from '../domain/traffic-types.js';
+import type { RequestMetrics } from './request-metrics.js';
+import { type CompiledRoute, type ListenerRoutes, matchRoute, normalizeHost } from './route-table.js';
+import type { TraceInput, TraceRecorder } from './trace-recorder.js';
+
+/** What an exchange needs from its data plane. */
+export interface ExchangeContext {
+  readonly dispatcher: Dispatcher;
+  readonly recorder: TraceRecorder;
+  readonly metrics: RequestMetrics;
+  /** Upstream timeout when the route sets none. */
+  readonly defaultTimeoutMs: number;
+}
+
+/** Request headers never forwarded (lower case); the `X-Forwarded-*` ones are set afresh. */
+const REQUEST_HEADERS_DROPPED = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authorization',
+  'proxy-authenticate',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+  'host',
+  'expect',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+]);
+
+/** Response headers never passed back (lower case). */
+const RESPONSE_HEADERS_DROPPED = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+]);
+
+const TEXT_PLAIN = 'text/plain; charset=utf-8';
+
+/** How an upstream failure is answered and traced. */
+export interface UpstreamFailure {
+  kind: TraceErrorKind;
+  status: 502 | 504;
+}
+
+/** Maps an undici / socket error onto a traced kind and a 502 or 504. */
+export function classifyUpstreamError(err: unknown): UpstreamFailure {
+  const first = (err as { errors?: unknown[] } | null)?.errors?.[0];
+  const e = (first ?? err) as { code?: unknown; message?: unknown; name?: unknown } | null;
+  const code = typeof e?.code === 'string' ? e.code : '';
+  switch (code) {
+    case 'UND_ERR_HEADERS_TIMEOUT':
+      return { kind: 'upstream_timeout', status: 504 };
+    case 'UND_ERR_BODY_TIMEOUT':
+      return { kind: 'upstream_body_timeout', status: 504 };
+    case 'UND_ERR_CONNECT_TIMEOUT':
+    case 'ETIMEDOUT':
+      return { kind: 'upstream_connect_timeout', status: 504 };
+    case 'ECONNREFUSED':
+      return { kind: 'upstream_refused', status: 502 };
+    case 'ECONNRESET':
+    case 'EPIPE':
+    case 'UND_ERR_SOCKET':
+    case 'UND_ERR_CLOSED':
+    case 'ERR_STREAM_PREMATURE_CLOSE':
+      return { kind: 'upstream_reset', status: 502 };
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return { kind: 'upstream_dns', status: 502 };
+  }
+  if (
+    code.startsWith('ERR_TLS') ||
+    code.startsWith('ERR_SSL') ||
+    code.includes('CERT') ||
+    code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE'
+  ) {
+    return { kind: 'upstream_tls', status: 502 };
+  }
+  return { kind: 'upstream_error', status: 502 };
+}
+
+/** Handles one request on a listener; everything else happens through callbacks. */
+export function handleExchange(
+  context: ExchangeContext,
+  listenerId: string,
+  routes: ListenerRoutes,
+  req: IncomingMessage,
+  res: ServerResponse,
+): void {
+  new ProxyExchange(context, listenerId, req, res).run(routes);
+}
+
+class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
+  readonly startedAt = Date.now();
+  readonly #t0 = performance.now();
+  readonly method: string;
+  host: string | null;
+  path = '/';
+  query = '';
+  status: number | null = null;
+  durationMs = 0;
+  bytesIn = 0;
+  bytesOut = 0;
+  readonly listenerId: string;
+  routeId: string | null = null;
+  target: string | null = null;
+  readonly clientIp: string | null;
+  error: TraceErrorKind | null = null;
+  upstreamMs: number | null = null;
+  responseHeaders: (string | Buffer)[] | null = null;
+
+  readonly #context: ExchangeContext;
+  readonly #req: IncomingMessage;
+  readonly #res: ServerResponse;
+  #controller: Dispatcher.DispatchController | null = null;
+  #clientGone = false;
+  #finished = false;
+  #upstreamDone = false;
+
+  constructor(context: ExchangeContext, listenerId: string, req: IncomingMessage, res: ServerResponse) {
+    this.#context = context;
+    this.listenerId = listenerId;
+    this.#req = req;
+    this.#res = res;
+    this.method = req.method ?? 'GET';
+    this.host = normalizeHost(req.headers.host);
+    const address = req.socket.remoteAddress;
+    this.clientIp = address?.startsWith('::ffff:') ? address.slice(7) : (address ?? null);
+    res.once('close', this.#onClose);
+  }
+
+  get httpVersion(): string {
+    return this.#req.httpVersion;
+  }
+
+  get userAgent(): string | null {
+    return this.#req.headers['user-agent'] ?? null;
+  }
+
+  get requestHeaders(): readonly string[] {
+    return this.#req.rawHeaders;
+  }
+
+  run(tables: ListenerRoutes): void {
+    if (!this.#parseTarget()) {
+      this.#respond(400, 'bad request\n');
+      return;
+    }
+    const route = matchRoute(tables, this.host, this.path);
+    if (route === null) {
+      this.error = 'no_route';
+      this.#respond(404, 'no route\n');
+      return;
+    }
+    this.routeId = route.id;
+    this.target = route.label;
+    const target = route.target;
+    switch (target.type) {
+      case 'static':
+        this.#drainRequest();
+        this.#send(target.status, ['content-type', target.contentType], target.body);
+        return;
+      case 'redirect':
+        this.#drainRequest();
+        this.#send(target.status, ['location', target.location], null);
+        return;
+      case 'upstream':
+        this.#forward(route);
+        return;
+    }
+  }
+
+  /** Splits the request target into path and query; resolves dot segments. */
+  #parseTarget(): boolean {
+    let url = this.#req.url ?? '/';
+    if (!url.startsWith('/')) {
+      // Absolute form (`GET http://host/path`): route on its host and path.
+      try {
+        const parsed = new URL(url);
+        this.host = normalizeHost(parsed.host);
+        url = parsed.pathname + parsed.search;
+      } catch {
+        return false;
+      }
+    }
+    const q = url.indexOf('?');
+    let path = q < 0 ? url : url.slice(0, q);
+    if (q >= 0) this.query = url.slice(q + 1);
+    if (path.includes('/.') || path.includes('%2') || path.includes('\\')) {
+      try {
+        path = new URL(path, 'http://p2pstream.invalid').pathname;
+      } catch {
+        return false;
+      }
+    }
+    this.path = path;
+    return true;
+  }
+
+  #forward(route: CompiledRoute): void {
+    const target = route.target;
+    if (target.type !== 'upstream') return;
+    if (this.method === 'CONNECT') {
+      this.#respond(405, 'method not allowed\n');
+      return;
+    }
+    const timeout = target.timeoutMs ?? this.#context.defaultTimeoutMs;
+    const headers = this.#forwardedHeaders();
+    const hasBody =
+      this.#req.headers['transfer-encoding'] !== undefined ||
+      (this.#req.headers['content-length'] !== undefined && this.#req.headers['content-length'] !== '0');
+    try {
+      this.#context.dispatcher.dispatch(
+        {
+          origin: target.origin,
+          path: target.basePath + this.path + (this.query === '' ? '' : `?${this.query}`),
+          method: this.method,
+          headers,
+          // undici takes any async iterable as a body; the generator counts bytes and keeps backpressure.
+          body: hasBody ? (countBytes(this.#req, this) as unknown as Readable) : null,
+          headersTimeout: timeout,
+          bodyTimeout: timeout,
+        },
+        this,
+      );
+    } catch (err) {
+      this.onResponseError(null, err as Error);
+    }
+  }
+
+  #forwardedHeaders(): string[] {
+    const raw = this.#req.rawHeaders;
+    const named = connectionTokens(this.#req.headers);
+    const out: string[] = [];
+    let forwardedFor: string | null = null;
+    for (let i = 0; i + 1 < raw.length; i += 2) {
+      const name = raw[i]!;
+      const lower = name.toLowerCase();
+      if (lower === 'x-forwarded-for') {
+        forwardedFor = forwardedFor === null ? raw[i + 1]! : `${forwardedFor}, ${raw[i + 1]}`;
+        continue;
+      }
+      if (REQUEST_HEADERS_DROPPED.has(lower) || named?.has(lower)) continue;
+      out.push(name, raw[i + 1]!);
+    }
+    const client = this.clientIp ?? 'unknown';
+    out.push('x-forwarded-for', forwardedFor === null ? client : `${forwardedFor}, ${client}`);
+    out.push('x-forwarded-proto', 'http');
+    const host = this.#req.headers.host;
+    if (host !== undefined) out.push('x-forwarded-host', host);
+    return out;
+  }
+
+  // --- undici dispatch handler -------------------------------------------------
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    if (this.#clientGone) controller.abort(new Error('the client went away'));
+  }
+
+  onResponseStart(
+    _controller: Dispatcher.DispatchController,
+    statusCode: number,
+    headers: IncomingHttpHeaders,
+  ): void {
+    if (statusCode < 200 || this.#clientGone) return;
+    this.upstreamMs = performance.now() - this.#t0;
+    const named = connectionTokens(headers);
+    const list: string[] = [];
+    for (const name in headers) {
+      if (RESPONSE_HEADERS_DROPPED.has(name) || named?.has(name)) continue;
+      const value = headers[name];
+      if (value === undefined) continue;
+      if (Array.isArray(value)) for (const v of value) list.push(name, v);
+      else list.push(name, value);
+    }
+    this.responseHeaders = list;
+    this.#res.writeHead(statusCode, list);
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#clientGone) return;
+    this.bytesOut += chunk.length;
+    if (!this.#res.write(chunk)) {
+      controller.pause();
+      this.#res.once('drain', this.#resume);
+    }
+  }
+
+  onResponseEnd(): void {
+    this.#upstreamDone = true;
+    if (!this.#clientGone) this.#res.end();
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController | null, err: Error): void {
+    this.#upstreamDone = true;
+    if (this.#clientGone) {
+      this.error ??= 'client_aborted';
+      return;
+    }
+    const failure = classifyUpstreamError(err);
+    if (this.#res.headersSent) {
+      // The answer had started: the client sees a cut connection, never a truncated "success".
+      this.error = failure.kind === 'upstream_body_timeout' ? failure.kind : 'upstream_aborted';
+      this.#res.destroy(err);
+      return;
+    }
+    this.error = failure.kind;
+    this.#respond(failure.status, failure.status === 504 ? 'gateway timeout\n' : 'bad gateway\n');
+  }
+
+  readonly #resume = (): void => {
+    this.#controller?.resume();
+  };
+
+  // --- answering and finishing -------------------------------------------------
+
+  #respond(status: number, text: string): void {
+    this.#drainRequest();
+    this.#send(status, ['content-type', TEXT_PLAIN], Buffer.from(text));
+  }
+
+  #send(status: number, headers: string[], body: Buffer | null): void {
+    const res = this.#res;
+    if (res.headersSent || this.#clientGone) return;
+    const length = body === null ? 0 : body.length;
+    headers.push('content-length', String(length));
+    this.responseHeaders = headers;
+    res.writeHead(status, headers);
+    if (body === null || length === 0 || this.method === 'HEAD') res.end();
+    else {
+      this.bytesOut += length;
+      res.end(body);
+    }
+  }
+
+  /** Reads (and counts) a request body that nobody forwards, so the connection can be reused. */
+  #drainRequest(): void {
+    const req = this.#req;
+    if (req.complete || req.readableEnded) return;
+    req.on('data', this.#countIn);
+    req.resume();
+  }
+
+  readonly #countIn = (chunk: Buffer): void => {
+    this.bytesIn += chunk.length;
+  };
+
+  readonly #onClose = (): void => {
+    if (this.#finished) return;
+    this.#finished = true;
+    const res = this.#res;
+    if (!res.writableFinished) {
+      this.#clientGone = true;
+      if (!this.#upstreamDone) this.#controller?.abort(new Error('the client went away'));
+      this.error ??= 'client_aborted';
+    }
+    this.status = res.headersSent ? res.statusCode : null;
+    this.durationMs = performance.now() - this.#t0;
+    const status = this.status ?? 0;
+    const failed =
+      status >= 500 || (this.error !== null && this.error !== 'client_aborted' && this.error !== 'no_route');
+    this.#context.metrics.observe(this.durationMs, failed);
+    this.#context.recorder.record(this);
+  };
+}
+
+/** Header names listed in a Connection header (other than keep-alive/close), or null. */
+function connectionTokens(headers: IncomingHttpHeaders): Set<string> | null {
+  const value = headers.connection;
+  if (value === undefined) return null;
+  const text = Array.isArray(value) ? value.join(',') : value;
+  let tokens: Set<string> | null = null;
+  for (const part of text.split(',')) {
+    const token = part.trim().toLowerCase();
+    if (token === '' || token === 'keep-alive' || token === 'close') continue;
+    tokens ??= new Set();
+    tokens.add(token);
+  }
+  return tokens;
+}
+
+/** Yields the request body unchanged while counting its bytes into `into.bytesIn`. */
+async function* countBytes(req: IncomingMessage, into: { bytesIn: number }): AsyncGenerator<Buffer> {
+  for await (const chunk of req) {
+    into.bytesIn += (chunk as Buffer).length;
+    yield chunk as Buffer;
+  }
+}

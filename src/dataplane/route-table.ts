@@ -1,0 +1,203 @@
+/**
+ * Route selection for the public proxy, compiled once per configuration
+ * change so that a request does a few map lookups and prefix checks.
+ *
+ * Order (first that matches wins):
+ * 1. host tier: a route for the exact host, then a `*.suffix` route (the
+ *    longest suffix first: `*.a.example.com` before `*.example.com`), then a
+ *    route without host. A lower tier is tried only when no route of the
+ *    higher one matches the path.
+ * 2. within a tier: the longest `pathPrefix`;
+ * 3. then the higher `priority` (higher wins);
+ * 4. then the older route (creation time, then id), so the choice is stable.
+ *
+ * A prefix matches whole path segments: `/api` matches `/api`, `/api/` and
+ * `/api/users` but not `/apix`; a prefix ending in `/` matches anything that
+ * starts with it.
+ */
+import type { RouteRecord } from '../storage/schema.js';
+
+/** A route with everything the proxy needs precomputed. */
+export interface CompiledRoute {
+  readonly id: string;
+  readonly listenerId: string;
+  readonly pathPrefix: string;
+  readonly priority: number;
+  /** What trace events show as `target`. */
+  readonly label: string;
+  readonly target: CompiledTarget;
+  readonly record: Readonly<RouteRecord>;
+}
+
+export type CompiledTarget =
+  | {
+      readonly type: 'upstream';
+      /** `scheme://host:port`. */
+      readonly origin: string;
+      /** Prepended to the request path; '' for none. */
+      readonly basePath: string;
+      readonly timeoutMs: number | null;
+    }
+  | { readonly type: 'redirect'; readonly status: number; readonly location: string }
+  | {
+      readonly type: 'static';
+      readonly status: number;
+      readonly contentType: string;
+      readonly body: Buffer;
+    };
+
+interface WildcardGroup {
+  /** `.example.com` for `*.example.com`. */
+  readonly suffix: string;
+  readonly routes: CompiledRoute[];
+}
+
+/** The routes of one listener, grouped by host tier. */
+export interface ListenerRoutes {
+  readonly exact: Map<string, CompiledRoute[]>;
+  readonly wildcard: WildcardGroup[];
+  readonly any: CompiledRoute[];
+}
+
+const EMPTY: ListenerRoutes = { exact: new Map(), wildcard: [], any: [] };
+
+/** Compiles routes into per-listener tables. */
+export function compileRoutes(routes: readonly Readonly<RouteRecord>[]): Map<string, ListenerRoutes> {
+  const tables = new Map<
+    string,
+    { exact: Map<string, CompiledRoute[]>; wildcard: Map<string, CompiledRoute[]>; any: CompiledRoute[] }
+  >();
+  for (const record of routes) {
+    let table = tables.get(record.listenerId);
+    if (!table) {
+      table = { exact: new Map(), wildcard: new Map(), any: [] };
+      tables.set(record.listenerId, table);
+    }
+    const compiled = compileRoute(record);
+    if (record.host === null) table.any.push(compiled);
+    else if (record.host.startsWith('*.')) pushTo(table.wildcard, record.host.slice(1), compiled);
+    else pushTo(table.exact, record.host, compiled);
+  }
+  const result = new Map<string, ListenerRoutes>();
+  for (const [listenerId, table] of tables) {
+    for (const list of table.exact.values()) list.sort(byPrecedence);
+    const wildcard = [...table.wildcard].map(([suffix, list]) => ({
+      suffix,
+      routes: list.sort(byPrecedence),
+    }));
+    wildcard.sort((a, b) => b.suffix.length - a.suffix.length || (a.suffix < b.suffix ? -1 : 1));
+    result.set(listenerId, { exact: table.exact, wildcard, any: table.any.sort(byPrecedence) });
+  }
+  return result;
+}
+
+/** The routes of `listenerId` in `tables`, or an empty table. */
+export function routesOf(tables: Map<string, ListenerRoutes>, listenerId: string): ListenerRoutes {
+  return tables.get(listenerId) ?? EMPTY;
+}
+
+/** The route for a request, or null. `host` is normalised (see {@link normalizeHost}). */
+export function matchRoute(table: ListenerRoutes, host: string | null, path: string): CompiledRoute | null {
+  if (host !== null) {
+    const exact = table.exact.get(host);
+    if (exact) {
+      const found = firstMatch(exact, path);
+      if (found) return found;
+    }
+    for (const group of table.wildcard) {
+      if (host.length > group.suffix.length && host.endsWith(group.suffix)) {
+        const found = firstMatch(group.routes, path);
+        if (found) return found;
+      }
+    }
+  }
+  return firstMatch(table.any, path);
+}
+
+/** True when `prefix` matches `path` on a segment boundary. */
+export function prefixMatches(prefix: string, path: string): boolean {
+  if (!path.startsWith(prefix)) return false;
+  if (path.length === prefix.length || prefix.charCodeAt(prefix.length - 1) === 47) return true;
+  return path.charCodeAt(prefix.length) === 47;
+}
+
+/**
+ * The host name of a Host header: lower case, without port or trailing dot;
+ * IPv6 literals keep their brackets. Null when absent or empty.
+ */
+export function normalizeHost(header: string | undefined): string | null {
+  if (header === undefined) return null;
+  let host = header.trim().toLowerCase();
+  if (host.startsWith('[')) {
+    const end = host.indexOf(']');
+    host = end < 0 ? host : host.slice(0, end + 1);
+  } else {
+    const colon = host.indexOf(':');
+    if (colon >= 0) host = host.slice(0, colon);
+  }
+  if (host.endsWith('.')) host = host.slice(0, -1);
+  return host === '' ? null : host;
+}
+
+function firstMatch(routes: readonly CompiledRoute[], path: string): CompiledRoute | null {
+  for (const route of routes) {
+    if (prefixMatches(route.pathPrefix, path)) return route;
+  }
+  return null;
+}
+
+function byPrecedence(a: CompiledRoute, b: CompiledRoute): number {
+  return (
+    b.pathPrefix.length - a.pathPrefix.length ||
+    b.priority - a.priority ||
+    (a.record.createdAt < b.record.createdAt ? -1 : a.record.createdAt > b.record.createdAt ? 1 : 0) ||
+    (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+  );
+}
+
+function pushTo(map: Map<string, CompiledRoute[]>, key: string, route: CompiledRoute): void {
+  const list = map.get(key);
+  if (list) list.push(route);
+  else map.set(key, [route]);
+}
+
+function compileRoute(record: Readonly<RouteRecord>): CompiledRoute {
+  const target = record.target;
+  let compiled: CompiledTarget;
+  let label: string;
+  switch (target.type) {
+    case 'upstream': {
+      const url = new URL(target.url);
+      compiled = {
+        type: 'upstream',
+        origin: url.origin,
+        basePath: url.pathname === '/' ? '' : url.pathname.replace(/\/+$/, ''),
+        timeoutMs: target.timeoutMs ?? null,
+      };
+      label = target.url;
+      break;
+    }
+    case 'redirect':
+      compiled = { type: 'redirect', status: target.status, location: target.location };
+      label = `redirect ${target.status} ${target.location}`;
+      break;
+    case 'static':
+      compiled = {
+        type: 'static',
+        status: target.status,
+        contentType: target.contentType,
+        body: Buffer.from(target.body, 'utf8'),
+      };
+      label = `static ${target.status}`;
+      break;
+  }
+  return {
+    id: record.id,
+    listenerId: record.listenerId,
+    pathPrefix: record.pathPrefix,
+    priority: record.priority,
+    label,
+    target: compiled,
+    record,
+  };
+}

@@ -1,0 +1,182 @@
+/**
+ * The traffic tracer: one event per proxied request, numbered, kept in a ring
+ * of the most recent {@link DEFAULT_TRACE_CAPACITY} and handed to live
+ * subscribers. Recording is cheap on purpose: nothing at all when tracing is
+ * off, one small object and a ring write when on, and one JSON serialisation
+ * per event shared by all subscribers — only when someone is subscribed.
+ * Subscribers never push back: a sink that cannot keep up drops events itself
+ * and reports them through {@link TraceRecorder.countDropped}.
+ */
+import { randomUUID } from 'node:crypto';
+import type { TraceCounters, TraceErrorKind, TraceEvent, TraceLevel } from '../domain/traffic-types.js';
+import { redactHeaderList, redactQuery } from './redact.js';
+
+/** Events kept for `GET /traffic/recent` and `?after=` replay. */
+export const DEFAULT_TRACE_CAPACITY = 1000;
+
+/** What the proxy knows about a finished request; the recorder turns it into an event. */
+export interface TraceInput {
+  /** Epoch ms the request arrived. */
+  startedAt: number;
+  method: string;
+  host: string | null;
+  path: string;
+  /** Raw query string without `?`, '' when none. */
+  query: string;
+  status: number | null;
+  durationMs: number;
+  bytesIn: number;
+  bytesOut: number;
+  listenerId: string;
+  routeId: string | null;
+  target: string | null;
+  clientIp: string | null;
+  error: TraceErrorKind | null;
+  httpVersion: string;
+  userAgent: string | null;
+  upstreamMs: number | null;
+  /** Request headers as received (Node's flat rawHeaders). */
+  requestHeaders: readonly string[];
+  /** Response headers as sent (flat list), or null when none were. */
+  responseHeaders: readonly (string | Buffer)[] | null;
+}
+
+/** A live subscriber: receives each event's sequence number and JSON. Must never block. */
+export interface TraceSink {
+  push(seq: number, json: string): void;
+  /** Ends the subscription from the server side (shutdown). */
+  close(): void;
+}
+
+export interface TraceRecorderOptions {
+  enabled?: boolean;
+  level?: TraceLevel;
+  capacity?: number;
+  now?: () => number;
+}
+
+export class TraceRecorder {
+  readonly #capacity: number;
+  readonly #ring: (TraceEvent | undefined)[];
+  readonly #subscribers = new Set<TraceSink>();
+  #enabled: boolean;
+  #level: TraceLevel;
+  #seq = 0;
+  #dropped = 0;
+
+  constructor(options: TraceRecorderOptions = {}) {
+    this.#capacity = options.capacity ?? DEFAULT_TRACE_CAPACITY;
+    this.#ring = new Array(this.#capacity);
+    this.#enabled = options.enabled ?? true;
+    this.#level = options.level ?? 'basic';
+  }
+
+  /** Applies tracer settings (live). */
+  configure(settings: { enabled: boolean; level: TraceLevel }): void {
+    this.#enabled = settings.enabled;
+    this.#level = settings.level;
+  }
+
+  get enabled(): boolean {
+    return this.#enabled;
+  }
+
+  get level(): TraceLevel {
+    return this.#level;
+  }
+
+  /** Sequence number of the newest event (0 before the first). */
+  get latestSeq(): number {
+    return this.#seq;
+  }
+
+  get subscriberCount(): number {
+    return this.#subscribers.size;
+  }
+
+  counters(): TraceCounters {
+    return { subscribers: this.#subscribers.size, emittedEvents: this.#seq, droppedEvents: this.#dropped };
+  }
+
+  /** Records one request (no-op when tracing is off). */
+  record(input: TraceInput): void {
+    if (!this.#enabled) return;
+    const seq = ++this.#seq;
+    const event = buildEvent(seq, input, this.#level);
+    this.#ring[(seq - 1) % this.#capacity] = event;
+    if (this.#subscribers.size === 0) return;
+    const json = JSON.stringify(event);
+    for (const sink of this.#subscribers) sink.push(seq, json);
+  }
+
+  /** Up to `limit` retained events, oldest first (newest last). */
+  recent(limit = this.#capacity): TraceEvent[] {
+    return this.#since(Math.max(0, this.#seq - Math.max(0, Math.min(limit, this.#capacity))));
+  }
+
+  /**
+   * Subscribes a sink. With `after`, retained events with a greater sequence
+   * number are pushed first (replay), then live ones, with nothing missed in
+   * between. Returns the function that unsubscribes.
+   */
+  subscribe(sink: TraceSink, after: number | null = null): () => void {
+    if (after !== null) {
+      for (const event of this.#since(after)) sink.push(event.seq, JSON.stringify(event));
+    }
+    this.#subscribers.add(sink);
+    return () => {
+      this.#subscribers.delete(sink);
+    };
+  }
+
+  /** Called by sinks for events they had to drop. */
+  countDropped(count: number): void {
+    this.#dropped += count;
+  }
+
+  /** Ends every live subscription (shutdown). */
+  closeSubscribers(): void {
+    for (const sink of [...this.#subscribers]) sink.close();
+    this.#subscribers.clear();
+  }
+
+  #since(after: number): TraceEvent[] {
+    const oldest = Math.max(1, this.#seq - this.#capacity + 1);
+    const events: TraceEvent[] = [];
+    for (let seq = Math.max(oldest, after + 1); seq <= this.#seq; seq++) {
+      const event = this.#ring[(seq - 1) % this.#capacity];
+      if (event) events.push(event);
+    }
+    return events;
+  }
+}
+
+function buildEvent(seq: number, input: TraceInput, level: TraceLevel): TraceEvent {
+  const event: TraceEvent = {
+    seq,
+    id: randomUUID(),
+    time: new Date(input.startedAt).toISOString(),
+    method: input.method,
+    host: input.host,
+    path: input.path,
+    status: input.status,
+    durationMs: Math.round(input.durationMs * 1000) / 1000,
+    bytesIn: input.bytesIn,
+    bytesOut: input.bytesOut,
+    listenerId: input.listenerId,
+    routeId: input.routeId,
+    target: input.target,
+    clientIp: input.clientIp,
+    error: input.error,
+  };
+  if (level === 'basic') return event;
+  event.query = input.query === '' ? null : redactQuery(input.query);
+  event.httpVersion = input.httpVersion;
+  event.userAgent = input.userAgent;
+  event.upstreamMs = input.upstreamMs === null ? null : Math.round(input.upstreamMs * 1000) / 1000;
+  if (level === 'headers') {
+    event.requestHeaders = redactHeaderList(input.requestHeaders);
+    event.responseHeaders = input.responseHeaders === null ? {} : redactHeaderList(input.responseHeaders);
+  }
+  return event;
+}

@@ -1,0 +1,65 @@
+/**
+ * `GET /api/v1/overview`: what this instance's proxy is doing, in one object.
+ *
+ * ```
+ * { requests:  { last5m, last1h },          proxied requests
+ *   errors:    { last5m, last1h },          5xx answers and upstream failures
+ *   latencyMs: { last5m: {p50, p95}, last1h: {p50, p95} }   null without requests
+ *   listeners: { running, configured },
+ *   agentsConnected, traceSubscribers, generatedAt }
+ * ```
+ */
+import type { RequestStatsSource } from './traffic-types.js';
+
+export const FIVE_MINUTES_MS = 5 * 60_000;
+export const ONE_HOUR_MS = 60 * 60_000;
+
+export interface Overview {
+  requests: { last5m: number; last1h: number };
+  errors: { last5m: number; last1h: number };
+  latencyMs: {
+    last5m: { p50: number | null; p95: number | null };
+    last1h: { p50: number | null; p95: number | null };
+  };
+  listeners: { running: number; configured: number };
+  agentsConnected: number;
+  traceSubscribers: number;
+  generatedAt: string;
+}
+
+export interface OverviewServiceOptions {
+  stats: RequestStatsSource;
+  listenersRunning: () => number;
+  listenersConfigured: () => number;
+  traceSubscribers: () => number;
+  /** Agents connected to this instance's hub; 0 when there is no hub. */
+  agentsConnected?: () => number;
+  now?: () => number;
+}
+
+export interface OverviewService {
+  overview(): Overview;
+}
+
+export function createOverviewService(options: OverviewServiceOptions): OverviewService {
+  const agentsConnected = options.agentsConnected ?? (() => 0);
+  const now = options.now ?? Date.now;
+  return {
+    overview() {
+      const short = options.stats.stats(FIVE_MINUTES_MS);
+      const long = options.stats.stats(ONE_HOUR_MS);
+      return {
+        requests: { last5m: short.requests, last1h: long.requests },
+        errors: { last5m: short.errors, last1h: long.errors },
+        latencyMs: {
+          last5m: { p50: short.p50Ms, p95: short.p95Ms },
+          last1h: { p50: long.p50Ms, p95: long.p95Ms },
+        },
+        listeners: { running: options.listenersRunning(), configured: options.listenersConfigured() },
+        agentsConnected: agentsConnected(),
+        traceSubscribers: options.traceSubscribers(),
+        generatedAt: new Date(now()).toISOString(),
+      };
+    },
+  };
+}

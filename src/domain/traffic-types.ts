@@ -1,0 +1,99 @@
+/**
+ * Shapes of the traffic tracer shared by the data plane (which records) and
+ * the domain services and routes (which report): trace events, levels,
+ * counters and request statistics (DESIGN.md §4).
+ */
+
+/** How much a trace event carries; `basic` is the default. */
+export type TraceLevel = 'basic' | 'detailed' | 'headers';
+
+export const TRACE_LEVELS: readonly TraceLevel[] = ['basic', 'detailed', 'headers'];
+
+/**
+ * Why a request did not get a normal answer, or null. `no_route` (404),
+ * `upstream_refused` / `upstream_reset` / `upstream_dns` / `upstream_tls` /
+ * `upstream_error` (502), `upstream_timeout` / `upstream_connect_timeout`
+ * (504), `upstream_body_timeout` / `upstream_aborted` (the response had
+ * started: the client connection is cut), `client_aborted` (the client went
+ * away first).
+ */
+export type TraceErrorKind =
+  | 'no_route'
+  | 'upstream_refused'
+  | 'upstream_reset'
+  | 'upstream_dns'
+  | 'upstream_tls'
+  | 'upstream_error'
+  | 'upstream_timeout'
+  | 'upstream_connect_timeout'
+  | 'upstream_body_timeout'
+  | 'upstream_aborted'
+  | 'client_aborted';
+
+/** Header values as traced at level `headers` (sensitive values already redacted). */
+export type TracedHeaders = Record<string, string | string[]>;
+
+/** One traced request (DESIGN.md §4). Optional fields appear at the levels named. */
+export interface TraceEvent {
+  /** Monotonic per process, from 1. */
+  seq: number;
+  id: string;
+  /** ISO 8601 time the request arrived. */
+  time: string;
+  method: string;
+  /** Lower-case host name the client asked for (no port), or null. */
+  host: string | null;
+  /** Path without the query string. */
+  path: string;
+  /** Status sent to the client, or null when none was (client gone first). */
+  status: number | null;
+  durationMs: number;
+  /** Request body bytes received from the client. */
+  bytesIn: number;
+  /** Response body bytes sent to the client. */
+  bytesOut: number;
+  listenerId: string;
+  routeId: string | null;
+  /** Upstream URL, `redirect STATUS LOCATION` or `static STATUS`; null without a route. */
+  target: string | null;
+  clientIp: string | null;
+  error: TraceErrorKind | null;
+  /** `detailed` and `headers`: the query string with sensitive parameter values redacted. */
+  query?: string | null;
+  /** `detailed` and `headers`. */
+  httpVersion?: string;
+  /** `detailed` and `headers`. */
+  userAgent?: string | null;
+  /** `detailed` and `headers`: time until the upstream's response head, in ms. */
+  upstreamMs?: number | null;
+  /** `headers`: request headers as received, sensitive values redacted. */
+  requestHeaders?: TracedHeaders;
+  /** `headers`: response headers as sent, sensitive values redacted. */
+  responseHeaders?: TracedHeaders;
+}
+
+/** The tracer's live counters, reported with its settings. */
+export interface TraceCounters {
+  /** Open live-stream subscribers. */
+  subscribers: number;
+  /** Events recorded since start. */
+  emittedEvents: number;
+  /** Events lost by slow subscribers since start (summed over subscribers). */
+  droppedEvents: number;
+}
+
+/** Requests seen by the data plane over a window of time. */
+export interface RequestStats {
+  requests: number;
+  /** Answers with a 5xx status (502/504 for upstream failures) and responses cut by an upstream failure. */
+  errors: number;
+  /** Latency percentiles in ms (approximate, ±8 %), null when no request. */
+  p50Ms: number | null;
+  p95Ms: number | null;
+}
+
+/** Where the overview reads request statistics from (the data plane's metrics). */
+export interface RequestStatsSource {
+  /** Statistics over the last `windowMs` milliseconds. */
+  stats(windowMs: number): RequestStats;
+}
