@@ -1,3 +1,6 @@
+import { once } from 'node:events';
+import type { IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import {
@@ -81,16 +84,14 @@ describe('traffic stream', () => {
   it('resumes from a Last-Event-ID header and refuses a bad resume point', async () => {
     const { server, token, port } = await setup();
     for (const path of ['/a', '/b']) await client!.send(port, path);
-    const { request } = await import('node:https');
-    const { once } = await import('node:events');
-    const req = request(new URL('/api/v1/traffic/stream', server.url), {
+    const req = httpsRequest(new URL('/api/v1/traffic/stream', server.url), {
       ca: server.server.certificate,
       servername: 'localhost',
       agent: false,
       headers: { authorization: `Bearer ${token}`, 'last-event-id': '1' },
     });
     req.end();
-    const [res] = (await once(req, 'response')) as [import('node:http').IncomingMessage];
+    const [res] = (await once(req, 'response')) as [IncomingMessage];
     let text = '';
     res.setEncoding('utf8');
     res.on('data', (c: string) => {
