@@ -76,9 +76,14 @@ export class TraceStreamSubscriber implements TraceSink {
    * given), then follows live events until the stream closes.
    */
   start(after: number | null): void {
+    if (this.#out.destroyed || this.#out.writableEnded) {
+      // The client left before the stream started: nothing to follow.
+      this.#closed = true;
+      return;
+    }
     this.#out.on('drain', this.#onDrain);
     this.#out.once('close', this.#onGone);
-    this.#out.once('error', this.#onGone);
+    this.#out.on('error', this.#onGone);
     this.#write(': p2pstream trace stream\n\n');
     this.#unsubscribe = this.#recorder.subscribe(this, after);
     this.#timer = setInterval(this.#heartbeat, this.#heartbeatMs);

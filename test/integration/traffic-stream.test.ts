@@ -1,7 +1,14 @@
 import { once } from 'node:events';
-import type { IncomingMessage } from 'node:http';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import Fastify from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
+import { TraceRecorder } from '../../src/dataplane/trace-recorder.js';
+import { TrafficSettingsService } from '../../src/domain/traffic-settings-service.js';
+import { createTrafficPlugin } from '../../src/http/routes/traffic.js';
+import { emptyDatabase } from '../../src/storage/schema.js';
+import { MemoryStore } from '../../src/storage/store.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import {
   configureProxy,
@@ -239,5 +246,39 @@ describe('traffic stream', () => {
     await client!.send(port, '/on');
     const events = (await server.request('GET', '/api/v1/traffic/recent', { token })).json.events;
     expect(events.map((e: { path: string }) => e.path)).toEqual(['/on']);
+  });
+
+  it('sends heartbeat comments on an idle stream at the configured interval', async () => {
+    const recorder = new TraceRecorder();
+    const settingsService = new TrafficSettingsService({
+      store: new MemoryStore(emptyDatabase('instance')),
+      counters: () => recorder.counters(),
+    });
+    const app = Fastify();
+    await app.register(
+      createTrafficPlugin({ settings: settingsService, recorder, stream: { heartbeatMs: 50 } }),
+    );
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const req = httpRequest({
+        host: '127.0.0.1',
+        port: (app.server.address() as AddressInfo).port,
+        path: '/api/v1/traffic/stream',
+        agent: false,
+      });
+      req.end();
+      const [res] = (await once(req, 'response')) as [IncomingMessage];
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        text += chunk;
+      });
+      await eventually(() => text.split(': heartbeat\n\n').length > 3);
+      expect(recorder.subscriberCount).toBe(1);
+      req.destroy();
+      await eventually(() => recorder.subscriberCount === 0);
+    } finally {
+      await app.close();
+    }
   });
 });

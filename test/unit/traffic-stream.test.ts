@@ -158,4 +158,14 @@ describe('trace stream subscriber', () => {
     recorder.record(input());
     expect(parse(ended.text)).toEqual([]);
   });
+
+  it('does not subscribe when the client left before the stream started', () => {
+    const recorder = new TraceRecorder();
+    const gone = new ClientSocket({ stalled: false });
+    gone.destroy();
+    const subscriber = new TraceStreamSubscriber(gone, recorder);
+    subscriber.start(null);
+    expect(subscriber.closed).toBe(true);
+    expect(recorder.subscriberCount).toBe(0);
+  });
 });
