@@ -21,7 +21,7 @@ import type { SystemService } from './domain/system-service.js';
 import type { TokenService } from './domain/token-service.js';
 import { AppError } from './errors.js';
 import { requireAuth } from './http/auth.js';
-import { registerErrorHandling } from './http/errors.js';
+import { normalizeHttpError, registerErrorHandling, sendError } from './http/errors.js';
 import { registerAuthRoutes } from './http/routes/setup.js';
 import { registerSystemRoutes } from './http/routes/system.js';
 import { registerTokenRoutes } from './http/routes/tokens.js';
@@ -76,6 +76,9 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
     bodyLimit: options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES,
     ...(options.https ? { https: options.https } : {}),
     forceCloseConnections: 'idle',
+    maxParamLength: 256,
+    // Routing errors (over-long or malformed URL parameters) answer in the one error shape too.
+    frameworkErrors: (err, _request, reply) => sendError(reply, normalizeHttpError(err)),
     return503OnClosing: true,
   }) as unknown as FastifyInstance;
 

@@ -10,6 +10,11 @@ export function normalizeHttpError(err: unknown): AppError {
   if (err instanceof AppError) return err;
   const fe = err as Partial<FastifyError> | null;
   switch (fe?.code) {
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      // An id longer than any real id is simply an unknown id.
+      return new AppError('NOT_FOUND', 'not found', { cause: err });
+    case 'FST_ERR_BAD_URL':
+      return new AppError('VALIDATION_FAILED', 'the URL is malformed', { cause: err });
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return new AppError('PAYLOAD_TOO_LARGE', 'the request body is too large', { cause: err });
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
