@@ -293,7 +293,7 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
   }
 
   onResponseStart(
-    _controller: Dispatcher.DispatchController,
+    controller: Dispatcher.DispatchController,
     statusCode: number,
     headers: IncomingHttpHeaders,
   ): void {
@@ -308,8 +308,13 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
       if (Array.isArray(value)) for (const v of value) list.push(name, v);
       else list.push(name, value);
     }
-    this.responseHeaders = list;
-    this.#res.writeHead(statusCode, list);
+    try {
+      this.#res.writeHead(statusCode, list);
+      this.responseHeaders = list;
+    } catch (err) {
+      // A header Node refuses to send (invalid characters): the upstream answer is unusable → 502.
+      controller.abort(err as Error);
+    }
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
