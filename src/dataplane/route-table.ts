@@ -74,6 +74,7 @@ export function compileRoutes(routes: readonly Readonly<RouteRecord>[]): Map<str
       tables.set(record.listenerId, table);
     }
     const compiled = compileRoute(record);
+    if (compiled === null) continue;
     if (record.host === null) table.any.push(compiled);
     else if (record.host.startsWith('*.')) pushTo(table.wildcard, record.host.slice(1), compiled);
     else pushTo(table.exact, record.host, compiled);
@@ -161,12 +162,15 @@ function pushTo(map: Map<string, CompiledRoute[]>, key: string, route: CompiledR
   else map.set(key, [route]);
 }
 
-function compileRoute(record: Readonly<RouteRecord>): CompiledRoute {
+/** Null for a record that cannot serve (only possible in a hand-edited database): it is skipped. */
+function compileRoute(record: Readonly<RouteRecord>): CompiledRoute | null {
   const target = record.target;
+  if (typeof record.pathPrefix !== 'string' || !record.pathPrefix.startsWith('/')) return null;
   let compiled: CompiledTarget;
   let label: string;
   switch (target.type) {
     case 'upstream': {
+      if (!URL.canParse(target.url)) return null;
       const url = new URL(target.url);
       compiled = {
         type: 'upstream',
@@ -190,6 +194,8 @@ function compileRoute(record: Readonly<RouteRecord>): CompiledRoute {
       };
       label = `static ${target.status}`;
       break;
+    default:
+      return null;
   }
   return {
     id: record.id,

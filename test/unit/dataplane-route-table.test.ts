@@ -94,6 +94,15 @@ describe('route matching', () => {
     expect(matchRoute(table, null, '/t')?.id).toBe('older');
   });
 
+  it('skips a route that cannot serve (a hand-edited database) instead of failing', () => {
+    const broken: RouteRecord = {
+      ...route('broken', null, '/b'),
+      target: { type: 'upstream', url: 'not a url' },
+    };
+    const table = routesOf(compileRoutes([broken, route('fine', null, '/')]), 'L');
+    expect(matchRoute(table, null, '/b')?.id).toBe('fine');
+  });
+
   it('precomputes targets and labels', () => {
     const upstream: RouteRecord = {
       ...route('u', null, '/'),
