@@ -222,7 +222,8 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
     if (q >= 0) this.query = url.slice(q + 1);
     if (path.includes('/.') || path.includes('%2') || path.includes('\\')) {
       try {
-        path = new URL(path, 'http://p2pstream.invalid').pathname;
+        // Appended, not resolved against the base: `//host/…` must stay a path.
+        path = new URL(`http://p2pstream.invalid${path}`).pathname;
       } catch {
         return false;
       }

@@ -171,6 +171,9 @@ describe('proxying to an upstream', () => {
     await bodyOf(res);
     const ok = await rawGet(port, '/public/./a/%2e%2e/b');
     expect(await bodyOf(ok)).toBe('upstream /public/b');
+    const doubled = await rawGet(port, '//public/./c');
+    expect(doubled.statusCode).toBe(404);
+    await bodyOf(doubled);
   });
 
   it('streams a 100 MB response end to end: a paused reader holds the upstream back', async () => {
