@@ -98,6 +98,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     return { status: res.status, headers: res.headers as unknown as Headers, text, json };
   };
 
+  let closing: Promise<void> | undefined;
   const testServer: TestServer = {
     server,
     url: server.url,
@@ -117,10 +118,13 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
       if (res.status !== 201) throw new Error(`token create failed: ${res.status} ${res.text}`);
       return res.json.token as string;
     },
-    async close() {
-      await server.close();
-      await dispatcher.close();
-      if (!options.keepDataDir && !options.dataDir) await rm(dataDir, { recursive: true, force: true });
+    close() {
+      closing ??= (async () => {
+        await server.close();
+        await dispatcher.close();
+        if (!options.keepDataDir && !options.dataDir) await rm(dataDir, { recursive: true, force: true });
+      })();
+      return closing;
     },
   };
   return testServer;
