@@ -2,7 +2,7 @@
  * The composition root of `p2pstream server`: opens the data dir, the store
  * and the secrets box, builds the services and the app, and listens.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
@@ -10,12 +10,14 @@ import { buildApp } from './app.js';
 import type { ServerConfig } from './config.js';
 import { DataPlane } from './dataplane/data-plane.js';
 import { TraceRecorder } from './dataplane/trace-recorder.js';
+import { AgentService } from './domain/agent-service.js';
 import { AuthService } from './domain/auth-service.js';
 import { createOverviewService } from './domain/overview-service.js';
 import { ProxyConfigService } from './domain/proxy-config-service.js';
 import { createSystemService } from './domain/system-service.js';
 import { TokenService } from './domain/token-service.js';
 import { TrafficSettingsService } from './domain/traffic-settings-service.js';
+import { agentRoutes } from './http/routes/agents.js';
 import { createConsolePlugin } from './http/routes/console.js';
 import { createOverviewPlugin } from './http/routes/overview.js';
 import { createProxyPlugin } from './http/routes/proxy.js';
@@ -52,6 +54,8 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
   const tokens = new TokenService({ store });
   const system = createSystemService({ store });
   void secrets;
+  const agents = new AgentService({ store });
+  await agents.closeOrphanSessions();
   // Public proxy data plane, tracer and overview (configuration restored after listen).
   const recorder = new TraceRecorder();
   const traffic = new TrafficSettingsService({
@@ -77,6 +81,7 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
       system,
       localPlugins: [createConsolePlugin()],
       operationalPlugins: [
+        agentRoutes({ agents, managementFingerprint: new X509Certificate(tls.cert).fingerprint256 }),
         createProxyPlugin({ proxyConfig }),
         createTrafficPlugin({ settings: traffic, recorder }),
         createOverviewPlugin({ overview }),

@@ -1,0 +1,82 @@
+import { describe, expect, it } from 'vitest';
+import { loadAgentConfig, parseAllowedTargets } from '../../agent/config.js';
+import type { AppError } from '../../src/errors.js';
+
+const TOKEN = `p2pag_${'a'.repeat(43)}`;
+const FINGERPRINT = 'ab'.repeat(32);
+const BASE = {
+  MANAGEMENT_URL: 'https://cp.example:8081/',
+  AGENT_ID: '6f1c1f7e-8a39-4c3e-9d7e-0c4f4f0e7a11',
+  AGENT_TOKEN: TOKEN,
+  MANAGEMENT_FINGERPRINT: FINGERPRINT,
+};
+
+function messageOf(env: Record<string, string>, readFile?: (file: string) => string): string {
+  try {
+    loadAgentConfig(env, readFile);
+  } catch (err) {
+    expect((err as AppError).code).toBe('VALIDATION_FAILED');
+    return (err as Error).message;
+  }
+  return 'no error';
+}
+
+describe('loadAgentConfig', () => {
+  it('reads a complete configuration with a pinned fingerprint', () => {
+    const config = loadAgentConfig({ ...BASE, AGENT_ALLOWED_TARGETS: 'app.lan:8081, *.internal:*' });
+    expect(config).toEqual({
+      managementUrl: 'https://cp.example:8081',
+      agentId: BASE.AGENT_ID,
+      agentToken: TOKEN,
+      ca: null,
+      fingerprint: FINGERPRINT.toUpperCase().match(/.{2}/g)!.join(':'),
+      allowedTargets: ['app.lan:8081', '*.internal:*'],
+      logLevel: 'info',
+    });
+  });
+
+  it('refuses http:// with a clear message', () => {
+    expect(messageOf({ ...BASE, MANAGEMENT_URL: 'http://cp.example:8081' })).toMatch(/https:\/\/.*in clear/);
+  });
+
+  it('refuses URLs with credentials, a query or another scheme', () => {
+    expect(messageOf({ ...BASE, MANAGEMENT_URL: 'https://u:p@cp.example' })).toMatch(/credentials/);
+    expect(messageOf({ ...BASE, MANAGEMENT_URL: 'https://cp.example/?a=1' })).toMatch(/query/);
+    expect(messageOf({ ...BASE, MANAGEMENT_URL: 'wss://cp.example' })).toMatch(/https/);
+    expect(messageOf({ ...BASE, MANAGEMENT_URL: '' })).toMatch(/MANAGEMENT_URL is required/);
+  });
+
+  it('requires the credentials and a well-formed agent token', () => {
+    expect(messageOf({ ...BASE, AGENT_ID: '' })).toMatch(/AGENT_ID/);
+    expect(messageOf({ ...BASE, AGENT_TOKEN: '' })).toMatch(/AGENT_TOKEN is required/);
+    expect(messageOf({ ...BASE, AGENT_TOKEN: `p2pat_${'a'.repeat(43)}` })).toMatch(/not an agent token/);
+  });
+
+  it('requires exactly one way to verify the control plane', () => {
+    const { MANAGEMENT_FINGERPRINT: _f, ...none } = BASE;
+    expect(messageOf(none)).toMatch(/never connects to an unverified control plane/);
+    expect(messageOf({ ...BASE, MANAGEMENT_CA_FILE: '/ca.pem' })).toMatch(/not both/);
+    expect(messageOf({ ...BASE, MANAGEMENT_FINGERPRINT: 'abc' })).toMatch(/64 hex/);
+  });
+
+  it('reads the CA file', () => {
+    const { MANAGEMENT_FINGERPRINT: _f, ...rest } = BASE;
+    const pem = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n';
+    expect(loadAgentConfig({ ...rest, MANAGEMENT_CA_FILE: '/ca.pem' }, () => pem).ca).toBe(pem);
+    expect(
+      messageOf({ ...rest, MANAGEMENT_CA_FILE: '/missing.pem' }, () => {
+        throw new Error('ENOENT');
+      }),
+    ).toMatch(/cannot be read/);
+    expect(messageOf({ ...rest, MANAGEMENT_CA_FILE: '/ca.pem' }, () => 'junk')).toMatch(/no PEM/);
+  });
+
+  it('parses allowed targets and refuses malformed patterns', () => {
+    expect(parseAllowedTargets(null)).toBeNull();
+    expect(parseAllowedTargets(' ')).toBeNull();
+    expect(parseAllowedTargets('[::1]:8443 10.0.0.5:443')).toEqual(['[::1]:8443', '10.0.0.5:443']);
+    expect(() => parseAllowedTargets('app.lan')).toThrow(/host:port/);
+    expect(() => parseAllowedTargets('app.lan:99999')).toThrow(/host:port/);
+    expect(() => parseAllowedTargets('https://app.lan:443')).toThrow(/host:port/);
+  });
+});
