@@ -120,8 +120,11 @@ export function TrustBadge(props: { state: string | undefined }) {
   return <Badge tone={tone}>{props.state ?? 'LOCAL'}</Badge>;
 }
 
-/** Copies `text` to the clipboard and says so; falls back to selecting the text when refused. */
-export function CopyButton(props: { text: string; label?: string; targetId?: string }) {
+/**
+ * Copies `text` to the clipboard and says so; falls back to selecting the text
+ * when refused. Shows "Copy"; `what` completes the accessible name ("Copy token").
+ */
+export function CopyButton(props: { text: string; what?: string; targetId?: string }) {
   const [state, setState] = useState<'idle' | 'copied' | 'failed'>('idle');
   const copy = async () => {
     try {
@@ -143,7 +146,8 @@ export function CopyButton(props: { text: string; label?: string; targetId?: str
   };
   return (
     <button type="button" class="secondary small" onClick={copy} aria-live="polite">
-      {state === 'copied' ? 'Copied' : state === 'failed' ? 'Press Ctrl+C to copy' : (props.label ?? 'Copy')}
+      {state === 'copied' ? 'Copied' : state === 'failed' ? 'Press Ctrl+C to copy' : 'Copy'}
+      {props.what && state === 'idle' ? <span class="visually-hidden"> {props.what}</span> : null}
     </button>
   );
 }
@@ -155,7 +159,7 @@ export function SecretBlock(props: { text: string; label: string }) {
     <div class="secret">
       <div class="secret-head">
         <span>{props.label}</span>
-        <CopyButton text={props.text} targetId={id} label={`Copy ${props.label.toLowerCase()}`} />
+        <CopyButton text={props.text} targetId={id} what={props.label} />
       </div>
       <pre id={id}>{props.text}</pre>
     </div>

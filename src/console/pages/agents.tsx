@@ -280,65 +280,70 @@ function CreateAgentDialog(props: {
   );
 }
 
-/** The snippet blocks for a new or rotated agent token: from the server's `setup` when given, else built here. */
+/** The `setup` object create and rotate answer with (see src/http/routes/agents.ts). */
+interface ServerSetup {
+  env?: Record<string, string>;
+  envFile?: string;
+  command?: string;
+  systemdUnit?: string;
+}
+
+/**
+ * The snippet blocks for a new or rotated agent token: the server's `setup`
+ * (environment file, command, systemd unit), completed here where it lacks
+ * something (an older server: the URL and fingerprint the console knows).
+ */
 export function setupSnippets(
   grant: AgentGrant,
   environment: Environment,
   origin: string,
 ): { label: string; text: string }[] {
-  const server = grant.setup;
-  if (typeof server === 'string' && server.trim()) return [{ label: 'Setup', text: server }];
-  const blocks: { label: string; text: string }[] = [];
-  const fromServer = server && typeof server === 'object' ? (server as Record<string, unknown>) : {};
-  const env: Record<string, string> = {};
-  const serverEnv = fromServer.env;
-  if (serverEnv && typeof serverEnv === 'object') {
-    for (const [k, v] of Object.entries(serverEnv)) if (typeof v === 'string') env[k] = v;
-  }
+  const setup: ServerSetup =
+    grant.setup && typeof grant.setup === 'object' ? (grant.setup as ServerSetup) : {};
   const remote = environment.id !== LOCAL;
+  const env: Record<string, string> = { ...(setup.env ?? {}) };
   env.MANAGEMENT_URL ??= remote && environment.url ? environment.url : origin;
   env.AGENT_ID ??= grant.agent.id;
   env.AGENT_TOKEN = grant.token;
+  let complete = typeof setup.envFile === 'string' && setup.envFile.includes(grant.token);
   if (!env.MANAGEMENT_FINGERPRINT && !env.MANAGEMENT_CA_FILE) {
     const pinned = remote ? environment.certificate?.fingerprintSha256 : undefined;
     env.MANAGEMENT_FINGERPRINT = pinned ?? '<SHA-256 fingerprint of the management certificate>';
+    complete = false;
   }
-  const envFile = Object.entries(env)
-    .map(([k, v]) => `${k}=${v}`)
-    .join('\n');
-  blocks.push({ label: 'Environment file (agent.env)', text: `${envFile}\n` });
-  const command =
-    typeof fromServer.command === 'string'
-      ? fromServer.command
-      : 'set -a && . ./agent.env && set +a && p2pstream agent';
-  blocks.push({ label: 'Command', text: command });
+  const envFile = complete
+    ? setup.envFile!
+    : `${Object.entries(env)
+        .map(([k, v]) => `${k}=${v}`)
+        .join('\n')}\n`;
+  const command = `set -a && . ./agent.env && set +a && ${setup.command ?? 'p2pstream agent'}`;
   const unit =
-    typeof fromServer.systemdUnit === 'string'
-      ? fromServer.systemdUnit
-      : [
-          '# /etc/systemd/system/p2pstream-agent.service',
-          '# (agent.env as /etc/p2pstream/agent.env, mode 0600)',
-          '[Unit]',
-          `Description=p2pstream agent ${grant.agent.name}`,
-          'After=network-online.target',
-          'Wants=network-online.target',
-          '',
-          '[Service]',
-          'EnvironmentFile=/etc/p2pstream/agent.env',
-          'ExecStart=/usr/bin/env p2pstream agent',
-          'Restart=always',
-          'RestartSec=5',
-          'DynamicUser=yes',
-          'NoNewPrivileges=yes',
-          'ProtectSystem=strict',
-          'ProtectHome=yes',
-          '',
-          '[Install]',
-          'WantedBy=multi-user.target',
-          '',
-        ].join('\n');
-  blocks.push({ label: 'systemd unit', text: unit });
-  return blocks;
+    setup.systemdUnit ??
+    [
+      '[Unit]',
+      'Description=p2pstream agent',
+      'After=network-online.target',
+      'Wants=network-online.target',
+      '',
+      '[Service]',
+      'EnvironmentFile=/etc/p2pstream/agent.env',
+      'ExecStart=/usr/local/bin/p2pstream agent',
+      'Restart=always',
+      'RestartSec=5',
+      'DynamicUser=yes',
+      'NoNewPrivileges=yes',
+      'ProtectSystem=strict',
+      'ProtectHome=yes',
+      '',
+      '[Install]',
+      'WantedBy=multi-user.target',
+      '',
+    ].join('\n');
+  return [
+    { label: 'Environment file (agent.env)', text: envFile },
+    { label: 'Command', text: command },
+    { label: 'systemd unit', text: unit },
+  ];
 }
 
 function SetupDialog(props: {
@@ -359,7 +364,8 @@ function SetupDialog(props: {
     >
       <p>
         <strong>Copy the setup now: you will not see the token again.</strong> Run the agent next to the
-        instances it should reach.
+        instances it should reach; for systemd, install the environment file as{' '}
+        <code>/etc/p2pstream/agent.env</code> (mode 0600).
       </p>
       {blocks.map((block) => (
         <SecretBlock key={block.label} label={block.label} text={block.text} />

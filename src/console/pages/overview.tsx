@@ -1,54 +1,67 @@
-/** Overview of the selected environment: the numbers of `GET /api/v1/overview` and a chart of them. */
-import { useEffect } from 'preact/hooks';
+/**
+ * Overview of the selected environment: the numbers of `GET /api/v1/overview`
+ * (requests, errors, latency, listeners, agents, trace subscribers) with an
+ * inline SVG chart, refreshed every few seconds.
+ */
+import { useEffect, useRef } from 'preact/hooks';
 import { clientFor } from '../api';
-import { BarChart, formatNumber } from '../components/charts';
-import { ErrorMessage, SectionHead, useResource } from '../components/ui';
+import { BarChart, formatNumber, Sparkline } from '../components/charts';
+import { ErrorMessage, formatTime, SectionHead, useResource } from '../components/ui';
 
 const REFRESH_MS = 5000;
+/** Refreshes kept for the trend line (10 minutes at 5 s). */
+const HISTORY = 120;
 
-/** `requests.last5m` → "Requests · last 5m"; `p95LatencyMs` → "P95 latency ms". */
-export function humanize(path: string[]): string {
-  return path
-    .map((part) => {
-      const words = part
-        .replace(/([a-z])([A-Z0-9])/g, '$1 $2')
-        .replace(/_/g, ' ')
-        .toLowerCase();
-      return words.charAt(0).toUpperCase() + words.slice(1);
-    })
-    .join(' · ');
+interface Window {
+  last5m: number;
+  last1h: number;
 }
 
-/** Every finite number of a JSON value with its path, in document order. */
-export function numbersOf(value: unknown, path: string[] = []): { path: string[]; value: number }[] {
-  if (typeof value === 'number' && Number.isFinite(value)) return [{ path, value }];
-  if (value && typeof value === 'object' && !Array.isArray(value)) {
-    return Object.entries(value as Record<string, unknown>).flatMap(([k, v]) => numbersOf(v, [...path, k]));
-  }
-  return [];
+interface Percentiles {
+  p50: number | null;
+  p95: number | null;
+}
+
+/** What `GET /api/v1/overview` answers (DESIGN.md §4). */
+export interface Overview {
+  requests: Window;
+  errors: Window;
+  latencyMs: { last5m: Percentiles; last1h: Percentiles };
+  listeners: { running: number; configured: number };
+  agentsConnected: number;
+  traceSubscribers: number;
+  generatedAt: string;
+}
+
+function ms(value: number | null | undefined): string {
+  return value === null || value === undefined ? '—' : `${formatNumber(Math.round(value * 10) / 10)} ms`;
+}
+
+function errorRate(errors: number, requests: number): string {
+  return requests === 0 ? '—' : `${formatNumber(Math.round((errors / requests) * 1000) / 10)} %`;
 }
 
 export function OverviewPage(props: { environment: string }) {
   const api = clientFor(props.environment);
-  const overview = useResource(() => api.get<Record<string, unknown>>('/api/v1/overview'), []);
+  const overview = useResource(() => api.get<Overview>('/api/v1/overview'), []);
   const info = useResource(
     () => api.get<{ version: string; instanceId: string; uptimeSeconds: number }>('/api/v1/system/info'),
     [],
   );
+  const history = useRef<{ at: string; requests: number; errors: number }[]>([]);
   const reload = overview.reload;
   useEffect(() => {
     const timer = window.setInterval(reload, REFRESH_MS);
     return () => window.clearInterval(timer);
   }, [reload]);
 
-  const numbers = numbersOf(overview.data ?? {});
-  const bars = numbers
-    .filter((n) => !/latency|ms$|rate|percent|ratio/i.test(n.path.join('.')))
-    .map((n) => ({
-      label: humanize(n.path),
-      value: n.value,
-      tone: /error/i.test(n.path.join('.')) ? 'bad' : '',
-    }));
+  const data = overview.data;
+  if (data && history.current.at(-1)?.at !== data.generatedAt) {
+    history.current = [
+      ...history.current,
+      { at: data.generatedAt, requests: data.requests?.last5m ?? 0, errors: data.errors?.last5m ?? 0 },
+    ].slice(-HISTORY);
+  }
 
   return (
     <section>
@@ -60,26 +73,82 @@ export function OverviewPage(props: { environment: string }) {
         </p>
       ) : null}
       <ErrorMessage error={overview.error ?? info.error} />
-      {overview.loading && !overview.data ? <p class="muted">Loading…</p> : null}
-      {numbers.length > 0 ? (
+      {overview.loading && !data ? <p class="muted">Loading…</p> : null}
+      {data ? (
         <>
           <div class="cards" data-testid="overview-cards">
-            {numbers.map((n) => (
-              <div class="card stat" key={n.path.join('.')}>
-                <div class="stat-value">{formatNumber(n.value)}</div>
-                <div class="stat-label">{humanize(n.path)}</div>
-              </div>
-            ))}
+            <Stat label="Requests, last 5 min" value={formatNumber(data.requests.last5m)} />
+            <Stat label="Requests, last hour" value={formatNumber(data.requests.last1h)} />
+            <Stat
+              label="Errors, last 5 min"
+              value={formatNumber(data.errors.last5m)}
+              detail={errorRate(data.errors.last5m, data.requests.last5m)}
+              tone={data.errors.last5m > 0 ? 'bad-text' : undefined}
+            />
+            <Stat
+              label="Errors, last hour"
+              value={formatNumber(data.errors.last1h)}
+              detail={errorRate(data.errors.last1h, data.requests.last1h)}
+            />
+            <Stat
+              label="Latency p50 / p95, 5 min"
+              value={ms(data.latencyMs.last5m.p50)}
+              detail={`p95 ${ms(data.latencyMs.last5m.p95)}`}
+            />
+            <Stat
+              label="Latency p50 / p95, 1 h"
+              value={ms(data.latencyMs.last1h.p50)}
+              detail={`p95 ${ms(data.latencyMs.last1h.p95)}`}
+            />
+            <Stat
+              label="Listeners running"
+              value={`${data.listeners.running} / ${data.listeners.configured}`}
+              tone={data.listeners.running < data.listeners.configured ? 'warn-text' : undefined}
+            />
+            <Stat label="Agents connected" value={formatNumber(data.agentsConnected)} />
+            <Stat label="Trace subscribers" value={formatNumber(data.traceSubscribers)} />
           </div>
-          {bars.length > 0 ? (
+          <div class="chart-row">
             <div class="card chart-card">
-              <h2>Counts</h2>
-              <BarChart bars={bars} label="Overview counts" />
+              <h2>Requests and errors</h2>
+              <BarChart
+                label="Requests and errors over the last 5 minutes and the last hour"
+                bars={[
+                  { label: 'Requests, 5 min', value: data.requests.last5m },
+                  { label: 'Errors, 5 min', value: data.errors.last5m, tone: 'bad' },
+                  { label: 'Requests, 1 h', value: data.requests.last1h },
+                  { label: 'Errors, 1 h', value: data.errors.last1h, tone: 'bad' },
+                ]}
+              />
             </div>
-          ) : null}
+            <div class="card chart-card">
+              <h2>Trend</h2>
+              {history.current.length < 2 ? <p class="muted small">Collecting samples…</p> : null}
+              <Sparkline
+                values={history.current.map((h) => h.requests)}
+                width={320}
+                height={60}
+                label="Requests in the last 5 minutes, sampled every 5 seconds while this page is open"
+              />
+              <div class="small muted">
+                Requests in the last 5 min, sampled every {REFRESH_MS / 1000} s while this page is open ·
+                updated {formatTime(data.generatedAt)}
+              </div>
+            </div>
+          </div>
         </>
       ) : null}
     </section>
+  );
+}
+
+function Stat(props: { label: string; value: string; detail?: string; tone?: string | undefined }) {
+  return (
+    <div class="card stat">
+      <div class={props.tone ? `stat-value ${props.tone}` : 'stat-value'}>{props.value}</div>
+      <div class="stat-label">{props.label}</div>
+      {props.detail ? <div class="small muted">{props.detail}</div> : null}
+    </div>
   );
 }
 
