@@ -1,0 +1,297 @@
+/**
+ * The environment relay (DESIGN.md §4): an operational request whose caller
+ * selected a remote environment is relayed to that environment's management
+ * API through its transport, and the answer streams back.
+ *
+ * - Blocked states answer before anything leaves the process
+ *   (ENVIRONMENT_NOT_FOUND, ENVIRONMENT_DISABLED, ENVIRONMENT_UNTRUSTED,
+ *   CERTIFICATE_CHANGED, CERTIFICATE_EXPIRED, AGENT_NOT_FOUND, AGENT_OFFLINE).
+ * - Relayed: method, raw path, query without `environment`, the raw body
+ *   (at most 1 MiB, else PAYLOAD_TOO_LARGE) and an allow-list of content
+ *   headers, with `Authorization: Bearer <access token>` in place of the
+ *   caller's credentials. Cookies, the caller's Authorization, the
+ *   environment header and hop-by-hop headers never cross; neither does
+ *   `Set-Cookie` on the way back.
+ * - The token is only sent to the environment's own origin; redirects come
+ *   back unfollowed; a remote 401 becomes 502 REMOTE_UNAUTHORIZED; any other
+ *   status and body passes through, streamed chunk by chunk with each chunk
+ *   written at once (an event stream arrives event by event).
+ * - The caller disconnecting aborts the transport request (AbortSignal) and
+ *   cancels the response body: the remote request ends too.
+ * - A call refused for another certificate is recorded on the environment
+ *   (CHANGED at once) before the error is answered.
+ */
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { EnvironmentRelay } from '../app.js';
+import { DEFAULT_BODY_LIMIT_BYTES } from '../config.js';
+import type {
+  EnvironmentService,
+  EnvironmentTransportKind,
+  EnvironmentTransports,
+} from '../domain/environment-service.js';
+import { AppError, toAppError } from '../errors.js';
+import type { Logger } from '../logger.js';
+import type { HeaderList, RelayResponse, Transport } from '../relay/transport.js';
+
+/** Request headers relayed to the environment (everything else stays here). */
+export const RELAYED_REQUEST_HEADERS: ReadonlySet<string> = new Set([
+  'accept',
+  'accept-language',
+  'cache-control',
+  'content-encoding',
+  'content-language',
+  'content-type',
+  'if-match',
+  'if-modified-since',
+  'if-none-match',
+  'if-unmodified-since',
+  'last-event-id',
+]);
+
+/** Response headers that never come back from the environment. */
+const DROPPED_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'set-cookie',
+  'set-cookie2',
+]);
+
+/** The hub as the relay sees it (structural: src/hub stays out of http's imports). */
+export interface AgentTransportSource {
+  isConnected(agentId: string): boolean;
+  transportFor(agentId: string): Transport;
+}
+
+export interface EnvironmentTransportsOptions {
+  /** The one shared in-process transport. */
+  direct: Transport;
+  /** The hub; without it, agent environments answer AGENT_OFFLINE. */
+  hub?: AgentTransportSource;
+  /** Whether the agent still exists (AGENT_NOT_FOUND otherwise). */
+  agentExists(agentId: string): boolean;
+}
+
+/**
+ * Transport selection: direct → the shared in-process transport; agent → the
+ * hub's transport for the agent, refused at once with AGENT_NOT_FOUND (no such
+ * agent) or AGENT_OFFLINE (no live session) so that nothing is sent.
+ */
+export function createEnvironmentTransports(options: EnvironmentTransportsOptions): EnvironmentTransports {
+  return {
+    select(target: { transport: EnvironmentTransportKind; agentId: string | null }): Transport {
+      if (target.transport === 'direct') return options.direct;
+      const agentId = target.agentId;
+      if (agentId === null || !options.agentExists(agentId))
+        throw new AppError('AGENT_NOT_FOUND', "the environment's agent no longer exists");
+      if (!options.hub?.isConnected(agentId))
+        throw new AppError('AGENT_OFFLINE', "the environment's agent is not connected");
+      return options.hub.transportFor(agentId);
+    },
+  };
+}
+
+export interface EnvironmentRelayOptions {
+  environments: EnvironmentService;
+  logger: Logger;
+  /** Largest relayed request body; default {@link DEFAULT_BODY_LIMIT_BYTES} (1 MiB). */
+  maxBodyBytes?: number;
+}
+
+/** Removes every `environment` parameter from a raw query string, keeping the rest byte for byte. */
+export function stripEnvironmentParam(rawQuery: string): string {
+  if (rawQuery === '') return '';
+  const kept = rawQuery.split('&').filter((part) => {
+    if (part === '') return false;
+    const rawKey = part.split('=', 1)[0]!;
+    let key: string;
+    try {
+      key = decodeURIComponent(rawKey.replace(/\+/g, ' '));
+    } catch {
+      key = rawKey;
+    }
+    return key !== 'environment';
+  });
+  return kept.join('&');
+}
+
+/** The caller's request headers that may cross, lower-case names. */
+export function relayedRequestHeaders(headers: FastifyRequest['headers']): HeaderList {
+  const list: HeaderList = [];
+  for (const [name, value] of Object.entries(headers)) {
+    const lower = name.toLowerCase();
+    if (!RELAYED_REQUEST_HEADERS.has(lower) || value === undefined) continue;
+    for (const v of Array.isArray(value) ? value : [value]) list.push([lower, v]);
+  }
+  return list;
+}
+
+/** The environment's response headers that may come back, grouped for writeHead. */
+export function relayedResponseHeaders(headers: HeaderList): Record<string, string | string[]> {
+  const connectionTokens = new Set<string>();
+  for (const [name, value] of headers) {
+    if (name.toLowerCase() === 'connection') {
+      for (const token of value.split(',')) connectionTokens.add(token.trim().toLowerCase());
+    }
+  }
+  const out: Record<string, string | string[]> = {};
+  for (const [rawName, value] of headers) {
+    const name = rawName.toLowerCase();
+    if (DROPPED_RESPONSE_HEADERS.has(name) || connectionTokens.has(name)) continue;
+    const existing = out[name];
+    if (existing === undefined) out[name] = value;
+    else out[name] = Array.isArray(existing) ? [...existing, value] : [existing, value];
+  }
+  return out;
+}
+
+/** Builds the EnvironmentRelay passed to buildApp as `environmentRelay`. */
+export function createEnvironmentRelay(options: EnvironmentRelayOptions): EnvironmentRelay {
+  const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_BODY_LIMIT_BYTES;
+  const { environments } = options;
+
+  return {
+    async relay(request: FastifyRequest, reply: FastifyReply, environmentId: string): Promise<void> {
+      const started = performance.now();
+      // Every check (and the token unsealing) happens before a byte leaves.
+      const target = environments.prepareRelay(environmentId);
+      const rawUrl = request.raw.url ?? request.url;
+      const q = rawUrl.indexOf('?');
+      const path = q === -1 ? rawUrl : rawUrl.slice(0, q);
+      const query = q === -1 ? '' : stripEnvironmentParam(rawUrl.slice(q + 1));
+      if (!path.startsWith('/')) throw new AppError('VALIDATION_FAILED', 'the request path is malformed');
+      const url = `${target.baseUrl}${path}${query === '' ? '' : `?${query}`}`;
+      // The access token goes to the environment's own origin and nowhere else.
+      if (new URL(url).origin !== target.origin)
+        throw new AppError('VALIDATION_FAILED', 'the request path is malformed');
+
+      const res = reply.raw;
+      const controller = new AbortController();
+      let response: RelayResponse | null = null;
+      const onClose = () => {
+        if (res.writableFinished) return;
+        controller.abort();
+        response?.cancel();
+      };
+      res.once('close', onClose);
+      const callerGone = () => controller.signal.aborted || res.destroyed;
+
+      let body: Buffer | undefined;
+      try {
+        body = await readRequestBody(request, maxBodyBytes);
+        const headers = relayedRequestHeaders(request.headers);
+        if (body !== undefined) headers.push(['content-length', String(body.byteLength)]);
+        headers.push(['authorization', `Bearer ${target.accessToken}`]);
+        response = await target.transport.request({
+          url,
+          method: request.method,
+          headers,
+          ...(body !== undefined
+            ? { body: new Uint8Array(body.buffer, body.byteOffset, body.byteLength) }
+            : {}),
+          timeoutMs: target.timeoutMs,
+          trust: target.trust,
+          signal: controller.signal,
+        });
+      } catch (err) {
+        res.off('close', onClose);
+        if (callerGone()) {
+          // Nobody is left to answer.
+          reply.hijack();
+          res.destroy();
+          return;
+        }
+        const error = toAppError(err, 'ENVIRONMENT_UNREACHABLE');
+        await environments.recordCallFailure(target.environmentId, error);
+        throw error;
+      }
+
+      if (response.status === 401) {
+        res.off('close', onClose);
+        response.cancel();
+        throw new AppError('REMOTE_UNAUTHORIZED', 'the environment refused the stored access token');
+      }
+
+      reply.hijack();
+      if (callerGone()) {
+        response.cancel();
+        res.destroy();
+        return;
+      }
+      let outcome = 'complete';
+      try {
+        res.writeHead(response.status, relayedResponseHeaders(response.headers));
+        res.flushHeaders();
+        for await (const chunk of response.body) {
+          if (callerGone()) break;
+          // Written at once: an event stream must not sit in a buffer.
+          if (!res.write(chunk)) await drained(res);
+        }
+        if (callerGone()) {
+          outcome = 'cancelled';
+          response.cancel();
+        } else res.end();
+      } catch (err) {
+        // The head is gone: the only honest signal left is a cut connection.
+        outcome = callerGone() ? 'cancelled' : 'failed';
+        response.cancel();
+        res.destroy();
+        if (outcome === 'failed')
+          request.log.warn({ err: toAppError(err), environmentId }, 'relayed response failed midway');
+      } finally {
+        res.off('close', onClose);
+      }
+      request.log.info(
+        {
+          environmentId,
+          method: request.method,
+          route: request.routeOptions.url ?? 'unmatched',
+          status: response.status,
+          outcome,
+          ms: Math.round(performance.now() - started),
+        },
+        'relayed request',
+      );
+    },
+  };
+}
+
+/**
+ * Reads the caller's raw body (not parsed: it crosses as it came), or
+ * undefined when the request has none. PAYLOAD_TOO_LARGE above `limit`.
+ */
+async function readRequestBody(request: FastifyRequest, limit: number): Promise<Buffer | undefined> {
+  const raw = request.raw;
+  const length = raw.headers['content-length'];
+  const chunked = raw.headers['transfer-encoding'] !== undefined;
+  if (length === undefined && !chunked) return undefined;
+  if (length !== undefined && Number(length) > limit)
+    throw new AppError('PAYLOAD_TOO_LARGE', 'the request body is too large');
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of raw) {
+    const buffer = chunk as Buffer;
+    size += buffer.byteLength;
+    if (size > limit) throw new AppError('PAYLOAD_TOO_LARGE', 'the request body is too large');
+    chunks.push(buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+function drained(res: NodeJS.WritableStream & { destroyed: boolean }): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}
