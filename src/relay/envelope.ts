@@ -1,0 +1,215 @@
+/**
+ * The relay protocol in TypeScript terms: the envelope and its payloads (one
+ * per message of proto/p2pstream/relay/v1/relay.proto), the protocol
+ * constants, and the helpers that turn AppErrors into error envelopes and
+ * back. Pure: no I/O. The binary form lives in codec.ts.
+ *
+ * Payload fields mirror the proto (camelCase). Optional fields may be left
+ * out when sending; a decoded payload has every scalar field (proto3
+ * defaults: 0, "", false, empty bytes, empty list) and message fields may be
+ * null.
+ */
+import { AppError, type ErrorCode, isErrorCode, toAppError } from '../errors.js';
+import { type CertificateInfo, describeCertificate } from '../tls/certificates.js';
+
+/** The protocol version spoken by this build; hello/welcome carry it. */
+export const PROTOCOL_VERSION = 1;
+/** Largest encoded envelope accepted by default: 1 MiB. */
+export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
+/** Largest body chunk sent (request and response bodies): 64 KiB. */
+export const MAX_CHUNK_BYTES = 64 * 1024;
+/** Response bytes in flight per stream before a window update is needed: 256 KiB. */
+export const DEFAULT_WINDOW_BYTES = 256 * 1024;
+/** Largest request body relayed: 1 MiB (management API bodies). */
+export const MAX_REQUEST_BODY_BYTES = 1024 * 1024;
+/** Concurrent streams per connection, on both sides, by default. */
+export const DEFAULT_MAX_STREAMS = 256;
+/** Timeout used when a request or discovery carries none (DESIGN.md §3 default). */
+export const DEFAULT_TIMEOUT_MS = 10_000;
+/** Upper bound on any timeout carried in an envelope (DESIGN.md §3). */
+export const MAX_TIMEOUT_MS = 300_000;
+/** What this implementation can do, announced in hello/welcome. */
+export const RELAY_CAPABILITIES: readonly string[] = ['discover', 'request', 'flow-control', 'cancel'];
+
+export interface Limits {
+  maxFrameBytes?: number;
+  maxStreams?: number;
+  initialWindowBytes?: number;
+}
+
+export interface Hello {
+  protocolVersion: number;
+  agentVersion?: string;
+  capabilities?: string[];
+  limits?: Limits | null;
+}
+
+export interface Welcome {
+  protocolVersion: number;
+  serverVersion?: string;
+  capabilities?: string[];
+  limits?: Limits | null;
+}
+
+export interface Ping {
+  nonce?: number;
+}
+
+export interface Pong {
+  nonce?: number;
+}
+
+export interface DiscoverRequest {
+  /** The target origin, `https://host:port`. */
+  url: string;
+  /** 0 = {@link DEFAULT_TIMEOUT_MS}. */
+  timeoutMs?: number;
+}
+
+export interface DiscoverResult {
+  /** Peer chain as DER, leaf first. */
+  chain: Uint8Array[];
+  leaf?: CertificateInfo | null;
+  expired?: boolean;
+  hostnameMatches?: boolean;
+}
+
+/** One header line; names lower-case, repeats allowed. */
+export interface Header {
+  name: string;
+  value: string;
+}
+
+export interface TrustMetadata {
+  fingerprintSha256: string;
+  expectedHostname: string;
+  /** DER of the pinned leaf; empty = verify against the default roots, then the pin. */
+  certificateDer?: Uint8Array;
+}
+
+export interface RequestHead {
+  method: string;
+  /** Absolute `https://` URL. */
+  url: string;
+  headers?: Header[];
+  /** 0 = {@link DEFAULT_TIMEOUT_MS}. */
+  timeoutMs?: number;
+  /** Body chunks and an end follow this head. */
+  hasBody?: boolean;
+  trust?: TrustMetadata | null;
+  /** 0 = {@link DEFAULT_WINDOW_BYTES}. */
+  initialWindowBytes?: number;
+}
+
+export interface ResponseHead {
+  status: number;
+  headers?: Header[];
+}
+
+export interface BodyChunk {
+  data: Uint8Array;
+}
+
+export type End = Record<string, never>;
+
+export interface WindowUpdate {
+  bytes: number;
+}
+
+export type Cancel = Record<string, never>;
+
+export interface RelayError {
+  /** A code of the error table (src/errors.ts). */
+  code: string;
+  message?: string;
+  /** For certificate failures: DER of the leaf actually presented. */
+  observedCertificateDer?: Uint8Array;
+}
+
+/** The payload of an envelope: exactly one of the proto's oneof, tagged by `case`. */
+export type EnvelopePayload =
+  | { case: 'hello'; value: Hello }
+  | { case: 'welcome'; value: Welcome }
+  | { case: 'ping'; value: Ping }
+  | { case: 'pong'; value: Pong }
+  | { case: 'discoverRequest'; value: DiscoverRequest }
+  | { case: 'discoverResult'; value: DiscoverResult }
+  | { case: 'requestHead'; value: RequestHead }
+  | { case: 'responseHead'; value: ResponseHead }
+  | { case: 'bodyChunk'; value: BodyChunk }
+  | { case: 'end'; value: End }
+  | { case: 'windowUpdate'; value: WindowUpdate }
+  | { case: 'cancel'; value: Cancel }
+  | { case: 'error'; value: RelayError };
+
+/** The kinds of payload, in proto field order. */
+export type EnvelopeCase = EnvelopePayload['case'];
+
+/** One frame of the relay protocol. `streamId` 0 is the connection itself. */
+export interface Envelope {
+  streamId: number;
+  payload: EnvelopePayload;
+}
+
+/**
+ * Builds the error envelope for anything thrown (normalised with toAppError).
+ * A certificate failure's observed certificate (`details.observedCertificateDer`,
+ * base64) travels as DER.
+ */
+export function errorEnvelope(streamId: number, err: unknown): Envelope {
+  const appError = toAppError(err);
+  const value: RelayError = { code: appError.code, message: appError.message };
+  const der = appError.details?.observedCertificateDer;
+  if (typeof der === 'string' && der.length > 0) value.observedCertificateDer = Buffer.from(der, 'base64');
+  return { streamId, payload: { case: 'error', value } };
+}
+
+/**
+ * Turns a received error payload back into an AppError with the same code.
+ * An unknown code becomes PROTOCOL_ERROR. An observed certificate is
+ * described in `details.observedCertificate` (CertificateInfo) and kept as
+ * base64 DER in `details.observedCertificateDer`.
+ */
+export function appErrorFromPayload(error: RelayError): AppError {
+  const code: ErrorCode = isErrorCode(error.code) ? error.code : 'PROTOCOL_ERROR';
+  const message =
+    code === error.code ? error.message || code : `unknown error code from relay peer: ${String(error.code)}`;
+  const der = error.observedCertificateDer;
+  if (der !== undefined && der.length > 0) {
+    try {
+      return new AppError(code, message, { details: observedCertificateDetails(der) });
+    } catch {
+      // An unparsable certificate from the peer is dropped; the code still stands.
+    }
+  }
+  return new AppError(code, message);
+}
+
+/** The `details` of a certificate failure: the observed leaf described and as base64 DER. */
+export function observedCertificateDetails(der: Uint8Array): {
+  observedCertificate: CertificateInfo;
+  observedCertificateDer: string;
+} {
+  return {
+    observedCertificate: describeCertificate(der),
+    observedCertificateDer: Buffer.from(der.buffer, der.byteOffset, der.byteLength).toString('base64'),
+  };
+}
+
+/**
+ * Checks the protocol version of a received hello or welcome. Returns null
+ * when it is {@link PROTOCOL_VERSION} (or the envelope is neither), otherwise
+ * a PROTOCOL_ERROR AppError; send it with {@link errorEnvelope} on stream 0
+ * and close the connection (WebSocket status 1002).
+ */
+export function checkProtocolVersion(envelope: Envelope): AppError | null {
+  const { payload } = envelope;
+  if (payload.case !== 'hello' && payload.case !== 'welcome') return null;
+  const version = payload.value.protocolVersion;
+  if (version === PROTOCOL_VERSION) return null;
+  return new AppError(
+    'PROTOCOL_ERROR',
+    `unsupported relay protocol version ${String(version)} (this side speaks ${PROTOCOL_VERSION})`,
+    { details: { protocolVersion: version, supportedVersion: PROTOCOL_VERSION } },
+  );
+}
