@@ -30,13 +30,27 @@ const FIELDS = ['name', 'url', 'transport', 'agentId', 'accessToken', 'timeoutMs
 
 type Editing = { mode: 'create' } | { mode: 'edit'; environment: Environment };
 
+/** What `POST …/discover` answers. */
+interface DiscoverOutcome {
+  certificate: Certificate;
+  trustState: string;
+  /** Outside its validity period now: trust would refuse it. */
+  expired?: boolean;
+  /** Valid for the URL's hostname (trust refuses it otherwise). */
+  hostnameMatches?: boolean;
+}
+
+interface Reviewing {
+  environment: Environment;
+  certificate: Certificate;
+  hostnameMatches?: boolean | undefined;
+}
+
 export function EnvironmentsPage() {
   const switcher = useEnvironments();
   const registry = useResource(() => local.get<{ environments: Environment[] }>('/api/v1/environments'), []);
   const [editing, setEditing] = useState<Editing | null>(null);
-  const [reviewing, setReviewing] = useState<{ environment: Environment; certificate: Certificate } | null>(
-    null,
-  );
+  const [reviewing, setReviewing] = useState<Reviewing | null>(null);
   const [deleting, setDeleting] = useState<Environment | null>(null);
   const [busy, setBusy] = useState<string | null>(null);
   const [rowMessage, setRowMessage] = useState<{ id: string; ok: boolean; text: string } | null>(null);
@@ -52,11 +66,11 @@ export function EnvironmentsPage() {
     setBusy(`discover:${environment.id}`);
     setRowMessage(null);
     try {
-      const result = await local.post<{ certificate: Certificate; trustState: string }>(
+      const result = await local.post<DiscoverOutcome>(
         `/api/v1/environments/${encodeURIComponent(environment.id)}/discover`,
       );
       changed();
-      setReviewing({ environment, certificate: result.certificate });
+      setReviewing({ environment, certificate: result.certificate, hostnameMatches: result.hostnameMatches });
     } catch (err) {
       setRowMessage({ id: environment.id, ok: false, text: `Discovery failed: ${messageOf(err)}` });
       changed();
@@ -152,6 +166,7 @@ export function EnvironmentsPage() {
         <TrustDialog
           environment={reviewing.environment}
           certificate={reviewing.certificate}
+          hostnameMatches={reviewing.hostnameMatches}
           onClose={() => setReviewing(null)}
           onTrusted={() => {
             setReviewing(null);
@@ -479,6 +494,7 @@ function CertificateDetails(props: { certificate: Certificate; title: string; te
 function TrustDialog(props: {
   environment: Environment;
   certificate: Certificate;
+  hostnameMatches?: boolean | undefined;
   onClose: () => void;
   onTrusted: () => void;
 }) {
@@ -487,6 +503,14 @@ function TrustDialog(props: {
   const trusted = props.environment.certificate;
   const same = trusted?.fingerprintSha256 === props.certificate.fingerprintSha256;
   const changedFrom = trusted && !same ? trusted : null;
+  const now = Date.now();
+  const expired =
+    Date.parse(props.certificate.validTo) < now || Date.parse(props.certificate.validFrom) > now;
+  const refusal = expired
+    ? 'This certificate is outside its validity period: it cannot be trusted. Renew it on the instance, then discover again.'
+    : props.hostnameMatches === false
+      ? `This certificate is not valid for the host name of ${props.environment.url}: it cannot be trusted. Fix the URL or the certificate, then discover again.`
+      : null;
   const trust = async () => {
     setBusy(true);
     setError(null);
@@ -534,13 +558,18 @@ function TrustDialog(props: {
           testId="new-certificate"
         />
       </div>
+      {refusal && !same ? (
+        <p class="error-box" role="alert">
+          {refusal}
+        </p>
+      ) : null}
       <ErrorMessage error={error} />
       <div class="actions">
         <button type="button" class="secondary" onClick={props.onClose}>
           {same ? 'Close' : 'Cancel'}
         </button>
         {same ? null : (
-          <button type="button" class="primary" onClick={trust} disabled={busy}>
+          <button type="button" class="primary" onClick={trust} disabled={busy || refusal !== null}>
             Trust certificate
           </button>
         )}
