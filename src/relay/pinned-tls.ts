@@ -1,0 +1,333 @@
+/**
+ * TLS towards targets: the discovery handshake and the pinned connection
+ * agent. This is where certificate verification happens, always inside the
+ * handshake and never switched off:
+ *
+ * - A pinned connection makes the pinned leaf its only trust anchor (`ca`,
+ *   with partial chains allowed so a CA-issued leaf anchors on its own) and
+ *   checks, in `checkServerIdentity` (which Node runs inside the handshake,
+ *   before 'secureConnect'), that the leaf's fingerprint equals the pin, that
+ *   it is currently valid and that it covers the expected hostname. A socket
+ *   is handed to HTTP only after 'secureConnect', so not one request byte is
+ *   written to a peer that fails.
+ * - Discovery completes a handshake, reads the peer chain and closes without
+ *   writing anything.
+ *
+ * Both read the peer's certificate on the socket's 'secure' event, which
+ * Node emits when the handshake is done and before it verifies the peer; a
+ * refused peer's certificate can be reported that way. Verification itself
+ * never depends on it.
+ */
+import { X509Certificate } from 'node:crypto';
+import https from 'node:https';
+import { isIP } from 'node:net';
+import type { Duplex } from 'node:stream';
+import tls, { type DetailedPeerCertificate, type PeerCertificate, type TLSSocket } from 'node:tls';
+import { AppError, toAppError } from '../errors.js';
+import { describeCertificate, isCurrentlyValid, matchesHostname } from '../tls/certificates.js';
+import { observedCertificateDetails } from './envelope.js';
+
+/** What a pinned connection must meet; `fingerprintSha256` normalised (`AB:CD:…`). */
+export interface PinnedTrust {
+  fingerprintSha256: string;
+  expectedHostname: string;
+  /** DER of the pinned leaf: the only trust anchor. Absent = the default roots, then the pin. */
+  certificateDer?: Uint8Array | undefined;
+}
+
+/** The lowest TLS version spoken to targets. */
+export const MIN_TLS_VERSION = 'TLSv1.2';
+
+/** The SNI name for a URL hostname: none for IP addresses (RFC 6066 §3). */
+export function serverNameFor(hostname: string): string {
+  const host = hostname.replace(/^\[|\]$/g, '');
+  return isIP(host) === 0 ? host : '';
+}
+
+/**
+ * Checks a presented leaf against the trust metadata. Returns null when it
+ * holds, otherwise the AppError to fail with (CERTIFICATE_CHANGED, then
+ * CERTIFICATE_EXPIRED, then CERTIFICATE_HOSTNAME_MISMATCH, in that order of
+ * precedence), carrying the observed certificate in its details.
+ */
+export function checkPinnedPeer(trust: PinnedTrust, der: Uint8Array): AppError | null {
+  let info: ReturnType<typeof describeCertificate>;
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(Buffer.from(der.buffer, der.byteOffset, der.byteLength));
+    info = describeCertificate(x509);
+  } catch (err) {
+    return new AppError('CERTIFICATE_CHANGED', 'the target presented an unreadable certificate', {
+      cause: err,
+    });
+  }
+  const details = observedCertificateDetails(der);
+  if (info.fingerprintSha256 !== trust.fingerprintSha256) {
+    return new AppError(
+      'CERTIFICATE_CHANGED',
+      'the target presented a certificate other than the pinned one',
+      {
+        details,
+      },
+    );
+  }
+  if (!isCurrentlyValid(info)) {
+    return new AppError('CERTIFICATE_EXPIRED', 'the pinned certificate is outside its validity period', {
+      details,
+    });
+  }
+  if (!matchesHostname(x509, trust.expectedHostname)) {
+    return new AppError(
+      'CERTIFICATE_HOSTNAME_MISMATCH',
+      `the pinned certificate is not valid for ${trust.expectedHostname}`,
+      { details },
+    );
+  }
+  return null;
+}
+
+// OpenSSL verification results that mean "not currently valid".
+const TIME_VERIFY_CODES = new Set(['CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID']);
+// Every other X.509 verification result Node reports on a refused chain.
+const CHAIN_VERIFY_CODES = new Set([
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_DECRYPT_CERT_SIGNATURE',
+  'UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY',
+  'CERT_SIGNATURE_FAILURE',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'CERT_CHAIN_TOO_LONG',
+  'CERT_REVOKED',
+  'INVALID_CA',
+  'PATH_LENGTH_EXCEEDED',
+  'INVALID_PURPOSE',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'ERROR_IN_CERT_NOT_BEFORE_FIELD',
+  'ERROR_IN_CERT_NOT_AFTER_FIELD',
+]);
+
+/**
+ * True when an AppError is a certificate verdict (the environment's trust
+ * state follows it): CERTIFICATE_CHANGED, CERTIFICATE_EXPIRED,
+ * CERTIFICATE_HOSTNAME_MISMATCH or ENVIRONMENT_UNTRUSTED.
+ */
+export function isCertificateFailure(err: AppError): boolean {
+  return (
+    err.code === 'CERTIFICATE_CHANGED' ||
+    err.code === 'CERTIFICATE_EXPIRED' ||
+    err.code === 'CERTIFICATE_HOSTNAME_MISMATCH' ||
+    err.code === 'ENVIRONMENT_UNTRUSTED'
+  );
+}
+
+/**
+ * Maps a failed pinned handshake to its AppError. `observed` is the leaf read
+ * when the handshake completed, if it did: then the error is Node refusing
+ * the peer and the leaf tells why.
+ */
+function classifyHandshakeError(
+  err: unknown,
+  observed: Uint8Array | undefined,
+  trust: PinnedTrust,
+): AppError {
+  if (err instanceof AppError) return err;
+  const code = (err as { code?: unknown } | null)?.code;
+  if (observed !== undefined) {
+    const verdict = checkPinnedPeer(trust, observed);
+    if (verdict !== null) return verdict;
+    const details = observedCertificateDetails(observed);
+    if (!trust.certificateDer?.length) {
+      return new AppError(
+        'ENVIRONMENT_UNTRUSTED',
+        'the target cannot be verified without the pinned certificate',
+        {
+          cause: err,
+          details,
+        },
+      );
+    }
+    return new AppError(
+      'CERTIFICATE_CHANGED',
+      `the target's certificate chain was refused (${String(code)})`,
+      {
+        cause: err,
+        details,
+      },
+    );
+  }
+  if (typeof code === 'string' && TIME_VERIFY_CODES.has(code)) {
+    return new AppError('CERTIFICATE_EXPIRED', 'the target certificate is outside its validity period', {
+      cause: err,
+    });
+  }
+  if (typeof code === 'string' && CHAIN_VERIFY_CODES.has(code)) {
+    return new AppError('CERTIFICATE_CHANGED', `the target's certificate chain was refused (${code})`, {
+      cause: err,
+    });
+  }
+  return toAppError(err, 'ENVIRONMENT_UNREACHABLE');
+}
+
+function derToPem(der: Uint8Array): string {
+  const base64 = Buffer.from(der.buffer, der.byteOffset, der.byteLength).toString('base64');
+  return `-----BEGIN CERTIFICATE-----\n${base64.match(/.{1,64}/g)?.join('\n') ?? ''}\n-----END CERTIFICATE-----\n`;
+}
+
+function leafOf(socket: TLSSocket): Buffer | undefined {
+  const raw = socket.getPeerCertificate()?.raw;
+  return raw && raw.length > 0 ? raw : undefined;
+}
+
+/** The peer chain as DER, leaf first, without repeats (a self-signed root points at itself). */
+function chainOf(socket: TLSSocket): Buffer[] {
+  const chain: Buffer[] = [];
+  const seen = new Set<string>();
+  let cert: DetailedPeerCertificate | PeerCertificate | undefined = socket.getPeerCertificate(true);
+  while (cert?.raw && cert.raw.length > 0 && chain.length < 16) {
+    const key = cert.raw.toString('base64');
+    if (seen.has(key)) break;
+    seen.add(key);
+    chain.push(cert.raw);
+    cert = (cert as DetailedPeerCertificate).issuerCertificate;
+  }
+  return chain;
+}
+
+/** Where a connection attempt is registered, so a timeout or cancel can destroy it mid-handshake. */
+export const kConnectContext = Symbol('p2pstream.connectContext');
+
+/** Carried in the request options under {@link kConnectContext}. */
+export interface ConnectContext {
+  /** The socket being connected, until it is verified or fails. */
+  socket?: TLSSocket | undefined;
+}
+
+export interface PinnedAgentOptions {
+  trust: PinnedTrust;
+  /** SNI name ('' = none); see {@link serverNameFor}. */
+  servername: string;
+  /** Idle pooled sockets kept per origin; default 8. */
+  maxFreeSockets?: number;
+  /** An idle pooled socket is closed after this long; default 30 s. */
+  idleTimeoutMs?: number;
+}
+
+/** Default idle timeout of pooled target connections. */
+export const DEFAULT_IDLE_SOCKET_TIMEOUT_MS = 30_000;
+
+/**
+ * A keep-alive https.Agent for one (origin, pin): every new connection is
+ * verified against the pin inside its handshake and reaches the HTTP layer
+ * only once verified. Failures are AppErrors (CERTIFICATE_CHANGED,
+ * CERTIFICATE_EXPIRED, CERTIFICATE_HOSTNAME_MISMATCH, ENVIRONMENT_UNTRUSTED,
+ * or the socket error mapped by toAppError, default ENVIRONMENT_UNREACHABLE).
+ * TLS session resumption is off so every connection runs the full check.
+ */
+export class PinnedAgent extends https.Agent {
+  readonly trust: PinnedTrust;
+
+  constructor(options: PinnedAgentOptions) {
+    const { trust } = options;
+    const anchored = trust.certificateDer !== undefined && trust.certificateDer.length > 0;
+    super({
+      keepAlive: true,
+      maxFreeSockets: options.maxFreeSockets ?? 8,
+      timeout: options.idleTimeoutMs ?? DEFAULT_IDLE_SOCKET_TIMEOUT_MS,
+      maxCachedSessions: 0,
+      scheduling: 'lifo',
+      minVersion: MIN_TLS_VERSION,
+      servername: options.servername,
+      ...(anchored
+        ? { ca: [derToPem(trust.certificateDer as Uint8Array)], allowPartialTrustChain: true }
+        : {}),
+      checkServerIdentity: (_hostname, cert) => checkPinnedPeer(trust, cert.raw) ?? undefined,
+    });
+    this.trust = trust;
+  }
+
+  override createConnection(
+    options: https.RequestOptions,
+    callback?: (err: Error | null, stream: Duplex) => void,
+  ): Duplex | null | undefined {
+    const context = (options as Record<symbol, unknown>)[kConnectContext] as ConnectContext | undefined;
+    const socket = tls.connect(options as tls.ConnectionOptions);
+    if (context) context.socket = socket;
+    let observed: Buffer | undefined;
+    socket.prependListener('secure', () => {
+      observed = leafOf(socket);
+    });
+    const onError = (err: Error) => {
+      socket.off('secureConnect', onSecure);
+      if (context) context.socket = undefined;
+      socket.destroy();
+      callback?.(classifyHandshakeError(err, observed, this.trust), undefined as unknown as Duplex);
+    };
+    const onSecure = () => {
+      socket.off('error', onError);
+      if (context) context.socket = undefined;
+      callback?.(null, socket);
+    };
+    socket.once('error', onError);
+    socket.once('secureConnect', onSecure);
+    // Handing the socket over only from the callback is what keeps request bytes behind verification.
+    return undefined;
+  }
+}
+
+export interface ProbeOptions {
+  host: string;
+  port: number;
+  /** SNI name ('' = none). */
+  servername: string;
+  timeoutMs: number;
+  signal?: AbortSignal | undefined;
+}
+
+/**
+ * The discovery handshake: TLS 1.2+ with SNI, reads the peer chain (DER, leaf
+ * first) and closes; writes no application byte. The peer's certificate need
+ * not be trusted. Fails with ENVIRONMENT_TIMEOUT, CANCELLED or the socket
+ * error (ENVIRONMENT_UNREACHABLE by default).
+ */
+export function probeCertificate(options: ProbeOptions): Promise<Buffer[]> {
+  return new Promise((resolve, reject) => {
+    if (options.signal?.aborted) {
+      reject(new AppError('CANCELLED', 'the discovery was cancelled'));
+      return;
+    }
+    let chain: Buffer[] | undefined;
+    let settled = false;
+    const socket = tls.connect({
+      host: options.host,
+      port: options.port,
+      ...(options.servername ? { servername: options.servername } : {}),
+      minVersion: MIN_TLS_VERSION,
+      // Discovery reads the certificate; a verdict on it is the caller's.
+      checkServerIdentity: () => undefined,
+    });
+    const finish = (err?: unknown) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      options.signal?.removeEventListener('abort', onAbort);
+      socket.destroy();
+      if (chain !== undefined && chain.length > 0) resolve(chain);
+      else reject(toAppError(err ?? new Error('no certificate presented'), 'ENVIRONMENT_UNREACHABLE'));
+    };
+    const onAbort = () => finish(new AppError('CANCELLED', 'the discovery was cancelled'));
+    const timer = setTimeout(
+      () => finish(new AppError('ENVIRONMENT_TIMEOUT', 'the TLS handshake did not complete in time')),
+      options.timeoutMs,
+    );
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    socket.prependListener('secure', () => {
+      chain = chainOf(socket);
+    });
+    socket.once('secureConnect', () => finish());
+    // A peer the default roots do not trust is refused after 'secure': its chain is already read.
+    socket.once('error', (err) => finish(err));
+  });
+}

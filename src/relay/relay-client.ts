@@ -1,0 +1,491 @@
+/**
+ * The client side of the relay protocol: turns Transport calls into
+ * envelopes on numbered streams and the envelopes that come back into
+ * results. It knows nothing of sockets: the owner gives it `send` (the hub
+ * encodes and writes to the agent's WebSocket; DirectTransport hands the
+ * envelope to an in-process executor) and feeds it every envelope received.
+ *
+ * Flow control is end to end: a response body is read through an async
+ * iterator, and the client returns window to the executor only as the
+ * consumer takes chunks. A consumer that stops reading stops the executor,
+ * which pauses the target; the client never holds more than one window per
+ * stream (a peer that sends more is a PROTOCOL_ERROR).
+ */
+import { AppError, type ErrorCode } from '../errors.js';
+import type { Logger } from '../logger.js';
+import { describeCertificate } from '../tls/certificates.js';
+import {
+  appErrorFromPayload,
+  DEFAULT_MAX_STREAMS,
+  DEFAULT_TIMEOUT_MS,
+  DEFAULT_WINDOW_BYTES,
+  type Envelope,
+  type Header,
+  MAX_CHUNK_BYTES,
+  MAX_REQUEST_BODY_BYTES,
+  MAX_TIMEOUT_MS,
+  type DiscoverResult as WireDiscoverResult,
+} from './envelope.js';
+import type {
+  DiscoverOptions,
+  DiscoverResult,
+  HeaderList,
+  RelayRequest,
+  RelayResponse,
+  Transport,
+} from './transport.js';
+
+/** How long after a request's own timeout the client gives up if the executor has not answered. */
+export const DEFAULT_TIMEOUT_GRACE_MS = 5000;
+
+const MAX_STREAM_ID = 0xffff_ffff;
+
+export interface RelayClientOptions {
+  /** Delivers an envelope to the executor side. A throw fails the call that sent it. */
+  send(envelope: Envelope): void;
+  /** Concurrent streams; default {@link DEFAULT_MAX_STREAMS}; more reject with TOO_MANY_STREAMS. */
+  maxStreams?: number | undefined;
+  /** Response window per stream (bytes buffered before the executor waits); default 256 KiB. */
+  windowBytes?: number | undefined;
+  /** Accepted for symmetry with the hub's factory; chunks are at most 64 KiB, well below any frame limit. */
+  maxFrameBytes?: number | undefined;
+  /** Extra wait beyond a call's timeout for the executor's own answer; default {@link DEFAULT_TIMEOUT_GRACE_MS}. */
+  timeoutGraceMs?: number | undefined;
+  logger?: Pick<Logger, 'debug' | 'warn'> | undefined;
+}
+
+/** Counters for tests and diagnostics. */
+export interface RelayClientStats {
+  activeStreams: number;
+  /** Response bytes received and not yet taken by consumers. */
+  bufferedBytes: number;
+}
+
+interface DiscoverStream {
+  kind: 'discover';
+  id: number;
+  url: string;
+  resolve(result: DiscoverResult): void;
+  reject(err: AppError): void;
+  cleanup(): void;
+}
+
+/**
+ * The client multiplexer; implements Transport. Calls reject with AppErrors:
+ * TOO_MANY_STREAMS, PAYLOAD_TOO_LARGE (request body over 1 MiB), CANCELLED
+ * (signal aborted), ENVIRONMENT_TIMEOUT (no answer within the timeout plus
+ * grace), PROTOCOL_ERROR, and whatever the executor reports.
+ */
+export class RelayClient implements Transport {
+  readonly #send: (envelope: Envelope) => void;
+  readonly #maxStreams: number;
+  readonly #window: number;
+  readonly #graceMs: number;
+  readonly #logger: Pick<Logger, 'debug' | 'warn'> | undefined;
+  readonly #streams = new Map<number, DiscoverStream | BodyStream>();
+  #nextId = 1;
+  #buffered = { bytes: 0 };
+
+  constructor(options: RelayClientOptions) {
+    this.#send = options.send;
+    this.#maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
+    this.#window = Math.max(MAX_CHUNK_BYTES, options.windowBytes ?? DEFAULT_WINDOW_BYTES);
+    this.#graceMs = options.timeoutGraceMs ?? DEFAULT_TIMEOUT_GRACE_MS;
+    this.#logger = options.logger;
+  }
+
+  /** Streams open now (awaiting a result, or a body not yet finished). */
+  get activeStreams(): number {
+    return this.#streams.size;
+  }
+
+  stats(): RelayClientStats {
+    return { activeStreams: this.#streams.size, bufferedBytes: this.#buffered.bytes };
+  }
+
+  /** TLS handshake only, through the executor; see Transport.discover. */
+  discover(options: DiscoverOptions): Promise<DiscoverResult> {
+    return new Promise<DiscoverResult>((resolve, reject) => {
+      if (options.signal?.aborted) {
+        reject(new AppError('CANCELLED', 'the discovery was cancelled'));
+        return;
+      }
+      const id = this.#allocate();
+      const timeoutMs = clampTimeout(options.timeoutMs);
+      const onAbort = () => fail(new AppError('CANCELLED', 'the discovery was cancelled'), true);
+      const timer = setTimeout(
+        () => fail(new AppError('ENVIRONMENT_TIMEOUT', 'the relay did not answer in time'), true),
+        timeoutMs + this.#graceMs,
+      );
+      const cleanup = () => {
+        clearTimeout(timer);
+        options.signal?.removeEventListener('abort', onAbort);
+        if (this.#streams.get(id) === stream) this.#streams.delete(id);
+      };
+      const fail = (err: AppError, cancel: boolean) => {
+        if (this.#streams.get(id) !== stream) return;
+        cleanup();
+        if (cancel) this.#trySend({ streamId: id, payload: { case: 'cancel', value: {} } });
+        reject(err);
+      };
+      const stream: DiscoverStream = { kind: 'discover', id, url: options.url, resolve, reject, cleanup };
+      this.#streams.set(id, stream);
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        this.#send({
+          streamId: id,
+          payload: { case: 'discoverRequest', value: { url: options.url, timeoutMs } },
+        });
+      } catch (err) {
+        cleanup();
+        reject(sendFailure(err));
+      }
+    });
+  }
+
+  /** A pinned request through the executor; resolves at the response head. See Transport.request. */
+  request(request: RelayRequest): Promise<RelayResponse> {
+    if (request.signal?.aborted)
+      return Promise.reject(new AppError('CANCELLED', 'the request was cancelled'));
+    const body = request.body;
+    if (body !== undefined && body.byteLength > MAX_REQUEST_BODY_BYTES) {
+      return Promise.reject(
+        new AppError('PAYLOAD_TOO_LARGE', `request bodies are limited to ${MAX_REQUEST_BODY_BYTES} bytes`),
+      );
+    }
+    let id: number;
+    try {
+      id = this.#allocate();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const stream = new BodyStream({
+      id,
+      window: this.#window,
+      graceMs: this.#graceMs,
+      timeoutMs: clampTimeout(request.timeoutMs),
+      signal: request.signal,
+      send: (envelope) => this.#trySend(envelope),
+      release: () => {
+        if (this.#streams.get(id) === stream) this.#streams.delete(id);
+      },
+      buffered: this.#buffered,
+    });
+    this.#streams.set(id, stream);
+    const hasBody = body !== undefined && body.byteLength > 0;
+    try {
+      this.#send({
+        streamId: id,
+        payload: {
+          case: 'requestHead',
+          value: {
+            method: request.method,
+            url: request.url,
+            headers: request.headers.map(([name, value]) => ({ name, value })),
+            timeoutMs: stream.timeoutMs,
+            hasBody,
+            trust: {
+              fingerprintSha256: request.trust.fingerprintSha256,
+              expectedHostname: request.trust.expectedHostname,
+              certificateDer: request.trust.certificateDer ?? new Uint8Array(0),
+            },
+            initialWindowBytes: this.#window,
+          },
+        },
+      });
+      if (hasBody) {
+        for (let offset = 0; offset < body.byteLength; offset += MAX_CHUNK_BYTES) {
+          const data = body.subarray(offset, Math.min(offset + MAX_CHUNK_BYTES, body.byteLength));
+          this.#send({ streamId: id, payload: { case: 'bodyChunk', value: { data } } });
+        }
+        this.#send({ streamId: id, payload: { case: 'end', value: {} } });
+      }
+    } catch (err) {
+      stream.fail(sendFailure(err), false);
+    }
+    return stream.head;
+  }
+
+  /** Feeds one envelope from the executor side. Never throws; unknown streams are ignored (late after a cancel). */
+  receive(envelope: Envelope): void {
+    const { streamId, payload } = envelope;
+    if (streamId === 0) {
+      // Connection-level traffic (hello, ping, …) is the owner's; an error here ends every stream.
+      if (payload.case === 'error') {
+        const err = appErrorFromPayload(payload.value);
+        this.failAll(err.code, err.message);
+      }
+      return;
+    }
+    const stream = this.#streams.get(streamId);
+    if (stream === undefined) return;
+    if (stream.kind === 'discover') {
+      this.#receiveDiscover(stream, envelope);
+      return;
+    }
+    stream.receive(envelope);
+  }
+
+  /** Fails every open stream at once with `code` (e.g. AGENT_OFFLINE when the agent drops). Sends nothing. */
+  failAll(code: ErrorCode, message: string): void {
+    const streams = [...this.#streams.values()];
+    this.#streams.clear();
+    for (const stream of streams) {
+      const error = new AppError(code, message);
+      if (stream.kind === 'discover') {
+        stream.cleanup();
+        stream.reject(error);
+      } else {
+        stream.fail(error, false);
+      }
+    }
+  }
+
+  #receiveDiscover(stream: DiscoverStream, envelope: Envelope): void {
+    const { payload } = envelope;
+    if (payload.case === 'discoverResult') {
+      stream.cleanup();
+      try {
+        stream.resolve(discoverResult(payload.value));
+      } catch (err) {
+        stream.reject(
+          new AppError('PROTOCOL_ERROR', 'the discovery result carries no readable certificate', {
+            cause: err,
+          }),
+        );
+      }
+    } else if (payload.case === 'error') {
+      stream.cleanup();
+      stream.reject(appErrorFromPayload(payload.value));
+    } else {
+      stream.cleanup();
+      this.#trySend({ streamId: stream.id, payload: { case: 'cancel', value: {} } });
+      stream.reject(new AppError('PROTOCOL_ERROR', `unexpected ${payload.case} on a discovery stream`));
+    }
+  }
+
+  #allocate(): number {
+    if (this.#streams.size >= this.#maxStreams) {
+      throw new AppError('TOO_MANY_STREAMS', `at most ${this.#maxStreams} concurrent relayed requests`);
+    }
+    let id = this.#nextId;
+    while (this.#streams.has(id)) id = id >= MAX_STREAM_ID ? 1 : id + 1;
+    this.#nextId = id >= MAX_STREAM_ID ? 1 : id + 1;
+    return id;
+  }
+
+  #trySend(envelope: Envelope): void {
+    try {
+      this.#send(envelope);
+    } catch (err) {
+      this.#logger?.debug({ err, streamId: envelope.streamId }, 'relay envelope could not be sent');
+    }
+  }
+}
+
+function clampTimeout(value: number): number {
+  return Number.isFinite(value) && value > 0 ? Math.min(value, MAX_TIMEOUT_MS) : DEFAULT_TIMEOUT_MS;
+}
+
+function sendFailure(err: unknown): AppError {
+  if (err instanceof AppError) return err;
+  return new AppError('AGENT_OFFLINE', 'the relay connection is not available', { cause: err });
+}
+
+function discoverResult(wire: WireDiscoverResult): DiscoverResult {
+  const chain = wire.chain.map((der) => new Uint8Array(der));
+  const leaf = chain[0];
+  if (leaf === undefined) throw new Error('empty chain');
+  return {
+    certificate: describeCertificate(leaf),
+    chain,
+    expired: wire.expired === true,
+    hostnameMatches: wire.hostnameMatches === true,
+  };
+}
+
+function headerList(headers: readonly Header[] | undefined): HeaderList {
+  return (headers ?? []).map(({ name, value }) => [name, value]);
+}
+
+interface BodyStreamOptions {
+  id: number;
+  window: number;
+  graceMs: number;
+  timeoutMs: number;
+  signal: AbortSignal | undefined;
+  send(envelope: Envelope): void;
+  release(): void;
+  buffered: { bytes: number };
+}
+
+/** One request stream: the head promise, then the body queue under flow control. */
+class BodyStream {
+  readonly kind = 'body';
+  readonly id: number;
+  readonly timeoutMs: number;
+  readonly head: Promise<RelayResponse>;
+  readonly #options: BodyStreamOptions;
+  #resolveHead!: (response: RelayResponse) => void;
+  #rejectHead!: (err: AppError) => void;
+  #state: 'head' | 'body' | 'done' = 'head';
+  #queue: Uint8Array[] = [];
+  #queuedBytes = 0;
+  /** Bytes received and not yet returned by a window update. */
+  #unacknowledged = 0;
+  /** Bytes consumed since the last window update. */
+  #consumed = 0;
+  #ended = false;
+  #error: AppError | undefined;
+  #waiter: (() => void) | undefined;
+  readonly #timer: NodeJS.Timeout;
+  readonly #onAbort = () => this.fail(new AppError('CANCELLED', 'the request was cancelled'), true);
+
+  constructor(options: BodyStreamOptions) {
+    this.#options = options;
+    this.id = options.id;
+    this.timeoutMs = options.timeoutMs;
+    this.head = new Promise<RelayResponse>((resolve, reject) => {
+      this.#resolveHead = resolve;
+      this.#rejectHead = reject;
+    });
+    // The executor answers ENVIRONMENT_TIMEOUT itself; this only guards against a silent peer.
+    this.#timer = setTimeout(
+      () => this.fail(new AppError('ENVIRONMENT_TIMEOUT', 'the relay did not answer in time'), true),
+      options.timeoutMs + options.graceMs,
+    );
+    options.signal?.addEventListener('abort', this.#onAbort, { once: true });
+  }
+
+  receive(envelope: Envelope): void {
+    const { payload } = envelope;
+    switch (payload.case) {
+      case 'responseHead':
+        if (this.#state !== 'head') break;
+        clearTimeout(this.#timer);
+        this.#state = 'body';
+        this.#resolveHead({
+          status: payload.value.status,
+          headers: headerList(payload.value.headers),
+          body: { [Symbol.asyncIterator]: () => this.#iterator() },
+          cancel: () => this.cancel(),
+        });
+        return;
+      case 'bodyChunk': {
+        if (this.#state !== 'body') break;
+        const data = payload.value.data;
+        this.#unacknowledged += data.byteLength;
+        if (this.#unacknowledged > this.#options.window) {
+          this.fail(new AppError('PROTOCOL_ERROR', 'the relay sent more than the flow-control window'), true);
+          return;
+        }
+        if (data.byteLength === 0) return;
+        this.#queue.push(data);
+        this.#queuedBytes += data.byteLength;
+        this.#options.buffered.bytes += data.byteLength;
+        this.#wake();
+        return;
+      }
+      case 'end':
+        if (this.#state !== 'body') break;
+        this.#ended = true;
+        this.#finish();
+        this.#wake();
+        return;
+      case 'error':
+        this.fail(appErrorFromPayload(payload.value), false);
+        return;
+      default:
+        break;
+    }
+    this.fail(new AppError('PROTOCOL_ERROR', `unexpected ${payload.case} on a request stream`), true);
+  }
+
+  /** Ends the stream with an error: the head rejects, or the body throws. `cancel` tells the executor. */
+  fail(error: AppError, cancel: boolean): void {
+    if (this.#state === 'done') return;
+    const hadHead = this.#state === 'body';
+    this.#finish();
+    this.#drop();
+    if (cancel) this.#options.send({ streamId: this.id, payload: { case: 'cancel', value: {} } });
+    if (hadHead) {
+      this.#error = error;
+      this.#wake();
+    } else {
+      this.#rejectHead(error);
+    }
+  }
+
+  /** The consumer is done with the body: the executor aborts the upstream request. Idempotent. */
+  cancel(): void {
+    if (this.#state === 'done') {
+      this.#drop();
+      return;
+    }
+    this.#finish();
+    this.#drop();
+    this.#ended = true;
+    this.#options.send({ streamId: this.id, payload: { case: 'cancel', value: {} } });
+    this.#wake();
+  }
+
+  #iterator(): AsyncIterator<Uint8Array> {
+    return {
+      next: () => this.#next(),
+      return: () => {
+        this.cancel();
+        return Promise.resolve({ done: true, value: undefined });
+      },
+    };
+  }
+
+  async #next(): Promise<IteratorResult<Uint8Array>> {
+    for (;;) {
+      const chunk = this.#queue.shift();
+      if (chunk !== undefined) {
+        this.#queuedBytes -= chunk.byteLength;
+        this.#options.buffered.bytes -= chunk.byteLength;
+        this.#returnWindow(chunk.byteLength);
+        return { done: false, value: chunk };
+      }
+      if (this.#error) throw this.#error;
+      if (this.#ended) return { done: true, value: undefined };
+      await new Promise<void>((resolve) => {
+        this.#waiter = resolve;
+      });
+    }
+  }
+
+  /** Window goes back in batches of a quarter window, so updates stay few but never stall the executor. */
+  #returnWindow(bytes: number): void {
+    if (this.#state !== 'body') return;
+    this.#consumed += bytes;
+    if (this.#consumed < this.#options.window / 4) return;
+    const update = this.#consumed;
+    this.#consumed = 0;
+    this.#unacknowledged -= update;
+    this.#options.send({ streamId: this.id, payload: { case: 'windowUpdate', value: { bytes: update } } });
+  }
+
+  #wake(): void {
+    const waiter = this.#waiter;
+    this.#waiter = undefined;
+    waiter?.();
+  }
+
+  /** The stream takes no more envelopes (end, error or cancel); queued chunks stay readable after an end. */
+  #finish(): void {
+    if (this.#state === 'done') return;
+    this.#state = 'done';
+    clearTimeout(this.#timer);
+    this.#options.signal?.removeEventListener('abort', this.#onAbort);
+    this.#options.release();
+  }
+
+  /** Forgets queued chunks (after a cancel or an error nobody will read them). */
+  #drop(): void {
+    this.#options.buffered.bytes -= this.#queuedBytes;
+    this.#queue = [];
+    this.#queuedBytes = 0;
+  }
+}
