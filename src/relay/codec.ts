@@ -10,6 +10,7 @@ import { p2pstream } from './generated/relay.gen.js';
 
 const WireEnvelope = p2pstream.relay.v1.Envelope;
 
+/** Options of {@link decodeEnvelope}. */
 export interface DecodeOptions {
   /** Frames larger than this are refused before decoding; default {@link DEFAULT_MAX_FRAME_BYTES}. */
   maxFrameBytes?: number;

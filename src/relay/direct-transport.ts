@@ -11,6 +11,7 @@ import { EnvelopeExecutor, type ExecutorStats } from './envelope-executor.js';
 import { RelayClient, type RelayClientStats } from './relay-client.js';
 import type { DiscoverOptions, DiscoverResult, RelayRequest, RelayResponse, Transport } from './transport.js';
 
+/** Options of {@link createDirectTransport}; every field has a default. */
 export interface DirectTransportOptions {
   /** `host:port` patterns the control plane may reach; absent = any. */
   allowedTargets?: readonly string[] | null | undefined;

@@ -68,6 +68,7 @@ const HOP_BY_HOP = new Set([
   'upgrade',
 ]);
 
+/** Options of {@link EnvelopeExecutor}; only `send` is required. */
 export interface EnvelopeExecutorOptions {
   /** Delivers an envelope to the client side; must not throw (a throw is logged and the stream dropped). */
   send(envelope: Envelope): void;
@@ -78,7 +79,7 @@ export interface EnvelopeExecutorOptions {
   maxStreams?: number | undefined;
   /** Pools kept per (origin, pin); default {@link DEFAULT_MAX_POOLED_ORIGINS}. */
   maxPooledOrigins?: number | undefined;
-  /** Idle pooled connections close after this long; default 30 s. */
+  /** Idle pooled connections close after this long; default 4 s (DEFAULT_IDLE_SOCKET_TIMEOUT_MS). */
   idleSocketTimeoutMs?: number | undefined;
 }
 
@@ -429,13 +430,17 @@ export class EnvelopeExecutor {
 
   #startUpstream(stream: RequestStream): void {
     stream.state = 'upstream';
-    const { target, trust, head } = stream;
-    const pool = this.#acquirePool(target, trust);
-    stream.pool = pool;
+    const { target, trust } = stream;
+    stream.pool = this.#acquirePool(target, trust);
     const body = stream.body.length > 0 ? Buffer.concat(stream.body) : undefined;
     stream.body = [];
+    this.#sendUpstream(stream, body, true);
+  }
+
+  #sendUpstream(stream: RequestStream, body: Buffer | undefined, mayRetry: boolean): void {
+    const { target, head } = stream;
     const options: https.RequestOptions & { [kConnectContext]: ConnectContext } = {
-      agent: pool.agent,
+      agent: (stream.pool as PoolEntry).agent,
       host: target.host,
       port: target.port,
       method: head.method,
@@ -457,7 +462,22 @@ export class EnvelopeExecutor {
     }
     stream.req = req;
     req.on('response', (res) => this.#onResponse(stream, res));
-    req.on('error', (err) => this.#fail(stream, err));
+    req.on('error', (err) => {
+      if (stream.state !== 'upstream' || stream.req !== req) return;
+      // A pooled connection the target closed while idle fails on first use: that request never
+      // reached the target, so an idempotent one is sent again, once, on a fresh connection.
+      if (
+        mayRetry &&
+        req.reusedSocket &&
+        stream.res === undefined &&
+        isStaleConnectionError(err, head.method)
+      ) {
+        this.#logger?.debug({ streamId: stream.id }, 'pooled connection was closed by the target; retrying');
+        this.#sendUpstream(stream, body, false);
+        return;
+      }
+      this.#fail(stream, err);
+    });
     req.end(body);
   }
 
@@ -673,6 +693,13 @@ export class EnvelopeExecutor {
       return false;
     }
   }
+}
+
+const IDEMPOTENT_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+function isStaleConnectionError(err: unknown, method: string): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return (code === 'ECONNRESET' || code === 'EPIPE') && IDEMPOTENT_METHODS.has(method);
 }
 
 function boundTimeout(value: number | undefined): number {

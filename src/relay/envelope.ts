@@ -31,12 +31,14 @@ export const MAX_TIMEOUT_MS = 300_000;
 /** What this implementation can do, announced in hello/welcome. */
 export const RELAY_CAPABILITIES: readonly string[] = ['discover', 'request', 'flow-control', 'cancel'];
 
+/** What a peer accepts (hello/welcome); 0 or absent = the protocol default. */
 export interface Limits {
   maxFrameBytes?: number;
   maxStreams?: number;
   initialWindowBytes?: number;
 }
 
+/** First envelope of the executor side (the agent), on stream 0. */
 export interface Hello {
   protocolVersion: number;
   agentVersion?: string;
@@ -44,6 +46,7 @@ export interface Hello {
   limits?: Limits | null;
 }
 
+/** The control plane's answer to a hello, on stream 0. */
 export interface Welcome {
   protocolVersion: number;
   serverVersion?: string;
@@ -51,14 +54,17 @@ export interface Welcome {
   limits?: Limits | null;
 }
 
+/** Keepalive probe on stream 0; answered by a pong with the same nonce. */
 export interface Ping {
   nonce?: number;
 }
 
+/** Answer to a ping. */
 export interface Pong {
   nonce?: number;
 }
 
+/** Opens a discovery stream: TLS handshake only, no application byte. */
 export interface DiscoverRequest {
   /** The target origin, `https://host:port`. */
   url: string;
@@ -66,6 +72,7 @@ export interface DiscoverRequest {
   timeoutMs?: number;
 }
 
+/** The answer to a discover request. */
 export interface DiscoverResult {
   /** Peer chain as DER, leaf first. */
   chain: Uint8Array[];
@@ -80,6 +87,7 @@ export interface Header {
   value: string;
 }
 
+/** What a pinned request requires of the target certificate, checked inside the handshake. */
 export interface TrustMetadata {
   fingerprintSha256: string;
   expectedHostname: string;
@@ -87,6 +95,7 @@ export interface TrustMetadata {
   certificateDer?: Uint8Array;
 }
 
+/** Opens a request stream; with `hasBody`, body chunks and an end follow. */
 export interface RequestHead {
   method: string;
   /** Absolute `https://` URL. */
@@ -101,23 +110,29 @@ export interface RequestHead {
   initialWindowBytes?: number;
 }
 
+/** The target's status and headers (hop-by-hop headers removed). */
 export interface ResponseHead {
   status: number;
   headers?: Header[];
 }
 
+/** Up to {@link MAX_CHUNK_BYTES} of a request or response body. */
 export interface BodyChunk {
   data: Uint8Array;
 }
 
+/** The body of the stream is complete (request body, or response and stream). */
 export type End = Record<string, never>;
 
+/** The client consumed `bytes` more of the response: the executor may send that much more. */
 export interface WindowUpdate {
   bytes: number;
 }
 
+/** The client gives the stream up; the upstream request is aborted at once. */
 export type Cancel = Record<string, never>;
 
+/** A failed stream (or, on stream 0, connection), with a code of the error table. */
 export interface RelayError {
   /** A code of the error table (src/errors.ts). */
   code: string;

@@ -40,6 +40,7 @@ export const DEFAULT_TIMEOUT_GRACE_MS = 5000;
 
 const MAX_STREAM_ID = 0xffff_ffff;
 
+/** Options of {@link RelayClient}; only `send` is required (matches the hub's stream client factory). */
 export interface RelayClientOptions {
   /** Delivers an envelope to the executor side. A throw fails the call that sent it. */
   send(envelope: Envelope): void;

@@ -21,6 +21,7 @@ export interface TrustMetadata {
   certificateDer?: Uint8Array;
 }
 
+/** A discovery: which origin, and how long the handshake may take. */
 export interface DiscoverOptions {
   /** The target origin, `https://host:port`. */
   url: string;
@@ -29,6 +30,7 @@ export interface DiscoverOptions {
   signal?: AbortSignal;
 }
 
+/** What a discovery saw: the chain and the verdicts a trust decision needs. */
 export interface DiscoverResult {
   /** The leaf certificate, described. */
   certificate: CertificateInfo;
@@ -43,6 +45,7 @@ export interface DiscoverResult {
 /** Header list as name/value pairs; names lower-case, repeats allowed. */
 export type HeaderList = Array<[name: string, value: string]>;
 
+/** One pinned HTTPS request to a target. */
 export interface RelayRequest {
   /** Absolute `https://` URL: origin + path + query. */
   url: string;
@@ -57,6 +60,7 @@ export interface RelayRequest {
   signal?: AbortSignal;
 }
 
+/** The response head, with the body to read (or cancel). */
 export interface RelayResponse {
   status: number;
   headers: HeaderList;

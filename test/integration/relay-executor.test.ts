@@ -324,6 +324,29 @@ describe('pinned requests', () => {
     expect(relay.stats().executor.pooledOrigins).toBe(1);
   });
 
+  it('retry an idempotent request once when its pooled connection was closed, never a POST', async () => {
+    let requests = 0;
+    const t = await target({
+      handler: (req, res) => {
+        requests++;
+        // The second request and every POST meet a connection that dies, as one the target closed while idle.
+        if (requests === 2 || req.method === 'POST') {
+          req.socket.destroy();
+          return;
+        }
+        res.end(`reply ${requests}`);
+      },
+    });
+    const relay = transport();
+    const call = (method: string) =>
+      relay.request({ url: t.url, method, headers: [], timeoutMs: 5000, trust: pin(good) });
+    expect((await readAll(await call('GET'))).toString()).toBe('reply 1');
+    expect((await readAll(await call('GET'))).toString()).toBe('reply 3');
+    expect(t.connections).toBe(2);
+    await expectCode(call('POST'), 'ENVIRONMENT_UNREACHABLE');
+    expect(requests).toBe(4);
+  });
+
   it('time out against a target that never answers the handshake, closing the socket', async () => {
     const silent = await startSilentTarget();
     cleanups.push(() => silent.close());
