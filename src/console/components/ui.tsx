@@ -1,5 +1,5 @@
 /** Small building blocks shared by the pages: dialogs, fields, badges, copy, data loading, formatting. */
-import type { ComponentChildren, JSX } from 'preact';
+import { type ComponentChildren, cloneElement, type JSX, type VNode } from 'preact';
 import { useCallback, useEffect, useId, useRef, useState } from 'preact/hooks';
 import { ApiError, messageOf } from '../api';
 
@@ -48,25 +48,41 @@ export function Dialog(props: {
   );
 }
 
-/** A labelled form control with its error (from a server `field`) shown right under it. */
+/**
+ * A labelled form control (the single child element) with its hint, or its
+ * error (from a server `field`) right under it. The label names the control
+ * through `for`/`id`, and the hint or error describes it (`aria-describedby`).
+ */
 export function Field(props: {
   label: string;
   error?: string | null;
-  hint?: string;
-  children: ComponentChildren;
+  hint?: string | undefined;
+  children: VNode;
 }) {
+  const id = useId();
+  const noteId = `${id}-note`;
+  const note = props.error ?? props.hint ?? null;
+  const control = cloneElement(props.children, {
+    id,
+    'aria-invalid': props.error ? 'true' : undefined,
+    'aria-describedby': note ? noteId : undefined,
+  });
   return (
-    // biome-ignore lint/a11y/noLabelWithoutControl: the control is the child passed in; the label wraps it
-    <label class={props.error ? 'field invalid' : 'field'}>
-      <span class="field-label">{props.label}</span>
-      {props.children}
-      {props.hint && !props.error ? <small class="hint">{props.hint}</small> : null}
+    <div class={props.error ? 'field invalid' : 'field'}>
+      <label class="field-label" for={id}>
+        {props.label}
+      </label>
+      {control}
       {props.error ? (
-        <small class="field-error" role="alert">
+        <small class="field-error" id={noteId} role="alert">
           {props.error}
         </small>
+      ) : props.hint ? (
+        <small class="hint" id={noteId}>
+          {props.hint}
+        </small>
       ) : null}
-    </label>
+    </div>
   );
 }
 
