@@ -16,6 +16,7 @@ import type { Logger } from '../logger.js';
 import { describeCertificate } from '../tls/certificates.js';
 import {
   appErrorFromPayload,
+  DEFAULT_MAX_FRAME_BYTES,
   DEFAULT_MAX_STREAMS,
   DEFAULT_TIMEOUT_MS,
   DEFAULT_WINDOW_BYTES,
@@ -48,7 +49,11 @@ export interface RelayClientOptions {
   maxStreams?: number | undefined;
   /** Response window per stream (bytes buffered before the executor waits); default 256 KiB. */
   windowBytes?: number | undefined;
-  /** Accepted for symmetry with the hub's factory; chunks are at most 64 KiB, well below any frame limit. */
+  /**
+   * Largest frame the executor side accepts; default 1 MiB. A request head that
+   * would not fit is refused here with PAYLOAD_TOO_LARGE instead of breaking
+   * the connection. Body chunks are at most 64 KiB.
+   */
   maxFrameBytes?: number | undefined;
   /** Extra wait beyond a call's timeout for the executor's own answer; default {@link DEFAULT_TIMEOUT_GRACE_MS}. */
   timeoutGraceMs?: number | undefined;
@@ -82,6 +87,7 @@ export class RelayClient implements Transport {
   readonly #maxStreams: number;
   readonly #window: number;
   readonly #graceMs: number;
+  readonly #maxFrameBytes: number;
   readonly #logger: Pick<Logger, 'debug' | 'warn'> | undefined;
   readonly #streams = new Map<number, DiscoverStream | BodyStream>();
   #nextId = 1;
@@ -92,6 +98,7 @@ export class RelayClient implements Transport {
     this.#maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
     this.#window = Math.max(MAX_CHUNK_BYTES, options.windowBytes ?? DEFAULT_WINDOW_BYTES);
     this.#graceMs = options.timeoutGraceMs ?? DEFAULT_TIMEOUT_GRACE_MS;
+    this.#maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.#logger = options.logger;
   }
 
@@ -153,6 +160,9 @@ export class RelayClient implements Transport {
       return Promise.reject(
         new AppError('PAYLOAD_TOO_LARGE', `request bodies are limited to ${MAX_REQUEST_BODY_BYTES} bytes`),
       );
+    }
+    if (!headFits(request, this.#maxFrameBytes)) {
+      return Promise.reject(new AppError('PAYLOAD_TOO_LARGE', 'the request head is too large to relay'));
     }
     let id: number;
     try {
@@ -282,6 +292,23 @@ export class RelayClient implements Transport {
       this.#logger?.debug({ err, streamId: envelope.streamId }, 'relay envelope could not be sent');
     }
   }
+}
+
+// Room for field tags, lengths and the numeric fields of a head.
+const HEAD_OVERHEAD_BYTES = 1024;
+
+/** Whether a request head encodes within `limit` bytes; exact UTF-8 counts only near the limit. */
+function headFits(request: RelayRequest, limit: number): boolean {
+  const der = request.trust.certificateDer?.byteLength ?? 0;
+  let chars = request.url.length + request.method.length + request.trust.expectedHostname.length;
+  for (const [name, value] of request.headers) chars += name.length + value.length + 8;
+  // A UTF-16 code unit is at most 3 bytes of UTF-8.
+  if (chars * 3 + der + HEAD_OVERHEAD_BYTES <= limit) return true;
+  let bytes = Buffer.byteLength(request.url) + Buffer.byteLength(request.method);
+  bytes += Buffer.byteLength(request.trust.expectedHostname);
+  for (const [name, value] of request.headers)
+    bytes += Buffer.byteLength(name) + Buffer.byteLength(value) + 8;
+  return bytes + der + HEAD_OVERHEAD_BYTES <= limit;
 }
 
 function clampTimeout(value: number): number {

@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AppError } from '../../src/errors.js';
+import { encodeEnvelope } from '../../src/relay/codec.js';
 import type { Envelope, EnvelopePayload } from '../../src/relay/envelope.js';
 import { RelayClient, type RelayClientOptions } from '../../src/relay/relay-client.js';
 import type { RelayRequest } from '../../src/relay/transport.js';
@@ -72,6 +73,19 @@ describe('relay client', () => {
     const { client, sent } = setup();
     await expectCode(client.request(request({ body: new Uint8Array(1024 * 1024 + 1) })), 'PAYLOAD_TOO_LARGE');
     expect(sent).toEqual([]);
+  });
+
+  it('refuses a head that would not fit in one frame, and sends one that does', async () => {
+    const { client, sent } = setup({ maxFrameBytes: 4096 });
+    await expectCode(
+      client.request(request({ headers: [['x-big', 'é'.repeat(2000)]] })),
+      'PAYLOAD_TOO_LARGE',
+    );
+    expect(sent).toEqual([]);
+    client.request(request({ headers: [['x-small', 'é'.repeat(1000)]] })).catch(() => undefined);
+    expect(sent).toHaveLength(1);
+    const frame = encodeEnvelope(sent[0] as Envelope);
+    expect(frame.byteLength).toBeLessThanOrEqual(4096);
   });
 
   it('resolves at the head and returns window only as the consumer reads', async () => {
