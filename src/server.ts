@@ -12,17 +12,21 @@ import { DataPlane } from './dataplane/data-plane.js';
 import { TraceRecorder } from './dataplane/trace-recorder.js';
 import { AgentService } from './domain/agent-service.js';
 import { AuthService } from './domain/auth-service.js';
+import { EnvironmentService } from './domain/environment-service.js';
 import { createOverviewService } from './domain/overview-service.js';
 import { ProxyConfigService } from './domain/proxy-config-service.js';
 import { createSystemService } from './domain/system-service.js';
 import { TokenService } from './domain/token-service.js';
 import { TrafficSettingsService } from './domain/traffic-settings-service.js';
+import { createEnvironmentRelay, createEnvironmentTransports } from './http/environment-relay.js';
 import { agentRoutes } from './http/routes/agents.js';
 import { createConsolePlugin } from './http/routes/console.js';
+import { createEnvironmentsPlugin } from './http/routes/environments.js';
 import { createOverviewPlugin } from './http/routes/overview.js';
 import { createProxyPlugin } from './http/routes/proxy.js';
 import { createTrafficPlugin } from './http/routes/traffic.js';
 import type { Logger } from './logger.js';
+import { createDirectTransport } from './relay/direct-transport.js';
 import { LowdbStore } from './storage/lowdb-store.js';
 import { loadSecretsBox } from './storage/secrets-box.js';
 import { loadManagementCertificate } from './tls/management-certificate.js';
@@ -53,9 +57,19 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
   const auth = new AuthService({ store, setupToken });
   const tokens = new TokenService({ store });
   const system = createSystemService({ store });
-  void secrets;
   const agents = new AgentService({ store });
   await agents.closeOrphanSessions();
+  // Environments: the registry, its transports (in-process, or through the hub's agents) and the relay.
+  const directTransport = createDirectTransport({ logger: logger.child({ component: 'relay' }) });
+  const environments = new EnvironmentService({
+    store,
+    secrets,
+    agentExists: (id) => agents.exists(id),
+    transports: createEnvironmentTransports({
+      direct: directTransport,
+      agentExists: (id) => agents.exists(id),
+    }),
+  });
   // Public proxy data plane, tracer and overview (configuration restored after listen).
   const recorder = new TraceRecorder();
   const traffic = new TrafficSettingsService({
@@ -79,7 +93,8 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
       auth,
       tokens,
       system,
-      localPlugins: [createConsolePlugin()],
+      environmentRelay: createEnvironmentRelay({ environments, logger }),
+      localPlugins: [createConsolePlugin(), createEnvironmentsPlugin({ environments, auth, tokens })],
       operationalPlugins: [
         agentRoutes({ agents, managementFingerprint: new X509Certificate(tls.cert).fingerprint256 }),
         createProxyPlugin({ proxyConfig }),
@@ -112,6 +127,7 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
     close() {
       closing ??= (async () => {
         await app.close();
+        directTransport.close();
         await dataPlane.close();
         await store.close();
       })();

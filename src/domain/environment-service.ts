@@ -235,6 +235,24 @@ function isCertificateInfo(value: unknown): value is CertificateInfo {
   );
 }
 
+/**
+ * The observed leaf's DER from an error's details (base64 or bytes), kept only
+ * when it is the certificate described (so a trust decision reads the real one).
+ */
+function observedDerOf(value: unknown, observed: unknown): Uint8Array | undefined {
+  let der: Uint8Array | undefined;
+  if (value instanceof Uint8Array) der = value;
+  else if (typeof value === 'string' && value !== '') der = Buffer.from(value, 'base64');
+  if (!der || !isCertificateInfo(observed)) return undefined;
+  try {
+    return new X509Certificate(Buffer.from(der)).fingerprint256 === observed.fingerprintSha256
+      ? der
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Reads a relayed response body, at most `limit` bytes (more → ENVIRONMENT_UNREACHABLE). */
 async function readBody(response: RelayResponse, limit: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -534,7 +552,8 @@ export class EnvironmentService {
   /**
    * Records what a relayed call to the environment met. A certificate failure
    * (CERTIFICATE_CHANGED/EXPIRED/HOSTNAME_MISMATCH carrying
-   * `details.observedCertificate`) keeps the observed certificate as
+   * `details.observedCertificate`, and `details.observedCertificateDer` in
+   * base64) keeps the observed certificate as
    * `discoveredCertificate`, so the state reads CHANGED at once, and sets
    * `lastError`; other errors are not recorded. Resolves once persisted.
    */
@@ -542,17 +561,12 @@ export class EnvironmentService {
     const error = toAppError(err);
     if (!CERTIFICATE_CODES.has(error.code)) return;
     const observed = error.details?.observedCertificate;
-    const observedDer = error.details?.observedCertificateDer;
+    const der = observedDerOf(error.details?.observedCertificateDer, observed);
     const at = new Date(this.#now()).toISOString();
     await this.#store.update((db) => {
       const live = db.environments.find((e) => e.id === id);
       if (!live) return;
-      if (isCertificateInfo(observed)) {
-        live.discoveredCertificate = storedCertificate(
-          observed,
-          observedDer instanceof Uint8Array ? observedDer : undefined,
-        );
-      }
+      if (isCertificateInfo(observed)) live.discoveredCertificate = storedCertificate(observed, der);
       live.lastError = { code: error.code, message: error.message, at };
     });
   }

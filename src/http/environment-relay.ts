@@ -186,7 +186,6 @@ export function createEnvironmentRelay(options: EnvironmentRelayOptions): Enviro
       try {
         body = await readRequestBody(request, maxBodyBytes);
         const headers = relayedRequestHeaders(request.headers);
-        if (body !== undefined) headers.push(['content-length', String(body.byteLength)]);
         headers.push(['authorization', `Bearer ${target.accessToken}`]);
         response = await target.transport.request({
           url,
