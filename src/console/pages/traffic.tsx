@@ -122,15 +122,13 @@ export function TrafficPage(props: { environment: string }) {
     setPaused(false);
   };
 
-  const perSecond = useMemo(() => {
-    const buckets = new Array<number>(SPARK_SECONDS).fill(0);
-    const end = Math.floor(now / 1000);
-    for (const t of arrivals.current) {
-      const index = SPARK_SECONDS - 1 - (end - Math.floor(t / 1000));
-      if (index >= 0 && index < SPARK_SECONDS) buckets[index]! += 1;
-    }
-    return buckets;
-  }, [now]);
+  // Recomputed on every render (each event, and the one-second tick), so a request counts at once.
+  const perSecond = new Array<number>(SPARK_SECONDS).fill(0);
+  const end = Math.floor(Math.max(now, Date.now()) / 1000);
+  for (const t of arrivals.current) {
+    const index = SPARK_SECONDS - 1 - (end - Math.floor(t / 1000));
+    if (index >= 0 && index < SPARK_SECONDS) perSecond[index]! += 1;
+  }
   const shown = events.filter((e) => matchesFilter(e, statusFilter, pathFilter));
 
   return (
@@ -166,7 +164,7 @@ export function TrafficPage(props: { environment: string }) {
             now {perSecond[SPARK_SECONDS - 1] ?? 0}/s · peak {Math.max(...perSecond)}/s
           </div>
         </div>
-        <TraceSettings environment={props.environment} dropped={dropped} />
+        <TraceSettings environment={props.environment} dropped={dropped} live={state.kind === 'live'} />
       </div>
       <div class="filters">
         <label class="inline">
@@ -265,7 +263,7 @@ function StreamStatus(props: { state: StreamState; paused: boolean }) {
   );
 }
 
-function TraceSettings(props: { environment: string; dropped: number }) {
+function TraceSettings(props: { environment: string; dropped: number; live: boolean }) {
   const api = useMemo(() => clientFor(props.environment), [props.environment]);
   const [settings, setSettings] = useState<TrafficSettings | null>(null);
   const [error, setError] = useState<unknown>(null);
@@ -277,11 +275,12 @@ function TraceSettings(props: { environment: string; dropped: number }) {
       },
       (err: unknown) => setError(err),
     );
+  // Loaded again when the stream (re)connects, so the subscriber count includes this view.
   useEffect(() => {
     load();
     const timer = window.setInterval(load, 10_000);
     return () => window.clearInterval(timer);
-  }, []);
+  }, [props.live]);
   const save = async (change: Partial<Pick<TrafficSettings, 'enabled' | 'level'>>) => {
     if (!settings) return;
     try {
