@@ -9,15 +9,16 @@
  * - `MANAGEMENT_CA_FILE` or `MANAGEMENT_FINGERPRINT` (exactly one): how the
  *   control plane's certificate is verified (a CA bundle with hostname
  *   check, or the SHA-256 fingerprint of its certificate);
- * - `AGENT_ALLOWED_TARGETS` (optional): comma-separated `host:port` patterns
- *   (`*` matches within a host label or the whole port); any other target is
- *   refused;
+ * - `AGENT_ALLOWED_TARGETS` (optional): comma-separated `host[:port]`
+ *   patterns (port 443 when omitted; `*` any host or port; `*.example.com`
+ *   any name below it); any other target is refused;
  * - `LOG_LEVEL` (default `info`).
  *
  * Errors: AppError VALIDATION_FAILED naming the variable.
  */
 import { readFileSync } from 'node:fs';
 import { AppError } from '../src/errors.js';
+import { createTargetPolicy } from '../src/relay/target-policy.js';
 import { normalizeFingerprint } from '../src/tls/certificates.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -65,22 +66,24 @@ export function parseManagementUrl(value: string | null): string {
   return `${url.origin}${url.pathname.replace(/\/+$/, '')}`;
 }
 
-const TARGET_PATTERN = /^(\*|[A-Za-z0-9*]([A-Za-z0-9*.-]*[A-Za-z0-9*])?|\[[0-9A-Fa-f:.]+\]):(\*|\d{1,5})$/;
-
-/** Parses AGENT_ALLOWED_TARGETS (`host:port` patterns, comma or space separated). */
+/**
+ * Parses AGENT_ALLOWED_TARGETS: `host[:port]` patterns, comma or space
+ * separated, in the relay's grammar (port 443 when omitted, `*` for any host
+ * or port, `*.example.com` for any name below example.com).
+ */
 export function parseAllowedTargets(value: string | null): string[] | null {
   if (value === null) return null;
   const patterns = value
     .split(/[\s,]+/)
-    .map((p) => p.trim().toLowerCase())
+    .map((p) => p.trim())
     .filter(Boolean);
   if (patterns.length === 0) return null;
   for (const pattern of patterns) {
-    const match = TARGET_PATTERN.exec(pattern);
-    const port = match ? pattern.slice(pattern.lastIndexOf(':') + 1) : '';
-    if (!match || (port !== '*' && (Number(port) < 1 || Number(port) > 65535))) {
+    try {
+      createTargetPolicy([pattern]);
+    } catch {
       fail(
-        `AGENT_ALLOWED_TARGETS: "${pattern}" is not a host:port pattern (e.g. app.internal:8081, *.lan:*)`,
+        `AGENT_ALLOWED_TARGETS: "${pattern}" is not a host[:port] pattern (e.g. app.internal:8081, *.lan:*)`,
       );
     }
   }

@@ -25,6 +25,7 @@ import { createEnvironmentsPlugin } from './http/routes/environments.js';
 import { createOverviewPlugin } from './http/routes/overview.js';
 import { createProxyPlugin } from './http/routes/proxy.js';
 import { createTrafficPlugin } from './http/routes/traffic.js';
+import { Hub } from './hub/hub.js';
 import type { Logger } from './logger.js';
 import { createDirectTransport } from './relay/direct-transport.js';
 import { LowdbStore } from './storage/lowdb-store.js';
@@ -39,6 +40,8 @@ export interface RunningServer {
   store: LowdbStore;
   /** The management certificate (PEM), for clients that pin it. */
   certificate: string;
+  /** The agent hub: live agents and their transports. */
+  hub: Hub;
   /** Stops accepting, finishes in-flight requests, flushes the store. */
   close(): Promise<void>;
 }
@@ -59,6 +62,7 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
   const system = createSystemService({ store });
   const agents = new AgentService({ store });
   await agents.closeOrphanSessions();
+  const hub = new Hub({ agents, logger: logger.child({ component: 'hub' }) });
   // Environments: the registry, its transports (in-process, or through the hub's agents) and the relay.
   const directTransport = createDirectTransport({ logger: logger.child({ component: 'relay' }) });
   const environments = new EnvironmentService({
@@ -67,6 +71,7 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
     agentExists: (id) => agents.exists(id),
     transports: createEnvironmentTransports({
       direct: directTransport,
+      hub,
       agentExists: (id) => agents.exists(id),
     }),
   });
@@ -85,6 +90,7 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
     listenersRunning: () => dataPlane.runningCount(),
     listenersConfigured: () => proxyConfig.listenerCount(),
     traceSubscribers: () => recorder.subscriberCount,
+    agentsConnected: () => hub.connectedCount(),
   });
 
   const app = await buildApp(
@@ -94,7 +100,11 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
       tokens,
       system,
       environmentRelay: createEnvironmentRelay({ environments, logger }),
-      localPlugins: [createConsolePlugin(), createEnvironmentsPlugin({ environments, auth, tokens })],
+      localPlugins: [
+        createConsolePlugin(),
+        hub.plugin,
+        createEnvironmentsPlugin({ environments, auth, tokens }),
+      ],
       operationalPlugins: [
         agentRoutes({ agents, managementFingerprint: new X509Certificate(tls.cert).fingerprint256 }),
         createProxyPlugin({ proxyConfig }),
@@ -124,8 +134,10 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
     app,
     store,
     certificate: tls.cert,
+    hub,
     close() {
       closing ??= (async () => {
+        await hub.close();
         await app.close();
         directTransport.close();
         await dataPlane.close();

@@ -74,9 +74,13 @@ describe('loadAgentConfig', () => {
   it('parses allowed targets and refuses malformed patterns', () => {
     expect(parseAllowedTargets(null)).toBeNull();
     expect(parseAllowedTargets(' ')).toBeNull();
-    expect(parseAllowedTargets('[::1]:8443 10.0.0.5:443')).toEqual(['[::1]:8443', '10.0.0.5:443']);
-    expect(() => parseAllowedTargets('app.lan')).toThrow(/host:port/);
-    expect(() => parseAllowedTargets('app.lan:99999')).toThrow(/host:port/);
-    expect(() => parseAllowedTargets('https://app.lan:443')).toThrow(/host:port/);
+    expect(parseAllowedTargets('[::1]:8443 10.0.0.5:443,app.lan')).toEqual([
+      '[::1]:8443',
+      '10.0.0.5:443',
+      'app.lan',
+    ]);
+    expect(() => parseAllowedTargets('app.lan:99999')).toThrow(/host\[:port\]/);
+    expect(() => parseAllowedTargets('https://app.lan:443')).toThrow(/host\[:port\]/);
+    expect(() => parseAllowedTargets('app..lan:443')).toThrow(/host\[:port\]/);
   });
 });

@@ -1,0 +1,263 @@
+/**
+ * The hub: the WebSocket endpoint agents connect to (`GET
+ * /api/v1/agent/connect`, DESIGN.md §5) and the registry of their live
+ * sessions.
+ *
+ * - Authentication happens before the upgrade: `X-P2PStream-Agent-Id` and
+ *   `Authorization: Bearer p2pag_…` of an enabled agent, else 401
+ *   UNAUTHENTICATED (an API token never works here). Failures are counted
+ *   per client IP; past the limit the IP gets 429 RATE_LIMITED for a while.
+ * - A new authenticated session for an agent replaces the old one; disable,
+ *   rotate and delete drop the agent's sessions at once.
+ * - `transportFor(agentId)` gives the AgentTransport the environment proxy
+ *   uses; the streams of a session that ends fail with AGENT_OFFLINE.
+ */
+import websocket from '@fastify/websocket';
+import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify';
+import type { WebSocket } from 'ws';
+import type { AgentCredential, AgentRevocationReason, AgentService } from '../domain/agent-service.js';
+import { isId } from '../domain/ids.js';
+import { LoginThrottle, type LoginThrottleOptions } from '../domain/login-throttle.js';
+import { AppError } from '../errors.js';
+import type { Logger } from '../logger.js';
+import { DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_STREAMS } from '../relay/envelope.js';
+import { RelayClient } from '../relay/relay-client.js';
+import type { Transport } from '../relay/transport.js';
+import {
+  AgentSession,
+  CLOSE_GOING_AWAY,
+  CLOSE_POLICY,
+  DEFAULT_CLOSE_GRACE_MS,
+  type StreamClientFactory,
+} from './agent-session.js';
+import { AgentTransport } from './agent-transport.js';
+
+export const AGENT_CONNECT_PATH = '/api/v1/agent/connect';
+export const AGENT_ID_HEADER = 'x-p2pstream-agent-id';
+/** Failed agent authentications per client IP: 20 within a minute block that IP for a minute. */
+export const DEFAULT_AGENT_AUTH_THROTTLE = {
+  maxFailures: 20,
+  windowMs: 60_000,
+  blockMs: 60_000,
+  maxKeys: 10_000,
+} as const;
+
+export interface HubOptions {
+  agents: AgentService;
+  logger: Logger;
+  /** Builds each session's stream client; default the relay's RelayClient. */
+  createClient?: StreamClientFactory;
+  /** Largest frame accepted from an agent (ws maxPayload and codec limit); default 1 MiB. */
+  maxFrameBytes?: number;
+  /** Concurrent streams per agent; default {@link DEFAULT_MAX_STREAMS}. */
+  maxStreamsPerAgent?: number;
+  /** Default 15 s. */
+  keepaliveIntervalMs?: number;
+  /** Default 2. */
+  keepaliveMaxMissed?: number;
+  /** Default 10 s. */
+  helloTimeoutMs?: number;
+  /** Default 1 s. */
+  closeGraceMs?: number;
+  /** Default {@link DEFAULT_AGENT_AUTH_THROTTLE}. */
+  authThrottle?: LoginThrottleOptions;
+}
+
+/** A live session's counters (for tests and diagnostics). */
+export interface AgentSessionStats {
+  sessionId: string | null;
+  /** Bytes queued on the WebSocket towards the agent. */
+  bufferedAmount: number;
+  /** Streams open through this agent. */
+  activeStreams: number;
+  /** Response bytes received from the agent and not yet read by their consumers. */
+  bufferedBytes: number;
+}
+
+function headerValue(request: FastifyRequest, name: string): string {
+  const value = request.headers[name];
+  return (Array.isArray(value) ? value[0] : value)?.trim() ?? '';
+}
+
+function bearerValue(request: FastifyRequest): string {
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(headerValue(request, 'authorization'));
+  return match?.[1] ?? '';
+}
+
+export class Hub {
+  readonly #agents: AgentService;
+  readonly #logger: Logger;
+  readonly #options: HubOptions;
+  readonly #maxFrameBytes: number;
+  readonly #maxStreams: number;
+  readonly #throttle: LoginThrottle;
+  readonly #sessions = new Set<AgentSession>();
+  readonly #active = new Map<string, AgentSession>();
+  readonly #credentials = new WeakMap<FastifyRequest, AgentCredential>();
+  readonly #unsubscribe: () => void;
+  #closing: Promise<void> | null = null;
+
+  constructor(options: HubOptions) {
+    this.#agents = options.agents;
+    this.#logger = options.logger;
+    this.#options = options;
+    this.#maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.#maxStreams = options.maxStreamsPerAgent ?? DEFAULT_MAX_STREAMS;
+    this.#throttle = new LoginThrottle({ ...DEFAULT_AGENT_AUTH_THROTTLE, ...options.authThrottle });
+    this.#unsubscribe = this.#agents.onRevoked((agentId, reason: AgentRevocationReason) =>
+      this.disconnect(agentId, reason),
+    );
+  }
+
+  /** The fastify plugin serving `GET /api/v1/agent/connect` (register it at the root, unauthenticated). */
+  readonly plugin: FastifyPluginAsync = async (app: FastifyInstance) => {
+    await app.register(websocket, {
+      options: { maxPayload: this.#maxFrameBytes, perMessageDeflate: false },
+      // Socket errors (a frame over maxPayload, a broken frame) are closed by ws
+      // itself with the matching status and logged by the session; a peer that
+      // does not finish the close handshake is cut after the grace period.
+      errorHandler: (_error, socket) => {
+        if (socket.readyState === socket.CLOSED) return;
+        setTimeout(() => socket.terminate(), this.#options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS).unref();
+      },
+      preClose: async () => {
+        await this.close();
+      },
+    });
+    app.get(
+      AGENT_CONNECT_PATH,
+      { websocket: true, onRequest: async (request) => this.#authenticate(request) },
+      (socket, request) => this.#accept(socket, request),
+    );
+  };
+
+  /** True while the agent has a ready session. */
+  isConnected(agentId: string): boolean {
+    return this.#active.get(agentId)?.ready === true;
+  }
+
+  /** Agents with a ready session. */
+  connectedCount(): number {
+    let count = 0;
+    for (const session of this.#active.values()) if (session.ready) count += 1;
+    return count;
+  }
+
+  /**
+   * The Transport through this agent. It follows reconnects; calls fail at
+   * once with AGENT_OFFLINE while the agent is not connected, AGENT_NOT_FOUND
+   * when it was deleted.
+   */
+  transportFor(agentId: string): Transport {
+    return new AgentTransport({
+      agentId,
+      current: () => this.#active.get(agentId)?.client ?? null,
+      exists: () => this.#agents.exists(agentId),
+    });
+  }
+
+  /** Drops every session of the agent at once (close status 1008); `reason` is recorded as the end reason. */
+  disconnect(agentId: string, reason: string): void {
+    for (const session of [...this.#sessions]) {
+      if (session.agentId === agentId) session.close(CLOSE_POLICY, `agent ${reason}`, reason);
+    }
+  }
+
+  /** Counters of the agent's live session, or null. */
+  sessionStats(agentId: string): AgentSessionStats | null {
+    const session = this.#active.get(agentId);
+    if (!session) return null;
+    const client = session.client?.stats?.() ?? { activeStreams: 0, bufferedBytes: 0 };
+    return {
+      sessionId: session.record?.id ?? null,
+      bufferedAmount: session.bufferedAmount,
+      activeStreams: client.activeStreams,
+      bufferedBytes: client.bufferedBytes,
+    };
+  }
+
+  /** Refuses new agents, closes every session (status 1001) and waits until their sockets are closed. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#unsubscribe();
+      const sessions = [...this.#sessions];
+      for (const session of sessions)
+        session.close(CLOSE_GOING_AWAY, 'the control plane is shutting down', 'shutdown');
+      await Promise.all(sessions.map((s) => s.closed));
+    })();
+    return this.#closing;
+  }
+
+  async #authenticate(request: FastifyRequest): Promise<void> {
+    const remoteAddress = request.ip;
+    if (this.#throttle.isBlocked(remoteAddress)) {
+      throw new AppError('RATE_LIMITED', 'too many failed agent authentications; try again later');
+    }
+    const agentId = headerValue(request, AGENT_ID_HEADER);
+    const result = this.#agents.authenticate(agentId, bearerValue(request));
+    if (!result.ok) {
+      this.#throttle.recordFailure(remoteAddress);
+      this.#logger.warn(
+        { agentId: isId(agentId) ? agentId : null, remoteAddress, reason: result.reason },
+        'agent authentication failed',
+      );
+      throw new AppError('UNAUTHENTICATED', 'agent authentication failed');
+    }
+    if (!request.ws) {
+      throw new AppError('VALIDATION_FAILED', 'this endpoint only accepts a WebSocket upgrade');
+    }
+    this.#credentials.set(request, result.credential);
+  }
+
+  #accept(socket: WebSocket, request: FastifyRequest): void {
+    const credential = this.#credentials.get(request);
+    if (!credential || this.#closing) {
+      socket.close(CLOSE_GOING_AWAY, 'the control plane is shutting down');
+      return;
+    }
+    const session = new AgentSession({
+      socket,
+      credential,
+      remoteAddress: request.ip,
+      agents: this.#agents,
+      logger: this.#logger.child({ agentId: credential.agentId }),
+      createClient: this.#options.createClient ?? createRelayClient,
+      maxFrameBytes: this.#maxFrameBytes,
+      maxStreams: this.#maxStreams,
+      ...pick(this.#options, ['keepaliveIntervalMs', 'keepaliveMaxMissed', 'helloTimeoutMs', 'closeGraceMs']),
+      onReady: (ready) => this.#onReady(ready),
+      onClosed: (closed) => this.#onClosed(closed),
+    });
+    this.#sessions.add(session);
+  }
+
+  #onReady(session: AgentSession): boolean {
+    if (this.#closing || !this.#agents.isCredentialCurrent(session.credential)) return false;
+    const previous = this.#active.get(session.agentId);
+    this.#active.set(session.agentId, session);
+    if (previous && previous !== session) {
+      previous.close(CLOSE_POLICY, 'replaced by a newer connection of this agent', 'replaced');
+    }
+    return true;
+  }
+
+  #onClosed(session: AgentSession): void {
+    this.#sessions.delete(session);
+    if (this.#active.get(session.agentId) === session) this.#active.delete(session.agentId);
+  }
+}
+
+/** The default stream client of a session: the relay's RelayClient. */
+export const createRelayClient: StreamClientFactory = (options) =>
+  new RelayClient({
+    send: options.send,
+    maxStreams: options.maxStreams,
+    maxFrameBytes: options.maxFrameBytes,
+    logger: options.logger,
+  });
+
+function pick<T extends object, K extends keyof T>(source: T, keys: K[]): Partial<Pick<T, K>> {
+  const out: Partial<Pick<T, K>> = {};
+  for (const key of keys) if (source[key] !== undefined) out[key] = source[key];
+  return out;
+}

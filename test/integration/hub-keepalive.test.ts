@@ -1,0 +1,99 @@
+import type { AddressInfo } from 'node:net';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { afterEach, describe, expect, it } from 'vitest';
+import { AgentService } from '../../src/domain/agent-service.js';
+import { registerErrorHandling } from '../../src/http/errors.js';
+import { Hub, type HubOptions } from '../../src/hub/hub.js';
+import { createLogger } from '../../src/logger.js';
+import { emptyDatabase } from '../../src/storage/schema.js';
+import { MemoryStore } from '../../src/storage/store.js';
+import { createCertificate } from '../../src/tls/certificates.js';
+import { agentHeaders, type RawAgent, upgradeAgent } from '../helpers/agent.js';
+
+/** A bare hub on its own HTTPS listener, with options the full server does not expose. */
+async function startHub(options: Partial<HubOptions>) {
+  const cert = await createCertificate({ altNames: ['127.0.0.1'] });
+  const agents = new AgentService({ store: new MemoryStore(emptyDatabase('hub-test')) });
+  const hub = new Hub({ agents, logger: createLogger('silent'), ...options });
+  const app: FastifyInstance = Fastify({
+    https: { key: cert.key, cert: cert.cert },
+  }) as unknown as FastifyInstance;
+  registerErrorHandling(app);
+  await app.register(hub.plugin);
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const url = `https://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+  return { hub, agents, app, target: { url, ca: cert.cert } };
+}
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+describe('hub keepalive', () => {
+  it('drops an agent that stops answering pings after two missed intervals, and keeps one that answers', async () => {
+    const { hub, agents, app, target } = await startHub({ keepaliveIntervalMs: 100, keepaliveMaxMissed: 2 });
+    cleanups.push(async () => {
+      await hub.close();
+      await app.close();
+    });
+    const silent = await agents.create({ name: 'silent' });
+    const lively = await agents.create({ name: 'lively' });
+    const raws: RawAgent[] = [];
+    cleanups.push(async () => {
+      await Promise.all(raws.map((r) => r.close()));
+    });
+    const a = await upgradeAgent(target, agentHeaders(silent.agent.id, silent.token));
+    const b = await upgradeAgent(target, agentHeaders(lively.agent.id, lively.token), { answerPings: true });
+    if (!a.ok || !b.ok) throw new Error('refused');
+    raws.push(a.socket, b.socket);
+    await a.socket.handshake();
+    await b.socket.handshake();
+    const started = Date.now();
+    const closed = await a.socket.closed;
+    // Dead after the second silent interval: about 300 ms, well under a second.
+    expect(Date.now() - started).toBeLessThan(1000);
+    expect(closed.code).toBe(1006);
+    expect(a.socket.received.filter((e) => e.payload.case === 'ping').length).toBeGreaterThanOrEqual(2);
+    expect(hub.isConnected(silent.agent.id)).toBe(false);
+    expect(agents.get(silent.agent.id).connections[0]).toMatchObject({ endReason: 'timeout' });
+
+    await new Promise((r) => setTimeout(r, 600));
+    expect(hub.isConnected(lively.agent.id)).toBe(true);
+    expect(b.socket.received.filter((e) => e.payload.case === 'ping').length).toBeGreaterThanOrEqual(5);
+  });
+
+  it('closes a connection that never says hello', async () => {
+    const { hub, agents, app, target } = await startHub({ helloTimeoutMs: 150 });
+    cleanups.push(async () => {
+      await hub.close();
+      await app.close();
+    });
+    const mute = await agents.create({ name: 'mute' });
+    const result = await upgradeAgent(target, agentHeaders(mute.agent.id, mute.token));
+    if (!result.ok) throw new Error('refused');
+    cleanups.push(() => result.socket.close());
+    const closed = await result.socket.closed;
+    expect(closed.code).toBe(1002);
+    expect(agents.get(mute.agent.id).connections).toEqual([]);
+  });
+
+  it('closes every agent with 1001 when the hub shuts down, and refuses new ones', async () => {
+    const { hub, agents, app, target } = await startHub({});
+    cleanups.push(() => app.close());
+    const created = await agents.create({ name: 'edge' });
+    const result = await upgradeAgent(target, agentHeaders(created.agent.id, created.token));
+    if (!result.ok) throw new Error('refused');
+    cleanups.push(() => result.socket.close());
+    await result.socket.handshake();
+    await hub.close();
+    expect((await result.socket.closed).code).toBe(1001);
+    expect(hub.connectedCount()).toBe(0);
+    expect(agents.get(created.agent.id).connections[0]).toMatchObject({ endReason: 'shutdown' });
+    const late = await upgradeAgent(target, agentHeaders(created.agent.id, created.token));
+    if (late.ok) {
+      cleanups.push(() => late.socket.close());
+      expect((await late.socket.closed).code).toBe(1001);
+    }
+  });
+});
