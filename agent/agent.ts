@@ -55,6 +55,10 @@ export interface AgentExecutorStats {
   inFlightBytes: number;
   /** Response bytes read from targets and not yet sent. */
   bufferedBytes: number;
+  /** The largest `inFlightBytes` seen on this connection. */
+  peakInFlightBytes?: number;
+  /** The largest `bufferedBytes` seen on this connection. */
+  peakBufferedBytes?: number;
 }
 
 export type EnvelopeHandlerFactory = (options: {
@@ -175,12 +179,7 @@ class Agent implements RunningAgent {
     const socket = this.#socket;
     if (!executor || !socket) return null;
     const stats = executor.stats?.() ?? { activeStreams: 0, inFlightBytes: 0, bufferedBytes: 0 };
-    return {
-      activeStreams: stats.activeStreams,
-      inFlightBytes: stats.inFlightBytes,
-      bufferedBytes: stats.bufferedBytes,
-      bufferedAmount: socket.bufferedAmount,
-    };
+    return { ...stats, bufferedAmount: socket.bufferedAmount };
   }
 
   async kill(): Promise<void> {
