@@ -263,6 +263,38 @@ describe('agent sessions', () => {
   });
 });
 
+describe('agent reconnection backoff', () => {
+  async function delaysAfterDrops(stableAfterMs: number, upForMs: number): Promise<number[]> {
+    const { server, cookie } = await serverWithAdmin();
+    const created = await createTestAgent(server, cookie);
+    const agent = track(
+      startTestAgent(server, created, {
+        backoff: { initialMs: 20, maxMs: 1000, random: () => 0.999999 },
+        stableAfterMs,
+      }),
+    );
+    const delays: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      await agent.connected();
+      await new Promise((r) => setTimeout(r, upForMs));
+      const since = agent.events.length;
+      server.server.hub.disconnect(created.id, 'test');
+      const retrying = await agent.waitFor((e) => e.type === 'retrying', { since });
+      if (retrying.type === 'retrying') delays.push(retrying.delayMs);
+      await agent.waitFor((e) => e.type === 'connected', { since });
+    }
+    return delays;
+  }
+
+  it('doubles the delay after connections that do not last', async () => {
+    expect(await delaysAfterDrops(10_000, 0)).toEqual([20, 40, 80, 160]);
+  });
+
+  it('starts over after a connection that stayed up', async () => {
+    expect(await delaysAfterDrops(50, 100)).toEqual([20, 20, 20, 20]);
+  });
+});
+
 describe('malformed frames', () => {
   it('close only the offending agent connection, with 1002 or 1009', async () => {
     const { server, cookie } = await serverWithAdmin();

@@ -1,6 +1,8 @@
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
+import { type AgentEvent, startAgent } from '../../agent/agent.js';
+import { createAgentExecutor } from '../../agent/main.js';
 import { AgentService } from '../../src/domain/agent-service.js';
 import { registerErrorHandling } from '../../src/http/errors.js';
 import { Hub, type HubOptions } from '../../src/hub/hub.js';
@@ -95,5 +97,33 @@ describe('hub keepalive', () => {
       cleanups.push(() => late.socket.close());
       expect((await late.socket.closed).code).toBe(1001);
     }
+  });
+
+  it('lets the agent reconnect when the control plane goes silent', async () => {
+    // The hub pings rarely here, so the agent's own idle timeout is what notices.
+    const { hub, agents, app, target } = await startHub({ keepaliveIntervalMs: 60_000 });
+    cleanups.push(async () => {
+      await hub.close();
+      await app.close();
+    });
+    const created = await agents.create({ name: 'edge' });
+    const events: AgentEvent[] = [];
+    const agent = startAgent({
+      managementUrl: target.url,
+      agentId: created.agent.id,
+      agentToken: created.token,
+      ca: target.ca,
+      createExecutor: createAgentExecutor,
+      idleTimeoutMs: 200,
+      backoff: { initialMs: 20, maxMs: 50 },
+    });
+    cleanups.push(() => agent.close());
+    agent.onEvent((event) => events.push(event));
+    for (let i = 0; i < 200 && events.filter((e) => e.type === 'connected').length < 2; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(events.filter((e) => e.type === 'connected').length).toBeGreaterThanOrEqual(2);
+    expect(events.some((e) => e.type === 'disconnected' && e.code === 1006)).toBe(true);
+    expect(agents.get(created.agent.id).connections.length).toBeGreaterThanOrEqual(2);
   });
 });

@@ -9,7 +9,15 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { AppError } from '../../src/errors.js';
 import type { RelayRequest, Transport } from '../../src/relay/transport.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
-import { type CreatedAgent, createTestAgent, startTestAgent, type TestAgent } from '../helpers/agent.js';
+import {
+  agentHeaders,
+  type CreatedAgent,
+  createTestAgent,
+  type RawAgent,
+  startTestAgent,
+  type TestAgent,
+  upgradeAgent,
+} from '../helpers/agent.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 
@@ -283,9 +291,7 @@ describe('relayed streams through an agent', () => {
       error = err as AppError;
     }
     expect(error?.code).toBe('CERTIFICATE_CHANGED');
-    expect((error?.details?.observedCertificate as { fingerprintSha256: string }).fingerprintSha256).toBe(
-      cert.fingerprintSha256,
-    );
+    expect(error?.details?.observedCertificate).toMatchObject({ fingerprintSha256: cert.fingerprintSha256 });
     expect(target.receivedBytes).toBe(before);
   });
 
@@ -305,5 +311,70 @@ describe('relayed streams through an agent', () => {
     for (let i = 0; i < 100 && !entry.closed; i++) await new Promise((r) => setTimeout(r, 10));
     expect(entry.closed).toBe(true);
     expect(server.server.hub.sessionStats(credentials.id)?.activeStreams).toBe(0);
+  });
+
+  it('cancels in-flight streams when the agent shuts down gracefully', async () => {
+    const { agent, credentials, transport } = await connectedAgent();
+    const response = await get(transport, '/item/shutdown');
+    const entry = held.at(-1)!;
+    const reading = readAll(response.body).then(
+      () => 'completed',
+      (err: AppError) => err.code,
+    );
+    await agent.close();
+    expect(await reading).toBe('AGENT_OFFLINE');
+    for (let i = 0; i < 100 && !entry.closed; i++) await new Promise((r) => setTimeout(r, 10));
+    // The upstream request was aborted, not left running.
+    expect(entry.closed).toBe(true);
+    expect(server.server.hub.isConnected(credentials.id)).toBe(false);
+  });
+
+  it('keeps hub memory bounded when an agent floods past the window', async () => {
+    const credentials = await createTestAgent(server, cookie);
+    const result = await upgradeAgent(server, agentHeaders(credentials.id, credentials.token));
+    if (!result.ok) throw new Error('refused');
+    const raw: RawAgent = result.socket;
+    try {
+      await raw.handshake();
+      const transport = server.server.hub.transportFor(credentials.id);
+      const pending = get(transport, '/flood');
+      // The raw agent answers the head, then sends four windows without waiting for updates.
+      for (let i = 0; i < 50 && !raw.received.some((e) => e.payload.case === 'requestHead'); i++) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const head = raw.received.find((e) => e.payload.case === 'requestHead')!;
+      raw.send({ streamId: head.streamId, payload: { case: 'responseHead', value: { status: 200 } } });
+      const response = await pending;
+      const chunk = new Uint8Array(64 * 1024);
+      for (let i = 0; i < 16; i++) {
+        raw.send({ streamId: head.streamId, payload: { case: 'bodyChunk', value: { data: chunk } } });
+      }
+      // Nobody reads meanwhile, so no window comes back: past one window the stream is failed and dropped.
+      let peakBuffered = 0;
+      for (let i = 0; i < 200; i++) {
+        const live = server.server.hub.sessionStats(credentials.id)!;
+        peakBuffered = Math.max(peakBuffered, live.bufferedBytes);
+        if (live.activeStreams === 0) break;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      expect(peakBuffered).toBeLessThanOrEqual(WINDOW_BYTES);
+      const outcome = await readAll(response.body).then(
+        () => 'completed',
+        (err: AppError) => err.code,
+      );
+      expect(outcome).toBe('PROTOCOL_ERROR');
+      const stats = server.server.hub.sessionStats(credentials.id)!;
+      expect(stats.bufferedBytes).toBeLessThanOrEqual(WINDOW_BYTES);
+      expect(stats.activeStreams).toBe(0);
+      // The offending stream is cancelled towards the agent.
+      for (let i = 0; i < 50 && !raw.received.some((e) => e.payload.case === 'cancel'); i++) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      expect(raw.received.some((e) => e.payload.case === 'cancel' && e.streamId === head.streamId)).toBe(
+        true,
+      );
+    } finally {
+      await raw.close();
+    }
   });
 });
