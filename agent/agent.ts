@@ -27,7 +27,7 @@ import {
 } from '../src/relay/envelope.js';
 import { VERSION } from '../src/version.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
-import { controlPlaneTlsOptions } from './control-plane-tls.js';
+import { controlPlaneError, controlPlaneTlsOptions } from './control-plane-tls.js';
 
 export const AGENT_CONNECT_PATH = '/api/v1/agent/connect';
 /** A connection that stayed up this long resets the backoff. */
@@ -140,12 +140,14 @@ class Agent implements RunningAgent {
   #executor: EnvelopeHandler | null = null;
   #wake: (() => void) | null = null;
   #loop: Promise<void> = Promise.resolve();
+  readonly #verification: 'ca-file' | 'fingerprint';
 
   constructor(options: StartAgentOptions) {
     this.#options = options;
     this.#logger = options.logger ?? createLogger('silent');
     this.#backoff = new Backoff(options.backoff);
     this.#connectUrl = `${options.managementUrl.replace(/\/+$/, '')}${AGENT_CONNECT_PATH}`;
+    this.#verification = options.ca ? 'ca-file' : 'fingerprint';
   }
 
   get state(): AgentState {
@@ -210,7 +212,7 @@ class Agent implements RunningAgent {
       try {
         outcome = await this.#connectOnce();
       } catch (err) {
-        outcome = { delayMs: this.#failed(toAppError(err, 'ENVIRONMENT_UNREACHABLE')) };
+        outcome = { delayMs: this.#failed(controlPlaneError(err, this.#verification)) };
       }
       if (this.#stopped) break;
       this.#state = 'waiting';
@@ -231,7 +233,7 @@ class Agent implements RunningAgent {
   #failed(error: AppError): number {
     const delayMs = this.#backoff.next();
     this.#emit({ type: 'failed', code: error.code, message: error.message });
-    if (error.code === 'CERTIFICATE_CHANGED' || error.code === 'CERTIFICATE_HOSTNAME_MISMATCH') {
+    if (error.code.startsWith('CERTIFICATE_')) {
       this.#logger.error(
         { code: error.code, ...error.details, retryInMs: delayMs },
         `refusing the control plane: ${error.message}`,
@@ -414,7 +416,7 @@ class Agent implements RunningAgent {
       });
 
       socket.on('error', (err) => {
-        lastError = toAppError(err, 'ENVIRONMENT_UNREACHABLE');
+        lastError = controlPlaneError(err, this.#verification);
       });
 
       socket.on('close', (code, reasonBuffer) => {

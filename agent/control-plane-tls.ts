@@ -104,3 +104,56 @@ function fingerprintMismatch(expected: string, observed: string): AppError {
     { details: { expectedFingerprint: expected, observedFingerprint: observed } },
   );
 }
+
+// OpenSSL/Node verification failures, by the code Node gives them.
+const EXPIRED_CODES = new Set(['CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID']);
+const UNTRUSTED_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'INVALID_CA',
+]);
+
+/**
+ * Normalises a failure of the control-plane connection. Certificate
+ * verification failures become CERTIFICATE_HOSTNAME_MISMATCH,
+ * CERTIFICATE_EXPIRED or CERTIFICATE_CHANGED (not trusted) with a message
+ * saying what was checked; anything else goes through toAppError
+ * (ENVIRONMENT_UNREACHABLE when unknown).
+ */
+export function controlPlaneError(err: unknown, mode: 'ca-file' | 'fingerprint'): AppError {
+  if (err instanceof AppError) return err;
+  const code = (err as { code?: unknown } | null)?.code;
+  const reason = err instanceof Error ? err.message : String(err);
+  const against = mode === 'ca-file' ? 'MANAGEMENT_CA_FILE' : 'MANAGEMENT_FINGERPRINT';
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+    return new AppError(
+      'CERTIFICATE_HOSTNAME_MISMATCH',
+      `the control plane's certificate is not valid for the host of MANAGEMENT_URL (${reason})`,
+      { cause: err },
+    );
+  }
+  if (typeof code === 'string' && EXPIRED_CODES.has(code)) {
+    return new AppError(
+      'CERTIFICATE_EXPIRED',
+      `the control plane's certificate is outside its validity (${reason})`,
+      {
+        cause: err,
+      },
+    );
+  }
+  if (typeof code === 'string' && UNTRUSTED_CODES.has(code)) {
+    return new AppError(
+      'CERTIFICATE_CHANGED',
+      `the control plane's certificate does not verify against ${against} (${reason})`,
+      { cause: err },
+    );
+  }
+  const { code: normalized } = toAppError(err, 'ENVIRONMENT_UNREACHABLE');
+  return new AppError(normalized, `the control plane cannot be reached (${reason})`, { cause: err });
+}

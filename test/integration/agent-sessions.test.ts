@@ -258,8 +258,12 @@ describe('agent sessions', () => {
     const other = await createCertificate({ altNames: ['localhost'], isCa: true });
     const bad = track(startTestAgent(server, created, { ca: other.cert }));
     const failed = await bad.waitFor((e) => e.type === 'failed');
-    expect(failed).toMatchObject({ type: 'failed' });
+    expect(failed).toMatchObject({ type: 'failed', code: 'CERTIFICATE_CHANGED' });
+    if (failed.type === 'failed')
+      expect(failed.message).toMatch(/does not verify against MANAGEMENT_CA_FILE/);
     expect(bad.events.some((e) => e.type === 'connected')).toBe(false);
+    const log = bad.logs.map((l) => JSON.parse(l)).find((l) => l.code === 'CERTIFICATE_CHANGED');
+    expect(log).toMatchObject({ level: 50 });
   });
 });
 
