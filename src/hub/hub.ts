@@ -120,8 +120,10 @@ export class Hub {
         if (socket.readyState === socket.CLOSED) return;
         setTimeout(() => socket.terminate(), this.#options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS).unref();
       },
+      // Replaces the plugin's default (a bare ws close): sessions end with 1001 and their streams fail first.
       preClose: async () => {
         await this.close();
+        await new Promise<void>((resolve) => app.websocketServer.close(() => resolve()));
       },
     });
     app.get(
