@@ -1,0 +1,248 @@
+/**
+ * `npm run demo`: the whole environments feature on loopback in one command.
+ *
+ * Starts a control plane and a second instance (each with its own temp data
+ * dir), and an agent daemon (`p2pstream agent`, a child process) connected to
+ * the control plane. On the second instance it creates an API token for the
+ * control plane and a small public proxy with some live traffic. On the
+ * control plane it registers the second instance twice, once direct and once
+ * through the agent, discovers, trusts and tests both. Then it prints the
+ * console URL and the login, and runs until Ctrl-C (which removes the temp
+ * data dirs).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes, X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Agent, fetch } from 'undici';
+import { loadConfig } from '../src/config.js';
+import { createLogger } from '../src/logger.js';
+import { type RunningServer, startServer } from '../src/server.js';
+
+const USERNAME = 'admin';
+const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli.js');
+
+interface Instance {
+  name: string;
+  server: RunningServer;
+  dataDir: string;
+  /** Calls the instance's API as its admin (session cookie); throws on an error answer. */
+  // biome-ignore lint/suspicious/noExplicitAny: the demo reads API answers freely
+  api(method: string, pathname: string, body?: unknown): Promise<{ status: number; json: any }>;
+  dispatcher: Agent;
+}
+
+function step(message: string): void {
+  process.stdout.write(`  • ${message}\n`);
+}
+
+async function freePort(): Promise<number> {
+  const probe = createServer();
+  probe.listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const { port } = probe.address() as { port: number };
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}
+
+/** Starts an instance on 127.0.0.1 (any free port) and creates its admin. */
+async function startInstance(name: string, password: string): Promise<Instance> {
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), `p2pstream-demo-${name}-`));
+  const setupToken = randomBytes(12).toString('base64url');
+  const config = loadConfig({
+    P2PSTREAM_DATA_DIR: dataDir,
+    MANAGEMENT_ADDR: '127.0.0.1',
+    MANAGEMENT_PORT: '0',
+    P2PSTREAM_SETUP_TOKEN: setupToken,
+    LOG_LEVEL: 'warn',
+  });
+  const server = await startServer(config, createLogger('error'));
+  const dispatcher = new Agent({ connect: { ca: server.certificate, servername: 'localhost' } });
+  let cookie = '';
+  const api: Instance['api'] = async (method, pathname, body) => {
+    const headers: Record<string, string> = { origin: server.url };
+    if (cookie) headers.cookie = cookie;
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    const res = await fetch(`${server.url}${pathname}`, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      dispatcher,
+    });
+    const text = await res.text();
+    const setCookie = res.headers.get('set-cookie');
+    if (setCookie) cookie = setCookie.split(';')[0]!;
+    const json = text ? JSON.parse(text) : null;
+    if (res.status >= 400) {
+      throw new Error(
+        `${name}: ${method} ${pathname} → ${res.status} ${json?.error?.code ?? ''} ${json?.error?.message ?? ''}`,
+      );
+    }
+    return { status: res.status, json };
+  };
+  await api('POST', '/api/v1/setup', { username: USERNAME, password, setupToken });
+  return { name, server, dataDir, api, dispatcher };
+}
+
+/** Runs `p2pstream agent` as a child process; resolves once the control plane sees it connected. */
+async function startAgentProcess(control: Instance): Promise<{ id: string; child: ChildProcess }> {
+  const created = await control.api('POST', '/api/v1/agents', {
+    name: 'demo-agent',
+    labels: { site: 'loopback' },
+  });
+  const id = created.json.agent.id as string;
+  const child = spawn(process.execPath, [CLI, 'agent'], {
+    env: {
+      MANAGEMENT_URL: control.server.url,
+      AGENT_ID: id,
+      AGENT_TOKEN: created.json.token as string,
+      MANAGEMENT_FINGERPRINT: new X509Certificate(control.server.certificate).fingerprint256,
+      LOG_LEVEL: 'warn',
+    },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const agent = await control.api('GET', `/api/v1/agents/${id}`);
+    if (agent.json.agent.status === 'connected') return { id, child };
+    if (child.exitCode !== null) throw new Error(`the agent exited with code ${child.exitCode}`);
+    if (Date.now() > deadline) throw new Error('the agent did not connect within 15 s');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** Registers the target on the control plane, then discovers, trusts and tests it. */
+async function registerEnvironment(
+  control: Instance,
+  body: Record<string, unknown>,
+): Promise<{ id: string; fingerprint: string; latencyMs: number }> {
+  const created = await control.api('POST', '/api/v1/environments', body);
+  const id = created.json.environment.id as string;
+  const discovered = await control.api('POST', `/api/v1/environments/${id}/discover`);
+  const fingerprint = discovered.json.certificate.fingerprintSha256 as string;
+  // A demo trusts what it just started; in real use, compare the fingerprint out of band first.
+  await control.api('POST', `/api/v1/environments/${id}/trust`, { fingerprintSha256: fingerprint });
+  const tested = await control.api('POST', `/api/v1/environments/${id}/test`);
+  return { id, fingerprint, latencyMs: tested.json.latencyMs as number };
+}
+
+async function main(): Promise<void> {
+  const password = `demo-${randomBytes(9).toString('base64url')}`;
+  const cleanups: Array<() => Promise<void> | void> = [];
+  let stopping = false;
+  const stop = async (code: number) => {
+    if (stopping) return;
+    stopping = true;
+    for (const cleanup of cleanups.reverse()) {
+      try {
+        await cleanup();
+      } catch {
+        // Best effort: the rest still gets cleaned up.
+      }
+    }
+    process.exit(code);
+  };
+  process.on('SIGINT', () => void stop(0));
+  process.on('SIGTERM', () => void stop(0));
+
+  try {
+    process.stdout.write('p2pstream demo: starting on loopback\n');
+    const control = await startInstance('control', password);
+    cleanups.push(() => rm(control.dataDir, { recursive: true, force: true }));
+    cleanups.push(() => control.server.close());
+    cleanups.push(() => control.dispatcher.close());
+    step(`control plane at ${control.server.url}`);
+
+    const second = await startInstance('second', password);
+    cleanups.push(() => rm(second.dataDir, { recursive: true, force: true }));
+    cleanups.push(() => second.server.close());
+    cleanups.push(() => second.dispatcher.close());
+    step(`second instance at ${second.server.url}`);
+
+    // Something to look at on the second instance: a public listener with live traffic.
+    const proxyPort = await freePort();
+    const listener = await second.api('POST', '/api/v1/proxy/listeners', {
+      name: 'demo-public',
+      bindAddress: '127.0.0.1',
+      port: proxyPort,
+    });
+    await second.api('POST', '/api/v1/proxy/routes', {
+      listenerId: listener.json.listener.id,
+      pathPrefix: '/',
+      target: {
+        type: 'static',
+        status: 200,
+        contentType: 'text/plain',
+        body: 'hello from the second instance\n',
+      },
+    });
+    const traffic = new Agent();
+    cleanups.push(() => traffic.close());
+    const paths = ['/', '/api/orders', '/api/users/42', '/health', '/static/app.js'];
+    let n = 0;
+    const timer = setInterval(() => {
+      const pathname = paths[n++ % paths.length]!;
+      fetch(`http://127.0.0.1:${proxyPort}${pathname}`, { dispatcher: traffic })
+        .then((res) => res.arrayBuffer())
+        .catch(() => {});
+    }, 1500);
+    cleanups.push(() => clearInterval(timer));
+    step(`second instance proxy at http://127.0.0.1:${proxyPort}/ (a request every 1.5 s)`);
+
+    const accessToken = (await second.api('POST', '/api/v1/tokens', { name: 'control-plane' })).json
+      .token as string;
+    step('API token for the control plane created on the second instance');
+
+    const agent = await startAgentProcess(control);
+    cleanups.push(async () => {
+      if (agent.child.exitCode !== null) return;
+      const exited = once(agent.child, 'exit');
+      agent.child.kill('SIGTERM');
+      await exited;
+    });
+    step(`agent ${agent.id} connected to the control plane (p2pstream agent, pid ${agent.child.pid})`);
+
+    const direct = await registerEnvironment(control, {
+      name: 'Second (direct)',
+      url: second.server.url,
+      transport: 'direct',
+      accessToken,
+    });
+    step(`environment "Second (direct)" trusted and tested (${direct.latencyMs} ms)`);
+    const viaAgent = await registerEnvironment(control, {
+      name: 'Second (via agent)',
+      url: second.server.url,
+      transport: 'agent',
+      agentId: agent.id,
+      accessToken,
+    });
+    step(`environment "Second (via agent)" trusted and tested (${viaAgent.latencyMs} ms)`);
+
+    const consoleUrl = control.server.url.replace('127.0.0.1', 'localhost');
+    process.stdout.write(
+      [
+        '',
+        `Console:   ${consoleUrl}/`,
+        `Login:     ${USERNAME} / ${password}`,
+        `Certificate (self-signed, accept it in the browser): SHA-256 ${new X509Certificate(control.server.certificate).fingerprint256}`,
+        `           ${path.join(control.dataDir, 'management-cert.pem')}`,
+        '',
+        'Pick "Second (direct)" or "Second (via agent)" in the environment switcher: tokens, proxy,',
+        "traffic and overview are then the second instance's, relayed with its pinned certificate.",
+        `Second instance's own certificate: SHA-256 ${direct.fingerprint}`,
+        '',
+        'Ctrl-C stops everything and removes the temporary data dirs.',
+        '',
+      ].join('\n'),
+    );
+  } catch (err) {
+    process.stderr.write(`demo failed: ${err instanceof Error ? err.message : String(err)}\n`);
+    await stop(1);
+  }
+}
+
+void main();
