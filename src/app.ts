@@ -76,7 +76,7 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
     bodyLimit: options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES,
     ...(options.https ? { https: options.https } : {}),
     forceCloseConnections: 'idle',
-    maxParamLength: 256,
+    routerOptions: { maxParamLength: 256 },
     // Routing errors (over-long or malformed URL parameters) answer in the one error shape too.
     frameworkErrors: (err, _request, reply) => sendError(reply, normalizeHttpError(err)),
     return503OnClosing: true,

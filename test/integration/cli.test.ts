@@ -1,26 +1,22 @@
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Agent, fetch } from 'undici';
+import { fetch } from 'undici';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { BIN, type BinServer, ensureBuilt, startBinServer } from '../helpers/bin.js';
 
-const ROOT = path.resolve(import.meta.dirname, '../..');
-const BIN = path.join(ROOT, 'dist/src/cli.js');
-const children: ChildProcess[] = [];
+const servers: BinServer[] = [];
 const dirs: string[] = [];
 
-beforeAll(() => {
-  // The published entry point must run with plain node: build it as `npm install` does.
-  if (!existsSync(BIN)) {
-    const build = spawnSync('npm', ['run', 'build'], { cwd: ROOT, stdio: 'inherit' });
-    if (build.status !== 0) throw new Error('npm run build failed');
-  }
-}, 120_000);
+// The published entry point must run with plain node: build it as `npm install` does.
+beforeAll(() => ensureBuilt(), 120_000);
 
 afterEach(async () => {
-  for (const child of children.splice(0)) if (child.exitCode === null) child.kill('SIGKILL');
+  for (const server of servers.splice(0)) {
+    if (server.child.exitCode === null) server.child.kill('SIGKILL');
+    await server.dispatcher.close();
+  }
   for (const dir of dirs.splice(0)) await rm(dir, { recursive: true, force: true });
 });
 
@@ -30,69 +26,39 @@ async function tempDir(): Promise<string> {
   return dir;
 }
 
-function startBin(env: Record<string, string>): {
-  child: ChildProcess;
-  output: () => string;
-  ready: Promise<string>;
-} {
-  const child = spawn(process.execPath, [BIN, 'server'], {
-    env: { PATH: process.env.PATH ?? '', MANAGEMENT_ADDR: '127.0.0.1', MANAGEMENT_PORT: '0', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.push(child);
-  let out = '';
-  const ready = new Promise<string>((resolve, reject) => {
-    const onData = (chunk: Buffer) => {
-      out += chunk.toString();
-      const match = /management listening on (https:\/\/[^"\s]+)/.exec(out);
-      if (match) resolve(match[1]!);
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    child.on('exit', (code) => reject(new Error(`server exited with ${code}: ${out}`)));
-  });
-  return { child, output: () => out, ready };
+async function startBin(env: Record<string, string>): Promise<BinServer> {
+  const server = await startBinServer(env);
+  servers.push(server);
+  return server;
 }
 
 describe('the p2pstream bin', () => {
   it('starts with plain node, prints the setup code, reuses its certificate, and stops cleanly on SIGTERM', async () => {
     const dataDir = await tempDir();
-    const first = startBin({ P2PSTREAM_DATA_DIR: dataDir });
-    const url = await first.ready;
+    const first = await startBin({ P2PSTREAM_DATA_DIR: dataDir });
     const code = /setup code ([A-Za-z0-9_-]+)/.exec(first.output())?.[1];
     expect(code).toBeDefined();
-    const { readFile } = await import('node:fs/promises');
-    const cert = await readFile(path.join(dataDir, 'management-cert.pem'), 'utf8');
-    const dispatcher = new Agent({ connect: { ca: cert, servername: 'localhost' } });
-    const res = await fetch(`${url}/api/v1/setup`, { dispatcher });
+    const res = await fetch(`${first.url}/api/v1/setup`, { dispatcher: first.dispatcher });
     expect(await res.json()).toEqual({ setupRequired: true });
-    const exited = new Promise<number | null>((resolve) => first.child.on('exit', resolve));
     first.child.kill('SIGTERM');
-    expect(await exited).toBe(0);
+    expect(await first.exited).toBe(0);
 
-    const second = startBin({ P2PSTREAM_DATA_DIR: dataDir });
-    const url2 = await second.ready;
-    // The certificate generated on the first start is reused, so the same trust anchor works.
-    const pinned = new Agent({ connect: { ca: cert, servername: 'localhost' } });
-    const setup = await fetch(`${url2}/api/v1/setup`, {
+    const second = await startBin({ P2PSTREAM_DATA_DIR: dataDir });
+    // The certificate generated on the first start is reused, so the first trust anchor still works.
+    const setup = await fetch(`${second.url}/api/v1/setup`, {
       method: 'POST',
-      dispatcher: pinned,
+      dispatcher: first.dispatcher,
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ username: 'admin', password: 'a long enough password', setupToken: code }),
     });
     // A new code is generated per start while setup is pending, so the old one no longer works.
     expect(setup.status).toBe(403);
-    await dispatcher.close();
-    await pinned.close();
   });
 
   it('resets a password offline and revokes the sessions of that user', async () => {
     const dataDir = await tempDir();
-    const server = startBin({ P2PSTREAM_DATA_DIR: dataDir, P2PSTREAM_SETUP_TOKEN: 'cli-setup-code' });
-    const url = await server.ready;
-    const { readFile } = await import('node:fs/promises');
-    const cert = await readFile(path.join(dataDir, 'management-cert.pem'), 'utf8');
-    const dispatcher = new Agent({ connect: { ca: cert, servername: 'localhost' } });
+    const server = await startBin({ P2PSTREAM_DATA_DIR: dataDir, P2PSTREAM_SETUP_TOKEN: 'cli-setup-code' });
+    const { url, dispatcher } = server;
     const post = (p: string, body: unknown, cookie?: string) =>
       fetch(`${url}${p}`, {
         method: 'POST',
@@ -106,9 +72,8 @@ describe('the p2pstream bin', () => {
       setupToken: 'cli-setup-code',
     });
     expect(setup.status).toBe(201);
-    const exited = new Promise((resolve) => server.child.on('exit', resolve));
     server.child.kill('SIGTERM');
-    await exited;
+    await server.exited;
 
     const reset = spawnSync(process.execPath, [BIN, 'users', 'reset-password', 'admin'], {
       env: { PATH: process.env.PATH ?? '', P2PSTREAM_DATA_DIR: dataDir },
@@ -119,8 +84,8 @@ describe('the p2pstream bin', () => {
     expect(reset.stdout).toContain('password of admin changed');
     expect(reset.stdout + reset.stderr).not.toContain('new password 456');
 
-    const again = startBin({ P2PSTREAM_DATA_DIR: dataDir });
-    const url2 = await again.ready;
+    const again = await startBin({ P2PSTREAM_DATA_DIR: dataDir });
+    const url2 = again.url;
     const login = (password: string) =>
       fetch(`${url2}/api/v1/auth/login`, {
         method: 'POST',
@@ -133,7 +98,6 @@ describe('the p2pstream bin', () => {
     const oldCookie = (setup.headers.get('set-cookie') ?? '').split(';')[0]!;
     const me = await fetch(`${url2}/api/v1/auth/me`, { dispatcher, headers: { cookie: oldCookie } });
     expect(me.status).toBe(401);
-    await dispatcher.close();
   });
 
   it('exits non-zero with a clear message on a bad setting and an unknown command', () => {
