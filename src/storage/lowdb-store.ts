@@ -29,7 +29,8 @@ export class LowdbStore implements Store {
   readonly file: string;
   readonly #low: Low<Database>;
   #closed = false;
-  #pending: Promise<void> = Promise.resolve();
+  #inFlight: Promise<void> | null = null;
+  #queued: Promise<void> | null = null;
 
   private constructor(file: string, low: Low<Database>) {
     this.file = file;
@@ -78,16 +79,39 @@ export class LowdbStore implements Store {
     return result;
   }
 
+  /**
+   * Writes the document. At most one write runs at a time and at most one
+   * waits behind it: every update made while a write is running shares the
+   * next write, so a burst of N updates serialises the document about twice,
+   * not N times. Each caller resolves once a write begun after its change is
+   * on disk.
+   */
   #persist(): Promise<void> {
-    // steno keeps only the newest pending document, so a burst of updates
-    // costs at most two file writes; every caller resolves once its change is on disk.
+    if (this.#queued) return this.#queued;
+    if (!this.#inFlight) return this.#startWrite();
+    this.#queued = this.#inFlight.then(() => {
+      this.#queued = null;
+      return this.#startWrite();
+    });
+    return this.#queued;
+  }
+
+  #startWrite(): Promise<void> {
     const write = this.#low.write();
-    this.#pending = write.catch(() => {});
+    const settled: Promise<void> = write.then(
+      () => this.#settle(settled),
+      () => this.#settle(settled),
+    );
+    this.#inFlight = settled;
     return write;
   }
 
+  #settle(write: Promise<void>): void {
+    if (this.#inFlight === write) this.#inFlight = null;
+  }
+
   async flush(): Promise<void> {
-    await this.#pending;
+    while (this.#queued || this.#inFlight) await (this.#queued ?? this.#inFlight)?.catch(() => {});
   }
 
   async close(): Promise<void> {

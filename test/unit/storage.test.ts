@@ -1,7 +1,7 @@
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { DATABASE_FILE_NAME, DatabaseUnreadableError, LowdbStore } from '../../src/storage/lowdb-store.js';
 import { SCHEMA_VERSION } from '../../src/storage/schema.js';
 import { createSecretsBox, loadSecretsBox, SECRETS_KEY_FILE_NAME } from '../../src/storage/secrets-box.js';
@@ -38,6 +38,36 @@ describe('LowdbStore', () => {
     const reopened = await LowdbStore.open(dir);
     expect(reopened.read().apiTokens).toHaveLength(50);
     expect(reopened.read().instance.id).toBe(instanceId);
+  });
+
+  it('acknowledges each update only once it is on disk, and serialises a burst a few times, not once per update', async () => {
+    const store = await LowdbStore.open(dir);
+    const file = path.join(dir, DATABASE_FILE_NAME);
+    const stringify = vi.spyOn(JSON, 'stringify');
+    const onDisk: boolean[] = [];
+    try {
+      await Promise.all(
+        Array.from({ length: 100 }, async (_, i) => {
+          await store.update((db) => {
+            db.apiTokens.push({
+              id: `burst-${i}`,
+              name: `n${i}`,
+              tokenHash: 'h',
+              enabled: true,
+              expiresAt: null,
+              lastUsedAt: null,
+              createdAt: '',
+            });
+          });
+          onDisk[i] = (await readFile(file, 'utf8')).includes(`"burst-${i}"`);
+        }),
+      );
+      expect(stringify.mock.calls.length).toBeLessThan(10);
+    } finally {
+      stringify.mockRestore();
+    }
+    expect(onDisk.filter(Boolean)).toHaveLength(100);
+    await store.close();
   });
 
   it('writes nothing when a mutation throws', async () => {
