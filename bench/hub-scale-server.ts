@@ -1,0 +1,152 @@
+/**
+ * The server side of the hub-scale benchmark, run as a child process (forked
+ * with --expose-gc) so its memory is measured alone. Two kinds:
+ *
+ * - `hub`: a real p2pstream control plane (startServer) on a data dir holding
+ *   N agents, created in one store update with their tokens handed back to the
+ *   parent (creating 10,000 through the API would measure the registry, not
+ *   the hub);
+ * - `bare`: a bare `ws` WebSocketServer on an https server with the same kind
+ *   of certificate (ECDSA P-256), the baseline.
+ *
+ * Messages from the parent: `{cmd: 'start', kind, agents}`, `{cmd: 'stats'}`,
+ * `{cmd: 'discoverEach', url}` (hub only: one discovery through each agent),
+ * `{cmd: 'stop'}`. Every answer is one message back.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { WebSocketServer } from 'ws';
+import { loadConfig } from '../src/config.js';
+import { AGENT_TOKEN_PREFIX } from '../src/domain/agent-service.js';
+import { hashSecret, newId, newSecret } from '../src/domain/ids.js';
+import { createLogger } from '../src/logger.js';
+import { type RunningServer, startServer } from '../src/server.js';
+import { LowdbStore } from '../src/storage/lowdb-store.js';
+import { createCertificate } from '../src/tls/certificates.js';
+
+type Message =
+  | { cmd: 'start'; kind: 'hub' | 'bare'; agents: number }
+  | { cmd: 'stats' }
+  | { cmd: 'discoverEach'; url: string }
+  | { cmd: 'stop' };
+
+const gc = (globalThis as { gc?: () => void }).gc;
+let stop: () => Promise<void> = async () => {};
+let server: RunningServer | null = null;
+let agentIds: string[] = [];
+let connections = (): number => 0;
+
+function reply(message: unknown): void {
+  process.send!(message);
+}
+
+async function startHub(count: number): Promise<unknown> {
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'p2pstream-bench-hub-'));
+  const store = await LowdbStore.open(dataDir);
+  const now = new Date().toISOString();
+  const agents = Array.from({ length: count }, (_, i) => ({
+    id: newId(),
+    token: newSecret(AGENT_TOKEN_PREFIX),
+    name: `scale-${i}`,
+  }));
+  await store.update((db) => {
+    for (const a of agents) {
+      db.agents.push({
+        id: a.id,
+        name: a.name,
+        enabled: true,
+        labels: {},
+        tokenHash: hashSecret(a.token),
+        tokenGeneration: 1,
+        lastSeenAt: null,
+        remoteAddress: null,
+        version: null,
+        connections: [],
+        createdAt: now,
+        updatedAt: now,
+      });
+    }
+  });
+  await store.close();
+  const config = loadConfig({
+    P2PSTREAM_DATA_DIR: dataDir,
+    MANAGEMENT_ADDR: '127.0.0.1',
+    MANAGEMENT_PORT: '0',
+  });
+  const running = await startServer(config, createLogger('error'));
+  server = running;
+  agentIds = agents.map((a) => a.id);
+  connections = () => running.hub.connectedCount();
+  stop = async () => {
+    await running.close();
+    await rm(dataDir, { recursive: true, force: true });
+  };
+  return {
+    url: running.url,
+    ca: running.certificate,
+    agents: agents.map(({ id, token }) => ({ id, token })),
+  };
+}
+
+async function startBare(): Promise<unknown> {
+  const cert = await createCertificate({ altNames: ['localhost', '127.0.0.1'] });
+  const httpsServer = https.createServer({ cert: cert.cert, key: cert.key });
+  const wss = new WebSocketServer({ server: httpsServer, perMessageDeflate: false, maxPayload: 1024 * 1024 });
+  wss.on('connection', (ws) => ws.on('error', () => {}));
+  httpsServer.listen(0, '127.0.0.1');
+  await new Promise((resolve) => httpsServer.once('listening', resolve));
+  connections = () => wss.clients.size;
+  stop = async () => {
+    for (const ws of wss.clients) ws.terminate();
+    await new Promise<void>((resolve) => wss.close(() => resolve()));
+    await new Promise<void>((resolve) => httpsServer.close(() => resolve()));
+  };
+  return {
+    url: `https://127.0.0.1:${(httpsServer.address() as AddressInfo).port}`,
+    ca: cert.cert,
+    agents: [],
+  };
+}
+
+/** One discovery through each connected agent, 256 at a time; answers the time and the failures. */
+async function discoverEach(url: string): Promise<unknown> {
+  const hub = server!.hub;
+  const started = performance.now();
+  let next = 0;
+  let failed = 0;
+  await Promise.all(
+    Array.from({ length: 256 }, async () => {
+      while (next < agentIds.length) {
+        const id = agentIds[next++]!;
+        try {
+          await hub.transportFor(id).discover({ url, timeoutMs: 30_000 });
+        } catch {
+          failed++;
+        }
+      }
+    }),
+  );
+  return { ms: performance.now() - started, failed };
+}
+
+process.on('message', (message: Message) => {
+  const answer = async (): Promise<unknown> => {
+    switch (message.cmd) {
+      case 'start':
+        return message.kind === 'hub' ? startHub(message.agents) : startBare();
+      case 'stats':
+        gc?.();
+        gc?.();
+        return { rss: process.memoryUsage().rss, connections: connections() };
+      case 'discoverEach':
+        return discoverEach(message.url);
+      case 'stop':
+        await stop();
+        return {};
+    }
+  };
+  answer().then(reply, (err: unknown) => reply({ error: err instanceof Error ? err.message : String(err) }));
+});

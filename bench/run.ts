@@ -1,0 +1,104 @@
+/**
+ * `npm run bench`: every p2pstream benchmark, each figure a ratio against a
+ * baseline measured in the same run. Prints the machine and a Markdown table
+ * and writes bench/results.json.
+ *
+ *   npm run bench                         everything (about 10 minutes on 2 cores)
+ *   npm run bench -- --quick              small counts, one repetition (a smoke run)
+ *   npm run bench -- --only=latency,codec  chosen groups
+ *
+ * Groups: latency, throughput, streaming, trace-delivery, hub-scale, codec, tracing.
+ */
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { benchCodec } from './codec.js';
+import { type BenchRow, machineInfo, renderTable } from './harness.js';
+import { benchHubScale } from './hub-scale.js';
+import { benchRelay } from './relay.js';
+import { benchTracing, tracingRows } from './tracing.js';
+
+export const GROUPS = [
+  'latency',
+  'throughput',
+  'streaming',
+  'trace-delivery',
+  'hub-scale',
+  'codec',
+  'tracing',
+] as const;
+const RELAY_GROUPS = ['latency', 'throughput', 'streaming', 'trace-delivery'];
+
+export interface RunOptions {
+  quick?: boolean;
+  only?: readonly string[];
+}
+
+/** Runs the selected groups in order; returns every row. */
+export async function runBenchmarks(options: RunOptions = {}): Promise<BenchRow[]> {
+  const only = options.only ?? GROUPS;
+  const unknown = only.filter((g) => !(GROUPS as readonly string[]).includes(g));
+  if (unknown.length > 0)
+    throw new Error(`unknown group ${unknown.join(', ')}; groups: ${GROUPS.join(', ')}`);
+  const quick = options.quick ?? false;
+  const repetitions = quick ? 1 : 3;
+  const rows: BenchRow[] = [];
+  const relayGroups = only.filter((g) => RELAY_GROUPS.includes(g));
+  if (relayGroups.length > 0) {
+    rows.push(
+      ...(await benchRelay({
+        only: relayGroups,
+        repetitions,
+        ...(quick
+          ? {
+              latencyCalls: 100,
+              throughputSeconds: 1,
+              concurrency: 8,
+              streamMegabytes: 8,
+              traceRequests: 500,
+            }
+          : {}),
+      })),
+    );
+  }
+  if (only.includes('hub-scale')) rows.push(...(await benchHubScale({ quick, repetitions })));
+  if (only.includes('codec'))
+    rows.push(...(await benchCodec({ repetitions, ...(quick ? { budgetMs: 50 } : {}) })));
+  if (only.includes('tracing')) {
+    rows.push(...tracingRows(await benchTracing(quick ? { requests: 300, rounds: 1 } : {})));
+  }
+  return rows;
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const quick = args.includes('--quick');
+  const onlyArg = args.find((a) => a.startsWith('--only='));
+  const only = onlyArg ? onlyArg.slice('--only='.length).split(',').filter(Boolean) : undefined;
+  const machine = machineInfo();
+  const startedAt = new Date().toISOString();
+  process.stdout.write(
+    `p2pstream bench${quick ? ' (quick)' : ''}: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Node ${machine.node}, ${machine.platform}\n`,
+  );
+  const rows = await runBenchmarks({ quick, ...(only ? { only } : {}) });
+  process.stdout.write(`\n${renderTable(rows)}\n`);
+  const out = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'results.json');
+  if (!quick) {
+    await writeFile(out, `${JSON.stringify({ startedAt, machine, quick, rows }, null, 2)}\n`);
+    process.stdout.write(`\nwritten to bench/results.json\n`);
+  }
+  const missed = rows.filter((r) => r.met === false);
+  if (missed.length > 0) process.stdout.write(`goals missed: ${missed.map((r) => r.metric).join('; ')}\n`);
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
+  main().then(
+    () => process.exit(0),
+    (err: unknown) => {
+      process.stderr.write(
+        `bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+      );
+      process.exit(1);
+    },
+  );
+}
