@@ -715,13 +715,8 @@ function pinnedTrust(head: RequestHead, target: Target): PinnedTrust {
   const expectedHostname = trust.expectedHostname || target.host;
   const der = trust.certificateDer;
   if (der === undefined || der.length === 0) return { fingerprintSha256, expectedHostname };
-  let derFingerprint: string;
-  try {
-    derFingerprint = fingerprintOf(der);
-  } catch {
-    throw new AppError('VALIDATION_FAILED', 'the pinned certificate cannot be read');
-  }
-  if (derFingerprint !== fingerprintSha256) {
+  // A DER that is not a certificate fails the handshake later, before any request byte.
+  if (fingerprintOf(der) !== fingerprintSha256) {
     throw new AppError('VALIDATION_FAILED', 'the pinned certificate does not match the pinned fingerprint');
   }
   return { fingerprintSha256, expectedHostname, certificateDer: der };
