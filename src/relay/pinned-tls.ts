@@ -25,7 +25,7 @@ import type { Duplex } from 'node:stream';
 import tls, { type DetailedPeerCertificate, type PeerCertificate, type TLSSocket } from 'node:tls';
 import { AppError, toAppError } from '../errors.js';
 import { describeCertificate, isCurrentlyValid, matchesHostname } from '../tls/certificates.js';
-import { observedCertificateDetails } from './envelope.js';
+import { DEFAULT_MAX_STREAMS, observedCertificateDetails } from './envelope.js';
 
 /** What a pinned connection must meet; `fingerprintSha256` normalised (`AB:CD:…`). */
 export interface PinnedTrust {
@@ -210,11 +210,18 @@ export interface PinnedAgentOptions {
   trust: PinnedTrust;
   /** SNI name ('' = none); see {@link serverNameFor}. */
   servername: string;
-  /** Idle pooled sockets kept per origin; default 8. */
+  /**
+   * Idle pooled sockets kept per origin; default {@link DEFAULT_MAX_FREE_SOCKETS}.
+   * Fewer than the concurrent requests means a fresh handshake for most of
+   * them under load (no session resumption here), so it matches the stream bound.
+   */
   maxFreeSockets?: number;
   /** An idle pooled socket is closed after this long; default {@link DEFAULT_IDLE_SOCKET_TIMEOUT_MS}. */
   idleTimeoutMs?: number;
 }
+
+/** Default idle sockets kept per (origin, pin): as many as streams may run at once on one connection to an agent. */
+export const DEFAULT_MAX_FREE_SOCKETS = DEFAULT_MAX_STREAMS;
 
 /**
  * Default idle timeout of pooled target connections: 4 s, below Node's default
@@ -239,7 +246,7 @@ export class PinnedAgent extends https.Agent {
     const anchored = trust.certificateDer !== undefined && trust.certificateDer.length > 0;
     super({
       keepAlive: true,
-      maxFreeSockets: options.maxFreeSockets ?? 8,
+      maxFreeSockets: options.maxFreeSockets ?? DEFAULT_MAX_FREE_SOCKETS,
       timeout: options.idleTimeoutMs ?? DEFAULT_IDLE_SOCKET_TIMEOUT_MS,
       maxCachedSessions: 0,
       scheduling: 'lifo',
