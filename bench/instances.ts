@@ -81,8 +81,14 @@ process.on('exit', () => {
 });
 
 function spawnBin(args: string[], env: Record<string, string>): ChildProcess {
-  const child = spawn(process.execPath, [CLI, ...args], {
-    env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env },
+  // e.g. BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=prof' profiles every server and agent process.
+  const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, CLI, ...args], {
+    env: {
+      PATH: process.env.PATH ?? '',
+      LOG_LEVEL: 'warn',
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.add(child);
