@@ -273,6 +273,9 @@ class Agent implements RunningAgent {
       handshakeTimeout: handshakeTimeoutMs,
       perMessageDeflate: false,
       followRedirects: false,
+      // A zero mask: frames go out without the per-byte masking pass (and the hub skips unmasking).
+      // Masking guards plaintext intermediaries against cache poisoning; this link is always TLS.
+      generateMask: zeroMask,
     });
     this.#socket = socket;
 
@@ -448,4 +451,8 @@ export function startAgent(options: StartAgentOptions): RunningAgent {
   const agent = new Agent(options);
   agent.start();
   return agent;
+}
+
+function zeroMask(mask: Buffer): void {
+  mask.fill(0);
 }
