@@ -140,7 +140,10 @@ process.on('message', (message: Message) => {
       case 'stats':
         gc?.();
         gc?.();
-        return { rss: process.memoryUsage().rss, connections: connections() };
+        {
+          const { rss, heapUsed, external, arrayBuffers } = process.memoryUsage();
+          return { rss, heap: heapUsed + external + arrayBuffers, connections: connections() };
+        }
       case 'discoverEach':
         return discoverEach(message.url);
       case 'stop':

@@ -36,6 +36,8 @@ interface Started {
 
 interface Measured {
   bytesPerConnection: number;
+  /** JavaScript heap and external buffers per connection (the part of RSS the process's own objects hold). */
+  heapPerConnection: number;
   connectMs: number;
   discoverMs: number;
   failed: number;
@@ -126,7 +128,7 @@ async function measureOnce(kind: 'hub' | 'bare', count: number): Promise<Measure
   try {
     const started = await ask<Started>(child, { cmd: 'start', kind, agents: count });
     const der = new Uint8Array(new X509Certificate(started.ca).raw);
-    const before = await ask<{ rss: number }>(child, { cmd: 'stats' });
+    const before = await ask<{ rss: number; heap: number }>(child, { cmd: 'stats' });
     const t0 = nowMs();
     let next = 0;
     await Promise.all(
@@ -138,7 +140,7 @@ async function measureOnce(kind: 'hub' | 'bare', count: number): Promise<Measure
       }),
     );
     const connectMs = nowMs() - t0;
-    let after = await ask<{ rss: number; connections: number }>(child, { cmd: 'stats' });
+    let after = await ask<{ rss: number; heap: number; connections: number }>(child, { cmd: 'stats' });
     while (after.connections < count) {
       await new Promise((resolve) => setTimeout(resolve, 50));
       after = await ask(child, { cmd: 'stats' });
@@ -152,7 +154,13 @@ async function measureOnce(kind: 'hub' | 'bare', count: number): Promise<Measure
         url: 'https://target.invalid:8081',
       }));
     }
-    return { bytesPerConnection: (after.rss - before.rss) / count, connectMs, discoverMs, failed };
+    return {
+      bytesPerConnection: (after.rss - before.rss) / count,
+      heapPerConnection: (after.heap - before.heap) / count,
+      connectMs,
+      discoverMs,
+      failed,
+    };
   } finally {
     if (child.connected) await ask(child, { cmd: 'stop' }).catch(() => {});
     for (const ws of clients) ws.terminate();
@@ -175,7 +183,8 @@ export async function benchHubScale(options: HubScaleOptions = {}): Promise<Benc
       hub.push(await measureOnce('hub', count));
     }
     const memory = spread(hub.map((h, i) => h.bytesPerConnection / bare[i]!.bytesPerConnection));
-    const kb = (m: Measured[]) => Math.round(spread(m.map((x) => x.bytesPerConnection)).median / 1024);
+    const kb = (m: Measured[], key: 'bytesPerConnection' | 'heapPerConnection' = 'bytesPerConnection') =>
+      Math.round(spread(m.map((x) => x[key])).median / 1024);
     const secs = (m: Measured[]) => (spread(m.map((x) => x.connectMs)).median / 1000).toFixed(1);
     const failed = hub.reduce((sum, h) => sum + h.failed, 0);
     rows.push(
@@ -186,7 +195,7 @@ export async function benchHubScale(options: HubScaleOptions = {}): Promise<Benc
         unit: '×',
         goal: '≤ 1.15',
         met: memory.median <= 1.15,
-        note: `hub ${kb(hub)} KB, bare ${kb(bare)} KB per connection`,
+        note: `RSS per connection: hub ${kb(hub)} KB, bare ${kb(bare)} KB (JS heap and buffers: hub ${kb(hub, 'heapPerConnection')} KB, bare ${kb(bare, 'heapPerConnection')} KB)`,
       },
       {
         group: 'hub scale',
