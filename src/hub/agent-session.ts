@@ -105,7 +105,7 @@ export class AgentSession {
     this.remoteAddress = options.remoteAddress;
     this.#socket = options.socket;
     this.#options = options;
-    this.#logger = options.logger;
+    this.#logger = options.logger.child({ agentId: this.agentId });
     this.#done = new Promise((resolve) => {
       this.#resolveDone = resolve;
     });
@@ -133,6 +133,8 @@ export class AgentSession {
             ? 'protocol-error'
             : 'connection-error';
       this.#finish(reason);
+      // ws has sent its close frame; a peer that never answers it is cut.
+      this.#cutAfterGrace();
     });
     this.#socket.on('close', (code) => {
       if (this.#state !== 'closed') this.#logger.info({ code }, 'agent disconnected');
@@ -184,13 +186,18 @@ export class AgentSession {
     if (socket.readyState === socket.OPEN || socket.readyState === socket.CONNECTING) {
       socket.close(code, reason.slice(0, 120));
     }
-    if (this.#graceTimer === null) {
-      this.#graceTimer = setTimeout(
-        () => socket.terminate(),
-        this.#options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS,
-      );
-      this.#graceTimer.unref?.();
-    }
+    this.#cutAfterGrace();
+  }
+
+  /** Cuts the socket if the agent has not finished the close handshake within the grace period. */
+  #cutAfterGrace(): void {
+    if (this.#graceTimer !== null || this.#socket.readyState === this.#socket.CLOSED) return;
+    const socket = this.#socket;
+    this.#graceTimer = setTimeout(
+      () => socket.terminate(),
+      this.#options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS,
+    );
+    this.#graceTimer.unref?.();
   }
 
   #onMessage(data: unknown, isBinary: boolean): void {
@@ -247,6 +254,7 @@ export class AgentSession {
 
   async #onHello(envelope: Envelope, hello: Hello): Promise<void> {
     if (this.#helloTimer) clearTimeout(this.#helloTimer);
+    this.#helloTimer = null;
     const versionError = checkProtocolVersion(envelope);
     if (versionError) {
       this.#violation(versionError);
@@ -270,7 +278,8 @@ export class AgentSession {
       void this.#options.agents.sessionEnded(this.agentId, this.#record.id, this.#endReason).catch(() => {});
       return;
     }
-    this.#logger = this.#logger.child({ sessionId: this.#record.id });
+    // One child logger per live session (not a child of a child: each level is kept alive).
+    this.#logger = this.#options.logger.child({ agentId: this.agentId, sessionId: this.#record.id });
     const limits = hello.limits ?? {};
     const maxStreams = Math.min(this.#options.maxStreams, limits.maxStreams || this.#options.maxStreams);
     const maxFrameBytes = Math.min(
@@ -334,6 +343,7 @@ export class AgentSession {
     this.#state = 'closed';
     this.#endReason = endReason;
     if (this.#helloTimer) clearTimeout(this.#helloTimer);
+    this.#helloTimer = null;
     this.#keepalive.stop();
     this.#client?.failAll('AGENT_OFFLINE', 'the agent disconnected');
     if (this.#record) {

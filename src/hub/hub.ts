@@ -12,6 +12,8 @@
  * - `transportFor(agentId)` gives the AgentTransport the environment proxy
  *   uses; the streams of a session that ends fail with AGENT_OFFLINE.
  */
+import type { ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import websocket from '@fastify/websocket';
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify';
 import type { WebSocket } from 'ws';
@@ -217,12 +219,13 @@ export class Hub {
       socket.close(CLOSE_GOING_AWAY, 'the control plane is shutting down');
       return;
     }
+    releaseUpgradeRequest(socket, request);
     const session = new AgentSession({
       socket,
       credential,
       remoteAddress: request.ip,
       agents: this.#agents,
-      logger: this.#logger.child({ agentId: credential.agentId }),
+      logger: this.#logger,
       createClient: this.#options.createClient ?? createRelayClient,
       maxFrameBytes: this.#maxFrameBytes,
       maxStreams: this.#maxStreams,
@@ -247,6 +250,19 @@ export class Hub {
     this.#sessions.delete(session);
     if (this.#active.get(session.agentId) === session) this.#active.delete(session.agentId);
   }
+}
+
+/**
+ * Lets the HTTP objects of the upgrade go once the connection is a
+ * WebSocket: the TLS socket still points at the upgrade's ServerResponse, and
+ * the plugin's error listener holds the request and reply, for as long as the
+ * agent stays connected (about 2 KB per agent). The session installs its own
+ * error listener; ws closes the connection itself on a bad frame.
+ */
+function releaseUpgradeRequest(socket: WebSocket, request: FastifyRequest): void {
+  socket.removeAllListeners('error');
+  const raw = request.raw.socket as Socket & { _httpMessage?: ServerResponse | null };
+  raw._httpMessage?.detachSocket(raw);
 }
 
 /** The default stream client of a session: the relay's RelayClient. */
