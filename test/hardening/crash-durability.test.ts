@@ -7,6 +7,7 @@ import { type BinServer, ensureBuilt, startBinServer } from '../helpers/bin.js';
 
 let dataDir: string;
 const servers: BinServer[] = [];
+const dirs: string[] = [];
 
 beforeAll(async () => {
   ensureBuilt();
@@ -18,7 +19,7 @@ afterAll(async () => {
     if (s.child.exitCode === null) s.child.kill('SIGKILL');
     await s.dispatcher.close();
   }
-  await rm(dataDir, { recursive: true, force: true });
+  for (const dir of [dataDir, ...dirs]) await rm(dir, { recursive: true, force: true });
 });
 
 describe('kill -9 in the middle of writes', () => {
@@ -54,17 +55,26 @@ describe('kill -9 in the middle of writes', () => {
       for (const name of acknowledged)
         expect(names.has(name), `${name} lost after round ${round - 1}`).toBe(true);
 
-      // A stream of writes, cut by SIGKILL at a point that varies per round.
+      // A stream of writes, cut by SIGKILL at a point that varies per round (once one was
+      // acknowledged, so a busy machine cannot turn a round into a kill before any write).
+      let firstAck: () => void = () => {};
+      const acked = new Promise<void>((resolve) => {
+        firstAck = resolve;
+      });
       const writes = Array.from({ length: 40 }, (_, i) => {
         const name = `r${round}-t${i}`;
         return call('POST', '/api/v1/tokens', { name }).then(
           (res) => {
-            if (res.status === 201) acknowledged.add(name);
+            if (res.status === 201) {
+              acknowledged.add(name);
+              firstAck();
+            }
           },
           () => {},
         );
       });
-      await new Promise((resolve) => setTimeout(resolve, 15 + round * 25));
+      await Promise.race([acked, Promise.all(writes)]);
+      await new Promise((resolve) => setTimeout(resolve, round * 10));
       server.child.kill('SIGKILL');
       await Promise.all(writes);
       await server.exited;
@@ -78,6 +88,85 @@ describe('kill -9 in the middle of writes', () => {
     const names = new Set(((await res.json()) as { tokens: { name: string }[] }).tokens.map((t) => t.name));
     for (const name of acknowledged) expect(names.has(name), `${name} lost`).toBe(true);
     expect(acknowledged.size).toBeGreaterThan(0);
+    final.child.kill('SIGTERM');
+    expect(await final.exited).toBe(0);
+  }, 60_000);
+
+  it('keeps the last acknowledged environment update across repeated hard kills', async () => {
+    const envDir = await mkdtemp(path.join(os.tmpdir(), 'p2pstream-crash-env-'));
+    dirs.push(envDir);
+    const env = { P2PSTREAM_DATA_DIR: envDir, P2PSTREAM_SETUP_TOKEN: 'crash-setup-code' };
+    let cookie = '';
+    let environmentId = '';
+    let lastAcked: string | null = null;
+    let inFlight: string | null = null;
+    for (let round = 0; round < 5; round++) {
+      const server = await startBinServer(env);
+      servers.push(server);
+      const call = (method: string, p: string, body?: unknown) =>
+        fetch(`${server.url}${p}`, {
+          method,
+          dispatcher: server.dispatcher,
+          headers: { 'content-type': 'application/json', origin: server.url, cookie },
+          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        });
+      if (round === 0) {
+        const setup = await call('POST', '/api/v1/setup', {
+          username: 'admin',
+          password: 'crash test password',
+          setupToken: 'crash-setup-code',
+        });
+        cookie = (setup.headers.get('set-cookie') ?? '').split(';')[0]!;
+        const created = await call('POST', '/api/v1/environments', {
+          name: 'start',
+          url: 'https://127.0.0.1:9',
+          transport: 'direct',
+          accessToken: 'p2pat_crash-test-access-token',
+        });
+        expect(created.status).toBe(201);
+        environmentId = ((await created.json()) as { environment: { id: string } }).environment.id;
+        lastAcked = 'start';
+      }
+      // The stored name is the last acknowledged one, or the one in flight when the process died.
+      const read = await call('GET', `/api/v1/environments/${environmentId}`);
+      expect(read.status).toBe(200);
+      const stored = ((await read.json()) as { environment: { name: string; hasAccessToken: boolean } })
+        .environment;
+      expect([lastAcked, inFlight]).toContain(stored.name);
+      expect(stored.hasAccessToken).toBe(true);
+      lastAcked = stored.name;
+      inFlight = null;
+
+      // Sequential updates (name and timeout), cut by SIGKILL after a varying number of them.
+      const stopAfter = 3 + round * 4;
+      let done = 0;
+      const updates = (async () => {
+        for (let i = 0; ; i++) {
+          const name = `r${round}-u${i}`;
+          inFlight = name;
+          const res = await call('PATCH', `/api/v1/environments/${environmentId}`, {
+            name,
+            timeoutMs: 1000 + i,
+          }).catch(() => null);
+          if (!res) return;
+          expect(res.status).toBe(200);
+          lastAcked = name;
+          inFlight = null;
+          if (++done === stopAfter) server.child.kill('SIGKILL');
+        }
+      })();
+      await updates;
+      await server.exited;
+    }
+    const final = await startBinServer(env);
+    servers.push(final);
+    const res = await fetch(`${final.url}/api/v1/environments/${environmentId}`, {
+      dispatcher: final.dispatcher,
+      headers: { cookie },
+    });
+    expect([lastAcked, inFlight]).toContain(
+      ((await res.json()) as { environment: { name: string } }).environment.name,
+    );
     final.child.kill('SIGTERM');
     expect(await final.exited).toBe(0);
   }, 60_000);
