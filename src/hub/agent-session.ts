@@ -38,6 +38,12 @@ export const CLOSE_TOO_LARGE = 1009;
 export const DEFAULT_HELLO_TIMEOUT_MS = 10_000;
 /** A closing peer has this long to answer the close frame before the socket is cut. */
 export const DEFAULT_CLOSE_GRACE_MS = 1000;
+/**
+ * An agent that leaves this much unread on its connection (16 request bodies
+ * of the largest size) is not reading: its connection is cut and its streams
+ * fail with AGENT_OFFLINE, so the hub's memory stays bounded.
+ */
+export const DEFAULT_MAX_SEND_BUFFER_BYTES = 16 * 1024 * 1024;
 
 /**
  * What a session needs from the relay's client-side stream multiplexer:
@@ -74,6 +80,8 @@ export interface AgentSessionOptions {
   keepaliveMaxMissed?: number;
   helloTimeoutMs?: number;
   closeGraceMs?: number;
+  /** Bytes queued towards the agent past which it counts as not reading; default {@link DEFAULT_MAX_SEND_BUFFER_BYTES}. */
+  maxSendBufferBytes?: number;
   /** Called once the session is recorded; false refuses it (the hub is closing or it was revoked). */
   onReady(session: AgentSession): boolean;
   /** Called once when the session ends, whatever the cause. */
@@ -320,6 +328,12 @@ export class AgentSession {
   #send(envelope: Envelope): void {
     if (this.#socket.readyState !== this.#socket.OPEN) return;
     this.#socket.send(encodeEnvelope(envelope), { binary: true });
+    const queued = this.#socket.bufferedAmount;
+    if (queued > (this.#options.maxSendBufferBytes ?? DEFAULT_MAX_SEND_BUFFER_BYTES)) {
+      this.#logger.warn({ queuedBytes: queued }, 'agent is not reading its connection; cutting it');
+      this.#finish('not-reading');
+      this.#socket.terminate();
+    }
   }
 
   #violation(error: AppError): void {

@@ -61,6 +61,8 @@ export interface HubOptions {
   helloTimeoutMs?: number;
   /** Default 1 s. */
   closeGraceMs?: number;
+  /** Unread bytes towards an agent before it is cut as not reading; default 16 MiB. */
+  maxSendBufferBytes?: number;
   /** Default {@link DEFAULT_AGENT_AUTH_THROTTLE}. */
   authThrottle?: LoginThrottleOptions;
 }
@@ -229,7 +231,13 @@ export class Hub {
       createClient: this.#options.createClient ?? createRelayClient,
       maxFrameBytes: this.#maxFrameBytes,
       maxStreams: this.#maxStreams,
-      ...pick(this.#options, ['keepaliveIntervalMs', 'keepaliveMaxMissed', 'helloTimeoutMs', 'closeGraceMs']),
+      ...pick(this.#options, [
+        'keepaliveIntervalMs',
+        'keepaliveMaxMissed',
+        'helloTimeoutMs',
+        'closeGraceMs',
+        'maxSendBufferBytes',
+      ]),
       onReady: (ready) => this.#onReady(ready),
       onClosed: (closed) => this.#onClosed(closed),
     });

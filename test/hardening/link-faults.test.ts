@@ -13,21 +13,16 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import type http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
-import Fastify, { type FastifyInstance } from 'fastify';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type AgentEvent, startAgent } from '../../agent/agent.js';
 import { createAgentExecutor } from '../../agent/main.js';
-import { AgentService } from '../../src/domain/agent-service.js';
 import type { AppError } from '../../src/errors.js';
-import { registerErrorHandling } from '../../src/http/errors.js';
-import { Hub } from '../../src/hub/hub.js';
 import { createLogger } from '../../src/logger.js';
 import type { RelayResponse, Transport } from '../../src/relay/transport.js';
-import { emptyDatabase } from '../../src/storage/schema.js';
-import { MemoryStore } from '../../src/storage/store.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
 import { createTestAgent, serverFingerprint } from '../helpers/agent.js';
 import { BIN, ensureBuilt } from '../helpers/bin.js';
+import { startBareHub } from '../helpers/hub.js';
 import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 import { eventually, registerEnvironment, startInstance } from '../integration/environment-helpers.js';
 import { configureProxy, openSse, proxyClient } from '../integration/proxy-helpers.js';
@@ -130,28 +125,16 @@ describe('relay path faults (hub with a short keepalive, in-process agent, TLS t
   });
 
   async function setup() {
-    const hubCert = await createCertificate({ altNames: ['127.0.0.1'] });
-    const agents = new AgentService({ store: new MemoryStore(emptyDatabase('faults')) });
-    const hub = new Hub({
-      agents,
-      logger: createLogger('silent'),
-      keepaliveIntervalMs: KEEPALIVE_MS,
-      keepaliveMaxMissed: 2,
-    });
-    const app: FastifyInstance = Fastify({
-      https: { key: hubCert.key, cert: hubCert.cert },
-    }) as unknown as FastifyInstance;
-    registerErrorHandling(app);
-    await app.register(hub.plugin);
-    await app.listen({ host: '127.0.0.1', port: 0 });
-    const relay = await startLinkRelay((app.server.address() as AddressInfo).port);
+    const bare = await startBareHub({ keepaliveIntervalMs: KEEPALIVE_MS, keepaliveMaxMissed: 2 });
+    const { hub, agents } = bare;
+    const relay = await startLinkRelay(bare.port);
     const created = await agents.create({ name: 'edge' });
     const events: AgentEvent[] = [];
     const agent = startAgent({
       managementUrl: `https://127.0.0.1:${relay.port}`,
       agentId: created.agent.id,
       agentToken: created.token,
-      ca: hubCert.cert,
+      ca: bare.target.ca,
       createExecutor: createAgentExecutor,
       // The agent notices a silent control plane on its own as well.
       idleTimeoutMs: 4 * KEEPALIVE_MS,
@@ -162,8 +145,7 @@ describe('relay path faults (hub with a short keepalive, in-process agent, TLS t
     cleanups.push(async () => {
       await agent.close();
       await relay.close();
-      await hub.close();
-      await app.close();
+      await bare.close();
     });
     const id = created.agent.id;
     await eventually(() => hub.isConnected(id));

@@ -145,11 +145,15 @@ export interface RawAgent {
 export function upgradeAgent(
   target: TestServer | { url: string; ca: string },
   headers: Record<string, string>,
-  options: { answerPings?: boolean } = {},
+  options: { answerPings?: boolean; localAddress?: string } = {},
 ): Promise<UpgradeResult> {
   const ca = 'server' in target ? target.server.certificate : target.ca;
   const url = `${target.url.replace(/^https/, 'wss')}/api/v1/agent/connect`;
-  const ws = new WebSocket(url, { headers, ca });
+  const ws = new WebSocket(url, {
+    headers,
+    ca,
+    ...(options.localAddress ? { localAddress: options.localAddress } : {}),
+  });
   const received: Envelope[] = [];
   const listeners = new Set<() => void>();
   ws.on('message', (data) => {

@@ -1,30 +1,13 @@
-import type { AddressInfo } from 'node:net';
-import Fastify, { type FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type AgentEvent, startAgent } from '../../agent/agent.js';
 import { createAgentExecutor } from '../../agent/main.js';
-import { AgentService } from '../../src/domain/agent-service.js';
-import { registerErrorHandling } from '../../src/http/errors.js';
-import { Hub, type HubOptions } from '../../src/hub/hub.js';
-import { createLogger } from '../../src/logger.js';
-import { emptyDatabase } from '../../src/storage/schema.js';
-import { MemoryStore } from '../../src/storage/store.js';
-import { createCertificate } from '../../src/tls/certificates.js';
+import type { HubOptions } from '../../src/hub/hub.js';
 import { agentHeaders, type RawAgent, upgradeAgent } from '../helpers/agent.js';
+import { startBareHub } from '../helpers/hub.js';
 
-/** A bare hub on its own HTTPS listener, with options the full server does not expose. */
 async function startHub(options: Partial<HubOptions>) {
-  const cert = await createCertificate({ altNames: ['127.0.0.1'] });
-  const agents = new AgentService({ store: new MemoryStore(emptyDatabase('hub-test')) });
-  const hub = new Hub({ agents, logger: createLogger('silent'), ...options });
-  const app: FastifyInstance = Fastify({
-    https: { key: cert.key, cert: cert.cert },
-  }) as unknown as FastifyInstance;
-  registerErrorHandling(app);
-  await app.register(hub.plugin);
-  await app.listen({ host: '127.0.0.1', port: 0 });
-  const url = `https://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
-  return { hub, agents, app, target: { url, ca: cert.cert } };
+  const bare = await startBareHub(options);
+  return { hub: bare.hub, agents: bare.agents, app: bare.app, target: bare.target };
 }
 
 const cleanups: Array<() => Promise<void>> = [];
