@@ -179,7 +179,7 @@ async function main(): Promise<void> {
 
   const restarts = (async () => {
     while (Date.now() < endAt) {
-      await sleep(15_000 + Math.random() * 30_000);
+      await sleep(Math.min(15_000 + Math.random() * 30_000, Math.max(0, endAt - Date.now())));
       if (Date.now() >= endAt) break;
       await agent.stop(Math.random() < 0.5 ? 'SIGKILL' : 'SIGTERM');
       await sleep(Math.random() * 2000);
