@@ -3,6 +3,7 @@
  * routes, hashed assets with long caching, security headers, and never HTML
  * under /api/.
  */
+import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildConsoleOnce } from '../helpers/browser.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
@@ -60,6 +61,21 @@ describe('console serving', () => {
     }
     const js = await server.request('GET', assets.find((a) => a.endsWith('.js'))!);
     expect(js.headers.get('content-type')).toMatch(/^text\/javascript/);
+  });
+
+  it('stays within 150 KB gzipped in all and loads nothing from another origin', async () => {
+    let gzipped = gzipSync(index).length;
+    for (const asset of assetPaths(index)) {
+      const res = await server.request('GET', asset);
+      gzipped += gzipSync(res.text).length;
+      // No CDN, no web font, no remote import: the console works offline. (XML namespace names
+      // such as http://www.w3.org/2000/svg are identifiers, never fetched; a loopback URL is a
+      // form's default value.)
+      const urls = res.text.match(/https?:\/\/[^"'\s)]+/g) ?? [];
+      expect(urls.filter((u) => !/^https?:\/\/(www\.w3\.org\/|127\.0\.0\.1[:/])/.test(u))).toEqual([]);
+    }
+    expect(index).not.toMatch(/https?:\/\//);
+    expect(gzipped).toBeLessThan(150 * 1024);
   });
 
   it('answers client routes with index.html so a reload keeps the page', async () => {
