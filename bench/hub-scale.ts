@@ -11,13 +11,13 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { decodeEnvelope, encodeEnvelope } from '../src/relay/codec.js';
 import { PROTOCOL_VERSION } from '../src/relay/envelope.js';
 import { type BenchRow, nowMs, spread } from './harness.js';
+import { DIST } from './instances.js';
 
-const SERVER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'hub-scale-server.js');
+const SERVER = path.join(DIST, 'bench', 'hub-scale-server.js');
 const IN_FLIGHT = 128;
 
 export interface HubScaleOptions {

@@ -14,7 +14,11 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 
-const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli.js');
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+/** The repository's dist/, whether this module runs compiled (dist/bench/) or from source (bench/). */
+export const DIST =
+  path.basename(path.dirname(HERE)) === 'dist' ? path.dirname(HERE) : path.join(HERE, '..', 'dist');
+const CLI = path.join(DIST, 'src', 'cli.js');
 const CLOCK_TICKS_PER_SECOND = 100;
 const PAGE_SIZE = 4096;
 
