@@ -22,6 +22,17 @@ afterAll(async () => {
   for (const dir of [dataDir, ...dirs]) await rm(dir, { recursive: true, force: true });
 });
 
+/** JSON calls to `server` as the admin whose session cookie `cookie()` gives. */
+function caller(server: BinServer, cookie: () => string) {
+  return (method: string, p: string, body?: unknown) =>
+    fetch(`${server.url}${p}`, {
+      method,
+      dispatcher: server.dispatcher,
+      headers: { 'content-type': 'application/json', origin: server.url, cookie: cookie() },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+}
+
 describe('kill -9 in the middle of writes', () => {
   it('keeps every acknowledged write across repeated hard kills', async () => {
     const env = { P2PSTREAM_DATA_DIR: dataDir, P2PSTREAM_SETUP_TOKEN: 'crash-setup-code' };
@@ -30,13 +41,7 @@ describe('kill -9 in the middle of writes', () => {
     for (let round = 0; round < 6; round++) {
       const server = await startBinServer(env);
       servers.push(server);
-      const call = (method: string, p: string, body?: unknown) =>
-        fetch(`${server.url}${p}`, {
-          method,
-          dispatcher: server.dispatcher,
-          headers: { 'content-type': 'application/json', origin: server.url, cookie },
-          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        });
+      const call = caller(server, () => cookie);
       if (round === 0) {
         const setup = await call('POST', '/api/v1/setup', {
           username: 'admin',
@@ -103,13 +108,7 @@ describe('kill -9 in the middle of writes', () => {
     for (let round = 0; round < 5; round++) {
       const server = await startBinServer(env);
       servers.push(server);
-      const call = (method: string, p: string, body?: unknown) =>
-        fetch(`${server.url}${p}`, {
-          method,
-          dispatcher: server.dispatcher,
-          headers: { 'content-type': 'application/json', origin: server.url, cookie },
-          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        });
+      const call = caller(server, () => cookie);
       if (round === 0) {
         const setup = await call('POST', '/api/v1/setup', {
           username: 'admin',
