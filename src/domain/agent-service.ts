@@ -291,7 +291,9 @@ export class AgentService {
       endReason: null,
     };
     // The check and the change happen in one synchronous mutation, so no revocation slips in between.
-    await this.#store.update((db) => {
+    // Persisted soon rather than at once: a connect storm of thousands of agents then costs a few
+    // writes of the document, not one each; a session lost in a crash is only missing history.
+    this.#store.updateSoon((db) => {
       const record = db.agents.find((a) => a.id === credential.agentId);
       if (!record?.enabled || record.tokenGeneration !== credential.generation) {
         throw new AppError('UNAUTHENTICATED', 'the agent credentials were revoked');
@@ -320,13 +322,11 @@ export class AgentService {
     if (now - live.lastSeenWrittenAt < LAST_SEEN_WRITE_INTERVAL_MS) return;
     live.lastSeenWrittenAt = now;
     const at = new Date(now).toISOString();
-    // Fire and forget: bookkeeping must never break a session.
-    this.#store
-      .update((db) => {
-        const record = db.agents.find((a) => a.id === agentId);
-        if (record) record.lastSeenAt = at;
-      })
-      .catch(() => {});
+    // Bookkeeping: persisted with the next write, never breaking a session.
+    this.#store.updateSoon((db) => {
+      const record = db.agents.find((a) => a.id === agentId);
+      if (record) record.lastSeenAt = at;
+    });
   }
 
   /** Records the end of a session; the agent goes offline unless a newer session replaced it. */
@@ -335,7 +335,7 @@ export class AgentService {
     if (live?.sessionId === sessionId) this.#live.delete(agentId);
     const at = this.#isoNow();
     if (!this.#store.read().agents.some((a) => a.id === agentId)) return;
-    await this.#store.update((db) => {
+    this.#store.updateSoon((db) => {
       const record = db.agents.find((a) => a.id === agentId);
       const session = record?.connections.find((c) => c.id === sessionId);
       if (!record || !session || session.endedAt !== null) return;

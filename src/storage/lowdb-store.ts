@@ -9,7 +9,7 @@ import path from 'node:path';
 import { Low } from 'lowdb';
 import { JSONFile } from 'lowdb/node';
 import { type Database, emptyDatabase, migrate } from './schema.js';
-import type { Store } from './store.js';
+import { DEFERRED_WRITE_MS, type Store } from './store.js';
 
 export const DATABASE_FILE_NAME = 'p2pstream.json';
 
@@ -30,6 +30,7 @@ export class LowdbStore implements Store {
   readonly #low: Low<Database>;
   #closed = false;
   #inFlight: Promise<void> | null = null;
+  #deferred: ReturnType<typeof setTimeout> | null = null;
   #queued: Promise<void> | null = null;
 
   private constructor(file: string, low: Low<Database>) {
@@ -110,7 +111,26 @@ export class LowdbStore implements Store {
     if (this.#inFlight === write) this.#inFlight = null;
   }
 
+  updateSoon<T>(mutate: (db: Database) => T): T {
+    if (this.#closed) throw new Error('the store is closed');
+    const result = mutate(this.#low.data);
+    if (this.#deferred === null) {
+      this.#deferred = setTimeout(() => {
+        this.#deferred = null;
+        // A failed bookkeeping write is retried by the next write of the document.
+        this.#persist().catch(() => {});
+      }, DEFERRED_WRITE_MS);
+      this.#deferred.unref();
+    }
+    return result;
+  }
+
   async flush(): Promise<void> {
+    if (this.#deferred !== null) {
+      clearTimeout(this.#deferred);
+      this.#deferred = null;
+      await this.#persist().catch(() => {});
+    }
     while (this.#queued || this.#inFlight) await (this.#queued ?? this.#inFlight)?.catch(() => {});
   }
 

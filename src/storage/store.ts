@@ -5,6 +5,9 @@
  */
 import type { Database } from './schema.js';
 
+/** Longest delay of a deferred write ({@link Store.updateSoon}). */
+export const DEFERRED_WRITE_MS = 1000;
+
 export interface Store {
   /** The current document. Treat as read-only; change it through `update`. */
   read(): Readonly<Database>;
@@ -15,7 +18,14 @@ export interface Store {
    * mutators must validate before they change anything.
    */
   update<T>(mutate: (db: Database) => T): Promise<T>;
-  /** Resolves when every acknowledged change is on disk. */
+  /**
+   * Applies `mutate` now and persists it soon (within {@link DEFERRED_WRITE_MS},
+   * in one write with whatever else changed by then). For bookkeeping whose
+   * loss in a crash is harmless (agent sessions, last seen): a burst of such
+   * changes costs one write instead of one each.
+   */
+  updateSoon<T>(mutate: (db: Database) => T): T;
+  /** Resolves when every change, deferred ones included, is on disk. */
   flush(): Promise<void>;
   close(): Promise<void>;
 }
@@ -30,6 +40,9 @@ export class MemoryStore implements Store {
     return this.#db;
   }
   async update<T>(mutate: (db: Database) => T): Promise<T> {
+    return mutate(this.#db);
+  }
+  updateSoon<T>(mutate: (db: Database) => T): T {
     return mutate(this.#db);
   }
   async flush(): Promise<void> {}

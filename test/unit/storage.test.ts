@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { DATABASE_FILE_NAME, DatabaseUnreadableError, LowdbStore } from '../../src/storage/lowdb-store.js';
 import { SCHEMA_VERSION } from '../../src/storage/schema.js';
 import { createSecretsBox, loadSecretsBox, SECRETS_KEY_FILE_NAME } from '../../src/storage/secrets-box.js';
+import { DEFERRED_WRITE_MS } from '../../src/storage/store.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -67,6 +68,34 @@ describe('LowdbStore', () => {
       stringify.mockRestore();
     }
     expect(onDisk.filter(Boolean)).toHaveLength(100);
+    await store.close();
+  });
+
+  it('persists deferred bookkeeping in one later write, or at once on flush', async () => {
+    const store = await LowdbStore.open(dir);
+    const file = path.join(dir, DATABASE_FILE_NAME);
+    const stringify = vi.spyOn(JSON, 'stringify');
+    try {
+      for (let i = 0; i < 50; i++) {
+        store.updateSoon((db) => {
+          db.instance.createdAt = `deferred-${i}`;
+        });
+      }
+      // Applied in memory at once, not yet written.
+      expect(store.read().instance.createdAt).toBe('deferred-49');
+      expect(await readFile(file, 'utf8')).not.toContain('deferred-');
+      expect(stringify).not.toHaveBeenCalled();
+      await store.flush();
+      expect(stringify.mock.calls.length).toBe(1);
+    } finally {
+      stringify.mockRestore();
+    }
+    expect(await readFile(file, 'utf8')).toContain('"deferred-49"');
+    store.updateSoon((db) => {
+      db.instance.createdAt = 'by-the-timer';
+    });
+    await new Promise((resolve) => setTimeout(resolve, DEFERRED_WRITE_MS + 200));
+    expect(await readFile(file, 'utf8')).toContain('"by-the-timer"');
     await store.close();
   });
 
