@@ -4,7 +4,7 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AppError } from '../../src/errors.js';
 import { createDirectTransport, type DirectTransport } from '../../src/relay/direct-transport.js';
 import type { RelayResponse, TrustMetadata } from '../../src/relay/transport.js';
-import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
+import { createCertificate, fingerprintOf, type GeneratedCertificate } from '../../src/tls/certificates.js';
 import {
   closedPort,
   type SilentTarget,
@@ -220,6 +220,29 @@ describe('pinned requests', () => {
     );
     expect(err.details?.observedCertificate).toMatchObject({ fingerprintSha256: impostor.fingerprintSha256 });
     expect(t.connections).toBeGreaterThan(0);
+    expect(t.receivedBytes).toBe(0);
+  });
+
+  it('refuse a pinned "certificate" that is not one, even when its hash is the pin: zero bytes sent', async () => {
+    // The executor no longer parses the pinned DER on each request; a garbage DER must still fail
+    // before any request byte, because the presented leaf is not what the pin names.
+    const t = await target();
+    const garbage = Buffer.from('this is not a DER certificate at all');
+    const err = await expectCode(
+      transport().request({
+        url: t.url,
+        method: 'GET',
+        headers: [['authorization', 'Bearer secret-token']],
+        timeoutMs: 5000,
+        trust: {
+          fingerprintSha256: fingerprintOf(garbage),
+          expectedHostname: '127.0.0.1',
+          certificateDer: garbage,
+        },
+      }),
+      'CERTIFICATE_CHANGED',
+    );
+    expect(err).toBeInstanceOf(AppError);
     expect(t.receivedBytes).toBe(0);
   });
 
