@@ -5,7 +5,7 @@
  * of the control plane, the agent and the target are read per process from
  * /proc. Set up through the public API only, as an operator would.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, fork, spawn } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -98,6 +98,40 @@ function spawnBin(args: string[], env: Record<string, string>): ChildProcess {
   children.add(child);
   child.once('exit', () => children.delete(child));
   return child;
+}
+
+/** A helper process of the benchmarks forked from a built entry file of bench/. */
+export interface ForkedEntry<Ready> {
+  pid: number;
+  /** The first message the entry sent (it sends one once it is ready). */
+  ready: Ready;
+  stop(): Promise<void>;
+}
+
+/**
+ * Forks `dist/bench/<name>.js` (always the built file, also when this module
+ * runs from source) with no inherited node flags, and waits for its first IPC
+ * message; rejects if it exits before sending one.
+ */
+export async function forkEntry<Ready>(name: string): Promise<ForkedEntry<Ready>> {
+  const child = fork(path.join(DIST, 'bench', `${name}.js`), [], {
+    execArgv: [],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  const ready = await new Promise<Ready>((resolve, reject) => {
+    child.once('message', (message) => resolve(message as Ready));
+    child.once('exit', (code) => reject(new Error(`${name} exited with ${code} before it was ready`)));
+  });
+  return {
+    pid: child.pid!,
+    ready,
+    async stop() {
+      if (child.connected) child.disconnect();
+      await stopChild(child);
+    },
+  };
 }
 
 async function stopChild(child: ChildProcess): Promise<void> {

@@ -9,10 +9,11 @@
  *   environment (c); p50 and p99 ratios.
  * - throughput: 64 concurrent callers, through the agent vs on the target;
  *   the control plane's CPU per relayed request.
- * - streaming: a large body from a TLS origin registered as an agent
- *   environment (caller → control plane → agent → origin: three TLS legs) vs
- *   the same body over one plain TLS connection; peak RSS of the control
- *   plane and the agent for two body sizes.
+ * - streaming: a large body from a TLS origin in its own process
+ *   (bench/bulk-origin.ts) registered as an agent environment (caller →
+ *   control plane → agent → origin: three TLS legs) vs the same body over one
+ *   plain TLS connection from the caller's process to the origin's; peak RSS
+ *   of the control plane and the agent for two body sizes.
  * - trace delivery: proxied requests on the target; events/s reaching an
  *   event-stream reader through the agent environment vs on the target.
  *
@@ -20,13 +21,13 @@
  * alike; each figure is a ratio within one repetition.
  */
 import { once } from 'node:events';
-import https from 'node:https';
 import net, { type AddressInfo } from 'node:net';
 import { Pool } from 'undici';
-import { createCertificate } from '../src/tls/certificates.js';
+import type { BulkOriginReady } from './bulk-origin.js';
 import { type BenchRow, nowMs, percentile, type Spread, spread } from './harness.js';
 import {
   type AgentProcess,
+  forkEntry,
   type Instance,
   registerEnvironment,
   sampleProcess,
@@ -195,49 +196,13 @@ async function throughput(
   ];
 }
 
-/** A TLS origin answering every request with `bytes` bytes, written under back-pressure. */
-async function startBulkOrigin(): Promise<{
-  url: string;
-  cert: string;
-  setSize(bytes: number): void;
-  close(): Promise<void>;
-}> {
-  const cert = await createCertificate({ altNames: ['localhost', '127.0.0.1'] });
-  const block = Buffer.alloc(64 * 1024, 0x61);
-  let size = 0;
-  const server = https.createServer({ cert: cert.cert, key: cert.key }, async (_req, res) => {
-    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(size) });
-    let left = size;
-    while (left > 0) {
-      const chunk = left >= block.length ? block : block.subarray(0, left);
-      left -= chunk.length;
-      if (!res.write(chunk)) await once(res, 'drain');
-      if (res.destroyed) return;
-    }
-    res.end();
-  });
-  server.keepAliveTimeout = 30_000;
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return {
-    url: `https://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    cert: cert.cert,
-    setSize(bytes) {
-      size = bytes;
-    },
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
-}
-
+/** Reads a body of `expected` bytes from the bulk origin (the size travels as `?bytes=`); returns MB/s. */
 async function drain(caller: Caller, expected: number): Promise<number> {
   const start = nowMs();
   const res = await caller.pool.request({
     method: 'GET',
-    path: '/api/v1/system/info',
+    // Any path: the origin ignores it; this one is a route the control plane relays.
+    path: `/api/v1/system/info?bytes=${expected}`,
     headers: caller.headers,
   });
   let received = 0;
@@ -249,15 +214,20 @@ async function drain(caller: Caller, expected: number): Promise<number> {
 }
 
 async function streaming(setup: Setup, megabytes: number, repetitions: number): Promise<BenchRow[]> {
-  const origin = await startBulkOrigin();
+  // The origin is its own process, so the plain-TLS baseline is client process ↔ origin process
+  // and the agent path is client → control plane → agent → origin process.
+  const origin = await forkEntry<BulkOriginReady>('bulk-origin');
   try {
     const envId = await registerEnvironment(
       setup.control,
-      { url: origin.url, accessToken: 'p2pat_bench-origin-ignores-this' },
+      { url: origin.ready.url, accessToken: 'p2pat_bench-origin-ignores-this' },
       setup.agent.id,
     );
     const plain: Caller = {
-      pool: new Pool(origin.url, { connections: 1, connect: { ca: origin.cert, servername: 'localhost' } }),
+      pool: new Pool(origin.ready.url, {
+        connections: 1,
+        connect: { ca: origin.ready.cert, servername: 'localhost' },
+      }),
       headers: {},
     };
     const viaAgent: Caller = {
@@ -266,19 +236,16 @@ async function streaming(setup: Setup, megabytes: number, repetitions: number): 
     };
     const bytesFor = (mb: number) => Math.round(mb * 2 ** 20);
     const peakWhile = async (mb: number) => {
-      origin.setSize(bytesFor(mb));
       const watch = watchPeakRss([setup.control.pid, setup.agent.pid]);
       const rate = await drain(viaAgent, bytesFor(mb));
       const [hub, agent] = await watch.stop();
       return { rate, hub: hub!, agent: agent! };
     };
-    origin.setSize(bytesFor(Math.min(megabytes, 20)));
     await drain(plain, bytesFor(Math.min(megabytes, 20)));
     await drain(viaAgent, bytesFor(Math.min(megabytes, 20)));
     const small = await peakWhile(megabytes / 4);
     const r = await interleaved(['plain', 'agent'] as const, repetitions, async (mode) => {
       if (mode === 'agent') return peakWhile(megabytes);
-      origin.setSize(bytesFor(megabytes));
       return { rate: await drain(plain, bytesFor(megabytes)), hub: 0, agent: 0 };
     });
     await plain.pool.close();
@@ -318,7 +285,7 @@ async function streaming(setup: Setup, megabytes: number, repetitions: number): 
       },
     ];
   } finally {
-    await origin.close();
+    await origin.stop();
   }
 }
 

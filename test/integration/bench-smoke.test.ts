@@ -10,13 +10,13 @@ import { ensureBuilt } from '../helpers/bin.js';
 beforeAll(() => ensureBuilt(), 120_000);
 
 describe('npm run bench -- --quick', () => {
-  it('measures latency, trace delivery, hub scale and the codec with rows of the expected shape', async () => {
+  it('measures latency, streaming, trace delivery, hub scale and the codec with rows of the expected shape', async () => {
     const rows = await runBenchmarks({
       quick: true,
-      only: ['latency', 'trace-delivery', 'hub-scale', 'codec'],
+      only: ['latency', 'streaming', 'trace-delivery', 'hub-scale', 'codec'],
     });
     expect(new Set(rows.map((r) => r.group))).toEqual(
-      new Set(['latency', 'trace delivery', 'hub scale', 'codec']),
+      new Set(['latency', 'streaming', 'trace delivery', 'hub scale', 'codec']),
     );
     for (const row of rows) {
       expect(row.metric).not.toBe('');
