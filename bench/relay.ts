@@ -14,14 +14,16 @@
  *   control plane → agent → origin: three TLS legs) vs the same body over one
  *   plain TLS connection from the caller's process to the origin's; peak RSS
  *   of the control plane and the agent for two body sizes.
- * - trace delivery: proxied requests on the target; events/s reaching an
- *   event-stream reader through the agent environment vs on the target.
+ * - trace delivery: proxied requests on the target, sent by 32 callers in the
+ *   bench process; events/s reaching an event-stream reader through the agent
+ *   environment vs on the target.
  *
  * Modes are interleaved in each repetition (rotating order) so drift hits them
  * alike; each figure is a ratio within one repetition.
  */
 import { once } from 'node:events';
 import net, { type AddressInfo } from 'node:net';
+import os from 'node:os';
 import { Pool } from 'undici';
 import type { BulkOriginReady } from './bulk-origin.js';
 import { type BenchRow, nowMs, percentile, type Spread, spread } from './harness.js';
@@ -184,7 +186,9 @@ async function throughput(
       unit: '×',
       goal: '≥ 0.5',
       met: share.median >= 0.5,
-      note: `on target ${Math.round(med(rps('onTarget')))}/s, via agent ${Math.round(med(rps('viaAgent')))}/s`,
+      note:
+        `on target ${Math.round(med(rps('onTarget')))}/s, via agent ${Math.round(med(rps('viaAgent')))}/s; ` +
+        `CPU budget: ${os.availableParallelism()} cores shared by the callers, the control plane, the agent and the target`,
     },
     {
       group: 'throughput',
@@ -265,7 +269,9 @@ async function streaming(setup: Setup, megabytes: number, repetitions: number): 
         unit: '×',
         goal: '≥ 0.6',
         met: share.median >= 0.6,
-        note: `plain ${Math.round(med(r.plain.map((x) => x.rate)))} MB/s, via agent ${Math.round(med(r.agent.map((x) => x.rate)))} MB/s`,
+        note:
+          `plain ${Math.round(med(r.plain.map((x) => x.rate)))} MB/s, via agent ${Math.round(med(r.agent.map((x) => x.rate)))} MB/s; ` +
+          `the agent path crosses three TLS legs, its four processes sharing ${os.availableParallelism()} cores`,
       },
       {
         group: 'streaming',
@@ -338,6 +344,9 @@ async function openTraceReader(caller: Caller) {
   };
 }
 
+/** Concurrent callers of the proxy in the trace-delivery group (in the bench process). */
+const TRACE_CALLERS = 32;
+
 async function traceDelivery(setup: Setup, requests: number, repetitions: number): Promise<BenchRow[]> {
   const { target, control } = setup;
   const port = await freePort();
@@ -351,7 +360,7 @@ async function traceDelivery(setup: Setup, requests: number, repetitions: number
     pathPrefix: '/',
     target: { type: 'static', status: 200, contentType: 'text/plain', body: 'ok' },
   });
-  const proxy = new Pool(`http://127.0.0.1:${port}`, { connections: 32 });
+  const proxy = new Pool(`http://127.0.0.1:${port}`, { connections: TRACE_CALLERS });
   const readers = {
     onTarget: { pool: target.pool(1), headers: { authorization: `Bearer ${target.token}` } },
     viaAgent: {
@@ -368,7 +377,7 @@ async function traceDelivery(setup: Setup, requests: number, repetitions: number
     const start = nowMs();
     let sent = 0;
     await Promise.all(
-      Array.from({ length: 32 }, async () => {
+      Array.from({ length: TRACE_CALLERS }, async () => {
         while (sent < total) {
           sent++;
           const res = await proxy.request({ method: 'GET', path: `/bench/${sent}` });
@@ -402,7 +411,10 @@ async function traceDelivery(setup: Setup, requests: number, repetitions: number
         metric: `events/s to a console via agent env ÷ on target (${requests} requests)`,
         value: share,
         unit: '×',
-        note: `on target ${Math.round(med(r.onTarget.map((x) => x.rate)))}/s, via agent ${Math.round(med(r.viaAgent.map((x) => x.rate)))}/s`,
+        note:
+          `on target ${Math.round(med(r.onTarget.map((x) => x.rate)))}/s, via agent ${Math.round(med(r.viaAgent.map((x) => x.rate)))}/s; ` +
+          `the load is ${TRACE_CALLERS} callers in the bench process, so the ratio shows whether a console ` +
+          'through the agent keeps up with what the proxy produces',
       },
       {
         group: 'trace delivery',

@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: every p2pstream benchmark, each figure a ratio against a
- * baseline measured in the same run. Prints the machine and a Markdown table
- * and writes bench/results.json.
+ * baseline measured in the same run. Prints the machine, a Markdown table and
+ * each row's note (absolute figures, load, CPU budget) and writes
+ * bench/results.json.
  *
  *   npm run bench                         everything (about 10 minutes on 2 cores)
  *   npm run bench -- --quick              small counts, one repetition (a smoke run)
@@ -82,6 +83,12 @@ async function main(): Promise<void> {
   );
   const rows = await runBenchmarks({ quick, ...(only ? { only } : {}) });
   process.stdout.write(`\n${renderTable(rows)}\n`);
+  const notes = rows.filter((r) => r.note);
+  if (notes.length > 0) {
+    process.stdout.write(
+      `\nnotes:\n${notes.map((r) => `- ${r.group}, ${r.metric}: ${r.note}`).join('\n')}\n`,
+    );
+  }
   const out = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'results.json');
   if (!quick) {
     await writeFile(out, `${JSON.stringify({ startedAt, machine, quick, rows }, null, 2)}\n`);
