@@ -25,6 +25,7 @@ import { normalizeHttpError, registerErrorHandling, sendError } from './http/err
 import { registerAuthRoutes } from './http/routes/setup.js';
 import { registerSystemRoutes } from './http/routes/system.js';
 import { registerTokenRoutes } from './http/routes/tokens.js';
+import { slowClientServerOptions } from './http/slow-clients.js';
 import type { Logger } from './logger.js';
 
 export const ENVIRONMENT_HEADER = 'x-p2pstream-environment';
@@ -56,6 +57,8 @@ export interface AppDeps {
 export interface AppOptions {
   https?: { key: string | Buffer; cert: string | Buffer };
   bodyLimitBytes?: number;
+  /** TLS handshake, then request head, each within this or the connection is cut; default 10 s. */
+  headersTimeoutMs?: number;
 }
 
 /** The environment a request selects: header first, then query; `local` when absent. */
@@ -74,7 +77,9 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
     loggerInstance: deps.logger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES,
-    ...(options.https ? { https: options.https } : {}),
+    ...(options.https
+      ? { https: { ...options.https, ...slowClientServerOptions(options.headersTimeoutMs) } }
+      : {}),
     forceCloseConnections: 'idle',
     routerOptions: { maxParamLength: 256 },
     // Routing errors (over-long or malformed URL parameters) answer in the one error shape too.

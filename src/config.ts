@@ -11,6 +11,8 @@ export const DEFAULT_MANAGEMENT_PORT = 8081;
 export const DEFAULT_LOG_LEVEL = 'info';
 /** Largest accepted request body (413 PAYLOAD_TOO_LARGE above). */
 export const DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024;
+/** A management client has this long for its TLS handshake, then for its request head. */
+export const DEFAULT_HEADERS_TIMEOUT_MS = 10_000;
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -24,6 +26,8 @@ export interface ServerConfig {
   setupToken: string | null;
   logLevel: LogLevel;
   bodyLimitBytes: number;
+  /** Slow or silent management clients are cut after this (handshake, then request head). */
+  headersTimeoutMs: number;
 }
 
 /** Reads the server settings; throws AppError VALIDATION_FAILED naming the bad variable. */
@@ -54,6 +58,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Readonly<ServerConfig> {
     setupToken,
     logLevel,
     bodyLimitBytes: DEFAULT_BODY_LIMIT_BYTES,
+    headersTimeoutMs: DEFAULT_HEADERS_TIMEOUT_MS,
   });
 }
 

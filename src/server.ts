@@ -112,7 +112,11 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
         createOverviewPlugin({ overview }),
       ],
     },
-    { https: { key: tls.key, cert: tls.cert }, bodyLimitBytes: config.bodyLimitBytes },
+    {
+      https: { key: tls.key, cert: tls.cert },
+      bodyLimitBytes: config.bodyLimitBytes,
+      headersTimeoutMs: config.headersTimeoutMs,
+    },
   );
   await app.listen({ host: config.managementAddr, port: config.managementPort });
   const address = app.server.address() as AddressInfo;

@@ -1,11 +1,16 @@
 /**
- * Hostile clients of the hub, each contained to its own connection while a
- * well-behaved agent keeps relaying: a flood of unauthenticated upgrades
- * (from another loopback address, which ends up throttled), slowloris
- * upgrades that never finish their request, an agent answering for stream ids
- * it was never given, and an agent that never reads its connection.
+ * Hostile clients of the hub, each contained to its own connection while
+ * well-behaved agents keep relaying:
+ * - on a full control plane: a flood of unauthenticated upgrades (from
+ *   another loopback address, which ends up throttled) and slow clients
+ *   (half-sent upgrade requests, silent TLS connections, TCP without TLS),
+ *   while the API answers and a live relayed stream keeps flowing; the slow
+ *   ones are cut by the header timeout, long answers are not;
+ * - on a bare hub: an agent answering for stream ids it was never given, and
+ *   an agent that never reads its connection.
  */
-import type net from 'node:net';
+import type http from 'node:http';
+import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startAgent } from '../../agent/agent.js';
@@ -14,10 +19,26 @@ import type { AppError } from '../../src/errors.js';
 import { createLogger } from '../../src/logger.js';
 import type { RelayRequest, Transport } from '../../src/relay/transport.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
-import { agentHeaders, type RawAgent, upgradeAgent } from '../helpers/agent.js';
+import {
+  agentHeaders,
+  createTestAgent,
+  type RawAgent,
+  startTestAgent,
+  upgradeAgent,
+} from '../helpers/agent.js';
 import { type BareHub, startBareHub } from '../helpers/hub.js';
+import { startTestServer, type TestServer } from '../helpers/server.js';
 import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
-import { eventually } from '../integration/proxy-helpers.js';
+import { eventually, openSse } from '../integration/proxy-helpers.js';
+
+/**
+ * The control plane's header timeout under the flood (10 s by default): short,
+ * yet long enough for the TLS handshakes of well-behaved clients on a
+ * machine busy with hundreds of them.
+ */
+const HEADERS_TIMEOUT_MS = 2000;
+/** The header timeout where nothing else loads the machine. */
+const QUICK_HEADERS_TIMEOUT_MS = 200;
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -28,11 +49,71 @@ let cert: GeneratedCertificate;
 let target: TlsTarget;
 beforeAll(async () => {
   cert = await createCertificate({ altNames: ['127.0.0.1'] });
-  target = await startTlsTarget({ cert: cert.cert, key: cert.key });
+  target = await startTlsTarget({
+    cert: cert.cert,
+    key: cert.key,
+    handler: (req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      if (req.url !== '/drip') return void res.end('ok');
+      drips.add(res);
+      const timer = setInterval(() => {
+        if (!res.writableEnded) res.write('drop');
+      }, 20);
+      res.on('close', () => {
+        clearInterval(timer);
+        drips.delete(res);
+      });
+    },
+  });
 });
 afterAll(async () => {
+  for (const res of drips) res.destroy();
   await target.close(2000);
 });
+
+/** Responses of the target that drip until ended. */
+const drips = new Set<http.ServerResponse>();
+
+interface SlowClient {
+  kind: 'partial' | 'silent' | 'no-tls';
+  socket: net.Socket;
+  /** Resolves once connected (and, but for `no-tls`, past the TLS handshake, with its bytes sent). */
+  ready: Promise<void>;
+  /** What the server sent back. */
+  received: string;
+  /** Past the TLS handshake. */
+  secured: boolean;
+  closed: boolean;
+}
+
+/** A client of `server` from 127.0.0.3 that never finishes a request. */
+function slowClient(server: TestServer, kind: SlowClient['kind']): SlowClient {
+  const port = Number(new URL(server.url).port);
+  const options = { host: '127.0.0.1', port, localAddress: '127.0.0.3' };
+  let connected: () => void = () => {};
+  const ready = new Promise<void>((resolve) => {
+    connected = resolve;
+  });
+  const socket =
+    kind === 'no-tls'
+      ? net.connect(options, () => connected())
+      : tls.connect({ ...options, ca: server.server.certificate, servername: 'localhost' }, () => {
+          // The request line and one header of an upgrade, then nothing more.
+          client.secured = true;
+          if (kind === 'partial') socket.write('GET /api/v1/agent/connect HTTP/1.1\r\nHost: localhost\r\n');
+          connected();
+        });
+  const client: SlowClient = { kind, socket, ready, received: '', secured: false, closed: false };
+  socket.on('data', (data: Buffer) => {
+    client.received += data.toString('latin1');
+  });
+  socket.on('error', () => {});
+  socket.on('close', () => {
+    client.closed = true;
+    connected();
+  });
+  return client;
+}
 
 function relayRequest(extra: Partial<RelayRequest> = {}): RelayRequest {
   return {
@@ -83,71 +164,135 @@ async function codeOf(promise: Promise<unknown>): Promise<string> {
 }
 
 describe('hub abuse', () => {
-  it('contains a flood of unauthenticated upgrades: 401 then 429 for that address, the good agent keeps relaying', async () => {
-    const bare = await startBareHub();
-    cleanups.push(() => bare.close());
-    const good = await goodAgent(bare);
-    const victim = await bare.agents.create({ name: 'victim' });
+  it('keeps the API answering and a live stream flowing through a flood of bad upgrades and slow connections, and cuts the slow ones', async () => {
+    const server = await startTestServer({ config: { headersTimeoutMs: HEADERS_TIMEOUT_MS } });
+    cleanups.push(() => server.close());
+    const cookie = await server.setupAdmin();
+    const token = await server.createToken(cookie, 'api');
+    const hub = server.server.hub;
+    const good = await createTestAgent(server, cookie, 'good');
+    const agent = startTestAgent(server, good);
+    cleanups.push(() => agent.close());
+    await agent.connected();
+    const transport = hub.transportFor(good.id);
+    const victim = await createTestAgent(server, cookie, 'victim');
 
-    // 300 concurrent upgrades with a wrong token, from 127.0.0.2, while the good agent relays.
+    // A live stream through the good agent: a chunk every 20 ms until the target is told to end it.
+    const dripping = await transport.request(relayRequest({ url: `${target.url}/drip` }));
+    let chunks = 0;
+    const reading = (async () => {
+      for await (const _chunk of dripping.body) chunks++;
+    })().then(
+      () => 'ended',
+      (err: AppError) => err.code,
+    );
+    await eventually(() => chunks > 0);
+
+    // Slow clients from 127.0.0.3: half an upgrade request then nothing, a TLS handshake then
+    // nothing, a TCP connection that never starts TLS.
+    const slow = [
+      ...Array.from({ length: 100 }, () => slowClient(server, 'partial')),
+      ...Array.from({ length: 50 }, () => slowClient(server, 'silent')),
+      ...Array.from({ length: 50 }, () => slowClient(server, 'no-tls')),
+    ];
+    cleanups.push(() => {
+      for (const client of slow) client.socket.destroy();
+    });
+    await Promise.all(slow.map((client) => client.ready));
+
+    // 300 concurrent upgrades with a wrong token from 127.0.0.2, while the API and the agent serve.
+    const chunksBefore = chunks;
     const statuses = new Map<number, number>();
     const flood = Array.from({ length: 300 }, () =>
-      upgradeAgent(bare.target, agentHeaders(victim.agent.id, 'p2pag_wrong'), {
-        localAddress: '127.0.0.2',
-      }).then((result) => {
-        const status = result.ok ? 101 : result.status;
-        statuses.set(status, (statuses.get(status) ?? 0) + 1);
-        if (result.ok) void result.socket.close();
-      }),
+      upgradeAgent(server, agentHeaders(victim.id, 'p2pag_wrong'), { localAddress: '127.0.0.2' }).then(
+        (result) => {
+          const status = result.ok ? 101 : result.status;
+          statuses.set(status, (statuses.get(status) ?? 0) + 1);
+          if (result.ok) void result.socket.close();
+        },
+      ),
     );
-    const relayed = Array.from({ length: 20 }, () => relayOk(good.transport));
+    const api = Array.from({ length: 20 }, (_, i) =>
+      server
+        .request('GET', i % 2 ? '/api/v1/auth/me' : '/api/v1/agents', { token })
+        .then((res) => res.status),
+    );
+    const relayed = Array.from({ length: 20 }, () => relayOk(transport));
     await Promise.all(flood);
+    expect(await Promise.all(api)).toEqual(Array(20).fill(200));
     expect(await Promise.all(relayed)).toEqual(Array(20).fill(true));
     expect(statuses.get(101)).toBeUndefined();
     expect((statuses.get(401) ?? 0) + (statuses.get(429) ?? 0)).toBe(300);
     expect(statuses.get(429)).toBeGreaterThan(0);
+    await eventually(() => chunks > chunksBefore);
 
-    // That address stays throttled even with the right token; another address is not affected.
-    const blocked = await upgradeAgent(bare.target, agentHeaders(victim.agent.id, victim.token), {
+    // The slow ones are cut by the header timeout (a 408 once past TLS), the stream goes on.
+    await eventually(() => slow.every((client) => client.closed), 5 * HEADERS_TIMEOUT_MS);
+    for (const client of slow) expect(client.received).toMatch(/^(HTTP\/1\.1 408 [\s\S]*)?$/);
+    const halfSent = slow.filter((c) => c.kind === 'partial' && c.secured);
+    expect(halfSent.length).toBeGreaterThan(0);
+    for (const client of halfSent) expect(client.received).toMatch(/^HTTP\/1\.1 408 /);
+    for (const client of slow.filter((c) => c.kind === 'no-tls')) expect(client.received).toBe('');
+    const chunksAfterCut = chunks;
+    await eventually(() => chunks > chunksAfterCut);
+    for (const res of drips) res.end();
+    expect(await reading).toBe('ended');
+    expect(dripping.status).toBe(200);
+    await eventually(() => hub.sessionStats(good.id)?.activeStreams === 0);
+
+    // The flooding address stays throttled even with the right token; another address is not affected.
+    const blocked = await upgradeAgent(server, agentHeaders(victim.id, victim.token), {
       localAddress: '127.0.0.2',
     });
     expect(blocked.ok ? 101 : blocked.status).toBe(429);
-    const fine = await upgradeAgent(bare.target, agentHeaders(victim.agent.id, victim.token), {
-      answerPings: true,
-    });
+    const fine = await upgradeAgent(server, agentHeaders(victim.id, victim.token), { answerPings: true });
     if (!fine.ok) throw new Error(`refused with ${fine.status}`);
     cleanups.push(() => fine.socket.close());
     await fine.socket.handshake();
-    expect(bare.hub.isConnected(good.id)).toBe(true);
+    expect(hub.isConnected(good.id)).toBe(true);
+    expect(hub.isConnected(victim.id)).toBe(true);
   });
 
-  it('keeps serving while 200 slowloris connections hold half-sent upgrade requests', async () => {
-    const bare = await startBareHub();
-    cleanups.push(() => bare.close());
-    const sockets: tls.TLSSocket[] = [];
-    cleanups.push(() => {
-      for (const s of sockets) s.destroy();
+  it('does not cut a client that sends its request in time, nor a long answer', async () => {
+    const server = await startTestServer({ config: { headersTimeoutMs: QUICK_HEADERS_TIMEOUT_MS } });
+    cleanups.push(() => server.close());
+    const cookie = await server.setupAdmin();
+    const token = await server.createToken(cookie, 'api');
+    // An event stream outlives the header timeout many times over: it is past its head.
+    const reader = await openSse(server, '/api/v1/traffic/stream', token);
+    cleanups.push(async () => reader.close());
+    expect(reader.status).toBe(200);
+    await new Promise((resolve) => setTimeout(resolve, 4 * QUICK_HEADERS_TIMEOUT_MS));
+    let ended = false;
+    void reader.ended.then(() => {
+      ended = true;
     });
-    await Promise.all(
-      Array.from(
-        { length: 200 },
-        () =>
-          new Promise<void>((resolve, reject) => {
-            const socket = tls.connect({ host: '127.0.0.1', port: bare.port, ca: bare.target.ca }, () => {
-              // The request line and one header, then nothing more.
-              socket.write('GET /api/v1/agent/connect HTTP/1.1\r\nHost: 127.0.0.1\r\n');
-              resolve();
-            });
-            socket.on('error', reject);
-            sockets.push(socket);
-          }),
-      ),
-    );
-    const good = await goodAgent(bare);
-    expect(await relayOk(good.transport)).toBe(true);
-    const discovered = await good.transport.discover({ url: target.url, timeoutMs: 5000 });
-    expect(discovered.certificate.fingerprintSha256).toBe(cert.fingerprintSha256);
-    expect(sockets.filter((s) => !s.destroyed)).toHaveLength(200);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(ended).toBe(false);
+    // Nor a keep-alive connection idle between two requests: the second one is answered on it.
+    const socket = tls.connect({
+      host: '127.0.0.1',
+      port: Number(new URL(server.url).port),
+      ca: server.server.certificate,
+      servername: 'localhost',
+    });
+    cleanups.push(() => void socket.destroy());
+    let received = '';
+    socket.on('data', (data: Buffer) => {
+      received += data.toString('latin1');
+    });
+    const ask = () =>
+      socket.write(
+        `GET /api/v1/auth/me HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\n\r\n`,
+      );
+    const answers = () => received.match(/HTTP\/1\.1 200 /g)?.length ?? 0;
+    await new Promise<void>((resolve) => socket.once('secureConnect', () => resolve()));
+    ask();
+    await eventually(() => answers() === 1);
+    await new Promise((resolve) => setTimeout(resolve, 3 * QUICK_HEADERS_TIMEOUT_MS));
+    ask();
+    await eventually(() => answers() === 2);
+    expect(socket.destroyed).toBe(false);
   });
 
   it('ignores envelopes for stream ids it never gave, and other streams go on', async () => {

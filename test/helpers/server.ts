@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { Agent, fetch } from 'undici';
-import { loadConfig } from '../../src/config.js';
+import { loadConfig, type ServerConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
 import { type RunningServer, startServer } from '../../src/server.js';
 
@@ -20,6 +20,8 @@ export interface TestServerOptions {
   env?: Record<string, string>;
   /** Keep the data dir on close (to restart on it). */
   keepDataDir?: boolean;
+  /** Settings that have no variable (e.g. a short `headersTimeoutMs`), over the loaded ones. */
+  config?: Partial<ServerConfig>;
 }
 
 export interface TestResponse {
@@ -55,7 +57,7 @@ export interface TestServer {
 
 export async function startTestServer(options: TestServerOptions = {}): Promise<TestServer> {
   const dataDir = options.dataDir ?? (await mkdtemp(path.join(os.tmpdir(), 'p2pstream-test-')));
-  const config = loadConfig({
+  const loaded = loadConfig({
     P2PSTREAM_DATA_DIR: dataDir,
     MANAGEMENT_ADDR: '127.0.0.1',
     MANAGEMENT_PORT: '0',
@@ -63,6 +65,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     LOG_LEVEL: 'info',
     ...options.env,
   });
+  const config: ServerConfig = { ...loaded, ...options.config };
   const logs: string[] = [];
   const sink = new Writable({
     write(chunk, _enc, cb) {
