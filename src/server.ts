@@ -42,6 +42,8 @@ export interface RunningServer {
   certificate: string;
   /** The agent hub: live agents and their transports. */
   hub: Hub;
+  /** Streams open through the in-process (direct) transport (the hub counts those through agents). */
+  directStreams(): number;
   /** Stops accepting, finishes in-flight requests, flushes the store. */
   close(): Promise<void>;
 }
@@ -139,6 +141,7 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
     store,
     certificate: tls.cert,
     hub,
+    directStreams: () => directTransport.stats().client.activeStreams,
     close() {
       closing ??= (async () => {
         await hub.close();
