@@ -3,9 +3,12 @@
  * tokens, an agent created and rotated, an environment through that agent
  * with its access token changed, discovery, trust, relayed reads and writes,
  * a failed relayed call — no secret appears in any log line of the control
- * plane, the target or the agent, nor in any file of their data dirs.
+ * plane, the target or the agent, nor in any file of their data dirs. The
+ * secrets key is created 0600, and a key group or others can read stops
+ * start-up.
  */
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createTestAgent, startTestAgent } from '../helpers/agent.js';
@@ -130,5 +133,22 @@ describe('secrets scan', () => {
     for (const dir of [control.dataDir, target.dataDir]) {
       expect((await stat(path.join(dir, 'secrets.key'))).mode & 0o777).toBe(0o600);
     }
+  });
+
+  it('creates the secrets key 0600 and refuses to start on one group or others can read', async () => {
+    const dataDir = await mkdtemp(path.join(os.tmpdir(), 'p2pstream-key-mode-'));
+    cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
+    const key = path.join(dataDir, 'secrets.key');
+    await (await startTestServer({ dataDir })).close();
+    expect((await stat(key)).mode & 0o777).toBe(0o600);
+    for (const mode of [0o640, 0o604, 0o660]) {
+      await chmod(key, mode);
+      await expect(startTestServer({ dataDir }), mode.toString(8)).rejects.toThrow(
+        /secrets key .* readable by other users/,
+      );
+    }
+    await chmod(key, 0o600);
+    const again = await startTestServer({ dataDir });
+    await again.close();
   });
 });
