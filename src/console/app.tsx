@@ -6,7 +6,7 @@
  */
 import { useEffect, useState } from 'preact/hooks';
 import { call, LOCAL, local, onUnauthenticated } from './api';
-import { ErrorMessage } from './components/ui';
+import { ErrorMessage, TrustBadge } from './components/ui';
 import { EnvironmentProvider, useEnvironments } from './environment';
 import { AgentsPage } from './pages/agents';
 import { AuthPage } from './pages/auth';
@@ -234,8 +234,8 @@ function EnvironmentSwitcher() {
         ))}
       </select>
       {selectedEntry && !selectedEntry.environment.virtual ? (
-        <span class="badge ok" data-testid="selected-trust">
-          {selectedEntry.environment.trustState}
+        <span data-testid="selected-trust">
+          <TrustBadge state={selectedEntry.environment.trustState} />
         </span>
       ) : null}
     </div>

@@ -37,8 +37,16 @@ export interface EnvironmentState {
   refresh(): Promise<void>;
 }
 
-/** Why an environment cannot be selected, or null when it can. */
-export function blockedReason(environment: Environment, agent: Agent | null): string | null {
+/**
+ * Why an environment cannot be selected, or null when it can: disabled,
+ * certificate not trusted yet / changed / expired (also when the trusted one
+ * ran out since the list was loaded), agent missing / disabled / offline.
+ */
+export function blockedReason(
+  environment: Environment,
+  agent: Agent | null,
+  now = Date.now(),
+): string | null {
   if (environment.virtual) return null;
   if (environment.enabled === false) return 'disabled';
   switch (environment.trustState) {
@@ -50,6 +58,8 @@ export function blockedReason(environment: Environment, agent: Agent | null): st
       return 'certificate expired';
     default:
   }
+  const validTo = environment.certificate ? Date.parse(environment.certificate.validTo) : Number.NaN;
+  if (validTo < now) return 'certificate expired';
   if (environment.transport === 'agent') {
     if (!agent) return 'agent missing';
     if (!agent.enabled) return 'agent disabled';
@@ -85,6 +95,8 @@ export function EnvironmentProvider(props: { children: ComponentChildren }) {
   const [notice, setNotice] = useState<string | null>(null);
   const selectedRef = useRef(selectedId);
   selectedRef.current = selectedId;
+  const knownRef = useRef(environments);
+  knownRef.current = environments;
 
   const refresh = useCallback(async () => {
     const [envs, agentList] = await Promise.all([
@@ -109,7 +121,9 @@ export function EnvironmentProvider(props: { children: ComponentChildren }) {
       const agent = env?.agentId ? (agentList.find((a) => a.id === env.agentId) ?? null) : null;
       const reason = env ? blockedReason(env, agent) : 'no longer registered';
       if (reason) {
-        setNotice(`${env?.name ?? 'The selected environment'} is unavailable (${reason}); showing Local.`);
+        // A deleted one is named from the list shown until now.
+        const name = env?.name ?? knownRef.current.find((e) => e.id === current)?.name;
+        setNotice(`${name ?? 'The selected environment'} is unavailable (${reason}); showing Local.`);
         setSelectedId(LOCAL);
         store(LOCAL);
       }

@@ -16,7 +16,8 @@ export const STABLE_AFTER_MS = 5000;
 export type StreamState =
   | { kind: 'connecting' }
   | { kind: 'live' }
-  | { kind: 'retrying'; inMs: number; reason: string | null };
+  /** `attempt` counts the consecutive failures (1 for the first retry). */
+  | { kind: 'retrying'; inMs: number; attempt: number; reason: string | null };
 
 export interface TrafficStreamOptions {
   environment: string;
@@ -132,7 +133,7 @@ export class TrafficStream {
   #retry(reason: string | null): void {
     this.#attempt += 1;
     const inMs = retryDelay(this.#attempt);
-    this.#options.onState({ kind: 'retrying', inMs, reason });
+    this.#options.onState({ kind: 'retrying', inMs, attempt: this.#attempt, reason });
     this.#retryTimer = window.setTimeout(() => this.#reconnect(), inMs);
   }
 

@@ -57,6 +57,15 @@ export interface ConsolePage {
   errors: string[];
 }
 
+export interface OpenConsoleOptions {
+  colorScheme?: 'light' | 'dark';
+  /**
+   * A session cookie (`name=value`, as `setupAdmin()` returns it): the context
+   * starts signed in, so tests that are not about logging in skip the form.
+   */
+  session?: string;
+}
+
 /**
  * A fresh browser context on `baseURL`. The test servers use self-signed
  * certificates; only this browser context ignores that (it holds no
@@ -65,7 +74,7 @@ export interface ConsolePage {
 export async function openConsole(
   browser: Browser,
   baseURL: string,
-  options: { colorScheme?: 'light' | 'dark' } = {},
+  options: OpenConsoleOptions = {},
 ): Promise<ConsolePage> {
   const context = await browser.newContext({
     baseURL,
@@ -74,6 +83,19 @@ export async function openConsole(
     viewport: { width: 1280, height: 800 },
   });
   context.setDefaultTimeout(10_000);
+  if (options.session) {
+    const eq = options.session.indexOf('=');
+    await context.addCookies([
+      {
+        name: options.session.slice(0, eq),
+        value: options.session.slice(eq + 1),
+        url: baseURL,
+        secure: true,
+        httpOnly: true,
+        sameSite: 'Strict',
+      },
+    ]);
+  }
   const page = await context.newPage();
   const errors: string[] = [];
   page.on('pageerror', (err) => errors.push(`pageerror: ${err.message}`));

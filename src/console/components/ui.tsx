@@ -3,9 +3,19 @@ import { type ComponentChildren, cloneElement, type JSX, type VNode } from 'prea
 import { useCallback, useEffect, useId, useRef, useState } from 'preact/hooks';
 import { ApiError, messageOf } from '../api';
 
+/** What Tab can reach inside a dialog. */
+const FOCUSABLE =
+  'a[href], button:not([disabled]), input:not([disabled]):not([type="hidden"]), select:not([disabled]), textarea:not([disabled]), summary, [tabindex]:not([tabindex="-1"])';
+
+function focusablesIn(root: HTMLElement): HTMLElement[] {
+  return [...root.querySelectorAll<HTMLElement>(FOCUSABLE)].filter((el) => el.getClientRects().length > 0);
+}
+
 /**
- * A modal built on the native `<dialog>`: focus moves inside, Escape closes,
- * the page behind is inert. `onClose` runs once, whether closed by Escape, the
+ * A modal built on the native `<dialog>`: the page behind is inert, focus
+ * starts on the first field (or the first button: Cancel in a confirmation),
+ * Tab and Shift+Tab cycle inside the dialog, Escape closes it and focus goes
+ * back to what opened it. `onClose` runs once, whether closed by Escape, the
  * close button or the caller unmounting it.
  */
 export function Dialog(props: {
@@ -22,11 +32,35 @@ export function Dialog(props: {
   useEffect(() => {
     const dialog = ref.current!;
     const closed = () => onCloseRef.current();
+    // The native modal lets Tab leave the last control for the browser's own UI: keep it inside.
+    const trap = (event: KeyboardEvent) => {
+      if (event.key !== 'Tab') return;
+      const items = focusablesIn(dialog);
+      const first = items[0];
+      const last = items.at(-1);
+      if (!first || !last) return;
+      const active = dialog.ownerDocument.activeElement;
+      if (event.shiftKey && (active === first || !dialog.contains(active))) {
+        event.preventDefault();
+        last.focus();
+      } else if (!event.shiftKey && (active === last || !dialog.contains(active))) {
+        event.preventDefault();
+        first.focus();
+      }
+    };
     dialog.addEventListener('close', closed);
+    dialog.addEventListener('keydown', trap);
     if (!dialog.open) dialog.showModal();
+    const body = dialog.querySelector<HTMLElement>('.dialog-body');
+    const start =
+      body?.querySelector<HTMLElement>('[autofocus]') ??
+      (body ? focusablesIn(body).find((el) => el.matches('input, select, textarea')) : undefined) ??
+      (body ? focusablesIn(body)[0] : undefined);
+    start?.focus();
     return () => {
       // Removed first: closing on unmount is not the user closing it.
       dialog.removeEventListener('close', closed);
+      dialog.removeEventListener('keydown', trap);
       if (dialog.open) dialog.close();
     };
   }, []);

@@ -257,7 +257,14 @@ function StreamStatus(props: { state: StreamState; paused: boolean }) {
         ? 'info'
         : 'warn';
   return (
-    <span class={`badge ${tone}`} role="status" data-testid="stream-status">
+    <span
+      class={`badge ${tone}`}
+      role="status"
+      data-testid="stream-status"
+      data-state={state.kind}
+      data-attempt={state.kind === 'retrying' ? state.attempt : undefined}
+      data-retry-ms={state.kind === 'retrying' ? state.inMs : undefined}
+    >
       {text}
     </span>
   );
