@@ -226,12 +226,13 @@ async function main(): Promise<void> {
   await target.stop();
 
   // Plateau: the last third of the samples against the middle third (the agent restarts, so its RSS is
-  // judged the same way but from a fresh process each time).
+  // judged the same way but from a fresh process each time; a sample taken while it was down, 0, is left out).
   const third = Math.floor(samples.length / 3);
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  const running = (xs: number[]) => xs.filter((x) => x > 0);
   const verdicts = (['control', 'target', 'agent'] as const).map((key) => {
-    const middle = mean(samples.slice(third, 2 * third).map((s) => s[key]));
-    const last = mean(samples.slice(2 * third).map((s) => s[key]));
+    const middle = mean(running(samples.slice(third, 2 * third).map((s) => s[key])));
+    const last = mean(running(samples.slice(2 * third).map((s) => s[key])));
     const growth = middle > 0 ? last / middle - 1 : 0;
     return { key, growth, plateau: third === 0 || growth < 0.1 };
   });
