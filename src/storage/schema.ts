@@ -190,6 +190,11 @@ export function migrate(doc: unknown, newInstanceId: () => string): { db: Databa
     step(record);
     version = record.schemaVersion as number;
   }
+  // Additive changes need no version: a top-level collection this build knows
+  // and the document lacks (written by an older build) starts empty.
+  for (const [key, value] of Object.entries(emptyDatabase(''))) {
+    if (key !== 'instance' && record[key] === undefined) record[key] = value;
+  }
   const instance = record.instance as { id?: string } | undefined;
   if (!instance || typeof instance.id !== 'string' || instance.id === '') {
     record.instance = { id: newInstanceId(), createdAt: new Date().toISOString() };

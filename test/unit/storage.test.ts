@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { DATABASE_FILE_NAME, DatabaseUnreadableError, LowdbStore } from '../../src/storage/lowdb-store.js';
-import { SCHEMA_VERSION } from '../../src/storage/schema.js';
+import { emptyDatabase, SCHEMA_VERSION } from '../../src/storage/schema.js';
 import { createSecretsBox, loadSecretsBox, SECRETS_KEY_FILE_NAME } from '../../src/storage/secrets-box.js';
 import { DEFERRED_WRITE_MS } from '../../src/storage/store.js';
 
@@ -121,6 +121,14 @@ describe('LowdbStore', () => {
     expect(store.read().environments).toEqual([]);
     const onDisk = JSON.parse(await readFile(path.join(dir, DATABASE_FILE_NAME), 'utf8'));
     expect(onDisk.schemaVersion).toBe(SCHEMA_VERSION);
+  });
+
+  it('fills a top-level collection that a current-version document written by an older build lacks', async () => {
+    const { proxy: _dropped, ...older } = emptyDatabase('older-build');
+    await writeFile(path.join(dir, DATABASE_FILE_NAME), JSON.stringify(older));
+    const store = await LowdbStore.open(dir);
+    expect(store.read().instance.id).toBe('older-build');
+    expect(store.read().proxy).toEqual({ listeners: [], routes: [] });
   });
 
   it('refuses a file that is not a JSON object and names it', async () => {
