@@ -16,6 +16,7 @@ import { EnvironmentService } from './domain/environment-service.js';
 import { createOverviewService } from './domain/overview-service.js';
 import { ProxyConfigService } from './domain/proxy-config-service.js';
 import { createSystemService } from './domain/system-service.js';
+import { TemplateService } from './domain/template-service.js';
 import { TokenService } from './domain/token-service.js';
 import { TrafficSettingsService } from './domain/traffic-settings-service.js';
 import { createEnvironmentRelay, createEnvironmentTransports } from './http/environment-relay.js';
@@ -24,6 +25,7 @@ import { createConsolePlugin } from './http/routes/console.js';
 import { createEnvironmentsPlugin } from './http/routes/environments.js';
 import { createOverviewPlugin } from './http/routes/overview.js';
 import { createProxyPlugin } from './http/routes/proxy.js';
+import { createTemplatesPlugin } from './http/routes/templates.js';
 import { createTrafficPlugin } from './http/routes/traffic.js';
 import { Hub } from './hub/hub.js';
 import type { Logger } from './logger.js';
@@ -86,7 +88,8 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
   });
   recorder.configure(traffic.settings());
   const dataPlane = new DataPlane({ logger: logger.child({ component: 'dataplane' }), recorder });
-  const proxyConfig = new ProxyConfigService({ store, runtime: dataPlane });
+  const templates = new TemplateService({ store, runtime: dataPlane });
+  const proxyConfig = new ProxyConfigService({ store, runtime: dataPlane, templates });
   const overview = createOverviewService({
     stats: dataPlane.metrics,
     listenersRunning: () => dataPlane.runningCount(),
@@ -110,6 +113,7 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
       operationalPlugins: [
         agentRoutes({ agents, managementFingerprint: new X509Certificate(tls.cert).fingerprint256 }),
         createProxyPlugin({ proxyConfig }),
+        createTemplatesPlugin({ templates }),
         createTrafficPlugin({ settings: traffic, recorder }),
         createOverviewPlugin({ overview }),
       ],
@@ -125,7 +129,7 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `https://${host}:${address.port}`;
   logger.info({ url, certificate: tls.certFile }, `management listening on ${url}`);
-  await dataPlane.start(store.read().proxy);
+  await dataPlane.start({ ...store.read().proxy, templates: store.read().templates });
   if (auth.setupRequired) {
     // The setup code is meant to be read from the log by the operator, once.
     logger.warn(

@@ -20,9 +20,11 @@ import {
   type ListenerStatus,
   type ProxyRuntime,
 } from '../domain/proxy-config-service.js';
+import { type CompiledTemplate, compileTemplates } from '../domain/template-render.js';
+import type { TemplateRuntime } from '../domain/template-service.js';
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import type { ListenerRecord, RouteRecord } from '../storage/schema.js';
+import type { ListenerRecord, RouteRecord, TemplateRecord } from '../storage/schema.js';
 import { type ExchangeContext, handleExchange } from './proxy-exchange.js';
 import { RequestMetrics } from './request-metrics.js';
 import { compileRoutes, type ListenerRoutes, routesOf } from './route-table.js';
@@ -52,7 +54,7 @@ interface RunningListener {
   server: Server;
 }
 
-export class DataPlane implements ProxyRuntime {
+export class DataPlane implements ProxyRuntime, TemplateRuntime {
   readonly recorder: TraceRecorder;
   readonly metrics: RequestMetrics;
   readonly #logger: Logger;
@@ -63,6 +65,7 @@ export class DataPlane implements ProxyRuntime {
   readonly #errors = new Map<string, string>();
   readonly #closing = new Set<Promise<void>>();
   #tables = new Map<string, ListenerRoutes>();
+  #templates: ReadonlyMap<string, CompiledTemplate> = new Map();
   #closed = false;
 
   constructor(options: DataPlaneOptions) {
@@ -85,6 +88,8 @@ export class DataPlane implements ProxyRuntime {
       recorder: this.recorder,
       metrics: this.metrics,
       defaultTimeoutMs: options.upstreamTimeoutMs ?? DEFAULT_UPSTREAM_TIMEOUT_MS,
+      templates: () => this.#templates,
+      listenerErrorTemplate: (listenerId) => this.#running.get(listenerId)?.record.errorTemplateId ?? null,
     };
   }
 
@@ -96,7 +101,9 @@ export class DataPlane implements ProxyRuntime {
   async start(config: {
     listeners: readonly Readonly<ListenerRecord>[];
     routes: readonly Readonly<RouteRecord>[];
+    templates?: readonly Readonly<TemplateRecord>[];
   }): Promise<void> {
+    this.setTemplates(config.templates ?? []);
     this.setRoutes(config.routes);
     for (const listener of config.listeners) {
       if (!listener.enabled) continue;
@@ -157,6 +164,11 @@ export class DataPlane implements ProxyRuntime {
 
   setRoutes(routes: readonly Readonly<RouteRecord>[]): void {
     this.#tables = compileRoutes(routes);
+  }
+
+  /** Compiles the response templates; the next answer that uses one renders the new set. */
+  setTemplates(templates: readonly Readonly<TemplateRecord>[]): void {
+    this.#templates = compileTemplates(templates);
   }
 
   listenerStatus(id: string): ListenerStatus {

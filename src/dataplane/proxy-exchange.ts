@@ -18,10 +18,17 @@
  * 502; upstream timeout → 504; a failure after the response started cuts
  * the client connection. Each carries a traced error kind.
  */
+import { randomUUID } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
+import {
+  type CompiledTemplate,
+  type RenderedResponse,
+  renderTemplateResponse,
+  type TemplateValues,
+} from '../domain/template-render.js';
 import type { TraceErrorKind } from '../domain/traffic-types.js';
 import type { RequestMetrics } from './request-metrics.js';
 import { type CompiledRoute, type ListenerRoutes, matchRoute, normalizeHost } from './route-table.js';
@@ -34,6 +41,10 @@ export interface ExchangeContext {
   readonly metrics: RequestMetrics;
   /** Upstream timeout when the route sets none. */
   readonly defaultTimeoutMs: number;
+  /** The compiled response templates (swapped whole when they change). */
+  templates(): ReadonlyMap<string, CompiledTemplate>;
+  /** The error template of a listener, or null. */
+  listenerErrorTemplate(listenerId: string): string | null;
 }
 
 /** Request headers never forwarded (lower case); the `X-Forwarded-*` ones are set afresh. */
@@ -150,6 +161,8 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
   #clientGone = false;
   #finished = false;
   #upstreamDone = false;
+  #id: string | null = null;
+  #route: CompiledRoute | null = null;
 
   constructor(context: ExchangeContext, listenerId: string, req: IncomingMessage, res: ServerResponse) {
     this.#context = context;
@@ -161,6 +174,12 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
     const address = req.socket.remoteAddress;
     this.clientIp = address?.startsWith('::ffff:') ? address.slice(7) : (address ?? null);
     res.once('close', this.#onClose);
+  }
+
+  /** The request id: the trace event's `id` and a template's `{{requestId}}`. */
+  get id(): string {
+    this.#id ??= randomUUID();
+    return this.#id;
   }
 
   get httpVersion(): string {
@@ -188,10 +207,22 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
     }
     this.routeId = route.id;
     this.target = route.label;
+    this.#route = route;
     const target = route.target;
     switch (target.type) {
       case 'static':
         this.#drainRequest();
+        if (target.templateId !== null) {
+          this.#sendRendered(
+            renderTemplateResponse(
+              this.#context.templates(),
+              target.templateId,
+              this.templateValues(target.status),
+              target.status,
+            ),
+          );
+          return;
+        }
         this.#send(target.status, ['content-type', target.contentType], target.body);
         return;
       case 'redirect':
@@ -346,7 +377,34 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
       return;
     }
     this.error = failure.kind;
+    const templateId =
+      this.#route?.record.errorTemplateId ?? this.#context.listenerErrorTemplate(this.listenerId);
+    if (templateId) {
+      this.#drainRequest();
+      this.#sendRendered(
+        renderTemplateResponse(
+          this.#context.templates(),
+          templateId,
+          this.templateValues(failure.status),
+          failure.status,
+        ),
+      );
+      return;
+    }
     this.#respond(failure.status, failure.status === 504 ? 'gateway timeout\n' : 'bad gateway\n');
+  }
+
+  /** The placeholder values of this request for a template answer with `status`. */
+  templateValues(status: number, extra: TemplateValues = {}): TemplateValues {
+    return {
+      status,
+      requestId: this.id,
+      host: this.host,
+      path: this.path,
+      clientIp: this.clientIp,
+      time: new Date().toISOString(),
+      ...extra,
+    };
   }
 
   readonly #resume = (): void => {
@@ -354,6 +412,15 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
   };
 
   // --- answering and finishing -------------------------------------------------
+
+  /** Sends a rendered template answer; never cached by clients or shared caches. */
+  #sendRendered(rendered: RenderedResponse): void {
+    this.#send(
+      rendered.status,
+      ['content-type', rendered.contentType, 'cache-control', 'no-store'],
+      rendered.body,
+    );
+  }
 
   #respond(status: number, text: string): void {
     this.#drainRequest();

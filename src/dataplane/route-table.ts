@@ -44,6 +44,8 @@ export type CompiledTarget =
       readonly status: number;
       readonly contentType: string;
       readonly body: Buffer;
+      /** Rendered per request when set (body and content type come from the template). */
+      readonly templateId: string | null;
     };
 
 interface WildcardGroup {
@@ -191,6 +193,7 @@ function compileRoute(record: Readonly<RouteRecord>): CompiledRoute | null {
         status: target.status,
         contentType: target.contentType,
         body: Buffer.from(target.body, 'utf8'),
+        templateId: target.templateId ?? null,
       };
       label = `static ${target.status}`;
       break;

@@ -16,6 +16,8 @@ export const DEFAULT_TRACE_CAPACITY = 1000;
 
 /** What the proxy knows about a finished request; the recorder turns it into an event. */
 export interface TraceInput {
+  /** The request id, when the proxy assigned one (a template may have shown it); else a new one. */
+  readonly id?: string;
   /** Epoch ms the request arrived. */
   startedAt: number;
   method: string;
@@ -154,7 +156,7 @@ export class TraceRecorder {
 function buildEvent(seq: number, input: TraceInput, level: TraceLevel): TraceEvent {
   const event: TraceEvent = {
     seq,
-    id: randomUUID(),
+    id: input.id ?? randomUUID(),
     time: new Date(input.startedAt).toISOString(),
     method: input.method,
     host: input.host,

@@ -11,9 +11,10 @@
  */
 import { isIP } from 'node:net';
 import { AppError } from '../errors.js';
-import type { ListenerRecord, RouteRecord, RouteTarget } from '../storage/schema.js';
+import type { Database, ListenerRecord, RouteRecord, RouteTarget } from '../storage/schema.js';
 import type { Store } from '../storage/store.js';
 import { newId } from './ids.js';
+import { requireTemplateRef, type TemplateService, type TemplateUsage } from './template-service.js';
 import {
   invalid,
   optionalBoolean,
@@ -63,6 +64,8 @@ export interface Listener extends ListenerStatus {
   bindAddress: string;
   port: number;
   enabled: boolean;
+  /** Template of this listener's 502/503/504 answers (a route's own wins), or null. */
+  errorTemplateId: string | null;
   createdAt: string;
   updatedAt: string;
 }
@@ -75,6 +78,8 @@ export interface Route {
   pathPrefix: string;
   priority: number;
   target: RouteTarget;
+  /** Template of this route's 502/503/504 answers, or null (the listener's). */
+  errorTemplateId: string | null;
   createdAt: string;
   updatedAt: string;
 }
@@ -83,11 +88,13 @@ export interface ProxyConfigServiceOptions {
   store: Store;
   /** The data plane; without one, the configuration is only stored. */
   runtime?: ProxyRuntime;
+  /** Told which routes and listeners use which template (deletes of used templates are refused). */
+  templates?: Pick<TemplateService, 'registerUsage'>;
   now?: () => number;
 }
 
-const LISTENER_FIELDS = ['name', 'bindAddress', 'port', 'enabled'] as const;
-const ROUTE_FIELDS = ['listenerId', 'host', 'pathPrefix', 'priority', 'target'] as const;
+const LISTENER_FIELDS = ['name', 'bindAddress', 'port', 'enabled', 'errorTemplateId'] as const;
+const ROUTE_FIELDS = ['listenerId', 'host', 'pathPrefix', 'priority', 'target', 'errorTemplateId'] as const;
 /** Read-only fields a client may send back from a GET; ignored. */
 const READ_ONLY_FIELDS = ['id', 'running', 'error', 'createdAt', 'updatedAt'];
 
@@ -109,6 +116,7 @@ export class ProxyConfigService {
     this.#store = options.store;
     this.#runtime = options.runtime ?? IDLE_RUNTIME;
     this.#now = options.now ?? Date.now;
+    options.templates?.registerUsage(proxyTemplateUsage);
   }
 
   listListeners(): Listener[] {
@@ -130,6 +138,7 @@ export class ProxyConfigService {
       bindAddress: input.bindAddress === undefined ? '0.0.0.0' : requireBindAddress(input.bindAddress),
       port: requirePort(input.port),
       enabled: optionalBoolean(input.enabled, 'enabled', true),
+      errorTemplateId: requireTemplateRef(this.#store.read(), input.errorTemplateId, 'errorTemplateId'),
       createdAt: at,
       updatedAt: at,
     };
@@ -139,6 +148,7 @@ export class ProxyConfigService {
       try {
         await this.#store.update((db) => {
           assertListenerFree(db.proxy.listeners, record);
+          requireTemplateRef(db, record.errorTemplateId, 'errorTemplateId');
           db.proxy.listeners.push(record);
         });
       } catch (err) {
@@ -157,6 +167,10 @@ export class ProxyConfigService {
     const bindAddress = input.bindAddress === undefined ? undefined : requireBindAddress(input.bindAddress);
     const port = input.port === undefined ? undefined : requirePort(input.port);
     const enabled = input.enabled === undefined ? undefined : requireBoolean(input.enabled, 'enabled');
+    const errorTemplateId =
+      input.errorTemplateId === undefined
+        ? undefined
+        : requireTemplateRef(this.#store.read(), input.errorTemplateId, 'errorTemplateId');
     return this.#exclusive(async () => {
       const current = { ...this.#findListener(id) };
       const next: ListenerRecord = {
@@ -165,6 +179,7 @@ export class ProxyConfigService {
         bindAddress: bindAddress ?? current.bindAddress,
         port: port ?? current.port,
         enabled: enabled ?? current.enabled,
+        errorTemplateId: errorTemplateId === undefined ? (current.errorTemplateId ?? null) : errorTemplateId,
         updatedAt: new Date(this.#now()).toISOString(),
       };
       assertListenerFree(this.#store.read().proxy.listeners, next);
@@ -174,6 +189,7 @@ export class ProxyConfigService {
           const index = db.proxy.listeners.findIndex((l) => l.id === id);
           if (index < 0) throw new AppError('NOT_FOUND', 'no such listener');
           assertListenerFree(db.proxy.listeners, next);
+          requireTemplateRef(db, next.errorTemplateId, 'errorTemplateId');
           db.proxy.listeners[index] = next;
         });
       } catch (err) {
@@ -219,12 +235,15 @@ export class ProxyConfigService {
       pathPrefix: input.pathPrefix === undefined ? '/' : requirePathPrefix(input.pathPrefix),
       priority: input.priority === undefined ? 0 : requirePriority(input.priority),
       target: requireTarget(input.target),
+      errorTemplateId: null,
       createdAt: at,
       updatedAt: at,
     };
     return this.#exclusive(async () => {
       await this.#store.update((db) => {
         assertRouteValid(db.proxy.listeners, db.proxy.routes, record);
+        record.errorTemplateId = requireTemplateRef(db, input.errorTemplateId, 'errorTemplateId');
+        record.target = resolveTargetTemplate(db, record.target, input.target);
         db.proxy.routes.push(record);
       });
       this.#runtime.setRoutes(this.#store.read().proxy.routes);
@@ -253,7 +272,11 @@ export class ProxyConfigService {
           host: host === undefined ? current.host : host,
           pathPrefix: pathPrefix ?? current.pathPrefix,
           priority: priority ?? current.priority,
-          target: target ?? current.target,
+          target: target === undefined ? current.target : resolveTargetTemplate(db, target, input.target),
+          errorTemplateId:
+            input.errorTemplateId === undefined
+              ? (current.errorTemplateId ?? null)
+              : requireTemplateRef(db, input.errorTemplateId, 'errorTemplateId'),
           updatedAt: new Date(this.#now()).toISOString(),
         };
         assertRouteValid(db.proxy.listeners, db.proxy.routes, next);
@@ -300,6 +323,7 @@ export class ProxyConfigService {
       bindAddress: record.bindAddress,
       port: record.port,
       enabled: record.enabled,
+      errorTemplateId: record.errorTemplateId ?? null,
       running: status.running,
       error: status.error,
       createdAt: record.createdAt,
@@ -328,8 +352,56 @@ function toRoute(record: Readonly<RouteRecord>): Route {
     pathPrefix: record.pathPrefix,
     priority: record.priority,
     target: { ...record.target },
+    errorTemplateId: record.errorTemplateId ?? null,
     createdAt: record.createdAt,
     updatedAt: record.updatedAt,
+  };
+}
+
+/** The routes and listeners that use templates (error pages, static targets). */
+export function proxyTemplateUsage(db: Readonly<Database>): TemplateUsage[] {
+  const usages: TemplateUsage[] = [];
+  for (const route of db.proxy.routes) {
+    const label = `${route.host ?? '*'}${route.pathPrefix}`;
+    if (route.errorTemplateId)
+      usages.push({
+        templateId: route.errorTemplateId,
+        type: 'route',
+        id: route.id,
+        name: `${label} (error pages)`,
+      });
+    if (route.target.type === 'static' && route.target.templateId)
+      usages.push({ templateId: route.target.templateId, type: 'route', id: route.id, name: label });
+  }
+  for (const listener of db.proxy.listeners) {
+    if (listener.errorTemplateId)
+      usages.push({
+        templateId: listener.errorTemplateId,
+        type: 'listener',
+        id: listener.id,
+        name: `${listener.name} (error pages)`,
+      });
+  }
+  return usages;
+}
+
+/**
+ * Checks a static target's template reference against the database; without
+ * an explicit status, the target takes the template's.
+ */
+function resolveTargetTemplate(db: Readonly<Database>, target: RouteTarget, raw: unknown): RouteTarget {
+  if (target.type !== 'static' || target.templateId === undefined) return target;
+  const templateId = requireTemplateRef(db, target.templateId, 'target.templateId');
+  if (templateId === null) {
+    const { templateId: _dropped, ...rest } = target;
+    return rest;
+  }
+  const explicitStatus = (raw as { status?: unknown }).status !== undefined;
+  const template = db.templates.find((t) => t.id === templateId);
+  return {
+    ...target,
+    templateId,
+    status: explicitStatus ? target.status : (template?.status ?? target.status),
   };
 }
 
@@ -471,7 +543,7 @@ export function requireTarget(value: unknown): RouteTarget {
       return { type: 'redirect', location, status };
     }
     case 'static': {
-      rejectTargetFields(input, ['type', 'status', 'contentType', 'body']);
+      rejectTargetFields(input, ['type', 'status', 'contentType', 'body', 'templateId']);
       const status =
         input.status === undefined ? 200 : requireInteger(input.status, 'target.status', 200, 599);
       const contentType = input.contentType === undefined ? 'text/plain; charset=utf-8' : input.contentType;
@@ -486,7 +558,12 @@ export function requireTarget(value: unknown): RouteTarget {
       if (typeof body !== 'string') throw invalid('target.body', 'must be a string');
       if (body.length > MAX_STATIC_BODY_CHARS)
         throw invalid('target.body', `must be at most ${MAX_STATIC_BODY_CHARS} characters`);
-      return { type: 'static', status, contentType: contentType.trim(), body };
+      const templateId = input.templateId;
+      if (templateId === undefined) return { type: 'static', status, contentType: contentType.trim(), body };
+      if (templateId !== null && typeof templateId !== 'string')
+        throw invalid('target.templateId', 'must be a template id or null');
+      // The reference is checked against the stored templates when the route is saved.
+      return { type: 'static', status, contentType: contentType.trim(), body, templateId };
     }
     default:
       throw invalid('target.type', 'must be upstream, redirect or static');

@@ -36,10 +36,13 @@ export function normalizeHttpError(err: unknown): AppError {
 
 /** Sends an AppError in the public shape. */
 export function sendError(reply: FastifyReply, error: AppError): FastifyReply {
-  const body: { error: { code: string; message: string; field?: unknown } } = {
+  const body: {
+    error: { code: string; message: string; field?: unknown; details?: Record<string, unknown> };
+  } = {
     error: { code: error.code, message: error.message },
   };
   if (error.details?.field !== undefined) body.error.field = error.details.field;
+  if (error.details !== undefined) body.error.details = error.details;
   return reply.code(error.status).type('application/json; charset=utf-8').send(body);
 }
 

@@ -99,7 +99,14 @@ export interface EnvironmentRecord {
 export type RouteTarget =
   | { type: 'upstream'; url: string; timeoutMs?: number }
   | { type: 'redirect'; location: string; status: number }
-  | { type: 'static'; status: number; contentType: string; body: string };
+  | {
+      type: 'static';
+      status: number;
+      contentType: string;
+      body: string;
+      /** When set, the body (and, unless given, the content type) come from this template. */
+      templateId?: string | null;
+    };
 
 export interface ListenerRecord {
   id: string;
@@ -107,6 +114,8 @@ export interface ListenerRecord {
   bindAddress: string;
   port: number;
   enabled: boolean;
+  /** Template for 502/503/504 answers of this listener's routes (a route's own wins); absent = null. */
+  errorTemplateId?: string | null;
   createdAt: string;
   updatedAt: string;
 }
@@ -118,6 +127,49 @@ export interface RouteRecord {
   pathPrefix: string;
   priority: number;
   target: RouteTarget;
+  /** Template for 502/503/504 answers of this route; absent = null (the listener's, if any). */
+  errorTemplateId?: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** What a response template is for (DESIGN.md §10). */
+export type TemplateKind = 'generic' | 'block' | 'rate_limit' | 'error' | 'challenge';
+
+export interface TemplateRecord {
+  id: string;
+  name: string;
+  kind: TemplateKind;
+  /** Status used when the referrer sets none (a static target without status, a preview). */
+  status: number;
+  contentType: string;
+  body: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** Cache settings (DESIGN.md §10). */
+export interface CacheSettingsRecord {
+  enabled: boolean;
+  memoryMiB: number;
+  diskMiB: number;
+  hotObjectKiB: number;
+  maxEntries: number;
+  cleanupSeconds: number;
+}
+
+export interface CacheRuleRecord {
+  id: string;
+  name: string;
+  priority: number;
+  /** CEL match expression; '' matches every request. */
+  expression: string;
+  ttl: { mode: 'origin' | 'fixed'; seconds: number };
+  queryMode: 'include' | 'ignore' | 'allowlist';
+  queryAllowlist: string[];
+  varyHeaders: string[];
+  maxObjectBytes: number;
+  enabled: boolean;
   createdAt: string;
   updatedAt: string;
 }
@@ -137,7 +189,19 @@ export interface Database {
   environments: EnvironmentRecord[];
   proxy: { listeners: ListenerRecord[]; routes: RouteRecord[] };
   traffic: TrafficSettingsRecord;
+  templates: TemplateRecord[];
+  cache: { settings: CacheSettingsRecord; rules: CacheRuleRecord[] };
 }
+
+/** Cache settings of a new instance: on (nothing is cached until a rule matches), 64 MiB memory, 1 GiB disk. */
+export const DEFAULT_CACHE_SETTINGS: Readonly<CacheSettingsRecord> = Object.freeze({
+  enabled: true,
+  memoryMiB: 64,
+  diskMiB: 1024,
+  hotObjectKiB: 256,
+  maxEntries: 100_000,
+  cleanupSeconds: 60,
+});
 
 /** A fresh database for a new instance. */
 export function emptyDatabase(instanceId: string, now = new Date()): Database {
@@ -151,6 +215,8 @@ export function emptyDatabase(instanceId: string, now = new Date()): Database {
     environments: [],
     proxy: { listeners: [], routes: [] },
     traffic: { enabled: true, level: 'basic' },
+    templates: [],
+    cache: { settings: { ...DEFAULT_CACHE_SETTINGS }, rules: [] },
   };
 }
 

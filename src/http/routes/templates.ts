@@ -1,0 +1,129 @@
+/**
+ * Response template routes (operational, DESIGN.md §10):
+ *
+ * - `GET/POST /api/v1/templates` → `{templates}` / 201 `{template, warnings}`;
+ * - `GET/PATCH/DELETE /api/v1/templates/:id` → `{template}` / `{template, warnings}` / 204;
+ * - `POST /api/v1/templates/:id/preview` `{values?}` → `{status, contentType, body, warnings}`;
+ * - `POST /api/v1/templates/preview` `{kind?, status?, contentType?, body, values?}` → the same
+ *   for an unsaved template (the console's live preview).
+ *
+ * `warnings` names unknown placeholders, kept literally. Errors come from
+ * TemplateService: VALIDATION_FAILED, CONFLICT (name taken; delete of a
+ * template in use, with `details.usedBy`), NOT_FOUND.
+ */
+import type { FastifyPluginAsync } from 'fastify';
+import { Type } from 'typebox';
+import { TEMPLATE_KINDS, TEMPLATE_PLACEHOLDERS } from '../../domain/template-render.js';
+import type { TemplateService } from '../../domain/template-service.js';
+
+const Kind = Type.Union(TEMPLATE_KINDS.map((k) => Type.Literal(k)));
+
+const Usage = Type.Object({ type: Type.String(), id: Type.String(), name: Type.String() });
+
+const TemplateSchema = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  kind: Kind,
+  status: Type.Integer(),
+  contentType: Type.String(),
+  body: Type.String(),
+  usedBy: Type.Array(Usage),
+  createdAt: Type.String(),
+  updatedAt: Type.String(),
+});
+
+const Warnings = Type.Array(Type.String(), { description: 'unknown placeholders, kept literally' });
+
+/** Fields a client sends; the service checks them in detail (fields it does not know are refused). */
+const TemplateInput = Type.Object({
+  name: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+  kind: Type.Optional(Kind),
+  status: Type.Optional(Type.Integer({ minimum: 200, maximum: 599 })),
+  contentType: Type.Optional(Type.String({ maxLength: 256 })),
+  body: Type.Optional(Type.String()),
+});
+
+const Values = Type.Object(
+  Object.fromEntries(
+    TEMPLATE_PLACEHOLDERS.map((p) => [p, Type.Optional(Type.Union([Type.String(), Type.Number()]))]),
+  ),
+);
+
+const Preview = Type.Object({
+  status: Type.Integer(),
+  contentType: Type.String(),
+  body: Type.String(),
+  warnings: Warnings,
+});
+
+const IdParams = Type.Object({ id: Type.String() });
+
+export function createTemplatesPlugin(deps: { templates: TemplateService }): FastifyPluginAsync {
+  const { templates } = deps;
+  return async (app) => {
+    app.get(
+      '/api/v1/templates',
+      { schema: { response: { 200: Type.Object({ templates: Type.Array(TemplateSchema) }) } } },
+      async () => ({ templates: templates.list() }),
+    );
+    app.post(
+      '/api/v1/templates',
+      {
+        schema: {
+          body: TemplateInput,
+          response: { 201: Type.Object({ template: TemplateSchema, warnings: Warnings }) },
+        },
+      },
+      async (request, reply) => reply.code(201).send(await templates.create(request.body)),
+    );
+    app.post(
+      '/api/v1/templates/preview',
+      {
+        schema: {
+          body: Type.Object({ ...TemplateInput.properties, values: Type.Optional(Values) }),
+          response: { 200: Preview },
+        },
+      },
+      async (request) => templates.previewDraft(request.body),
+    );
+    app.get<{ Params: { id: string } }>(
+      '/api/v1/templates/:id',
+      { schema: { params: IdParams, response: { 200: Type.Object({ template: TemplateSchema }) } } },
+      async (request) => ({ template: templates.get(request.params.id) }),
+    );
+    app.patch<{ Params: { id: string } }>(
+      '/api/v1/templates/:id',
+      {
+        schema: {
+          params: IdParams,
+          body: TemplateInput,
+          response: { 200: Type.Object({ template: TemplateSchema, warnings: Warnings }) },
+        },
+      },
+      async (request) => templates.update(request.params.id, request.body),
+    );
+    app.delete<{ Params: { id: string } }>(
+      '/api/v1/templates/:id',
+      { schema: { params: IdParams } },
+      async (request, reply) => {
+        await templates.remove(request.params.id);
+        return reply.code(204).send();
+      },
+    );
+    app.post<{ Params: { id: string } }>(
+      '/api/v1/templates/:id/preview',
+      {
+        // `{values?}` may be left out entirely: sample values only.
+        preValidation: async (request) => {
+          request.body ??= {};
+        },
+        schema: {
+          params: IdParams,
+          body: Type.Object({ values: Type.Optional(Values) }),
+          response: { 200: Preview },
+        },
+      },
+      async (request) => templates.preview(request.params.id, request.body),
+    );
+  };
+}
