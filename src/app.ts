@@ -14,6 +14,7 @@ import Fastify, {
   type FastifyPluginAsync,
   type FastifyRequest,
   LogController,
+  type RouteOptions,
 } from 'fastify';
 import { DEFAULT_BODY_LIMIT_BYTES } from './config.js';
 import type { AuthService } from './domain/auth-service.js';
@@ -22,10 +23,12 @@ import type { TokenService } from './domain/token-service.js';
 import { AppError } from './errors.js';
 import { requireAuth } from './http/auth.js';
 import { normalizeHttpError, registerErrorHandling, sendError } from './http/errors.js';
-import { registerAuthRoutes } from './http/routes/setup.js';
-import { registerSystemRoutes } from './http/routes/system.js';
-import { registerTokenRoutes } from './http/routes/tokens.js';
+import { createAuthPlugin } from './http/routes/setup.js';
+import { createSystemPlugin } from './http/routes/system.js';
+import { createTokensPlugin } from './http/routes/tokens.js';
+import { withEnvironmentSelector } from './http/schemas/common.js';
 import { slowClientServerOptions } from './http/slow-clients.js';
+import { createValidatorCompiler } from './http/validation.js';
 import type { Logger } from './logger.js';
 
 export const ENVIRONMENT_HEADER = 'x-p2pstream-environment';
@@ -59,6 +62,8 @@ export interface AppOptions {
   bodyLimitBytes?: number;
   /** TLS handshake, then request head, each within this or the connection is cut; default 10 s. */
   headersTimeoutMs?: number;
+  /** Sees every route as it is added (tests check that each has a schema). */
+  onRoute?: (route: RouteOptions) => void;
 }
 
 /** The environment a request selects: header first, then query; `local` when absent. */
@@ -87,6 +92,10 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
     return503OnClosing: true,
   }) as unknown as FastifyInstance;
 
+  const { onRoute } = options;
+  if (onRoute) app.addHook('onRoute', (route) => onRoute(route));
+  // Route schemas (src/http/schemas/) validate input here and serialize replies.
+  app.setValidatorCompiler(createValidatorCompiler());
   app.decorateRequest('principal', null);
   registerErrorHandling(app);
   app.addHook('onResponse', async (request, reply) => {
@@ -101,10 +110,14 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
     );
   });
 
-  registerAuthRoutes(app, deps);
+  await app.register(createAuthPlugin(deps));
   for (const plugin of deps.localPlugins ?? []) await app.register(plugin);
 
   await app.register(async (scope) => {
+    // Every operational route takes the environment selector; its schema says so.
+    scope.addHook('onRoute', (route) => {
+      route.schema = withEnvironmentSelector(route.schema);
+    });
     scope.addHook('onRequest', requireAuth(deps.auth, deps.tokens));
     scope.addHook('onRequest', async (request, reply) => {
       const environmentId = selectedEnvironment(request);
@@ -113,8 +126,8 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
       await deps.environmentRelay.relay(request, reply, environmentId);
       return reply;
     });
-    registerTokenRoutes(scope, deps);
-    registerSystemRoutes(scope, deps);
+    await scope.register(createTokensPlugin(deps));
+    await scope.register(createSystemPlugin(deps));
     for (const plugin of deps.operationalPlugins ?? []) await scope.register(plugin);
   });
 

@@ -6,7 +6,7 @@ import { randomBytes, X509Certificate } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
-import { buildApp } from './app.js';
+import { type AppOptions, buildApp } from './app.js';
 import type { ServerConfig } from './config.js';
 import { DataPlane } from './dataplane/data-plane.js';
 import { TraceRecorder } from './dataplane/trace-recorder.js';
@@ -50,8 +50,18 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** What a caller (a test) may add to the app beside the configuration. */
+export interface StartServerOptions {
+  /** Sees every route as it is added. */
+  onRoute?: AppOptions['onRoute'];
+}
+
 /** Starts the management listener; logs `management listening on https://HOST:PORT`. */
-export async function startServer(config: Readonly<ServerConfig>, logger: Logger): Promise<RunningServer> {
+export async function startServer(
+  config: Readonly<ServerConfig>,
+  logger: Logger,
+  options: StartServerOptions = {},
+): Promise<RunningServer> {
   await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   const store = await LowdbStore.open(config.dataDir);
   const secrets = await loadSecretsBox(config.dataDir);
@@ -122,6 +132,7 @@ export async function startServer(config: Readonly<ServerConfig>, logger: Logger
       https: { key: tls.key, cert: tls.cert },
       bodyLimitBytes: config.bodyLimitBytes,
       headersTimeoutMs: config.headersTimeoutMs,
+      ...(options.onRoute ? { onRoute: options.onRoute } : {}),
     },
   );
   await app.listen({ host: config.managementAddr, port: config.managementPort });

@@ -4,10 +4,13 @@
  */
 import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify';
 import { AppError, toAppError } from '../errors.js';
+import { validationFailure } from './validation.js';
 
 /** Maps fastify's own errors (body parsing, limits) onto the closed table. */
 export function normalizeHttpError(err: unknown): AppError {
   if (err instanceof AppError) return err;
+  const invalidInput = validationFailure(err);
+  if (invalidInput) return invalidInput;
   const fe = err as Partial<FastifyError> | null;
   switch (fe?.code) {
     case 'FST_ERR_MAX_PARAM_LENGTH':
@@ -34,7 +37,10 @@ export function normalizeHttpError(err: unknown): AppError {
   return toAppError(err);
 }
 
-/** Sends an AppError in the public shape. */
+/**
+ * Sends an AppError in the public shape `{error: {code, message, field?, details?}}`
+ * (`field` repeats `details.field`, which older clients read).
+ */
 export function sendError(reply: FastifyReply, error: AppError): FastifyReply {
   const body: {
     error: { code: string; message: string; field?: unknown; details?: Record<string, unknown> };

@@ -9,7 +9,7 @@ import { Writable } from 'node:stream';
 import { Agent, fetch } from 'undici';
 import { loadConfig, type ServerConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
-import { type RunningServer, startServer } from '../../src/server.js';
+import { type RunningServer, type StartServerOptions, startServer } from '../../src/server.js';
 
 export const TEST_SETUP_TOKEN = 'test-setup-code-123';
 export const TEST_USERNAME = 'admin';
@@ -22,6 +22,8 @@ export interface TestServerOptions {
   keepDataDir?: boolean;
   /** Settings that have no variable (e.g. a short `headersTimeoutMs`), over the loaded ones. */
   config?: Partial<ServerConfig>;
+  /** Sees every route as it is added. */
+  onRoute?: StartServerOptions['onRoute'];
 }
 
 export interface TestResponse {
@@ -73,7 +75,11 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
       cb();
     },
   });
-  const server = await startServer(config, createLogger(config.logLevel, sink));
+  const server = await startServer(
+    config,
+    createLogger(config.logLevel, sink),
+    options.onRoute ? { onRoute: options.onRoute } : {},
+  );
   const dispatcher = new Agent({ connect: { ca: server.certificate, servername: 'localhost' } });
 
   const request = async (

@@ -1,38 +1,51 @@
 /** First-admin setup and login/logout/me: local routes, never relayed. */
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { AuthService } from '../../domain/auth-service.js';
 import type { TokenService } from '../../domain/token-service.js';
 import { requireAuth } from '../auth.js';
 import { clearedSessionCookie, sessionCookie } from '../cookies.js';
+import { loginSchema, logoutSchema, meSchema, setupSchema, setupStatusSchema } from '../schemas/auth.js';
 
-export function registerAuthRoutes(
-  app: FastifyInstance,
-  deps: { auth: AuthService; tokens: TokenService },
-): void {
+/** The setup and auth routes as a plugin to register at the root. */
+export function createAuthPlugin(deps: {
+  auth: AuthService;
+  tokens: TokenService;
+}): FastifyPluginAsyncTypebox {
   const { auth, tokens } = deps;
+  return async (app) => {
+    app.get('/api/v1/setup', { schema: setupStatusSchema }, async () => ({
+      setupRequired: auth.setupRequired,
+    }));
 
-  app.get('/api/v1/setup', async () => ({ setupRequired: auth.setupRequired }));
+    app.post('/api/v1/setup', { schema: setupSchema }, async (request, reply) => {
+      const grant = await auth.setup(request.body);
+      reply.header('set-cookie', sessionCookie(grant.sessionToken, grant.expiresAt));
+      return reply.code(201).send({ user: grant.user });
+    });
 
-  app.post('/api/v1/setup', async (request, reply) => {
-    const grant = await auth.setup(request.body);
-    reply.header('set-cookie', sessionCookie(grant.sessionToken, grant.expiresAt));
-    return reply.code(201).send({ user: grant.user });
-  });
+    app.post('/api/v1/auth/login', { schema: loginSchema }, async (request, reply) => {
+      const grant = await auth.login(request.body, request.ip);
+      reply.header('set-cookie', sessionCookie(grant.sessionToken, grant.expiresAt));
+      return { user: grant.user };
+    });
 
-  app.post('/api/v1/auth/login', async (request, reply) => {
-    const grant = await auth.login(request.body, request.ip);
-    reply.header('set-cookie', sessionCookie(grant.sessionToken, grant.expiresAt));
-    return { user: grant.user };
-  });
+    app.post(
+      '/api/v1/auth/logout',
+      { schema: logoutSchema, onRequest: requireAuth(auth, tokens) },
+      async (request, reply) => {
+        if (request.principal?.sessionToken) await auth.logout(request.principal.sessionToken);
+        reply.header('set-cookie', clearedSessionCookie());
+        return reply.code(204).send(null);
+      },
+    );
 
-  app.post('/api/v1/auth/logout', { onRequest: requireAuth(auth, tokens) }, async (request, reply) => {
-    if (request.principal?.sessionToken) await auth.logout(request.principal.sessionToken);
-    reply.header('set-cookie', clearedSessionCookie());
-    return reply.code(204).send();
-  });
-
-  app.get('/api/v1/auth/me', { onRequest: requireAuth(auth, tokens) }, async (request) => ({
-    user: request.principal?.user ?? null,
-    authMethod: request.principal?.authMethod,
-  }));
+    app.get(
+      '/api/v1/auth/me',
+      { schema: meSchema, onRequest: requireAuth(auth, tokens) },
+      async (request) => ({
+        user: request.principal?.user ?? null,
+        authMethod: request.principal?.authMethod ?? 'session',
+      }),
+    );
+  };
 }
