@@ -15,6 +15,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import { Type } from 'typebox';
 import { TEMPLATE_KINDS, TEMPLATE_PLACEHOLDERS } from '../../domain/template-render.js';
 import type { TemplateService } from '../../domain/template-service.js';
+import { errorResponses, IdParams, NoContent } from '../schemas/common.js';
 
 const Kind = Type.Union(TEMPLATE_KINDS.map((k) => Type.Literal(k)));
 
@@ -56,14 +57,16 @@ const Preview = Type.Object({
   warnings: Warnings,
 });
 
-const IdParams = Type.Object({ id: Type.String() });
-
 export function createTemplatesPlugin(deps: { templates: TemplateService }): FastifyPluginAsync {
   const { templates } = deps;
   return async (app) => {
     app.get(
       '/api/v1/templates',
-      { schema: { response: { 200: Type.Object({ templates: Type.Array(TemplateSchema) }) } } },
+      {
+        schema: {
+          response: { 200: Type.Object({ templates: Type.Array(TemplateSchema) }), ...errorResponses },
+        },
+      },
       async () => ({ templates: templates.list() }),
     );
     app.post(
@@ -71,7 +74,7 @@ export function createTemplatesPlugin(deps: { templates: TemplateService }): Fas
       {
         schema: {
           body: TemplateInput,
-          response: { 201: Type.Object({ template: TemplateSchema, warnings: Warnings }) },
+          response: { 201: Type.Object({ template: TemplateSchema, warnings: Warnings }), ...errorResponses },
         },
       },
       async (request, reply) => reply.code(201).send(await templates.create(request.body)),
@@ -81,14 +84,19 @@ export function createTemplatesPlugin(deps: { templates: TemplateService }): Fas
       {
         schema: {
           body: Type.Object({ ...TemplateInput.properties, values: Type.Optional(Values) }),
-          response: { 200: Preview },
+          response: { 200: Preview, ...errorResponses },
         },
       },
       async (request) => templates.previewDraft(request.body),
     );
     app.get<{ Params: { id: string } }>(
       '/api/v1/templates/:id',
-      { schema: { params: IdParams, response: { 200: Type.Object({ template: TemplateSchema }) } } },
+      {
+        schema: {
+          params: IdParams,
+          response: { 200: Type.Object({ template: TemplateSchema }), ...errorResponses },
+        },
+      },
       async (request) => ({ template: templates.get(request.params.id) }),
     );
     app.patch<{ Params: { id: string } }>(
@@ -97,14 +105,14 @@ export function createTemplatesPlugin(deps: { templates: TemplateService }): Fas
         schema: {
           params: IdParams,
           body: TemplateInput,
-          response: { 200: Type.Object({ template: TemplateSchema, warnings: Warnings }) },
+          response: { 200: Type.Object({ template: TemplateSchema, warnings: Warnings }), ...errorResponses },
         },
       },
       async (request) => templates.update(request.params.id, request.body),
     );
     app.delete<{ Params: { id: string } }>(
       '/api/v1/templates/:id',
-      { schema: { params: IdParams } },
+      { schema: { params: IdParams, response: { 204: NoContent, ...errorResponses } } },
       async (request, reply) => {
         await templates.remove(request.params.id);
         return reply.code(204).send();
@@ -120,7 +128,7 @@ export function createTemplatesPlugin(deps: { templates: TemplateService }): Fas
         schema: {
           params: IdParams,
           body: Type.Object({ values: Type.Optional(Values) }),
-          response: { 200: Preview },
+          response: { 200: Preview, ...errorResponses },
         },
       },
       async (request) => templates.preview(request.params.id, request.body),
