@@ -1,5 +1,7 @@
 /**
- * The public proxy: one plain-HTTP server per enabled listener, the compiled
+ * The public proxy: one server per enabled listener (plain HTTP, or HTTPS
+ * with `h2` and `http/1.1` — see {@link HttpsListener}), the served
+ * certificates and pending ACME challenges, the compiled
  * route tables, and one shared undici Agent for upstreams (keep-alive pools
  * per origin). Implements the domain's ProxyRuntime, so configuration
  * changes apply live: a listener binds when created or enabled, closes its
@@ -12,8 +14,8 @@
  * VALIDATION_FAILED (field `port`).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { rootCertificates } from 'node:tls';
+import type { AddressInfo, Server as NetServer } from 'node:net';
+import { rootCertificates, type SecureContext } from 'node:tls';
 import { Agent } from 'undici';
 import {
   DEFAULT_UPSTREAM_TIMEOUT_MS,
@@ -22,10 +24,13 @@ import {
 } from '../domain/proxy-config-service.js';
 import { type CompiledTemplate, compileTemplates } from '../domain/template-render.js';
 import type { TemplateRuntime } from '../domain/template-service.js';
+import type { ServingCertificate, TlsRuntime } from '../domain/tls-types.js';
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { ListenerRecord, RouteRecord, TemplateRecord } from '../storage/schema.js';
-import { type ExchangeContext, handleExchange } from './proxy-exchange.js';
+import { SniIndex } from '../tls/sni-index.js';
+import { HttpsListener, type KeyPair, secureContextOf } from './https-listener.js';
+import { type ExchangeContext, type ExchangeOptions, handleExchange } from './proxy-exchange.js';
 import { RequestMetrics } from './request-metrics.js';
 import { compileRoutes, type ListenerRoutes, routesOf } from './route-table.js';
 import { TraceRecorder } from './trace-recorder.js';
@@ -51,10 +56,21 @@ export interface DataPlaneOptions {
 
 interface RunningListener {
   record: Readonly<ListenerRecord>;
-  server: Server;
+  /** The listening socket (the http server itself, or the https listener's TCP front). */
+  server: NetServer;
+  http: Server | null;
+  https: HttpsListener | null;
+  /** What the listener's answers need (hsts, redirect), recomputed when listeners change. */
+  options: ExchangeOptions;
 }
 
-export class DataPlane implements ProxyRuntime, TemplateRuntime {
+interface LoadedCertificate {
+  readonly serving: ServingCertificate;
+  readonly pair: KeyPair;
+  readonly context: SecureContext;
+}
+
+export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
   readonly recorder: TraceRecorder;
   readonly metrics: RequestMetrics;
   readonly #logger: Logger;
@@ -67,6 +83,10 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime {
   #tables = new Map<string, ListenerRoutes>();
   #templates: ReadonlyMap<string, CompiledTemplate> = new Map();
   #closed = false;
+  #certificates = new Map<string, LoadedCertificate>();
+  #sni = new SniIndex<LoadedCertificate>([]);
+  readonly #http01 = new Map<string, string>();
+  readonly #tlsAlpn01 = new Map<string, SecureContext>();
 
   constructor(options: DataPlaneOptions) {
     this.#logger = options.logger;
@@ -90,7 +110,69 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime {
       defaultTimeoutMs: options.upstreamTimeoutMs ?? DEFAULT_UPSTREAM_TIMEOUT_MS,
       templates: () => this.#templates,
       listenerErrorTemplate: (listenerId) => this.#running.get(listenerId)?.record.errorTemplateId ?? null,
+      acmeHttp01: (token) => (this.#http01.size === 0 ? null : (this.#http01.get(token) ?? null)),
     };
+  }
+
+  // --- TLS: served certificates and ACME challenges ---------------------------
+
+  /**
+   * Replaces the served certificates; the next handshake uses them, open
+   * connections keep theirs. A certificate whose chain or key does not load
+   * is left out (and logged) rather than failing the others.
+   */
+  setCertificates(certificates: readonly ServingCertificate[]): void {
+    const next = new Map<string, LoadedCertificate>();
+    const ordered: LoadedCertificate[] = [];
+    for (const serving of certificates) {
+      const previous = this.#certificates.get(serving.id);
+      let loaded: LoadedCertificate;
+      if (previous && previous.serving.fingerprintSha256 === serving.fingerprintSha256) {
+        loaded = { ...previous, serving };
+      } else {
+        const pair = { cert: serving.certificatePem, key: serving.privateKeyPem };
+        try {
+          loaded = { serving, pair, context: secureContextOf(pair) };
+        } catch (err) {
+          this.#logger.warn(
+            { certificateId: serving.id, err },
+            'certificate could not be loaded; not served',
+          );
+          continue;
+        }
+      }
+      next.set(serving.id, loaded);
+      ordered.push(loaded);
+    }
+    this.#certificates = next;
+    this.#sni = new SniIndex(ordered.map((value) => ({ hosts: value.serving.hosts, value })));
+    for (const running of this.#running.values()) this.#applyDefault(running);
+  }
+
+  setHttp01Challenge(token: string, keyAuthorization: string | null): void {
+    if (keyAuthorization === null) this.#http01.delete(token);
+    else this.#http01.set(token, keyAuthorization);
+  }
+
+  setTlsAlpn01Challenge(host: string, certificate: { cert: string; key: string } | null): void {
+    const name = host.toLowerCase();
+    if (certificate === null) this.#tlsAlpn01.delete(name);
+    else this.#tlsAlpn01.set(name, secureContextOf(certificate));
+  }
+
+  /** The id of the certificate an https handshake for `serverName` gets on listener `listenerId`, or null. */
+  certificateFor(listenerId: string, serverName: string | null): string | null {
+    const fromName = serverName === null ? undefined : this.#sni.lookup(serverName.toLowerCase());
+    if (fromName) return fromName.serving.id;
+    const running = this.#running.get(listenerId);
+    const id = running?.record.defaultCertificateId ?? null;
+    return id !== null && this.#certificates.has(id) ? id : null;
+  }
+
+  #applyDefault(running: RunningListener): void {
+    if (!running.https) return;
+    const id = running.record.defaultCertificateId ?? null;
+    running.https.setDefault(id === null ? null : (this.#certificates.get(id)?.pair ?? null));
   }
 
   /**
@@ -122,31 +204,58 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime {
 
   async startListener(listener: Readonly<ListenerRecord>): Promise<void> {
     if (this.#closed) throw new AppError('INTERNAL', 'the data plane is closed');
-    const existing = this.#running.get(listener.id);
-    if (
-      existing &&
+    let existing = this.#running.get(listener.id);
+    const protocol = listener.protocol ?? 'http';
+    const sameSocket =
+      existing !== undefined &&
       existing.record.bindAddress === listener.bindAddress &&
-      existing.record.port === listener.port
-    ) {
+      existing.record.port === listener.port;
+    if (existing && sameSocket && (existing.record.protocol ?? 'http') === protocol) {
       existing.record = listener;
+      this.#applyDefault(existing);
+      this.#refreshOptions();
       return;
     }
+    if (existing && sameSocket) {
+      // Same port, other protocol: the old socket must go before the new one can bind.
+      this.#running.delete(listener.id);
+      this.#closeRunning(existing);
+      existing = undefined;
+    }
     const id = listener.id;
-    const server = createServer(
-      { keepAliveTimeout: 5000, headersTimeout: 60_000, requestTimeout: 0 },
-      (req: IncomingMessage, res: ServerResponse) => {
-        handleExchange(this.#context, id, routesOf(this.#tables, id), req, res);
-      },
-    );
-    server.on('clientError', (_err, socket) => {
-      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
-      else socket.destroy();
-    });
+    let running: RunningListener;
+    if (protocol === 'https') {
+      const https = new HttpsListener({
+        certificates: {
+          forName: (name) => this.#sni.lookup(name)?.context,
+          challengeFor: (name) => (this.#tlsAlpn01.size === 0 ? undefined : this.#tlsAlpn01.get(name)),
+        },
+        onRequest: (req, res) => {
+          handleExchange(this.#context, id, routesOf(this.#tables, id), req, res, running.options);
+        },
+      });
+      running = { record: listener, server: https.server, http: null, https, options: {} };
+      this.#applyDefault(running);
+    } else {
+      const server = createServer(
+        { keepAliveTimeout: 5000, headersTimeout: 60_000, requestTimeout: 0 },
+        (req: IncomingMessage, res: ServerResponse) => {
+          handleExchange(this.#context, id, routesOf(this.#tables, id), req, res, running.options);
+        },
+      );
+      server.on('clientError', (_err, socket) => {
+        if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+        else socket.destroy();
+      });
+      running = { record: listener, server, http: server, https: null, options: {} };
+    }
+    const server = running.server;
     await listen(server, listener);
     // Bound: only now replace the previous socket, so a failed rebind keeps the old one serving.
-    this.#running.set(id, { record: listener, server });
+    this.#running.set(id, running);
+    this.#refreshOptions();
     this.#errors.delete(id);
-    if (existing) this.#closeServer(existing.server);
+    if (existing) this.#closeRunning(existing);
     this.#logger.info(
       { listenerId: id, bindAddress: listener.bindAddress, port: boundPort(server) },
       `proxy listener "${listener.name}" serving on ${listener.bindAddress}:${boundPort(server)}`,
@@ -158,7 +267,8 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime {
     const running = this.#running.get(id);
     if (!running) return;
     this.#running.delete(id);
-    this.#closeServer(running.server);
+    this.#refreshOptions();
+    this.#closeRunning(running);
     this.#logger.info({ listenerId: id }, `proxy listener "${running.record.name}" stopped`);
   }
 
@@ -190,10 +300,42 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    for (const running of this.#running.values()) this.#closeServer(running.server);
+    for (const running of this.#running.values()) this.#closeRunning(running);
     this.#running.clear();
     await Promise.all(this.#closing);
     await this.#agent.close();
+  }
+
+  /**
+   * Per-listener answer options: `hsts` on https listeners; on http ones with
+   * `redirectHttps`, the port of this instance's https listener (443 first,
+   * else the lowest), or the default port when none runs.
+   */
+  #refreshOptions(): void {
+    let httpsPort: number | null = null;
+    for (const other of this.#running.values()) {
+      if (!other.https) continue;
+      const port = boundPort(other.server);
+      if (httpsPort === null || port === 443 || (httpsPort !== 443 && port < httpsPort)) httpsPort = port;
+    }
+    for (const running of this.#running.values()) {
+      const record = running.record;
+      running.options = running.https
+        ? { hsts: record.hsts === true }
+        : record.redirectHttps === true
+          ? { redirectHttpsPort: httpsPort }
+          : {};
+    }
+  }
+
+  #closeRunning(running: RunningListener): void {
+    if (running.http) this.#closeServer(running.http);
+    else if (running.https) this.#track(running.https.close(this.#closeGraceMs));
+  }
+
+  #track(done: Promise<void>): void {
+    this.#closing.add(done);
+    void done.then(() => this.#closing.delete(done));
   }
 
   /** Closes the listening socket now; idle connections at once, busy ones after the grace period. */
@@ -207,12 +349,11 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime {
       });
       server.closeIdleConnections();
     });
-    this.#closing.add(done);
-    void done.then(() => this.#closing.delete(done));
+    this.#track(done);
   }
 }
 
-function listen(server: Server, listener: Readonly<ListenerRecord>): Promise<void> {
+function listen(server: NetServer, listener: Readonly<ListenerRecord>): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException) => {
       server.off('listening', onListening);
@@ -256,6 +397,6 @@ function bindError(err: NodeJS.ErrnoException, listener: Readonly<ListenerRecord
   }
 }
 
-function boundPort(server: Server): number {
+function boundPort(server: NetServer): number {
   return (server.address() as AddressInfo | null)?.port ?? 0;
 }

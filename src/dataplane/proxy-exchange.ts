@@ -11,8 +11,17 @@
  * names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`,
  * `Upgrade`) are dropped both ways; `Host` becomes the upstream's and the
  * original travels in `X-Forwarded-Host`; `X-Forwarded-For` gets the client
- * address appended; `X-Forwarded-Proto` is `http`. Paths with dot segments
- * are resolved before routing, so `/public/../admin` is routed as `/admin`.
+ * address appended; `X-Forwarded-Proto` is `http` or `https` (the
+ * listener's). Paths with dot segments are resolved before routing, so
+ * `/public/../admin` is routed as `/admin`.
+ *
+ * HTTP/1.1 and HTTP/2 (an https listener's `h2`, through node:http2's
+ * compatibility API) are handled the same: the h2 `:authority` stands for
+ * `Host`, pseudo-headers are never forwarded, and split `cookie` fields are
+ * joined into one. Before routing, a pending ACME HTTP-01 token under
+ * `/.well-known/acme-challenge/` is answered, then an http listener with
+ * `redirectHttps` answers 308 to the same URL on https; an https listener
+ * with `hsts` adds `Strict-Transport-Security` to every answer.
  *
  * Failures: no route → 404 (`no_route`); upstream refused/reset/DNS/TLS →
  * 502; upstream timeout → 504; a failure after the response started cuts
@@ -20,8 +29,10 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
 import type { Dispatcher } from 'undici';
 import {
   type CompiledTemplate,
@@ -29,7 +40,7 @@ import {
   renderTemplateResponse,
   type TemplateValues,
 } from '../domain/template-render.js';
-import type { TraceErrorKind } from '../domain/traffic-types.js';
+import type { TraceErrorKind, TraceTls } from '../domain/traffic-types.js';
 import type { RequestMetrics } from './request-metrics.js';
 import { type CompiledRoute, type ListenerRoutes, matchRoute, normalizeHost } from './route-table.js';
 import type { TraceInput, TraceRecorder } from './trace-recorder.js';
@@ -45,7 +56,28 @@ export interface ExchangeContext {
   templates(): ReadonlyMap<string, CompiledTemplate>;
   /** The error template of a listener, or null. */
   listenerErrorTemplate(listenerId: string): string | null;
+  /** The key authorization for a pending ACME HTTP-01 token, or null when none is pending. */
+  readonly acmeHttp01?: (token: string) => string | null;
 }
+
+/** What the listener a request arrived on asks of its answers. */
+export interface ExchangeOptions {
+  /** Add `Strict-Transport-Security` (https listeners). */
+  readonly hsts?: boolean;
+  /**
+   * Answer 308 to the same URL on https (http listeners with `redirectHttps`):
+   * to this port, or the default one (443) when null. Undefined: no redirect.
+   */
+  readonly redirectHttpsPort?: number | null;
+}
+
+/** A request of either protocol: HTTP/1.1 (node:http) or HTTP/2 (node:http2's compatibility API). */
+export type ExchangeRequest = IncomingMessage | Http2ServerRequest;
+export type ExchangeResponse = ServerResponse | Http2ServerResponse;
+
+export const ACME_CHALLENGE_PREFIX = '/.well-known/acme-challenge/';
+/** One year; sent when a listener has `hsts`. */
+export const HSTS_VALUE = 'max-age=31536000';
 
 /** Request headers never forwarded (lower case); the `X-Forwarded-*` ones are set afresh. */
 const REQUEST_HEADERS_DROPPED = new Set([
@@ -129,11 +161,14 @@ export function handleExchange(
   context: ExchangeContext,
   listenerId: string,
   routes: ListenerRoutes,
-  req: IncomingMessage,
-  res: ServerResponse,
+  req: ExchangeRequest,
+  res: ExchangeResponse,
+  options: ExchangeOptions = NO_OPTIONS,
 ): void {
-  new ProxyExchange(context, listenerId, req, res).run(routes);
+  new ProxyExchange(context, listenerId, req as IncomingMessage, res as ServerResponse, options).run(routes);
 }
+
+const NO_OPTIONS: ExchangeOptions = {};
 
 class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
   readonly startedAt = Date.now();
@@ -153,8 +188,11 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
   error: TraceErrorKind | null = null;
   upstreamMs: number | null = null;
   responseHeaders: (string | Buffer)[] | null = null;
+  readonly tls: TraceTls | null;
 
   readonly #context: ExchangeContext;
+  readonly #options: ExchangeOptions;
+  readonly #secure: boolean;
   readonly #req: IncomingMessage;
   readonly #res: ServerResponse;
   #controller: Dispatcher.DispatchController | null = null;
@@ -164,15 +202,28 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
   #id: string | null = null;
   #route: CompiledRoute | null = null;
 
-  constructor(context: ExchangeContext, listenerId: string, req: IncomingMessage, res: ServerResponse) {
+  // Both request kinds are driven through the HTTP/1 types: node:http2's compatibility objects
+  // offer the same members this class uses (headers, rawHeaders, url, socket, streaming, writeHead
+  // with a flat header list, write/drain, end, destroy, headersSent, writableFinished).
+  constructor(
+    context: ExchangeContext,
+    listenerId: string,
+    req: IncomingMessage,
+    res: ServerResponse,
+    options: ExchangeOptions,
+  ) {
     this.#context = context;
+    this.#options = options;
     this.listenerId = listenerId;
     this.#req = req;
     this.#res = res;
     this.method = req.method ?? 'GET';
-    this.host = normalizeHost(req.headers.host);
-    const address = req.socket.remoteAddress;
+    this.host = normalizeHost(req.headers.host ?? (req.headers[':authority'] as string | undefined));
+    const socket = req.socket as TLSSocket;
+    const address = socket.remoteAddress;
     this.clientIp = address?.startsWith('::ffff:') ? address.slice(7) : (address ?? null);
+    this.#secure = socket.encrypted === true;
+    this.tls = this.#secure && context.recorder.level !== 'basic' ? tlsOf(socket) : null;
     res.once('close', this.#onClose);
   }
 
@@ -197,6 +248,24 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
   run(tables: ListenerRoutes): void {
     if (!this.#parseTarget()) {
       this.#respond(400, 'bad request\n');
+      return;
+    }
+    if (this.#context.acmeHttp01 && this.path.startsWith(ACME_CHALLENGE_PREFIX)) {
+      const answer = this.#context.acmeHttp01(this.path.slice(ACME_CHALLENGE_PREFIX.length));
+      if (answer !== null) {
+        this.target = 'acme http-01';
+        this.#drainRequest();
+        this.#send(200, ['content-type', 'application/octet-stream'], Buffer.from(answer));
+        return;
+      }
+    }
+    const redirectPort = this.#options.redirectHttpsPort;
+    if (redirectPort !== undefined && !this.#secure && this.host !== null) {
+      const port = redirectPort === null || redirectPort === 443 ? '' : `:${redirectPort}`;
+      const location = `https://${this.host}${port}${this.path}${this.query === '' ? '' : `?${this.query}`}`;
+      this.target = `redirect 308 ${location}`;
+      this.#drainRequest();
+      this.#send(308, ['location', location], null);
       return;
     }
     const route = matchRoute(tables, this.host, this.path);
@@ -272,9 +341,13 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
     }
     const timeout = target.timeoutMs ?? this.#context.defaultTimeoutMs;
     const headers = this.#forwardedHeaders();
+    const length = this.#req.headers['content-length'];
     const hasBody =
       this.#req.headers['transfer-encoding'] !== undefined ||
-      (this.#req.headers['content-length'] !== undefined && this.#req.headers['content-length'] !== '0');
+      (length !== undefined && length !== '0') ||
+      // HTTP/2 has no framing headers: a body follows unless the headers ended the stream.
+      (length === undefined &&
+        (this.#req as unknown as Http2ServerRequest).stream?.endAfterHeaders === false);
     try {
       this.#context.dispatcher.dispatch(
         {
@@ -299,20 +372,29 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
     const named = connectionTokens(this.#req.headers);
     const out: string[] = [];
     let forwardedFor: string | null = null;
+    let cookie: string | null = null;
     for (let i = 0; i + 1 < raw.length; i += 2) {
       const name = raw[i]!;
+      // HTTP/2 pseudo-headers (`:path`, `:authority`…) stay on this hop.
+      if (name.charCodeAt(0) === 58) continue;
       const lower = name.toLowerCase();
       if (lower === 'x-forwarded-for') {
         forwardedFor = forwardedFor === null ? raw[i + 1]! : `${forwardedFor}, ${raw[i + 1]}`;
         continue;
       }
+      if (lower === 'cookie') {
+        // HTTP/2 clients may split cookies into several fields; HTTP/1.1 wants one.
+        cookie = cookie === null ? raw[i + 1]! : `${cookie}; ${raw[i + 1]}`;
+        continue;
+      }
       if (REQUEST_HEADERS_DROPPED.has(lower) || named?.has(lower)) continue;
       out.push(name, raw[i + 1]!);
     }
+    if (cookie !== null) out.push('cookie', cookie);
     const client = this.clientIp ?? 'unknown';
     out.push('x-forwarded-for', forwardedFor === null ? client : `${forwardedFor}, ${client}`);
-    out.push('x-forwarded-proto', 'http');
-    const host = this.#req.headers.host;
+    out.push('x-forwarded-proto', this.#secure ? 'https' : 'http');
+    const host = this.#req.headers.host ?? (this.#req.headers[':authority'] as string | undefined);
     if (host !== undefined) out.push('x-forwarded-host', host);
     return out;
   }
@@ -340,6 +422,8 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
       if (Array.isArray(value)) for (const v of value) list.push(name, v);
       else list.push(name, value);
     }
+    if (this.#options.hsts === true && headers['strict-transport-security'] === undefined)
+      list.push('strict-transport-security', HSTS_VALUE);
     try {
       this.#res.writeHead(statusCode, list);
       this.responseHeaders = list;
@@ -432,6 +516,7 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
     if (res.headersSent || this.#clientGone) return;
     const length = body === null ? 0 : body.length;
     headers.push('content-length', String(length));
+    if (this.#options.hsts === true) headers.push('strict-transport-security', HSTS_VALUE);
     this.responseHeaders = headers;
     res.writeHead(status, headers);
     if (body === null || length === 0 || this.method === 'HEAD') res.end();
@@ -469,6 +554,17 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
       status >= 500 || (this.error !== null && this.error !== 'client_aborted' && this.error !== 'no_route');
     this.#context.metrics.observe(this.durationMs, failed);
     this.#context.recorder.record(this);
+  };
+}
+
+/** The negotiated TLS parameters of a connection, as traced at level `detailed`. */
+function tlsOf(socket: TLSSocket): TraceTls {
+  const alpn = socket.alpnProtocol;
+  return {
+    version: socket.getProtocol?.() ?? null,
+    cipher: socket.getCipher?.()?.name ?? null,
+    sni: typeof socket.servername === 'string' && socket.servername !== '' ? socket.servername : null,
+    alpn: typeof alpn === 'string' ? alpn : null,
   };
 }
 

@@ -8,7 +8,13 @@
  * and reports them through {@link TraceRecorder.countDropped}.
  */
 import { randomUUID } from 'node:crypto';
-import type { TraceCounters, TraceErrorKind, TraceEvent, TraceLevel } from '../domain/traffic-types.js';
+import type {
+  TraceCounters,
+  TraceErrorKind,
+  TraceEvent,
+  TraceLevel,
+  TraceTls,
+} from '../domain/traffic-types.js';
 import { redactHeaderList, redactQuery } from './redact.js';
 
 /** Events kept for `GET /traffic/recent` and `?after=` replay. */
@@ -41,6 +47,8 @@ export interface TraceInput {
   requestHeaders: readonly string[];
   /** Response headers as sent (flat list), or null when none were. */
   responseHeaders: readonly (string | Buffer)[] | null;
+  /** TLS parameters on https listeners (filled when the level is above `basic`), else null. */
+  tls?: TraceTls | null;
 }
 
 /** A live subscriber: receives each event's sequence number and JSON. Must never block. */
@@ -176,6 +184,7 @@ function buildEvent(seq: number, input: TraceInput, level: TraceLevel): TraceEve
   event.httpVersion = input.httpVersion;
   event.userAgent = input.userAgent;
   event.upstreamMs = input.upstreamMs === null ? null : Math.round(input.upstreamMs * 1000) / 1000;
+  if (input.tls) event.tls = input.tls;
   if (level === 'headers') {
     event.requestHeaders = redactHeaderList(input.requestHeaders);
     event.responseHeaders = input.responseHeaders === null ? {} : redactHeaderList(input.responseHeaders);

@@ -5,8 +5,11 @@
  * is created, a disabled or deleted one stops accepting connections at once,
  * a changed route takes effect for the next request.
  *
- * Errors: VALIDATION_FAILED (bad field, unknown listener, address not
- * available), CONFLICT (name taken, port in use or configured twice, duplicate
+ * Listeners serve `protocol` `http` (default) or `https` (DESIGN.md §8:
+ * `defaultCertificateId` and `hsts` apply to https, `redirectHttps` to http).
+ *
+ * Errors: VALIDATION_FAILED (bad field, unknown listener or certificate,
+ * address not available), CONFLICT (name taken, port in use or configured twice, duplicate
  * route), NOT_FOUND.
  */
 import { isIP } from 'node:net';
@@ -66,6 +69,10 @@ export interface Listener extends ListenerStatus {
   enabled: boolean;
   /** Template of this listener's 502/503/504 answers (a route's own wins), or null. */
   errorTemplateId: string | null;
+  protocol: 'http' | 'https';
+  defaultCertificateId: string | null;
+  redirectHttps: boolean;
+  hsts: boolean;
   createdAt: string;
   updatedAt: string;
 }
@@ -93,7 +100,17 @@ export interface ProxyConfigServiceOptions {
   now?: () => number;
 }
 
-const LISTENER_FIELDS = ['name', 'bindAddress', 'port', 'enabled', 'errorTemplateId'] as const;
+const LISTENER_FIELDS = [
+  'name',
+  'bindAddress',
+  'port',
+  'enabled',
+  'errorTemplateId',
+  'protocol',
+  'defaultCertificateId',
+  'redirectHttps',
+  'hsts',
+] as const;
 const ROUTE_FIELDS = ['listenerId', 'host', 'pathPrefix', 'priority', 'target', 'errorTemplateId'] as const;
 /** Read-only fields a client may send back from a GET; ignored. */
 const READ_ONLY_FIELDS = ['id', 'running', 'error', 'createdAt', 'updatedAt'];
@@ -139,11 +156,17 @@ export class ProxyConfigService {
       port: requirePort(input.port),
       enabled: optionalBoolean(input.enabled, 'enabled', true),
       errorTemplateId: requireTemplateRef(this.#store.read(), input.errorTemplateId, 'errorTemplateId'),
+      protocol: input.protocol === undefined ? 'http' : requireProtocol(input.protocol),
+      defaultCertificateId:
+        input.defaultCertificateId === undefined ? null : requireCertificateRef(input.defaultCertificateId),
+      redirectHttps: optionalBoolean(input.redirectHttps, 'redirectHttps', false),
+      hsts: optionalBoolean(input.hsts, 'hsts', false),
       createdAt: at,
       updatedAt: at,
     };
     return this.#exclusive(async () => {
       assertListenerFree(this.#store.read().proxy.listeners, record);
+      assertTlsFields(this.#store.read(), record);
       if (record.enabled) await this.#runtime.startListener(record);
       try {
         await this.#store.update((db) => {
@@ -171,6 +194,14 @@ export class ProxyConfigService {
       input.errorTemplateId === undefined
         ? undefined
         : requireTemplateRef(this.#store.read(), input.errorTemplateId, 'errorTemplateId');
+    const protocol = input.protocol === undefined ? undefined : requireProtocol(input.protocol);
+    const defaultCertificateId =
+      input.defaultCertificateId === undefined
+        ? undefined
+        : requireCertificateRef(input.defaultCertificateId);
+    const redirectHttps =
+      input.redirectHttps === undefined ? undefined : requireBoolean(input.redirectHttps, 'redirectHttps');
+    const hsts = input.hsts === undefined ? undefined : requireBoolean(input.hsts, 'hsts');
     return this.#exclusive(async () => {
       const current = { ...this.#findListener(id) };
       const next: ListenerRecord = {
@@ -180,9 +211,15 @@ export class ProxyConfigService {
         port: port ?? current.port,
         enabled: enabled ?? current.enabled,
         errorTemplateId: errorTemplateId === undefined ? (current.errorTemplateId ?? null) : errorTemplateId,
+        protocol: protocol ?? current.protocol ?? 'http',
+        defaultCertificateId:
+          defaultCertificateId === undefined ? (current.defaultCertificateId ?? null) : defaultCertificateId,
+        redirectHttps: redirectHttps ?? current.redirectHttps ?? false,
+        hsts: hsts ?? current.hsts ?? false,
         updatedAt: new Date(this.#now()).toISOString(),
       };
       assertListenerFree(this.#store.read().proxy.listeners, next);
+      assertTlsFields(this.#store.read(), next);
       await this.#apply(next);
       try {
         await this.#store.update((db) => {
@@ -324,6 +361,10 @@ export class ProxyConfigService {
       port: record.port,
       enabled: record.enabled,
       errorTemplateId: record.errorTemplateId ?? null,
+      protocol: record.protocol ?? 'http',
+      defaultCertificateId: record.defaultCertificateId ?? null,
+      redirectHttps: record.redirectHttps ?? false,
+      hsts: record.hsts ?? false,
       running: status.running,
       error: status.error,
       createdAt: record.createdAt,
@@ -428,6 +469,34 @@ function assertListenerFree(listeners: readonly ListenerRecord[], next: Listener
       );
     }
   }
+}
+
+/**
+ * VALIDATION_FAILED when a TLS field does not fit the protocol (a default
+ * certificate or `hsts` on http, `redirectHttps` on https) or the default
+ * certificate does not exist.
+ */
+function assertTlsFields(db: Readonly<Database>, next: ListenerRecord): void {
+  const https = next.protocol === 'https';
+  if (!https && next.defaultCertificateId)
+    throw invalid('defaultCertificateId', 'applies to https listeners only');
+  if (!https && next.hsts) throw invalid('hsts', 'applies to https listeners only');
+  if (https && next.redirectHttps) throw invalid('redirectHttps', 'applies to http listeners only');
+  const certificateId = next.defaultCertificateId ?? null;
+  if (certificateId !== null && !(db.tls?.certificates ?? []).some((c) => c.id === certificateId))
+    throw invalid('defaultCertificateId', 'no such certificate');
+}
+
+function requireProtocol(value: unknown): 'http' | 'https' {
+  if (value !== 'http' && value !== 'https') throw invalid('protocol', 'must be http or https');
+  return value;
+}
+
+function requireCertificateRef(value: unknown): string | null {
+  if (value === null || value === '') return null;
+  if (typeof value !== 'string' || value.length > 128)
+    throw invalid('defaultCertificateId', 'no such certificate');
+  return value;
 }
 
 /** VALIDATION_FAILED for an unknown listener; CONFLICT for a duplicate route. */

@@ -30,6 +30,17 @@ export type TraceErrorKind =
   | 'upstream_aborted'
   | 'client_aborted';
 
+/** The TLS parameters of an https listener's connection, traced at `detailed` and `headers`. */
+export interface TraceTls {
+  /** `TLSv1.3`, `TLSv1.2`. */
+  version: string | null;
+  cipher: string | null;
+  /** The server name the client sent, or null. */
+  sni: string | null;
+  /** `h2`, `http/1.1`, or null when the client offered no ALPN. */
+  alpn: string | null;
+}
+
 /** Header values as traced at level `headers` (sensitive values already redacted). */
 export type TracedHeaders = Record<string, string | string[]>;
 
@@ -66,6 +77,8 @@ export interface TraceEvent {
   userAgent?: string | null;
   /** `detailed` and `headers`: time until the upstream's response head, in ms. */
   upstreamMs?: number | null;
+  /** `detailed` and `headers`, for requests on https listeners. */
+  tls?: TraceTls;
   /** `headers`: request headers as received, sensitive values redacted. */
   requestHeaders?: TracedHeaders;
   /** `headers`: response headers as sent, sensitive values redacted. */

@@ -116,6 +116,14 @@ export interface ListenerRecord {
   enabled: boolean;
   /** Template for 502/503/504 answers of this listener's routes (a route's own wins); absent = null. */
   errorTemplateId?: string | null;
+  /** Absent in records of older builds: `http`. */
+  protocol?: 'http' | 'https';
+  /** https: the certificate served when no certificate's hosts match the SNI name (or none sent). */
+  defaultCertificateId?: string | null;
+  /** http: answer every request (but ACME challenges) with a 308 to the same URL on https. */
+  redirectHttps?: boolean;
+  /** https: send `Strict-Transport-Security` on every answer. */
+  hsts?: boolean;
   createdAt: string;
   updatedAt: string;
 }
@@ -174,6 +182,70 @@ export interface CacheRuleRecord {
   updatedAt: string;
 }
 
+/** Where a stored certificate comes from (DESIGN.md §8). */
+export type CertificateSource = 'upload' | 'file' | 'self-signed' | 'acme';
+export type CertificateStatus = 'pending' | 'issuing' | 'ready' | 'renewing' | 'error';
+export type AcmeChallengeType = 'http-01' | 'tls-alpn-01' | 'dns-01';
+
+export interface CertificateRecord {
+  id: string;
+  name: string;
+  /** Lower-case DNS names or `*.suffix`, as the SNI index matches them. */
+  hosts: string[];
+  source: CertificateSource;
+  status: CertificateStatus;
+  /** The chain served (leaf first), PEM; null until there is one. */
+  certificatePem: string | null;
+  /** The private key (PEM) sealed by the secrets box (purpose `tls-key`, the certificate id). */
+  privateKeySealed: string | null;
+  certificateFile: string | null;
+  privateKeyFile: string | null;
+  validDays: number | null;
+  acmeAccountId: string | null;
+  challenge: AcmeChallengeType | null;
+  dnsProviderId: string | null;
+  fingerprintSha256: string | null;
+  subject: string | null;
+  issuer: string | null;
+  notBefore: string | null;
+  notAfter: string | null;
+  lastError: string | null;
+  nextRenewalAt: string | null;
+  /** Failed attempts since the last success (drives the retry backoff). */
+  failures: number;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface AcmeAccountRecord {
+  id: string;
+  name: string;
+  directoryUrl: string;
+  email: string | null;
+  /** PEM of a CA to trust for the directory's own TLS (a private or test CA), or null. */
+  directoryCaPem: string | null;
+  eabKid: string | null;
+  /** EAB HMAC key, sealed (purpose `acme-eab`). */
+  eabHmacKeySealed: string | null;
+  /** Account key (PEM), sealed (purpose `acme-account-key`). */
+  accountKeySealed: string;
+  /** The account URL once registered, else null. */
+  accountUrl: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface DnsProviderRecord {
+  id: string;
+  name: string;
+  type: 'cloudflare';
+  /** API token, sealed (purpose `dns-provider-token`). */
+  apiTokenSealed: string;
+  apiBaseUrl: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
 export interface TrafficSettingsRecord {
   enabled: boolean;
   level: 'basic' | 'detailed' | 'headers';
@@ -191,6 +263,11 @@ export interface Database {
   traffic: TrafficSettingsRecord;
   templates: TemplateRecord[];
   cache: { settings: CacheSettingsRecord; rules: CacheRuleRecord[] };
+  tls: {
+    certificates: CertificateRecord[];
+    acmeAccounts: AcmeAccountRecord[];
+    dnsProviders: DnsProviderRecord[];
+  };
 }
 
 /** Cache settings of a new instance: on (nothing is cached until a rule matches), 64 MiB memory, 1 GiB disk. */
@@ -217,6 +294,7 @@ export function emptyDatabase(instanceId: string, now = new Date()): Database {
     traffic: { enabled: true, level: 'basic' },
     templates: [],
     cache: { settings: { ...DEFAULT_CACHE_SETTINGS }, rules: [] },
+    tls: { certificates: [], acmeAccounts: [], dnsProviders: [] },
   };
 }
 

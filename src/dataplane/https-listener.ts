@@ -1,0 +1,215 @@
+/**
+ * The socket side of an https listener (DESIGN.md §8): a TCP server that
+ * reads each connection's ClientHello before TLS does, then
+ *
+ * - hands a TLS-ALPN-01 validation (ALPN `acme-tls/1` for a name with a
+ *   pending challenge) to a small TLS server that presents the challenge
+ *   certificate and closes;
+ * - refuses a name that neither a certificate nor the listener's default
+ *   covers with the fatal `unrecognized_name` alert — never another site's
+ *   certificate;
+ * - gives everything else to one node:http2 secure server with `allowHTTP1`
+ *   (ALPN `h2` and `http/1.1`), whose SNI callback picks the certificate at
+ *   handshake time. Certificates are looked up per handshake, so a swapped
+ *   certificate serves the next handshake while open connections keep the
+ *   one they negotiated.
+ *
+ * `close(graceMs)` stops accepting at once, lets HTTP/2 sessions finish
+ * their streams (GOAWAY) and HTTP/1 requests in flight complete, and cuts
+ * whatever remains after the grace period.
+ */
+import type { Http2SecureServer, Http2ServerRequest, Http2ServerResponse, Http2Session } from 'node:http2';
+import { createSecureServer } from 'node:http2';
+import { createServer as createNetServer, type Server, type Socket } from 'node:net';
+import {
+  createSecureContext,
+  createServer as createTlsServer,
+  type SecureContext,
+  type TLSSocket,
+} from 'node:tls';
+import { type ClientHelloResult, parseClientHello, UNRECOGNIZED_NAME_ALERT } from '../tls/client-hello.js';
+
+/** Time a client gets to send its ClientHello before the connection is cut. */
+export const DEFAULT_HELLO_TIMEOUT_MS = 10_000;
+/** Idle time after which an HTTP/1.1 keep-alive connection is closed. */
+export const HTTPS_KEEP_ALIVE_TIMEOUT_MS = 5000;
+export const ACME_TLS_ALPN_PROTOCOL = 'acme-tls/1';
+
+/** The certificate chain and key (PEM) a listener serves. */
+export interface KeyPair {
+  readonly cert: string;
+  readonly key: string;
+}
+
+/** Where an https listener finds its certificates (read at every handshake). */
+export interface HttpsCertificates {
+  /** The context of the certificate whose hosts cover `serverName`, else undefined. */
+  forName(serverName: string): SecureContext | undefined;
+  /** The TLS-ALPN-01 challenge context for `serverName`, when a challenge is pending. */
+  challengeFor(serverName: string): SecureContext | undefined;
+}
+
+export interface HttpsListenerOptions {
+  certificates: HttpsCertificates;
+  onRequest(req: Http2ServerRequest, res: Http2ServerResponse): void;
+  helloTimeoutMs?: number;
+}
+
+export class HttpsListener {
+  /** The listening TCP server (listen on it; its address is the listener's). */
+  readonly server: Server;
+  readonly #h2: Http2SecureServer;
+  readonly #options: HttpsListenerOptions;
+  readonly #sockets = new Set<Socket>();
+  readonly #sessions = new Set<Http2Session>();
+  /** HTTP/1 connections and their requests in flight. */
+  readonly #http1 = new Map<TLSSocket, number>();
+  #challenge: ReturnType<typeof createTlsServer> | null = null;
+  #default: KeyPair | null = null;
+  #closing = false;
+
+  constructor(options: HttpsListenerOptions) {
+    this.#options = options;
+    this.#h2 = createSecureServer(
+      {
+        allowHTTP1: true,
+        SNICallback: (name, callback) => callback(null, options.certificates.forName(name.toLowerCase())),
+      },
+      (req, res) => this.#onRequest(req, res),
+    );
+    // Read by node:http's connection handling for HTTP/1.1 on this server.
+    (this.#h2 as unknown as { keepAliveTimeout: number }).keepAliveTimeout = HTTPS_KEEP_ALIVE_TIMEOUT_MS;
+    this.#h2.on('tlsClientError', () => {});
+    this.#h2.on('sessionError', () => {});
+    this.#h2.on('session', (session: Http2Session) => {
+      this.#sessions.add(session);
+      session.once('close', () => this.#sessions.delete(session));
+      if (this.#closing) session.close();
+    });
+    this.#h2.on('secureConnection', (socket: TLSSocket) => {
+      if (socket.alpnProtocol === 'h2') return;
+      this.#http1.set(socket, 0);
+      socket.once('close', () => this.#http1.delete(socket));
+    });
+    this.server = createNetServer((socket) => this.#onConnection(socket));
+  }
+
+  /** The certificate served when the name matches none (or no name was sent); null for none. */
+  setDefault(pair: KeyPair | null): void {
+    if (pair === this.#default || (pair && this.#default && pair.cert === this.#default.cert)) {
+      this.#default = pair;
+      return;
+    }
+    this.#default = pair;
+    this.#h2.setSecureContext(pair === null ? {} : { cert: pair.cert, key: pair.key });
+  }
+
+  /**
+   * Stops accepting now; HTTP/2 sessions get GOAWAY and finish their streams,
+   * idle HTTP/1 connections close, busy ones when their request ends; after
+   * `graceMs` every connection left is cut. Resolves once all are closed.
+   */
+  close(graceMs: number): Promise<void> {
+    this.#closing = true;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const session of this.#sessions) session.close();
+    for (const [socket, active] of this.#http1) if (active === 0) socket.destroy();
+    const timer = setTimeout(() => {
+      for (const socket of this.#sockets) socket.destroy();
+    }, graceMs);
+    timer.unref();
+    return closed.then(() => {
+      clearTimeout(timer);
+      this.#challenge?.close();
+    });
+  }
+
+  #onRequest(req: Http2ServerRequest, res: Http2ServerResponse): void {
+    const socket = req.socket as unknown as TLSSocket;
+    const active = this.#http1.get(socket);
+    if (active !== undefined) {
+      this.#http1.set(socket, active + 1);
+      res.once('close', () => {
+        const left = (this.#http1.get(socket) ?? 1) - 1;
+        this.#http1.set(socket, left);
+        if (left === 0 && this.#closing) socket.destroy();
+      });
+    }
+    this.#options.onRequest(req, res);
+  }
+
+  #onConnection(socket: Socket): void {
+    if (this.#closing) {
+      socket.destroy();
+      return;
+    }
+    this.#sockets.add(socket);
+    socket.once('close', () => this.#sockets.delete(socket));
+    let buffered: Buffer | null = null;
+    const timer = setTimeout(
+      () => socket.destroy(),
+      this.#options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS,
+    );
+    timer.unref();
+    const onError = () => {
+      clearTimeout(timer);
+      socket.destroy();
+    };
+    const onData = (chunk: Buffer) => {
+      buffered = buffered === null ? chunk : Buffer.concat([buffered, chunk]);
+      const result = parseClientHello(buffered);
+      if (result.kind === 'incomplete') return;
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('error', onError);
+      socket.pause();
+      this.#dispatch(socket, buffered, result);
+    };
+    socket.on('data', onData);
+    socket.on('error', onError);
+  }
+
+  #dispatch(socket: Socket, hello: Buffer, result: ClientHelloResult): void {
+    if (result.kind === 'hello') {
+      const name = result.hello.serverName;
+      if (name !== null && result.hello.alpn.includes(ACME_TLS_ALPN_PROTOCOL)) {
+        if (this.#options.certificates.challengeFor(name) !== undefined) {
+          socket.unshift(hello);
+          this.#challengeServer().emit('connection', socket);
+          return;
+        }
+      }
+      const covered = name !== null && this.#options.certificates.forName(name) !== undefined;
+      if (!covered && this.#default === null) {
+        socket.on('error', () => {});
+        socket.end(UNRECOGNIZED_NAME_ALERT);
+        setTimeout(() => socket.destroy(), 1000).unref();
+        return;
+      }
+    }
+    socket.unshift(hello);
+    this.#h2.emit('connection', socket);
+  }
+
+  /** The TLS server answering TLS-ALPN-01 validations: the challenge certificate, then close. */
+  #challengeServer(): ReturnType<typeof createTlsServer> {
+    if (this.#challenge === null) {
+      const certificates = this.#options.certificates;
+      this.#challenge = createTlsServer({
+        ALPNProtocols: [ACME_TLS_ALPN_PROTOCOL],
+        SNICallback: (name, callback) => callback(null, certificates.challengeFor(name.toLowerCase())),
+      });
+      this.#challenge.on('tlsClientError', () => {});
+      this.#challenge.on('secureConnection', (socket: TLSSocket) => {
+        socket.on('error', () => {});
+        socket.end();
+      });
+    }
+    return this.#challenge;
+  }
+}
+
+/** A secure context for a certificate chain and key (PEM); throws when they do not load. */
+export function secureContextOf(pair: KeyPair): SecureContext {
+  return createSecureContext({ cert: pair.cert, key: pair.key });
+}
