@@ -110,11 +110,14 @@ export interface ForkedEntry<Ready> {
 
 /**
  * Forks `dist/bench/<name>.js` (always the built file, also when this module
- * runs from source) with no inherited node flags, and waits for its first IPC
- * message; rejects if it exits before sending one.
+ * runs from source) with `args` and no inherited node flags, and waits for its
+ * first IPC message; rejects if it exits before sending one.
  */
-export async function forkEntry<Ready>(name: string): Promise<ForkedEntry<Ready>> {
-  const child = fork(path.join(DIST, 'bench', `${name}.js`), [], {
+export async function forkEntry<Ready>(
+  name: string,
+  args: readonly string[] = [],
+): Promise<ForkedEntry<Ready>> {
+  const child = fork(path.join(DIST, 'bench', `${name}.js`), [...args], {
     execArgv: [],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });

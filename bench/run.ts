@@ -7,8 +7,11 @@
  *   npm run bench                         everything (about 10 minutes on 2 cores)
  *   npm run bench -- --quick              small counts, one repetition (a smoke run)
  *   npm run bench -- --only=latency,codec  chosen groups
+ *   npm run bench -- --only=peers-rss --rss-minutes=10   a longer RSS run
  *
- * Groups: latency, throughput, streaming, trace-delivery, hub-scale, codec, tracing.
+ * Groups: latency, throughput, streaming, trace-delivery, hub-scale, codec,
+ * tracing, peers, peers-rss (5 minutes at full load: left out of a quick run
+ * unless named with --only).
  */
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -16,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { benchCodec } from './codec.js';
 import { type BenchRow, machineInfo, renderTable } from './harness.js';
 import { benchHubScale } from './hub-scale.js';
+import { benchPeers, benchPeersRss } from './peers.js';
 import { benchRelay } from './relay.js';
 import { benchTracing, tracingRows } from './tracing.js';
 
@@ -27,17 +31,24 @@ export const GROUPS = [
   'hub-scale',
   'codec',
   'tracing',
+  'peers',
+  'peers-rss',
 ] as const;
 const RELAY_GROUPS = ['latency', 'throughput', 'streaming', 'trace-delivery'];
 
 export interface RunOptions {
   quick?: boolean;
   only?: readonly string[];
+  /** Minutes of the peers-rss run (default 5; a quarter minute in a quick run). */
+  rssMinutes?: number;
+  /** Progress lines (default none). */
+  log?: (line: string) => void;
 }
 
 /** Runs the selected groups in order; returns every row. */
 export async function runBenchmarks(options: RunOptions = {}): Promise<BenchRow[]> {
-  const only = options.only ?? GROUPS;
+  const quickDefault = GROUPS.filter((g) => g !== 'peers-rss');
+  const only = options.only ?? (options.quick ? quickDefault : GROUPS);
   const unknown = only.filter((g) => !(GROUPS as readonly string[]).includes(g));
   if (unknown.length > 0)
     throw new Error(`unknown group ${unknown.join(', ')}; groups: ${GROUPS.join(', ')}`);
@@ -68,6 +79,15 @@ export async function runBenchmarks(options: RunOptions = {}): Promise<BenchRow[
   if (only.includes('tracing')) {
     rows.push(...tracingRows(await benchTracing(quick ? { requests: 300, rounds: 1 } : {})));
   }
+  const log = options.log ?? (() => {});
+  if (only.includes('peers')) {
+    rows.push(
+      ...(await benchPeers({ log, ...(quick ? { seconds: 1, rounds: 1, downloadMegabytes: 10 } : {}) })),
+    );
+  }
+  if (only.includes('peers-rss')) {
+    rows.push(...(await benchPeersRss({ log, minutes: options.rssMinutes ?? (quick ? 0.25 : 5) })));
+  }
   return rows;
 }
 
@@ -76,12 +96,20 @@ async function main(): Promise<void> {
   const quick = args.includes('--quick');
   const onlyArg = args.find((a) => a.startsWith('--only='));
   const only = onlyArg ? onlyArg.slice('--only='.length).split(',').filter(Boolean) : undefined;
+  const rssArg = args.find((a) => a.startsWith('--rss-minutes='));
+  const rssMinutes = rssArg ? Number(rssArg.slice('--rss-minutes='.length)) : undefined;
+  if (rssMinutes !== undefined && !(rssMinutes > 0)) throw new Error('--rss-minutes takes a positive number');
   const machine = machineInfo();
   const startedAt = new Date().toISOString();
   process.stdout.write(
     `p2pstream bench${quick ? ' (quick)' : ''}: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Node ${machine.node}, ${machine.platform}\n`,
   );
-  const rows = await runBenchmarks({ quick, ...(only ? { only } : {}) });
+  const rows = await runBenchmarks({
+    quick,
+    ...(only ? { only } : {}),
+    ...(rssMinutes ? { rssMinutes } : {}),
+    log: (line) => process.stdout.write(`${line}\n`),
+  });
   process.stdout.write(`\n${renderTable(rows)}\n`);
   const notes = rows.filter((r) => r.note);
   if (notes.length > 0) {

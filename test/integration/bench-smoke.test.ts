@@ -28,4 +28,29 @@ describe('npm run bench -- --quick', () => {
     expect(rows.find((r) => r.metric.startsWith('events lost'))?.value.max).toBe(0);
     await expect(runBenchmarks({ only: ['nonsense'] })).rejects.toThrow(/unknown group nonsense/);
   }, 120_000);
+
+  it('runs p2pstream next to Caddy, nginx and a minimal Node proxy under wrk and reports ratios, and its RSS over a run', async () => {
+    const rows = await runBenchmarks({ quick: true, only: ['peers', 'peers-rss'], rssMinutes: 0.1 });
+    expect(new Set(rows.map((r) => r.group))).toEqual(new Set(['peers', 'peers rss']));
+    for (const row of rows) {
+      for (const v of [row.value.min, row.value.median, row.value.max]) {
+        expect(Number.isFinite(v)).toBe(true);
+        expect(v).toBeGreaterThan(0);
+      }
+      if (row.goal !== undefined) expect(typeof row.met).toBe('boolean');
+    }
+    const metrics = rows.map((r) => r.metric);
+    for (const expected of [
+      'proxied req/s p2pstream ÷ Caddy reverse_proxy (32 conns)',
+      'proxied p99 p2pstream ÷ Caddy (256 conns)',
+      'proxied req/s p2pstream ÷ nginx proxy_pass (32 conns)',
+      'proxied req/s minimal Node proxy ÷ Caddy (32 conns)',
+      'proxied req/s traced (basic) ÷ untraced (32 conns)',
+      'static req/s p2pstream ÷ Caddy respond (32 conns)',
+      '10 MB download MB/s p2pstream ÷ Caddy',
+    ]) {
+      expect(metrics).toContain(expected);
+    }
+    expect(rows[0]!.note).toMatch(/nginx \S+, caddy \S+, wrk \S+/);
+  }, 240_000);
 });

@@ -1,0 +1,436 @@
+/**
+ * The public proxy against the proxies people pick instead, on one upstream
+ * (nginx, one worker, answering `ok`): p2pstream (`p2pstream server` from the
+ * built bin, tracing at its default level, set up through the API) next to
+ * Debian's nginx (`proxy_pass`), Caddy (`reverse_proxy`, `respond`) and a
+ * minimal Node proxy (bench/minimal-proxy.ts, the runtime's own limit), each
+ * in its own process; wrk and curl generate the load from their own processes.
+ *
+ * - proxied: req/s, p50 and p99 at 32 and 256 keep-alive connections (wrk,
+ *   1 thread); p2pstream with tracing off too (what tracing costs);
+ * - static: p2pstream's static route against Caddy's `respond`;
+ * - download: a 100 MB file from the upstream through each proxy (curl), and
+ *   p2pstream's peak RSS meanwhile;
+ * - rss (its own group, minutes long): p2pstream's RSS over a run at full load.
+ *
+ * Every run of a round is interleaved with the others in a rotating order, so
+ * drift on this shared machine hits them alike; each figure is a ratio within
+ * one round. Absolute figures, the tools' versions, the CPU each process used
+ * and the load average go into the rows' notes.
+ */
+import os from 'node:os';
+import { type BenchRow, type Spread, spread } from './harness.js';
+import { forkEntry, type Instance, sampleProcess, startInstance, watchPeakRss } from './instances.js';
+import type { MinimalProxyReady } from './minimal-proxy.js';
+import {
+  type CaddyPeer,
+  curlDownload,
+  ensurePeerTools,
+  freePort,
+  type PeerServer,
+  type PeerTools,
+  peersDir,
+  runWrk,
+  startCaddy,
+  startNginxProxy,
+  startUpstream,
+  type Upstream,
+  type WrkResult,
+} from './peer-servers.js';
+
+export interface PeersBenchOptions {
+  /** Seconds per wrk run (default 8). */
+  seconds?: number;
+  /** Measured rounds (default 3), after a warm-up run of each target. */
+  rounds?: number;
+  /** Connection counts for the proxied runs (default 32 and 256); static runs use the first. */
+  connections?: readonly number[];
+  /** Size of the download in MB (default 100). */
+  downloadMegabytes?: number;
+  /** Progress lines (installing tools, versions). */
+  log?: (line: string) => void;
+}
+
+export interface PeersRssOptions {
+  /** Minutes at full load (default 5). */
+  minutes?: number;
+  /** wrk connections (default 256). */
+  connections?: number;
+  log?: (line: string) => void;
+}
+
+/** A running p2pstream with a proxy listener (upstream route) and a static listener. */
+interface P2pstream {
+  instance: Instance;
+  proxyUrl: string;
+  staticUrl: string;
+  setTracing(enabled: boolean): Promise<void>;
+}
+
+async function startP2pstream(origin: string): Promise<P2pstream> {
+  const instance = await startInstance('peers');
+  try {
+    const listener = async (name: string) => {
+      const port = await freePort();
+      const created = await instance.api('POST', '/api/v1/proxy/listeners', {
+        name,
+        bindAddress: '127.0.0.1',
+        port,
+        enabled: true,
+      });
+      return { id: created.json.listener.id as string, url: `http://127.0.0.1:${port}` };
+    };
+    const proxy = await listener('bench-proxy');
+    const answer = await listener('bench-static');
+    await instance.api('POST', '/api/v1/proxy/routes', {
+      listenerId: proxy.id,
+      pathPrefix: '/',
+      target: { type: 'upstream', url: origin },
+    });
+    await instance.api('POST', '/api/v1/proxy/routes', {
+      listenerId: answer.id,
+      pathPrefix: '/',
+      target: { type: 'static', status: 200, contentType: 'text/plain; charset=utf-8', body: 'ok' },
+    });
+    return {
+      instance,
+      proxyUrl: proxy.url,
+      staticUrl: answer.url,
+      async setTracing(enabled) {
+        await instance.api('PUT', '/api/v1/traffic/settings', { enabled, level: 'basic' });
+      },
+    };
+  } catch (err) {
+    await instance.stop();
+    throw err;
+  }
+}
+
+/** One wrk target: where to send load, whose CPU to count, what to set first. */
+interface Target {
+  key: string;
+  url: string;
+  pid: number | null;
+  before?: () => Promise<void>;
+}
+
+interface Measured extends WrkResult {
+  /** Cores the target process used during the run (null: not sampled). */
+  cores: number | null;
+}
+
+async function measure(tools: PeerTools, target: Target, connections: number, seconds: number) {
+  await target.before?.();
+  const cpuBefore = target.pid === null ? null : await sampleProcess(target.pid);
+  const started = performance.now();
+  const result = await runWrk(tools, target.url, connections, seconds);
+  const elapsed = performance.now() - started;
+  const cpuAfter = target.pid === null ? null : await sampleProcess(target.pid);
+  if (result.errors > 0) throw new Error(`${target.key}: ${result.errors} failed requests under wrk`);
+  const cores = cpuBefore && cpuAfter ? (cpuAfter.cpuMs - cpuBefore.cpuMs) / elapsed : null;
+  return { ...result, cores } satisfies Measured;
+}
+
+function loadAverage(): string {
+  return os
+    .loadavg()
+    .map((n) => n.toFixed(2))
+    .join(' ');
+}
+
+/** Runs the peers group; see the module comment. */
+export async function benchPeers(options: PeersBenchOptions = {}): Promise<BenchRow[]> {
+  const seconds = options.seconds ?? 8;
+  const rounds = options.rounds ?? 3;
+  const connections = options.connections ?? [32, 256];
+  const downloadBytes = Math.round((options.downloadMegabytes ?? 100) * 1e6);
+  const log = options.log ?? (() => {});
+  const tools = await ensurePeerTools(log);
+  log(`peers: ${tools.versions}, load ${loadAverage()}`);
+  const loadBefore = loadAverage();
+  const temp = await peersDir();
+  const stops: (() => Promise<void>)[] = [];
+  try {
+    const upstream: Upstream = await startUpstream(tools, temp.dir, downloadBytes);
+    stops.push(upstream.stop);
+    const nginx: PeerServer & { url: string } = await startNginxProxy(tools, temp.dir, upstream.origin);
+    stops.push(nginx.stop);
+    const caddy: CaddyPeer = await startCaddy(tools, temp.dir, upstream.origin);
+    stops.push(caddy.stop);
+    const minimal = await forkEntry<MinimalProxyReady>('minimal-proxy', [upstream.origin]);
+    stops.push(minimal.stop);
+    const p2p = await startP2pstream(upstream.origin);
+    stops.push(() => p2p.instance.stop());
+
+    const traced = () => p2p.setTracing(true);
+    const proxied: Target[] = [
+      { key: 'nginx', url: nginx.url, pid: null },
+      { key: 'caddy', url: caddy.proxyUrl, pid: caddy.pid },
+      { key: 'p2pstream', url: p2p.proxyUrl, pid: p2p.instance.pid, before: traced },
+      {
+        key: 'p2pstream-untraced',
+        url: p2p.proxyUrl,
+        pid: p2p.instance.pid,
+        before: () => p2p.setTracing(false),
+      },
+      { key: 'node', url: minimal.ready.proxyUrl, pid: minimal.pid },
+    ];
+    const answering: Target[] = [
+      { key: 'caddy-static', url: caddy.staticUrl, pid: caddy.pid },
+      { key: 'p2pstream-static', url: p2p.staticUrl, pid: p2p.instance.pid, before: traced },
+      { key: 'node-static', url: minimal.ready.staticUrl, pid: minimal.pid },
+    ];
+    const runs: { id: string; target: Target; connections: number }[] = [
+      ...connections.flatMap((c) =>
+        proxied.map((target) => ({ id: `${target.key}@${c}`, target, connections: c })),
+      ),
+      ...answering.map((target) => ({
+        id: `${target.key}@${connections[0]!}`,
+        target,
+        connections: connections[0]!,
+      })),
+    ];
+
+    for (const run of runs) {
+      if (run.connections === connections[0]) await measure(tools, run.target, run.connections, 1);
+    }
+    const results = new Map<string, Measured[]>(runs.map((r) => [r.id, []]));
+    for (let round = 0; round < rounds; round++) {
+      for (let i = 0; i < runs.length; i++) {
+        const run = runs[(i + round) % runs.length]!;
+        results.get(run.id)!.push(await measure(tools, run.target, run.connections, seconds));
+      }
+    }
+    await traced();
+
+    // The download: curl through each proxy, in rotating order; p2pstream's peak RSS meanwhile.
+    const downloads: { key: string; url: string }[] = [
+      { key: 'nginx', url: nginx.url },
+      { key: 'caddy', url: caddy.proxyUrl },
+      { key: 'p2pstream', url: p2p.proxyUrl },
+      { key: 'node', url: minimal.ready.proxyUrl },
+    ];
+    const mbps = new Map<string, number[]>(downloads.map((d) => [d.key, []]));
+    const p2pPeaks: number[] = [];
+    for (let round = 0; round < rounds; round++) {
+      for (let i = 0; i < downloads.length; i++) {
+        const download = downloads[(i + round) % downloads.length]!;
+        const watch = download.key === 'p2pstream' ? watchPeakRss([p2p.instance.pid]) : null;
+        const result = await curlDownload(tools, `${download.url}${upstream.downloadPath}`, downloadBytes);
+        if (watch) p2pPeaks.push((await watch.stop())[0]! / 1e6);
+        mbps.get(download.key)!.push(result.megabytesPerSecond);
+      }
+    }
+
+    const load = `load average ${loadBefore} at the start, ${loadAverage()} at the end; ${tools.versions}`;
+    return peerRows({ results, connections, mbps, p2pPeaks, downloadBytes, load, seconds, rounds });
+  } finally {
+    for (const stop of stops.reverse()) await stop().catch(() => {});
+    await temp.remove();
+  }
+}
+
+interface RowInput {
+  results: Map<string, Measured[]>;
+  connections: readonly number[];
+  mbps: Map<string, number[]>;
+  p2pPeaks: number[];
+  downloadBytes: number;
+  load: string;
+  seconds: number;
+  rounds: number;
+}
+
+const NAMES: Record<string, string> = {
+  nginx: 'nginx proxy_pass',
+  caddy: 'Caddy reverse_proxy',
+  p2pstream: 'p2pstream',
+  'p2pstream-untraced': 'p2pstream untraced',
+  node: 'minimal Node proxy',
+  'caddy-static': 'Caddy respond',
+  'p2pstream-static': 'p2pstream static',
+  'node-static': 'minimal Node server',
+};
+
+function peerRows(input: RowInput): BenchRow[] {
+  const { results } = input;
+  const median = (values: number[]) => spread(values).median;
+  const ratio = (a: string, b: string, field: 'requestsPerSecond' | 'p50Ms' | 'p99Ms'): Spread => {
+    const x = results.get(a)!;
+    const y = results.get(b)!;
+    return spread(x.map((r, i) => r[field] / y[i]![field]));
+  };
+  const describe = (id: string): string => {
+    const [key] = id.split('@');
+    const list = results.get(id)!;
+    const cores = list.map((r) => r.cores).filter((c): c is number => c !== null);
+    return `${NAMES[key!]} ${Math.round(median(list.map((r) => r.requestsPerSecond)))}/s, p50 ${median(list.map((r) => r.p50Ms)).toFixed(2)} ms, p99 ${median(list.map((r) => r.p99Ms)).toFixed(2)} ms${cores.length > 0 ? `, ${median(cores).toFixed(2)} cores` : ''}`;
+  };
+  const context = `wrk 1 thread, ${input.seconds} s × ${input.rounds} rounds; ${input.load}`;
+  const rows: BenchRow[] = [];
+  // The absolute figures go into the first row of a block; the rows after it share them.
+  const row = (
+    metric: string,
+    value: Spread,
+    unit: string,
+    note: string | null,
+    goal?: [string, boolean],
+  ) => {
+    rows.push({
+      group: 'peers',
+      metric,
+      value,
+      unit,
+      ...(goal ? { goal: goal[0], met: goal[1] } : {}),
+      ...(note === null ? {} : { note }),
+    });
+  };
+  for (const [index, c] of input.connections.entries()) {
+    const at = (key: string) => `${key}@${c}`;
+    const note = [at('p2pstream'), at('caddy'), at('nginx'), at('node')].map(describe).join('; ');
+    const rps = ratio(at('p2pstream'), at('caddy'), 'requestsPerSecond');
+    const p99 = ratio(at('p2pstream'), at('caddy'), 'p99Ms');
+    const first = index === 0;
+    row(
+      `proxied req/s p2pstream ÷ Caddy reverse_proxy (${c} conns)`,
+      rps,
+      '×',
+      `${note}; ${context}`,
+      first ? ['≥ 1.0', rps.median >= 1] : undefined,
+    );
+    row(
+      `proxied p50 p2pstream ÷ Caddy (${c} conns)`,
+      ratio(at('p2pstream'), at('caddy'), 'p50Ms'),
+      '×',
+      null,
+    );
+    row(
+      `proxied p99 p2pstream ÷ Caddy (${c} conns)`,
+      p99,
+      '×',
+      null,
+      first ? ['≤ 1.0', p99.median <= 1] : undefined,
+    );
+    row(
+      `proxied req/s p2pstream ÷ nginx proxy_pass (${c} conns)`,
+      ratio(at('p2pstream'), at('nginx'), 'requestsPerSecond'),
+      '×',
+      null,
+    );
+    row(
+      `proxied req/s minimal Node proxy ÷ Caddy (${c} conns)`,
+      ratio(at('node'), at('caddy'), 'requestsPerSecond'),
+      '×',
+      "the runtime's own limit: a node:http server + undici Pool, no routing, header rules or tracing",
+    );
+    row(
+      `proxied req/s p2pstream ÷ minimal Node proxy (${c} conns)`,
+      ratio(at('p2pstream'), at('node'), 'requestsPerSecond'),
+      '×',
+      null,
+    );
+  }
+  const c0 = input.connections[0]!;
+  const traced = ratio(`p2pstream@${c0}`, `p2pstream-untraced@${c0}`, 'requestsPerSecond');
+  row(
+    `proxied req/s traced (basic) ÷ untraced (${c0} conns)`,
+    traced,
+    '×',
+    [`p2pstream@${c0}`, `p2pstream-untraced@${c0}`].map(describe).join('; '),
+    ['≥ 0.95', traced.median >= 0.95],
+  );
+  const staticNote = [`p2pstream-static@${c0}`, `caddy-static@${c0}`, `node-static@${c0}`]
+    .map(describe)
+    .join('; ');
+  const staticRps = ratio(`p2pstream-static@${c0}`, `caddy-static@${c0}`, 'requestsPerSecond');
+  row(`static req/s p2pstream ÷ Caddy respond (${c0} conns)`, staticRps, '×', `${staticNote}; ${context}`, [
+    '≥ 0.7',
+    staticRps.median >= 0.7,
+  ]);
+  row(
+    `static p99 p2pstream ÷ Caddy respond (${c0} conns)`,
+    ratio(`p2pstream-static@${c0}`, `caddy-static@${c0}`, 'p99Ms'),
+    '×',
+    null,
+  );
+  row(
+    `static req/s minimal Node server ÷ Caddy respond (${c0} conns)`,
+    ratio(`node-static@${c0}`, `caddy-static@${c0}`, 'requestsPerSecond'),
+    '×',
+    "the runtime's own limit: a node:http server answering `ok`",
+  );
+  const mb = Math.round(input.downloadBytes / 1e6);
+  const mbps = (key: string) => input.mbps.get(key)!;
+  const mbpsRatio = (a: string, b: string) => spread(mbps(a).map((v, i) => v / mbps(b)[i]!));
+  const downloadNote = ['p2pstream', 'caddy', 'nginx', 'node']
+    .map((k) => `${NAMES[k]} ${Math.round(median(mbps(k)))} MB/s`)
+    .join(', ');
+  row(
+    `${mb} MB download MB/s p2pstream ÷ Caddy`,
+    mbpsRatio('p2pstream', 'caddy'),
+    '×',
+    `curl; ${downloadNote}`,
+  );
+  row(`${mb} MB download MB/s p2pstream ÷ nginx`, mbpsRatio('p2pstream', 'nginx'), '×', null);
+  row(`p2pstream peak RSS during the ${mb} MB download`, spread(input.p2pPeaks), 'MB', null);
+  return rows;
+}
+
+/**
+ * p2pstream's RSS over `minutes` at full load (wrk, 256 connections, tracing
+ * at its default level), sampled every 5 s: the last minute's peak against
+ * the first minute's (after which the heap has grown to its working size).
+ */
+export async function benchPeersRss(options: PeersRssOptions = {}): Promise<BenchRow[]> {
+  const minutes = options.minutes ?? 5;
+  const connections = options.connections ?? 256;
+  const log = options.log ?? (() => {});
+  const tools = await ensurePeerTools(log);
+  const loadBefore = loadAverage();
+  const temp = await peersDir();
+  const stops: (() => Promise<void>)[] = [];
+  try {
+    const upstream = await startUpstream(tools, temp.dir, 1);
+    stops.push(upstream.stop);
+    const p2p = await startP2pstream(upstream.origin);
+    stops.push(() => p2p.instance.stop());
+    const totalMs = minutes * 60_000;
+    const minuteMs = Math.min(60_000, totalMs / 5);
+    const samples: { at: number; rss: number }[] = [];
+    const started = performance.now();
+    const wrk = runWrk(tools, p2p.proxyUrl, connections, Math.round(totalMs / 1000));
+    let done = false;
+    void wrk.finally(() => {
+      done = true;
+    });
+    while (!done) {
+      samples.push({
+        at: performance.now() - started,
+        rss: (await sampleProcess(p2p.instance.pid)).rssBytes,
+      });
+      await Promise.race([wrk, new Promise((resolve) => setTimeout(resolve, Math.min(5000, minuteMs / 4)))]);
+    }
+    const result = await wrk;
+    if (result.errors > 0) throw new Error(`${result.errors} failed requests in the RSS run`);
+    const peak = (from: number, to: number) =>
+      Math.max(...samples.filter((s) => s.at >= from && s.at < to).map((s) => s.rss));
+    const first = peak(0, minuteMs);
+    const last = peak(totalMs - minuteMs, Number.POSITIVE_INFINITY);
+    const label = minutes >= 1 ? `${minutes} min` : `${Math.round(minutes * 60)} s`;
+    const value = last / first;
+    return [
+      {
+        group: 'peers rss',
+        metric: `p2pstream RSS over ${label} at full load: last ÷ first ${Math.round(minuteMs / 1000)} s (peaks)`,
+        value: spread([value]),
+        unit: '×',
+        goal: '≤ 1.1',
+        met: value <= 1.1,
+        note: `${Math.round(result.requestsPerSecond)} req/s, ${connections} conns; first ${(first / 1e6).toFixed(1)} MB, last ${(last / 1e6).toFixed(1)} MB, max ${(Math.max(...samples.map((s) => s.rss)) / 1e6).toFixed(1)} MB over ${samples.length} samples; load average ${loadBefore} at the start, ${loadAverage()} at the end`,
+      },
+    ];
+  } finally {
+    for (const stop of stops.reverse()) await stop().catch(() => {});
+    await temp.remove();
+  }
+}
