@@ -28,6 +28,13 @@ export interface ServerConfig {
   bodyLimitBytes: number;
   /** Slow or silent management clients are cut after this (handshake, then request head). */
   headersTimeoutMs: number;
+  /** Certificate store timings (no variables; tests shorten them): see CertificateService. */
+  tls?: {
+    checkIntervalMs?: number;
+    retryBaseMs?: number;
+    filePollMs?: number;
+    dnsPropagationMs?: number;
+  };
 }
 
 /** Reads the server settings; throws AppError VALIDATION_FAILED naming the bad variable. */

@@ -10,8 +10,10 @@ import { type AppOptions, buildApp } from './app.js';
 import type { ServerConfig } from './config.js';
 import { DataPlane } from './dataplane/data-plane.js';
 import { TraceRecorder } from './dataplane/trace-recorder.js';
+import { AcmeAccountService } from './domain/acme-account-service.js';
 import { AgentService } from './domain/agent-service.js';
 import { AuthService } from './domain/auth-service.js';
+import { CertificateService } from './domain/certificate-service.js';
 import { EnvironmentService } from './domain/environment-service.js';
 import { createOverviewService } from './domain/overview-service.js';
 import { ProxyConfigService } from './domain/proxy-config-service.js';
@@ -26,12 +28,14 @@ import { createEnvironmentsPlugin } from './http/routes/environments.js';
 import { createOverviewPlugin } from './http/routes/overview.js';
 import { createProxyPlugin } from './http/routes/proxy.js';
 import { createTemplatesPlugin } from './http/routes/templates.js';
+import { createTlsPlugin } from './http/routes/tls.js';
 import { createTrafficPlugin } from './http/routes/traffic.js';
 import { Hub } from './hub/hub.js';
 import type { Logger } from './logger.js';
 import { createDirectTransport } from './relay/direct-transport.js';
 import { LowdbStore } from './storage/lowdb-store.js';
 import { loadSecretsBox } from './storage/secrets-box.js';
+import { createAcmeIssuer } from './tls/acme-issuer.js';
 import { loadManagementCertificate } from './tls/management-certificate.js';
 
 export interface RunningServer {
@@ -100,6 +104,20 @@ export async function startServer(
   const dataPlane = new DataPlane({ logger: logger.child({ component: 'dataplane' }), recorder });
   const templates = new TemplateService({ store, runtime: dataPlane });
   const proxyConfig = new ProxyConfigService({ store, runtime: dataPlane, templates });
+  // Public TLS: the certificate store, ACME accounts and renewals, serving through the data plane.
+  const acmeIssuer = createAcmeIssuer({ dnsPropagationMs: config.tls?.dnsPropagationMs });
+  const acmeAccounts = new AcmeAccountService({ store, secrets, issuer: acmeIssuer });
+  const certificates = new CertificateService({
+    store,
+    secrets,
+    accounts: acmeAccounts,
+    runtime: dataPlane,
+    issuer: acmeIssuer,
+    logger: logger.child({ component: 'tls' }),
+    checkIntervalMs: config.tls?.checkIntervalMs,
+    retryBaseMs: config.tls?.retryBaseMs,
+    filePollMs: config.tls?.filePollMs,
+  });
   const overview = createOverviewService({
     stats: dataPlane.metrics,
     listenersRunning: () => dataPlane.runningCount(),
@@ -124,6 +142,7 @@ export async function startServer(
         agentRoutes({ agents, managementFingerprint: new X509Certificate(tls.cert).fingerprint256 }),
         createProxyPlugin({ proxyConfig }),
         createTemplatesPlugin({ templates }),
+        createTlsPlugin({ certificates, accounts: acmeAccounts }),
         createTrafficPlugin({ settings: traffic, recorder }),
         createOverviewPlugin({ overview }),
       ],
@@ -140,6 +159,7 @@ export async function startServer(
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `https://${host}:${address.port}`;
   logger.info({ url, certificate: tls.certFile }, `management listening on ${url}`);
+  await certificates.start();
   await dataPlane.start({ ...store.read().proxy, templates: store.read().templates });
   if (auth.setupRequired) {
     // The setup code is meant to be read from the log by the operator, once.
@@ -161,6 +181,7 @@ export async function startServer(
       closing ??= (async () => {
         await hub.close();
         await app.close();
+        await certificates.close();
         directTransport.close();
         await dataPlane.close();
         await store.close();

@@ -23,3 +23,55 @@ export interface TlsRuntime {
   /** Presents this certificate to `acme-tls/1` handshakes for `host`; null withdraws it. */
   setTlsAlpn01Challenge(host: string, certificate: { cert: string; key: string } | null): void;
 }
+
+export type AcmeChallengeKind = 'http-01' | 'tls-alpn-01' | 'dns-01';
+
+/** An ACME account as the issuer needs it: secrets opened. */
+export interface AcmeAccountSecrets {
+  readonly id: string;
+  readonly directoryUrl: string;
+  readonly email: string | null;
+  readonly directoryCaPem: string | null;
+  readonly eab: { readonly kid: string; readonly hmacKey: string } | null;
+  readonly accountKeyPem: string;
+  readonly accountUrl: string | null;
+}
+
+/** A DNS provider as the issuer needs it: the token opened. */
+export interface DnsProviderSecrets {
+  readonly id: string;
+  readonly type: 'cloudflare';
+  readonly apiToken: string;
+  readonly apiBaseUrl: string | null;
+}
+
+/** One certificate order. */
+export interface AcmeOrderRequest {
+  readonly certificateId: string;
+  readonly hosts: readonly string[];
+  readonly challenge: AcmeChallengeKind;
+  readonly account: AcmeAccountSecrets;
+  readonly dnsProvider: DnsProviderSecrets | null;
+}
+
+export interface AcmeOrderResult {
+  /** Leaf first. */
+  readonly certificatePem: string;
+  readonly privateKeyPem: string;
+}
+
+/**
+ * Talks to ACME directories (implemented in src/tls with acme-client).
+ * Errors are thrown with a message in words (the cause a user can act on).
+ */
+export interface AcmeIssuer {
+  /** Registers (or finds) the account at its directory; returns the account URL. */
+  register(account: AcmeAccountSecrets): Promise<string>;
+  /** Runs one order to the end; challenges are published through `runtime` and withdrawn after. */
+  issue(request: AcmeOrderRequest, runtime: TlsRuntime): Promise<AcmeOrderResult>;
+  /**
+   * The renewal time the directory suggests for a certificate (ACME Renewal
+   * Information), or null when the directory offers none.
+   */
+  suggestedRenewal?(account: AcmeAccountSecrets, certificatePem: string): Promise<Date | null>;
+}
