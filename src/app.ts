@@ -23,6 +23,8 @@ import type { TokenService } from './domain/token-service.js';
 import { AppError } from './errors.js';
 import { requireAuth } from './http/auth.js';
 import { normalizeHttpError, registerErrorHandling, sendError } from './http/errors.js';
+import { registerApiDescription } from './http/routes/api-description.js';
+import { createMetricsPlugin } from './http/routes/metrics.js';
 import { createAuthPlugin } from './http/routes/setup.js';
 import { createSystemPlugin } from './http/routes/system.js';
 import { createTokensPlugin } from './http/routes/tokens.js';
@@ -30,6 +32,8 @@ import { withEnvironmentSelector } from './http/schemas/common.js';
 import { slowClientServerOptions } from './http/slow-clients.js';
 import { createValidatorCompiler } from './http/validation.js';
 import type { Logger } from './logger.js';
+import { loginMetrics } from './metrics/instance-metrics.js';
+import type { MetricsRegistry } from './metrics/metrics-registry.js';
 
 export const ENVIRONMENT_HEADER = 'x-p2pstream-environment';
 export const LOCAL_ENVIRONMENT_ID = 'local';
@@ -51,6 +55,8 @@ export interface AppDeps {
   tokens: TokenService;
   system: SystemService;
   environmentRelay?: EnvironmentRelay;
+  /** The instance's metrics; with them, `GET /metrics` serves them and logins are counted. */
+  metrics?: MetricsRegistry;
   /** Plugins registered at the root: local routes (environments, hub, console). */
   localPlugins?: FastifyPluginAsync[];
   /** Plugins whose routes are operational (authenticated, environment-scoped). */
@@ -110,7 +116,12 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
     );
   });
 
-  await app.register(createAuthPlugin(deps));
+  // Before any route: the OpenAPI document is built from every route registered after it.
+  await registerApiDescription(app);
+  await app.register(
+    createAuthPlugin({ ...deps, ...(deps.metrics ? { onLogin: loginMetrics(deps.metrics) } : {}) }),
+  );
+  if (deps.metrics) await app.register(createMetricsPlugin({ ...deps, metrics: deps.metrics }));
   for (const plugin of deps.localPlugins ?? []) await app.register(plugin);
 
   await app.register(async (scope) => {

@@ -32,6 +32,12 @@ import { createTlsPlugin } from './http/routes/tls.js';
 import { createTrafficPlugin } from './http/routes/traffic.js';
 import { Hub } from './hub/hub.js';
 import type { Logger } from './logger.js';
+import {
+  publicRequestMetrics,
+  registerInstanceMetrics,
+  relayedRequestMetrics,
+} from './metrics/instance-metrics.js';
+import { MetricsRegistry } from './metrics/metrics-registry.js';
 import { createDirectTransport } from './relay/direct-transport.js';
 import { LowdbStore } from './storage/lowdb-store.js';
 import { loadSecretsBox } from './storage/secrets-box.js';
@@ -48,6 +54,8 @@ export interface RunningServer {
   certificate: string;
   /** The agent hub: live agents and their transports. */
   hub: Hub;
+  /** This instance's metrics (`GET /metrics`). */
+  metrics: MetricsRegistry;
   /** Streams open through the in-process (direct) transport (the hub counts those through agents). */
   directStreams(): number;
   /** Stops accepting, finishes in-flight requests, flushes the store. */
@@ -75,6 +83,8 @@ export async function startServer(
     keyFile: config.tlsKeyFile,
   });
   const setupToken = config.setupToken ?? randomBytes(12).toString('base64url');
+  // Every feature registers its Prometheus metrics here (src/metrics/).
+  const metrics = new MetricsRegistry();
   const auth = new AuthService({ store, setupToken });
   const tokens = new TokenService({ store });
   const system = createSystemService({ store });
@@ -101,7 +111,11 @@ export async function startServer(
     onChange: (settings) => recorder.configure(settings),
   });
   recorder.configure(traffic.settings());
-  const dataPlane = new DataPlane({ logger: logger.child({ component: 'dataplane' }), recorder });
+  const dataPlane = new DataPlane({
+    logger: logger.child({ component: 'dataplane' }),
+    recorder,
+    onRequestDone: publicRequestMetrics(metrics),
+  });
   const templates = new TemplateService({ store, runtime: dataPlane });
   const proxyConfig = new ProxyConfigService({ store, runtime: dataPlane, templates });
   // Public TLS: the certificate store, ACME accounts and renewals, serving through the data plane.
@@ -125,6 +139,12 @@ export async function startServer(
     traceSubscribers: () => recorder.subscriberCount,
     agentsConnected: () => hub.connectedCount(),
   });
+  registerInstanceMetrics(metrics, {
+    agentsConnected: () => hub.connectedCount(),
+    hubTraffic: () => hub.traffic(),
+    directStreams: () => directTransport.stats().client.activeStreams,
+    traceCounters: () => recorder.counters(),
+  });
 
   const app = await buildApp(
     {
@@ -132,7 +152,12 @@ export async function startServer(
       auth,
       tokens,
       system,
-      environmentRelay: createEnvironmentRelay({ environments, logger }),
+      metrics,
+      environmentRelay: createEnvironmentRelay({
+        environments,
+        logger,
+        observe: relayedRequestMetrics(metrics),
+      }),
       localPlugins: [
         createConsolePlugin(),
         hub.plugin,
@@ -176,6 +201,7 @@ export async function startServer(
     store,
     certificate: tls.cert,
     hub,
+    metrics,
     directStreams: () => directTransport.stats().client.activeStreams,
     close() {
       closing ??= (async () => {

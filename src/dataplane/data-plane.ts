@@ -33,7 +33,7 @@ import { HttpsListener, type KeyPair, secureContextOf } from './https-listener.j
 import { type ExchangeContext, type ExchangeOptions, handleExchange } from './proxy-exchange.js';
 import { RequestMetrics } from './request-metrics.js';
 import { compileRoutes, type ListenerRoutes, routesOf } from './route-table.js';
-import { TraceRecorder } from './trace-recorder.js';
+import { type TraceInput, TraceRecorder } from './trace-recorder.js';
 
 /** Time in-flight requests get when their listener stops, before their connections are cut. */
 export const DEFAULT_CLOSE_GRACE_MS = 5000;
@@ -45,6 +45,8 @@ export interface DataPlaneOptions {
   logger: Logger;
   recorder?: TraceRecorder;
   metrics?: RequestMetrics;
+  /** Called once per finished public request (the Prometheus metrics count it). */
+  onRequestDone?: (request: TraceInput) => void;
   /** Upstream timeout when a route sets none (default 30 s). */
   upstreamTimeoutMs?: number;
   upstreamConnectTimeoutMs?: number;
@@ -107,6 +109,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
       dispatcher: this.#agent,
       recorder: this.recorder,
       metrics: this.metrics,
+      ...(options.onRequestDone ? { onRequestDone: options.onRequestDone } : {}),
       defaultTimeoutMs: options.upstreamTimeoutMs ?? DEFAULT_UPSTREAM_TIMEOUT_MS,
       templates: () => this.#templates,
       listenerErrorTemplate: (listenerId) => this.#running.get(listenerId)?.record.errorTemplateId ?? null,

@@ -50,6 +50,8 @@ export interface ExchangeContext {
   readonly dispatcher: Dispatcher;
   readonly recorder: TraceRecorder;
   readonly metrics: RequestMetrics;
+  /** Called once per finished request, after the metrics count it. */
+  readonly onRequestDone?: (request: TraceInput) => void;
   /** Upstream timeout when the route sets none. */
   readonly defaultTimeoutMs: number;
   /** The compiled response templates (swapped whole when they change). */
@@ -553,6 +555,7 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
     const failed =
       status >= 500 || (this.error !== null && this.error !== 'client_aborted' && this.error !== 'no_route');
     this.#context.metrics.observe(this.durationMs, failed);
+    this.#context.onRequestDone?.(this);
     this.#context.recorder.record(this);
   };
 }

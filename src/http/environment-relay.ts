@@ -102,6 +102,12 @@ export interface EnvironmentRelayOptions {
   logger: Logger;
   /** Largest relayed request body; default {@link DEFAULT_BODY_LIMIT_BYTES} (1 MiB). */
   maxBodyBytes?: number;
+  /**
+   * Told of every relayed request when it ends (the Prometheus metrics count
+   * them): `outcome` is `complete`, `cut` (the answer did not finish: the
+   * caller left or the environment failed midway) or the error code answered.
+   */
+  observe?: (sample: { environment: string; outcome: string; durationMs: number }) => void;
 }
 
 /** Removes every `environment` parameter from a raw query string, keeping the rest byte for byte. */
@@ -156,7 +162,7 @@ export function createEnvironmentRelay(options: EnvironmentRelayOptions): Enviro
   const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_BODY_LIMIT_BYTES;
   const { environments } = options;
 
-  return {
+  const relayer: EnvironmentRelay = {
     async relay(request: FastifyRequest, reply: FastifyReply, environmentId: string): Promise<void> {
       const started = performance.now();
       // Every check (and the token unsealing) happens before a byte leaves.
@@ -257,6 +263,26 @@ export function createEnvironmentRelay(options: EnvironmentRelayOptions): Enviro
         },
         'relayed request',
       );
+    },
+  };
+  const { observe } = options;
+  if (!observe) return relayer;
+  return {
+    async relay(request, reply, environmentId) {
+      const started = performance.now();
+      let environment = environmentId;
+      let outcome = 'cut';
+      try {
+        await relayer.relay(request, reply, environmentId);
+        if (reply.raw.writableEnded) outcome = 'complete';
+      } catch (err) {
+        outcome = toAppError(err).code;
+        // An id that names no environment is the caller's text: keep it out of the label set.
+        if (outcome === 'ENVIRONMENT_NOT_FOUND') environment = 'unknown';
+        throw err;
+      } finally {
+        observe({ environment, outcome, durationMs: performance.now() - started });
+      }
     },
   };
 }

@@ -98,6 +98,9 @@ export class Hub {
   readonly #sessions = new Set<AgentSession>();
   readonly #active = new Map<string, AgentSession>();
   readonly #credentials = new WeakMap<FastifyRequest, AgentCredential>();
+  /** Sockets of live agent connections, and the bytes of those already closed. */
+  readonly #sockets = new Set<Socket>();
+  readonly #closedBytes = { in: 0, out: 0 };
   readonly #unsubscribe: () => void;
   #closing: Promise<void> | null = null;
 
@@ -182,6 +185,20 @@ export class Hub {
     };
   }
 
+  /** Streams open through agents, and bytes read from and written to agent connections (for metrics). */
+  traffic(): { activeStreams: number; bytesIn: number; bytesOut: number } {
+    let activeStreams = 0;
+    for (const session of this.#active.values())
+      activeStreams += session.client?.stats?.().activeStreams ?? 0;
+    let bytesIn = this.#closedBytes.in;
+    let bytesOut = this.#closedBytes.out;
+    for (const socket of this.#sockets) {
+      bytesIn += socket.bytesRead;
+      bytesOut += socket.bytesWritten;
+    }
+    return { activeStreams, bytesIn, bytesOut };
+  }
+
   /** Refuses new agents, closes every session (status 1001) and waits until their sockets are closed. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
@@ -222,6 +239,7 @@ export class Hub {
       return;
     }
     releaseUpgradeRequest(socket, request);
+    this.#countBytes(request.raw.socket);
     const session = new AgentSession({
       socket,
       credential,
@@ -242,6 +260,15 @@ export class Hub {
       onClosed: (closed) => this.#onClosed(closed),
     });
     this.#sessions.add(session);
+  }
+
+  #countBytes(socket: Socket): void {
+    this.#sockets.add(socket);
+    socket.once('close', () => {
+      this.#sockets.delete(socket);
+      this.#closedBytes.in += socket.bytesRead;
+      this.#closedBytes.out += socket.bytesWritten;
+    });
   }
 
   #onReady(session: AgentSession): boolean {

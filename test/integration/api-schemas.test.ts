@@ -23,9 +23,6 @@ import { startTestServer, type TestServer } from '../helpers/server.js';
  * listed here that has a schema fails the test until it is taken off.
  */
 const ROUTES_WITHOUT_SCHEMA_YET = new Set<string>([
-  'GET /',
-  'GET /assets/*',
-  'GET /*',
   'GET /api/v1/agent/connect',
   'GET /api/v1/environments',
   'POST /api/v1/environments',

@@ -13,7 +13,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import { Type } from 'typebox';
 import { AppError } from '../../errors.js';
+import { errorResponses, NoContent } from '../schemas/common.js';
 
 /** The Content-Security-Policy of console pages: same-origin everything, nothing inline, no framing. */
 export const CONSOLE_CSP = [
@@ -136,6 +138,17 @@ function send(request: FastifyRequest, reply: FastifyReply, file: StaticFile, ca
   return reply.send(file.body);
 }
 
+// The console's files are not part of the API description.
+const CONSOLE_PAGE = {
+  hide: true,
+  response: { 200: Type.String({ description: 'The console (HTML)' }), 304: NoContent, ...errorResponses },
+};
+const CONSOLE_ASSET = {
+  ...CONSOLE_PAGE,
+  params: Type.Object({ '*': Type.String() }),
+  response: { 200: Type.String({ description: 'A console asset' }), 304: NoContent, ...errorResponses },
+};
+
 /** A local plugin serving the console (register it at the root, outside the operational scope). */
 export function createConsolePlugin(options: ConsolePluginOptions = {}): FastifyPluginAsync {
   return async (app) => {
@@ -148,14 +161,14 @@ export function createConsolePlugin(options: ConsolePluginOptions = {}): Fastify
       return send(request, reply, index, INDEX_CACHE);
     };
 
-    app.get('/', sendIndex);
-    app.get<{ Params: { '*': string } }>('/assets/*', (request, reply) => {
+    app.get('/', { schema: CONSOLE_PAGE }, sendIndex);
+    app.get<{ Params: { '*': string } }>('/assets/*', { schema: CONSOLE_ASSET }, (request, reply) => {
       const file = assets.get(request.params['*']);
       if (!file) throw new AppError('NOT_FOUND', 'no such console asset');
       return send(request, reply, file, ASSET_CACHE);
     });
     // Client routes: anything else a browser may open or reload, but never the API.
-    app.get('/*', (request, reply) => {
+    app.get('/*', { schema: CONSOLE_PAGE }, (request, reply) => {
       const pathname = request.url.split('?')[0] ?? '';
       if (pathname === '/api' || pathname.startsWith('/api/'))
         throw new AppError('NOT_FOUND', 'no such route');

@@ -2,16 +2,22 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { AuthService } from '../../domain/auth-service.js';
 import type { TokenService } from '../../domain/token-service.js';
+import { AppError } from '../../errors.js';
 import { requireAuth } from '../auth.js';
 import { clearedSessionCookie, sessionCookie } from '../cookies.js';
 import { loginSchema, logoutSchema, meSchema, setupSchema, setupStatusSchema } from '../schemas/auth.js';
 
-/** The setup and auth routes as a plugin to register at the root. */
-export function createAuthPlugin(deps: {
+export interface AuthPluginDeps {
   auth: AuthService;
   tokens: TokenService;
-}): FastifyPluginAsyncTypebox {
+  /** Told of each password login's outcome (the Prometheus metrics count them). */
+  onLogin?: (outcome: 'success' | 'invalid' | 'throttled') => void;
+}
+
+/** The setup and auth routes as a plugin to register at the root. */
+export function createAuthPlugin(deps: AuthPluginDeps): FastifyPluginAsyncTypebox {
   const { auth, tokens } = deps;
+  const onLogin = deps.onLogin ?? (() => {});
   return async (app) => {
     app.get('/api/v1/setup', { schema: setupStatusSchema }, async () => ({
       setupRequired: auth.setupRequired,
@@ -24,7 +30,12 @@ export function createAuthPlugin(deps: {
     });
 
     app.post('/api/v1/auth/login', { schema: loginSchema }, async (request, reply) => {
-      const grant = await auth.login(request.body, request.ip);
+      const grant = await auth.login(request.body, request.ip).catch((err: unknown) => {
+        if (err instanceof AppError && err.code === 'INVALID_CREDENTIALS') onLogin('invalid');
+        if (err instanceof AppError && err.code === 'LOGIN_THROTTLED') onLogin('throttled');
+        throw err;
+      });
+      onLogin('success');
       reply.header('set-cookie', sessionCookie(grant.sessionToken, grant.expiresAt));
       return { user: grant.user };
     });

@@ -29,15 +29,18 @@ export const MeReply = Type.Object({
 
 export const setupStatusSchema = {
   summary: 'Whether first-admin setup is pending',
+  security: [],
   response: { 200: Type.Object({ setupRequired: Type.Boolean() }), ...errorResponses },
 };
 export const setupSchema = {
   summary: 'Create the first admin (sets the session cookie)',
+  security: [],
   body: SetupBody,
   response: { 201: UserReply, ...errorResponses },
 };
 export const loginSchema = {
   summary: 'Log in with a password (sets the session cookie)',
+  security: [],
   body: LoginBody,
   response: { 200: UserReply, ...errorResponses },
 };
