@@ -35,6 +35,11 @@ export interface ServerConfig {
     filePollMs?: number;
     dnsPropagationMs?: number;
   };
+  /**
+   * `P2PSTREAM_DATABASE_URL`: a `postgres://` URL selects the PostgreSQL store
+   * shared by several replicas; null keeps the lowdb file in the data dir.
+   */
+  databaseUrl: string | null;
 }
 
 /** Reads the server settings; throws AppError VALIDATION_FAILED naming the bad variable. */
@@ -56,6 +61,17 @@ export function loadConfig(env: NodeJS.ProcessEnv): Readonly<ServerConfig> {
   if (setupToken !== null && setupToken.length < 8) {
     throw new AppError('VALIDATION_FAILED', 'P2PSTREAM_SETUP_TOKEN must be at least 8 characters');
   }
+  const databaseUrl = nonEmpty(env.P2PSTREAM_DATABASE_URL);
+  if (databaseUrl !== null && !isPostgresUrl(databaseUrl)) {
+    // The value may hold a password: never echo it.
+    throw new AppError(
+      'VALIDATION_FAILED',
+      'P2PSTREAM_DATABASE_URL must be a postgres:// or postgresql:// URL',
+      {
+        details: { field: 'P2PSTREAM_DATABASE_URL' },
+      },
+    );
+  }
   return Object.freeze({
     dataDir: path.resolve(nonEmpty(env.P2PSTREAM_DATA_DIR) ?? DEFAULT_DATA_DIR),
     managementAddr: nonEmpty(env.MANAGEMENT_ADDR) ?? DEFAULT_MANAGEMENT_ADDR,
@@ -66,7 +82,17 @@ export function loadConfig(env: NodeJS.ProcessEnv): Readonly<ServerConfig> {
     logLevel,
     bodyLimitBytes: DEFAULT_BODY_LIMIT_BYTES,
     headersTimeoutMs: DEFAULT_HEADERS_TIMEOUT_MS,
+    databaseUrl,
   });
+}
+
+function isPostgresUrl(value: string): boolean {
+  try {
+    const url = new URL(value);
+    return url.protocol === 'postgres:' || url.protocol === 'postgresql:';
+  } catch {
+    return false;
+  }
 }
 
 function nonEmpty(value: string | undefined): string | null {

@@ -5,6 +5,7 @@
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { type AppOptions, buildApp } from './app.js';
 import type { ServerConfig } from './config.js';
@@ -39,8 +40,9 @@ import {
 } from './metrics/instance-metrics.js';
 import { MetricsRegistry } from './metrics/metrics-registry.js';
 import { createDirectTransport } from './relay/direct-transport.js';
-import { LowdbStore } from './storage/lowdb-store.js';
-import { loadSecretsBox } from './storage/secrets-box.js';
+import { openStore } from './storage/open-store.js';
+import { loadSecretsBox, type SecretsBox } from './storage/secrets-box.js';
+import type { Store } from './storage/store.js';
 import { createAcmeIssuer } from './tls/acme-issuer.js';
 import { loadManagementCertificate } from './tls/management-certificate.js';
 
@@ -49,13 +51,19 @@ export interface RunningServer {
   url: string;
   port: number;
   app: FastifyInstance;
-  store: LowdbStore;
+  store: Store;
+  /** `lowdb` (one process) or `postgres` (shared by replicas). */
+  storeKind: 'lowdb' | 'postgres';
+  /** This process's replica id (kept in the data dir, so a restart keeps it). */
+  replicaId: string;
   /** The management certificate (PEM), for clients that pin it. */
   certificate: string;
   /** The agent hub: live agents and their transports. */
   hub: Hub;
   /** This instance's metrics (`GET /metrics`). */
   metrics: MetricsRegistry;
+  /** The port a proxy listener is bound to right now, or null when it is not running. */
+  dataPlanePort(listenerId: string): number | null;
   /** Streams open through the in-process (direct) transport (the hub counts those through agents). */
   directStreams(): number;
   /** Stops accepting, finishes in-flight requests, flushes the store. */
@@ -75,8 +83,15 @@ export async function startServer(
   options: StartServerOptions = {},
 ): Promise<RunningServer> {
   await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
-  const store = await LowdbStore.open(config.dataDir);
+  const replicaId = await loadReplicaId(config.dataDir);
+  const opened = await openStore({
+    dataDir: config.dataDir,
+    databaseUrl: config.databaseUrl,
+    logger: logger.child({ component: 'store' }),
+  });
+  const store = opened.store;
   const secrets = await loadSecretsBox(config.dataDir);
+  if (opened.kind === 'postgres') await checkSharedSecretsKey(store, secrets);
   const tls = await loadManagementCertificate({
     dataDir: config.dataDir,
     certFile: config.tlsCertFile,
@@ -88,7 +103,7 @@ export async function startServer(
   const auth = new AuthService({ store, setupToken });
   const tokens = new TokenService({ store });
   const system = createSystemService({ store });
-  const agents = new AgentService({ store });
+  const agents = new AgentService({ store, replicaId });
   await agents.closeOrphanSessions();
   const hub = new Hub({ agents, logger: logger.child({ component: 'hub' }) });
   // Environments: the registry, its transports (in-process, or through the hub's agents) and the relay.
@@ -186,6 +201,38 @@ export async function startServer(
   logger.info({ url, certificate: tls.certFile }, `management listening on ${url}`);
   await certificates.start();
   await dataPlane.start({ ...store.read().proxy, templates: store.read().templates });
+  // Changes written by other replicas sharing the database: derived state follows.
+  let appliedListeners = new Set(
+    store
+      .read()
+      .proxy.listeners.filter((l) => l.enabled)
+      .map((l) => l.id),
+  );
+  let proxySync: Promise<void> = Promise.resolve();
+  const unsubscribeStore = store.onExternalChange((keys) => {
+    if (keys.has('agents')) hub.revalidate();
+    if (keys.has('traffic')) recorder.configure(traffic.settings());
+    if (keys.has('templates')) dataPlane.setTemplates(store.read().templates);
+    if (keys.has('proxy')) {
+      proxySync = proxySync.then(async () => {
+        const proxy = store.read().proxy;
+        dataPlane.setRoutes(proxy.routes);
+        const enabled = proxy.listeners.filter((l) => l.enabled);
+        for (const id of appliedListeners) {
+          if (!enabled.some((l) => l.id === id)) await dataPlane.stopListener(id).catch(() => {});
+        }
+        for (const listener of enabled) {
+          await dataPlane.startListener(listener).catch((err: unknown) => {
+            logger.warn(
+              { err, listenerId: listener.id },
+              `proxy listener "${listener.name}" could not start`,
+            );
+          });
+        }
+        appliedListeners = new Set(enabled.map((l) => l.id));
+      });
+    }
+  });
   if (auth.setupRequired) {
     // The setup code is meant to be read from the log by the operator, once.
     logger.warn(
@@ -199,20 +246,64 @@ export async function startServer(
     port: address.port,
     app,
     store,
+    storeKind: opened.kind,
+    replicaId,
     certificate: tls.cert,
     hub,
     metrics,
+    dataPlanePort: (id) => dataPlane.boundPort(id),
     directStreams: () => directTransport.stats().client.activeStreams,
     close() {
       closing ??= (async () => {
+        unsubscribeStore();
         await hub.close();
         await app.close();
         await certificates.close();
         directTransport.close();
+        await proxySync;
         await dataPlane.close();
         await store.close();
       })();
       return closing;
     },
   };
+}
+
+/** The file in the data dir holding this replica's id. */
+export const REPLICA_ID_FILE_NAME = 'replica-id';
+
+/** This replica's id: read from the data dir, created there (12 hex digits) on first start. */
+async function loadReplicaId(dataDir: string): Promise<string> {
+  const file = path.join(dataDir, REPLICA_ID_FILE_NAME);
+  const existing = await fs.readFile(file, 'utf8').catch(() => '');
+  if (/^[A-Za-z0-9_-]{1,64}$/.test(existing.trim())) return existing.trim();
+  const id = randomBytes(6).toString('hex');
+  await fs.writeFile(file, `${id}\n`, { mode: 0o600 });
+  return id;
+}
+
+const SECRETS_CHECK_PURPOSE = 'secrets-key-check';
+
+/**
+ * Replicas sharing a database must share `secrets.key`, or one could not open
+ * what another sealed. The first replica seals a check value into the
+ * instance record; a replica whose key cannot open it refuses to start.
+ */
+async function checkSharedSecretsKey(store: Store, secrets: SecretsBox): Promise<void> {
+  const check = () => store.read().instance.secretsCheck;
+  const instanceId = store.read().instance.id;
+  if (!check()) {
+    const sealed = secrets.seal(SECRETS_CHECK_PURPOSE, instanceId, 'p2pstream');
+    await store.update((db) => {
+      db.instance.secretsCheck ??= sealed;
+    });
+  }
+  try {
+    secrets.open(SECRETS_CHECK_PURPOSE, instanceId, check() ?? '');
+  } catch {
+    await store.close();
+    throw new Error(
+      'this replica’s secrets.key is not the key the shared database was sealed with: copy secrets.key from another replica into its data dir',
+    );
+  }
 }

@@ -79,6 +79,12 @@ export interface AgentServiceOptions {
   now?: () => number;
   /** Default {@link DEFAULT_MAX_AGENT_CONNECTIONS}. */
   maxConnections?: number;
+  /**
+   * The replica this service runs in, recorded on each session it starts, so
+   * that at start-up it closes only the sessions it left open (replicas
+   * sharing a database each hold their own agents). Default null.
+   */
+  replicaId?: string | null;
 }
 
 interface LiveSession {
@@ -134,6 +140,7 @@ export class AgentService {
   readonly #store: Store;
   readonly #now: () => number;
   readonly #maxConnections: number;
+  readonly #replicaId: string | null;
   readonly #live = new Map<string, LiveSession>();
   readonly #revocationListeners = new Set<(agentId: string, reason: AgentRevocationReason) => void>();
 
@@ -141,6 +148,7 @@ export class AgentService {
     this.#store = options.store;
     this.#now = options.now ?? Date.now;
     this.#maxConnections = options.maxConnections ?? DEFAULT_MAX_AGENT_CONNECTIONS;
+    this.#replicaId = options.replicaId ?? null;
   }
 
   list(): Agent[] {
@@ -269,6 +277,14 @@ export class AgentService {
     return record?.enabled === true && record.tokenGeneration === credential.generation;
   }
 
+  /** Why a credential that is no longer current was revoked (for a session's end reason). */
+  revocationReason(credential: AgentCredential): AgentRevocationReason {
+    const record = this.#store.read().agents.find((a) => a.id === credential.agentId);
+    if (!record) return 'deleted';
+    if (!record.enabled) return 'disabled';
+    return 'rotated';
+  }
+
   /**
    * Records the start of a session and marks the agent connected. Throws
    * UNAUTHENTICATED when the credential was revoked after the upgrade was
@@ -289,6 +305,7 @@ export class AgentService {
       remoteAddress: info.remoteAddress,
       version: info.version,
       endReason: null,
+      ...(this.#replicaId === null ? {} : { replicaId: this.#replicaId }),
     };
     // The check and the change happen in one synchronous mutation, so no revocation slips in between.
     // Persisted soon rather than at once: a connect storm of thousands of agents then costs a few
@@ -351,20 +368,23 @@ export class AgentService {
   }
 
   /**
-   * Closes sessions left open by a crash (reason `restart`). Run once at
-   * start-up, before the hub accepts agents. Returns how many were closed.
+   * Closes sessions left open by a crash (reason `restart`): those this
+   * replica started, and untagged ones of older builds. Run once at start-up,
+   * before the hub accepts agents. Returns how many were closed.
    */
   async closeOrphanSessions(): Promise<number> {
-    const open = this.#store
-      .read()
-      .agents.some((a) => a.connections.some((c) => c.endedAt === null && !this.#isLiveSession(a.id, c.id)));
+    const orphan = (agentId: string, c: AgentConnectionRecord) =>
+      c.endedAt === null &&
+      !this.#isLiveSession(agentId, c.id) &&
+      (c.replicaId == null || c.replicaId === this.#replicaId);
+    const open = this.#store.read().agents.some((a) => a.connections.some((c) => orphan(a.id, c)));
     if (!open) return 0;
     const at = this.#isoNow();
     return this.#store.update((db) => {
       let closed = 0;
       for (const record of db.agents) {
         for (const c of record.connections) {
-          if (c.endedAt !== null || this.#isLiveSession(record.id, c.id)) continue;
+          if (!orphan(record.id, c)) continue;
           c.endedAt = record.lastSeenAt ?? at;
           if (Date.parse(c.endedAt) < Date.parse(c.startedAt)) c.endedAt = c.startedAt;
           c.endReason = 'restart';

@@ -172,6 +172,22 @@ export class Hub {
     }
   }
 
+  /**
+   * Drops every session whose credential is no longer current (the agent was
+   * disabled, rotated or deleted by another replica sharing the database);
+   * the end reason says which. Returns how many were dropped.
+   */
+  revalidate(): number {
+    let dropped = 0;
+    for (const session of [...this.#sessions]) {
+      if (this.#agents.isCredentialCurrent(session.credential)) continue;
+      const reason = this.#agents.revocationReason(session.credential);
+      session.close(CLOSE_POLICY, `agent ${reason}`, reason);
+      dropped += 1;
+    }
+    return dropped;
+  }
+
   /** Counters of the agent's live session, or null. */
   sessionStats(agentId: string): AgentSessionStats | null {
     const session = this.#active.get(agentId);

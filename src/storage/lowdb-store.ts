@@ -134,6 +134,11 @@ export class LowdbStore implements Store {
     while (this.#queued || this.#inFlight) await (this.#queued ?? this.#inFlight)?.catch(() => {});
   }
 
+  /** One process owns the file: nothing else changes it. */
+  onExternalChange(): () => void {
+    return () => {};
+  }
+
   async close(): Promise<void> {
     await this.flush();
     this.#closed = true;

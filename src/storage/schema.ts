@@ -42,6 +42,8 @@ export interface AgentConnectionRecord {
   version: string | null;
   /** Why the session ended (`closed`, `replaced`, `disabled`, `rotated`, `deleted`, `restart`, …). */
   endReason: string | null;
+  /** The control-plane replica that held the session (absent in records of older builds). */
+  replicaId?: string | null;
 }
 
 export interface AgentRecord {
@@ -253,7 +255,12 @@ export interface TrafficSettingsRecord {
 
 export interface Database {
   schemaVersion: number;
-  instance: { id: string; createdAt: string };
+  instance: {
+    id: string;
+    createdAt: string;
+    /** A value sealed with the secrets key, so a replica with another key refuses to start (shared database). */
+    secretsCheck?: string;
+  };
   users: UserRecord[];
   sessions: SessionRecord[];
   apiTokens: ApiTokenRecord[];

@@ -5,6 +5,13 @@
  */
 import type { Database } from './schema.js';
 
+/**
+ * Called after changes made by another process sharing the database (another
+ * replica) were applied to the document, with the top-level keys they touched
+ * (`agents`, `proxy`, …), so derived state can follow.
+ */
+export type ExternalChangeListener = (keys: ReadonlySet<string>) => void;
+
 /** Longest delay of a deferred write ({@link Store.updateSoon}). */
 export const DEFERRED_WRITE_MS = 1000;
 
@@ -27,6 +34,12 @@ export interface Store {
   updateSoon<T>(mutate: (db: Database) => T): T;
   /** Resolves when every change, deferred ones included, is on disk. */
   flush(): Promise<void>;
+  /**
+   * Subscribes to changes written by other processes sharing the database
+   * (never called for this process's own updates, nor by a store only this
+   * process uses). Returns an unsubscribe.
+   */
+  onExternalChange(listener: ExternalChangeListener): () => void;
   close(): Promise<void>;
 }
 
@@ -46,5 +59,8 @@ export class MemoryStore implements Store {
     return mutate(this.#db);
   }
   async flush(): Promise<void> {}
+  onExternalChange(): () => void {
+    return () => {};
+  }
   async close(): Promise<void> {}
 }

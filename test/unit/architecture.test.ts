@@ -45,7 +45,7 @@ const RULES: Rule[] = [
   {
     from: 'src/domain',
     forbidden:
-      /^(fastify|@fastify\/|ws$|lowdb|undici)|^src\/(http|hub|dataplane|relay\/direct|storage\/lowdb)/,
+      /^(fastify|@fastify\/|ws$|lowdb|undici|pg$|@nats-io\/)|^src\/(http|hub|dataplane|relay\/direct|storage\/(lowdb|postgres|open-store))/,
     why: 'domain is pure services over the Store interface',
   },
   {
@@ -60,10 +60,14 @@ const RULES: Rule[] = [
   },
   {
     from: 'src/hub',
-    forbidden: /^src\/(http\/routes|dataplane|storage\/lowdb)/,
+    forbidden: /^src\/(http\/routes|dataplane|storage\/(lowdb|postgres|open-store))/,
     why: 'the hub uses the domain, not routes or the store file',
   },
-  { from: 'src/http', forbidden: /^src\/storage\/lowdb|^lowdb/, why: 'routes go through services' },
+  {
+    from: 'src/http',
+    forbidden: /^src\/storage\/(lowdb|postgres|open-store)|^lowdb|^pg$/,
+    why: 'routes go through services',
+  },
   {
     from: 'agent',
     forbidden: /^(fastify|@fastify\/|lowdb)|^src\/(domain|http|hub|storage|dataplane|app|server)/,
