@@ -27,6 +27,7 @@ export const ACME_DIRECTORY_PRESETS: Readonly<Record<string, string>> = {
   'letsencrypt-staging': 'https://acme-staging-v02.api.letsencrypt.org/directory',
 };
 
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]']);
 const SEAL_ACCOUNT_KEY = 'acme-account-key';
 const SEAL_EAB = 'acme-eab';
 const SEAL_DNS_TOKEN = 'dns-provider-token';
@@ -155,9 +156,12 @@ export class AcmeAccountService {
     if (typeof input.apiToken !== 'string' || input.apiToken.trim() === '' || input.apiToken.length > 1024)
       throw invalid('apiToken', 'is required');
     const apiBaseUrl =
-      input.apiBaseUrl === undefined || input.apiBaseUrl === null
+      input.apiBaseUrl === undefined || input.apiBaseUrl === null || input.apiBaseUrl === ''
         ? null
         : requireHttpsUrl(input.apiBaseUrl, 'apiBaseUrl');
+    // The token may travel in the clear only to this host (a local stand-in or tunnel).
+    if (apiBaseUrl?.startsWith('http://') && !LOOPBACK.has(new URL(apiBaseUrl).hostname))
+      throw invalid('apiBaseUrl', 'must be https:// (http:// only on a loopback address)');
     const id = newId();
     const at = new Date(this.#now()).toISOString();
     const record: DnsProviderRecord = {
