@@ -127,6 +127,8 @@ export interface TraceEvent {
   target?: string | null;
   clientIp?: string | null;
   error?: string | null;
+  /** Decisions of the pipeline's policy stages (WAF, rate limits, cache, shapers), in order. */
+  policy?: { stage: string; rule: string; action: string }[];
 }
 
 export type TraceLevel = 'basic' | 'detailed' | 'headers';

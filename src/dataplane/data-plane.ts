@@ -9,6 +9,11 @@
  * `closeGraceMs` to finish), and a route change takes effect for the next
  * request.
  *
+ * Requests run through the pipeline (pipeline.ts): the route stage is built
+ * from the routes; other features install their stage with `setStage`. Each
+ * change builds a new immutable pipeline and swaps it, so a request runs with
+ * the pipeline current when it arrived.
+ *
  * Bind failures map to AppError: EADDRINUSE → CONFLICT (field `port`),
  * EADDRNOTAVAIL → VALIDATION_FAILED (field `bindAddress`), EACCES →
  * VALIDATION_FAILED (field `port`).
@@ -30,9 +35,17 @@ import type { Logger } from '../logger.js';
 import type { ListenerRecord, RouteRecord, TemplateRecord } from '../storage/schema.js';
 import { SniIndex } from '../tls/sni-index.js';
 import { HttpsListener, type KeyPair, secureContextOf } from './https-listener.js';
+import {
+  buildPipeline,
+  createRouteStage,
+  type Pipeline,
+  type PipelineListener,
+  type Stage,
+  type StageSlot,
+} from './pipeline.js';
 import { type ExchangeContext, type ExchangeOptions, handleExchange } from './proxy-exchange.js';
 import { RequestMetrics } from './request-metrics.js';
-import { compileRoutes, type ListenerRoutes, routesOf } from './route-table.js';
+import { compileRoutes } from './route-table.js';
 import { type TraceInput, TraceRecorder } from './trace-recorder.js';
 
 /** Time in-flight requests get when their listener stops, before their connections are cut. */
@@ -64,6 +77,12 @@ interface RunningListener {
   https: HttpsListener | null;
   /** What the listener's answers need (hsts, redirect), recomputed when listeners change. */
   options: ExchangeOptions;
+  /** What stages see of the listener; replaced (not mutated) when the record changes. */
+  info: PipelineListener;
+}
+
+function listenerInfo(record: Readonly<ListenerRecord>): PipelineListener {
+  return Object.freeze({ id: record.id, name: record.name, secure: record.protocol === 'https' });
 }
 
 interface LoadedCertificate {
@@ -82,7 +101,8 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
   readonly #running = new Map<string, RunningListener>();
   readonly #errors = new Map<string, string>();
   readonly #closing = new Set<Promise<void>>();
-  #tables = new Map<string, ListenerRoutes>();
+  readonly #slots = new Map<StageSlot, Stage>([['route', createRouteStage(new Map())]]);
+  #pipeline: Pipeline = buildPipeline(this.#slots);
   #templates: ReadonlyMap<string, CompiledTemplate> = new Map();
   #closed = false;
   #certificates = new Map<string, LoadedCertificate>();
@@ -215,6 +235,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
       existing.record.port === listener.port;
     if (existing && sameSocket && (existing.record.protocol ?? 'http') === protocol) {
       existing.record = listener;
+      existing.info = listenerInfo(listener);
       this.#applyDefault(existing);
       this.#refreshOptions();
       return;
@@ -234,23 +255,37 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
           challengeFor: (name) => (this.#tlsAlpn01.size === 0 ? undefined : this.#tlsAlpn01.get(name)),
         },
         onRequest: (req, res) => {
-          handleExchange(this.#context, id, routesOf(this.#tables, id), req, res, running.options);
+          handleExchange(this.#context, running.info, this.#pipeline, req, res, running.options);
         },
       });
-      running = { record: listener, server: https.server, http: null, https, options: {} };
+      running = {
+        record: listener,
+        server: https.server,
+        http: null,
+        https,
+        options: {},
+        info: listenerInfo(listener),
+      };
       this.#applyDefault(running);
     } else {
       const server = createServer(
         { keepAliveTimeout: 5000, headersTimeout: 60_000, requestTimeout: 0 },
         (req: IncomingMessage, res: ServerResponse) => {
-          handleExchange(this.#context, id, routesOf(this.#tables, id), req, res, running.options);
+          handleExchange(this.#context, running.info, this.#pipeline, req, res, running.options);
         },
       );
       server.on('clientError', (_err, socket) => {
         if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
         else socket.destroy();
       });
-      running = { record: listener, server, http: server, https: null, options: {} };
+      running = {
+        record: listener,
+        server,
+        http: server,
+        https: null,
+        options: {},
+        info: listenerInfo(listener),
+      };
     }
     const server = running.server;
     await listen(server, listener);
@@ -276,7 +311,28 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
   }
 
   setRoutes(routes: readonly Readonly<RouteRecord>[]): void {
-    this.#tables = compileRoutes(routes);
+    this.setStage('route', createRouteStage(compileRoutes(routes)));
+  }
+
+  /**
+   * Installs (or, with null, removes) the stage of a slot and swaps in a new
+   * pipeline: requests already running keep the one they started with. The
+   * route slot cannot be emptied.
+   */
+  setStage(slot: StageSlot, stage: Stage | null): void {
+    if (stage !== null && stage.slot !== slot) {
+      throw new AppError('INTERNAL', `a ${stage.slot} stage cannot fill the ${slot} slot`);
+    }
+    if (stage === null) {
+      if (slot === 'route') throw new AppError('INTERNAL', 'the route stage cannot be removed');
+      this.#slots.delete(slot);
+    } else this.#slots.set(slot, stage);
+    this.#pipeline = buildPipeline(this.#slots);
+  }
+
+  /** The pipeline new requests run through (tests and the policy tester read it). */
+  get pipeline(): Pipeline {
+    return this.#pipeline;
   }
 
   /** Compiles the response templates; the next answer that uses one renders the new set. */

@@ -1,6 +1,7 @@
 /**
- * One proxied request, from arrival to the end of the response: picks the
- * route, answers static and redirect targets itself, and forwards upstream
+ * One proxied request, from arrival to the end of the response: runs the
+ * pipeline's stages (pipeline.ts: route, then the policies), answers with a
+ * stage's answer or with static and redirect targets itself, and forwards upstream
  * targets through undici's dispatcher with end-to-end streaming — the
  * upstream body is written to the client chunk by chunk and the upstream
  * socket is paused while the client does not drain; the request body is
@@ -31,7 +32,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { performance } from 'node:perf_hooks';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { Dispatcher } from 'undici';
 import {
@@ -40,9 +41,20 @@ import {
   renderTemplateResponse,
   type TemplateValues,
 } from '../domain/template-render.js';
-import type { TraceErrorKind, TraceTls } from '../domain/traffic-types.js';
+import type { PolicyDecision, PolicyStageName, TraceErrorKind, TraceTls } from '../domain/traffic-types.js';
+import {
+  type BodyTransform,
+  type ChunkSink,
+  CONTINUE,
+  isPromiseLike,
+  type Pipeline,
+  type PipelineListener,
+  type PipelineRequest,
+  type StageAnswer,
+  type StageDecision,
+} from './pipeline.js';
 import type { RequestMetrics } from './request-metrics.js';
-import { type CompiledRoute, type ListenerRoutes, matchRoute, normalizeHost } from './route-table.js';
+import { type CompiledRoute, normalizeHost } from './route-table.js';
 import type { TraceInput, TraceRecorder } from './trace-recorder.js';
 
 /** What an exchange needs from its data plane. */
@@ -158,21 +170,38 @@ export function classifyUpstreamError(err: unknown): UpstreamFailure {
   return { kind: 'upstream_error', status: 502 };
 }
 
-/** Handles one request on a listener; everything else happens through callbacks. */
+/**
+ * Handles one request on a listener with the pipeline current when it
+ * arrived; everything else happens through callbacks.
+ */
 export function handleExchange(
   context: ExchangeContext,
-  listenerId: string,
-  routes: ListenerRoutes,
+  listener: PipelineListener,
+  pipeline: Pipeline,
   req: ExchangeRequest,
   res: ExchangeResponse,
   options: ExchangeOptions = NO_OPTIONS,
 ): void {
-  new ProxyExchange(context, listenerId, req as IncomingMessage, res as ServerResponse, options).run(routes);
+  new ProxyExchange(
+    context,
+    listener,
+    pipeline,
+    req as IncomingMessage,
+    res as ServerResponse,
+    options,
+  ).run();
 }
 
 const NO_OPTIONS: ExchangeOptions = {};
 
-class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
+const STAGE_FAILED: StageAnswer = {
+  status: 500,
+  headers: ['content-type', TEXT_PLAIN],
+  body: 'internal error\n',
+  error: 'stage_error',
+};
+
+class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchHandler {
   readonly startedAt = Date.now();
   readonly #t0 = performance.now();
   readonly method: string;
@@ -183,7 +212,7 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
   durationMs = 0;
   bytesIn = 0;
   bytesOut = 0;
-  readonly listenerId: string;
+  readonly listener: PipelineListener;
   routeId: string | null = null;
   target: string | null = null;
   readonly clientIp: string | null;
@@ -191,8 +220,15 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
   upstreamMs: number | null = null;
   responseHeaders: (string | Buffer)[] | null = null;
   readonly tls: TraceTls | null;
+  policy: PolicyDecision[] | null = null;
 
   readonly #context: ExchangeContext;
+  readonly #pipeline: Pipeline;
+  /** Headers stages added for the answer, flat; null when none. */
+  #extraHeaders: string[] | null = null;
+  #notes: Map<string, unknown> | null = null;
+  /** Where response body chunks go when a stage transforms the body; null = straight to the client. */
+  #sink: ChunkSink | null = null;
   readonly #options: ExchangeOptions;
   readonly #secure: boolean;
   readonly #req: IncomingMessage;
@@ -209,14 +245,16 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
   // with a flat header list, write/drain, end, destroy, headersSent, writableFinished).
   constructor(
     context: ExchangeContext,
-    listenerId: string,
+    listener: PipelineListener,
+    pipeline: Pipeline,
     req: IncomingMessage,
     res: ServerResponse,
     options: ExchangeOptions,
   ) {
     this.#context = context;
     this.#options = options;
-    this.listenerId = listenerId;
+    this.listener = listener;
+    this.#pipeline = pipeline;
     this.#req = req;
     this.#res = res;
     this.method = req.method ?? 'GET';
@@ -235,6 +273,40 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
     return this.#id;
   }
 
+  get route(): CompiledRoute | null {
+    return this.#route;
+  }
+
+  /** Set by the route stage; the trace names the route and target from then on, whoever answers. */
+  set route(route: CompiledRoute | null) {
+    this.#route = route;
+    this.routeId = route?.id ?? null;
+    this.target = route?.label ?? null;
+  }
+
+  get listenerId(): string {
+    return this.listener.id;
+  }
+
+  get headers(): IncomingHttpHeaders {
+    return this.#req.headers;
+  }
+
+  get notes(): Map<string, unknown> {
+    this.#notes ??= new Map();
+    return this.#notes;
+  }
+
+  addResponseHeader(name: string, value: string): void {
+    this.#extraHeaders ??= [];
+    this.#extraHeaders.push(name, value);
+  }
+
+  recordDecision(stage: PolicyStageName, rule: string, action: string): void {
+    this.policy ??= [];
+    this.policy.push({ stage, rule, action });
+  }
+
   get httpVersion(): string {
     return this.#req.httpVersion;
   }
@@ -247,7 +319,7 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
     return this.#req.rawHeaders;
   }
 
-  run(tables: ListenerRoutes): void {
+  run(): void {
     if (!this.#parseTarget()) {
       this.#respond(400, 'bad request\n');
       return;
@@ -270,15 +342,77 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
       this.#send(308, ['location', location], null);
       return;
     }
-    const route = matchRoute(tables, this.host, this.path);
+    this.#runStages(0);
+  }
+
+  /** Walks the stages from `index`; stays synchronous until a stage returns a promise. */
+  #runStages(index: number): void {
+    const stages = this.#pipeline.stages;
+    for (let i = index; i < stages.length; i++) {
+      let decision: StageDecision | PromiseLike<StageDecision>;
+      try {
+        decision = stages[i]!.decide(this);
+      } catch {
+        decision = STAGE_FAILED;
+      }
+      if (isPromiseLike<StageDecision>(decision)) {
+        decision.then(
+          (settled) => this.#afterStage(settled, i),
+          () => this.#afterStage(STAGE_FAILED, i),
+        );
+        return;
+      }
+      if (decision !== CONTINUE) {
+        this.#answer(decision);
+        return;
+      }
+    }
+    this.#toTarget();
+  }
+
+  #afterStage(decision: StageDecision, index: number): void {
+    if (this.#clientGone) return;
+    if (decision === CONTINUE) this.#runStages(index + 1);
+    else this.#answer(decision);
+  }
+
+  /** Sends a stage's answer: its own body, or the named template rendered for this request. */
+  #answer(answer: StageAnswer): void {
+    this.#drainRequest();
+    if (answer.error !== undefined) this.error = answer.error;
+    const headers = answer.headers === undefined ? [] : [...answer.headers];
+    if (answer.template !== undefined) {
+      const rendered = renderTemplateResponse(
+        this.#context.templates(),
+        answer.template.id,
+        this.templateValues(answer.status, answer.template.values),
+        answer.status,
+      );
+      headers.push('content-type', rendered.contentType, 'cache-control', 'no-store');
+      this.#send(rendered.status, headers, rendered.body, true);
+      return;
+    }
+    const body = answer.body;
+    if (body instanceof Readable) {
+      this.#stream(answer.status, headers, body);
+      return;
+    }
+    this.#send(
+      answer.status,
+      headers,
+      body === undefined || body === null ? null : typeof body === 'string' ? Buffer.from(body) : body,
+      true,
+    );
+  }
+
+  /** The route's target, after every stage let the request through. */
+  #toTarget(): void {
+    const route = this.#route;
     if (route === null) {
       this.error = 'no_route';
       this.#respond(404, 'no route\n');
       return;
     }
-    this.routeId = route.id;
-    this.target = route.label;
-    this.#route = route;
     const target = route.target;
     switch (target.type) {
       case 'static':
@@ -350,6 +484,13 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
       // HTTP/2 has no framing headers: a body follows unless the headers ended the stream.
       (length === undefined &&
         (this.#req as unknown as Http2ServerRequest).stream?.endAfterHeaders === false);
+    let body: AsyncIterable<Buffer> | null = hasBody ? countBytes(this.#req, this) : null;
+    if (body !== null) {
+      for (const stage of this.#pipeline.requestBodyStages) {
+        const transform = stage.requestBody!(this);
+        if (transform !== null) body = transform(body);
+      }
+    }
     try {
       this.#context.dispatcher.dispatch(
         {
@@ -358,7 +499,7 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
           method: this.method,
           headers,
           // undici takes any async iterable as a body; the generator counts bytes and keeps backpressure.
-          body: hasBody ? (countBytes(this.#req, this) as unknown as Readable) : null,
+          body: body as unknown as Readable | null,
           headersTimeout: timeout,
           bodyTimeout: timeout,
         },
@@ -427,8 +568,7 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
     if (this.#options.hsts === true && headers['strict-transport-security'] === undefined)
       list.push('strict-transport-security', HSTS_VALUE);
     try {
-      this.#res.writeHead(statusCode, list);
-      this.responseHeaders = list;
+      this.#writeHead(statusCode, list, false);
     } catch (err) {
       // A header Node refuses to send (invalid characters): the upstream answer is unusable → 502.
       controller.abort(err as Error);
@@ -437,6 +577,14 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (this.#clientGone) return;
+    const sink = this.#sink;
+    if (sink !== null) {
+      if (!sink.write(chunk)) {
+        controller.pause();
+        sink.onDrain(this.#resume);
+      }
+      return;
+    }
     this.bytesOut += chunk.length;
     if (!this.#res.write(chunk)) {
       controller.pause();
@@ -446,7 +594,9 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
 
   onResponseEnd(): void {
     this.#upstreamDone = true;
-    if (!this.#clientGone) this.#res.end();
+    if (this.#clientGone) return;
+    if (this.#sink !== null) this.#sink.end();
+    else this.#res.end();
   }
 
   onResponseError(_controller: Dispatcher.DispatchController | null, err: Error): void {
@@ -459,6 +609,7 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
     if (this.#res.headersSent) {
       // The answer had started: the client sees a cut connection, never a truncated "success".
       this.error = failure.kind === 'upstream_body_timeout' ? failure.kind : 'upstream_aborted';
+      this.#sink?.abort(err);
       this.#res.destroy(err);
       return;
     }
@@ -505,24 +656,112 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
       rendered.status,
       ['content-type', rendered.contentType, 'cache-control', 'no-store'],
       rendered.body,
+      false,
     );
   }
 
   #respond(status: number, text: string): void {
     this.#drainRequest();
-    this.#send(status, ['content-type', TEXT_PLAIN], Buffer.from(text));
+    this.#send(status, ['content-type', TEXT_PLAIN], Buffer.from(text), false);
   }
 
-  #send(status: number, headers: string[], body: Buffer | null): void {
+  /**
+   * Writes the response head with the headers stages added, after the
+   * stages' response hooks; installs their body transforms (if any) as
+   * `#sink`. Throws what `writeHead` throws (invalid header).
+   */
+  #writeHead(status: number, headers: string[], answered: boolean): void {
+    if (this.#extraHeaders !== null) headers.push(...this.#extraHeaders);
+    const stages = this.#pipeline.responseStages;
+    let transforms: BodyTransform[] | null = null;
+    if (stages.length > 0) {
+      const head = { status, headers, answered };
+      for (const stage of stages) {
+        const transform = stage.response!(this, head);
+        if (transform === null) continue;
+        transforms ??= [];
+        transforms.push(transform);
+      }
+    }
+    this.#res.writeHead(status, headers);
+    this.responseHeaders = headers;
+    if (transforms !== null) {
+      // The first stage's transform sees the body first: wrap from the client outwards.
+      let sink = this.#clientSink();
+      for (let i = transforms.length - 1; i >= 0; i--) sink = transforms[i]!(sink);
+      this.#sink = sink;
+    }
+  }
+
+  /** The client connection as a sink (used under body transforms). */
+  #clientSink(): ChunkSink {
+    const res = this.#res;
+    return {
+      write: (chunk) => {
+        if (this.#clientGone) return true;
+        this.bytesOut += chunk.length;
+        return res.write(chunk);
+      },
+      end: () => {
+        if (!this.#clientGone) res.end();
+      },
+      onDrain: (listener) => {
+        if (this.#clientGone || !res.writableNeedDrain) listener();
+        else res.once('drain', listener);
+      },
+      abort: (err) => {
+        res.destroy(err);
+      },
+    };
+  }
+
+  /** Sends a stage's streamed answer with backpressure. */
+  #stream(status: number, headers: string[], body: Readable): void {
+    const res = this.#res;
+    if (res.headersSent || this.#clientGone) {
+      body.destroy();
+      return;
+    }
+    if (this.#options.hsts === true) headers.push('strict-transport-security', HSTS_VALUE);
+    this.#writeHead(status, headers, true);
+    if (this.method === 'HEAD') {
+      body.destroy();
+      if (this.#sink !== null) this.#sink.end();
+      else res.end();
+      return;
+    }
+    const sink = this.#sink ?? this.#clientSink();
+    const resume = () => body.resume();
+    body.on('data', (chunk: Buffer) => {
+      if (!sink.write(chunk)) {
+        body.pause();
+        sink.onDrain(resume);
+      }
+    });
+    body.once('end', () => sink.end());
+    body.once('error', (err) => {
+      this.error = 'stage_error';
+      sink.abort(err);
+      res.destroy(err);
+    });
+    res.once('close', () => body.destroy());
+  }
+
+  #send(status: number, headers: string[], body: Buffer | null, answered = false): void {
     const res = this.#res;
     if (res.headersSent || this.#clientGone) return;
     const length = body === null ? 0 : body.length;
     headers.push('content-length', String(length));
     if (this.#options.hsts === true) headers.push('strict-transport-security', HSTS_VALUE);
-    this.responseHeaders = headers;
-    res.writeHead(status, headers);
-    if (body === null || length === 0 || this.method === 'HEAD') res.end();
-    else {
+    this.#writeHead(status, headers, answered);
+    const sink = this.#sink;
+    if (body === null || length === 0 || this.method === 'HEAD') {
+      if (sink !== null) sink.end();
+      else res.end();
+    } else if (sink !== null) {
+      sink.write(body);
+      sink.end();
+    } else {
       this.bytesOut += length;
       res.end(body);
     }
@@ -547,6 +786,7 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
     if (!res.writableFinished) {
       this.#clientGone = true;
       if (!this.#upstreamDone) this.#controller?.abort(new Error('the client went away'));
+      this.#sink?.abort(new Error('the client went away'));
       this.error ??= 'client_aborted';
     }
     this.status = res.headersSent ? res.statusCode : null;
@@ -557,6 +797,18 @@ class ProxyExchange implements TraceInput, Dispatcher.DispatchHandler {
     this.#context.metrics.observe(this.durationMs, failed);
     this.#context.onRequestDone?.(this);
     this.#context.recorder.record(this);
+    const stages = this.#pipeline.completeStages;
+    if (stages.length > 0) {
+      const done = {
+        request: this,
+        status: this.status,
+        durationMs: this.durationMs,
+        bytesIn: this.bytesIn,
+        bytesOut: this.bytesOut,
+        error: this.error,
+      };
+      for (const stage of stages) stage.complete!(done);
+    }
   };
 }
 

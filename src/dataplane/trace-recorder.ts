@@ -9,6 +9,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type {
+  PolicyDecision,
   TraceCounters,
   TraceErrorKind,
   TraceEvent,
@@ -49,6 +50,8 @@ export interface TraceInput {
   responseHeaders: readonly (string | Buffer)[] | null;
   /** TLS parameters on https listeners (filled when the level is above `basic`), else null. */
   tls?: TraceTls | null;
+  /** Decisions of the pipeline's stages, or null when none decided anything. */
+  policy?: readonly PolicyDecision[] | null;
 }
 
 /** A live subscriber: receives each event's sequence number and JSON. Must never block. */
@@ -179,6 +182,7 @@ function buildEvent(seq: number, input: TraceInput, level: TraceLevel): TraceEve
     clientIp: input.clientIp,
     error: input.error,
   };
+  if (input.policy) event.policy = input.policy.slice();
   if (level === 'basic') return event;
   event.query = input.query === '' ? null : redactQuery(input.query);
   event.httpVersion = input.httpVersion;

@@ -15,7 +15,7 @@ export const TRACE_LEVELS: readonly TraceLevel[] = ['basic', 'detailed', 'header
  * `upstream_error` (502), `upstream_timeout` / `upstream_connect_timeout`
  * (504), `upstream_body_timeout` / `upstream_aborted` (the response had
  * started: the client connection is cut), `client_aborted` (the client went
- * away first).
+ * away first), `stage_error` (a pipeline stage failed: 500).
  */
 export type TraceErrorKind =
   | 'no_route'
@@ -28,7 +28,8 @@ export type TraceErrorKind =
   | 'upstream_connect_timeout'
   | 'upstream_body_timeout'
   | 'upstream_aborted'
-  | 'client_aborted';
+  | 'client_aborted'
+  | 'stage_error';
 
 /** The TLS parameters of an https listener's connection, traced at `detailed` and `headers`. */
 export interface TraceTls {
@@ -39,6 +40,17 @@ export interface TraceTls {
   sni: string | null;
   /** `h2`, `http/1.1`, or null when the client offered no ALPN. */
   alpn: string | null;
+}
+
+/** Pipeline stages that can record a decision in a trace event (DESIGN.md §9). */
+export type PolicyStageName = 'acme' | 'route' | 'waf' | 'rate_limit' | 'cache' | 'shaper';
+
+/** One decision of one stage about a request: which rule, and what it did (`block`, `limit`, `log`, …). */
+export interface PolicyDecision {
+  stage: PolicyStageName;
+  /** The rule's name (or id when it has none). */
+  rule: string;
+  action: string;
 }
 
 /** Header values as traced at level `headers` (sensitive values already redacted). */
@@ -69,6 +81,8 @@ export interface TraceEvent {
   target: string | null;
   clientIp: string | null;
   error: TraceErrorKind | null;
+  /** Decisions of the pipeline's stages, in order; absent when no stage decided anything. */
+  policy?: PolicyDecision[];
   /** `detailed` and `headers`: the query string with sensitive parameter values redacted. */
   query?: string | null;
   /** `detailed` and `headers`. */

@@ -222,6 +222,17 @@ export function TrafficPage(props: { environment: string }) {
                     {event.status ?? 'ERR'}
                   </span>
                   {event.error ? <small class="bad-text"> {event.error}</small> : null}
+                  {event.policy?.length ? (
+                    <ul class="policy-decisions" data-testid="policy-decisions">
+                      {event.policy.map((d, i) => (
+                        <li key={`${i}-${d.stage}`}>
+                          <small class="mono">
+                            {d.stage} · {d.rule} → {d.action}
+                          </small>
+                        </li>
+                      ))}
+                    </ul>
+                  ) : null}
                 </td>
                 <td class="nowrap">
                   {event.durationMs === null ? '—' : `${formatNumber(event.durationMs)} ms`}
