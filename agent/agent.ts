@@ -12,6 +12,8 @@
  */
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage } from 'node:http';
+import { isIP, type Socket } from 'node:net';
+import type { ConnectionOptions } from 'node:tls';
 import WebSocket from 'ws';
 import { AppError, type ErrorCode, toAppError } from '../src/errors.js';
 import { createLogger, type Logger } from '../src/logger.js';
@@ -25,6 +27,7 @@ import {
   PROTOCOL_VERSION,
   RELAY_CAPABILITIES,
 } from '../src/relay/envelope.js';
+import { connectVerified } from '../src/relay/pinned-tls.js';
 import { VERSION } from '../src/version.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
 import { controlPlaneError, controlPlaneTlsOptions } from './control-plane-tls.js';
@@ -273,6 +276,27 @@ class Agent implements RunningAgent {
       handshakeTimeout: handshakeTimeoutMs,
       perMessageDeflate: false,
       followRedirects: false,
+      // Verified whatever NODE_TLS_REJECT_UNAUTHORIZED says; the upgrade (and the token) is
+      // written only on a socket that passed the handshake check.
+      createConnection: ((
+        connectOptions: ConnectionOptions & { path?: string },
+        callback: (err: Error | null, socket?: Socket) => void,
+      ) => {
+        connectVerified(
+          {
+            ...connectOptions,
+            // ws hands over its request options: `path` is the URL path here, not an IPC socket.
+            path: undefined,
+            servername:
+              connectOptions.servername ??
+              (isIP(connectOptions.host ?? '') === 0 ? (connectOptions.host ?? '') : ''),
+            handshakeTimeoutMs,
+          },
+          callback,
+        );
+        // Nothing returned: the request waits for the callback, so for the verified socket.
+        return undefined;
+      }) as unknown as AgentSocketConnect,
       // A zero mask: frames go out without the per-byte masking pass (and the hub skips unmasking).
       // Masking guards plaintext intermediaries against cache poisoning; this link is always TLS.
       generateMask: zeroMask,
@@ -452,6 +476,8 @@ export function startAgent(options: StartAgentOptions): RunningAgent {
   agent.start();
   return agent;
 }
+
+type AgentSocketConnect = NonNullable<WebSocket.ClientOptions['createConnection']>;
 
 function zeroMask(mask: Buffer): void {
   mask.fill(0);

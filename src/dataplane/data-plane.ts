@@ -122,6 +122,8 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
       keepAliveMaxTimeout: Math.max(keepAlive, 600_000),
       connect: {
         timeout: options.upstreamConnectTimeoutMs ?? DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
+        // Set here so NODE_TLS_REJECT_UNAUTHORIZED=0 cannot send clients' credentials to an unverified upstream.
+        rejectUnauthorized: true,
         ...(ca === undefined ? {} : { ca: [...(Array.isArray(ca) ? ca : [ca]), ...rootCertificates] }),
       },
     });

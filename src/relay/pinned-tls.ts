@@ -13,6 +13,13 @@
  * - Discovery completes a handshake, reads the peer chain and closes without
  *   writing anything.
  *
+ * - Every connection that can carry a credential goes through
+ *   {@link connectVerified}: `rejectUnauthorized: true` is set there, not
+ *   inherited, so NODE_TLS_REJECT_UNAUTHORIZED=0 cannot turn it off (with it,
+ *   Node would skip `checkServerIdentity` after a failed chain check and
+ *   still emit 'secureConnect'), and a socket that is not `authorized` after
+ *   the handshake is destroyed before anyone can write to it.
+ *
  * Both read the peer's certificate on the socket's 'secure' event, which
  * Node emits when the handshake is done and before it verifies the peer; a
  * refused peer's certificate can be reported that way. Verification itself
@@ -196,6 +203,72 @@ function chainOf(socket: TLSSocket): Buffer[] {
   return chain;
 }
 
+/** Options of {@link connectVerified}: tls.connect options (`rejectUnauthorized` is forced on). */
+export type VerifiedConnectOptions = tls.ConnectionOptions & {
+  /** Destroys the attempt with ETIMEDOUT when the handshake is not done by then; none when absent. */
+  handshakeTimeoutMs?: number | undefined;
+};
+
+/**
+ * Opens a TLS connection for a client that will send a credential: verification is
+ * on whatever the process default says, and `callback` receives the socket only
+ * after 'secureConnect' with `socket.authorized` true, so no byte is ever written
+ * to a peer that was not verified. On failure the socket is destroyed and
+ * `callback` gets the error (Node's verification error, the AppError thrown by
+ * `checkServerIdentity`, or the socket error). `onSecure` sees the socket when the
+ * handshake completes, before verification is judged (to read a refused peer's
+ * certificate). Returns the socket being connected, for cancellation only.
+ */
+export function connectVerified(
+  options: VerifiedConnectOptions,
+  callback: (err: Error | null, socket?: TLSSocket) => void,
+  onSecure?: (socket: TLSSocket) => void,
+): TLSSocket {
+  const { handshakeTimeoutMs, ...connect } = options;
+  const socket = tls.connect({ ...connect, rejectUnauthorized: true });
+  let done = false;
+  const finish = (err: Error | null) => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    socket.off('error', finish);
+    socket.off('secureConnect', onConnected);
+    if (err === null) {
+      callback(null, socket);
+      return;
+    }
+    // A late error from the destroyed socket has no one else to go to.
+    socket.on('error', () => {});
+    socket.destroy();
+    callback(err);
+  };
+  const onConnected = () => {
+    if (socket.authorized) {
+      finish(null);
+      return;
+    }
+    // Unreachable with rejectUnauthorized set, kept so no future option can make it reachable.
+    const reason = String(socket.authorizationError ?? 'unverified peer');
+    finish(Object.assign(new Error(`the peer was not verified (${reason})`), { code: reason }));
+  };
+  const timer =
+    handshakeTimeoutMs === undefined
+      ? undefined
+      : setTimeout(
+          () =>
+            finish(
+              Object.assign(new Error(`TLS handshake not done within ${handshakeTimeoutMs} ms`), {
+                code: 'ETIMEDOUT',
+              }),
+            ),
+          handshakeTimeoutMs,
+        );
+  if (onSecure) socket.prependListener('secure', () => onSecure(socket));
+  socket.once('error', finish);
+  socket.once('secureConnect', onConnected);
+  return socket;
+}
+
 /** Where a connection attempt is registered, so a timeout or cancel can destroy it mid-handshake. */
 export const kConnectContext = Symbol('p2pstream.connectContext');
 
@@ -250,6 +323,7 @@ export class PinnedAgent extends https.Agent {
       timeout: options.idleTimeoutMs ?? DEFAULT_IDLE_SOCKET_TIMEOUT_MS,
       maxCachedSessions: 0,
       scheduling: 'lifo',
+      rejectUnauthorized: true,
       minVersion: MIN_TLS_VERSION,
       servername: options.servername,
       ...(anchored
@@ -265,25 +339,22 @@ export class PinnedAgent extends https.Agent {
     callback?: (err: Error | null, stream: Duplex) => void,
   ): Duplex | null | undefined {
     const context = (options as Record<symbol, unknown>)[kConnectContext] as ConnectContext | undefined;
-    const socket = tls.connect(options as tls.ConnectionOptions);
-    if (context) context.socket = socket;
     let observed: Buffer | undefined;
-    socket.prependListener('secure', () => {
-      observed = leafOf(socket);
-    });
-    const onError = (err: Error) => {
-      socket.off('secureConnect', onSecure);
-      if (context) context.socket = undefined;
-      socket.destroy();
-      callback?.(classifyHandshakeError(err, observed, this.trust), undefined as unknown as Duplex);
-    };
-    const onSecure = () => {
-      socket.off('error', onError);
-      if (context) context.socket = undefined;
-      callback?.(null, socket);
-    };
-    socket.once('error', onError);
-    socket.once('secureConnect', onSecure);
+    const socket = connectVerified(
+      options as tls.ConnectionOptions,
+      (err, verified) => {
+        if (context) context.socket = undefined;
+        if (err !== null || verified === undefined) {
+          callback?.(classifyHandshakeError(err, observed, this.trust), undefined as unknown as Duplex);
+        } else {
+          callback?.(null, verified);
+        }
+      },
+      (secured) => {
+        observed = leafOf(secured);
+      },
+    );
+    if (context) context.socket = socket;
     // Handing the socket over only from the callback is what keeps request bytes behind verification.
     return undefined;
   }
