@@ -40,6 +40,19 @@ export interface ServerConfig {
    * shared by several replicas; null keeps the lowdb file in the data dir.
    */
   databaseUrl: string | null;
+  /**
+   * `P2PSTREAM_NATS_URL`: the NATS server(s) replicas use for agent presence
+   * and relayed calls between them (`nats://host:4222`, comma-separated for
+   * several); needs P2PSTREAM_DATABASE_URL. Null: one process, no cluster.
+   */
+  natsUrl: string | null;
+  /** Cluster timings (no variables; tests shorten them). */
+  cluster?: {
+    /** How long the bus may be away before this replica stops taking agents (default 3 s). */
+    busLossGraceMs?: number;
+    heartbeatMs?: number;
+    replicaTtlMs?: number;
+  };
 }
 
 /** Reads the server settings; throws AppError VALIDATION_FAILED naming the bad variable. */
@@ -72,6 +85,25 @@ export function loadConfig(env: NodeJS.ProcessEnv): Readonly<ServerConfig> {
       },
     );
   }
+  const natsUrl = nonEmpty(env.P2PSTREAM_NATS_URL);
+  if (natsUrl !== null) {
+    if (!natsUrl.split(',').every((entry) => isNatsUrl(entry.trim()))) {
+      throw new AppError(
+        'VALIDATION_FAILED',
+        'P2PSTREAM_NATS_URL must be nats:// or tls:// URLs, comma-separated',
+        {
+          details: { field: 'P2PSTREAM_NATS_URL' },
+        },
+      );
+    }
+    if (databaseUrl === null) {
+      throw new AppError(
+        'VALIDATION_FAILED',
+        'P2PSTREAM_NATS_URL joins replicas, which share one database: set P2PSTREAM_DATABASE_URL too',
+        { details: { field: 'P2PSTREAM_DATABASE_URL' } },
+      );
+    }
+  }
   return Object.freeze({
     dataDir: path.resolve(nonEmpty(env.P2PSTREAM_DATA_DIR) ?? DEFAULT_DATA_DIR),
     managementAddr: nonEmpty(env.MANAGEMENT_ADDR) ?? DEFAULT_MANAGEMENT_ADDR,
@@ -83,7 +115,17 @@ export function loadConfig(env: NodeJS.ProcessEnv): Readonly<ServerConfig> {
     bodyLimitBytes: DEFAULT_BODY_LIMIT_BYTES,
     headersTimeoutMs: DEFAULT_HEADERS_TIMEOUT_MS,
     databaseUrl,
+    natsUrl,
   });
+}
+
+function isNatsUrl(value: string): boolean {
+  try {
+    const url = new URL(value);
+    return (url.protocol === 'nats:' || url.protocol === 'tls:') && url.hostname !== '';
+  } catch {
+    return false;
+  }
 }
 
 function isPostgresUrl(value: string): boolean {

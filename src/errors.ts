@@ -36,6 +36,8 @@ export const ERROR_CODES = {
   CANCELLED: { status: 499, retryable: false },
   /** A target refused by the agent's AGENT_ALLOWED_TARGETS policy. */
   TARGET_NOT_ALLOWED: { status: 403, retryable: false },
+  /** This control-plane replica takes no agents right now (it lost the cluster bus, or it is stopping). */
+  REPLICA_UNAVAILABLE: { status: 503, retryable: true },
   /** Too many requests from one client (agent authentication floods, etc.). */
   RATE_LIMITED: { status: 429, retryable: true },
   INTERNAL: { status: 500, retryable: false },

@@ -8,6 +8,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { type AppOptions, buildApp } from './app.js';
+import { ClusterPresence } from './cluster/cluster-presence.js';
 import type { ServerConfig } from './config.js';
 import { DataPlane } from './dataplane/data-plane.js';
 import { TraceRecorder } from './dataplane/trace-recorder.js';
@@ -15,6 +16,7 @@ import { AcmeAccountService } from './domain/acme-account-service.js';
 import { AgentService } from './domain/agent-service.js';
 import { AuthService } from './domain/auth-service.js';
 import { CertificateService } from './domain/certificate-service.js';
+import type { ReplicaSummary } from './domain/cluster-types.js';
 import { EnvironmentService } from './domain/environment-service.js';
 import { createOverviewService } from './domain/overview-service.js';
 import { ProxyConfigService } from './domain/proxy-config-service.js';
@@ -45,6 +47,7 @@ import { loadSecretsBox, type SecretsBox } from './storage/secrets-box.js';
 import type { Store } from './storage/store.js';
 import { createAcmeIssuer } from './tls/acme-issuer.js';
 import { loadManagementCertificate } from './tls/management-certificate.js';
+import { VERSION } from './version.js';
 
 export interface RunningServer {
   /** `https://HOST:PORT` of the management listener. */
@@ -102,10 +105,86 @@ export async function startServer(
   const metrics = new MetricsRegistry();
   const auth = new AuthService({ store, setupToken });
   const tokens = new TokenService({ store });
-  const system = createSystemService({ store });
-  const agents = new AgentService({ store, replicaId });
+  // The cluster (replicas sharing the database and a NATS server): presence of replicas and agents.
+  const startedAt = Date.now();
+  let hubRef: Hub | null = null;
+  const presence = config.natsUrl
+    ? ClusterPresence.start({
+        url: config.natsUrl,
+        replicaId,
+        version: VERSION,
+        startedAt,
+        agentsConnected: () => hubRef?.connectedCount() ?? 0,
+        logger: logger.child({ component: 'cluster' }),
+        onBusState: (connected) => busState(connected),
+        ...(config.cluster?.heartbeatMs ? { heartbeatMs: config.cluster.heartbeatMs } : {}),
+        ...(config.cluster?.replicaTtlMs ? { replicaTtlMs: config.cluster.replicaTtlMs } : {}),
+      })
+    : null;
+  let busLossTimer: ReturnType<typeof setTimeout> | null = null;
+  const busState = (connected: boolean) => {
+    if (busLossTimer) clearTimeout(busLossTimer);
+    busLossTimer = null;
+    if (connected) {
+      hubRef?.resume();
+      return;
+    }
+    // A blip (NATS restarting) is ridden out; a longer loss sends this replica's agents elsewhere.
+    busLossTimer = setTimeout(
+      () => hubRef?.pause('this control-plane replica lost the cluster bus; connect to another one'),
+      config.cluster?.busLossGraceMs ?? DEFAULT_BUS_LOSS_GRACE_MS,
+    );
+    busLossTimer.unref();
+  };
+  const replicaSummaries = (): ReplicaSummary[] =>
+    presence
+      ? presence.replicas()
+      : [
+          {
+            id: replicaId,
+            version: VERSION,
+            startedAt: new Date(startedAt).toISOString(),
+            uptimeSeconds: Math.floor((Date.now() - startedAt) / 1000),
+            agentsConnected: hubRef?.connectedCount() ?? 0,
+            lastHeartbeatAt: new Date().toISOString(),
+            self: true,
+          },
+        ];
+  const system = createSystemService({
+    store,
+    startedAt,
+    replica: {
+      status: () => ({
+        id: replicaId,
+        store: opened.kind,
+        databaseConnected: opened.connected(),
+        bus: presence ? (presence.busConnected ? 'connected' : 'disconnected') : 'off',
+        acceptingAgents: hubRef?.acceptingAgents ?? false,
+        agentsConnected: hubRef?.connectedCount() ?? 0,
+      }),
+      replicas: replicaSummaries,
+    },
+  });
+  const agents = new AgentService({
+    store,
+    replicaId,
+    ...(presence ? { presence: { holderOf: (id: string) => presence.holderOf(id) } } : {}),
+  });
   await agents.closeOrphanSessions();
-  const hub = new Hub({ agents, logger: logger.child({ component: 'hub' }) });
+  const hub = new Hub({
+    agents,
+    logger: logger.child({ component: 'hub' }),
+    onAgentConnected: (agentId, sessionId, at) => presence?.agentConnected(agentId, sessionId, at),
+    onAgentDisconnected: (agentId, sessionId) => presence?.agentDisconnected(agentId, sessionId),
+  });
+  hubRef = hub;
+  if (presence) {
+    // Until the bus is up this replica could not tell the others about its agents.
+    if (!presence.busConnected)
+      hub.pause('this control-plane replica is not connected to the cluster bus yet');
+    await Promise.race([presence.ready(), new Promise((resolve) => setTimeout(resolve, 3000).unref())]);
+    if (presence.busConnected) hub.resume();
+  }
   // Environments: the registry, its transports (in-process, or through the hub's agents) and the relay.
   const directTransport = createDirectTransport({ logger: logger.child({ component: 'relay' }) });
   const environments = new EnvironmentService({
@@ -153,6 +232,7 @@ export async function startServer(
     listenersConfigured: () => proxyConfig.listenerCount(),
     traceSubscribers: () => recorder.subscriberCount,
     agentsConnected: () => hub.connectedCount(),
+    replicas: replicaSummaries,
   });
   registerInstanceMetrics(metrics, {
     agentsConnected: () => hub.connectedCount(),
@@ -256,7 +336,9 @@ export async function startServer(
     close() {
       closing ??= (async () => {
         unsubscribeStore();
+        if (busLossTimer) clearTimeout(busLossTimer);
         await hub.close();
+        await presence?.close();
         await app.close();
         await certificates.close();
         directTransport.close();
@@ -268,6 +350,9 @@ export async function startServer(
     },
   };
 }
+
+/** How long the cluster bus may be away before a replica stops taking agents. */
+export const DEFAULT_BUS_LOSS_GRACE_MS = 3000;
 
 /** The file in the data dir holding this replica's id. */
 export const REPLICA_ID_FILE_NAME = 'replica-id';

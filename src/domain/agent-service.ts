@@ -11,6 +11,7 @@
 import { AppError } from '../errors.js';
 import type { AgentConnectionRecord, AgentRecord } from '../storage/schema.js';
 import type { Store } from '../storage/store.js';
+import type { AgentPresence } from './cluster-types.js';
 import { constantTimeEqual, hashSecret, isId, newId, newSecret } from './ids.js';
 import {
   invalid,
@@ -52,6 +53,8 @@ export interface Agent {
   status: 'connected' | 'offline';
   /** Start of the live session, or null when offline. */
   connectedAt: string | null;
+  /** The control-plane replica holding the live session (null when offline, or without replicas). */
+  replicaId: string | null;
   lastSeenAt: string | null;
   remoteAddress: string | null;
   version: string | null;
@@ -85,6 +88,8 @@ export interface AgentServiceOptions {
    * sharing a database each hold their own agents). Default null.
    */
   replicaId?: string | null;
+  /** Where agents held by other replicas are (cluster presence); without it only this process's count. */
+  presence?: AgentPresence;
 }
 
 interface LiveSession {
@@ -141,6 +146,7 @@ export class AgentService {
   readonly #now: () => number;
   readonly #maxConnections: number;
   readonly #replicaId: string | null;
+  readonly #presence: AgentPresence | null;
   readonly #live = new Map<string, LiveSession>();
   readonly #revocationListeners = new Set<(agentId: string, reason: AgentRevocationReason) => void>();
 
@@ -149,6 +155,7 @@ export class AgentService {
     this.#now = options.now ?? Date.now;
     this.#maxConnections = options.maxConnections ?? DEFAULT_MAX_AGENT_CONNECTIONS;
     this.#replicaId = options.replicaId ?? null;
+    this.#presence = options.presence ?? null;
   }
 
   list(): Agent[] {
@@ -411,13 +418,15 @@ export class AgentService {
 
   #toAgent(record: AgentRecord): Agent {
     const live = this.#live.get(record.id);
+    const elsewhere = live ? null : (this.#presence?.holderOf(record.id) ?? null);
     return {
       id: record.id,
       name: record.name,
       enabled: record.enabled,
       labels: { ...record.labels },
-      status: live ? 'connected' : 'offline',
-      connectedAt: live?.connectedAt ?? null,
+      status: live || elsewhere ? 'connected' : 'offline',
+      connectedAt: live?.connectedAt ?? elsewhere?.connectedAt ?? null,
+      replicaId: live ? this.#replicaId : (elsewhere?.replicaId ?? null),
       lastSeenAt: live ? new Date(live.lastSeenAt).toISOString() : record.lastSeenAt,
       remoteAddress: record.remoteAddress,
       version: record.version,

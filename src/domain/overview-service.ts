@@ -6,9 +6,11 @@
  *   errors:    { last5m, last1h },          5xx answers and upstream failures
  *   latencyMs: { last5m: {p50, p95}, last1h: {p50, p95} }   null without requests
  *   listeners: { running, configured },
- *   agentsConnected, traceSubscribers, generatedAt }
+ *   agentsConnected, replicas: [{id, uptimeSeconds, agentsConnected, …}],
+ *   traceSubscribers, generatedAt }
  * ```
  */
+import type { ReplicaSummary } from './cluster-types.js';
 import type { RequestStatsSource } from './traffic-types.js';
 
 export const FIVE_MINUTES_MS = 5 * 60_000;
@@ -23,6 +25,8 @@ export interface Overview {
   };
   listeners: { running: number; configured: number };
   agentsConnected: number;
+  /** The control-plane replicas sharing this instance (one entry without a cluster). */
+  replicas: ReplicaSummary[];
   traceSubscribers: number;
   generatedAt: string;
 }
@@ -34,6 +38,8 @@ export interface OverviewServiceOptions {
   traceSubscribers: () => number;
   /** Agents connected to this instance's hub; 0 when there is no hub. */
   agentsConnected?: () => number;
+  /** The replicas; default none listed. */
+  replicas?: () => ReplicaSummary[];
   now?: () => number;
 }
 
@@ -57,6 +63,7 @@ export function createOverviewService(options: OverviewServiceOptions): Overview
         },
         listeners: { running: options.listenersRunning(), configured: options.listenersConfigured() },
         agentsConnected: agentsConnected(),
+        replicas: options.replicas?.() ?? [],
         traceSubscribers: options.traceSubscribers(),
         generatedAt: new Date(now()).toISOString(),
       };

@@ -65,6 +65,10 @@ export interface HubOptions {
   maxSendBufferBytes?: number;
   /** Default {@link DEFAULT_AGENT_AUTH_THROTTLE}. */
   authThrottle?: LoginThrottleOptions;
+  /** Told when an agent's session becomes the active one here (cluster presence). */
+  onAgentConnected?: (agentId: string, sessionId: string, connectedAt: string) => void;
+  /** Told when the active session of an agent here ends. */
+  onAgentDisconnected?: (agentId: string, sessionId: string) => void;
 }
 
 /** A live session's counters (for tests and diagnostics). */
@@ -103,6 +107,7 @@ export class Hub {
   readonly #closedBytes = { in: 0, out: 0 };
   readonly #unsubscribe: () => void;
   #closing: Promise<void> | null = null;
+  #paused: string | null = null;
 
   constructor(options: HubOptions) {
     this.#agents = options.agents;
@@ -188,6 +193,27 @@ export class Hub {
     return dropped;
   }
 
+  /**
+   * Stops taking agents (upgrades answer 503 REPLICA_UNAVAILABLE with
+   * `reason`) and closes the current sessions (status 1001) so their agents
+   * move to another replica. For a replica that lost the cluster bus.
+   */
+  pause(reason: string): void {
+    if (this.#paused !== null) return;
+    this.#paused = reason;
+    for (const session of [...this.#sessions]) session.close(CLOSE_GOING_AWAY, reason.slice(0, 100), 'moved');
+  }
+
+  /** Takes agents again after {@link pause}. */
+  resume(): void {
+    this.#paused = null;
+  }
+
+  /** True unless paused. */
+  get acceptingAgents(): boolean {
+    return this.#paused === null && this.#closing === null;
+  }
+
   /** Counters of the agent's live session, or null. */
   sessionStats(agentId: string): AgentSessionStats | null {
     const session = this.#active.get(agentId);
@@ -229,6 +255,7 @@ export class Hub {
 
   async #authenticate(request: FastifyRequest): Promise<void> {
     const remoteAddress = request.ip;
+    if (this.#paused !== null) throw new AppError('REPLICA_UNAVAILABLE', this.#paused);
     if (this.#throttle.isBlocked(remoteAddress)) {
       throw new AppError('RATE_LIMITED', 'too many failed agent authentications; try again later');
     }
@@ -289,17 +316,24 @@ export class Hub {
 
   #onReady(session: AgentSession): boolean {
     if (this.#closing || !this.#agents.isCredentialCurrent(session.credential)) return false;
+    if (this.#paused !== null) return false;
     const previous = this.#active.get(session.agentId);
     this.#active.set(session.agentId, session);
     if (previous && previous !== session) {
       previous.close(CLOSE_POLICY, 'replaced by a newer connection of this agent', 'replaced');
     }
+    const record = session.record;
+    if (record) this.#options.onAgentConnected?.(session.agentId, record.id, record.startedAt);
     return true;
   }
 
   #onClosed(session: AgentSession): void {
     this.#sessions.delete(session);
-    if (this.#active.get(session.agentId) === session) this.#active.delete(session.agentId);
+    if (this.#active.get(session.agentId) === session) {
+      this.#active.delete(session.agentId);
+      const record = session.record;
+      if (record) this.#options.onAgentDisconnected?.(session.agentId, record.id);
+    }
   }
 }
 

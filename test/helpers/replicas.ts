@@ -25,8 +25,11 @@ export interface ReplicaSetOptions {
 
 export interface ReplicaSet {
   replicas: TestServer[];
-  /** Starts one more replica (also after one was closed: on its old data dir when given). */
-  add(dataDir?: string): Promise<TestServer>;
+  /**
+   * Starts one more replica (also after one was closed: on its old data dir
+   * when given), with extra variables of its own when given.
+   */
+  add(options?: { dataDir?: string; env?: Record<string, string> }): Promise<TestServer>;
   close(): Promise<void>;
 }
 
@@ -39,8 +42,8 @@ export async function startReplicas(count: number, options: ReplicaSetOptions): 
     ...options.env,
   };
   let template: string | null = null;
-  const add = async (existing?: string): Promise<TestServer> => {
-    let dataDir = existing;
+  const add = async (extra: { dataDir?: string; env?: Record<string, string> } = {}): Promise<TestServer> => {
+    let dataDir = extra.dataDir;
     if (!dataDir) {
       dataDir = await mkdtemp(path.join(os.tmpdir(), 'p2pstream-replica-'));
       dirs.push(dataDir);
@@ -51,7 +54,7 @@ export async function startReplicas(count: number, options: ReplicaSetOptions): 
     }
     const replica = await startTestServer({
       dataDir,
-      env,
+      env: { ...env, ...extra.env },
       ...(options.config ? { config: options.config } : {}),
     });
     template ??= dataDir;

@@ -60,7 +60,7 @@ const RULES: Rule[] = [
   },
   {
     from: 'src/hub',
-    forbidden: /^src\/(http\/routes|dataplane|storage\/(lowdb|postgres|open-store))/,
+    forbidden: /^src\/(http\/routes|dataplane|cluster|storage\/(lowdb|postgres|open-store))|^@nats-io\//,
     why: 'the hub uses the domain, not routes or the store file',
   },
   {

@@ -2,10 +2,31 @@
 import { Type } from 'typebox';
 import { errorResponses } from './common.js';
 
+export const ReplicaSummary = Type.Object({
+  id: Type.String(),
+  version: Type.String(),
+  startedAt: Type.String(),
+  uptimeSeconds: Type.Integer({ minimum: 0 }),
+  agentsConnected: Type.Integer({ minimum: 0 }),
+  lastHeartbeatAt: Type.String(),
+  self: Type.Boolean(),
+});
+
+export const ReplicaStatus = Type.Object({
+  id: Type.String(),
+  store: Type.Union([Type.Literal('lowdb'), Type.Literal('postgres')]),
+  databaseConnected: Type.Boolean(),
+  bus: Type.Union([Type.Literal('off'), Type.Literal('connected'), Type.Literal('disconnected')]),
+  acceptingAgents: Type.Boolean(),
+  agentsConnected: Type.Integer({ minimum: 0 }),
+});
+
 export const SystemInfo = Type.Object({
   version: Type.String(),
   instanceId: Type.String(),
   uptimeSeconds: Type.Integer({ minimum: 0 }),
+  replica: ReplicaStatus,
+  replicas: Type.Array(ReplicaSummary),
 });
 
 export const systemInfoSchema = {

@@ -1,0 +1,161 @@
+/**
+ * Three control-plane replicas sharing PostgreSQL and a NATS server: each
+ * knows the others (system info, overview) and which replica holds which
+ * agent (agents list); a replica that loses NATS stops taking agents, sends
+ * its agents away and says so, and takes them again once NATS is back.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { agentHeaders, createTestAgent, startTestAgent, upgradeAgent } from '../helpers/agent.js';
+import { startNats, type TestNats } from '../helpers/nats.js';
+import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
+import { startTcpRelay, type TcpRelay } from '../helpers/processes.js';
+import { type ReplicaSet, startReplicas } from '../helpers/replicas.js';
+import { cookieOf, TEST_PASSWORD, TEST_USERNAME, type TestServer } from '../helpers/server.js';
+
+let postgres: TestPostgres;
+let nats: TestNats;
+let relay: TcpRelay;
+let set: ReplicaSet;
+let cookie: string;
+
+const CLUSTER = { heartbeatMs: 300, replicaTtlMs: 2000, busLossGraceMs: 300 };
+
+beforeAll(async () => {
+  [postgres, nats] = await Promise.all([startPostgres(), startNats()]);
+  relay = await startTcpRelay(nats.port);
+  set = await startReplicas(2, {
+    databaseUrl: await postgres.createDatabase(),
+    natsUrl: nats.url,
+    config: { cluster: CLUSTER },
+  });
+  // The third replica reaches NATS through a link the tests can cut.
+  await set.add({ env: { P2PSTREAM_NATS_URL: `nats://127.0.0.1:${relay.port}` } });
+  cookie = await set.replicas[0]!.setupAdmin();
+}, 60_000);
+afterAll(async () => {
+  await set?.close();
+  await relay?.close();
+  await Promise.all([nats?.close(), postgres?.close()]);
+});
+
+async function eventually(check: () => Promise<void> | void, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await check();
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+}
+
+async function login(server: TestServer): Promise<string> {
+  const res = await server.request('POST', '/api/v1/auth/login', {
+    body: { username: TEST_USERNAME, password: TEST_PASSWORD },
+  });
+  if (res.status !== 200) throw new Error(`login failed: ${res.status} ${res.text}`);
+  return cookieOf(res);
+}
+
+describe('replicas joined by NATS', () => {
+  it('each lists all three replicas with their ids, uptime and agent counts, and itself as connected to both stores', async () => {
+    const ids = set.replicas.map((r) => r.server.replicaId);
+    expect(new Set(ids).size).toBe(3);
+    for (const replica of set.replicas) {
+      await eventually(async () => {
+        const info = (await replica.request('GET', '/api/v1/system/info', { cookie })).json;
+        expect(info.replica).toEqual({
+          id: replica.server.replicaId,
+          store: 'postgres',
+          databaseConnected: true,
+          bus: 'connected',
+          acceptingAgents: true,
+          agentsConnected: 0,
+        });
+        expect(info.replicas.map((r: { id: string }) => r.id).sort()).toEqual([...ids].sort());
+        const self = info.replicas.find((r: { self: boolean }) => r.self);
+        expect(self.id).toBe(replica.server.replicaId);
+        for (const r of info.replicas) {
+          expect(r.uptimeSeconds).toBeGreaterThanOrEqual(0);
+          expect(r.agentsConnected).toBe(0);
+        }
+      });
+    }
+  });
+
+  it('shows on every replica which replica holds an agent, and the agent offline once it leaves', async () => {
+    const [a, b] = set.replicas;
+    const credentials = await createTestAgent(a!, cookie, 'held-by-b');
+    await eventually(() =>
+      expect(b!.server.store.read().agents.some((x) => x.id === credentials.id)).toBe(true),
+    );
+    const agent = startTestAgent(b!, credentials);
+    try {
+      await agent.connected();
+      for (const replica of set.replicas) {
+        const seen = await login(replica);
+        await eventually(async () => {
+          const res = await replica.request('GET', `/api/v1/agents/${credentials.id}`, { cookie: seen });
+          expect(res.json.agent).toMatchObject({ status: 'connected', replicaId: b!.server.replicaId });
+          const overview = (await replica.request('GET', '/api/v1/overview', { cookie: seen })).json;
+          const holder = overview.replicas.find((r: { id: string }) => r.id === b!.server.replicaId);
+          expect(holder.agentsConnected).toBe(1);
+        });
+      }
+    } finally {
+      await agent.close();
+    }
+    await eventually(async () => {
+      const res = await a!.request('GET', `/api/v1/agents/${credentials.id}`, { cookie });
+      expect(res.json.agent).toMatchObject({ status: 'offline', replicaId: null });
+    });
+  });
+
+  it('stops taking agents on a replica that lost NATS, sends its agents away, says so, and takes them again once back', async () => {
+    const c = set.replicas[2]!;
+    const credentials = await createTestAgent(set.replicas[0]!, cookie, 'held-by-c');
+    await eventually(() =>
+      expect(c.server.store.read().agents.some((x) => x.id === credentials.id)).toBe(true),
+    );
+    const agent = startTestAgent(c, credentials, { backoff: { initialMs: 100, maxMs: 200 } });
+    try {
+      await agent.connected();
+      const since = agent.events.length;
+      await relay.cut();
+      await agent.waitFor((e) => e.type === 'disconnected', { since, timeoutMs: 5000 });
+      await eventually(async () => {
+        const info = (await c.request('GET', '/api/v1/system/info', { cookie })).json;
+        expect(info.replica).toMatchObject({
+          bus: 'disconnected',
+          acceptingAgents: false,
+          agentsConnected: 0,
+        });
+      });
+      const refused = await upgradeAgent(c, agentHeaders(credentials.id, credentials.token));
+      expect(refused.ok).toBe(false);
+      if (!refused.ok) {
+        expect(refused.status).toBe(503);
+        expect(JSON.parse(refused.body).error.code).toBe('REPLICA_UNAVAILABLE');
+      }
+      // The others no longer count it once its heartbeats stop.
+      await eventually(async () => {
+        const info = (await set.replicas[0]!.request('GET', '/api/v1/system/info', { cookie })).json;
+        expect(info.replicas.map((r: { id: string }) => r.id)).not.toContain(c.server.replicaId);
+      });
+      await relay.restore();
+      await eventually(async () => {
+        const info = (await c.request('GET', '/api/v1/system/info', { cookie })).json;
+        expect(info.replica).toMatchObject({ bus: 'connected', acceptingAgents: true });
+      }, 15_000);
+      await agent.connected(10_000);
+      await eventually(async () => {
+        const res = await set.replicas[0]!.request('GET', `/api/v1/agents/${credentials.id}`, { cookie });
+        expect(res.json.agent).toMatchObject({ status: 'connected', replicaId: c.server.replicaId });
+      });
+    } finally {
+      await agent.close();
+    }
+  });
+});
