@@ -41,12 +41,22 @@ export const DEFAULT_UNAUTHORIZED_RETRY_MS = 60_000;
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 /** The hub pings every 15 s; this long without any frame means the connection is dead. */
 export const DEFAULT_IDLE_TIMEOUT_MS = 45_000;
+/**
+ * Bytes the agent lets queue towards the control plane (written to the
+ * WebSocket, not yet taken by the kernel) before it stops sending body
+ * chunks: 4 MiB. The queue can pass it by one frame at most (a body chunk, or
+ * the small envelopes that are never held back: heads, ends, errors, pongs);
+ * sending resumes once it is down to half.
+ */
+export const DEFAULT_MAX_QUEUED_BYTES = 4 * 1024 * 1024;
 
 /** What the agent needs from the relay's envelope executor (EnvelopeExecutor). */
 export interface EnvelopeHandler {
   receive(envelope: Envelope): void;
   /** Cancels every in-flight stream. */
   close(): void;
+  /** The send queue has room again (see `isCongested` of the factory). */
+  resume?(): void;
   /** Memory and stream counters. */
   stats?(): AgentExecutorStats;
 }
@@ -69,6 +79,8 @@ export type EnvelopeHandlerFactory = (options: {
   allowedTargets?: string[];
   maxStreams: number;
   logger: Logger;
+  /** True while the send queue is full: send no body chunk until `resume()`. */
+  isCongested: () => boolean;
 }) => EnvelopeHandler;
 
 export interface StartAgentOptions {
@@ -100,6 +112,8 @@ export interface StartAgentOptions {
   maxFrameBytes?: number;
   /** Concurrent streams announced in hello; default {@link DEFAULT_MAX_STREAMS}. */
   maxStreams?: number;
+  /** Send-queue bound; default {@link DEFAULT_MAX_QUEUED_BYTES}. */
+  maxQueuedBytes?: number;
 }
 
 export type AgentState = 'connecting' | 'connected' | 'waiting' | 'closed';
@@ -320,8 +334,25 @@ class Agent implements RunningAgent {
           socket.terminate();
         }, idleTimeoutMs);
       };
+      // Bytes handed to the socket and not yet written out: bounded by holding back body chunks.
+      const maxQueuedBytes = options.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES;
+      let queuedBytes = 0;
+      let congested = false;
+      const isCongested = () => {
+        if (!congested && queuedBytes >= maxQueuedBytes) congested = true;
+        return congested;
+      };
       const send = (envelope: Envelope) => {
-        if (socket.readyState === WebSocket.OPEN) socket.send(encodeEnvelope(envelope), { binary: true });
+        if (socket.readyState !== WebSocket.OPEN) return;
+        const frame = encodeEnvelope(envelope);
+        queuedBytes += frame.byteLength;
+        socket.send(frame, { binary: true }, () => {
+          queuedBytes -= frame.byteLength;
+          if (congested && queuedBytes <= maxQueuedBytes / 2) {
+            congested = false;
+            this.#executor?.resume?.();
+          }
+        });
       };
       const violation = (error: AppError) => {
         this.#logger.warn({ code: error.code, err: error }, 'the control plane broke the relay protocol');
@@ -408,6 +439,7 @@ class Agent implements RunningAgent {
               ...(options.allowedTargets ? { allowedTargets: options.allowedTargets } : {}),
               maxStreams,
               logger: this.#logger,
+              isCongested,
             });
             this.#state = 'connected';
             this.#logger.info({ url: options.managementUrl }, 'connected to the control plane');

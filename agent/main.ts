@@ -18,6 +18,7 @@ export const createAgentExecutor: EnvelopeHandlerFactory = (options) =>
     allowedTargets: options.allowedTargets ?? null,
     maxStreams: options.maxStreams,
     logger: options.logger,
+    isCongested: options.isCongested,
   });
 
 /** Runs the agent until a termination signal; resolves once it has shut down. */

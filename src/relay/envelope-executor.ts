@@ -81,6 +81,13 @@ export interface EnvelopeExecutorOptions {
   maxPooledOrigins?: number | undefined;
   /** Idle pooled connections close after this long; default 4 s (DEFAULT_IDLE_SOCKET_TIMEOUT_MS). */
   idleSocketTimeoutMs?: number | undefined;
+  /**
+   * True while the link towards the client side has as much queued as it may
+   * hold: no body chunk is sent then, whatever the windows allow (upstream
+   * responses pause), until {@link EnvelopeExecutor.resume} is called.
+   * Absent = never congested.
+   */
+  isCongested?: (() => boolean) | undefined;
 }
 
 /** Memory and concurrency counters, for tests and diagnostics. */
@@ -159,10 +166,12 @@ export class EnvelopeExecutor {
   readonly #maxStreams: number;
   readonly #maxPooledOrigins: number;
   readonly #idleSocketTimeoutMs: number | undefined;
+  readonly #isCongested: () => boolean;
   readonly #streams = new Map<number, Stream>();
   // Insertion order doubles as least-recently-used order.
   readonly #pools = new Map<string, PoolEntry>();
   #closed = false;
+  #resumeFrom = 0;
   #inFlight = 0;
   #buffered = 0;
   #peakInFlight = 0;
@@ -176,6 +185,22 @@ export class EnvelopeExecutor {
     this.#maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
     this.#maxPooledOrigins = options.maxPooledOrigins ?? DEFAULT_MAX_POOLED_ORIGINS;
     this.#idleSocketTimeoutMs = options.idleSocketTimeoutMs;
+    this.#isCongested = options.isCongested ?? (() => false);
+  }
+
+  /** The link is no longer congested: streams held back by it send again. */
+  resume(): void {
+    if (this.#closed) return;
+    const streams = [...this.#streams.values()];
+    // Start one further each time, so the first streams cannot take all the room every time.
+    const start = streams.length > 0 ? this.#resumeFrom++ % streams.length : 0;
+    for (let i = 0; i < streams.length; i++) {
+      const stream = streams[(start + i) % streams.length] as Stream;
+      if (stream.kind === 'request' && stream.state === 'upstream' && stream.res !== undefined) {
+        this.#pump(stream);
+        if (this.#isCongested()) return;
+      }
+    }
   }
 
   /** Handles one envelope from the client side. Never throws. Ignored after close(). */
@@ -528,7 +553,8 @@ export class EnvelopeExecutor {
 
   /** Sends what the window allows, then pauses or resumes the upstream response. */
   #pump(stream: RequestStream): void {
-    while (stream.pending.length > 0 && stream.credit > 0) {
+    const congested = this.#isCongested;
+    while (stream.pending.length > 0 && stream.credit > 0 && !congested()) {
       const first = stream.pending[0] as Buffer;
       const size = Math.min(first.length, stream.credit, MAX_CHUNK_BYTES);
       let piece: Buffer;
@@ -555,7 +581,7 @@ export class EnvelopeExecutor {
       this.#finish(stream, false);
       return;
     }
-    const hold = stream.pending.length > 0 || stream.credit <= 0;
+    const hold = stream.pending.length > 0 || stream.credit <= 0 || congested();
     if (hold && !stream.paused) {
       stream.paused = true;
       stream.res?.pause();
