@@ -339,6 +339,8 @@ export async function peersDir(): Promise<{ dir: string; remove(): Promise<void>
 
 /** One wrk run's figures. */
 export interface WrkResult {
+  /** Requests completed. */
+  requests: number;
   requestsPerSecond: number;
   p50Ms: number;
   p99Ms: number;
@@ -368,6 +370,7 @@ export async function runWrk(
   const socket = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(stdout);
   const socketErrors = socket ? socket.slice(1).reduce((sum, n) => sum + Number(n), 0) : 0;
   return {
+    requests: Number(/(\d+) requests in/.exec(stdout)?.[1] ?? 0),
     requestsPerSecond: Number(rps[1]),
     p50Ms: wrkPercentile(stdout, '50'),
     p99Ms: wrkPercentile(stdout, '99'),

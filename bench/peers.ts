@@ -18,6 +18,7 @@
  * one round. Absolute figures, the tools' versions, the CPU each process used
  * and the load average go into the rows' notes.
  */
+import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import { type BenchRow, type Spread, spread } from './harness.js';
 import { forkEntry, type Instance, sampleProcess, startInstance, watchPeakRss } from './instances.js';
@@ -110,25 +111,45 @@ async function startP2pstream(origin: string): Promise<P2pstream> {
 interface Target {
   key: string;
   url: string;
-  pid: number | null;
+  pid: number;
   before?: () => Promise<void>;
 }
 
 interface Measured extends WrkResult {
-  /** Cores the target process used during the run (null: not sampled). */
-  cores: number | null;
+  /** Cores the target's processes used during the run. */
+  cores: number;
+  /** CPU time the target's processes spent per request, in µs (steadier than req/s on a busy machine). */
+  cpuUsPerRequest: number;
+}
+
+/** CPU time of a process and its direct children (nginx's workers), in ms. */
+async function treeCpuMs(pid: number): Promise<number> {
+  let children: number[] = [];
+  try {
+    const list = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8');
+    children = list.split(' ').filter(Boolean).map(Number);
+  } catch {
+    // no children file (older kernels): the process alone
+  }
+  const samples = await Promise.all(
+    [pid, ...children].map((p) => sampleProcess(p).catch(() => ({ cpuMs: 0, rssBytes: 0 }))),
+  );
+  return samples.reduce((sum, s) => sum + s.cpuMs, 0);
 }
 
 async function measure(tools: PeerTools, target: Target, connections: number, seconds: number) {
   await target.before?.();
-  const cpuBefore = target.pid === null ? null : await sampleProcess(target.pid);
+  const cpuBefore = await treeCpuMs(target.pid);
   const started = performance.now();
   const result = await runWrk(tools, target.url, connections, seconds);
   const elapsed = performance.now() - started;
-  const cpuAfter = target.pid === null ? null : await sampleProcess(target.pid);
+  const cpuMs = (await treeCpuMs(target.pid)) - cpuBefore;
   if (result.errors > 0) throw new Error(`${target.key}: ${result.errors} failed requests under wrk`);
-  const cores = cpuBefore && cpuAfter ? (cpuAfter.cpuMs - cpuBefore.cpuMs) / elapsed : null;
-  return { ...result, cores } satisfies Measured;
+  return {
+    ...result,
+    cores: cpuMs / elapsed,
+    cpuUsPerRequest: (cpuMs * 1000) / Math.max(1, result.requests),
+  } satisfies Measured;
 }
 
 function loadAverage(): string {
@@ -164,7 +185,7 @@ export async function benchPeers(options: PeersBenchOptions = {}): Promise<Bench
 
     const traced = () => p2p.setTracing(true);
     const proxied: Target[] = [
-      { key: 'nginx', url: nginx.url, pid: null },
+      { key: 'nginx', url: nginx.url, pid: nginx.pid },
       { key: 'caddy', url: caddy.proxyUrl, pid: caddy.pid },
       { key: 'p2pstream', url: p2p.proxyUrl, pid: p2p.instance.pid, before: traced },
       {
@@ -255,7 +276,11 @@ const NAMES: Record<string, string> = {
 function peerRows(input: RowInput): BenchRow[] {
   const { results } = input;
   const median = (values: number[]) => spread(values).median;
-  const ratio = (a: string, b: string, field: 'requestsPerSecond' | 'p50Ms' | 'p99Ms'): Spread => {
+  const ratio = (
+    a: string,
+    b: string,
+    field: 'requestsPerSecond' | 'p50Ms' | 'p99Ms' | 'cpuUsPerRequest',
+  ): Spread => {
     const x = results.get(a)!;
     const y = results.get(b)!;
     return spread(x.map((r, i) => r[field] / y[i]![field]));
@@ -263,8 +288,8 @@ function peerRows(input: RowInput): BenchRow[] {
   const describe = (id: string): string => {
     const [key] = id.split('@');
     const list = results.get(id)!;
-    const cores = list.map((r) => r.cores).filter((c): c is number => c !== null);
-    return `${NAMES[key!]} ${Math.round(median(list.map((r) => r.requestsPerSecond)))}/s, p50 ${median(list.map((r) => r.p50Ms)).toFixed(2)} ms, p99 ${median(list.map((r) => r.p99Ms)).toFixed(2)} ms${cores.length > 0 ? `, ${median(cores).toFixed(2)} cores` : ''}`;
+    const figure = (pick: (r: Measured) => number, digits = 0) => median(list.map(pick)).toFixed(digits);
+    return `${NAMES[key!]} ${figure((r) => r.requestsPerSecond)}/s, p50 ${figure((r) => r.p50Ms, 2)} ms, p99 ${figure((r) => r.p99Ms, 2)} ms, ${figure((r) => r.cores, 2)} cores, ${figure((r) => r.cpuUsPerRequest)} µs CPU per request`;
   };
   const context = `wrk 1 thread, ${input.seconds} s × ${input.rounds} rounds; ${input.load}`;
   const rows: BenchRow[] = [];
@@ -329,6 +354,19 @@ function peerRows(input: RowInput): BenchRow[] {
       '×',
       null,
     );
+    // CPU per request is the steadier figure when other work shares the cores.
+    row(
+      `CPU per proxied request p2pstream ÷ Caddy (${c} conns)`,
+      ratio(at('p2pstream'), at('caddy'), 'cpuUsPerRequest'),
+      '×',
+      null,
+    );
+    row(
+      `CPU per proxied request p2pstream ÷ minimal Node proxy (${c} conns)`,
+      ratio(at('p2pstream'), at('node'), 'cpuUsPerRequest'),
+      '×',
+      null,
+    );
   }
   const c0 = input.connections[0]!;
   const traced = ratio(`p2pstream@${c0}`, `p2pstream-untraced@${c0}`, 'requestsPerSecond');
@@ -338,6 +376,12 @@ function peerRows(input: RowInput): BenchRow[] {
     '×',
     [`p2pstream@${c0}`, `p2pstream-untraced@${c0}`].map(describe).join('; '),
     ['≥ 0.95', traced.median >= 0.95],
+  );
+  row(
+    `CPU per proxied request untraced ÷ traced (basic) (${c0} conns)`,
+    ratio(`p2pstream-untraced@${c0}`, `p2pstream@${c0}`, 'cpuUsPerRequest'),
+    '×',
+    null,
   );
   const staticNote = [`p2pstream-static@${c0}`, `caddy-static@${c0}`, `node-static@${c0}`]
     .map(describe)
@@ -358,6 +402,12 @@ function peerRows(input: RowInput): BenchRow[] {
     ratio(`node-static@${c0}`, `caddy-static@${c0}`, 'requestsPerSecond'),
     '×',
     "the runtime's own limit: a node:http server answering `ok`",
+  );
+  row(
+    `CPU per static answer p2pstream ÷ Caddy respond (${c0} conns)`,
+    ratio(`p2pstream-static@${c0}`, `caddy-static@${c0}`, 'cpuUsPerRequest'),
+    '×',
+    null,
   );
   const mb = Math.round(input.downloadBytes / 1e6);
   const mbps = (key: string) => input.mbps.get(key)!;
