@@ -9,6 +9,7 @@
  * - proxied: req/s, p50 and p99 at 32 and 256 keep-alive connections (wrk,
  *   1 thread); p2pstream with tracing off too (what tracing costs);
  * - static: p2pstream's static route against Caddy's `respond`;
+ * - https: an https listener against Caddy's, both with one certificate;
  * - download: a 100 MB file from the upstream through each proxy (curl), and
  *   p2pstream's peak RSS meanwhile;
  * - rss (its own group, minutes long): p2pstream's RSS over a run at full load.
@@ -18,8 +19,10 @@
  * one round. Absolute figures, the tools' versions, the CPU each process used
  * and the load average go into the rows' notes.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
+import path from 'node:path';
+import { createCertificate, type GeneratedCertificate } from '../src/tls/certificates.js';
 import { type BenchRow, type Spread, spread } from './harness.js';
 import { forkEntry, type Instance, sampleProcess, startInstance, watchPeakRss } from './instances.js';
 import type { MinimalProxyReady } from './minimal-proxy.js';
@@ -65,29 +68,45 @@ interface P2pstream {
   instance: Instance;
   proxyUrl: string;
   staticUrl: string;
+  /** The https listener (upstream route, the given certificate as its default). */
+  httpsUrl: string;
   setTracing(enabled: boolean): Promise<void>;
 }
 
-async function startP2pstream(origin: string): Promise<P2pstream> {
+async function startP2pstream(origin: string, tls: GeneratedCertificate): Promise<P2pstream> {
   const instance = await startInstance('peers');
   try {
-    const listener = async (name: string) => {
+    const uploaded = await instance.api('POST', '/api/v1/tls/certificates', {
+      name: 'bench',
+      hosts: ['localhost'],
+      source: 'upload',
+      certificatePem: tls.cert,
+      privateKeyPem: tls.key,
+    });
+    const listener = async (name: string, https = false) => {
       const port = await freePort();
       const created = await instance.api('POST', '/api/v1/proxy/listeners', {
         name,
         bindAddress: '127.0.0.1',
         port,
         enabled: true,
+        ...(https ? { protocol: 'https', defaultCertificateId: uploaded.json.certificate.id } : {}),
       });
-      return { id: created.json.listener.id as string, url: `http://127.0.0.1:${port}` };
+      return {
+        id: created.json.listener.id as string,
+        url: `${https ? 'https' : 'http'}://127.0.0.1:${port}`,
+      };
     };
     const proxy = await listener('bench-proxy');
     const answer = await listener('bench-static');
-    await instance.api('POST', '/api/v1/proxy/routes', {
-      listenerId: proxy.id,
-      pathPrefix: '/',
-      target: { type: 'upstream', url: origin },
-    });
+    const secure = await listener('bench-https', true);
+    for (const listenerId of [proxy.id, secure.id]) {
+      await instance.api('POST', '/api/v1/proxy/routes', {
+        listenerId,
+        pathPrefix: '/',
+        target: { type: 'upstream', url: origin },
+      });
+    }
     await instance.api('POST', '/api/v1/proxy/routes', {
       listenerId: answer.id,
       pathPrefix: '/',
@@ -97,6 +116,7 @@ async function startP2pstream(origin: string): Promise<P2pstream> {
       instance,
       proxyUrl: proxy.url,
       staticUrl: answer.url,
+      httpsUrl: secure.url,
       async setTracing(enabled) {
         await instance.api('PUT', '/api/v1/traffic/settings', { enabled, level: 'basic' });
       },
@@ -176,11 +196,16 @@ export async function benchPeers(options: PeersBenchOptions = {}): Promise<Bench
     stops.push(upstream.stop);
     const nginx: PeerServer & { url: string } = await startNginxProxy(tools, temp.dir, upstream.origin);
     stops.push(nginx.stop);
-    const caddy: CaddyPeer = await startCaddy(tools, temp.dir, upstream.origin);
+    // One certificate for both https listeners (ECDSA P-256, self-signed).
+    const certificate = await createCertificate({ altNames: ['localhost', '127.0.0.1'] });
+    const tls = { certFile: path.join(temp.dir, 'cert.pem'), keyFile: path.join(temp.dir, 'key.pem') };
+    await writeFile(tls.certFile, certificate.cert);
+    await writeFile(tls.keyFile, certificate.key, { mode: 0o600 });
+    const caddy: CaddyPeer = await startCaddy(tools, temp.dir, upstream.origin, tls);
     stops.push(caddy.stop);
     const minimal = await forkEntry<MinimalProxyReady>('minimal-proxy', [upstream.origin]);
     stops.push(minimal.stop);
-    const p2p = await startP2pstream(upstream.origin);
+    const p2p = await startP2pstream(upstream.origin, certificate);
     stops.push(() => p2p.instance.stop());
 
     const traced = () => p2p.setTracing(true);
@@ -196,16 +221,19 @@ export async function benchPeers(options: PeersBenchOptions = {}): Promise<Bench
       },
       { key: 'node', url: minimal.ready.proxyUrl, pid: minimal.pid },
     ];
-    const answering: Target[] = [
+    // Static answers and https: at the first connection count only.
+    const atFirstCount: Target[] = [
       { key: 'caddy-static', url: caddy.staticUrl, pid: caddy.pid },
       { key: 'p2pstream-static', url: p2p.staticUrl, pid: p2p.instance.pid, before: traced },
       { key: 'node-static', url: minimal.ready.staticUrl, pid: minimal.pid },
+      { key: 'caddy-https', url: caddy.httpsUrl!, pid: caddy.pid },
+      { key: 'p2pstream-https', url: p2p.httpsUrl, pid: p2p.instance.pid, before: traced },
     ];
     const runs: { id: string; target: Target; connections: number }[] = [
       ...connections.flatMap((c) =>
         proxied.map((target) => ({ id: `${target.key}@${c}`, target, connections: c })),
       ),
-      ...answering.map((target) => ({
+      ...atFirstCount.map((target) => ({
         id: `${target.key}@${connections[0]!}`,
         target,
         connections: connections[0]!,
@@ -271,6 +299,8 @@ const NAMES: Record<string, string> = {
   'caddy-static': 'Caddy respond',
   'p2pstream-static': 'p2pstream static',
   'node-static': 'minimal Node server',
+  'caddy-https': 'Caddy reverse_proxy over https',
+  'p2pstream-https': 'p2pstream over https',
 };
 
 function peerRows(input: RowInput): BenchRow[] {
@@ -409,6 +439,25 @@ function peerRows(input: RowInput): BenchRow[] {
     '×',
     null,
   );
+  const httpsNote = [`p2pstream-https@${c0}`, `caddy-https@${c0}`].map(describe).join('; ');
+  row(
+    `https proxied req/s p2pstream ÷ Caddy (${c0} conns, same certificate)`,
+    ratio(`p2pstream-https@${c0}`, `caddy-https@${c0}`, 'requestsPerSecond'),
+    '×',
+    `ECDSA P-256, TLS 1.3, HTTP/1.1 keep-alive; ${httpsNote}`,
+  );
+  row(
+    `https proxied p99 p2pstream ÷ Caddy (${c0} conns)`,
+    ratio(`p2pstream-https@${c0}`, `caddy-https@${c0}`, 'p99Ms'),
+    '×',
+    null,
+  );
+  row(
+    `CPU per https proxied request p2pstream ÷ Caddy (${c0} conns)`,
+    ratio(`p2pstream-https@${c0}`, `caddy-https@${c0}`, 'cpuUsPerRequest'),
+    '×',
+    null,
+  );
   const mb = Math.round(input.downloadBytes / 1e6);
   const mbps = (key: string) => input.mbps.get(key)!;
   const mbpsRatio = (a: string, b: string) => spread(mbps(a).map((v, i) => v / mbps(b)[i]!));
@@ -442,7 +491,10 @@ export async function benchPeersRss(options: PeersRssOptions = {}): Promise<Benc
   try {
     const upstream = await startUpstream(tools, temp.dir, 1);
     stops.push(upstream.stop);
-    const p2p = await startP2pstream(upstream.origin);
+    const p2p = await startP2pstream(
+      upstream.origin,
+      await createCertificate({ altNames: ['localhost', '127.0.0.1'] }),
+    );
     stops.push(() => p2p.instance.stop());
     const totalMs = minutes * 60_000;
     const minuteMs = Math.min(60_000, totalMs / 5);

@@ -13,6 +13,10 @@ PACKAGES=(
   "pebble       pebble"                              # ACME tests: pebble and pebble-challtestsrv
   "postgresql   /usr/lib/postgresql/*/bin/postgres"  # replica store tests
   "nats-server  nats-server"                         # replica bus tests
+  "nginx        /usr/sbin/nginx"                     # bench smoke test: the upstream and a peer proxy
+  "caddy        caddy"                               # bench smoke test: the peer proxy
+  "wrk          wrk"                                 # bench smoke test: the load generator
+  "curl         curl"                                # bench smoke test: the download
 )
 
 present() {

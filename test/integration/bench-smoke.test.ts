@@ -47,6 +47,7 @@ describe('npm run bench -- --quick', () => {
       'proxied req/s minimal Node proxy ÷ Caddy (32 conns)',
       'proxied req/s traced (basic) ÷ untraced (32 conns)',
       'static req/s p2pstream ÷ Caddy respond (32 conns)',
+      'https proxied req/s p2pstream ÷ Caddy (32 conns, same certificate)',
       '10 MB download MB/s p2pstream ÷ Caddy',
     ]) {
       expect(metrics).toContain(expected);
