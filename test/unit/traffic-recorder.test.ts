@@ -1,6 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { isSensitiveName, REDACTED, redactHeaderList, redactQuery } from '../../src/dataplane/redact.js';
-import { type TraceInput, TraceRecorder, type TraceSink } from '../../src/dataplane/trace-recorder.js';
+import {
+  isoTime,
+  type TraceInput,
+  TraceRecorder,
+  type TraceSink,
+} from '../../src/dataplane/trace-recorder.js';
 
 function input(overrides: Partial<TraceInput> = {}): TraceInput {
   return {
@@ -86,6 +91,17 @@ describe('trace recorder', () => {
     expect(second).toMatchObject({ seq: 2, status: 502, error: 'upstream_refused' });
     expect(first!.id).not.toBe(second!.id);
     expect(recorder.counters()).toEqual({ subscribers: 0, emittedEvents: 2, droppedEvents: 0 });
+  });
+
+  it('writes event times exactly as Date#toISOString, across seconds, days and years', () => {
+    const times = [0, 5, 50, 999, 1000, 1001, Date.UTC(2026, 11, 31, 23, 59, 59, 999), Date.UTC(2027, 0, 1)];
+    for (let t = Date.UTC(2026, 5, 1, 12, 0, 58, 990); t < Date.UTC(2026, 5, 1, 12, 1, 0, 20); t += 7)
+      times.push(t);
+    times.push(Date.UTC(2026, 0, 1), 1.5, -1, 8.64e15);
+    for (const t of times) expect(isoTime(t)).toBe(new Date(t).toISOString());
+    const recorder = new TraceRecorder();
+    recorder.record(input({ startedAt: Date.UTC(2026, 2, 3, 4, 5, 6, 78) }));
+    expect(recorder.recent()[0]!.time).toBe('2026-03-03T04:05:06.078Z');
   });
 
   it('keeps only the newest events of its ring, newest last', () => {
