@@ -15,6 +15,7 @@ import { TraceRecorder } from './dataplane/trace-recorder.js';
 import { AcmeAccountService } from './domain/acme-account-service.js';
 import { AgentService } from './domain/agent-service.js';
 import { AuthService } from './domain/auth-service.js';
+import { CacheService } from './domain/cache-service.js';
 import { CertificateService } from './domain/certificate-service.js';
 import type { ReplicaSummary } from './domain/cluster-types.js';
 import { EnvironmentService } from './domain/environment-service.js';
@@ -26,6 +27,7 @@ import { TokenService } from './domain/token-service.js';
 import { TrafficSettingsService } from './domain/traffic-settings-service.js';
 import { createEnvironmentRelay, createEnvironmentTransports } from './http/environment-relay.js';
 import { agentRoutes } from './http/routes/agents.js';
+import { createCachePlugin } from './http/routes/cache.js';
 import { createConsolePlugin } from './http/routes/console.js';
 import { createEnvironmentsPlugin } from './http/routes/environments.js';
 import { createOverviewPlugin } from './http/routes/overview.js';
@@ -209,8 +211,11 @@ export async function startServer(
     logger: logger.child({ component: 'dataplane' }),
     recorder,
     onRequestDone: publicRequestMetrics(metrics),
+    dataDir: config.dataDir,
   });
   const templates = new TemplateService({ store, runtime: dataPlane });
+  const cache = new CacheService({ store, ...(dataPlane.cache ? { runtime: dataPlane.cache } : {}) });
+  cache.apply();
   const proxyConfig = new ProxyConfigService({ store, runtime: dataPlane, templates });
   // Public TLS: the certificate store, ACME accounts and renewals, serving through the data plane.
   const acmeIssuer = createAcmeIssuer({ dnsPropagationMs: config.tls?.dnsPropagationMs });
@@ -263,6 +268,7 @@ export async function startServer(
         createProxyPlugin({ proxyConfig }),
         createTemplatesPlugin({ templates }),
         createTlsPlugin({ certificates, accounts: acmeAccounts }),
+        createCachePlugin({ cache }),
         createTrafficPlugin({ settings: traffic, recorder }),
         createOverviewPlugin({ overview }),
       ],

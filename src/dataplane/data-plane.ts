@@ -34,6 +34,7 @@ import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { ListenerRecord, RouteRecord, TemplateRecord } from '../storage/schema.js';
 import { SniIndex } from '../tls/sni-index.js';
+import { ResponseCache } from './cache/response-cache.js';
 import { HttpsListener, type KeyPair, secureContextOf } from './https-listener.js';
 import {
   buildPipeline,
@@ -67,6 +68,8 @@ export interface DataPlaneOptions {
   /** Extra trusted CA certificates (PEM) for https upstreams; the system store is always used. */
   upstreamCa?: string | string[];
   closeGraceMs?: number;
+  /** The data dir: with one, the response cache keeps its disk tier in `<dataDir>/cache`. */
+  dataDir?: string;
 }
 
 interface RunningListener {
@@ -94,6 +97,8 @@ interface LoadedCertificate {
 export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
   readonly recorder: TraceRecorder;
   readonly metrics: RequestMetrics;
+  /** The response cache (configured by the cache service), or null without a data dir. */
+  readonly cache: ResponseCache | null;
   readonly #logger: Logger;
   readonly #agent: Agent;
   readonly #context: ExchangeContext;
@@ -127,6 +132,13 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
         ...(ca === undefined ? {} : { ca: [...(Array.isArray(ca) ? ca : [ca]), ...rootCertificates] }),
       },
     });
+    this.cache =
+      options.dataDir === undefined
+        ? null
+        : new ResponseCache({
+            dataDir: options.dataDir,
+            logger: options.logger.child({ component: 'cache' }),
+          });
     this.#context = {
       dispatcher: this.#agent,
       recorder: this.recorder,
@@ -136,6 +148,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
       templates: () => this.#templates,
       listenerErrorTemplate: (listenerId) => this.#running.get(listenerId)?.record.errorTemplateId ?? null,
       acmeHttp01: (token) => (this.#http01.size === 0 ? null : (this.#http01.get(token) ?? null)),
+      ...(this.cache ? { cache: this.cache } : {}),
     };
   }
 
@@ -212,6 +225,8 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
   }): Promise<void> {
     this.setTemplates(config.templates ?? []);
     this.setRoutes(config.routes);
+    // The disk tier loads in the background; the cache answers meanwhile with what it has.
+    void this.cache?.open();
     for (const listener of config.listeners) {
       if (!listener.enabled) continue;
       try {
@@ -364,6 +379,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
     for (const running of this.#running.values()) this.#closeRunning(running);
     this.#running.clear();
     await Promise.all(this.#closing);
+    await this.cache?.close();
     await this.#agent.close();
   }
 

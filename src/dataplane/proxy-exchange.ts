@@ -35,6 +35,7 @@ import { performance } from 'node:perf_hooks';
 import { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { Dispatcher } from 'undici';
+import type { CacheResult } from '../domain/cache-types.js';
 import {
   type CompiledTemplate,
   type RenderedResponse,
@@ -42,6 +43,7 @@ import {
   type TemplateValues,
 } from '../domain/template-render.js';
 import type { PolicyDecision, PolicyStageName, TraceErrorKind, TraceTls } from '../domain/traffic-types.js';
+import type { CacheClient, CacheLookup, Origin, ResponseCache } from './cache/response-cache.js';
 import {
   type BodyTransform,
   type ChunkSink,
@@ -72,6 +74,8 @@ export interface ExchangeContext {
   listenerErrorTemplate(listenerId: string): string | null;
   /** The key authorization for a pending ACME HTTP-01 token, or null when none is pending. */
   readonly acmeHttp01?: (token: string) => string | null;
+  /** The response cache, when there is one. */
+  readonly cache?: ResponseCache;
 }
 
 /** What the listener a request arrived on asks of its answers. */
@@ -221,6 +225,8 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
   responseHeaders: (string | Buffer)[] | null = null;
   readonly tls: TraceTls | null;
   policy: PolicyDecision[] | null = null;
+  /** The cache's part in this request (trace `cache`), or null when it had none. */
+  cache: CacheResult | null = null;
 
   readonly #context: ExchangeContext;
   readonly #pipeline: Pipeline;
@@ -239,6 +245,8 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
   #upstreamDone = false;
   #id: string | null = null;
   #route: CompiledRoute | null = null;
+  /** Cache-Status of a request the cache let pass (bypass). */
+  #cacheStatus: string | null = null;
 
   // Both request kinds are driven through the HTTP/1 types: node:http2's compatibility objects
   // offer the same members this class uses (headers, rawHeaders, url, socket, streaming, writeHead
@@ -475,6 +483,27 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
       this.#respond(405, 'method not allowed\n');
       return;
     }
+    const cache = this.#context.cache;
+    if (cache) {
+      const lookup = cache.lookup({
+        method: this.method,
+        host: this.host,
+        path: this.path,
+        query: this.query,
+        headers: this.#req.headers,
+        routeId: route.id,
+        listenerId: this.listenerId,
+        clientIp: this.clientIp,
+      });
+      if (lookup?.kind === 'cacheable') {
+        this.#forwardCached(route, cache, lookup);
+        return;
+      }
+      if (lookup?.kind === 'bypass') {
+        this.cache = 'BYPASS';
+        this.#cacheStatus = lookup.cacheStatus;
+      }
+    }
     const timeout = target.timeoutMs ?? this.#context.defaultTimeoutMs;
     const headers = this.#forwardedHeaders();
     const length = this.#req.headers['content-length'];
@@ -510,7 +539,80 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     }
   }
 
-  #forwardedHeaders(): string[] {
+  /**
+   * Answers through the response cache: from the store, or from the origin
+   * (asked with undici's request API) while the body is stored. An origin
+   * failure with nothing sent is answered like any upstream failure.
+   */
+  #forwardCached(
+    route: CompiledRoute,
+    cache: ResponseCache,
+    lookup: Extract<CacheLookup, { kind: 'cacheable' }>,
+  ): void {
+    const target = route.target;
+    if (target.type !== 'upstream') return;
+    const timeout = target.timeoutMs ?? this.#context.defaultTimeoutMs;
+    const path = target.basePath + this.path + (this.query === '' ? '' : `?${this.query}`);
+    const origin: Origin = async ({ method, set, drop }) => {
+      const response = await this.#context.dispatcher.request({
+        origin: target.origin,
+        path,
+        method,
+        headers: this.#forwardedHeaders(drop, set),
+        headersTimeout: timeout,
+        bodyTimeout: timeout,
+      });
+      // A body given up on (destroyed) reports an abort error nobody needs to hear.
+      response.body.on('error', () => {});
+      return { status: response.statusCode, headers: response.headers, body: response.body };
+    };
+    const res = this.#res;
+    const client: CacheClient = {
+      head: (status, headers, info) => {
+        this.cache = info.result;
+        if (info.upstreamMs !== null) this.upstreamMs = info.upstreamMs;
+        if (this.#clientGone || res.headersSent) return;
+        try {
+          res.writeHead(status, headers);
+          this.responseHeaders = headers;
+        } catch (err) {
+          res.destroy(err as Error);
+        }
+      },
+      write: (chunk) => {
+        if (this.#clientGone || res.destroyed) return Promise.resolve();
+        if (this.method !== 'HEAD') this.bytesOut += chunk.length;
+        if (res.write(chunk)) return Promise.resolve();
+        return new Promise<void>((resolve) => {
+          const done = () => {
+            res.off('drain', done);
+            res.off('close', done);
+            resolve();
+          };
+          res.on('drain', done);
+          res.on('close', done);
+        });
+      },
+      end: () => {
+        if (!this.#clientGone) res.end();
+      },
+      abort: (err) => {
+        this.error = 'upstream_aborted';
+        res.destroy(err);
+      },
+      get gone() {
+        return res.destroyed || res.writableEnded;
+      },
+    };
+    void cache.serve(lookup, origin, client).then((outcome) => {
+      this.cache ??= outcome.result;
+      this.#upstreamDone = true;
+      if (outcome.error !== null) this.onResponseError(null, outcome.error as Error);
+    });
+  }
+
+  /** Request headers for the upstream: without `drop` (lower-case names), with `set` added. */
+  #forwardedHeaders(drop: readonly string[] = [], set: Record<string, string> = {}): string[] {
     const raw = this.#req.rawHeaders;
     const named = connectionTokens(this.#req.headers);
     const out: string[] = [];
@@ -530,10 +632,11 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
         cookie = cookie === null ? raw[i + 1]! : `${cookie}; ${raw[i + 1]}`;
         continue;
       }
-      if (REQUEST_HEADERS_DROPPED.has(lower) || named?.has(lower)) continue;
+      if (REQUEST_HEADERS_DROPPED.has(lower) || named?.has(lower) || drop.includes(lower)) continue;
       out.push(name, raw[i + 1]!);
     }
     if (cookie !== null) out.push('cookie', cookie);
+    for (const [name, value] of Object.entries(set)) out.push(name, value);
     const client = this.clientIp ?? 'unknown';
     out.push('x-forwarded-for', forwardedFor === null ? client : `${forwardedFor}, ${client}`);
     out.push('x-forwarded-proto', this.#secure ? 'https' : 'http');
@@ -567,6 +670,7 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     }
     if (this.#options.hsts === true && headers['strict-transport-security'] === undefined)
       list.push('strict-transport-security', HSTS_VALUE);
+    if (this.#cacheStatus !== null) list.push('cache-status', this.#cacheStatus);
     try {
       this.#writeHead(statusCode, list, false);
     } catch (err) {

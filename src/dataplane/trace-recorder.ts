@@ -8,6 +8,7 @@
  * and reports them through {@link TraceRecorder.countDropped}.
  */
 import { randomUUID } from 'node:crypto';
+import type { CacheResult } from '../domain/cache-types.js';
 import type {
   PolicyDecision,
   TraceCounters,
@@ -52,6 +53,8 @@ export interface TraceInput {
   tls?: TraceTls | null;
   /** Decisions of the pipeline's stages, or null when none decided anything. */
   policy?: readonly PolicyDecision[] | null;
+  /** The response cache's part, when it took one. */
+  cache?: CacheResult | null;
 }
 
 /** A live subscriber: receives each event's sequence number and JSON. Must never block. */
@@ -183,6 +186,7 @@ function buildEvent(seq: number, input: TraceInput, level: TraceLevel): TraceEve
     error: input.error,
   };
   if (input.policy) event.policy = input.policy.slice();
+  if (input.cache) event.cache = input.cache;
   if (level === 'basic') return event;
   event.query = input.query === '' ? null : redactQuery(input.query);
   event.httpVersion = input.httpVersion;

@@ -4,6 +4,8 @@
  * counters and request statistics (DESIGN.md §4).
  */
 
+import type { CacheResult } from './cache-types.js';
+
 /** How much a trace event carries; `basic` is the default. */
 export type TraceLevel = 'basic' | 'detailed' | 'headers';
 
@@ -83,6 +85,8 @@ export interface TraceEvent {
   error: TraceErrorKind | null;
   /** Decisions of the pipeline's stages, in order; absent when no stage decided anything. */
   policy?: PolicyDecision[];
+  /** How the response cache took part (DESIGN.md §10); absent when it did not. */
+  cache?: CacheResult;
   /** `detailed` and `headers`: the query string with sensitive parameter values redacted. */
   query?: string | null;
   /** `detailed` and `headers`. */

@@ -1,0 +1,670 @@
+/**
+ * Where cached responses live: an in-memory index of every entry, a memory
+ * tier (LRU by bytes) holding the bodies of small ("hot") objects, and a disk
+ * tier in a directory of the data dir holding every body and its metadata,
+ * so the cache survives restarts.
+ *
+ * On disk, an entry is two files in a subdirectory named by the first two
+ * hex digits of its id: `<id>-<n>.b` (the body) and `<id>.m` (JSON metadata:
+ * key, headers, cache policy, body length and SHA-256, body file name). Both
+ * are written to `tmp/` and renamed into place, the body first, so a
+ * metadata file always names a complete body. At start the directory is
+ * scanned: metadata that does not parse, or whose body is missing or has
+ * another length, is deleted. A body whose bytes no longer match its SHA-256
+ * is detected when it is read (see {@link CacheStore.readBody}) and dropped.
+ * Files are not fsynced: after a power loss the checksum catches what the
+ * file system lost.
+ *
+ * Bounds: `maxEntries` entries, `diskBytes` of bodies + metadata on disk,
+ * `memoryBytes` for hot bodies and the index; the least recently used entry
+ * goes first. With `diskBytes` 0 the cache is memory only.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, promises as fs } from 'node:fs';
+import path from 'node:path';
+import CachePolicy from 'http-cache-semantics';
+import type { CachePurgeFilter } from '../../domain/cache-types.js';
+import type { Logger } from '../../logger.js';
+
+/** Bodies up to this size are read whole and checked before the first byte is sent. */
+export const VERIFY_BEFORE_SERVING_BYTES = 1024 * 1024;
+/** Index overhead counted per entry, beside its metadata JSON. */
+const ENTRY_OVERHEAD_BYTES = 256;
+const META_SUFFIX = '.m';
+const BODY_SUFFIX = '.b';
+const TMP_DIR = 'tmp';
+
+export interface CacheStoreLimits {
+  /** Bytes of hot bodies and index in memory. */
+  memoryBytes: number;
+  /** Bytes of bodies and metadata on disk; 0 = memory only. */
+  diskBytes: number;
+  /** Bodies up to this size are also kept in memory. */
+  hotObjectBytes: number;
+  maxEntries: number;
+}
+
+/** What is persisted of an entry (the `.m` file). */
+export interface CacheEntryMeta {
+  v: 1;
+  id: string;
+  /** Rule, route, host, path and normalised query: one resource. */
+  primaryKey: string;
+  /** Values of the request headers the response varies on. */
+  variantKey: string;
+  /** Lower-case names of the response's Vary header. */
+  varyNames: string[];
+  host: string;
+  path: string;
+  ruleId: string;
+  routeId: string;
+  status: number;
+  /** Response headers to replay (hop-by-hop ones already removed). */
+  headers: [string, string][];
+  /** `CachePolicy#toObject()`. */
+  policy: object;
+  bodyLength: number;
+  bodySha256: string;
+  /** Body file name (relative to the cache directory), or null when memory only. */
+  bodyFile: string | null;
+  storedAt: number;
+}
+
+/** An entry of the index. */
+export interface CacheEntry {
+  readonly meta: CacheEntryMeta;
+  policy: CachePolicy;
+  /** The body when it is in the memory tier. */
+  memory: Buffer | null;
+  /** Bytes the entry's index record counts in memory. */
+  readonly indexBytes: number;
+  /** Bytes the entry holds on disk (0 when memory only). */
+  readonly diskBytes: number;
+}
+
+/** A body being stored: chunks go to a temporary file (and memory while small). */
+export interface CacheWriter {
+  readonly bytes: number;
+  write(chunk: Buffer): Promise<void>;
+  /** Makes the entry visible (replacing any with the same id); null when it could not be stored. */
+  commit(
+    meta: Omit<CacheEntryMeta, 'v' | 'policy' | 'bodyLength' | 'bodySha256' | 'bodyFile' | 'storedAt'>,
+    policy: CachePolicy,
+  ): Promise<CacheEntry | null>;
+  abort(): void;
+}
+
+/** Outcome of reading a body from the store. */
+export type CacheBodyRead =
+  | { kind: 'memory'; body: Buffer }
+  | { kind: 'stream'; chunks: AsyncIterable<Buffer> }
+  | { kind: 'corrupt' };
+
+export interface CacheStoreOptions {
+  dir: string;
+  limits: CacheStoreLimits;
+  logger: Logger;
+  now?: () => number;
+}
+
+export class CacheStore {
+  readonly dir: string;
+  readonly #logger: Logger;
+  readonly #now: () => number;
+  #limits: CacheStoreLimits;
+  /** Every entry, least recently used first. */
+  readonly #entries = new Map<string, CacheEntry>();
+  /** Entries whose body is in memory, least recently used first. */
+  readonly #hot = new Map<string, CacheEntry>();
+  /** Per resource: the Vary names of its last stored response and its variants. */
+  readonly #resources = new Map<string, { varyNames: string[]; ids: Set<string> }>();
+  #memoryBytes = 0;
+  #diskBytes = 0;
+  #bodyCounter = 0;
+  #evictions = 0;
+  #loading: Promise<void> | null = null;
+  #closed = false;
+
+  constructor(options: CacheStoreOptions) {
+    this.dir = options.dir;
+    this.#logger = options.logger;
+    this.#now = options.now ?? Date.now;
+    this.#limits = { ...options.limits };
+  }
+
+  /**
+   * Creates the directory and loads what an earlier run stored, in the
+   * background: the store serves at once, entries appear as they are read.
+   */
+  open(): Promise<void> {
+    this.#loading ??= this.#load().catch((err) => {
+      this.#logger.warn({ err }, 'cache: could not load the disk tier; starting empty');
+    });
+    return this.#loading;
+  }
+
+  get limits(): Readonly<CacheStoreLimits> {
+    return this.#limits;
+  }
+
+  /** Applies new bounds; entries over them are evicted at once. */
+  setLimits(limits: CacheStoreLimits): void {
+    this.#limits = { ...limits };
+    if (limits.diskBytes === 0) {
+      // Memory only from now on: disk copies are dropped.
+      for (const entry of [...this.#entries.values()]) if (entry.meta.bodyFile !== null) this.#remove(entry);
+    }
+    this.#enforce();
+  }
+
+  stats(): { entries: number; memoryBytes: number; diskBytes: number; evictions: number } {
+    return {
+      entries: this.#entries.size,
+      memoryBytes: this.#memoryBytes,
+      diskBytes: this.#diskBytes,
+      evictions: this.#evictions,
+    };
+  }
+
+  /** The Vary names recorded for a resource (empty when none or unknown). */
+  varyNamesOf(primaryKey: string): readonly string[] {
+    return this.#resources.get(primaryKey)?.varyNames ?? [];
+  }
+
+  /** The entry with `id`, marked as recently used; undefined when absent. */
+  get(id: string): CacheEntry | undefined {
+    const entry = this.#entries.get(id);
+    if (!entry) return undefined;
+    this.#entries.delete(id);
+    this.#entries.set(id, entry);
+    if (entry.memory !== null) {
+      this.#hot.delete(id);
+      this.#hot.set(id, entry);
+    }
+    return entry;
+  }
+
+  /**
+   * The body of an entry: from memory, or from disk. Bodies up to
+   * {@link VERIFY_BEFORE_SERVING_BYTES} are read and checked whole (`corrupt`
+   * when the length or SHA-256 differ, and the entry is dropped). Larger ones
+   * stream; the last chunk is held back until the checksum matches, and a
+   * mismatch throws from the iterator (after dropping the entry), so a
+   * client never receives a complete corrupt body.
+   */
+  async readBody(entry: CacheEntry): Promise<CacheBodyRead> {
+    if (entry.memory !== null) return { kind: 'memory', body: entry.memory };
+    const file = entry.meta.bodyFile;
+    if (file === null) return { kind: 'corrupt' };
+    const full = path.join(this.dir, file);
+    if (entry.meta.bodyLength <= VERIFY_BEFORE_SERVING_BYTES) {
+      let body: Buffer;
+      try {
+        body = await fs.readFile(full);
+      } catch {
+        this.#dropCorrupt(entry, 'the body file is missing');
+        return { kind: 'corrupt' };
+      }
+      if (body.length !== entry.meta.bodyLength || sha256(body) !== entry.meta.bodySha256) {
+        this.#dropCorrupt(entry, 'the body does not match its checksum');
+        return { kind: 'corrupt' };
+      }
+      this.#promote(entry, body);
+      return { kind: 'memory', body };
+    }
+    try {
+      const stat = await fs.stat(full);
+      if (stat.size !== entry.meta.bodyLength) {
+        this.#dropCorrupt(entry, 'the body file has the wrong length');
+        return { kind: 'corrupt' };
+      }
+    } catch {
+      this.#dropCorrupt(entry, 'the body file is missing');
+      return { kind: 'corrupt' };
+    }
+    return { kind: 'stream', chunks: this.#verifiedStream(entry, full) };
+  }
+
+  /** Starts storing a body; `hot` bodies are also kept in memory when they stay small. */
+  beginWrite(id: string): CacheWriter {
+    return new DiskWriter(this, id);
+  }
+
+  /** Replaces an entry's policy and headers after a revalidation (304), keeping its body. */
+  async refresh(entry: CacheEntry, policy: CachePolicy, headers: [string, string][]): Promise<void> {
+    if (this.#entries.get(entry.meta.id) !== entry) return;
+    const meta: CacheEntryMeta = { ...entry.meta, headers, policy: policy.toObject(), storedAt: this.#now() };
+    const next = this.#makeEntry(meta, policy, entry.memory);
+    if (meta.bodyFile !== null) {
+      try {
+        await this.#writeMeta(meta);
+      } catch (err) {
+        this.#logger.warn({ err }, 'cache: could not rewrite metadata; the entry is dropped');
+        this.#remove(entry);
+        return;
+      }
+    }
+    if (this.#entries.get(entry.meta.id) !== entry) return;
+    this.#replace(entry, next);
+  }
+
+  /** Removes an entry (and its files). */
+  delete(entry: CacheEntry): void {
+    if (this.#entries.get(entry.meta.id) === entry) this.#remove(entry);
+  }
+
+  /** Removes the entries the filter selects; returns how many. */
+  purge(filter: CachePurgeFilter): number {
+    let purged = 0;
+    for (const entry of [...this.#entries.values()]) {
+      if (!filter.all) {
+        if (filter.host !== undefined && entry.meta.host !== filter.host) continue;
+        if (filter.pathPrefix !== undefined && !entry.meta.path.startsWith(filter.pathPrefix)) continue;
+        if (filter.ruleId !== undefined && entry.meta.ruleId !== filter.ruleId) continue;
+      }
+      this.#remove(entry);
+      purged++;
+    }
+    return purged;
+  }
+
+  /**
+   * Drops entries for which `expired(entry)` holds, and temporary or
+   * orphaned files left by an interrupted run.
+   */
+  async cleanup(expired: (entry: CacheEntry) => boolean): Promise<number> {
+    let removed = 0;
+    for (const entry of [...this.#entries.values()]) {
+      if (expired(entry)) {
+        this.#remove(entry);
+        removed++;
+      }
+    }
+    if (this.#limits.diskBytes > 0 && !this.#closed) await this.#sweepFiles();
+    return removed;
+  }
+
+  close(): void {
+    this.#closed = true;
+  }
+
+  // --- internals shared with the writer ---------------------------------------------
+
+  /** @internal */
+  tmpFile(): string {
+    return path.join(this.dir, TMP_DIR, `${randomBytes(8).toString('hex')}.tmp`);
+  }
+
+  /** @internal */
+  get diskEnabled(): boolean {
+    return this.#limits.diskBytes > 0 && !this.#closed;
+  }
+
+  /** @internal Makes a written body an entry. */
+  async commitEntry(
+    partial: Omit<CacheEntryMeta, 'v' | 'policy' | 'bodyLength' | 'bodySha256' | 'bodyFile' | 'storedAt'>,
+    policy: CachePolicy,
+    body: { tmp: string | null; length: number; sha256: string; memory: Buffer | null },
+  ): Promise<CacheEntry | null> {
+    if (this.#closed) return null;
+    let bodyFile: string | null = null;
+    if (body.tmp !== null) {
+      bodyFile = path.join(
+        partial.id.slice(0, 2),
+        `${partial.id}-${this.#now().toString(36)}${(this.#bodyCounter++).toString(36)}${BODY_SUFFIX}`,
+      );
+    }
+    const meta: CacheEntryMeta = {
+      v: 1,
+      ...partial,
+      policy: policy.toObject(),
+      bodyLength: body.length,
+      bodySha256: body.sha256,
+      bodyFile,
+      storedAt: this.#now(),
+    };
+    const entry = this.#makeEntry(meta, policy, body.memory);
+    if (entry.diskBytes > this.#limits.diskBytes && bodyFile !== null) {
+      await fs.rm(body.tmp!, { force: true });
+      return null;
+    }
+    if (bodyFile === null && body.memory === null) return null;
+    if (bodyFile !== null) {
+      try {
+        await fs.mkdir(path.join(this.dir, partial.id.slice(0, 2)), { recursive: true });
+        await fs.rename(body.tmp!, path.join(this.dir, bodyFile));
+        await this.#writeMeta(meta);
+      } catch (err) {
+        this.#logger.warn({ err }, 'cache: could not store a response');
+        await fs.rm(body.tmp!, { force: true }).catch(() => {});
+        if (bodyFile) await fs.rm(path.join(this.dir, bodyFile), { force: true }).catch(() => {});
+        return null;
+      }
+    }
+    if (this.#closed) return null;
+    const previous = this.#entries.get(meta.id);
+    if (previous) this.#remove(previous, meta.bodyFile);
+    this.#insert(entry);
+    this.#enforce();
+    return this.#entries.get(meta.id) === entry ? entry : null;
+  }
+
+  // --- private -----------------------------------------------------------------------
+
+  #makeEntry(meta: CacheEntryMeta, policy: CachePolicy, memory: Buffer | null): CacheEntry {
+    const metaBytes = Buffer.byteLength(JSON.stringify(meta));
+    return {
+      meta,
+      policy,
+      memory,
+      indexBytes: metaBytes + ENTRY_OVERHEAD_BYTES,
+      diskBytes: meta.bodyFile === null ? 0 : meta.bodyLength + metaBytes,
+    };
+  }
+
+  #insert(entry: CacheEntry): void {
+    const id = entry.meta.id;
+    this.#entries.set(id, entry);
+    this.#memoryBytes += entry.indexBytes;
+    this.#diskBytes += entry.diskBytes;
+    if (entry.memory !== null) {
+      this.#hot.set(id, entry);
+      this.#memoryBytes += entry.memory.length;
+    }
+    let resource = this.#resources.get(entry.meta.primaryKey);
+    if (!resource) {
+      resource = { varyNames: entry.meta.varyNames, ids: new Set() };
+      this.#resources.set(entry.meta.primaryKey, resource);
+    }
+    resource.varyNames = entry.meta.varyNames;
+    resource.ids.add(id);
+  }
+
+  #replace(previous: CacheEntry, next: CacheEntry): void {
+    this.#detach(previous);
+    this.#insert(next);
+    this.#enforce();
+  }
+
+  /** Takes an entry out of the index without touching files. */
+  #detach(entry: CacheEntry): void {
+    const id = entry.meta.id;
+    if (this.#entries.get(id) !== entry) return;
+    this.#entries.delete(id);
+    this.#memoryBytes -= entry.indexBytes;
+    this.#diskBytes -= entry.diskBytes;
+    if (this.#hot.get(id) === entry) {
+      this.#hot.delete(id);
+      this.#memoryBytes -= entry.memory?.length ?? 0;
+    }
+    const resource = this.#resources.get(entry.meta.primaryKey);
+    if (resource) {
+      resource.ids.delete(id);
+      if (resource.ids.size === 0) this.#resources.delete(entry.meta.primaryKey);
+    }
+  }
+
+  /** Removes an entry and its files (except a body file still in use by its replacement). */
+  #remove(entry: CacheEntry, keepBodyFile: string | null = null): void {
+    this.#detach(entry);
+    const { bodyFile, id } = entry.meta;
+    if (bodyFile !== null && bodyFile !== keepBodyFile) {
+      void fs.rm(path.join(this.dir, bodyFile), { force: true }).catch(() => {});
+    }
+    if (bodyFile !== null && keepBodyFile === null && !this.#entries.has(id)) {
+      void fs.rm(this.#metaPath(id), { force: true }).catch(() => {});
+    }
+  }
+
+  #promote(entry: CacheEntry, body: Buffer): void {
+    if (body.length > this.#limits.hotObjectBytes || this.#entries.get(entry.meta.id) !== entry) return;
+    if (entry.memory !== null) return;
+    entry.memory = body;
+    this.#hot.set(entry.meta.id, entry);
+    this.#memoryBytes += body.length;
+    this.#enforce();
+  }
+
+  #enforce(): void {
+    const limits = this.#limits;
+    // Hot bodies leave memory first (their disk copy stays); then whole entries.
+    for (const entry of this.#hot.values()) {
+      if (this.#memoryBytes <= limits.memoryBytes) break;
+      this.#hot.delete(entry.meta.id);
+      this.#memoryBytes -= entry.memory?.length ?? 0;
+      entry.memory = null;
+      if (entry.meta.bodyFile === null) this.#evict(entry);
+    }
+    for (const entry of this.#entries.values()) {
+      if (
+        this.#entries.size <= limits.maxEntries &&
+        this.#diskBytes <= limits.diskBytes &&
+        this.#memoryBytes <= limits.memoryBytes
+      )
+        break;
+      this.#evict(entry);
+    }
+  }
+
+  #evict(entry: CacheEntry): void {
+    this.#evictions++;
+    this.#remove(entry);
+  }
+
+  #dropCorrupt(entry: CacheEntry, reason: string): void {
+    this.#logger.warn({ cacheEntry: entry.meta.id, reason }, `cache: dropped a corrupt entry: ${reason}`);
+    this.delete(entry);
+  }
+
+  async *#verifiedStream(entry: CacheEntry, file: string): AsyncGenerator<Buffer> {
+    const hash = createHash('sha256');
+    let length = 0;
+    let held: Buffer | null = null;
+    for await (const chunk of createReadStream(file, { highWaterMark: 64 * 1024 })) {
+      const buffer = chunk as Buffer;
+      hash.update(buffer);
+      length += buffer.length;
+      if (held !== null) yield held;
+      held = buffer;
+    }
+    if (length !== entry.meta.bodyLength || hash.digest('hex') !== entry.meta.bodySha256) {
+      this.#dropCorrupt(entry, 'the body does not match its checksum');
+      throw new Error('cache entry corrupt');
+    }
+    if (held !== null) yield held;
+  }
+
+  #metaPath(id: string): string {
+    return path.join(this.dir, id.slice(0, 2), `${id}${META_SUFFIX}`);
+  }
+
+  async #writeMeta(meta: CacheEntryMeta): Promise<void> {
+    const tmp = this.tmpFile();
+    await fs.mkdir(path.dirname(this.#metaPath(meta.id)), { recursive: true });
+    await fs.writeFile(tmp, JSON.stringify(meta), { mode: 0o600 });
+    await fs.rename(tmp, this.#metaPath(meta.id));
+  }
+
+  async #load(): Promise<void> {
+    await fs.mkdir(path.join(this.dir, TMP_DIR), { recursive: true, mode: 0o700 });
+    if (this.#limits.diskBytes === 0) return;
+    const found: { meta: CacheEntryMeta; policy: CachePolicy }[] = [];
+    for (const sub of await fs.readdir(this.dir)) {
+      if (!/^[0-9a-f]{2}$/.test(sub)) continue;
+      let names: string[];
+      try {
+        names = await fs.readdir(path.join(this.dir, sub));
+      } catch {
+        continue;
+      }
+      for (const name of names) {
+        if (!name.endsWith(META_SUFFIX) || this.#closed) continue;
+        const loaded = await this.#loadMeta(path.join(this.dir, sub, name));
+        if (loaded) found.push(loaded);
+      }
+    }
+    // Oldest first, so the most recent end up most recently used.
+    found.sort((a, b) => a.meta.storedAt - b.meta.storedAt);
+    for (const { meta, policy } of found) {
+      if (this.#closed || this.#entries.has(meta.id)) continue;
+      this.#insert(this.#makeEntry(meta, policy, null));
+    }
+    this.#enforce();
+    await this.#sweepFiles();
+    if (found.length > 0)
+      this.#logger.info({ entries: found.length }, `cache: ${found.length} entries loaded from disk`);
+  }
+
+  /** Reads one metadata file; deletes it (and its body) when it is unusable. */
+  async #loadMeta(file: string): Promise<{ meta: CacheEntryMeta; policy: CachePolicy } | null> {
+    let meta: CacheEntryMeta;
+    let policy: CachePolicy;
+    try {
+      meta = JSON.parse(await fs.readFile(file, 'utf8')) as CacheEntryMeta;
+      if (
+        meta?.v !== 1 ||
+        typeof meta.id !== 'string' ||
+        !file.endsWith(`${meta.id}${META_SUFFIX}`) ||
+        typeof meta.bodyFile !== 'string' ||
+        !Number.isInteger(meta.bodyLength) ||
+        typeof meta.bodySha256 !== 'string' ||
+        typeof meta.primaryKey !== 'string' ||
+        !Array.isArray(meta.headers) ||
+        !Array.isArray(meta.varyNames)
+      )
+        throw new Error('unexpected metadata');
+      policy = CachePolicy.fromObject(meta.policy as CachePolicy.CachePolicyObject);
+      const stat = await fs.stat(path.join(this.dir, meta.bodyFile));
+      if (stat.size !== meta.bodyLength) throw new Error('the body has the wrong length');
+    } catch (err) {
+      this.#logger.warn({ file, err }, 'cache: dropped an unreadable or truncated entry');
+      await fs.rm(file, { force: true }).catch(() => {});
+      const bodyFile = (meta! as CacheEntryMeta | undefined)?.bodyFile;
+      if (typeof bodyFile === 'string' && !bodyFile.includes('..'))
+        await fs.rm(path.join(this.dir, bodyFile), { force: true }).catch(() => {});
+      return null;
+    }
+    return { meta, policy };
+  }
+
+  /** Deletes temporary files older than a minute and body files no entry names. */
+  async #sweepFiles(): Promise<void> {
+    const cutoff = this.#now() - 60_000;
+    const tmpDir = path.join(this.dir, TMP_DIR);
+    for (const name of await fs.readdir(tmpDir).catch(() => [] as string[])) {
+      const file = path.join(tmpDir, name);
+      const stat = await fs.stat(file).catch(() => null);
+      if (stat && stat.mtimeMs < cutoff) await fs.rm(file, { force: true }).catch(() => {});
+    }
+    const inUse = new Set<string>();
+    for (const entry of this.#entries.values()) if (entry.meta.bodyFile) inUse.add(entry.meta.bodyFile);
+    for (const sub of await fs.readdir(this.dir).catch(() => [] as string[])) {
+      if (!/^[0-9a-f]{2}$/.test(sub)) continue;
+      for (const name of await fs.readdir(path.join(this.dir, sub)).catch(() => [] as string[])) {
+        const rel = path.join(sub, name);
+        const file = path.join(this.dir, rel);
+        if (name.endsWith(BODY_SUFFIX) && !inUse.has(rel)) {
+          const stat = await fs.stat(file).catch(() => null);
+          if (stat && stat.mtimeMs < cutoff) await fs.rm(file, { force: true }).catch(() => {});
+        } else if (name.endsWith(META_SUFFIX) && !this.#entries.has(name.slice(0, -META_SUFFIX.length))) {
+          const stat = await fs.stat(file).catch(() => null);
+          if (stat && stat.mtimeMs < cutoff) await fs.rm(file, { force: true }).catch(() => {});
+        }
+      }
+    }
+  }
+}
+
+class DiskWriter implements CacheWriter {
+  readonly #store: CacheStore;
+  readonly #hash = createHash('sha256');
+  readonly #id: string;
+  #file: fs.FileHandle | null = null;
+  #opening: Promise<fs.FileHandle | null> | null = null;
+  #tmp: string | null = null;
+  #chunks: Buffer[] | null = [];
+  #bytes = 0;
+  #aborted = false;
+
+  constructor(store: CacheStore, id: string) {
+    this.#store = store;
+    this.#id = id;
+  }
+
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    if (this.#aborted) return;
+    this.#bytes += chunk.length;
+    this.#hash.update(chunk);
+    if (this.#chunks !== null) {
+      if (this.#bytes <= this.#store.limits.hotObjectBytes) this.#chunks.push(chunk);
+      else this.#chunks = null;
+    }
+    if (!this.#store.diskEnabled) {
+      if (this.#chunks === null) this.abort();
+      return;
+    }
+    const file = await this.#open();
+    if (file === null || this.#aborted) return;
+    let offset = 0;
+    while (offset < chunk.length) {
+      const { bytesWritten } = await file.write(chunk, offset);
+      offset += bytesWritten;
+    }
+  }
+
+  async commit(
+    meta: Omit<CacheEntryMeta, 'v' | 'policy' | 'bodyLength' | 'bodySha256' | 'bodyFile' | 'storedAt'>,
+    policy: CachePolicy,
+  ): Promise<CacheEntry | null> {
+    if (this.#aborted) return null;
+    if (this.#store.diskEnabled && this.#bytes === 0) await this.#open();
+    await this.#closeFile();
+    if (this.#aborted) return null;
+    const memory = this.#chunks === null ? null : Buffer.concat(this.#chunks, this.#bytes);
+    return this.#store.commitEntry({ ...meta, id: this.#id }, policy, {
+      tmp: this.#tmp,
+      length: this.#bytes,
+      sha256: this.#hash.digest('hex'),
+      memory,
+    });
+  }
+
+  abort(): void {
+    if (this.#aborted) return;
+    this.#aborted = true;
+    this.#chunks = null;
+    void this.#closeFile().then(() => (this.#tmp === null ? undefined : fs.rm(this.#tmp, { force: true })));
+  }
+
+  #open(): Promise<fs.FileHandle | null> {
+    this.#opening ??= (async () => {
+      const tmp = this.#store.tmpFile();
+      try {
+        const handle = await fs.open(tmp, 'w', 0o600);
+        this.#tmp = tmp;
+        this.#file = handle;
+        if (this.#aborted) await this.#closeFile().then(() => fs.rm(tmp, { force: true }));
+        return this.#aborted ? null : handle;
+      } catch {
+        this.abort();
+        return null;
+      }
+    })();
+    return this.#opening;
+  }
+
+  async #closeFile(): Promise<void> {
+    if (this.#opening) await this.#opening;
+    const file = this.#file;
+    this.#file = null;
+    if (file) await file.close().catch(() => {});
+  }
+}
+
+function sha256(body: Buffer): string {
+  return createHash('sha256').update(body).digest('hex');
+}

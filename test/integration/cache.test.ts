@@ -1,0 +1,445 @@
+import { createHash } from 'node:crypto';
+import { readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startTestServer, TEST_PASSWORD, TEST_USERNAME, type TestServer } from '../helpers/server.js';
+import { configureProxy, eventually, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
+
+let server: TestServer | undefined;
+let upstream: Upstream | undefined;
+let client: ReturnType<typeof proxyClient> | undefined;
+const dataDirs: string[] = [];
+
+afterEach(async () => {
+  await client?.close();
+  await server?.close();
+  await upstream?.close();
+  for (const dir of dataDirs.splice(0)) await rm(dir, { recursive: true, force: true });
+  client = undefined;
+  server = undefined;
+  upstream = undefined;
+});
+
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+
+/** A server with an admin token, an upstream, a listener routing to it and a match-all cache rule. */
+async function setup(handler: Handler, rule: Record<string, unknown> = {}) {
+  server = await startTestServer({ keepDataDir: true });
+  dataDirs.push(server.dataDir);
+  const token = await server.createToken(await server.setupAdmin());
+  upstream = await startUpstream(handler);
+  client = proxyClient();
+  const { port } = await configureProxy(server, token, { type: 'upstream', url: upstream.url });
+  const created = await server.request('POST', '/api/v1/cache/rules', {
+    token,
+    body: { name: 'all', ...rule },
+  });
+  expect(created.status, created.text).toBe(201);
+  return { server, token, port, ruleId: created.json.rule.id as string };
+}
+
+async function lastEvents(s: TestServer, token: string, n: number) {
+  return (await s.request('GET', `/api/v1/traffic/recent?limit=${n}`, { token })).json.events;
+}
+
+async function stats(s: TestServer, token: string) {
+  return (await s.request('GET', '/api/v1/cache/stats', { token })).json;
+}
+
+async function login(s: TestServer): Promise<string> {
+  const res = await s.request('POST', '/api/v1/auth/login', {
+    body: { username: TEST_USERNAME, password: TEST_PASSWORD },
+  });
+  return s.createToken(res.headers.get('set-cookie')!.split(';')[0]!);
+}
+
+function sleep(ms: number) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+describe('response cache', () => {
+  it('serves a second request from the cache with Cache-Status and traces HIT', async () => {
+    const { server, token, port } = await setup((req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=60', etag: '"v1"' });
+      res.end(`hello ${req.url}`);
+    });
+    const first = await client!.send(port, '/page');
+    expect(first.status).toBe(200);
+    expect(first.text).toBe('hello /page');
+    expect(first.headers['cache-status']).toBe('p2pstream; fwd=miss; fwd-status=200; stored');
+    const second = await client!.send(port, '/page');
+    expect(second.text).toBe('hello /page');
+    expect(second.headers['cache-status']).toMatch(/^p2pstream; hit; ttl=(59|60)$/);
+    expect(second.headers['content-length']).toBe('11');
+    expect(Number(second.headers.age)).toBeGreaterThanOrEqual(0);
+    expect(upstream!.seen).toHaveLength(1);
+    const events = await lastEvents(server, token, 2);
+    expect(events.map((e: { cache: string }) => e.cache)).toEqual(['MISS', 'HIT']);
+    expect(events[1].status).toBe(200);
+    expect(events[1].bytesOut).toBe(11);
+    expect(await stats(server, token)).toMatchObject({ entries: 1, hits: 1, misses: 1, hitRatio: 0.5 });
+    // The query is part of the key by default.
+    expect((await client!.send(port, '/page?x=1')).headers['cache-status']).toContain('fwd=miss');
+    // A conditional request for what is stored gets a 304 from the cache.
+    const conditional = await client!.send(port, '/page', { headers: { 'if-none-match': '"v1"' } });
+    expect(conditional.status).toBe(304);
+    expect(conditional.headers.etag).toBe('"v1"');
+    expect(upstream!.seen).toHaveLength(2);
+  });
+
+  it('answers HEAD from a stored GET and does not store a HEAD miss', async () => {
+    const { port } = await setup((req, res) => {
+      res.writeHead(200, { 'cache-control': 'max-age=60', 'content-length': '5' });
+      res.end(req.method === 'HEAD' ? undefined : 'hello');
+    });
+    const headMiss = await client!.send(port, '/h', { method: 'HEAD' });
+    expect(headMiss.headers['cache-status']).toContain('fwd=miss');
+    expect(headMiss.headers['content-length']).toBe('5');
+    await client!.send(port, '/h');
+    const headHit = await client!.send(port, '/h', { method: 'HEAD' });
+    expect(headHit.status).toBe(200);
+    expect(headHit.text).toBe('');
+    expect(headHit.headers['cache-status'], String(headHit.headers['cache-status'])).toContain('hit');
+    expect(headHit.headers['content-length']).toBe('5');
+    expect(upstream!.seen.map((r) => r.method)).toEqual(['HEAD', 'GET']);
+  });
+
+  it('never stores no-store, private or Set-Cookie answers and bypasses Authorization and Cookie requests', async () => {
+    const { server, token, port } = await setup((req, res) => {
+      const headers: Record<string, string> = { 'cache-control': 'max-age=60' };
+      if (req.url === '/no-store') headers['cache-control'] = 'no-store';
+      if (req.url === '/private') headers['cache-control'] = 'private, max-age=60';
+      if (req.url === '/cookie') headers['set-cookie'] = 'session=abc';
+      res.writeHead(200, headers);
+      res.end(`body ${req.url} ${req.headers.authorization ?? ''}`);
+    });
+    for (const url of ['/no-store', '/private', '/cookie']) {
+      const a = await client!.send(port, url);
+      const b = await client!.send(port, url);
+      expect(b.headers['cache-status'], url).toContain('fwd=miss');
+      expect(a.headers['cache-status'], url).not.toContain('stored');
+    }
+    expect((await client!.send(port, '/no-store')).headers['cache-status']).toContain('detail=no-store');
+    expect((await client!.send(port, '/private')).headers['cache-status']).toContain('detail=private');
+    expect((await client!.send(port, '/cookie')).headers['set-cookie']).toBe('session=abc');
+    expect(upstream!.seen).toHaveLength(9);
+
+    await client!.send(port, '/public');
+    const withAuth = await client!.send(port, '/public', { headers: { authorization: 'Bearer alice' } });
+    expect(withAuth.text).toBe('body /public Bearer alice');
+    expect(withAuth.headers['cache-status']).toBe('p2pstream; fwd=bypass; detail=authorization');
+    const withCookie = await client!.send(port, '/public', { headers: { cookie: 'a=b' } });
+    expect(withCookie.headers['cache-status']).toBe('p2pstream; fwd=bypass; detail=cookie');
+    const post = await client!.send(port, '/public', { method: 'POST', body: 'x' });
+    expect(post.headers['cache-status']).toBe('p2pstream; fwd=bypass; detail=method');
+    expect((await client!.send(port, '/public')).headers['cache-status']).toContain('hit');
+    const events = await lastEvents(server, token, 4);
+    expect(events.map((e: { cache: string }) => e.cache)).toEqual(['BYPASS', 'BYPASS', 'BYPASS', 'HIT']);
+  });
+
+  it('keeps one entry per Vary variant and adds the rule vary headers to the key', async () => {
+    const { port } = await setup(
+      (req, res) => {
+        res.writeHead(200, { 'cache-control': 'max-age=60', vary: 'Accept-Language' });
+        res.end(`${req.headers['accept-language']}/${req.headers['x-tenant']}`);
+      },
+      { varyHeaders: ['X-Tenant'] },
+    );
+    const get = (lang: string, tenant: string) =>
+      client!.send(port, '/v', { headers: { 'accept-language': lang, 'x-tenant': tenant } });
+    expect((await get('en', 'a')).text).toBe('en/a');
+    expect((await get('de', 'a')).text).toBe('de/a');
+    expect((await get('en', 'b')).text).toBe('en/b');
+    expect(upstream!.seen).toHaveLength(3);
+    const en = await get('en', 'a');
+    expect(en.text).toBe('en/a');
+    expect(en.headers['cache-status']).toContain('hit');
+    expect((await get('de', 'a')).text).toBe('de/a');
+    expect((await get('en', 'b')).text).toBe('en/b');
+    expect(upstream!.seen).toHaveLength(3);
+  });
+
+  it('revalidates a stale entry with its validators; a 304 refreshes it', async () => {
+    let version = 'v1';
+    const { server, token, port } = await setup((req, res) => {
+      if (req.headers['if-none-match'] === `"${version}"`) {
+        res.writeHead(304, { etag: `"${version}"`, 'cache-control': 'max-age=1' });
+        res.end();
+        return;
+      }
+      res.writeHead(200, { etag: `"${version}"`, 'cache-control': 'max-age=1' });
+      res.end(`content ${version}`);
+    });
+    await client!.send(port, '/r');
+    await sleep(1100);
+    const revalidated = await client!.send(port, '/r');
+    expect(revalidated.status).toBe(200);
+    expect(revalidated.text).toBe('content v1');
+    expect(revalidated.headers['cache-status']).toMatch(/^p2pstream; fwd=stale; fwd-status=304; ttl=/);
+    expect(upstream!.seen[1]!.headers['if-none-match']).toBe('"v1"');
+    // Refreshed: fresh again without asking.
+    expect((await client!.send(port, '/r')).headers['cache-status']).toContain('hit');
+    expect(upstream!.seen).toHaveLength(2);
+
+    version = 'v2';
+    await sleep(1100);
+    const changed = await client!.send(port, '/r');
+    expect(changed.text).toBe('content v2');
+    expect(changed.headers['cache-status']).toBe('p2pstream; fwd=stale; fwd-status=200; stored');
+    const events = await lastEvents(server, token, 4);
+    expect(events.map((e: { cache: string }) => e.cache)).toEqual(['MISS', 'REVALIDATED', 'HIT', 'EXPIRED']);
+    expect(await stats(server, token)).toMatchObject({ revalidated: 1 });
+  });
+
+  it('serves stale while revalidating in the background, and stale if the origin fails', async () => {
+    let count = 0;
+    let failing = false;
+    const { server, token, port } = await setup((req, res) => {
+      count++;
+      if (failing) {
+        res.writeHead(503);
+        res.end('down');
+        return;
+      }
+      const cc = req.url === '/s' ? 'max-age=1, stale-while-revalidate=30' : 'max-age=1, stale-if-error=60';
+      res.writeHead(200, { 'cache-control': cc });
+      res.end(`n${count}`);
+    });
+    expect((await client!.send(port, '/s')).text).toBe('n1');
+    expect((await client!.send(port, '/e')).text).toBe('n2');
+    await sleep(1100);
+    const stale = await client!.send(port, '/s');
+    expect(stale.text).toBe('n1');
+    expect(stale.headers['cache-status']).toMatch(
+      /^p2pstream; hit; ttl=-\d+; detail=stale-while-revalidate$/,
+    );
+    await eventually(() => count === 3);
+    await eventually(async () => (await client!.send(port, '/s')).text === 'n3');
+
+    // /e has no stale-while-revalidate: a synchronous revalidation; the origin fails; the stale copy answers.
+    failing = true;
+    const fallback = await client!.send(port, '/e');
+    expect(fallback.status).toBe(200);
+    expect(fallback.text).toBe('n2');
+    expect(fallback.headers['cache-status']).toBe(
+      'p2pstream; fwd=stale; fwd-status=503; detail=stale-if-error',
+    );
+    // The origin cannot be reached at all: the same.
+    await upstream!.close();
+    const unreachable = await client!.send(port, '/e');
+    expect(unreachable.text).toBe('n2');
+    expect(unreachable.headers['cache-status']).toBe('p2pstream; fwd=stale; detail=stale-if-error');
+    const events = await lastEvents(server, token, 2);
+    expect(events.map((e: { cache: string; error: string | null }) => [e.cache, e.error])).toEqual([
+      ['STALE', null],
+      ['STALE', null],
+    ]);
+    upstream = undefined;
+  });
+
+  it('makes one upstream request for concurrent misses of one key', async () => {
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const { server, token, port } = await setup(async (_req, res) => {
+      await gate;
+      res.writeHead(200, { 'cache-control': 'max-age=60' });
+      res.end('shared');
+    });
+    const many = Array.from({ length: 50 }, () => client!.send(port, '/same'));
+    await eventually(() => upstream!.seen.length === 1);
+    await sleep(100);
+    release();
+    const answers = await Promise.all(many);
+    expect(answers.every((a) => a.status === 200 && a.text === 'shared')).toBe(true);
+    expect(upstream!.seen).toHaveLength(1);
+    const collapsed = answers.filter((a) => String(a.headers['cache-status']).includes('collapsed'));
+    expect(collapsed).toHaveLength(49);
+    expect((await stats(server, token)).entries).toBe(1);
+  });
+
+  it('streams an object over maxObjectBytes through without storing it', async () => {
+    const big = Buffer.alloc(300_000, 7);
+    const { server, token, port } = await setup(
+      (_req, res) => {
+        res.writeHead(200, { 'cache-control': 'max-age=60' });
+        // No content-length: the size is only known while streaming.
+        res.write(big.subarray(0, 100_000));
+        setTimeout(() => res.end(big.subarray(100_000)), 20);
+      },
+      { maxObjectBytes: 200_000 },
+    );
+    const first = await client!.send(port, '/big');
+    expect(first.text.length).toBe(300_000);
+    const second = await client!.send(port, '/big');
+    expect(second.text.length).toBe(300_000);
+    expect(second.headers['cache-status']).toContain('fwd=miss');
+    expect(upstream!.seen).toHaveLength(2);
+    expect((await stats(server, token)).entries).toBe(0);
+  });
+
+  it('streams a large body to the client while storing it, then serves it from disk', async () => {
+    const body = Buffer.alloc(3 * 1024 * 1024);
+    for (let i = 0; i < body.length; i++) body[i] = (i * 31) & 0xff;
+    const digest = createHash('sha256').update(body).digest('hex');
+    const { server, token, port } = await setup((_req, res) => {
+      res.writeHead(200, { 'cache-control': 'max-age=60', 'content-length': String(body.length) });
+      res.end(body);
+    });
+    const { request } = await import('undici');
+    const fetchBody = async () => {
+      const res = await request(`http://127.0.0.1:${port}/large`, { dispatcher: client!.dispatcher });
+      const chunks: Buffer[] = [];
+      for await (const chunk of res.body) chunks.push(chunk as Buffer);
+      return { status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) };
+    };
+    const first = await fetchBody();
+    expect(createHash('sha256').update(first.body).digest('hex')).toBe(digest);
+    const second = await fetchBody();
+    expect(second.headers['cache-status'], String(second.headers['cache-status'])).toContain('hit');
+    expect(createHash('sha256').update(second.body).digest('hex')).toBe(digest);
+    const s = await stats(server, token);
+    expect(s.diskBytes).toBeGreaterThan(body.length);
+    // Bigger than hotObjectKiB (256): not in memory, only its index record.
+    expect(s.memoryBytes).toBeLessThan(64 * 1024);
+  });
+
+  it('keeps entries across a restart and drops a corrupt or truncated one instead of serving it', async () => {
+    const small = 'x'.repeat(1000);
+    const large = Buffer.alloc(2 * 1024 * 1024, 1);
+    const first = await setup((req, res) => {
+      res.writeHead(200, { 'cache-control': 'max-age=600' });
+      res.end(req.url === '/large' ? large : `${small}${req.url}`);
+    });
+    for (const p of ['/a', '/b', '/c', '/large']) await client!.send(first.port, p);
+    expect((await stats(first.server, first.token)).entries).toBe(4);
+    const dataDir = first.server.dataDir;
+    const port = first.port;
+    await client!.close();
+    await first.server.close();
+    server = undefined;
+
+    // Damage two entries on disk: flip a byte of /b's body, truncate /c's.
+    const cacheDir = path.join(dataDir, 'cache');
+    const metas: { path: string; bodyFile: string; size: number }[] = [];
+    for (const sub of await readdir(cacheDir)) {
+      if (!/^[0-9a-f]{2}$/.test(sub)) continue;
+      for (const name of await readdir(path.join(cacheDir, sub))) {
+        if (!name.endsWith('.m')) continue;
+        const meta = JSON.parse(await readFile(path.join(cacheDir, sub, name), 'utf8'));
+        metas.push({ path: meta.path, bodyFile: meta.bodyFile, size: meta.bodyLength });
+      }
+    }
+    expect(metas.map((m) => m.path).sort()).toEqual(['/a', '/b', '/c', '/large']);
+    const bodyOf = (p: string) => path.join(cacheDir, metas.find((m) => m.path === p)!.bodyFile);
+    const b = await readFile(bodyOf('/b'));
+    b[10] = b[10]! ^ 0xff;
+    await writeFile(bodyOf('/b'), b);
+    await truncate(bodyOf('/c'), 100);
+    const largeBody = await readFile(bodyOf('/large'));
+    largeBody[largeBody.length - 5] = 0;
+    await writeFile(bodyOf('/large'), largeBody);
+
+    await upstream!.close();
+    upstream = await startUpstream((req, res) => {
+      res.writeHead(200, { 'cache-control': 'max-age=600' });
+      res.end(`fresh ${req.url}`);
+    });
+    server = await startTestServer({ dataDir });
+    const restarted = { server };
+    client = proxyClient();
+    const token = await login(server);
+    // The route still points at the old upstream's port: point it at the new one (entries are keyed by route, not URL).
+    const routes = (await server.request('GET', '/api/v1/proxy/routes', { token })).json.routes;
+    await server.request('PATCH', `/api/v1/proxy/routes/${routes[0].id}`, {
+      token,
+      body: { target: { type: 'upstream', url: upstream.url } },
+    });
+    // The truncated entry is dropped at load; the others are back.
+    await eventually(async () => (await stats(restarted.server, token)).entries === 3);
+    const a = await client!.send(port, '/a');
+    expect(a.text).toBe(`${small}/a`);
+    expect(a.headers['cache-status']).toContain('hit');
+    // The flipped byte is caught before anything is sent: answered from the origin instead.
+    const bAnswer = await client!.send(port, '/b');
+    expect(bAnswer.text).toBe('fresh /b');
+    expect((await client!.send(port, '/c')).text).toBe('fresh /c');
+    // A large body streams; its checksum fails at the end and the connection is cut before the last bytes.
+    await expect(client!.send(port, '/large')).rejects.toThrow();
+    expect((await client!.send(port, '/large')).text).toBe('fresh /large');
+    expect(upstream.seen.map((r) => r.url)).toEqual(['/b', '/c', '/large']);
+    expect((await stat(path.join(dataDir, 'p2pstream.json'))).isFile()).toBe(true);
+  });
+
+  it('purges all, by host, by path prefix and by rule', async () => {
+    const { server, token, port, ruleId } = await setup((req, res) => {
+      res.writeHead(200, { 'cache-control': 'max-age=600' });
+      res.end(`${req.headers.host}${req.url}`);
+    });
+    const fill = async () => {
+      for (const host of ['a.example', 'b.example'])
+        for (const p of ['/x/1', '/x/2', '/y']) await client!.send(port, p, { headers: { host } });
+    };
+    await fill();
+    expect((await stats(server, token)).entries).toBe(6);
+    const purge = (body: unknown) => server.request('POST', '/api/v1/cache/purge', { token, body });
+    expect((await purge({ host: 'A.example' })).json).toEqual({ purged: 3 });
+    expect((await purge({ pathPrefix: '/x/' })).json).toEqual({ purged: 2 });
+    expect((await purge({ ruleId: 'other' })).json).toEqual({ purged: 0 });
+    expect((await purge({ ruleId })).json).toEqual({ purged: 1 });
+    await fill();
+    expect((await purge({ all: true })).json).toEqual({ purged: 6 });
+    expect(
+      (await client!.send(port, '/y', { headers: { host: 'a.example' } })).headers['cache-status'],
+    ).toContain('fwd=miss');
+    for (const bad of [{}, { all: false }, { all: true, host: 'a' }, { pathPrefix: 'x' }, { nope: 1 }]) {
+      const res = await purge(bad);
+      expect(res.status, JSON.stringify(bad)).toBe(400);
+      expect(res.json.error.code).toBe('VALIDATION_FAILED');
+    }
+  });
+
+  it('refuses bad settings and rules with 400 and keeps what is stored', async () => {
+    const { server, token } = await setup(() => {});
+    const before = (await server.request('GET', '/api/v1/cache/settings', { token })).json;
+    const settingsCases: [Record<string, unknown>, string][] = [
+      [{ memoryMiB: 0 }, 'memoryMiB'],
+      [{ diskMiB: -1 }, 'diskMiB'],
+      [{ diskMiB: 16_000_000 }, 'diskMiB'],
+      [{ hotObjectKiB: 4096, memoryMiB: 2 }, 'hotObjectKiB'],
+      [{ cleanupSeconds: 1 }, 'cleanupSeconds'],
+      [{ maxEntries: 1.5 }, 'maxEntries'],
+      [{ extra: true }, 'extra'],
+    ];
+    for (const [body, field] of settingsCases) {
+      const res = await server.request('PUT', '/api/v1/cache/settings', { token, body });
+      expect(res.status, JSON.stringify(body)).toBe(400);
+      expect(res.json.error.code).toBe('VALIDATION_FAILED');
+      if (res.json.error.details) expect(res.json.error.details.field).toBe(field);
+    }
+    expect((await server.request('GET', '/api/v1/cache/settings', { token })).json).toEqual(before);
+    const ruleCases: Record<string, unknown>[] = [
+      { name: 'r', ttl: { mode: 'fixed', seconds: 0 } },
+      { name: 'r', ttl: { mode: 'fixed', seconds: -5 } },
+      { name: 'r', ttl: { mode: 'forever' } },
+      { name: 'r', ttl: { mode: 'origin', seconds: 99_999_999 } },
+      { name: 'r', maxObjectBytes: 2 * 1024 * 1024 * 1024 },
+      { name: 'r', varyHeaders: ['Cookie'] },
+      { name: 'r', queryMode: 'sometimes' },
+      { name: 'r', expression: 'path.startsWith("/x")' },
+      { name: 'all' },
+    ];
+    for (const body of ruleCases) {
+      const res = await server.request('POST', '/api/v1/cache/rules', { token, body });
+      expect([400, 409], JSON.stringify(body)).toContain(res.status);
+    }
+    expect((await server.request('GET', '/api/v1/cache/rules', { token })).json.rules).toHaveLength(1);
+    const ok = await server.request('PUT', '/api/v1/cache/settings', {
+      token,
+      body: { memoryMiB: 16, cleanupSeconds: 30 },
+    });
+    expect(ok.json).toMatchObject({ ...before, memoryMiB: 16, cleanupSeconds: 30 });
+  });
+});
