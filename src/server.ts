@@ -37,6 +37,7 @@ import { createTlsPlugin } from './http/routes/tls.js';
 import { createTrafficPlugin } from './http/routes/traffic.js';
 import { Hub } from './hub/hub.js';
 import type { Logger } from './logger.js';
+import { registerCacheMetrics } from './metrics/cache-metrics.js';
 import {
   publicRequestMetrics,
   registerInstanceMetrics,
@@ -238,7 +239,9 @@ export async function startServer(
     traceSubscribers: () => recorder.subscriberCount,
     agentsConnected: () => hub.connectedCount(),
     replicas: replicaSummaries,
+    cacheStats: () => cache.stats(),
   });
+  registerCacheMetrics(metrics, () => cache.stats());
   registerInstanceMetrics(metrics, {
     agentsConnected: () => hub.connectedCount(),
     hubTraffic: () => hub.traffic(),

@@ -118,6 +118,7 @@ const EMPTY_STATS: CacheStats = {
   hitRatio: 0,
   stale: 0,
   revalidated: 0,
+  expired: 0,
   bypasses: 0,
   evictions: 0,
 };

@@ -50,6 +50,8 @@ export interface CacheStats {
   hitRatio: number;
   stale: number;
   revalidated: number;
+  /** Misses where an expired entry was refetched with a new body. */
+  expired: number;
   bypasses: number;
   evictions: number;
 }

@@ -7,9 +7,12 @@
  *   latencyMs: { last5m: {p50, p95}, last1h: {p50, p95} }   null without requests
  *   listeners: { running, configured },
  *   agentsConnected, replicas: [{id, uptimeSeconds, agentsConnected, …}],
- *   traceSubscribers, generatedAt }
+ *   traceSubscribers,
+ *   cache: { entries, memoryBytes, diskBytes, hits, misses, hitRatio },   response cache (§10)
+ *   generatedAt }
  * ```
  */
+import type { CacheStats } from './cache-types.js';
 import type { ReplicaSummary } from './cluster-types.js';
 import type { RequestStatsSource } from './traffic-types.js';
 
@@ -28,6 +31,8 @@ export interface Overview {
   /** The control-plane replicas sharing this instance (one entry without a cluster). */
   replicas: ReplicaSummary[];
   traceSubscribers: number;
+  /** The response cache's counters since start (zeros without a cache). */
+  cache: Pick<CacheStats, 'entries' | 'memoryBytes' | 'diskBytes' | 'hits' | 'misses' | 'hitRatio'>;
   generatedAt: string;
 }
 
@@ -36,6 +41,8 @@ export interface OverviewServiceOptions {
   listenersRunning: () => number;
   listenersConfigured: () => number;
   traceSubscribers: () => number;
+  /** The response cache's statistics, when there is a cache. */
+  cacheStats?: () => CacheStats;
   /** Agents connected to this instance's hub; 0 when there is no hub. */
   agentsConnected?: () => number;
   /** The replicas; default none listed. */
@@ -65,8 +72,15 @@ export function createOverviewService(options: OverviewServiceOptions): Overview
         agentsConnected: agentsConnected(),
         replicas: options.replicas?.() ?? [],
         traceSubscribers: options.traceSubscribers(),
+        cache: cacheSummary(options.cacheStats?.()),
         generatedAt: new Date(now()).toISOString(),
       };
     },
   };
+}
+
+function cacheSummary(stats: CacheStats | undefined): Overview['cache'] {
+  if (!stats) return { entries: 0, memoryBytes: 0, diskBytes: 0, hits: 0, misses: 0, hitRatio: 0 };
+  const { entries, memoryBytes, diskBytes, hits, misses, hitRatio } = stats;
+  return { entries, memoryBytes, diskBytes, hits, misses, hitRatio };
 }

@@ -79,6 +79,14 @@ describe('response cache', () => {
     expect(events[1].status).toBe(200);
     expect(events[1].bytesOut).toBe(11);
     expect(await stats(server, token)).toMatchObject({ entries: 1, hits: 1, misses: 1, hitRatio: 0.5 });
+    const overview = (await server.request('GET', '/api/v1/overview', { token })).json;
+    expect(overview.cache).toMatchObject({ entries: 1, hits: 1, misses: 1, hitRatio: 0.5 });
+    expect(overview.cache.diskBytes).toBeGreaterThan(11);
+    const metrics = (await server.request('GET', '/metrics', { token })).text;
+    expect(metrics).toContain('p2pstream_cache_answers_total{result="hit"} 1');
+    expect(metrics).toContain('p2pstream_cache_answers_total{result="miss"} 1');
+    expect(metrics).toContain('p2pstream_cache_entries 1');
+    expect(metrics).toMatch(/p2pstream_cache_bytes\{tier="disk"\} \d+/);
     // The query is part of the key by default.
     expect((await client!.send(port, '/page?x=1')).headers['cache-status']).toContain('fwd=miss');
     // A conditional request for what is stored gets a 304 from the cache.

@@ -187,6 +187,7 @@ export class ResponseCache implements CacheRuntime {
   #misses = 0;
   #stale = 0;
   #revalidated = 0;
+  #expired = 0;
   #bypasses = 0;
   /** Background work (stale-while-revalidate refreshes), awaited by close(). */
   readonly #background = new Set<Promise<void>>();
@@ -246,6 +247,7 @@ export class ResponseCache implements CacheRuntime {
       hitRatio: total === 0 ? 0 : this.#hits / total,
       stale: this.#stale,
       revalidated: this.#revalidated,
+      expired: this.#expired,
       bypasses: this.#bypasses,
       evictions: store.evictions,
     };
@@ -697,8 +699,11 @@ export class ResponseCache implements CacheRuntime {
         this.#revalidated++;
         break;
       case 'MISS':
+        this.#misses++;
+        break;
       case 'EXPIRED':
         this.#misses++;
+        this.#expired++;
         break;
       case 'BYPASS':
         break;

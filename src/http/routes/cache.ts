@@ -76,6 +76,7 @@ const Stats = Type.Object({
   hitRatio: Type.Number(),
   stale: Type.Integer(),
   revalidated: Type.Integer(),
+  expired: Type.Integer(),
   bypasses: Type.Integer(),
   evictions: Type.Integer(),
 });
