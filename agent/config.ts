@@ -11,14 +11,15 @@
  *   check, or the SHA-256 fingerprint of its certificate);
  * - `AGENT_ALLOWED_TARGETS` (optional): comma-separated `host[:port]`
  *   patterns (port 443 when omitted; `*` any host or port; `*.example.com`
- *   any name below it); any other target is refused;
+ *   any name below it; `10.0.0.0/8:8081` any address in the range, a name
+ *   resolved once and that address dialled); any other target is refused;
  * - `LOG_LEVEL` (default `info`).
  *
  * Errors: AppError VALIDATION_FAILED naming the variable.
  */
 import { readFileSync } from 'node:fs';
 import { AppError } from '../src/errors.js';
-import { createTargetPolicy } from '../src/relay/target-policy.js';
+import { parseTargetList } from '../src/relay/target-policy.js';
 import { normalizeFingerprint } from '../src/tls/certificates.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -69,25 +70,11 @@ export function parseManagementUrl(value: string | null): string {
 /**
  * Parses AGENT_ALLOWED_TARGETS: `host[:port]` patterns, comma or space
  * separated, in the relay's grammar (port 443 when omitted, `*` for any host
- * or port, `*.example.com` for any name below example.com).
+ * or port, `*.example.com` for any name below example.com, `10.0.0.0/8` for
+ * an address range).
  */
 export function parseAllowedTargets(value: string | null): string[] | null {
-  if (value === null) return null;
-  const patterns = value
-    .split(/[\s,]+/)
-    .map((p) => p.trim())
-    .filter(Boolean);
-  if (patterns.length === 0) return null;
-  for (const pattern of patterns) {
-    try {
-      createTargetPolicy([pattern]);
-    } catch {
-      fail(
-        `AGENT_ALLOWED_TARGETS: "${pattern}" is not a host[:port] pattern (e.g. app.internal:8081, *.lan:*)`,
-      );
-    }
-  }
-  return patterns;
+  return parseTargetList(value, 'AGENT_ALLOWED_TARGETS');
 }
 
 /** Reads the agent settings; `readFile` is for tests. */

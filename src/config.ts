@@ -4,6 +4,7 @@
  */
 import path from 'node:path';
 import { AppError } from './errors.js';
+import { parseTargetList } from './relay/target-policy.js';
 
 export const DEFAULT_DATA_DIR = './data';
 export const DEFAULT_MANAGEMENT_ADDR = '0.0.0.0';
@@ -46,6 +47,12 @@ export interface ServerConfig {
    * several); needs P2PSTREAM_DATABASE_URL. Null: one process, no cluster.
    */
   natsUrl: string | null;
+  /**
+   * `DIRECT_ALLOWED_TARGETS`: target patterns the direct transport may reach,
+   * in the grammar of AGENT_ALLOWED_TARGETS (see relay/target-policy.ts);
+   * null/absent = any.
+   */
+  directAllowedTargets?: string[] | null;
   /** Cluster timings (no variables; tests shorten them). */
   cluster?: {
     /** How long the bus may be away before this replica stops taking agents (default 3 s). */
@@ -116,6 +123,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Readonly<ServerConfig> {
     headersTimeoutMs: DEFAULT_HEADERS_TIMEOUT_MS,
     databaseUrl,
     natsUrl,
+    directAllowedTargets: parseTargetList(nonEmpty(env.DIRECT_ALLOWED_TARGETS), 'DIRECT_ALLOWED_TARGETS'),
   });
 }
 

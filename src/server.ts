@@ -189,7 +189,10 @@ export async function startServer(
     if (presence.busConnected) hub.resume();
   }
   // Environments: the registry, its transports (in-process, or through the hub's agents) and the relay.
-  const directTransport = createDirectTransport({ logger: logger.child({ component: 'relay' }) });
+  const directTransport = createDirectTransport({
+    logger: logger.child({ component: 'relay' }),
+    allowedTargets: config.directAllowedTargets ?? null,
+  });
   const environments = new EnvironmentService({
     store,
     secrets,

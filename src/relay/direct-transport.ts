@@ -8,6 +8,7 @@
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { EnvelopeExecutor, type ExecutorStats } from './envelope-executor.js';
+import type { Resolver } from './target-policy.js';
 import { RelayClient, type RelayClientStats } from './relay-client.js';
 import type { DiscoverOptions, DiscoverResult, RelayRequest, RelayResponse, Transport } from './transport.js';
 
@@ -15,6 +16,8 @@ import type { DiscoverOptions, DiscoverResult, RelayRequest, RelayResponse, Tran
 export interface DirectTransportOptions {
   /** `host:port` patterns the control plane may reach; absent = any. */
   allowedTargets?: readonly string[] | null | undefined;
+  /** Resolves names that only an address range allows; default dns.lookup (tests replace it). */
+  resolver?: Resolver | undefined;
   /** Concurrent requests; default 256. */
   maxStreams?: number | undefined;
   /** Response window per request; default 256 KiB. */
@@ -42,6 +45,7 @@ export function createDirectTransport(options: DirectTransportOptions = {}): Dir
   const executor: EnvelopeExecutor = new EnvelopeExecutor({
     send: (envelope) => post(() => relay.receive(envelope)),
     allowedTargets: options.allowedTargets,
+    resolver: options.resolver,
     logger: options.logger,
     maxStreams: options.maxStreams,
   });

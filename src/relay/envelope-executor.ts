@@ -15,6 +15,7 @@
  */
 import type { ClientRequest, IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import https from 'node:https';
+import type { LookupFunction } from 'node:net';
 import { AppError, toAppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import {
@@ -48,7 +49,7 @@ import {
   probeCertificate,
   serverNameFor,
 } from './pinned-tls.js';
-import { createTargetPolicy, type TargetPolicy } from './target-policy.js';
+import { createTargetPolicy, type Resolver, type TargetPolicy } from './target-policy.js';
 
 /** Largest response window a client may ask for: 16 MiB. */
 export const MAX_WINDOW_BYTES = 16 * 1024 * 1024;
@@ -74,6 +75,8 @@ export interface EnvelopeExecutorOptions {
   send(envelope: Envelope): void;
   /** `host:port` patterns (see target-policy.ts); null/absent allows every target. */
   allowedTargets?: readonly string[] | null | undefined;
+  /** Resolves names that only an address range of `allowedTargets` may allow; default dns.lookup. */
+  resolver?: Resolver | undefined;
   logger?: Pick<Logger, 'debug' | 'warn'> | undefined;
   /** Concurrent streams; default {@link DEFAULT_MAX_STREAMS}. More get TOO_MANY_STREAMS. */
   maxStreams?: number | undefined;
@@ -111,6 +114,8 @@ interface Target {
   host: string;
   port: number;
   servername: string;
+  /** Set when an address range allows the target: resolves once, checks, and that address is dialled. */
+  lookup: LookupFunction | undefined;
 }
 
 interface DiscoverStream {
@@ -181,7 +186,7 @@ export class EnvelopeExecutor {
   constructor(options: EnvelopeExecutorOptions) {
     this.#send = options.send;
     this.#logger = options.logger;
-    this.#policy = createTargetPolicy(options.allowedTargets);
+    this.#policy = createTargetPolicy(options.allowedTargets, options.resolver);
     this.#maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
     this.#maxPooledOrigins = options.maxPooledOrigins ?? DEFAULT_MAX_POOLED_ORIGINS;
     this.#idleSocketTimeoutMs = options.idleSocketTimeoutMs;
@@ -323,9 +328,9 @@ export class EnvelopeExecutor {
     const host = url.hostname.replace(/^\[|\]$/g, '');
     const port = url.port === '' ? 443 : Number(url.port);
     if (!this.#policy.allows(host, port)) {
-      throw new AppError('TARGET_NOT_ALLOWED', `${url.host} is not among this agent's allowed targets`);
+      throw new AppError('TARGET_NOT_ALLOWED', `${url.host} is not among the allowed targets`);
     }
-    return { url, host, port, servername: serverNameFor(host) };
+    return { url, host, port, servername: serverNameFor(host), lookup: this.#policy.lookupFor(host, port) };
   }
 
   #openDiscover(id: number, request: DiscoverRequest): void {
@@ -342,6 +347,7 @@ export class EnvelopeExecutor {
       host: target.host,
       port: target.port,
       servername: target.servername,
+      lookup: target.lookup,
       timeoutMs: boundTimeout(request.timeoutMs),
       signal: stream.controller.signal,
     }).then(
@@ -471,6 +477,7 @@ export class EnvelopeExecutor {
       method: head.method,
       path: `${target.url.pathname}${target.url.search}`,
       headers: requestHeaders(head.headers ?? []),
+      ...(target.lookup ? { lookup: target.lookup } : {}),
       // Reaches PinnedAgent.createConnection, so a timeout or cancel can cut a pending handshake.
       [kConnectContext]: stream.connect,
     };
@@ -634,6 +641,7 @@ export class EnvelopeExecutor {
         host: stream.target.host,
         port: stream.target.port,
         servername: stream.target.servername,
+        lookup: stream.target.lookup,
         timeoutMs: Math.min(stream.timeoutMs, DEFAULT_TIMEOUT_MS),
       });
       reported = new AppError(error.code, error.message, {

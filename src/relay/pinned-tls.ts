@@ -27,7 +27,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import https from 'node:https';
-import { isIP } from 'node:net';
+import { isIP, type LookupFunction } from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls, { type DetailedPeerCertificate, type PeerCertificate, type TLSSocket } from 'node:tls';
 import { AppError, toAppError } from '../errors.js';
@@ -366,6 +366,8 @@ export interface ProbeOptions {
   port: number;
   /** SNI name ('' = none). */
   servername: string;
+  /** Resolves `host` (see target-policy.ts); default dns.lookup. */
+  lookup?: LookupFunction | undefined;
   timeoutMs: number;
   signal?: AbortSignal | undefined;
 }
@@ -388,6 +390,7 @@ export function probeCertificate(options: ProbeOptions): Promise<Buffer[]> {
       host: options.host,
       port: options.port,
       ...(options.servername ? { servername: options.servername } : {}),
+      ...(options.lookup ? { lookup: options.lookup } : {}),
       minVersion: MIN_TLS_VERSION,
       // Discovery reads the certificate; a verdict on it is the caller's.
       checkServerIdentity: () => undefined,

@@ -31,6 +31,22 @@ describe('target policy', () => {
     expect(createTargetPolicy(['*:8081']).allows('whatever', 8081)).toBe(true);
   });
 
+  it('matches address literals against CIDR ranges on their port', () => {
+    const policy = createTargetPolicy(['10.0.0.0/8:8081', '[fd00::/8]:*']);
+    expect(policy.allows('10.200.3.4', 8081)).toBe(true);
+    expect(policy.allows('10.200.3.4', 8082)).toBe(false);
+    expect(policy.allows('11.0.0.1', 8081)).toBe(false);
+    expect(policy.allows('[fd12::1]', 1)).toBe(true);
+    expect(policy.allows('fe80::1', 1)).toBe(false);
+    expect(policy.lookupFor('10.1.1.1', 8081)).toBeUndefined();
+    // A name may be allowed once resolved, on a port some range has; it is then dialled through the checked lookup.
+    expect(policy.allows('app.internal', 8081)).toBe(true);
+    expect(policy.lookupFor('app.internal', 8081)).toBeTypeOf('function');
+    expect(createTargetPolicy(['10.0.0.0/8:8081']).allows('app.internal', 443)).toBe(false);
+    // A name a name pattern allows is dialled as usual.
+    expect(createTargetPolicy(['app.internal', '10.0.0.0/8']).lookupFor('app.internal', 443)).toBeUndefined();
+  });
+
   it('refuses malformed patterns with VALIDATION_FAILED', () => {
     for (const bad of [
       '',
@@ -41,6 +57,11 @@ describe('target policy', () => {
       'https://x:443',
       'x:y',
       '*.',
+      '10.0.0.0/33',
+      '10.0.0.0/x',
+      'fd00::/8',
+      '[10.0.0.0/8]',
+      'host/8',
     ]) {
       expect(() => createTargetPolicy([bad]), bad).toThrow(AppError);
     }
