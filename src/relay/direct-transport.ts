@@ -8,8 +8,8 @@
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { EnvelopeExecutor, type ExecutorStats } from './envelope-executor.js';
-import type { Resolver } from './target-policy.js';
 import { RelayClient, type RelayClientStats } from './relay-client.js';
+import type { Resolver } from './target-policy.js';
 import type { DiscoverOptions, DiscoverResult, RelayRequest, RelayResponse, Transport } from './transport.js';
 
 /** Options of {@link createDirectTransport}; every field has a default. */
