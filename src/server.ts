@@ -11,6 +11,7 @@ import { type AppOptions, buildApp } from './app.js';
 import { ClusterPresence } from './cluster/cluster-presence.js';
 import type { ServerConfig } from './config.js';
 import { DataPlane } from './dataplane/data-plane.js';
+import { PolicyEngine } from './dataplane/policy-engine.js';
 import { TraceRecorder } from './dataplane/trace-recorder.js';
 import { AcmeAccountService } from './domain/acme-account-service.js';
 import { AgentService } from './domain/agent-service.js';
@@ -20,6 +21,7 @@ import { CertificateService } from './domain/certificate-service.js';
 import type { ReplicaSummary } from './domain/cluster-types.js';
 import { EnvironmentService } from './domain/environment-service.js';
 import { createOverviewService } from './domain/overview-service.js';
+import { PolicyService } from './domain/policy-service.js';
 import { ProxyConfigService } from './domain/proxy-config-service.js';
 import { createSystemService } from './domain/system-service.js';
 import { TemplateService } from './domain/template-service.js';
@@ -31,6 +33,7 @@ import { createCachePlugin } from './http/routes/cache.js';
 import { createConsolePlugin } from './http/routes/console.js';
 import { createEnvironmentsPlugin } from './http/routes/environments.js';
 import { createOverviewPlugin } from './http/routes/overview.js';
+import { createPoliciesPlugin } from './http/routes/policies.js';
 import { createProxyPlugin } from './http/routes/proxy.js';
 import { createTemplatesPlugin } from './http/routes/templates.js';
 import { createTlsPlugin } from './http/routes/tls.js';
@@ -221,6 +224,15 @@ export async function startServer(
   const cache = new CacheService({ store, ...(dataPlane.cache ? { runtime: dataPlane.cache } : {}) });
   cache.apply();
   const proxyConfig = new ProxyConfigService({ store, runtime: dataPlane, templates });
+  // Traffic policies: WAF, rate limits and shapers, as stages of the data plane's pipeline.
+  const policyEngine = new PolicyEngine({
+    install: (slot, stage) => dataPlane.setStage(slot, stage),
+    logger: logger.child({ component: 'policies' }),
+    metrics,
+    listenerName: (id) => store.read().proxy.listeners.find((l) => l.id === id)?.name ?? null,
+  });
+  const policies = new PolicyService({ store, runtime: policyEngine, templates });
+  policies.apply();
   // Public TLS: the certificate store, ACME accounts and renewals, serving through the data plane.
   const acmeIssuer = createAcmeIssuer({ dnsPropagationMs: config.tls?.dnsPropagationMs });
   const acmeAccounts = new AcmeAccountService({ store, secrets, issuer: acmeIssuer });
@@ -273,6 +285,7 @@ export async function startServer(
         agentRoutes({ agents, managementFingerprint: new X509Certificate(tls.cert).fingerprint256 }),
         createProxyPlugin({ proxyConfig }),
         createTemplatesPlugin({ templates }),
+        createPoliciesPlugin({ policies }),
         createTlsPlugin({ certificates, accounts: acmeAccounts }),
         createCachePlugin({ cache }),
         createTrafficPlugin({ settings: traffic, recorder }),
@@ -305,6 +318,7 @@ export async function startServer(
     if (keys.has('agents')) hub.revalidate();
     if (keys.has('traffic')) recorder.configure(traffic.settings());
     if (keys.has('templates')) dataPlane.setTemplates(store.read().templates);
+    if (keys.has('policies')) policies.apply();
     if (keys.has('proxy')) {
       proxySync = proxySync.then(async () => {
         const proxy = store.read().proxy;
@@ -355,6 +369,7 @@ export async function startServer(
         await certificates.close();
         directTransport.close();
         await proxySync;
+        policyEngine.close();
         await dataPlane.close();
         await store.close();
       })();

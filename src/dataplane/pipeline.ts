@@ -78,7 +78,12 @@ export interface StageAnswer {
    * request's own placeholder values, plus `values` such as `retryAfter` and
    * `ruleName`). A missing template gives the built-in page.
    */
-  readonly template?: { readonly id: string; readonly values?: TemplateValues };
+  readonly template?: {
+    readonly id: string;
+    readonly values?: TemplateValues;
+    /** Appended to the rendered body as it is (e.g. the challenge's solver script). */
+    readonly append?: string;
+  };
   /** Error kind the trace shows for this answer (e.g. `no_route`), if any. */
   readonly error?: TraceErrorKind;
 }

@@ -397,7 +397,9 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
         answer.status,
       );
       headers.push('content-type', rendered.contentType, 'cache-control', 'no-store');
-      this.#send(rendered.status, headers, rendered.body, true);
+      const append = answer.template.append;
+      const body = append === undefined ? rendered.body : Buffer.concat([rendered.body, Buffer.from(append)]);
+      this.#send(rendered.status, headers, body, true);
       return;
     }
     const body = answer.body;

@@ -253,6 +253,66 @@ export interface TrafficSettingsRecord {
   level: 'basic' | 'detailed' | 'headers';
 }
 
+/** Thresholds of a WAF rule in `auto` mode (null: that signal is not watched). */
+export interface WafAutoRecord {
+  requestsPerSecond: number | null;
+  errorRatio: number | null;
+  forSeconds: number;
+  coolDownSeconds: number;
+}
+
+/** A WAF rule (DESIGN.md §9). */
+export interface WafRuleRecord {
+  id: string;
+  name: string;
+  priority: number;
+  expression: string;
+  action: 'block' | 'allow' | 'log' | 'challenge';
+  status: number;
+  templateId: string | null;
+  mode: 'always' | 'auto';
+  auto: WafAutoRecord | null;
+  passTtlSeconds: number;
+  enabled: boolean;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** A rate-limit rule (DESIGN.md §9); windows use `limit` + `windowSeconds`, the bucket `ratePerSecond` + `burst`. */
+export interface RateLimitRuleRecord {
+  id: string;
+  name: string;
+  priority: number;
+  expression: string;
+  key: string[];
+  algorithm: 'fixed_window' | 'sliding_window' | 'token_bucket';
+  limit: number | null;
+  windowSeconds: number | null;
+  ratePerSecond: number | null;
+  burst: number | null;
+  status: number;
+  templateId: string | null;
+  enabled: boolean;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** A traffic shaper (DESIGN.md §9); a null rate leaves that direction unshaped. */
+export interface ShaperRecord {
+  id: string;
+  name: string;
+  priority: number;
+  expression: string;
+  key: string[];
+  downloadBytesPerSecond: number | null;
+  uploadBytesPerSecond: number | null;
+  burstBytes: number;
+  exemptBytes: number;
+  enabled: boolean;
+  createdAt: string;
+  updatedAt: string;
+}
+
 export interface Database {
   schemaVersion: number;
   instance: {
@@ -270,6 +330,7 @@ export interface Database {
   traffic: TrafficSettingsRecord;
   templates: TemplateRecord[];
   cache: { settings: CacheSettingsRecord; rules: CacheRuleRecord[] };
+  policies: { waf: WafRuleRecord[]; rateLimits: RateLimitRuleRecord[]; shapers: ShaperRecord[] };
   tls: {
     certificates: CertificateRecord[];
     acmeAccounts: AcmeAccountRecord[];
@@ -301,6 +362,7 @@ export function emptyDatabase(instanceId: string, now = new Date()): Database {
     traffic: { enabled: true, level: 'basic' },
     templates: [],
     cache: { settings: { ...DEFAULT_CACHE_SETTINGS }, rules: [] },
+    policies: { waf: [], rateLimits: [], shapers: [] },
     tls: { certificates: [], acmeAccounts: [], dnsProviders: [] },
   };
 }

@@ -1,0 +1,266 @@
+/**
+ * Traffic policy routes (operational, DESIGN.md §9):
+ *
+ * - `GET/POST /api/v1/policies/waf`, `GET/PATCH/DELETE /api/v1/policies/waf/:id` → `{rules}` / `{rule}`;
+ * - `GET/POST /api/v1/policies/rate-limits`, `…/rate-limits/:id` → `{rules}` / `{rule}`;
+ * - `GET/POST /api/v1/policies/shapers`, `…/shapers/:id` → `{shapers}` / `{shaper}`;
+ * - `POST /api/v1/policies/test` `{method, host, path, headers?, ip?, listenerId?}` → `{stages}`.
+ *
+ * Errors come from PolicyService: VALIDATION_FAILED (with `details.field`,
+ * and `position`/`line`/`column` for expressions), CONFLICT, NOT_FOUND.
+ */
+import type { FastifyPluginAsync } from 'fastify';
+import { type TSchema, Type } from 'typebox';
+import { type PolicyService, RATE_LIMIT_ALGORITHMS, WAF_ACTIONS } from '../../domain/policy-service.js';
+import { errorResponses, IdParams, NoContent, Nullable } from '../schemas/common.js';
+
+const literals = (values: readonly string[]) => Type.Union(values.map((v) => Type.Literal(v)));
+
+const Common = {
+  id: Type.String(),
+  name: Type.String(),
+  priority: Type.Integer(),
+  expression: Type.String({
+    description: 'CEL over method, host, path, query, headers, ip, listener; empty = all',
+  }),
+  enabled: Type.Boolean(),
+  createdAt: Type.String(),
+  updatedAt: Type.String(),
+};
+
+const AutoSchema = Type.Object({
+  requestsPerSecond: Nullable(Type.Number()),
+  errorRatio: Nullable(Type.Number()),
+  forSeconds: Type.Integer(),
+  coolDownSeconds: Type.Integer(),
+});
+
+const WafRuleSchema = Type.Object({
+  ...Common,
+  action: literals(WAF_ACTIONS),
+  status: Type.Integer(),
+  templateId: Nullable(Type.String()),
+  mode: literals(['always', 'auto']),
+  auto: Nullable(AutoSchema),
+  passTtlSeconds: Type.Integer(),
+  state: Nullable(
+    Type.Object({
+      activeListeners: Type.Array(Type.String()),
+      switches: Type.Array(
+        Type.Object({
+          at: Type.String(),
+          listenerId: Type.String(),
+          active: Type.Boolean(),
+          reason: Type.String(),
+        }),
+      ),
+    }),
+  ),
+});
+
+const RateLimitSchema = Type.Object({
+  ...Common,
+  key: Type.Array(Type.String()),
+  algorithm: literals(RATE_LIMIT_ALGORITHMS),
+  limit: Nullable(Type.Integer()),
+  windowSeconds: Nullable(Type.Integer()),
+  ratePerSecond: Nullable(Type.Number()),
+  burst: Nullable(Type.Integer()),
+  status: Type.Integer(),
+  templateId: Nullable(Type.String()),
+});
+
+const ShaperSchema = Type.Object({
+  ...Common,
+  key: Type.Array(Type.String()),
+  downloadBytesPerSecond: Nullable(Type.Integer()),
+  uploadBytesPerSecond: Nullable(Type.Integer()),
+  burstBytes: Type.Integer(),
+  exemptBytes: Type.Integer(),
+});
+
+// Inputs: shapes only; the service checks ranges and combinations and names the field.
+const CommonInput = {
+  name: Type.Optional(Type.String()),
+  priority: Type.Optional(Type.Integer()),
+  expression: Type.Optional(Nullable(Type.String())),
+  enabled: Type.Optional(Type.Boolean()),
+};
+const ReadOnly = {
+  id: Type.Optional(Type.String()),
+  state: Type.Optional(Type.Unknown()),
+  createdAt: Type.Optional(Type.String()),
+  updatedAt: Type.Optional(Type.String()),
+};
+
+const WafInput = Type.Object(
+  {
+    ...CommonInput,
+    ...ReadOnly,
+    action: Type.Optional(Type.String()),
+    status: Type.Optional(Type.Integer()),
+    templateId: Type.Optional(Nullable(Type.String())),
+    mode: Type.Optional(Type.String()),
+    auto: Type.Optional(Nullable(Type.Record(Type.String(), Type.Unknown()))),
+    passTtlSeconds: Type.Optional(Type.Integer()),
+  },
+  { additionalProperties: false },
+);
+
+const RateLimitInput = Type.Object(
+  {
+    ...CommonInput,
+    ...ReadOnly,
+    key: Type.Optional(Type.Array(Type.String())),
+    algorithm: Type.Optional(Type.String()),
+    limit: Type.Optional(Nullable(Type.Integer())),
+    windowSeconds: Type.Optional(Nullable(Type.Integer())),
+    ratePerSecond: Type.Optional(Nullable(Type.Number())),
+    burst: Type.Optional(Nullable(Type.Integer())),
+    status: Type.Optional(Type.Integer()),
+    templateId: Type.Optional(Nullable(Type.String())),
+  },
+  { additionalProperties: false },
+);
+
+const ShaperInput = Type.Object(
+  {
+    ...CommonInput,
+    ...ReadOnly,
+    key: Type.Optional(Type.Array(Type.String())),
+    downloadBytesPerSecond: Type.Optional(Nullable(Type.Integer())),
+    uploadBytesPerSecond: Type.Optional(Nullable(Type.Integer())),
+    burstBytes: Type.Optional(Nullable(Type.Integer())),
+    exemptBytes: Type.Optional(Type.Integer()),
+  },
+  { additionalProperties: false },
+);
+
+const TestInput = Type.Object(
+  {
+    method: Type.String({ maxLength: 16 }),
+    host: Type.String({ maxLength: 253 }),
+    path: Type.String({ maxLength: 8192 }),
+    headers: Type.Optional(Type.Record(Type.String(), Type.String())),
+    ip: Type.Optional(Type.String({ maxLength: 64 })),
+    listenerId: Type.Optional(Nullable(Type.String())),
+  },
+  { additionalProperties: false },
+);
+
+const TestResult = Type.Object({
+  stages: Type.Array(
+    Type.Object({
+      stage: Type.String(),
+      rule: Nullable(Type.String()),
+      action: Type.String(),
+      detail: Type.String(),
+    }),
+  ),
+});
+
+interface Crud {
+  path: string;
+  list: string;
+  single: string;
+  schema: TSchema;
+  input: TSchema;
+  ops: {
+    list(): unknown[];
+    get(id: string): unknown;
+    create(body: unknown): Promise<unknown>;
+    update(id: string, body: unknown): Promise<unknown>;
+    remove(id: string): Promise<void>;
+  };
+}
+
+export function createPoliciesPlugin(deps: { policies: PolicyService }): FastifyPluginAsync {
+  const { policies } = deps;
+  const kinds: Crud[] = [
+    {
+      path: '/api/v1/policies/waf',
+      list: 'rules',
+      single: 'rule',
+      schema: WafRuleSchema,
+      input: WafInput,
+      ops: {
+        list: () => policies.listWaf(),
+        get: (id) => policies.getWaf(id),
+        create: (b) => policies.createWaf(b),
+        update: (id, b) => policies.updateWaf(id, b),
+        remove: (id) => policies.removeWaf(id),
+      },
+    },
+    {
+      path: '/api/v1/policies/rate-limits',
+      list: 'rules',
+      single: 'rule',
+      schema: RateLimitSchema,
+      input: RateLimitInput,
+      ops: {
+        list: () => policies.listRateLimits(),
+        get: (id) => policies.getRateLimit(id),
+        create: (b) => policies.createRateLimit(b),
+        update: (id, b) => policies.updateRateLimit(id, b),
+        remove: (id) => policies.removeRateLimit(id),
+      },
+    },
+    {
+      path: '/api/v1/policies/shapers',
+      list: 'shapers',
+      single: 'shaper',
+      schema: ShaperSchema,
+      input: ShaperInput,
+      ops: {
+        list: () => policies.listShapers(),
+        get: (id) => policies.getShaper(id),
+        create: (b) => policies.createShaper(b),
+        update: (id, b) => policies.updateShaper(id, b),
+        remove: (id) => policies.removeShaper(id),
+      },
+    },
+  ];
+  return async (app) => {
+    for (const kind of kinds) {
+      const one = Type.Object({ [kind.single]: kind.schema });
+      app.get(
+        kind.path,
+        {
+          schema: {
+            response: { 200: Type.Object({ [kind.list]: Type.Array(kind.schema) }), ...errorResponses },
+          },
+        },
+        async () => ({ [kind.list]: kind.ops.list() }),
+      );
+      app.post(
+        kind.path,
+        { schema: { body: kind.input, response: { 201: one, ...errorResponses } } },
+        async (request, reply) =>
+          reply.code(201).send({ [kind.single]: await kind.ops.create(request.body) }),
+      );
+      app.get<{ Params: { id: string } }>(
+        `${kind.path}/:id`,
+        { schema: { params: IdParams, response: { 200: one, ...errorResponses } } },
+        async (request) => ({ [kind.single]: kind.ops.get(request.params.id) }),
+      );
+      app.patch<{ Params: { id: string } }>(
+        `${kind.path}/:id`,
+        { schema: { params: IdParams, body: kind.input, response: { 200: one, ...errorResponses } } },
+        async (request) => ({ [kind.single]: await kind.ops.update(request.params.id, request.body) }),
+      );
+      app.delete<{ Params: { id: string } }>(
+        `${kind.path}/:id`,
+        { schema: { params: IdParams, response: { 204: NoContent, ...errorResponses } } },
+        async (request, reply) => {
+          await kind.ops.remove(request.params.id);
+          return reply.code(204).send();
+        },
+      );
+    }
+    app.post(
+      '/api/v1/policies/test',
+      { schema: { body: TestInput, response: { 200: TestResult, ...errorResponses } } },
+      async (request) => policies.test(request.body),
+    );
+  };
+}
