@@ -138,7 +138,6 @@ function limitSpec(rule: RateLimitRuleRecord): LimitSpec {
 
 /** A structured-field string (RFC 8941) for a header item name. */
 function sfString(value: string): string {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: only printable ASCII is allowed in sf-strings
   return `"${value.replace(/[^\u0020-\u007e]/g, '?').replace(/["\\]/g, '\\$&')}"`;
 }
 
