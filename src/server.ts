@@ -28,7 +28,7 @@ import { TemplateService } from './domain/template-service.js';
 import { TokenService } from './domain/token-service.js';
 import { TrafficSettingsService } from './domain/traffic-settings-service.js';
 import { createEnvironmentRelay, createEnvironmentTransports } from './http/environment-relay.js';
-import { agentRoutes } from './http/routes/agents.js';
+import { createAgentsPlugin } from './http/routes/agents.js';
 import { createCachePlugin } from './http/routes/cache.js';
 import { createConsolePlugin } from './http/routes/console.js';
 import { createEnvironmentsPlugin } from './http/routes/environments.js';
@@ -282,7 +282,7 @@ export async function startServer(
         createEnvironmentsPlugin({ environments, auth, tokens }),
       ],
       operationalPlugins: [
-        agentRoutes({ agents, managementFingerprint: new X509Certificate(tls.cert).fingerprint256 }),
+        createAgentsPlugin({ agents, managementFingerprint: new X509Certificate(tls.cert).fingerprint256 }),
         createProxyPlugin({ proxyConfig }),
         createTemplatesPlugin({ templates }),
         createPoliciesPlugin({ policies }),

@@ -1,142 +1,55 @@
 /**
- * The shapes the console reads from the management API (DESIGN.md §3–§5).
- * Only the fields the console uses are typed; the server may send more.
+ * The shapes the console reads from the management API, derived from the
+ * routes' schemas (src/http/schemas/): the schema that serializes a reply is
+ * the type the console reads it as. Type-only imports: nothing of the schemas
+ * (or TypeBox) is bundled into the console.
  */
+import type { Static } from 'typebox';
+import type {
+  AgentConnection as AgentConnectionSchema,
+  AgentGrant as AgentGrantSchema,
+  Agent as AgentSchema,
+  AgentSetup as AgentSetupSchema,
+} from '../http/schemas/agents';
+import type { User as UserSchema } from '../http/schemas/auth';
+import type {
+  Certificate as CertificateSchema,
+  DiscoverReply as DiscoverReplySchema,
+  EnvironmentEntry as EnvironmentEntrySchema,
+  LastTest as LastTestSchema,
+  TrustState as TrustStateSchema,
+} from '../http/schemas/environments';
+import type {
+  Listener as ListenerSchema,
+  ProxyRoute as ProxyRouteSchema,
+  RouteTarget as RouteTargetSchema,
+} from '../http/schemas/proxy';
+import type { ApiToken as ApiTokenSchema } from '../http/schemas/tokens';
+import type {
+  Overview as OverviewSchema,
+  TraceEvent as TraceEventSchema,
+  TraceLevel as TraceLevelSchema,
+  TrafficSettings as TrafficSettingsSchema,
+} from '../http/schemas/traffic';
 
-export interface User {
-  id: string;
-  username: string;
-}
-
-export type TrustState = 'UNTRUSTED' | 'TRUSTED' | 'CHANGED' | 'EXPIRED';
-
-export interface Certificate {
-  fingerprintSha256: string;
-  subject: string;
-  issuer: string;
-  subjectAltNames: string[];
-  validFrom: string;
-  validTo: string;
-  serialNumber: string;
-}
-
-export interface LastTest {
-  ok: boolean;
-  at: string;
-  latencyMs: number | null;
-  error: { code: string; message: string } | null;
-}
-
+export type User = Static<typeof UserSchema>;
+export type TrustState = Static<typeof TrustStateSchema>;
+export type Certificate = Static<typeof CertificateSchema>;
+export type LastTest = Static<typeof LastTestSchema>;
+/** What `POST /api/v1/environments/:id/discover` answers. */
+export type DiscoverOutcome = Static<typeof DiscoverReplySchema>;
 /** A registered environment, or the virtual Local one (`virtual: true`). */
-export interface Environment {
-  id: string;
-  name: string;
-  virtual?: boolean;
-  url?: string;
-  transport?: 'direct' | 'agent';
-  agentId?: string | null;
-  enabled?: boolean;
-  timeoutMs?: number;
-  trustState?: TrustState;
-  certificate?: Certificate | null;
-  discoveredCertificate?: Certificate | null;
-  hasAccessToken?: boolean;
-  lastTest?: LastTest | null;
-  lastError?: { code: string; message: string; at: string } | null;
-  createdAt?: string;
-  updatedAt?: string;
-}
-
-export interface ApiToken {
-  id: string;
-  name: string;
-  enabled: boolean;
-  expiresAt: string | null;
-  lastUsedAt: string | null;
-  createdAt: string;
-}
-
-export interface AgentConnection {
-  id: string;
-  startedAt: string;
-  endedAt: string | null;
-  remoteAddress: string | null;
-  version: string | null;
-  endReason?: string | null;
-}
-
-export interface Agent {
-  id: string;
-  name: string;
-  enabled: boolean;
-  labels: Record<string, string>;
-  status: 'connected' | 'offline';
-  connectedAt: string | null;
-  lastSeenAt: string | null;
-  remoteAddress: string | null;
-  version: string | null;
-  connections: AgentConnection[];
-}
-
+export type Environment = Static<typeof EnvironmentEntrySchema>;
+export type ApiToken = Static<typeof ApiTokenSchema>;
+export type AgentConnection = Static<typeof AgentConnectionSchema>;
+export type Agent = Static<typeof AgentSchema>;
+export type AgentSetup = Static<typeof AgentSetupSchema>;
 /** What creating or rotating an agent answers: the token is shown once. */
-export interface AgentGrant {
-  agent: Agent;
-  token: string;
-  setup?: unknown;
-}
-
-export interface Listener {
-  id: string;
-  name: string;
-  bindAddress: string;
-  port: number;
-  enabled: boolean;
-  /** Bound right now. */
-  running?: boolean;
-  /** Why an enabled listener is not running (port in use…), else null. */
-  error?: string | null;
-}
-
-export type RouteTarget =
-  | { type: 'upstream'; url: string; timeoutMs?: number }
-  | { type: 'redirect'; location: string; status: number }
-  | { type: 'static'; status: number; contentType: string; body: string };
-
-export interface ProxyRoute {
-  id: string;
-  listenerId: string;
-  host: string | null;
-  pathPrefix: string;
-  priority: number;
-  target: RouteTarget;
-}
-
-export interface TraceEvent {
-  seq: number;
-  id: string;
-  time: string;
-  method: string;
-  host: string | null;
-  path: string;
-  status: number | null;
-  durationMs: number | null;
-  bytesIn?: number;
-  bytesOut?: number;
-  listenerId?: string | null;
-  routeId?: string | null;
-  target?: string | null;
-  clientIp?: string | null;
-  error?: string | null;
-  /** Decisions of the pipeline's policy stages (WAF, rate limits, cache, shapers), in order. */
-  policy?: { stage: string; rule: string; action: string }[];
-}
-
-export type TraceLevel = 'basic' | 'detailed' | 'headers';
-
-export interface TrafficSettings {
-  enabled: boolean;
-  level: TraceLevel;
-  subscribers?: number;
-  emittedEvents?: number;
-  droppedEvents?: number;
-}
+export type AgentGrant = Static<typeof AgentGrantSchema>;
+export type Listener = Static<typeof ListenerSchema>;
+export type RouteTarget = Static<typeof RouteTargetSchema>;
+export type ProxyRoute = Static<typeof ProxyRouteSchema>;
+export type TraceEvent = Static<typeof TraceEventSchema>;
+export type TraceLevel = Static<typeof TraceLevelSchema>;
+export type TrafficSettings = Static<typeof TrafficSettingsSchema>;
+export type Overview = Static<typeof OverviewSchema>;

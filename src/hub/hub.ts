@@ -21,6 +21,7 @@ import type { AgentCredential, AgentRevocationReason, AgentService } from '../do
 import { isId } from '../domain/ids.js';
 import { LoginThrottle, type LoginThrottleOptions } from '../domain/login-throttle.js';
 import { AppError } from '../errors.js';
+import { agentConnectSchema } from '../http/schemas/agent-connect.js';
 import type { Logger } from '../logger.js';
 import { DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_STREAMS } from '../relay/envelope.js';
 import { RelayClient } from '../relay/relay-client.js';
@@ -140,7 +141,11 @@ export class Hub {
     });
     app.get(
       AGENT_CONNECT_PATH,
-      { websocket: true, onRequest: async (request) => this.#authenticate(request) },
+      {
+        websocket: true,
+        schema: agentConnectSchema,
+        onRequest: async (request) => this.#authenticate(request),
+      },
       (socket, request) => this.#accept(socket, request),
     );
   };

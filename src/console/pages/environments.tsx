@@ -23,22 +23,12 @@ import {
   useResource,
 } from '../components/ui';
 import { useEnvironments } from '../environment';
-import type { Agent, Certificate, Environment } from '../types';
+import type { Agent, Certificate, DiscoverOutcome, Environment } from '../types';
 
 const DEFAULT_TIMEOUT_MS = 10_000;
 const FIELDS = ['name', 'url', 'transport', 'agentId', 'accessToken', 'timeoutMs', 'enabled'] as const;
 
 type Editing = { mode: 'create' } | { mode: 'edit'; environment: Environment };
-
-/** What `POST …/discover` answers. */
-interface DiscoverOutcome {
-  certificate: Certificate;
-  trustState: string;
-  /** Outside its validity period now: trust would refuse it. */
-  expired?: boolean;
-  /** Valid for the URL's hostname (trust refuses it otherwise). */
-  hostnameMatches?: boolean;
-}
 
 interface Reviewing {
   environment: Environment;

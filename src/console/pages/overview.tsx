@@ -7,31 +7,11 @@ import { useEffect, useRef } from 'preact/hooks';
 import { clientFor } from '../api';
 import { BarChart, formatNumber, Sparkline } from '../components/charts';
 import { ErrorMessage, formatTime, SectionHead, useResource } from '../components/ui';
+import type { Overview } from '../types';
 
 const REFRESH_MS = 5000;
 /** Refreshes kept for the trend line (10 minutes at 5 s). */
 const HISTORY = 120;
-
-interface Window {
-  last5m: number;
-  last1h: number;
-}
-
-interface Percentiles {
-  p50: number | null;
-  p95: number | null;
-}
-
-/** What `GET /api/v1/overview` answers (DESIGN.md §4). */
-export interface Overview {
-  requests: Window;
-  errors: Window;
-  latencyMs: { last5m: Percentiles; last1h: Percentiles };
-  listeners: { running: number; configured: number };
-  agentsConnected: number;
-  traceSubscribers: number;
-  generatedAt: string;
-}
 
 function ms(value: number | null | undefined): string {
   return value === null || value === undefined ? '—' : `${formatNumber(Math.round(value * 10) / 10)} ms`;

@@ -4,8 +4,17 @@
  * once, and `setup` is a ready-to-use snippet (environment variables, the
  * command and a systemd unit reading them from an environment file).
  */
-import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import type { FastifyRequest } from 'fastify';
 import type { AgentService } from '../../domain/agent-service.js';
+import {
+  createAgentSchema,
+  deleteAgentSchema,
+  getAgentSchema,
+  listAgentsSchema,
+  rotateAgentSchema,
+  updateAgentSchema,
+} from '../schemas/agents.js';
 
 /** Where the agent's environment file goes in the systemd example. */
 export const AGENT_ENV_FILE = '/etc/p2pstream/agent.env';
@@ -75,10 +84,13 @@ function managementUrlOf(request: FastifyRequest): string {
 }
 
 /** The `/api/v1/agents` routes as a plugin for the operational scope. */
-export function agentRoutes(deps: AgentRoutesDeps): FastifyPluginAsync {
-  return async (app: FastifyInstance) => {
+export function createAgentsPlugin(deps: AgentRoutesDeps): FastifyPluginAsyncTypebox {
+  return async (app) => {
     const { agents } = deps;
-    const withSetup = (request: FastifyRequest, result: { agent: { id: string }; token: string }) => ({
+    const withSetup = <G extends { agent: { id: string }; token: string }>(
+      request: FastifyRequest,
+      result: G,
+    ) => ({
       ...result,
       setup: agentSetup({
         managementUrl: managementUrlOf(request),
@@ -88,27 +100,27 @@ export function agentRoutes(deps: AgentRoutesDeps): FastifyPluginAsync {
       }),
     });
 
-    app.get('/api/v1/agents', async () => ({ agents: agents.list() }));
-    app.post('/api/v1/agents', async (request, reply) =>
+    app.get('/api/v1/agents', { schema: listAgentsSchema }, async () => ({ agents: agents.list() }));
+    app.post('/api/v1/agents', { schema: createAgentSchema }, async (request, reply) =>
       reply
         .code(201)
         .header('cache-control', 'no-store')
         .send(withSetup(request, await agents.create(request.body))),
     );
-    app.get<{ Params: { id: string } }>('/api/v1/agents/:id', async (request) => ({
+    app.get('/api/v1/agents/:id', { schema: getAgentSchema }, async (request) => ({
       agent: agents.get(request.params.id),
     }));
-    app.patch<{ Params: { id: string } }>('/api/v1/agents/:id', async (request) => ({
+    app.patch('/api/v1/agents/:id', { schema: updateAgentSchema }, async (request) => ({
       agent: await agents.update(request.params.id, request.body),
     }));
-    app.post<{ Params: { id: string } }>('/api/v1/agents/:id/rotate', async (request, reply) =>
+    app.post('/api/v1/agents/:id/rotate', { schema: rotateAgentSchema }, async (request, reply) =>
       reply
         .header('cache-control', 'no-store')
         .send(withSetup(request, await agents.rotate(request.params.id))),
     );
-    app.delete<{ Params: { id: string } }>('/api/v1/agents/:id', async (request, reply) => {
+    app.delete('/api/v1/agents/:id', { schema: deleteAgentSchema }, async (request, reply) => {
       await agents.remove(request.params.id);
-      return reply.code(204).send();
+      return reply.code(204).send(null);
     });
   };
 }

@@ -12,11 +12,21 @@
  *
  * Errors are the EnvironmentService's (see there).
  */
-import type { FastifyPluginAsync } from 'fastify';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { AuthService } from '../../domain/auth-service.js';
 import { type EnvironmentService, LOCAL_ENVIRONMENT } from '../../domain/environment-service.js';
 import type { TokenService } from '../../domain/token-service.js';
 import { requireAuth } from '../auth.js';
+import {
+  createEnvironmentSchema,
+  deleteEnvironmentSchema,
+  discoverEnvironmentSchema,
+  getEnvironmentSchema,
+  listEnvironmentsSchema,
+  testEnvironmentSchema,
+  trustEnvironmentSchema,
+  updateEnvironmentSchema,
+} from '../schemas/environments.js';
 
 export interface EnvironmentRoutesDeps {
   environments: EnvironmentService;
@@ -24,40 +34,38 @@ export interface EnvironmentRoutesDeps {
   tokens: TokenService;
 }
 
-type IdParams = { Params: { id: string } };
-
 /** The registry routes as a plugin to register at the root (a local plugin of buildApp). */
-export function createEnvironmentsPlugin(deps: EnvironmentRoutesDeps): FastifyPluginAsync {
+export function createEnvironmentsPlugin(deps: EnvironmentRoutesDeps): FastifyPluginAsyncTypebox {
   const { environments } = deps;
   return async (app) => {
     app.addHook('onRequest', requireAuth(deps.auth, deps.tokens));
 
-    app.get('/api/v1/environments', async () => ({
+    app.get('/api/v1/environments', { schema: listEnvironmentsSchema }, async () => ({
       environments: [{ ...LOCAL_ENVIRONMENT }, ...environments.list()],
     }));
-    app.post('/api/v1/environments', async (request, reply) =>
+    app.post('/api/v1/environments', { schema: createEnvironmentSchema }, async (request, reply) =>
       reply.code(201).send({ environment: await environments.create(request.body) }),
     );
-    app.get<IdParams>('/api/v1/environments/:id', async (request) => ({
+    app.get('/api/v1/environments/:id', { schema: getEnvironmentSchema }, async (request) => ({
       environment:
         request.params.id === LOCAL_ENVIRONMENT.id
           ? { ...LOCAL_ENVIRONMENT }
           : environments.get(request.params.id),
     }));
-    app.patch<IdParams>('/api/v1/environments/:id', async (request) => ({
+    app.patch('/api/v1/environments/:id', { schema: updateEnvironmentSchema }, async (request) => ({
       environment: await environments.update(request.params.id, request.body),
     }));
-    app.delete<IdParams>('/api/v1/environments/:id', async (request, reply) => {
+    app.delete('/api/v1/environments/:id', { schema: deleteEnvironmentSchema }, async (request, reply) => {
       await environments.remove(request.params.id);
-      return reply.code(204).send();
+      return reply.code(204).send(null);
     });
-    app.post<IdParams>('/api/v1/environments/:id/discover', async (request) =>
+    app.post('/api/v1/environments/:id/discover', { schema: discoverEnvironmentSchema }, async (request) =>
       environments.discover(request.params.id),
     );
-    app.post<IdParams>('/api/v1/environments/:id/trust', async (request) => ({
-      environment: await environments.trust(request.params.id, request.body ?? {}),
+    app.post('/api/v1/environments/:id/trust', { schema: trustEnvironmentSchema }, async (request) => ({
+      environment: await environments.trust(request.params.id, request.body),
     }));
-    app.post<IdParams>('/api/v1/environments/:id/test', async (request) =>
+    app.post('/api/v1/environments/:id/test', { schema: testEnvironmentSchema }, async (request) =>
       environments.test(request.params.id),
     );
   };

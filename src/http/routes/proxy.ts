@@ -5,40 +5,56 @@
  * `{routes}`, single objects `{listener}` / `{route}`; create answers 201,
  * delete 204. Errors come from ProxyConfigService.
  */
-import type { FastifyPluginAsync } from 'fastify';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { ProxyConfigService } from '../../domain/proxy-config-service.js';
+import {
+  createListenerSchema,
+  createRouteSchema,
+  deleteListenerSchema,
+  deleteRouteSchema,
+  getListenerSchema,
+  getRouteSchema,
+  listListenersSchema,
+  listRoutesSchema,
+  updateListenerSchema,
+  updateRouteSchema,
+} from '../schemas/proxy.js';
 
-export function createProxyPlugin(deps: { proxyConfig: ProxyConfigService }): FastifyPluginAsync {
+export function createProxyPlugin(deps: { proxyConfig: ProxyConfigService }): FastifyPluginAsyncTypebox {
   const { proxyConfig } = deps;
   return async (app) => {
-    app.get('/api/v1/proxy/listeners', async () => ({ listeners: proxyConfig.listListeners() }));
-    app.post('/api/v1/proxy/listeners', async (request, reply) =>
+    app.get('/api/v1/proxy/listeners', { schema: listListenersSchema }, async () => ({
+      listeners: proxyConfig.listListeners(),
+    }));
+    app.post('/api/v1/proxy/listeners', { schema: createListenerSchema }, async (request, reply) =>
       reply.code(201).send({ listener: await proxyConfig.createListener(request.body) }),
     );
-    app.get<{ Params: { id: string } }>('/api/v1/proxy/listeners/:id', async (request) => ({
+    app.get('/api/v1/proxy/listeners/:id', { schema: getListenerSchema }, async (request) => ({
       listener: proxyConfig.getListener(request.params.id),
     }));
-    app.patch<{ Params: { id: string } }>('/api/v1/proxy/listeners/:id', async (request) => ({
+    app.patch('/api/v1/proxy/listeners/:id', { schema: updateListenerSchema }, async (request) => ({
       listener: await proxyConfig.updateListener(request.params.id, request.body),
     }));
-    app.delete<{ Params: { id: string } }>('/api/v1/proxy/listeners/:id', async (request, reply) => {
+    app.delete('/api/v1/proxy/listeners/:id', { schema: deleteListenerSchema }, async (request, reply) => {
       await proxyConfig.removeListener(request.params.id);
-      return reply.code(204).send();
+      return reply.code(204).send(null);
     });
 
-    app.get('/api/v1/proxy/routes', async () => ({ routes: proxyConfig.listRoutes() }));
-    app.post('/api/v1/proxy/routes', async (request, reply) =>
+    app.get('/api/v1/proxy/routes', { schema: listRoutesSchema }, async () => ({
+      routes: proxyConfig.listRoutes(),
+    }));
+    app.post('/api/v1/proxy/routes', { schema: createRouteSchema }, async (request, reply) =>
       reply.code(201).send({ route: await proxyConfig.createRoute(request.body) }),
     );
-    app.get<{ Params: { id: string } }>('/api/v1/proxy/routes/:id', async (request) => ({
+    app.get('/api/v1/proxy/routes/:id', { schema: getRouteSchema }, async (request) => ({
       route: proxyConfig.getRoute(request.params.id),
     }));
-    app.patch<{ Params: { id: string } }>('/api/v1/proxy/routes/:id', async (request) => ({
+    app.patch('/api/v1/proxy/routes/:id', { schema: updateRouteSchema }, async (request) => ({
       route: await proxyConfig.updateRoute(request.params.id, request.body),
     }));
-    app.delete<{ Params: { id: string } }>('/api/v1/proxy/routes/:id', async (request, reply) => {
+    app.delete('/api/v1/proxy/routes/:id', { schema: deleteRouteSchema }, async (request, reply) => {
       await proxyConfig.removeRoute(request.params.id);
-      return reply.code(204).send();
+      return reply.code(204).send(null);
     });
   };
 }

@@ -11,7 +11,7 @@
  *
  * Errors: VALIDATION_FAILED for a bad `limit` or `after`.
  */
-import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { DEFAULT_TRACE_CAPACITY, type TraceRecorder } from '../../dataplane/trace-recorder.js';
 import {
   EVENT_STREAM_HEADERS,
@@ -20,6 +20,12 @@ import {
 } from '../../dataplane/trace-stream.js';
 import type { TrafficSettingsService } from '../../domain/traffic-settings-service.js';
 import { invalid } from '../../domain/validate.js';
+import {
+  getTrafficSettingsSchema,
+  recentTrafficSchema,
+  trafficStreamSchema,
+  updateTrafficSettingsSchema,
+} from '../schemas/traffic.js';
 
 export interface TrafficPluginOptions {
   settings: TrafficSettingsService;
@@ -28,7 +34,7 @@ export interface TrafficPluginOptions {
   stream?: TraceStreamOptions;
 }
 
-export function createTrafficPlugin(options: TrafficPluginOptions): FastifyPluginAsync {
+export function createTrafficPlugin(options: TrafficPluginOptions): FastifyPluginAsyncTypebox {
   const { settings, recorder } = options;
   return async (app) => {
     // Open streams would keep the server from closing: end them first.
@@ -36,18 +42,19 @@ export function createTrafficPlugin(options: TrafficPluginOptions): FastifyPlugi
       recorder.closeSubscribers();
     });
 
-    app.get('/api/v1/traffic/recent', async (request) => {
-      const limit = optionalCount(queryOf(request).limit, 'limit', 1, DEFAULT_TRACE_CAPACITY);
-      return { events: recorder.recent(limit ?? DEFAULT_TRACE_CAPACITY) };
-    });
+    app.get('/api/v1/traffic/recent', { schema: recentTrafficSchema }, async (request) => ({
+      events: recorder.recent(request.query.limit ?? DEFAULT_TRACE_CAPACITY),
+    }));
 
-    app.get('/api/v1/traffic/settings', async () => settings.view());
-    app.put('/api/v1/traffic/settings', async (request) => settings.update(request.body));
+    app.get('/api/v1/traffic/settings', { schema: getTrafficSettingsSchema }, async () => settings.view());
+    app.put('/api/v1/traffic/settings', { schema: updateTrafficSettingsSchema }, async (request) =>
+      settings.update(request.body),
+    );
 
-    app.get('/api/v1/traffic/stream', async (request, reply) => {
+    app.get('/api/v1/traffic/stream', { schema: trafficStreamSchema }, async (request, reply) => {
       const lastEventId = request.headers['last-event-id'];
       const after =
-        optionalCount(queryOf(request).after, 'after', 0, Number.MAX_SAFE_INTEGER) ??
+        request.query.after ??
         optionalCount(
           typeof lastEventId === 'string' ? lastEventId : undefined,
           'Last-Event-ID',
@@ -62,11 +69,7 @@ export function createTrafficPlugin(options: TrafficPluginOptions): FastifyPlugi
   };
 }
 
-function queryOf(request: FastifyRequest): Record<string, unknown> {
-  return (request.query ?? {}) as Record<string, unknown>;
-}
-
-/** A non-negative integer from a query string value, or null when absent. */
+/** A non-negative integer from a header value, or null when absent. */
 function optionalCount(value: unknown, field: string, min: number, max: number): number | null {
   if (value === undefined || value === '') return null;
   const text = Array.isArray(value) ? value[0] : value;

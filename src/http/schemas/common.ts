@@ -5,11 +5,15 @@
  * never sent), generates the OpenAPI document and gives the console its types
  * (`Static<typeof X>`, imported with `import type` only).
  */
-import { type TSchema, Type } from 'typebox';
+import { type TProperties, type TSchema, Type } from 'typebox';
 import { ERROR_CODES } from '../../errors.js';
 
 /** `T | null`. */
 export const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()]);
+
+/** A body that takes exactly these fields, each optional (PATCH); unknown fields are refused. */
+export const Patch = <P extends TProperties>(properties: P) =>
+  Type.Object(Type.Partial(Type.Object(properties)).properties, { additionalProperties: false });
 
 /** An ISO 8601 timestamp as the API writes it (`2026-01-02T03:04:05.678Z`). */
 export const Timestamp = Type.String({ format: 'date-time' });

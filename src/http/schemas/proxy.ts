@@ -1,0 +1,148 @@
+/** Schemas of the public proxy configuration routes (DESIGN.md §4, §8, §12). */
+import { Type } from 'typebox';
+import { errorResponses, IdParams, NoContent, Nullable, Timestamp } from './common.js';
+
+/** A listener as the API shows it, with whether it is bound right now. */
+export const Listener = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  bindAddress: Type.String(),
+  port: Type.Integer(),
+  enabled: Type.Boolean(),
+  errorTemplateId: Nullable(Type.String()),
+  protocol: Type.Enum(['http', 'https']),
+  defaultCertificateId: Nullable(Type.String()),
+  redirectHttps: Type.Boolean(),
+  hsts: Type.Boolean(),
+  running: Type.Boolean({ description: 'Bound right now.' }),
+  error: Nullable(Type.String({ description: 'Why an enabled listener is not running (port in use…).' })),
+  createdAt: Timestamp,
+  updatedAt: Timestamp,
+});
+
+export const RouteTarget = Type.Union([
+  Type.Object({
+    type: Type.Literal('upstream'),
+    url: Type.String(),
+    timeoutMs: Type.Optional(Type.Integer()),
+  }),
+  Type.Object({ type: Type.Literal('redirect'), location: Type.String(), status: Type.Integer() }),
+  Type.Object({
+    type: Type.Literal('static'),
+    status: Type.Integer(),
+    contentType: Type.String(),
+    body: Type.String(),
+    templateId: Type.Optional(Nullable(Type.String())),
+  }),
+  Type.Object({ type: Type.Literal('backend'), backendId: Type.String() }),
+]);
+
+/** A route as the API shows it. */
+export const ProxyRoute = Type.Object({
+  id: Type.String(),
+  listenerId: Type.String(),
+  host: Nullable(Type.String()),
+  pathPrefix: Type.String(),
+  priority: Type.Integer(),
+  target: RouteTarget,
+  errorTemplateId: Nullable(Type.String()),
+  createdAt: Timestamp,
+  updatedAt: Timestamp,
+});
+
+// A client may send back what a GET answered: these are ignored.
+const readOnly = {
+  id: Type.Optional(Type.Unknown()),
+  running: Type.Optional(Type.Unknown()),
+  error: Type.Optional(Type.Unknown()),
+  createdAt: Type.Optional(Type.Unknown()),
+  updatedAt: Type.Optional(Type.Unknown()),
+};
+
+const listenerFields = {
+  name: Type.Optional(Type.String({ description: '1–128 characters, unique. Required on create.' })),
+  bindAddress: Type.Optional(Type.String({ description: 'An IP address of this host; default 0.0.0.0.' })),
+  port: Type.Optional(Type.Integer({ description: '1–65535. Required on create.' })),
+  enabled: Type.Optional(Type.Boolean()),
+  errorTemplateId: Type.Optional(Nullable(Type.String())),
+  protocol: Type.Optional(Type.Enum(['http', 'https'])),
+  defaultCertificateId: Type.Optional(Nullable(Type.String())),
+  redirectHttps: Type.Optional(Type.Boolean()),
+  hsts: Type.Optional(Type.Boolean()),
+  ...readOnly,
+};
+
+const targetInput = Type.Object(
+  { type: Type.String({ description: '`upstream`, `redirect` or `static`' }) },
+  {
+    description:
+      '`{type: "upstream", url, timeoutMs?}`, `{type: "redirect", location, status?}` or ' +
+      '`{type: "static", status?, contentType?, body?, templateId?}`; replaced as a whole.',
+  },
+);
+
+const routeFields = {
+  listenerId: Type.Optional(Type.String({ description: 'Required on create.' })),
+  host: Type.Optional(Nullable(Type.String({ description: 'Exact host or `*.suffix`; null = any.' }))),
+  pathPrefix: Type.Optional(Type.String({ description: 'Default `/`.' })),
+  priority: Type.Optional(Type.Integer()),
+  target: Type.Optional(targetInput),
+  errorTemplateId: Type.Optional(Nullable(Type.String())),
+  ...readOnly,
+};
+
+const ListenerBody = Type.Object(listenerFields, { additionalProperties: false });
+const RouteBody = Type.Object(routeFields, { additionalProperties: false });
+const ListenerReply = Type.Object({ listener: Listener });
+const RouteReply = Type.Object({ route: ProxyRoute });
+
+export const listListenersSchema = {
+  summary: 'List public listeners',
+  response: { 200: Type.Object({ listeners: Type.Array(Listener) }), ...errorResponses },
+};
+export const createListenerSchema = {
+  summary: 'Create a listener (bound before the answer when enabled)',
+  body: ListenerBody,
+  response: { 201: ListenerReply, ...errorResponses },
+};
+export const getListenerSchema = {
+  summary: 'One listener',
+  params: IdParams,
+  response: { 200: ListenerReply, ...errorResponses },
+};
+export const updateListenerSchema = {
+  summary: 'Change a listener (moved, restarted or stopped at once)',
+  params: IdParams,
+  body: ListenerBody,
+  response: { 200: ListenerReply, ...errorResponses },
+};
+export const deleteListenerSchema = {
+  summary: 'Delete a listener and its routes',
+  params: IdParams,
+  response: { 204: NoContent, ...errorResponses },
+};
+export const listRoutesSchema = {
+  summary: 'List proxy routes',
+  response: { 200: Type.Object({ routes: Type.Array(ProxyRoute) }), ...errorResponses },
+};
+export const createRouteSchema = {
+  summary: 'Create a route (serves the next request)',
+  body: RouteBody,
+  response: { 201: RouteReply, ...errorResponses },
+};
+export const getRouteSchema = {
+  summary: 'One route',
+  params: IdParams,
+  response: { 200: RouteReply, ...errorResponses },
+};
+export const updateRouteSchema = {
+  summary: 'Change a route',
+  params: IdParams,
+  body: RouteBody,
+  response: { 200: RouteReply, ...errorResponses },
+};
+export const deleteRouteSchema = {
+  summary: 'Delete a route',
+  params: IdParams,
+  response: { 204: NoContent, ...errorResponses },
+};
