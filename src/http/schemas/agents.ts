@@ -19,6 +19,7 @@ export const Agent = Type.Object({
   labels: Type.Record(Type.String(), Type.String()),
   status: Type.Enum(['connected', 'offline']),
   connectedAt: Nullable(Timestamp),
+  replicaId: Nullable(Type.String({ description: 'The control-plane replica holding the live session.' })),
   lastSeenAt: Nullable(Timestamp),
   remoteAddress: Nullable(Type.String()),
   version: Nullable(Type.String()),
