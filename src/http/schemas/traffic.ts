@@ -65,6 +65,17 @@ export const Overview = Type.Object({
   agentsConnected: Type.Integer(),
   replicas: Type.Array(ReplicaSummary, { description: 'The control-plane replicas (one without a cluster).' }),
   traceSubscribers: Type.Integer(),
+  cache: Type.Object(
+    {
+      entries: Type.Integer(),
+      memoryBytes: Type.Integer(),
+      diskBytes: Type.Integer(),
+      hits: Type.Integer(),
+      misses: Type.Integer(),
+      hitRatio: Type.Number(),
+    },
+    { description: "The response cache's counters since start (zeros without a cache)." },
+  ),
   generatedAt: Type.String(),
 });
 
