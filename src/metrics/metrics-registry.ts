@@ -75,6 +75,18 @@ export class MetricsRegistry {
     );
   }
 
+  /**
+   * Registers a metric whose values a function computes at scrape time (see
+   * {@link histogramCollector}); the same name twice throws.
+   */
+  collector(metric: ScrapedMetric): void {
+    if (!metric.name.startsWith(METRIC_PREFIX)) {
+      throw new Error(`metric ${metric.name} must start with ${METRIC_PREFIX}`);
+    }
+    // prom-client's registry reads any object with name, help, type, aggregator, get() and reset().
+    this.registry.registerMetric(metric as unknown as Parameters<Registry['registerMetric']>[0]);
+  }
+
   /** The Prometheus text exposition (version 0.0.4). */
   async text(): Promise<string> {
     if (!this.#withProcess) return this.registry.metrics();
@@ -92,6 +104,77 @@ export class MetricsRegistry {
     }
     return (this.registry.getSingleMetric(config.name) as M | undefined) ?? create();
   }
+}
+
+/** A metric computed when scraped, in the shape prom-client's registry exposes. */
+export interface ScrapedMetric {
+  readonly name: string;
+  readonly help: string;
+  readonly type: 'histogram' | 'counter' | 'gauge';
+  readonly aggregator: 'sum';
+  get(): Promise<{
+    name: string;
+    help: string;
+    type: string;
+    aggregator: string;
+    values: { labels: Record<string, string | number>; value: number; metricName: string }[];
+  }>;
+  reset(): void;
+}
+
+/** One labelled series of a histogram kept outside prom-client. */
+export interface HistogramSeries {
+  readonly labels: Readonly<Record<string, string>>;
+  /** Observations per bucket, not cumulative; one more slot than bounds (above the largest). */
+  readonly buckets: ArrayLike<number>;
+  readonly sum: number;
+  readonly count: number;
+}
+
+/**
+ * A histogram whose series are kept by the caller (e.g. plain running
+ * totals updated per request) and read only when scraped; exposed exactly
+ * like a prom-client histogram (`_bucket` with cumulative `le`, `_sum`,
+ * `_count`).
+ */
+export function histogramCollector(options: {
+  name: string;
+  help: string;
+  buckets: readonly number[];
+  series: () => readonly HistogramSeries[];
+}): ScrapedMetric {
+  const { name, help, buckets } = options;
+  return {
+    name,
+    help,
+    type: 'histogram',
+    aggregator: 'sum',
+    async get() {
+      const values: { labels: Record<string, string | number>; value: number; metricName: string }[] = [];
+      for (const series of options.series()) {
+        let cumulative = 0;
+        for (let i = 0; i < buckets.length; i++) {
+          cumulative += series.buckets[i] ?? 0;
+          values.push({
+            labels: { ...series.labels, le: buckets[i]! },
+            value: cumulative,
+            metricName: `${name}_bucket`,
+          });
+        }
+        values.push({
+          labels: { ...series.labels, le: '+Inf' },
+          value: series.count,
+          metricName: `${name}_bucket`,
+        });
+        values.push({ labels: { ...series.labels }, value: series.sum, metricName: `${name}_sum` });
+        values.push({ labels: { ...series.labels }, value: series.count, metricName: `${name}_count` });
+      }
+      return { name, help, type: 'histogram', aggregator: 'sum', values };
+    },
+    reset() {
+      // The series belong to the caller; there is nothing to reset here.
+    },
+  };
 }
 
 /** `1xx` … `5xx` for an HTTP status, `none` when no status was sent: a bounded label value. */
