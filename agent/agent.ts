@@ -1,8 +1,11 @@
 /**
- * The agent daemon's core: keeps one verified WebSocket to the control
- * plane's hub, says hello, answers pings, and hands every stream envelope to
- * the relay's envelope executor (discovery and pinned requests, under the
- * trust metadata each request carries and the optional allowed targets).
+ * The agent daemon's core: its reconnect loop and the WebSocket adapter of
+ * the initiating relay peer. It keeps one verified WebSocket to the control
+ * plane's hub; the relay peer (src/relay/relay-peer.ts) runs the protocol on
+ * it (hello, limits, keepalive, stream 0, close codes, reconciliation) and
+ * hands every stream to the relay's envelope executor (discovery and pinned
+ * requests, under the trust metadata each request carries and the optional
+ * allowed targets).
  *
  * Reconnects with exponential backoff and jitter (1 s → 30 s, reset after a
  * connection that stayed up `stableAfterMs`). A 401 is logged as a
@@ -15,24 +18,29 @@ import type { IncomingMessage } from 'node:http';
 import { isIP, type Socket } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import WebSocket from 'ws';
-import { AppError, type ErrorCode, toAppError } from '../src/errors.js';
+import type { AppError, ErrorCode } from '../src/errors.js';
 import { createLogger, type Logger } from '../src/logger.js';
-import { decodeEnvelope, encodeEnvelope } from '../src/relay/codec.js';
-import {
-  checkProtocolVersion,
-  DEFAULT_MAX_FRAME_BYTES,
-  DEFAULT_MAX_STREAMS,
-  type Envelope,
-  errorEnvelope,
-  PROTOCOL_VERSION,
-  RELAY_CAPABILITIES,
-} from '../src/relay/envelope.js';
+import { DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_STREAMS, type Envelope } from '../src/relay/envelope.js';
 import { connectVerified } from '../src/relay/pinned-tls.js';
+import {
+  AGENT_CONNECT_PATH,
+  AGENT_ID_HEADER,
+  CLOSE_CODE,
+  END_REASON,
+  type VersionRange,
+} from '../src/relay/protocol.js';
+import {
+  DEFAULT_MAX_QUEUED_BYTES,
+  RelayPeer,
+  type StreamContext,
+  type StreamHandler,
+} from '../src/relay/relay-peer.js';
+import { createWebSocketFrameTransport } from '../src/relay/websocket-frame-transport.js';
 import { VERSION } from '../src/version.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
 import { controlPlaneError, controlPlaneTlsOptions } from './control-plane-tls.js';
 
-export const AGENT_CONNECT_PATH = '/api/v1/agent/connect';
+export { AGENT_CONNECT_PATH };
 /** A connection that stayed up this long resets the backoff. */
 export const DEFAULT_STABLE_AFTER_MS = 10_000;
 /** After a 401, wait about this long before trying the same credentials again. */
@@ -41,20 +49,11 @@ export const DEFAULT_UNAUTHORIZED_RETRY_MS = 60_000;
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 /** The hub pings every 15 s; this long without any frame means the connection is dead. */
 export const DEFAULT_IDLE_TIMEOUT_MS = 45_000;
-/**
- * Bytes the agent lets queue towards the control plane (written to the
- * WebSocket, not yet taken by the kernel) before it stops sending body
- * chunks: 4 MiB. The queue can pass it by one frame at most (a body chunk, or
- * the small envelopes that are never held back: heads, ends, errors, pongs);
- * sending resumes once it is down to half.
- */
-export const DEFAULT_MAX_QUEUED_BYTES = 4 * 1024 * 1024;
+/** Bytes the agent lets queue towards the control plane before it holds back body chunks: 4 MiB. */
+export { DEFAULT_MAX_QUEUED_BYTES };
 
-/** What the agent needs from the relay's envelope executor (EnvelopeExecutor). */
-export interface EnvelopeHandler {
-  receive(envelope: Envelope): void;
-  /** Cancels every in-flight stream. */
-  close(): void;
+/** What the agent runs for the streams the control plane opens (the relay's EnvelopeExecutor). */
+export interface EnvelopeHandler extends StreamHandler {
   /** The send queue has room again (see `isCongested` of the factory). */
   resume?(): void;
   /** Memory and stream counters. */
@@ -77,10 +76,17 @@ export interface AgentExecutorStats {
 export type EnvelopeHandlerFactory = (options: {
   send: (envelope: Envelope) => void;
   allowedTargets?: string[];
+  /** Streams this agent runs at once (its own limit). */
   maxStreams: number;
+  /** Largest body chunk the control plane accepts in one frame. */
+  maxChunkBytes: number;
+  /** Window of a request that names none (the control plane's announcement). */
+  defaultWindowBytes: number;
   logger: Logger;
   /** True while the send queue is full: send no body chunk until `resume()`. */
   isCongested: () => boolean;
+  /** The negotiated connection. */
+  context: StreamContext;
 }) => EnvelopeHandler;
 
 export interface StartAgentOptions {
@@ -114,6 +120,12 @@ export interface StartAgentOptions {
   maxStreams?: number;
   /** Send-queue bound; default {@link DEFAULT_MAX_QUEUED_BYTES}. */
   maxQueuedBytes?: number;
+  /** Protocol versions spoken; default this build's window. */
+  protocolVersions?: VersionRange;
+  /** Bytes left unread by the control plane before the connection is cut; default 16 MiB. */
+  maxSendBufferBytes?: number;
+  /** Stream reconciliation interval; default 60 s, 0 = off. */
+  reconcileIntervalMs?: number;
 }
 
 export type AgentState = 'connecting' | 'connected' | 'waiting' | 'closed';
@@ -154,6 +166,7 @@ class Agent implements RunningAgent {
   #state: AgentState = 'connecting';
   #stopped = false;
   #socket: WebSocket | null = null;
+  #peer: RelayPeer | null = null;
   #executor: EnvelopeHandler | null = null;
   #wake: (() => void) | null = null;
   #loop: Promise<void> = Promise.resolve();
@@ -182,28 +195,31 @@ class Agent implements RunningAgent {
 
   async close(): Promise<void> {
     this.#stop();
+    const peer = this.#peer;
     const socket = this.#socket;
-    if (socket && socket.readyState !== WebSocket.CLOSED) {
+    if (peer) {
+      peer.close(CLOSE_CODE.GOING_AWAY, 'agent shutting down', END_REASON.SHUTDOWN);
+      await peer.done;
+    } else if (socket && socket.readyState !== WebSocket.CLOSED) {
       const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-      socket.close(1001, 'agent shutting down');
-      const timer = setTimeout(() => socket.terminate(), 2000);
+      socket.terminate();
       await closed;
-      clearTimeout(timer);
     }
     await this.#loop;
   }
 
   stats(): (AgentExecutorStats & { bufferedAmount: number }) | null {
     const executor = this.#executor;
-    const socket = this.#socket;
-    if (!executor || !socket) return null;
+    const peer = this.#peer;
+    if (!executor || !peer || peer.isClosed) return null;
     const stats = executor.stats?.() ?? { activeStreams: 0, inFlightBytes: 0, bufferedBytes: 0 };
-    return { ...stats, bufferedAmount: socket.bufferedAmount };
+    return { ...stats, bufferedAmount: peer.stats().bufferedAmount };
   }
 
   async kill(): Promise<void> {
     this.#stop();
     const socket = this.#socket;
+    this.#peer?.close(CLOSE_CODE.CUT, 'agent killed', END_REASON.SHUTDOWN);
     if (socket && socket.readyState !== WebSocket.CLOSED) {
       const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
       socket.terminate();
@@ -214,7 +230,6 @@ class Agent implements RunningAgent {
 
   #stop(): void {
     this.#stopped = true;
-    this.#executor?.close();
     this.#wake?.();
   }
 
@@ -279,7 +294,7 @@ class Agent implements RunningAgent {
     const socket = new WebSocket(this.#connectUrl, {
       headers: {
         authorization: `Bearer ${options.agentToken}`,
-        'x-p2pstream-agent-id': options.agentId,
+        [AGENT_ID_HEADER]: options.agentId,
         'user-agent': `p2pstream-agent/${VERSION}`,
       },
       ca: tlsOptions.ca,
@@ -318,50 +333,10 @@ class Agent implements RunningAgent {
     this.#socket = socket;
 
     return new Promise<Outcome>((resolve) => {
-      let connectedAt: number | null = null;
       let settled: Outcome | null = null;
       let lastError: AppError | null = null;
-      let idleTimer: ReturnType<typeof setTimeout> | null = null;
-      let welcomeTimer: ReturnType<typeof setTimeout> | null = null;
       const settle = (outcome: Outcome) => {
         settled ??= outcome;
-      };
-      const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
-      const touch = () => {
-        if (idleTimer) clearTimeout(idleTimer);
-        idleTimer = setTimeout(() => {
-          this.#logger.warn({ idleTimeoutMs }, 'no word from the control plane; reconnecting');
-          socket.terminate();
-        }, idleTimeoutMs);
-      };
-      // Bytes handed to the socket and not yet written out: bounded by holding back body chunks.
-      const maxQueuedBytes = options.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES;
-      let queuedBytes = 0;
-      let congested = false;
-      const isCongested = () => {
-        if (!congested && queuedBytes >= maxQueuedBytes) congested = true;
-        return congested;
-      };
-      const send = (envelope: Envelope) => {
-        if (socket.readyState !== WebSocket.OPEN) return;
-        const frame = encodeEnvelope(envelope);
-        queuedBytes += frame.byteLength;
-        socket.send(frame, { binary: true }, () => {
-          queuedBytes -= frame.byteLength;
-          if (congested && queuedBytes <= maxQueuedBytes / 2) {
-            congested = false;
-            this.#executor?.resume?.();
-          }
-        });
-      };
-      const violation = (error: AppError) => {
-        this.#logger.warn({ code: error.code, err: error }, 'the control plane broke the relay protocol');
-        try {
-          send(errorEnvelope(0, error));
-        } catch {
-          // closing anyway
-        }
-        socket.close(error.code === 'PAYLOAD_TOO_LARGE' ? 1009 : 1002, error.message.slice(0, 120));
       };
 
       socket.on('unexpected-response', (request, response: IncomingMessage) => {
@@ -392,99 +367,12 @@ class Agent implements RunningAgent {
         socket.terminate();
       });
 
-      socket.on('open', () => {
-        touch();
-        send({
-          streamId: 0,
-          payload: {
-            case: 'hello',
-            value: {
-              protocolVersion: PROTOCOL_VERSION,
-              agentVersion: VERSION,
-              capabilities: [...RELAY_CAPABILITIES],
-              limits: { maxFrameBytes, maxStreams },
-            },
-          },
-        });
-        welcomeTimer = setTimeout(() => {
-          violation(new AppError('PROTOCOL_ERROR', 'no welcome received in time'));
-        }, handshakeTimeoutMs);
-      });
-
-      socket.on('message', (data, isBinary) => {
-        touch();
-        if (!isBinary) {
-          violation(new AppError('PROTOCOL_ERROR', 'relay frames must be binary'));
-          return;
-        }
-        let envelope: Envelope;
-        try {
-          envelope = decodeEnvelope(data as Buffer, { maxFrameBytes });
-        } catch (err) {
-          violation(toAppError(err, 'PROTOCOL_ERROR'));
-          return;
-        }
-        const { payload } = envelope;
-        if (connectedAt === null) {
-          if (envelope.streamId === 0 && payload.case === 'welcome') {
-            const versionError = checkProtocolVersion(envelope);
-            if (versionError) {
-              violation(versionError);
-              return;
-            }
-            if (welcomeTimer) clearTimeout(welcomeTimer);
-            connectedAt = Date.now();
-            this.#executor = options.createExecutor({
-              send,
-              ...(options.allowedTargets ? { allowedTargets: options.allowedTargets } : {}),
-              maxStreams,
-              logger: this.#logger,
-              isCongested,
-            });
-            this.#state = 'connected';
-            this.#logger.info({ url: options.managementUrl }, 'connected to the control plane');
-            this.#emit({ type: 'connected' });
-          } else if (envelope.streamId === 0 && payload.case === 'error') {
-            this.#logger.warn(
-              { code: payload.value.code },
-              `the control plane refused the session: ${payload.value.message}`,
-            );
-          } else {
-            violation(new AppError('PROTOCOL_ERROR', `unexpected ${payload.case} before the welcome`));
-          }
-          return;
-        }
-        if (envelope.streamId === 0) {
-          if (payload.case === 'ping') {
-            send({ streamId: 0, payload: { case: 'pong', value: { nonce: payload.value.nonce ?? 0 } } });
-          } else if (payload.case === 'error') {
-            this.#logger.warn(
-              { code: payload.value.code },
-              `the control plane reported a connection error: ${payload.value.message}`,
-            );
-          } else if (payload.case !== 'pong') {
-            violation(new AppError('PROTOCOL_ERROR', `unexpected ${payload.case} on stream 0`));
-          }
-          return;
-        }
-        try {
-          this.#executor?.receive(envelope);
-        } catch (err) {
-          violation(toAppError(err, 'PROTOCOL_ERROR'));
-        }
-      });
-
       socket.on('error', (err) => {
         lastError = controlPlaneError(err, this.#verification);
       });
 
-      socket.on('close', (code, reasonBuffer) => {
-        if (idleTimer) clearTimeout(idleTimer);
-        if (welcomeTimer) clearTimeout(welcomeTimer);
-        this.#executor?.close();
-        this.#executor = null;
+      const finished = (connectedAt: number | null, code: number, reason: string) => {
         if (this.#socket === socket) this.#socket = null;
-        const reason = reasonBuffer.toString('utf8');
         if (connectedAt !== null) {
           if (Date.now() - connectedAt >= (options.stableAfterMs ?? DEFAULT_STABLE_AFTER_MS))
             this.#backoff.reset();
@@ -494,7 +382,75 @@ class Agent implements RunningAgent {
         if (settled) return resolve(settled);
         if (connectedAt === null && lastError) return resolve({ delayMs: this.#failed(lastError) });
         resolve({ delayMs: this.#backoff.next() });
+      };
+
+      // Before the upgrade completes, only the socket can end; after it, the peer runs the link.
+      const beforeOpen = (code: number, reason: Buffer) => finished(null, code, reason.toString('utf8'));
+      socket.once('close', beforeOpen);
+
+      socket.once('open', () => {
+        socket.off('close', beforeOpen);
+        this.#openPeer(socket, maxFrameBytes, maxStreams, handshakeTimeoutMs, finished);
       });
+    });
+  }
+
+  #openPeer(
+    socket: WebSocket,
+    maxFrameBytes: number,
+    maxStreams: number,
+    handshakeTimeoutMs: number,
+    finished: (connectedAt: number | null, code: number, reason: string) => void,
+  ): void {
+    const options = this.#options;
+    let connectedAt: number | null = null;
+    const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+    const peer = new RelayPeer({
+      transport: createWebSocketFrameTransport(socket),
+      role: 'initiator',
+      logger: this.#logger,
+      software: VERSION,
+      versions: options.protocolVersions,
+      limits: { maxFrameBytes, maxStreams },
+      handshakeTimeoutMs,
+      // The control plane pings; the agent listens, and a silence of idleTimeoutMs means a dead link.
+      keepalive: { intervalMs: Math.max(1, Math.ceil(idleTimeoutMs / 3)), maxMissed: 3, ping: false },
+      reconcileIntervalMs: options.reconcileIntervalMs,
+      maxSendBufferBytes: options.maxSendBufferBytes,
+      maxQueuedBytes: options.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES,
+      streams: (context) => {
+        this.#executor = options.createExecutor({
+          send: context.send,
+          ...(options.allowedTargets ? { allowedTargets: options.allowedTargets } : {}),
+          maxStreams,
+          maxChunkBytes: context.session.sendFrameBytes - 1024,
+          defaultWindowBytes: context.session.initialWindowBytes,
+          logger: this.#logger,
+          isCongested: context.isCongested,
+          context,
+        });
+        return [this.#executor];
+      },
+      onReady: (session) => {
+        connectedAt = Date.now();
+        this.#state = 'connected';
+        this.#logger.info(
+          { url: options.managementUrl, protocolVersion: session.version },
+          'connected to the control plane',
+        );
+        this.#emit({ type: 'connected' });
+      },
+      onClosed: () => {
+        this.#executor = null;
+      },
+    });
+    this.#peer = peer;
+    // Stopped while the upgrade was under way: say goodbye at once.
+    if (this.#stopped) peer.close(CLOSE_CODE.GOING_AWAY, 'agent shutting down', END_REASON.SHUTDOWN);
+    void peer.done.then(() => {
+      if (this.#peer === peer) this.#peer = null;
+      const event = peer.closedEvent;
+      finished(connectedAt, event?.code ?? CLOSE_CODE.CUT, event?.reason ?? '');
     });
   }
 }

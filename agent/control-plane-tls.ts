@@ -10,9 +10,9 @@
  *   is refused too. A mismatch throws CERTIFICATE_CHANGED, never connects.
  */
 import { X509Certificate } from 'node:crypto';
-import { isIP } from 'node:net';
-import tls, { type PeerCertificate } from 'node:tls';
+import type { PeerCertificate } from 'node:tls';
 import { AppError, toAppError } from '../src/errors.js';
+import { certificateVerdictCode, probeCertificate, serverNameFor } from '../src/relay/pinned-tls.js';
 
 /** TLS options for the control-plane connection (given to the WebSocket client). */
 export interface ControlPlaneTlsOptions {
@@ -20,46 +20,33 @@ export interface ControlPlaneTlsOptions {
   checkServerIdentity?: (hostname: string, cert: PeerCertificate) => Error | undefined;
 }
 
-/** The chain a TLS server presents, leaf first, as DER. */
+/**
+ * The chain the control plane presents, leaf first, as DER: the relay's
+ * discovery handshake (no application byte, so no token, is written on it).
+ */
 export async function probeCertificateChain(url: string, timeoutMs: number): Promise<Buffer[]> {
   const target = new URL(url);
   const host = target.hostname.replace(/^\[|\]$/g, '');
-  const port = Number(target.port || 443);
-  return new Promise((resolve, reject) => {
-    // Verification is off for this probe only: it completes the handshake,
-    // reads the chain and closes, and no application byte (no token) is
-    // ever written on it. The real connection is verified against the result.
-    const socket = tls.connect({
+  try {
+    return await probeCertificate({
       host,
-      port,
-      rejectUnauthorized: false,
-      ...(isIP(host) === 0 ? { servername: host } : {}),
+      port: Number(target.port || 443),
+      servername: serverNameFor(host),
+      timeoutMs,
     });
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(
-        new AppError('ENVIRONMENT_TIMEOUT', `no TLS handshake with ${target.host} within ${timeoutMs} ms`),
+  } catch (err) {
+    const error = toAppError(err, 'ENVIRONMENT_UNREACHABLE');
+    if (error.code === 'ENVIRONMENT_TIMEOUT') {
+      throw new AppError(
+        'ENVIRONMENT_TIMEOUT',
+        `no TLS handshake with ${target.host} within ${timeoutMs} ms`,
+        {
+          cause: err,
+        },
       );
-    }, timeoutMs);
-    socket.once('secureConnect', () => {
-      clearTimeout(timer);
-      const chain: Buffer[] = [];
-      let cert = socket.getPeerCertificate(true) as PeerCertificate & { issuerCertificate?: PeerCertificate };
-      const seen = new Set<string>();
-      while (cert?.raw && !seen.has(cert.fingerprint256)) {
-        seen.add(cert.fingerprint256);
-        chain.push(cert.raw);
-        cert = cert.issuerCertificate as typeof cert;
-      }
-      socket.destroy();
-      if (chain.length === 0) reject(new AppError('PROTOCOL_ERROR', 'the control plane sent no certificate'));
-      else resolve(chain);
-    });
-    socket.once('error', (err) => {
-      clearTimeout(timer);
-      reject(toAppError(err, 'ENVIRONMENT_UNREACHABLE'));
-    });
-  });
+    }
+    throw error;
+  }
 }
 
 function toPem(der: Buffer): string {
@@ -105,20 +92,6 @@ function fingerprintMismatch(expected: string, observed: string): AppError {
   );
 }
 
-// OpenSSL/Node verification failures, by the code Node gives them.
-const EXPIRED_CODES = new Set(['CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID']);
-const UNTRUSTED_CODES = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'CERT_SIGNATURE_FAILURE',
-  'CERT_UNTRUSTED',
-  'CERT_REJECTED',
-  'INVALID_CA',
-]);
-
 /**
  * Normalises a failure of the control-plane connection. Certificate
  * verification failures become CERTIFICATE_HOSTNAME_MISMATCH,
@@ -128,17 +101,17 @@ const UNTRUSTED_CODES = new Set([
  */
 export function controlPlaneError(err: unknown, mode: 'ca-file' | 'fingerprint'): AppError {
   if (err instanceof AppError) return err;
-  const code = (err as { code?: unknown } | null)?.code;
+  const verdict = certificateVerdictCode(err);
   const reason = err instanceof Error ? err.message : String(err);
   const against = mode === 'ca-file' ? 'MANAGEMENT_CA_FILE' : 'MANAGEMENT_FINGERPRINT';
-  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+  if (verdict === 'CERTIFICATE_HOSTNAME_MISMATCH') {
     return new AppError(
       'CERTIFICATE_HOSTNAME_MISMATCH',
       `the control plane's certificate is not valid for the host of MANAGEMENT_URL (${reason})`,
       { cause: err },
     );
   }
-  if (typeof code === 'string' && EXPIRED_CODES.has(code)) {
+  if (verdict === 'CERTIFICATE_EXPIRED') {
     return new AppError(
       'CERTIFICATE_EXPIRED',
       `the control plane's certificate is outside its validity (${reason})`,
@@ -147,7 +120,7 @@ export function controlPlaneError(err: unknown, mode: 'ca-file' | 'fingerprint')
       },
     );
   }
-  if (typeof code === 'string' && UNTRUSTED_CODES.has(code)) {
+  if (verdict === 'CERTIFICATE_CHANGED') {
     return new AppError(
       'CERTIFICATE_CHANGED',
       `the control plane's certificate does not verify against ${against} (${reason})`,

@@ -17,6 +17,8 @@ export const createAgentExecutor: EnvelopeHandlerFactory = (options) =>
     send: options.send,
     allowedTargets: options.allowedTargets ?? null,
     maxStreams: options.maxStreams,
+    maxChunkBytes: options.maxChunkBytes,
+    defaultWindowBytes: options.defaultWindowBytes,
     logger: options.logger,
     isCongested: options.isCongested,
   });

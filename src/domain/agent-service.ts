@@ -369,9 +369,18 @@ export class AgentService {
     });
   }
 
-  /** True while the agent has a live session. */
+  /**
+   * True while the agent has a live session. This registry is the one record
+   * of agent presence: the hub, the relay's transport selection, the overview
+   * and the agent views all read it.
+   */
   isConnected(agentId: string): boolean {
     return this.#live.has(agentId);
+  }
+
+  /** Agents with a live session. */
+  connectedCount(): number {
+    return this.#live.size;
   }
 
   /**

@@ -24,19 +24,13 @@ import { AppError } from '../errors.js';
 import { agentConnectSchema } from '../http/schemas/agent-connect.js';
 import type { Logger } from '../logger.js';
 import { DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_STREAMS } from '../relay/envelope.js';
-import { RelayClient } from '../relay/relay-client.js';
+import { AGENT_CONNECT_PATH, AGENT_ID_HEADER, type VersionRange } from '../relay/protocol.js';
 import type { Transport } from '../relay/transport.js';
-import {
-  AgentSession,
-  CLOSE_GOING_AWAY,
-  CLOSE_POLICY,
-  DEFAULT_CLOSE_GRACE_MS,
-  type StreamClientFactory,
-} from './agent-session.js';
+import { DEFAULT_CLOSE_GRACE_MS } from '../relay/websocket-frame-transport.js';
+import { AgentSession, CLOSE_GOING_AWAY, CLOSE_POLICY } from './agent-session.js';
 import { AgentTransport } from './agent-transport.js';
 
-export const AGENT_CONNECT_PATH = '/api/v1/agent/connect';
-export const AGENT_ID_HEADER = 'x-p2pstream-agent-id';
+export { AGENT_CONNECT_PATH, AGENT_ID_HEADER };
 /** Failed agent authentications per client IP: 20 within a minute block that IP for a minute. */
 export const DEFAULT_AGENT_AUTH_THROTTLE = {
   maxFailures: 20,
@@ -48,8 +42,8 @@ export const DEFAULT_AGENT_AUTH_THROTTLE = {
 export interface HubOptions {
   agents: AgentService;
   logger: Logger;
-  /** Builds each session's stream client; default the relay's RelayClient. */
-  createClient?: StreamClientFactory;
+  /** Protocol versions accepted; default this build's window (SUPPORTED_VERSIONS). */
+  protocolVersions?: VersionRange;
   /** Largest frame accepted from an agent (ws maxPayload and codec limit); default 1 MiB. */
   maxFrameBytes?: number;
   /** Concurrent streams per agent; default {@link DEFAULT_MAX_STREAMS}. */
@@ -64,6 +58,8 @@ export interface HubOptions {
   closeGraceMs?: number;
   /** Unread bytes towards an agent before it is cut as not reading; default 16 MiB. */
   maxSendBufferBytes?: number;
+  /** Stream reconciliation interval; default 60 s, 0 = off. */
+  reconcileIntervalMs?: number;
   /** Default {@link DEFAULT_AGENT_AUTH_THROTTLE}. */
   authThrottle?: LoginThrottleOptions;
   /** Told when an agent's session becomes the active one here (cluster presence). */
@@ -150,16 +146,14 @@ export class Hub {
     );
   };
 
-  /** True while the agent has a ready session. */
+  /** True while the agent has a live session (presence is the agent service's record). */
   isConnected(agentId: string): boolean {
-    return this.#active.get(agentId)?.ready === true;
+    return this.#agents.isConnected(agentId);
   }
 
-  /** Agents with a ready session. */
+  /** Agents with a live session. */
   connectedCount(): number {
-    let count = 0;
-    for (const session of this.#active.values()) if (session.ready) count += 1;
-    return count;
+    return this.#agents.connectedCount();
   }
 
   /**
@@ -223,7 +217,7 @@ export class Hub {
   sessionStats(agentId: string): AgentSessionStats | null {
     const session = this.#active.get(agentId);
     if (!session) return null;
-    const client = session.client?.stats?.() ?? { activeStreams: 0, bufferedBytes: 0 };
+    const client = session.streamStats();
     return {
       sessionId: session.record?.id ?? null,
       bufferedAmount: session.bufferedAmount,
@@ -294,7 +288,7 @@ export class Hub {
       remoteAddress: request.ip,
       agents: this.#agents,
       logger: this.#logger,
-      createClient: this.#options.createClient ?? createRelayClient,
+      versions: this.#options.protocolVersions,
       maxFrameBytes: this.#maxFrameBytes,
       maxStreams: this.#maxStreams,
       ...pick(this.#options, [
@@ -303,6 +297,7 @@ export class Hub {
         'helloTimeoutMs',
         'closeGraceMs',
         'maxSendBufferBytes',
+        'reconcileIntervalMs',
       ]),
       onReady: (ready) => this.#onReady(ready),
       onClosed: (closed) => this.#onClosed(closed),
@@ -354,15 +349,6 @@ function releaseUpgradeRequest(socket: WebSocket, request: FastifyRequest): void
   const raw = request.raw.socket as Socket & { _httpMessage?: ServerResponse | null };
   raw._httpMessage?.detachSocket(raw);
 }
-
-/** The default stream client of a session: the relay's RelayClient. */
-export const createRelayClient: StreamClientFactory = (options) =>
-  new RelayClient({
-    send: options.send,
-    maxStreams: options.maxStreams,
-    maxFrameBytes: options.maxFrameBytes,
-    logger: options.logger,
-  });
 
 function pick<T extends object, K extends keyof T>(source: T, keys: K[]): Partial<Pick<T, K>> {
   const out: Partial<Pick<T, K>> = {};

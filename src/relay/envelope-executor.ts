@@ -26,12 +26,12 @@ import {
   normalizeFingerprint,
 } from '../tls/certificates.js';
 import {
-  checkProtocolVersion,
   DEFAULT_MAX_STREAMS,
   DEFAULT_TIMEOUT_MS,
   DEFAULT_WINDOW_BYTES,
   type DiscoverRequest,
   type Envelope,
+  type EnvelopeCase,
   errorEnvelope,
   type Header,
   MAX_CHUNK_BYTES,
@@ -49,6 +49,7 @@ import {
   probeCertificate,
   serverNameFor,
 } from './pinned-tls.js';
+import type { StreamHandler } from './relay-peer.js';
 import { createTargetPolicy, type Resolver, type TargetPolicy } from './target-policy.js';
 
 /** Largest response window a client may ask for: 16 MiB. */
@@ -91,6 +92,10 @@ export interface EnvelopeExecutorOptions {
    * Absent = never congested.
    */
   isCongested?: (() => boolean) | undefined;
+  /** Largest body chunk sent; default {@link MAX_CHUNK_BYTES} (64 KiB), less when the peer's frame limit is smaller. */
+  maxChunkBytes?: number | undefined;
+  /** Response window of a head that asks for none; default {@link DEFAULT_WINDOW_BYTES}. */
+  defaultWindowBytes?: number | undefined;
 }
 
 /** Memory and concurrency counters, for tests and diagnostics. */
@@ -164,7 +169,9 @@ interface PoolEntry {
  * CERTIFICATE_HOSTNAME_MISMATCH / ENVIRONMENT_UNTRUSTED (with the observed
  * certificate), ENVIRONMENT_TIMEOUT, ENVIRONMENT_UNREACHABLE.
  */
-export class EnvelopeExecutor {
+export class EnvelopeExecutor implements StreamHandler {
+  /** The envelopes that open an executor stream (the relay peer routes them here). */
+  readonly opens: readonly EnvelopeCase[] = ['discoverRequest', 'requestHead'];
   readonly #send: (envelope: Envelope) => void;
   readonly #logger: Pick<Logger, 'debug' | 'warn'> | undefined;
   readonly #policy: TargetPolicy;
@@ -172,6 +179,8 @@ export class EnvelopeExecutor {
   readonly #maxPooledOrigins: number;
   readonly #idleSocketTimeoutMs: number | undefined;
   readonly #isCongested: () => boolean;
+  readonly #maxChunkBytes: number;
+  readonly #defaultWindow: number;
   readonly #streams = new Map<number, Stream>();
   // Insertion order doubles as least-recently-used order.
   readonly #pools = new Map<string, PoolEntry>();
@@ -191,6 +200,8 @@ export class EnvelopeExecutor {
     this.#maxPooledOrigins = options.maxPooledOrigins ?? DEFAULT_MAX_POOLED_ORIGINS;
     this.#idleSocketTimeoutMs = options.idleSocketTimeoutMs;
     this.#isCongested = options.isCongested ?? (() => false);
+    this.#maxChunkBytes = Math.max(1024, Math.min(MAX_CHUNK_BYTES, options.maxChunkBytes ?? MAX_CHUNK_BYTES));
+    this.#defaultWindow = Math.min(options.defaultWindowBytes ?? DEFAULT_WINDOW_BYTES, MAX_WINDOW_BYTES);
   }
 
   /** The link is no longer congested: streams held back by it send again. */
@@ -206,6 +217,24 @@ export class EnvelopeExecutor {
         if (this.#isCongested()) return;
       }
     }
+  }
+
+  /** Whether `streamId` is one of the executor's live streams. */
+  has(streamId: number): boolean {
+    return this.#streams.has(streamId);
+  }
+
+  /** Ids of the live streams. */
+  streamIds(): Iterable<number> {
+    return this.#streams.keys();
+  }
+
+  /** Closes a stream the client side no longer knows: aborted here, an error envelope there. */
+  reset(streamId: number, error: AppError): void {
+    const stream = this.#streams.get(streamId);
+    if (!stream) return;
+    this.#abort(stream);
+    this.#emit(errorEnvelope(streamId, error));
   }
 
   /** Handles one envelope from the client side. Never throws. Ignored after close(). */
@@ -249,17 +278,6 @@ export class EnvelopeExecutor {
   #dispatch(envelope: Envelope): void {
     const { streamId, payload } = envelope;
     switch (payload.case) {
-      case 'ping':
-        this.#emit({ streamId, payload: { case: 'pong', value: { nonce: payload.value.nonce ?? 0 } } });
-        return;
-      case 'pong':
-        return;
-      case 'hello':
-      case 'welcome': {
-        const error = checkProtocolVersion(envelope);
-        if (error) this.#emit(errorEnvelope(0, error));
-        return;
-      }
       case 'discoverRequest':
         if (this.#admit(streamId)) this.#openDiscover(streamId, payload.value);
         return;
@@ -283,13 +301,18 @@ export class EnvelopeExecutor {
         return;
       }
       case 'discoverResult':
-      case 'responseHead': {
+      case 'responseHead':
+      case 'hello':
+      case 'welcome':
+      case 'ping':
+      case 'pong':
+      case 'streamSet': {
         const stream = this.#streams.get(streamId);
         if (stream) this.#abort(stream);
         this.#emit(
           errorEnvelope(
             streamId,
-            new AppError('PROTOCOL_ERROR', `${payload.case} is sent by the executor only`),
+            new AppError('PROTOCOL_ERROR', `${payload.case} does not belong on an executor stream`),
           ),
         );
         return;
@@ -403,7 +426,7 @@ export class EnvelopeExecutor {
       return;
     }
     const requested = head.initialWindowBytes ?? 0;
-    const window = requested > 0 ? Math.min(requested, MAX_WINDOW_BYTES) : DEFAULT_WINDOW_BYTES;
+    const window = requested > 0 ? Math.min(requested, MAX_WINDOW_BYTES) : this.#defaultWindow;
     const stream: RequestStream = {
       kind: 'request',
       id,
@@ -563,7 +586,7 @@ export class EnvelopeExecutor {
     const congested = this.#isCongested;
     while (stream.pending.length > 0 && stream.credit > 0 && !congested()) {
       const first = stream.pending[0] as Buffer;
-      const size = Math.min(first.length, stream.credit, MAX_CHUNK_BYTES);
+      const size = Math.min(first.length, stream.credit, this.#maxChunkBytes);
       let piece: Buffer;
       if (size === first.length) {
         piece = first;

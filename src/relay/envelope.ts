@@ -12,8 +12,10 @@
 import { AppError, type ErrorCode, isErrorCode, toAppError } from '../errors.js';
 import { type CertificateInfo, describeCertificate } from '../tls/certificates.js';
 
-/** The protocol version spoken by this build; hello/welcome carry it. */
+/** The highest protocol version spoken by this build; hello/welcome carry it. */
 export const PROTOCOL_VERSION = 1;
+/** The lowest protocol version spoken by this build (the window is MIN_PROTOCOL_VERSION–PROTOCOL_VERSION). */
+export const MIN_PROTOCOL_VERSION = 1;
 /** Largest encoded envelope accepted by default: 1 MiB. */
 export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
 /** Largest body chunk sent (request and response bodies): 64 KiB. */
@@ -40,18 +42,25 @@ export interface Limits {
 
 /** First envelope of the executor side (the agent), on stream 0. */
 export interface Hello {
+  /** The highest version the sender speaks. */
   protocolVersion: number;
   agentVersion?: string;
   capabilities?: string[];
   limits?: Limits | null;
+  /** The lowest version the sender speaks; 0 or absent = `protocolVersion` only. */
+  minProtocolVersion?: number;
 }
 
 /** The control plane's answer to a hello, on stream 0. */
 export interface Welcome {
+  /** The version chosen for the connection. */
   protocolVersion: number;
   serverVersion?: string;
   capabilities?: string[];
   limits?: Limits | null;
+  /** The range the accepting side speaks; 0 or absent = `protocolVersion` only. */
+  minProtocolVersion?: number;
+  maxProtocolVersion?: number;
 }
 
 /** Keepalive probe on stream 0; answered by a pong with the same nonce. */
@@ -141,6 +150,12 @@ export interface RelayError {
   observedCertificateDer?: Uint8Array;
 }
 
+/** Stream reconciliation (stream 0): the sender's live stream ids and its leak count so far. */
+export interface StreamSet {
+  streamIds: number[];
+  leakedTotal?: number;
+}
+
 /** The payload of an envelope: exactly one of the proto's oneof, tagged by `case`. */
 export type EnvelopePayload =
   | { case: 'hello'; value: Hello }
@@ -155,7 +170,8 @@ export type EnvelopePayload =
   | { case: 'end'; value: End }
   | { case: 'windowUpdate'; value: WindowUpdate }
   | { case: 'cancel'; value: Cancel }
-  | { case: 'error'; value: RelayError };
+  | { case: 'error'; value: RelayError }
+  | { case: 'streamSet'; value: StreamSet };
 
 /** The kinds of payload, in proto field order. */
 export type EnvelopeCase = EnvelopePayload['case'];
@@ -209,22 +225,4 @@ export function observedCertificateDetails(der: Uint8Array): {
     observedCertificate: describeCertificate(der),
     observedCertificateDer: Buffer.from(der.buffer, der.byteOffset, der.byteLength).toString('base64'),
   };
-}
-
-/**
- * Checks the protocol version of a received hello or welcome. Returns null
- * when it is {@link PROTOCOL_VERSION} (or the envelope is neither), otherwise
- * a PROTOCOL_ERROR AppError; send it with {@link errorEnvelope} on stream 0
- * and close the connection (WebSocket status 1002).
- */
-export function checkProtocolVersion(envelope: Envelope): AppError | null {
-  const { payload } = envelope;
-  if (payload.case !== 'hello' && payload.case !== 'welcome') return null;
-  const version = payload.value.protocolVersion;
-  if (version === PROTOCOL_VERSION) return null;
-  return new AppError(
-    'PROTOCOL_ERROR',
-    `unsupported relay protocol version ${String(version)} (this side speaks ${PROTOCOL_VERSION})`,
-    { details: { protocolVersion: version, supportedVersion: PROTOCOL_VERSION } },
-  );
 }

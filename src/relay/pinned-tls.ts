@@ -116,6 +116,29 @@ const CHAIN_VERIFY_CODES = new Set([
   'ERROR_IN_CERT_NOT_AFTER_FIELD',
 ]);
 
+/** The certificate verdicts a refused TLS verification can map to. */
+export type CertificateVerdictCode =
+  | 'CERTIFICATE_EXPIRED'
+  | 'CERTIFICATE_CHANGED'
+  | 'CERTIFICATE_HOSTNAME_MISMATCH';
+
+/**
+ * The one classifier of Node's certificate verification failures, by their
+ * `code`: outside the validity period → CERTIFICATE_EXPIRED; a name the
+ * certificate does not cover (ERR_TLS_CERT_ALTNAME_INVALID) →
+ * CERTIFICATE_HOSTNAME_MISMATCH; any other X.509 verification result (not
+ * trusted, bad signature, …) → CERTIFICATE_CHANGED; anything else (a socket
+ * error) → null. Used for targets and for the agent's control plane alike.
+ */
+export function certificateVerdictCode(err: unknown): CertificateVerdictCode | null {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string') return null;
+  if (TIME_VERIFY_CODES.has(code)) return 'CERTIFICATE_EXPIRED';
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return 'CERTIFICATE_HOSTNAME_MISMATCH';
+  if (CHAIN_VERIFY_CODES.has(code)) return 'CERTIFICATE_CHANGED';
+  return null;
+}
+
 /**
  * True when an AppError is a certificate verdict (the environment's trust
  * state follows it): CERTIFICATE_CHANGED, CERTIFICATE_EXPIRED,
@@ -165,13 +188,17 @@ function classifyHandshakeError(
       },
     );
   }
-  if (typeof code === 'string' && TIME_VERIFY_CODES.has(code)) {
-    return new AppError('CERTIFICATE_EXPIRED', 'the target certificate is outside its validity period', {
+  const verdict = certificateVerdictCode(err);
+  if (verdict === 'CERTIFICATE_EXPIRED') {
+    return new AppError(verdict, 'the target certificate is outside its validity period', { cause: err });
+  }
+  if (verdict === 'CERTIFICATE_HOSTNAME_MISMATCH') {
+    return new AppError(verdict, `the target certificate is not valid for ${trust.expectedHostname}`, {
       cause: err,
     });
   }
-  if (typeof code === 'string' && CHAIN_VERIFY_CODES.has(code)) {
-    return new AppError('CERTIFICATE_CHANGED', `the target's certificate chain was refused (${code})`, {
+  if (verdict !== null) {
+    return new AppError(verdict, `the target's certificate chain was refused (${String(code)})`, {
       cause: err,
     });
   }

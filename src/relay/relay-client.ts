@@ -21,12 +21,14 @@ import {
   DEFAULT_TIMEOUT_MS,
   DEFAULT_WINDOW_BYTES,
   type Envelope,
+  type EnvelopeCase,
   type Header,
   MAX_CHUNK_BYTES,
   MAX_REQUEST_BODY_BYTES,
   MAX_TIMEOUT_MS,
   type DiscoverResult as WireDiscoverResult,
 } from './envelope.js';
+import type { StreamHandler } from './relay-peer.js';
 import type {
   DiscoverOptions,
   DiscoverResult,
@@ -57,6 +59,8 @@ export interface RelayClientOptions {
   maxFrameBytes?: number | undefined;
   /** Extra wait beyond a call's timeout for the executor's own answer; default {@link DEFAULT_TIMEOUT_GRACE_MS}. */
   timeoutGraceMs?: number | undefined;
+  /** Hands out stream ids (the relay peer's, so they never collide with another handler's); default 1, 2, 3, … */
+  nextStreamId?: (() => number) | undefined;
   logger?: Pick<Logger, 'debug' | 'warn'> | undefined;
 }
 
@@ -82,13 +86,16 @@ interface DiscoverStream {
  * (signal aborted), ENVIRONMENT_TIMEOUT (no answer within the timeout plus
  * grace), PROTOCOL_ERROR, and whatever the executor reports.
  */
-export class RelayClient implements Transport {
+export class RelayClient implements Transport, StreamHandler {
+  /** The client only opens streams. */
+  readonly opens: readonly EnvelopeCase[] = [];
   readonly #send: (envelope: Envelope) => void;
   readonly #maxStreams: number;
   readonly #window: number;
   readonly #graceMs: number;
   readonly #maxFrameBytes: number;
   readonly #logger: Pick<Logger, 'debug' | 'warn'> | undefined;
+  readonly #nextStreamId: (() => number) | undefined;
   readonly #streams = new Map<number, DiscoverStream | BodyStream>();
   #nextId = 1;
   #buffered = { bytes: 0 };
@@ -100,6 +107,35 @@ export class RelayClient implements Transport {
     this.#graceMs = options.timeoutGraceMs ?? DEFAULT_TIMEOUT_GRACE_MS;
     this.#maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.#logger = options.logger;
+    this.#nextStreamId = options.nextStreamId;
+  }
+
+  /** Whether `streamId` is one of the client's open streams. */
+  has(streamId: number): boolean {
+    return this.#streams.has(streamId);
+  }
+
+  /** Ids of the open streams. */
+  streamIds(): Iterable<number> {
+    return this.#streams.keys();
+  }
+
+  /** Fails one stream the executor side no longer knows, with `error`, and tells it (cancel). */
+  reset(streamId: number, error: AppError): void {
+    const stream = this.#streams.get(streamId);
+    if (stream === undefined) return;
+    if (stream.kind === 'discover') {
+      stream.cleanup();
+      this.#trySend({ streamId, payload: { case: 'cancel', value: {} } });
+      stream.reject(error);
+    } else {
+      stream.fail(error, true);
+    }
+  }
+
+  /** The connection ended: every stream fails with `error` (see failAll). */
+  close(error: AppError): void {
+    this.failAll(error.code, error.message);
   }
 
   /** Streams open now (awaiting a result, or a body not yet finished). */
@@ -279,6 +315,7 @@ export class RelayClient implements Transport {
     if (this.#streams.size >= this.#maxStreams) {
       throw new AppError('TOO_MANY_STREAMS', `at most ${this.#maxStreams} concurrent relayed requests`);
     }
+    if (this.#nextStreamId) return this.#nextStreamId();
     let id = this.#nextId;
     while (this.#streams.has(id)) id = id >= MAX_STREAM_ID ? 1 : id + 1;
     this.#nextId = id >= MAX_STREAM_ID ? 1 : id + 1;

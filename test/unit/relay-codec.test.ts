@@ -5,7 +5,6 @@ import { AppError } from '../../src/errors.js';
 import { decodeEnvelope, encodeEnvelope } from '../../src/relay/codec.js';
 import {
   appErrorFromPayload,
-  checkProtocolVersion,
   DEFAULT_MAX_FRAME_BYTES,
   type Envelope,
   type EnvelopeCase,
@@ -23,7 +22,8 @@ const EVERY_KIND: Record<EnvelopeCase, Envelope> = {
     payload: {
       case: 'hello',
       value: {
-        protocolVersion: PROTOCOL_VERSION,
+        protocolVersion: PROTOCOL_VERSION + 1,
+        minProtocolVersion: PROTOCOL_VERSION,
         agentVersion: '0.1.0',
         capabilities: ['discover', 'request'],
         limits: { maxFrameBytes: 1 << 20, maxStreams: 64, initialWindowBytes: 1 << 18 },
@@ -39,6 +39,8 @@ const EVERY_KIND: Record<EnvelopeCase, Envelope> = {
         serverVersion: '0.1.0',
         capabilities: ['discover'],
         limits: { maxFrameBytes: 1000, maxStreams: 2, initialWindowBytes: 3 },
+        minProtocolVersion: 1,
+        maxProtocolVersion: 3,
       },
     },
   },
@@ -101,6 +103,10 @@ const EVERY_KIND: Record<EnvelopeCase, Envelope> = {
       case: 'error',
       value: { code: 'CERTIFICATE_CHANGED', message: 'the certificate changed', observedCertificateDer: der },
     },
+  },
+  streamSet: {
+    streamId: 0,
+    payload: { case: 'streamSet', value: { streamIds: [2, 4, 4_294_967_294], leakedTotal: 3 } },
   },
 };
 
@@ -220,20 +226,12 @@ describe('relay codec', () => {
     );
   });
 
-  it('accepts a hello of this protocol version and refuses another with a PROTOCOL_ERROR envelope', () => {
-    expect(checkProtocolVersion(EVERY_KIND.hello)).toBeNull();
-    expect(checkProtocolVersion(EVERY_KIND.bodyChunk)).toBeNull();
-    const frame = encodeEnvelope({
-      streamId: 0,
-      payload: { case: 'hello', value: { protocolVersion: PROTOCOL_VERSION + 1 } },
-    });
-    const error = checkProtocolVersion(decodeEnvelope(frame));
-    expect(error).toBeInstanceOf(AppError);
-    expect(error?.code).toBe('PROTOCOL_ERROR');
-    const reply = decodeEnvelope(encodeEnvelope(errorEnvelope(0, error)));
+  it('carries a refusal on stream 0 across the wire with its code', () => {
+    const reply = decodeEnvelope(encodeEnvelope(errorEnvelope(0, new AppError('PROTOCOL_ERROR', 'v1–v1'))));
     expect(reply.streamId).toBe(0);
     expect(reply.payload.case).toBe('error');
-    if (reply.payload.case === 'error') expect(reply.payload.value.code).toBe('PROTOCOL_ERROR');
+    if (reply.payload.case === 'error')
+      expect(reply.payload.value).toMatchObject({ code: 'PROTOCOL_ERROR', message: 'v1–v1' });
   });
 
   it('carries an error code and the observed certificate across the wire unchanged', async () => {

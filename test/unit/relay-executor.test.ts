@@ -1,11 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { AppError } from '../../src/errors.js';
-import {
-  type Envelope,
-  type EnvelopePayload,
-  PROTOCOL_VERSION,
-  type RequestHead,
-} from '../../src/relay/envelope.js';
+import type { Envelope, EnvelopePayload, RequestHead } from '../../src/relay/envelope.js';
 import { EnvelopeExecutor } from '../../src/relay/envelope-executor.js';
 import { createCertificate } from '../../src/tls/certificates.js';
 
@@ -36,20 +31,6 @@ function head(overrides: Partial<RequestHead> = {}): EnvelopePayload {
 }
 
 describe('envelope executor handlers', () => {
-  it('answers a ping with a pong carrying the same nonce', () => {
-    const { send, sent } = setup();
-    send(0, { case: 'ping', value: { nonce: 42 } });
-    expect(sent).toEqual([{ streamId: 0, payload: { case: 'pong', value: { nonce: 42 } } }]);
-  });
-
-  it('answers a hello of another protocol version with a PROTOCOL_ERROR on stream 0', () => {
-    const { send, errors } = setup();
-    send(0, { case: 'hello', value: { protocolVersion: PROTOCOL_VERSION } });
-    expect(errors()).toEqual([]);
-    send(0, { case: 'hello', value: { protocolVersion: PROTOCOL_VERSION + 1 } });
-    expect(errors()).toEqual([[0, 'PROTOCOL_ERROR']]);
-  });
-
   it('refuses heads it cannot honour before connecting', async () => {
     const other = await createCertificate({ altNames: ['x'] });
     const { send, errors, executor } = setup();
@@ -146,7 +127,7 @@ describe('envelope executor handlers', () => {
     executor.close();
     expect(executor.stats().activeStreams).toBe(0);
     send(3, head({ trust: null }));
-    send(0, { case: 'ping', value: { nonce: 1 } });
+    send(4, { case: 'windowUpdate', value: { bytes: 1 } });
     expect(sent).toEqual([]);
   });
 });

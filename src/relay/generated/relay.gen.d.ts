@@ -53,6 +53,9 @@ export namespace p2pstream {
 
                 /** Envelope error */
                 error?: (p2pstream.relay.v1.IRelayError|null);
+
+                /** Envelope streamSet */
+                streamSet?: (p2pstream.relay.v1.IStreamSet|null);
             }
 
             /** Represents an Envelope. */
@@ -106,8 +109,11 @@ export namespace p2pstream {
                 /** Envelope error. */
                 public error?: (p2pstream.relay.v1.IRelayError|null);
 
+                /** Envelope streamSet. */
+                public streamSet?: (p2pstream.relay.v1.IStreamSet|null);
+
                 /** Envelope payload. */
-                public payload?: ("hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error");
+                public payload?: ("hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet");
 
                 /**
                  * Encodes the specified Envelope message. Does not implicitly {@link p2pstream.relay.v1.Envelope.verify|verify} messages.
@@ -192,6 +198,9 @@ export namespace p2pstream {
 
                 /** Hello limits */
                 limits?: (p2pstream.relay.v1.ILimits|null);
+
+                /** Hello minProtocolVersion */
+                minProtocolVersion?: (number|null);
             }
 
             /** Represents a Hello. */
@@ -214,6 +223,9 @@ export namespace p2pstream {
 
                 /** Hello limits. */
                 public limits?: (p2pstream.relay.v1.ILimits|null);
+
+                /** Hello minProtocolVersion. */
+                public minProtocolVersion: number;
 
                 /**
                  * Encodes the specified Hello message. Does not implicitly {@link p2pstream.relay.v1.Hello.verify|verify} messages.
@@ -248,6 +260,12 @@ export namespace p2pstream {
 
                 /** Welcome limits */
                 limits?: (p2pstream.relay.v1.ILimits|null);
+
+                /** Welcome minProtocolVersion */
+                minProtocolVersion?: (number|null);
+
+                /** Welcome maxProtocolVersion */
+                maxProtocolVersion?: (number|null);
             }
 
             /** Represents a Welcome. */
@@ -271,6 +289,12 @@ export namespace p2pstream {
                 /** Welcome limits. */
                 public limits?: (p2pstream.relay.v1.ILimits|null);
 
+                /** Welcome minProtocolVersion. */
+                public minProtocolVersion: number;
+
+                /** Welcome maxProtocolVersion. */
+                public maxProtocolVersion: number;
+
                 /**
                  * Encodes the specified Welcome message. Does not implicitly {@link p2pstream.relay.v1.Welcome.verify|verify} messages.
                  * @param message Welcome message or plain object to encode
@@ -288,6 +312,50 @@ export namespace p2pstream {
                  * @throws {$protobuf.util.ProtocolError} If required fields are missing
                  */
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.Welcome;
+            }
+
+            /** Properties of a StreamSet. */
+            interface IStreamSet {
+
+                /** StreamSet streamIds */
+                streamIds?: (number[]|null);
+
+                /** StreamSet leakedTotal */
+                leakedTotal?: (number|null);
+            }
+
+            /** Represents a StreamSet. */
+            class StreamSet implements IStreamSet {
+
+                /**
+                 * Constructs a new StreamSet.
+                 * @param [properties] Properties to set
+                 */
+                constructor(properties?: p2pstream.relay.v1.IStreamSet);
+
+                /** StreamSet streamIds. */
+                public streamIds: number[];
+
+                /** StreamSet leakedTotal. */
+                public leakedTotal: number;
+
+                /**
+                 * Encodes the specified StreamSet message. Does not implicitly {@link p2pstream.relay.v1.StreamSet.verify|verify} messages.
+                 * @param message StreamSet message or plain object to encode
+                 * @param [writer] Writer to encode to
+                 * @returns Writer
+                 */
+                public static encode(message: p2pstream.relay.v1.IStreamSet, writer?: $protobuf.Writer): $protobuf.Writer;
+
+                /**
+                 * Decodes a StreamSet message from the specified reader or buffer.
+                 * @param reader Reader or buffer to decode from
+                 * @param [length] Message length if known beforehand
+                 * @returns StreamSet
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.StreamSet;
             }
 
             /** Properties of a Ping. */

@@ -55,6 +55,7 @@ export const p2pstream = $root.p2pstream = (() => {
                  * @property {p2pstream.relay.v1.IWindowUpdate|null} [windowUpdate] Envelope windowUpdate
                  * @property {p2pstream.relay.v1.ICancel|null} [cancel] Envelope cancel
                  * @property {p2pstream.relay.v1.IRelayError|null} [error] Envelope error
+                 * @property {p2pstream.relay.v1.IStreamSet|null} [streamSet] Envelope streamSet
                  */
 
                 /**
@@ -184,17 +185,25 @@ export const p2pstream = $root.p2pstream = (() => {
                  */
                 Envelope.prototype.error = null;
 
+                /**
+                 * Envelope streamSet.
+                 * @member {p2pstream.relay.v1.IStreamSet|null|undefined} streamSet
+                 * @memberof p2pstream.relay.v1.Envelope
+                 * @instance
+                 */
+                Envelope.prototype.streamSet = null;
+
                 // OneOf field names bound to virtual getters and setters
                 let $oneOfFields;
 
                 /**
                  * Envelope payload.
-                 * @member {"hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|undefined} payload
+                 * @member {"hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|undefined} payload
                  * @memberof p2pstream.relay.v1.Envelope
                  * @instance
                  */
                 Object.defineProperty(Envelope.prototype, "payload", {
-                    get: $util.oneOfGetter($oneOfFields = ["hello", "welcome", "ping", "pong", "discoverRequest", "discoverResult", "requestHead", "responseHead", "bodyChunk", "end", "windowUpdate", "cancel", "error"]),
+                    get: $util.oneOfGetter($oneOfFields = ["hello", "welcome", "ping", "pong", "discoverRequest", "discoverResult", "requestHead", "responseHead", "bodyChunk", "end", "windowUpdate", "cancel", "error", "streamSet"]),
                     set: $util.oneOfSetter($oneOfFields)
                 });
 
@@ -242,6 +251,8 @@ export const p2pstream = $root.p2pstream = (() => {
                         $root.p2pstream.relay.v1.Cancel.encode(message.cancel, writer.uint32(/* id 13, wireType 2 =*/106).fork(), q + 1).ldelim();
                     if (message.error != null && Object.hasOwnProperty.call(message, "error"))
                         $root.p2pstream.relay.v1.RelayError.encode(message.error, writer.uint32(/* id 14, wireType 2 =*/114).fork(), q + 1).ldelim();
+                    if (message.streamSet != null && Object.hasOwnProperty.call(message, "streamSet"))
+                        $root.p2pstream.relay.v1.StreamSet.encode(message.streamSet, writer.uint32(/* id 15, wireType 2 =*/122).fork(), q + 1).ldelim();
                     return writer;
                 };
 
@@ -333,6 +344,10 @@ export const p2pstream = $root.p2pstream = (() => {
                             }
                         case 14: {
                                 message.error = $root.p2pstream.relay.v1.RelayError.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
+                        case 15: {
+                                message.streamSet = $root.p2pstream.relay.v1.StreamSet.decode(reader, reader.uint32(), undefined, long + 1);
                                 break;
                             }
                         default:
@@ -498,6 +513,7 @@ export const p2pstream = $root.p2pstream = (() => {
                  * @property {string|null} [agentVersion] Hello agentVersion
                  * @property {Array.<string>|null} [capabilities] Hello capabilities
                  * @property {p2pstream.relay.v1.ILimits|null} [limits] Hello limits
+                 * @property {number|null} [minProtocolVersion] Hello minProtocolVersion
                  */
 
                 /**
@@ -549,6 +565,14 @@ export const p2pstream = $root.p2pstream = (() => {
                 Hello.prototype.limits = null;
 
                 /**
+                 * Hello minProtocolVersion.
+                 * @member {number} minProtocolVersion
+                 * @memberof p2pstream.relay.v1.Hello
+                 * @instance
+                 */
+                Hello.prototype.minProtocolVersion = 0;
+
+                /**
                  * Encodes the specified Hello message. Does not implicitly {@link p2pstream.relay.v1.Hello.verify|verify} messages.
                  * @function encode
                  * @memberof p2pstream.relay.v1.Hello
@@ -573,6 +597,8 @@ export const p2pstream = $root.p2pstream = (() => {
                             writer.uint32(/* id 3, wireType 2 =*/26).string(message.capabilities[i]);
                     if (message.limits != null && Object.hasOwnProperty.call(message, "limits"))
                         $root.p2pstream.relay.v1.Limits.encode(message.limits, writer.uint32(/* id 4, wireType 2 =*/34).fork(), q + 1).ldelim();
+                    if (message.minProtocolVersion != null && Object.hasOwnProperty.call(message, "minProtocolVersion"))
+                        writer.uint32(/* id 5, wireType 0 =*/40).uint32(message.minProtocolVersion);
                     return writer;
                 };
 
@@ -628,6 +654,10 @@ export const p2pstream = $root.p2pstream = (() => {
                                 message.limits = $root.p2pstream.relay.v1.Limits.decode(reader, reader.uint32(), undefined, long + 1);
                                 break;
                             }
+                        case 5: {
+                                message.minProtocolVersion = reader.uint32();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -654,6 +684,8 @@ export const p2pstream = $root.p2pstream = (() => {
                  * @property {string|null} [serverVersion] Welcome serverVersion
                  * @property {Array.<string>|null} [capabilities] Welcome capabilities
                  * @property {p2pstream.relay.v1.ILimits|null} [limits] Welcome limits
+                 * @property {number|null} [minProtocolVersion] Welcome minProtocolVersion
+                 * @property {number|null} [maxProtocolVersion] Welcome maxProtocolVersion
                  */
 
                 /**
@@ -705,6 +737,22 @@ export const p2pstream = $root.p2pstream = (() => {
                 Welcome.prototype.limits = null;
 
                 /**
+                 * Welcome minProtocolVersion.
+                 * @member {number} minProtocolVersion
+                 * @memberof p2pstream.relay.v1.Welcome
+                 * @instance
+                 */
+                Welcome.prototype.minProtocolVersion = 0;
+
+                /**
+                 * Welcome maxProtocolVersion.
+                 * @member {number} maxProtocolVersion
+                 * @memberof p2pstream.relay.v1.Welcome
+                 * @instance
+                 */
+                Welcome.prototype.maxProtocolVersion = 0;
+
+                /**
                  * Encodes the specified Welcome message. Does not implicitly {@link p2pstream.relay.v1.Welcome.verify|verify} messages.
                  * @function encode
                  * @memberof p2pstream.relay.v1.Welcome
@@ -729,6 +777,10 @@ export const p2pstream = $root.p2pstream = (() => {
                             writer.uint32(/* id 3, wireType 2 =*/26).string(message.capabilities[i]);
                     if (message.limits != null && Object.hasOwnProperty.call(message, "limits"))
                         $root.p2pstream.relay.v1.Limits.encode(message.limits, writer.uint32(/* id 4, wireType 2 =*/34).fork(), q + 1).ldelim();
+                    if (message.minProtocolVersion != null && Object.hasOwnProperty.call(message, "minProtocolVersion"))
+                        writer.uint32(/* id 5, wireType 0 =*/40).uint32(message.minProtocolVersion);
+                    if (message.maxProtocolVersion != null && Object.hasOwnProperty.call(message, "maxProtocolVersion"))
+                        writer.uint32(/* id 6, wireType 0 =*/48).uint32(message.maxProtocolVersion);
                     return writer;
                 };
 
@@ -784,6 +836,14 @@ export const p2pstream = $root.p2pstream = (() => {
                                 message.limits = $root.p2pstream.relay.v1.Limits.decode(reader, reader.uint32(), undefined, long + 1);
                                 break;
                             }
+                        case 5: {
+                                message.minProtocolVersion = reader.uint32();
+                                break;
+                            }
+                        case 6: {
+                                message.maxProtocolVersion = reader.uint32();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -798,6 +858,146 @@ export const p2pstream = $root.p2pstream = (() => {
                 };
 
                 return Welcome;
+            })();
+
+            v1.StreamSet = (function() {
+
+                /**
+                 * Properties of a StreamSet.
+                 * @memberof p2pstream.relay.v1
+                 * @interface IStreamSet
+                 * @property {Array.<number>|null} [streamIds] StreamSet streamIds
+                 * @property {number|null} [leakedTotal] StreamSet leakedTotal
+                 */
+
+                /**
+                 * Constructs a new StreamSet.
+                 * @memberof p2pstream.relay.v1
+                 * @classdesc Represents a StreamSet.
+                 * @implements IStreamSet
+                 * @constructor
+                 * @param {p2pstream.relay.v1.IStreamSet=} [properties] Properties to set
+                 */
+                function StreamSet(properties) {
+                    this.streamIds = [];
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                /**
+                 * StreamSet streamIds.
+                 * @member {Array.<number>} streamIds
+                 * @memberof p2pstream.relay.v1.StreamSet
+                 * @instance
+                 */
+                StreamSet.prototype.streamIds = $util.emptyArray;
+
+                /**
+                 * StreamSet leakedTotal.
+                 * @member {number} leakedTotal
+                 * @memberof p2pstream.relay.v1.StreamSet
+                 * @instance
+                 */
+                StreamSet.prototype.leakedTotal = 0;
+
+                /**
+                 * Encodes the specified StreamSet message. Does not implicitly {@link p2pstream.relay.v1.StreamSet.verify|verify} messages.
+                 * @function encode
+                 * @memberof p2pstream.relay.v1.StreamSet
+                 * @static
+                 * @param {p2pstream.relay.v1.IStreamSet} message StreamSet message or plain object to encode
+                 * @param {$protobuf.Writer} [writer] Writer to encode to
+                 * @returns {$protobuf.Writer} Writer
+                 */
+                StreamSet.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.streamIds != null && message.streamIds.length) {
+                        writer.uint32(/* id 1, wireType 2 =*/10).fork();
+                        for (let i = 0; i < message.streamIds.length; ++i)
+                            writer.uint32(message.streamIds[i]);
+                        writer.ldelim();
+                    }
+                    if (message.leakedTotal != null && Object.hasOwnProperty.call(message, "leakedTotal"))
+                        writer.uint32(/* id 2, wireType 0 =*/16).uint32(message.leakedTotal);
+                    return writer;
+                };
+
+                /**
+                 * Decodes a StreamSet message from the specified reader or buffer.
+                 * @function decode
+                 * @memberof p2pstream.relay.v1.StreamSet
+                 * @static
+                 * @param {$protobuf.Reader|Uint8Array} reader Reader or buffer to decode from
+                 * @param {number} [length] Message length if known beforehand
+                 * @returns {p2pstream.relay.v1.StreamSet} StreamSet
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                StreamSet.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.p2pstream.relay.v1.StreamSet();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                if (!(message.streamIds && message.streamIds.length))
+                                    message.streamIds = [];
+                                if ((tag & 7) === 2) {
+                                    let end2 = reader.uint32() + reader.pos;
+                                    if (end2 > reader.len)
+                                        throw RangeError("index out of range");
+                                    reader.len = end2;
+                                    while (reader.pos < end2)
+                                        message.streamIds.push(reader.uint32());
+                                    if (reader.pos !== end2)
+                                        throw RangeError("index out of range");
+                                    reader.len = end;
+                                } else
+                                    message.streamIds.push(reader.uint32());
+                                break;
+                            }
+                        case 2: {
+                                message.leakedTotal = reader.uint32();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                return StreamSet;
             })();
 
             v1.Ping = (function() {

@@ -1,9 +1,11 @@
 /**
  * Connection keepalive, free of sockets so it can be tested with fake
- * timers: every `intervalMs` a ping goes out; a tick that finds nothing heard
- * since the previous one counts as missed, and `maxMissed` missed ticks in a
- * row declare the peer dead (`onDead`, once). Any frame heard counts, so an
- * agent busy streaming is never declared dead behind its own data.
+ * timers: every `intervalMs` a ping goes out (unless `ping` is false: the
+ * side only listens, as the agent does to the control plane's pings); a tick
+ * that finds nothing heard since the previous one counts as missed, and
+ * `maxMissed` missed ticks in a row declare the peer dead (`onDead`, once).
+ * Any frame heard counts, so a peer busy streaming is never declared dead
+ * behind its own data. The relay peer runs one per connection.
  */
 
 /** Ping every 15 s. */
@@ -16,6 +18,8 @@ export interface KeepaliveOptions {
   intervalMs?: number;
   /** Default {@link DEFAULT_KEEPALIVE_MAX_MISSED}. */
   maxMissed?: number;
+  /** Send pings (default true); false only watches for silence. */
+  ping?: boolean;
   /** Sends one ping carrying `nonce`. */
   sendPing(nonce: number): void;
   /** Called once when the peer is considered dead; the keepalive is stopped by then. */
@@ -25,7 +29,7 @@ export interface KeepaliveOptions {
 export class Keepalive {
   readonly #intervalMs: number;
   readonly #maxMissed: number;
-  readonly #sendPing: (nonce: number) => void;
+  readonly #sendPing: ((nonce: number) => void) | null;
   readonly #onDead: () => void;
   #timer: ReturnType<typeof setInterval> | null = null;
   #heard = true;
@@ -35,7 +39,7 @@ export class Keepalive {
   constructor(options: KeepaliveOptions) {
     this.#intervalMs = options.intervalMs ?? DEFAULT_KEEPALIVE_INTERVAL_MS;
     this.#maxMissed = options.maxMissed ?? DEFAULT_KEEPALIVE_MAX_MISSED;
-    this.#sendPing = options.sendPing;
+    this.#sendPing = options.ping === false ? null : options.sendPing;
     this.#onDead = options.onDead;
   }
 
@@ -75,6 +79,7 @@ export class Keepalive {
       }
     }
     this.#heard = false;
+    if (this.#sendPing === null) return;
     this.#nonce = (this.#nonce + 1) >>> 0;
     this.#sendPing(this.#nonce);
   }

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { Keepalive } from '../../src/hub/keepalive.js';
+import { Keepalive } from '../../src/relay/keepalive.js';
 
 describe('Keepalive', () => {
   beforeEach(() => {
