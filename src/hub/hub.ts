@@ -230,7 +230,7 @@ export class Hub {
   traffic(): { activeStreams: number; bytesIn: number; bytesOut: number } {
     let activeStreams = 0;
     for (const session of this.#active.values())
-      activeStreams += session.client?.stats?.().activeStreams ?? 0;
+      activeStreams += session.streamStats().activeStreams;
     let bytesIn = this.#closedBytes.in;
     let bytesOut = this.#closedBytes.out;
     for (const socket of this.#sockets) {
