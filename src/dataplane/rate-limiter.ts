@@ -9,15 +9,13 @@
  * - `token_bucket`: `burst` tokens, refilled at `ratePerSecond`; one per request.
  *
  * Memory: {@link KeyStore} holds at most `maxKeys` entries (default
- * {@link DEFAULT_MAX_RATE_LIMIT_KEYS}); when full, the least recently
- * refreshed key is dropped (it starts afresh if it comes back). Each entry is
+ * {@link DEFAULT_MAX_RATE_LIMIT_KEYS}); when full, the keys not seen for the
+ * longest are dropped (such a key starts afresh if it comes back). Each entry is
  * one small object and its key string, so the store's memory is bounded by
  * `maxKeys` × (key length + ~100 bytes) whatever the number of distinct keys.
  */
 
 export const DEFAULT_MAX_RATE_LIMIT_KEYS = 100_000;
-/** An entry is moved to the young end of the store at most this often (ms): touches stay cheap. */
-const REFRESH_EVERY_MS = 1000;
 
 /** The state of one key under one rule. */
 export interface KeyState {
@@ -31,22 +29,28 @@ export interface KeyState {
   touched: number;
 }
 
-/** A capped map of key states, evicting the least recently refreshed. */
+/**
+ * A capped map of key states in two generations: new and refreshed keys go
+ * to the young map; when it holds half the cap, the old generation (keys not
+ * seen since the previous turn) is dropped whole and the young one becomes
+ * old. Every operation is O(1), and at most `maxKeys` entries are ever held.
+ */
 export class KeyStore {
-  readonly #entries = new Map<string, KeyState>();
-  readonly #max: number;
+  #young = new Map<string, KeyState>();
+  #old = new Map<string, KeyState>();
+  readonly #half: number;
   #evicted = 0;
 
   constructor(maxKeys = DEFAULT_MAX_RATE_LIMIT_KEYS) {
-    this.#max = Math.max(1, maxKeys);
+    this.#half = Math.max(1, Math.floor(maxKeys / 2));
   }
 
   get size(): number {
-    return this.#entries.size;
+    return this.#young.size + this.#old.size;
   }
 
   get maxKeys(): number {
-    return this.#max;
+    return this.#half * 2;
   }
 
   /** Keys dropped to stay under the cap since start. */
@@ -56,37 +60,37 @@ export class KeyStore {
 
   /** The state of `key`, or null. */
   peek(key: string): KeyState | null {
-    return this.#entries.get(key) ?? null;
+    return this.#young.get(key) ?? this.#old.get(key) ?? null;
   }
 
-  /** The state of `key`, created by `init` when absent (evicting the oldest when full). */
+  /** The state of `key`, created by `init` when absent (dropping the old generation when full). */
   get(key: string, now: number, init: () => KeyState): KeyState {
-    const entries = this.#entries;
-    let state = entries.get(key);
-    if (state === undefined) {
-      if (entries.size >= this.#max) {
-        const oldest = entries.keys().next().value as string;
-        entries.delete(oldest);
-        this.#evicted++;
-      }
+    const young = this.#young.get(key);
+    if (young !== undefined) return young;
+    let state = this.#old.get(key);
+    if (state !== undefined) this.#old.delete(key);
+    else {
       state = init();
       state.touched = now;
-      entries.set(key, state);
-    } else if (now - state.touched >= REFRESH_EVERY_MS) {
-      entries.delete(key);
-      state.touched = now;
-      entries.set(key, state);
     }
+    if (this.#young.size >= this.#half) {
+      this.#evicted += this.#old.size;
+      this.#old = this.#young;
+      this.#young = new Map();
+    }
+    this.#young.set(key, state);
     return state;
   }
 
   /** Drops every key whose name starts with `prefix` (a rule that changed or went away). */
   dropPrefix(prefix: string): void {
-    for (const key of this.#entries.keys()) if (key.startsWith(prefix)) this.#entries.delete(key);
+    for (const map of [this.#young, this.#old])
+      for (const key of map.keys()) if (key.startsWith(prefix)) map.delete(key);
   }
 
   clear(): void {
-    this.#entries.clear();
+    this.#young.clear();
+    this.#old.clear();
   }
 }
 
