@@ -19,7 +19,7 @@
  * VALIDATION_FAILED (field `port`).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Server as NetServer } from 'node:net';
+import { type AddressInfo, BlockList, isIP, type Server as NetServer } from 'node:net';
 import { rootCertificates, type SecureContext } from 'node:tls';
 import { Agent } from 'undici';
 import {
@@ -397,11 +397,15 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
     }
     for (const running of this.#running.values()) {
       const record = running.record;
-      running.options = running.https
-        ? { hsts: record.hsts === true }
-        : record.redirectHttps === true
-          ? { redirectHttpsPort: httpsPort }
-          : {};
+      const trustedProxies = trustedProxyList(record.trustedProxies);
+      running.options = {
+        ...(running.https
+          ? { hsts: record.hsts === true }
+          : record.redirectHttps === true
+            ? { redirectHttpsPort: httpsPort }
+            : {}),
+        ...(trustedProxies ? { trustedProxies } : {}),
+      };
     }
   }
 
@@ -476,4 +480,17 @@ function bindError(err: NodeJS.ErrnoException, listener: Readonly<ListenerRecord
 
 function boundPort(server: NetServer): number {
   return (server.address() as AddressInfo | null)?.port ?? 0;
+}
+
+/** A listener's `trustedProxies` as a BlockList, or null when it has none (entries are checked when saved). */
+function trustedProxyList(ranges: readonly string[] | undefined): BlockList | null {
+  if (!ranges || ranges.length === 0) return null;
+  const list = new BlockList();
+  for (const range of ranges) {
+    const [address = '', prefix = ''] = range.split('/');
+    const family = isIP(address);
+    if (family === 0) continue;
+    list.addSubnet(address, Number(prefix || (family === 6 ? 128 : 32)), family === 6 ? 'ipv6' : 'ipv4');
+  }
+  return list;
 }

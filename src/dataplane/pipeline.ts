@@ -22,7 +22,7 @@ import type { Readable } from 'node:stream';
 import type { TemplateValues } from '../domain/template-render.js';
 import type { PolicyDecision, PolicyStageName, TraceErrorKind } from '../domain/traffic-types.js';
 import type { CompiledRoute, ListenerRoutes } from './route-table.js';
-import { matchRoute, routesOf } from './route-table.js';
+import { AMBIGUOUS_PATH, matchRouteStrictly, routesOf } from './route-table.js';
 
 /** Slots of the pipeline (one stage each), in the order a request passes them. */
 export type StageSlot = PolicyStageName;
@@ -45,8 +45,10 @@ export interface PipelineRequest {
   readonly method: string;
   /** Lower-case host name without port, or null. */
   readonly host: string | null;
-  /** Path without query, dot segments resolved. */
+  /** Path without query, normalized (dot segments resolved; see route-table.ts). */
   readonly path: string;
+  /** Path without query as the client sent it. */
+  readonly rawPath: string;
   /** Raw query string without `?`, '' when none. */
   readonly query: string;
   /** Request headers, lower-case names (HTTP/2 pseudo-headers excluded from matching by stages). */
@@ -179,17 +181,29 @@ const NO_ROUTE: StageAnswer = {
   error: 'no_route',
 };
 
+const AMBIGUOUS: StageAnswer = {
+  status: 400,
+  headers: ['content-type', 'text/plain; charset=utf-8'],
+  body: 'ambiguous path\n',
+  error: 'bad_path',
+};
+
 /** Route stage state the exchange writes the matched route into. */
 export interface RoutableRequest extends PipelineRequest {
   route: CompiledRoute | null;
 }
 
-/** The route stage: picks the listener's route (see route-table.ts) or answers 404 `no_route`. */
+/**
+ * The route stage: picks the listener's route (see route-table.ts) or answers
+ * 404 `no_route`, or 400 `bad_path` for a path that reads as another route.
+ */
 export function createRouteStage(tables: Map<string, ListenerRoutes>): Stage {
   return {
     slot: 'route',
     decide(request) {
-      const route = matchRoute(routesOf(tables, request.listener.id), request.host, request.path);
+      const table = routesOf(tables, request.listener.id);
+      const route = matchRouteStrictly(table, request.host, request.rawPath, request.path);
+      if (route === AMBIGUOUS_PATH) return AMBIGUOUS;
       if (route === null) return NO_ROUTE;
       (request as RoutableRequest).route = route;
       return CONTINUE;

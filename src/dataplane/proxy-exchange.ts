@@ -13,8 +13,10 @@
  * `Upgrade`) are dropped both ways; `Host` becomes the upstream's and the
  * original travels in `X-Forwarded-Host`; `X-Forwarded-For` gets the client
  * address appended; `X-Forwarded-Proto` is `http` or `https` (the
- * listener's). Paths with dot segments are resolved before routing, so
- * `/public/../admin` is routed as `/admin`.
+ * listener's). Paths are normalized before routing (dot segments resolved,
+ * encoded unreserved characters decoded); a path that would select another
+ * route read differently (unresolved, `%2F` as a separator, `;` parameters
+ * stripped) is answered 400 by the route stage.
  *
  * HTTP/1.1 and HTTP/2 (an https listener's `h2`, through node:http2's
  * compatibility API) are handled the same: the h2 `:authority` stands for
@@ -31,6 +33,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
+import { type BlockList, isIP } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
@@ -56,7 +59,7 @@ import {
   type StageDecision,
 } from './pipeline.js';
 import type { RequestMetrics } from './request-metrics.js';
-import { type CompiledRoute, normalizeHost } from './route-table.js';
+import { type CompiledRoute, normalizeHost, normalizeRequestPath } from './route-table.js';
 import type { TraceInput, TraceRecorder } from './trace-recorder.js';
 
 /** What an exchange needs from its data plane. */
@@ -87,6 +90,18 @@ export interface ExchangeOptions {
    * to this port, or the default one (443) when null. Undefined: no redirect.
    */
   readonly redirectHttpsPort?: number | null;
+  /**
+   * Peers whose `Forwarded`, `X-Forwarded-*` and `X-Real-IP` are kept (the
+   * listener's `trustedProxies`); absent = none, they are dropped.
+   */
+  readonly trustedProxies?: BlockList | null;
+}
+
+/** `host` (as routed) with the port of the authority it came from, or null. */
+function routedHost(host: string | null, authority: string | undefined): string | null {
+  if (host === null) return null;
+  const port = authority === undefined ? undefined : /:(\d{1,5})$/.exec(authority.trim())?.[1];
+  return port === undefined ? host : `${host}:${port}`;
 }
 
 /** A request of either protocol: HTTP/1.1 (node:http) or HTTP/2 (node:http2's compatibility API). */
@@ -211,6 +226,7 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
   readonly method: string;
   host: string | null;
   path = '/';
+  rawPath = '/';
   query = '';
   status: number | null = null;
   durationMs = 0;
@@ -237,6 +253,8 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
   #sink: ChunkSink | null = null;
   readonly #options: ExchangeOptions;
   readonly #secure: boolean;
+  /** The authority the request was routed on: the absolute-form URL's, else Host / `:authority`. */
+  #authority: string | undefined;
   readonly #req: IncomingMessage;
   readonly #res: ServerResponse;
   #controller: Dispatcher.DispatchController | null = null;
@@ -266,7 +284,8 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     this.#req = req;
     this.#res = res;
     this.method = req.method ?? 'GET';
-    this.host = normalizeHost(req.headers.host ?? (req.headers[':authority'] as string | undefined));
+    this.#authority = req.headers.host ?? (req.headers[':authority'] as string | undefined);
+    this.host = normalizeHost(this.#authority);
     const socket = req.socket as TLSSocket;
     const address = socket.remoteAddress;
     this.clientIp = address?.startsWith('::ffff:') ? address.slice(7) : (address ?? null);
@@ -450,13 +469,14 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     }
   }
 
-  /** Splits the request target into path and query; resolves dot segments. */
+  /** Splits the request target into path and query; normalizes the path (route-table.ts). */
   #parseTarget(): boolean {
     let url = this.#req.url ?? '/';
     if (!url.startsWith('/')) {
       // Absolute form (`GET http://host/path`): route on its host and path.
       try {
         const parsed = new URL(url);
+        this.#authority = parsed.host;
         this.host = normalizeHost(parsed.host);
         url = parsed.pathname + parsed.search;
       } catch {
@@ -464,16 +484,11 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
       }
     }
     const q = url.indexOf('?');
-    let path = q < 0 ? url : url.slice(0, q);
+    const rawPath = q < 0 ? url : url.slice(0, q);
     if (q >= 0) this.query = url.slice(q + 1);
-    if (path.includes('/.') || path.includes('%2') || path.includes('\\')) {
-      try {
-        // Appended, not resolved against the base: `//host/…` must stay a path.
-        path = new URL(`http://p2pstream.invalid${path}`).pathname;
-      } catch {
-        return false;
-      }
-    }
+    const path = normalizeRequestPath(rawPath);
+    if (path === null) return false;
+    this.rawPath = rawPath;
     this.path = path;
     return true;
   }
@@ -613,21 +628,41 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     });
   }
 
-  /** Request headers for the upstream: without `drop` (lower-case names), with `set` added. */
+  /**
+   * Request headers for the upstream: without `drop` (lower-case names), with
+   * `set` added. Client-sent `Forwarded`, `X-Forwarded-*` and `X-Real-IP` pass
+   * only from a peer in the listener's `trustedProxies` (its X-Forwarded-For is
+   * then extended); from anyone else they are dropped and set afresh, with
+   * `X-Forwarded-Host` the host the route matched.
+   */
   #forwardedHeaders(drop: readonly string[] = [], set: Record<string, string> = {}): string[] {
     const raw = this.#req.rawHeaders;
     const named = connectionTokens(this.#req.headers);
+    const trusted = this.#fromTrustedProxy();
     const out: string[] = [];
     let forwardedFor: string | null = null;
+    let forwardedProto: string | null = null;
+    let forwardedHost: string | null = null;
     let cookie: string | null = null;
     for (let i = 0; i + 1 < raw.length; i += 2) {
       const name = raw[i]!;
       // HTTP/2 pseudo-headers (`:path`, `:authority`…) stay on this hop.
       if (name.charCodeAt(0) === 58) continue;
       const lower = name.toLowerCase();
-      if (lower === 'x-forwarded-for') {
-        forwardedFor = forwardedFor === null ? raw[i + 1]! : `${forwardedFor}, ${raw[i + 1]}`;
-        continue;
+      if (lower === 'forwarded' || lower === 'x-real-ip' || lower.startsWith('x-forwarded-')) {
+        if (!trusted) continue;
+        if (lower === 'x-forwarded-for') {
+          forwardedFor = forwardedFor === null ? raw[i + 1]! : `${forwardedFor}, ${raw[i + 1]}`;
+          continue;
+        }
+        if (lower === 'x-forwarded-proto') {
+          forwardedProto ??= raw[i + 1]!;
+          continue;
+        }
+        if (lower === 'x-forwarded-host') {
+          forwardedHost ??= raw[i + 1]!;
+          continue;
+        }
       }
       if (lower === 'cookie') {
         // HTTP/2 clients may split cookies into several fields; HTTP/1.1 wants one.
@@ -641,10 +676,17 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     for (const [name, value] of Object.entries(set)) out.push(name, value);
     const client = this.clientIp ?? 'unknown';
     out.push('x-forwarded-for', forwardedFor === null ? client : `${forwardedFor}, ${client}`);
-    out.push('x-forwarded-proto', this.#secure ? 'https' : 'http');
-    const host = this.#req.headers.host ?? (this.#req.headers[':authority'] as string | undefined);
-    if (host !== undefined) out.push('x-forwarded-host', host);
+    out.push('x-forwarded-proto', forwardedProto ?? (this.#secure ? 'https' : 'http'));
+    const host = forwardedHost ?? routedHost(this.host, this.#authority);
+    if (host !== null) out.push('x-forwarded-host', host);
     return out;
+  }
+
+  #fromTrustedProxy(): boolean {
+    const proxies = this.#options.trustedProxies;
+    if (!proxies || this.clientIp === null) return false;
+    const family = isIP(this.clientIp);
+    return family !== 0 && proxies.check(this.clientIp, family === 6 ? 'ipv6' : 'ipv4');
   }
 
   // --- undici dispatch handler -------------------------------------------------

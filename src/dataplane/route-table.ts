@@ -14,6 +14,12 @@
  * A prefix matches whole path segments: `/api` matches `/api`, `/api/` and
  * `/api/users` but not `/apix`; a prefix ending in `/` matches anything that
  * starts with it.
+ *
+ * Prefixes match the normalized path ({@link normalizeRequestPath}). A path
+ * that a target could read as another route is refused instead of routed
+ * ({@link matchRouteStrictly}): one whose dot segments, encoded separators
+ * (`%2F`, `%5C`) or `;` parameters would select a different route once
+ * resolved, decoded or stripped.
  */
 import type { RouteRecord } from '../storage/schema.js';
 
@@ -115,6 +121,77 @@ export function matchRoute(table: ListenerRoutes, host: string | null, path: str
     }
   }
   return firstMatch(table.any, path);
+}
+
+/** The answer of {@link matchRouteStrictly} for a path that reads as different routes. */
+export const AMBIGUOUS_PATH = Symbol('ambiguous path');
+
+/**
+ * The route for `rawPath` (query stripped, as the client sent it), matched on
+ * its normalized form `path`, or AMBIGUOUS_PATH when a reading a target might
+ * make of it selects another route: the path with its dot segments left
+ * unresolved, or with `%2F` / `%5C` / `\` taken as separators and `;`
+ * parameters stripped (then normalized).
+ */
+export function matchRouteStrictly(
+  table: ListenerRoutes,
+  host: string | null,
+  rawPath: string,
+  path: string,
+): CompiledRoute | null | typeof AMBIGUOUS_PATH {
+  const route = matchRoute(table, host, path);
+  for (const reading of otherReadings(rawPath, path)) {
+    if (matchRoute(table, host, reading) !== route) return AMBIGUOUS_PATH;
+  }
+  return route;
+}
+
+/** How else a target might read the path (only those that differ from `path`). */
+function otherReadings(rawPath: string, path: string): string[] {
+  const readings: string[] = [];
+  const unresolved = decodeUnreserved(rawPath);
+  if (unresolved !== path) readings.push(unresolved);
+  if (/%2f|%5c|\\|;/i.test(rawPath)) {
+    const split = unresolved
+      .replace(/%2f|%5c|\\/gi, '/')
+      .split('/')
+      .map((segment) => {
+        const semicolon = segment.indexOf(';');
+        return semicolon < 0 ? segment : segment.slice(0, semicolon);
+      })
+      .join('/');
+    const resolved = normalizeRequestPath(split);
+    for (const reading of [split, resolved]) {
+      if (reading !== null && reading !== path && !readings.includes(reading)) readings.push(reading);
+    }
+  }
+  return readings;
+}
+
+// RFC 3986 §2.3: percent-encoded unreserved characters are the same URI decoded.
+function decodeUnreserved(path: string): string {
+  if (!path.includes('%')) return path;
+  return path.replace(/%([0-9a-fA-F]{2})/g, (whole, hex: string) => {
+    const char = String.fromCharCode(Number.parseInt(hex, 16));
+    return /[A-Za-z0-9\-._~]/.test(char) ? char : whole.toUpperCase();
+  });
+}
+
+/**
+ * The path requests are routed on and forwarded with: percent-encoded
+ * unreserved characters decoded (so `%61dmin` is `admin`, `%2e` a dot) and
+ * dot segments resolved; `%2F` and `%5C` stay encoded. Null when it cannot
+ * be a path.
+ */
+export function normalizeRequestPath(rawPath: string): string | null {
+  const path = decodeUnreserved(rawPath);
+  if (!path.includes('/.') && !path.includes('\\')) return path;
+  try {
+    // Appended, not resolved against the base: `//host/…` must stay a path.
+    return new URL(`http://p2pstream.invalid${path}`).pathname;
+  } catch {
+    return null;
+  }
 }
 
 /** True when `prefix` matches `path` on a segment boundary. */

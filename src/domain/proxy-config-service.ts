@@ -73,6 +73,8 @@ export interface Listener extends ListenerStatus {
   defaultCertificateId: string | null;
   redirectHttps: boolean;
   hsts: boolean;
+  /** CIDR ranges of proxies in front of this listener whose forwarding headers are kept. */
+  trustedProxies: string[];
   createdAt: string;
   updatedAt: string;
 }
@@ -110,6 +112,7 @@ const LISTENER_FIELDS = [
   'defaultCertificateId',
   'redirectHttps',
   'hsts',
+  'trustedProxies',
 ] as const;
 const ROUTE_FIELDS = ['listenerId', 'host', 'pathPrefix', 'priority', 'target', 'errorTemplateId'] as const;
 /** Read-only fields a client may send back from a GET; ignored. */
@@ -161,6 +164,7 @@ export class ProxyConfigService {
         input.defaultCertificateId === undefined ? null : requireCertificateRef(input.defaultCertificateId),
       redirectHttps: optionalBoolean(input.redirectHttps, 'redirectHttps', false),
       hsts: optionalBoolean(input.hsts, 'hsts', false),
+      trustedProxies: input.trustedProxies === undefined ? [] : requireCidrList(input.trustedProxies),
       createdAt: at,
       updatedAt: at,
     };
@@ -202,6 +206,8 @@ export class ProxyConfigService {
     const redirectHttps =
       input.redirectHttps === undefined ? undefined : requireBoolean(input.redirectHttps, 'redirectHttps');
     const hsts = input.hsts === undefined ? undefined : requireBoolean(input.hsts, 'hsts');
+    const trustedProxies =
+      input.trustedProxies === undefined ? undefined : requireCidrList(input.trustedProxies);
     return this.#exclusive(async () => {
       const current = { ...this.#findListener(id) };
       const next: ListenerRecord = {
@@ -216,6 +222,7 @@ export class ProxyConfigService {
           defaultCertificateId === undefined ? (current.defaultCertificateId ?? null) : defaultCertificateId,
         redirectHttps: redirectHttps ?? current.redirectHttps ?? false,
         hsts: hsts ?? current.hsts ?? false,
+        trustedProxies: trustedProxies ?? current.trustedProxies ?? [],
         updatedAt: new Date(this.#now()).toISOString(),
       };
       assertListenerFree(this.#store.read().proxy.listeners, next);
@@ -365,6 +372,7 @@ export class ProxyConfigService {
       defaultCertificateId: record.defaultCertificateId ?? null,
       redirectHttps: record.redirectHttps ?? false,
       hsts: record.hsts ?? false,
+      trustedProxies: [...(record.trustedProxies ?? [])],
       running: status.running,
       error: status.error,
       createdAt: record.createdAt,
@@ -528,6 +536,31 @@ export function requireBindAddress(value: unknown): string {
   if (typeof value !== 'string' || isIP(value.trim()) === 0)
     throw invalid('bindAddress', 'must be an IP address such as 0.0.0.0, 127.0.0.1 or ::');
   return value.trim().toLowerCase();
+}
+
+/**
+ * A listener's `trustedProxies`: at most 64 addresses or CIDR ranges
+ * (`10.0.0.0/8`, `fd00::/8`), normalized; VALIDATION_FAILED naming the field otherwise.
+ */
+export function requireCidrList(value: unknown): string[] {
+  const field = 'trustedProxies';
+  if (!Array.isArray(value) || value.length > 64)
+    throw invalid(field, 'must be a list of at most 64 CIDR ranges');
+  return value.map((entry) => {
+    if (typeof entry !== 'string') throw invalid(field, 'must hold CIDR ranges such as 10.0.0.0/8');
+    const [address = '', prefix, ...rest] = entry.trim().toLowerCase().split('/');
+    const family = isIP(address);
+    const bits = prefix === undefined ? (family === 6 ? 128 : 32) : Number(prefix);
+    if (
+      family === 0 ||
+      rest.length > 0 ||
+      (prefix !== undefined && !/^\d{1,3}$/.test(prefix)) ||
+      bits > (family === 6 ? 128 : 32)
+    ) {
+      throw invalid(field, `${JSON.stringify(entry)} is not an address or CIDR range such as 10.0.0.0/8`);
+    }
+    return `${address}/${bits}`;
+  });
 }
 
 /** A TCP port from 1 to 65535 (a listener needs a stable port, so 0 is refused). */

@@ -31,6 +31,7 @@ export type TraceErrorKind =
   | 'upstream_body_timeout'
   | 'upstream_aborted'
   | 'client_aborted'
+  | 'bad_path'
   | 'stage_error';
 
 /** The TLS parameters of an https listener's connection, traced at `detailed` and `headers`. */

@@ -126,6 +126,8 @@ export interface ListenerRecord {
   redirectHttps?: boolean;
   /** https: send `Strict-Transport-Security` on every answer. */
   hsts?: boolean;
+  /** CIDR ranges whose `Forwarded` / `X-Forwarded-*` / `X-Real-IP` are kept; absent = none. */
+  trustedProxies?: string[];
   createdAt: string;
   updatedAt: string;
 }

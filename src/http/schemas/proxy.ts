@@ -14,6 +14,9 @@ export const Listener = Type.Object({
   defaultCertificateId: Nullable(Type.String()),
   redirectHttps: Type.Boolean(),
   hsts: Type.Boolean(),
+  trustedProxies: Type.Array(Type.String(), {
+    description: 'CIDR ranges of proxies whose Forwarded / X-Forwarded-* / X-Real-IP are kept.',
+  }),
   running: Type.Boolean({ description: 'Bound right now.' }),
   error: Nullable(Type.String({ description: 'Why an enabled listener is not running (port in use…).' })),
   createdAt: Timestamp,
@@ -69,6 +72,14 @@ const listenerFields = {
   defaultCertificateId: Type.Optional(Nullable(Type.String())),
   redirectHttps: Type.Optional(Type.Boolean()),
   hsts: Type.Optional(Type.Boolean()),
+  trustedProxies: Type.Optional(
+    Type.Array(Type.String(), {
+      maxItems: 64,
+      description:
+        'Addresses or CIDR ranges (`10.0.0.0/8`, `fd00::/8`) of proxies in front of this listener; ' +
+        'their Forwarded, X-Forwarded-* and X-Real-IP are kept, anyone else’s dropped. Default none.',
+    }),
+  ),
   ...readOnly,
 };
 
