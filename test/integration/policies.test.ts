@@ -217,6 +217,70 @@ describe('rate limits', () => {
   });
 });
 
+describe('shapers', () => {
+  it('holds downloads and uploads to the rate by backpressure, sharing one key fairly', async () => {
+    const { api, client, server, token } = await setup();
+    const KiB = 1024;
+    await upstream?.close();
+    upstream = await startUpstream((req, res) => {
+      let received = 0;
+      req.on('data', (c: Buffer) => {
+        received += c.length;
+      });
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        res.end(req.method === 'POST' ? `received ${received}` : Buffer.alloc(256 * KiB, 1));
+      });
+    });
+    const proxy = await configureProxy(server, token, { type: 'upstream', url: upstream.url });
+    const created = await api('POST', '/api/v1/policies/shapers', {
+      name: 'downloads',
+      expression: 'path_prefix(path, "/files")',
+      key: ['header:x-user'],
+      downloadBytesPerSecond: 256 * KiB,
+      uploadBytesPerSecond: 128 * KiB,
+      burstBytes: 0,
+      exemptBytes: 16 * KiB,
+    });
+    expect(created.status).toBe(201);
+    const user = { headers: { 'x-user': 'u1' } };
+    const timed = async (run: () => Promise<{ status: number; text: string }>) => {
+      const t0 = performance.now();
+      const res = await run();
+      return { ...res, ms: performance.now() - t0 };
+    };
+    // Two downloads of one key at once share its 256 KiB/s: 2 × 240 KiB shaped take ≥ 1.8 s each.
+    const [one, two] = await Promise.all([
+      timed(() => client.send(proxy.port, '/files/a', user)),
+      timed(() => client.send(proxy.port, '/files/b', user)),
+    ]);
+    expect(one.text.length).toBe(256 * KiB);
+    expect(two.text.length).toBe(256 * KiB);
+    expect(Math.min(one.ms, two.ms)).toBeGreaterThanOrEqual(1700);
+    // Fair: neither finished while the other had most of its body still to come.
+    expect(Math.min(one.ms, two.ms) / Math.max(one.ms, two.ms)).toBeGreaterThan(0.75);
+    // Another key is not held back by the first one's bucket: exempt bytes and its own rate only.
+    const other = await timed(() => client.send(proxy.port, '/files/c', { headers: { 'x-user': 'u2' } }));
+    expect(other.text.length).toBe(256 * KiB);
+    // Uploads: 256 KiB at 128 KiB/s after 16 KiB exempt → ≥ 1.8 s, the body intact.
+    const up = await timed(() =>
+      client.send(proxy.port, '/files/up', {
+        method: 'POST',
+        body: 'x'.repeat(256 * KiB),
+        headers: { 'x-user': 'u3' },
+      }),
+    );
+    expect(up.text).toBe(`received ${256 * KiB}`);
+    expect(up.ms).toBeGreaterThanOrEqual(1800);
+    // Not matched: not shaped, and no decision traced.
+    expect((await client.send(proxy.port, '/elsewhere', user)).status).toBe(200);
+    await eventually(async () => (await lastEvents(server, token, 1))[0]?.path === '/elsewhere');
+    const events = await lastEvents(server, token, 2);
+    expect(events[0]!.policy).toEqual([{ stage: 'shaper', rule: 'downloads', action: 'shape' }]);
+    expect(events[1]!.policy).toBeUndefined();
+  });
+});
+
 describe('bad input', () => {
   it('refuses bad rules with the field, and leaves the running rule set untouched', async () => {
     const { api, port, client } = await setup();
