@@ -300,6 +300,11 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     return this.#id;
   }
 
+  /** The id if something already asked for it; the trace recorder makes one lazily otherwise. */
+  get assignedId(): string | null {
+    return this.#id;
+  }
+
   get route(): CompiledRoute | null {
     return this.#route;
   }

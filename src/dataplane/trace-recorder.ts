@@ -24,8 +24,12 @@ export const DEFAULT_TRACE_CAPACITY = 1000;
 
 /** What the proxy knows about a finished request; the recorder turns it into an event. */
 export interface TraceInput {
-  /** The request id, when the proxy assigned one (a template may have shown it); else a new one. */
-  readonly id?: string;
+  /**
+   * The request id when the proxy already assigned one (a template or a
+   * stage showed it), else null: the recorder then makes one when the event
+   * is first read or streamed, so a request nobody looks at costs no UUID.
+   */
+  readonly assignedId?: string | null;
   /** Epoch ms the request arrived. */
   startedAt: number;
   method: string;
@@ -121,7 +125,7 @@ export class TraceRecorder {
     const event = buildEvent(seq, input, this.#level);
     this.#ring[(seq - 1) % this.#capacity] = event;
     if (this.#subscribers.size === 0) return;
-    const json = JSON.stringify(event);
+    const json = JSON.stringify(withId(event));
     for (const sink of this.#subscribers) sink.push(seq, json);
   }
 
@@ -161,16 +165,22 @@ export class TraceRecorder {
     const events: TraceEvent[] = [];
     for (let seq = Math.max(oldest, after + 1); seq <= this.#seq; seq++) {
       const event = this.#ring[(seq - 1) % this.#capacity];
-      if (event) events.push(event);
+      if (event) events.push(withId(event));
     }
     return events;
   }
 }
 
+/** The event with its id, made now if it has none yet (see {@link TraceInput.assignedId}). */
+function withId(event: TraceEvent): TraceEvent {
+  if (event.id === '') event.id = randomUUID();
+  return event;
+}
+
 function buildEvent(seq: number, input: TraceInput, level: TraceLevel): TraceEvent {
   const event: TraceEvent = {
     seq,
-    id: input.id ?? randomUUID(),
+    id: input.assignedId ?? '',
     time: isoTime(input.startedAt),
     method: input.method,
     host: input.host,

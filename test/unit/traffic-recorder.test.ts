@@ -90,6 +90,9 @@ describe('trace recorder', () => {
     });
     expect(second).toMatchObject({ seq: 2, status: 502, error: 'upstream_refused' });
     expect(first!.id).not.toBe(second!.id);
+    expect(first!.id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    // Made once, when first read: a later read gives the same id.
+    expect(recorder.recent()[0]!.id).toBe(first!.id);
     expect(recorder.counters()).toEqual({ subscribers: 0, emittedEvents: 2, droppedEvents: 0 });
   });
 
@@ -113,6 +116,19 @@ describe('trace recorder', () => {
     expect(all.at(-1)!.seq).toBe(1234);
     expect(recorder.recent(3).map((e) => e.seq)).toEqual([1232, 1233, 1234]);
     expect(recorder.recent(0)).toEqual([]);
+  });
+
+  it('keeps the id the proxy assigned (a template showed it) and streams events with their ids', () => {
+    const recorder = new TraceRecorder();
+    const sink = new ListSink();
+    recorder.subscribe(sink);
+    recorder.record(input({ assignedId: 'shown-to-the-client' }));
+    recorder.record(input());
+    expect(recorder.recent().map((e) => e.id)[0]).toBe('shown-to-the-client');
+    const streamed = sink.seen.map((s) => JSON.parse(s.json).id as string);
+    expect(streamed[0]).toBe('shown-to-the-client');
+    expect(streamed[1]).toMatch(/^[0-9a-f-]{36}$/);
+    expect(recorder.recent()[1]!.id).toBe(streamed[1]);
   });
 
   it('records nothing while disabled', () => {
