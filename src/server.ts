@@ -319,6 +319,7 @@ export async function startServer(
     if (keys.has('traffic')) recorder.configure(traffic.settings());
     if (keys.has('templates')) dataPlane.setTemplates(store.read().templates);
     if (keys.has('policies')) policies.apply();
+    if (keys.has('cache')) cache.apply();
     if (keys.has('proxy')) {
       proxySync = proxySync.then(async () => {
         const proxy = store.read().proxy;
