@@ -347,6 +347,11 @@ export class EnvironmentService {
    * Changes any of the create fields. An omitted `accessToken` keeps the
    * stored one; a changed `url` clears both certificates, the last test and
    * the last error (back to UNTRUSTED); switching to `direct` clears `agentId`.
+   * Token custody: a change of origin (scheme, host, port), `transport` or
+   * `agentId` needs `accessToken` in the same request (VALIDATION_FAILED with
+   * `details.field = "accessToken"` otherwise), so a stored token never goes
+   * to a place the admin did not name it for, and resets trust to UNTRUSTED
+   * (the certificate was seen over another path).
    * VALIDATION_FAILED, CONFLICT, ENVIRONMENT_NOT_FOUND, AGENT_NOT_FOUND.
    */
   async update(id: string, body: unknown): Promise<Environment> {
@@ -379,8 +384,18 @@ export class EnvironmentService {
       if (!live) throw new AppError('ENVIRONMENT_NOT_FOUND', 'no such environment');
       if (name !== undefined) assertNameFree(db.environments, name, id);
       if (name !== undefined) live.name = name;
-      if (url !== undefined && url !== live.url) {
-        live.url = url;
+      const moved =
+        (url !== undefined && new URL(url).origin !== new URL(live.url).origin) ||
+        transport !== live.transport ||
+        agentId !== live.agentId;
+      if (moved && sealed === undefined) {
+        throw invalid(
+          'accessToken',
+          'is required when the origin, transport or agent changes: the stored token stays with the old one',
+        );
+      }
+      if (moved || (url !== undefined && url !== live.url)) {
+        if (url !== undefined) live.url = url;
         live.certificate = null;
         live.discoveredCertificate = null;
         live.lastTest = null;

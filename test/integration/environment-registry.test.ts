@@ -307,7 +307,7 @@ describe('environment registry', () => {
     const id = await registerEnvironment(control, { url: remote.server.url, accessToken: 'p2pat_unused' });
     const moved = await control.server.request('PATCH', `/api/v1/environments/${id}`, {
       token: control.token,
-      body: { url: remote.server.url.replace('127.0.0.1', 'localhost') },
+      body: { url: remote.server.url.replace('127.0.0.1', 'localhost'), accessToken: 'p2pat_other' },
     });
     expect(moved.json.environment).toMatchObject({
       trustState: 'UNTRUSTED',

@@ -317,14 +317,16 @@ describe('environment relay', () => {
     });
     const switched = await control.server.request('PATCH', `/api/v1/environments/${id}`, {
       token: control.token,
-      body: { transport: 'agent', agentId: agent.json.agent.id },
+      body: { transport: 'agent', agentId: agent.json.agent.id, accessToken: 'p2pat_through-the-agent' },
     });
-    expect(switched.json.environment).toMatchObject({ transport: 'agent', trustState: 'TRUSTED' });
+    // A new path to the target: trust starts over (token custody).
+    expect(switched.json.environment).toMatchObject({ transport: 'agent', trustState: 'UNTRUSTED' });
     const res = await control.server.request('GET', '/api/v1/system/info', {
       token: control.token,
       headers: selected(id),
     });
-    expect([res.status, res.json.error.code]).toEqual([503, 'AGENT_OFFLINE']);
+    // Not trusted over the new path yet: refused before the agent is even looked for.
+    expect([res.status, res.json.error.code]).toEqual([412, 'ENVIRONMENT_UNTRUSTED']);
     const discover = await control.server.request('POST', `/api/v1/environments/${id}/discover`, {
       token: control.token,
     });

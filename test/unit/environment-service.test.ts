@@ -248,14 +248,26 @@ describe('EnvironmentService registry', () => {
     const { id } = await environments.create(valid);
     expect(await codeOf(environments.update(id, { transport: 'agent' }))).toBe('VALIDATION_FAILED');
     expect(await codeOf(environments.update(id, { agentId: AGENT_ID }))).toBe('VALIDATION_FAILED');
-    expect(await environments.update(id, { transport: 'agent', agentId: AGENT_ID })).toMatchObject({
+    // A move needs the token in the same request (token custody).
+    expect(await codeOf(environments.update(id, { transport: 'agent', agentId: AGENT_ID }))).toBe(
+      'VALIDATION_FAILED',
+    );
+    expect(
+      await environments.update(id, {
+        transport: 'agent',
+        agentId: AGENT_ID,
+        accessToken: 'p2pat_for-the-agent',
+      }),
+    ).toMatchObject({
       transport: 'agent',
       agentId: AGENT_ID,
     });
-    expect(await environments.update(id, { transport: 'direct' })).toMatchObject({
-      transport: 'direct',
-      agentId: null,
-    });
+    expect(await environments.update(id, { transport: 'direct', accessToken: 'p2pat_direct' })).toMatchObject(
+      {
+        transport: 'direct',
+        agentId: null,
+      },
+    );
   });
 
   it('answers ENVIRONMENT_NOT_FOUND for unknown ids and deletes for good', async () => {
@@ -383,7 +395,10 @@ describe('discover and trust', () => {
     expect((await environments.update(id, { url: 'https://TARGET.example:443/' })).trustState).toBe(
       'TRUSTED',
     );
-    const moved = await environments.update(id, { url: 'https://target.example:9443' });
+    const moved = await environments.update(id, {
+      url: 'https://target.example:9443',
+      accessToken: 'p2pat_for-9443',
+    });
     expect(moved).toMatchObject({ trustState: 'UNTRUSTED', certificate: null, discoveredCertificate: null });
   });
 });
