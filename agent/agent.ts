@@ -371,8 +371,15 @@ class Agent implements RunningAgent {
         lastError = controlPlaneError(err, this.#verification);
       });
 
-      const finished = (connectedAt: number | null, code: number, reason: string) => {
+      const finished = (connectedAt: number | null, code: number, reason: string, refusal?: AppError) => {
         if (this.#socket === socket) this.#socket = null;
+        if (connectedAt === null && refusal && !settled) {
+          // Refused at the handshake (versions that do not meet): retrying soon cannot help.
+          const base = options.unauthorizedRetryMs ?? DEFAULT_UNAUTHORIZED_RETRY_MS;
+          const delayMs = Math.round(base * (0.8 + Math.random() * 0.4));
+          this.#emit({ type: 'failed', code: refusal.code, message: refusal.message });
+          return resolve({ delayMs });
+        }
         if (connectedAt !== null) {
           if (Date.now() - connectedAt >= (options.stableAfterMs ?? DEFAULT_STABLE_AFTER_MS))
             this.#backoff.reset();
@@ -400,10 +407,11 @@ class Agent implements RunningAgent {
     maxFrameBytes: number,
     maxStreams: number,
     handshakeTimeoutMs: number,
-    finished: (connectedAt: number | null, code: number, reason: string) => void,
+    finished: (connectedAt: number | null, code: number, reason: string, refusal?: AppError) => void,
   ): void {
     const options = this.#options;
     let connectedAt: number | null = null;
+    let refusal: AppError | undefined;
     const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
     const peer = new RelayPeer({
       transport: createWebSocketFrameTransport(socket),
@@ -440,8 +448,13 @@ class Agent implements RunningAgent {
         );
         this.#emit({ type: 'connected' });
       },
-      onClosed: () => {
+      onRemoteError: (error) => {
+        if (connectedAt === null) refusal = error;
+      },
+      onClosed: (event) => {
         this.#executor = null;
+        // A welcome outside this agent's window is refused on this side.
+        if (connectedAt === null && event.endReason === END_REASON.VERSION) refusal ??= event.error;
       },
     });
     this.#peer = peer;
@@ -450,7 +463,7 @@ class Agent implements RunningAgent {
     void peer.done.then(() => {
       if (this.#peer === peer) this.#peer = null;
       const event = peer.closedEvent;
-      finished(connectedAt, event?.code ?? CLOSE_CODE.CUT, event?.reason ?? '');
+      finished(connectedAt, event?.code ?? CLOSE_CODE.CUT, event?.reason ?? '', refusal);
     });
   }
 }

@@ -42,6 +42,25 @@ export interface AgentConnection {
   remoteAddress: string | null;
   version: string | null;
   endReason: string | null;
+  /** Streams closed as leaked by stream reconciliation during the session (both sides). */
+  leakedStreams: number;
+}
+
+/** An inclusive range of relay protocol versions. */
+export interface ProtocolRange {
+  min: number;
+  max: number;
+}
+
+/** The relay protocol as last negotiated with the agent, or why its last handshake was refused. */
+export interface AgentProtocol {
+  /** The version in use, or null when the last handshake was refused. */
+  version: number | null;
+  agentVersions: ProtocolRange;
+  controlPlaneVersions: ProtocolRange;
+  /** E.g. "the agent speaks v1–v1, the control plane v2–v3"; null once a session started. */
+  refusal: string | null;
+  at: string;
 }
 
 /** The public view of an agent (never the token or its hash). */
@@ -58,6 +77,10 @@ export interface Agent {
   lastSeenAt: string | null;
   remoteAddress: string | null;
   version: string | null;
+  /** The relay protocol of the last handshake (null before the first). */
+  protocol: AgentProtocol | null;
+  /** Streams closed as leaked over the recent sessions (see `connections`). */
+  leakedStreams: number;
   connections: AgentConnection[];
   createdAt: string;
   updatedAt: string;
@@ -299,7 +322,12 @@ export class AgentService {
    */
   async sessionStarted(
     credential: AgentCredential,
-    info: { remoteAddress: string | null; version: string | null },
+    info: {
+      remoteAddress: string | null;
+      version: string | null;
+      /** The negotiated protocol: version and both ranges. */
+      protocol?: { version: number; agentVersions: ProtocolRange; controlPlaneVersions: ProtocolRange };
+    },
   ): Promise<AgentConnection> {
     if (!this.isCredentialCurrent(credential)) {
       throw new AppError('UNAUTHENTICATED', 'the agent credentials were revoked');
@@ -327,6 +355,7 @@ export class AgentService {
       record.lastSeenAt = session.startedAt;
       record.remoteAddress = info.remoteAddress;
       record.version = info.version;
+      if (info.protocol) record.protocol = { ...info.protocol, refusal: null, at: session.startedAt };
       this.#live.set(credential.agentId, {
         sessionId: session.id,
         connectedAt: session.startedAt,
@@ -334,7 +363,46 @@ export class AgentService {
         lastSeenWrittenAt: nowMs,
       });
     });
-    return { ...session };
+    return toConnection(session);
+  }
+
+  /**
+   * Records a handshake refused for protocol versions that do not meet (no
+   * session starts): the agent's views show the refusal until a session does.
+   */
+  handshakeRefused(
+    agentId: string,
+    info: {
+      remoteAddress: string | null;
+      version: string | null;
+      agentVersions: ProtocolRange;
+      controlPlaneVersions: ProtocolRange;
+      refusal: string;
+    },
+  ): void {
+    const at = this.#isoNow();
+    this.#store.updateSoon((db) => {
+      const record = db.agents.find((a) => a.id === agentId);
+      if (!record) return;
+      record.remoteAddress = info.remoteAddress;
+      record.version = info.version;
+      record.lastSeenAt = at;
+      record.protocol = {
+        version: null,
+        agentVersions: { ...info.agentVersions },
+        controlPlaneVersions: { ...info.controlPlaneVersions },
+        refusal: info.refusal.slice(0, 200),
+        at,
+      };
+    });
+  }
+
+  /** Records how many streams of a session were closed as leaked so far (both sides). */
+  sessionLeaks(agentId: string, sessionId: string, leakedStreams: number): void {
+    this.#store.updateSoon((db) => {
+      const session = db.agents.find((a) => a.id === agentId)?.connections.find((c) => c.id === sessionId);
+      if (session) session.leakedStreams = leakedStreams;
+    });
   }
 
   /** Notes that a live session was heard from (keepalive); persisted at most once a minute. */
@@ -439,7 +507,15 @@ export class AgentService {
       lastSeenAt: live ? new Date(live.lastSeenAt).toISOString() : record.lastSeenAt,
       remoteAddress: record.remoteAddress,
       version: record.version,
-      connections: record.connections.map((c) => ({ ...c })),
+      protocol: record.protocol
+        ? {
+            ...record.protocol,
+            agentVersions: { ...record.protocol.agentVersions },
+            controlPlaneVersions: { ...record.protocol.controlPlaneVersions },
+          }
+        : null,
+      leakedStreams: record.connections.reduce((sum, c) => sum + (c.leakedStreams ?? 0), 0),
+      connections: record.connections.map(toConnection),
       createdAt: record.createdAt,
       updatedAt: record.updatedAt,
     };
@@ -464,4 +540,8 @@ function assertNameFree(agents: AgentRecord[], name: string, exceptId: string | 
   if (agents.some((a) => a.name === name && a.id !== exceptId)) {
     throw new AppError('CONFLICT', `an agent named "${name}" already exists`, { details: { field: 'name' } });
   }
+}
+
+function toConnection(record: AgentConnectionRecord): AgentConnection {
+  return { ...record, leakedStreams: record.leakedStreams ?? 0 };
 }

@@ -14,7 +14,7 @@ import { toAppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Limits } from '../relay/envelope.js';
 import type { VersionRange } from '../relay/protocol.js';
-import { CLOSE_CODE } from '../relay/protocol.js';
+import { CLOSE_CODE, END_REASON, SUPPORTED_VERSIONS } from '../relay/protocol.js';
 import { RelayClient } from '../relay/relay-client.js';
 import { type AdmitResult, type PeerStats, RelayPeer, type RemoteHello } from '../relay/relay-peer.js';
 import type { Transport } from '../relay/transport.js';
@@ -78,7 +78,7 @@ export class AgentSession {
       keepalive: { intervalMs: options.keepaliveIntervalMs, maxMissed: options.keepaliveMaxMissed },
       reconcileIntervalMs: options.reconcileIntervalMs,
       maxSendBufferBytes: options.maxSendBufferBytes,
-      admit: (hello) => this.#admit(hello),
+      admit: (hello, version) => this.#admit(hello, version),
       streams: (context) => {
         this.#client = new RelayClient({
           send: context.send,
@@ -99,7 +99,26 @@ export class AgentSession {
       onPong: () => {
         if (this.#record) options.agents.sessionSeen(this.agentId, this.#record.id);
       },
+      onLeak: (stats) => {
+        if (this.#record) {
+          options.agents.sessionLeaks(
+            this.agentId,
+            this.#record.id,
+            stats.leakedStreams + stats.remoteLeakedStreams,
+          );
+        }
+      },
       onClosed: (event) => {
+        const remote = this.#peer.remote;
+        if (event.endReason === END_REASON.VERSION && remote) {
+          options.agents.handshakeRefused(this.agentId, {
+            remoteAddress: this.remoteAddress,
+            version: remote.software || null,
+            agentVersions: remote.versions,
+            controlPlaneVersions: options.versions ?? SUPPORTED_VERSIONS,
+            refusal: event.reason,
+          });
+        }
         if (this.#record) {
           void options.agents
             .sessionEnded(this.agentId, this.#record.id, event.endReason)
@@ -157,12 +176,17 @@ export class AgentSession {
     this.#peer.close(code, reason, endReason);
   }
 
-  async #admit(hello: RemoteHello): Promise<AdmitResult> {
+  async #admit(hello: RemoteHello, protocolVersion: number): Promise<AdmitResult> {
     const version = hello.software || null;
     try {
       this.#record = await this.#options.agents.sessionStarted(this.credential, {
         remoteAddress: this.remoteAddress,
         version,
+        protocol: {
+          version: protocolVersion,
+          agentVersions: hello.versions,
+          controlPlaneVersions: this.#options.versions ?? SUPPORTED_VERSIONS,
+        },
       });
     } catch (err) {
       const error = toAppError(err);

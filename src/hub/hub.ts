@@ -229,8 +229,7 @@ export class Hub {
   /** Streams open through agents, and bytes read from and written to agent connections (for metrics). */
   traffic(): { activeStreams: number; bytesIn: number; bytesOut: number } {
     let activeStreams = 0;
-    for (const session of this.#active.values())
-      activeStreams += session.streamStats().activeStreams;
+    for (const session of this.#active.values()) activeStreams += session.streamStats().activeStreams;
     let bytesIn = this.#closedBytes.in;
     let bytesOut = this.#closedBytes.out;
     for (const socket of this.#sockets) {

@@ -202,8 +202,8 @@ export interface RelayPeerOptions {
   maxQueuedBytes?: number | undefined;
   /** The code streams fail with when the connection ends; default AGENT_OFFLINE. */
   offlineCode?: ErrorCode | undefined;
-  /** Acceptor: vets the hello (the owner's bookkeeping) before the welcome. */
-  admit?: ((hello: RemoteHello) => AdmitResult | Promise<AdmitResult>) | undefined;
+  /** Acceptor: vets the hello (the owner's bookkeeping) before the welcome; `version` is the one chosen. */
+  admit?: ((hello: RemoteHello, version: number) => AdmitResult | Promise<AdmitResult>) | undefined;
   /** The handshake is done and streams may open. */
   onReady?: ((session: NegotiatedSession) => void) | undefined;
   /** The peer answered a ping. */
@@ -233,6 +233,7 @@ export class RelayPeer {
   #logger: Logger;
   #state: State = 'handshake';
   #session: NegotiatedSession | null = null;
+  #remote: RemoteHello | null = null;
   #handlers: StreamHandler[] = [];
   #openers = new Map<EnvelopeCase, StreamHandler>();
   #handshakeTimer: ReturnType<typeof setTimeout> | null = null;
@@ -316,6 +317,11 @@ export class RelayPeer {
   /** The negotiated session once ready (kept after the close), else null. */
   get session(): NegotiatedSession | null {
     return this.#session;
+  }
+
+  /** What the other side announced in its hello or welcome (null before it came). */
+  get remote(): RemoteHello | null {
+    return this.#remote;
   }
 
   /** Resolves at the end of the handshake; rejects with the reason when the connection ends before. */
@@ -449,6 +455,7 @@ export class RelayPeer {
   async #onHello(hello: Hello): Promise<void> {
     this.#clearHandshakeTimer();
     const remote = remoteHello(hello.protocolVersion, hello.minProtocolVersion, hello.agentVersion, hello);
+    this.#remote = remote;
     const version = chooseVersion(this.#versions, remote.versions);
     if (version === null) {
       this.#refuseVersions(versionMismatch(remote.versions, this.#versions));
@@ -458,7 +465,7 @@ export class RelayPeer {
     let verdict: AdmitResult = { ok: true };
     if (this.#options.admit) {
       try {
-        verdict = await this.#options.admit(remote);
+        verdict = await this.#options.admit(remote, version);
       } catch (err) {
         const error = toAppError(err);
         verdict = { ok: false, code: CLOSE_CODE.POLICY, reason: error.message, endReason: 'refused' };
@@ -496,6 +503,7 @@ export class RelayPeer {
       welcome.serverVersion,
       welcome,
     );
+    this.#remote = remote;
     if (!(version >= this.#versions.min && version <= this.#versions.max)) {
       this.#refuseVersions(versionMismatch(this.#versions, remote.versions));
       return;

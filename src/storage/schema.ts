@@ -44,6 +44,21 @@ export interface AgentConnectionRecord {
   endReason: string | null;
   /** The control-plane replica that held the session (absent in records of older builds). */
   replicaId?: string | null;
+  /** Streams closed as leaked by stream reconciliation, on either side (absent = 0). */
+  leakedStreams?: number;
+}
+
+/** The relay protocol as last negotiated with an agent (or refused). */
+export interface AgentProtocolRecord {
+  /** The version in use, or null when the last handshake was refused. */
+  version: number | null;
+  /** The range the agent speaks. */
+  agentVersions: { min: number; max: number };
+  /** The range the control plane spoke then. */
+  controlPlaneVersions: { min: number; max: number };
+  /** Why the last handshake was refused; null once a session starts. */
+  refusal: string | null;
+  at: string;
 }
 
 export interface AgentRecord {
@@ -58,6 +73,8 @@ export interface AgentRecord {
   lastSeenAt: string | null;
   remoteAddress: string | null;
   version: string | null;
+  /** Absent in records of older builds (read as null). */
+  protocol?: AgentProtocolRecord | null;
   connections: AgentConnectionRecord[];
   createdAt: string;
   updatedAt: string;

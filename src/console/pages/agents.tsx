@@ -103,9 +103,17 @@ export function AgentsPage(props: { environment: string }) {
                     <Badge tone="muted">offline</Badge>
                   )}
                   {agent.enabled ? null : <Badge tone="warn">disabled</Badge>}
+                  {agent.leakedStreams > 0 ? (
+                    <Badge tone="warn">
+                      {agent.leakedStreams} leaked stream{agent.leakedStreams === 1 ? '' : 's'}
+                    </Badge>
+                  ) : null}
                 </td>
                 <td title={formatTime(agent.lastSeenAt)}>{relativeTime(agent.lastSeenAt)}</td>
-                <td>{agent.version ?? '—'}</td>
+                <td>
+                  <div>{agent.version ?? '—'}</div>
+                  <Protocol agent={agent} />
+                </td>
                 <td class="mono">{agent.remoteAddress ?? '—'}</td>
                 <td>
                   <Sessions agent={agent} />
@@ -194,6 +202,29 @@ export function AgentsPage(props: { environment: string }) {
   );
 }
 
+const range = (r: { min: number; max: number }) => `v${r.min}–v${r.max}`;
+
+/** The relay protocol of the last handshake: the version in use, or why the versions did not meet. */
+function Protocol(props: { agent: Agent }) {
+  const protocol = props.agent.protocol;
+  if (!protocol) return null;
+  if (protocol.refusal !== null || protocol.version === null) {
+    return (
+      <small class="warn-text" data-testid="agent-protocol-refusal" title={protocol.refusal ?? ''}>
+        speaks {range(protocol.agentVersions)}, control plane {range(protocol.controlPlaneVersions)}
+      </small>
+    );
+  }
+  return (
+    <small
+      class="muted"
+      title={`agent ${range(protocol.agentVersions)}, control plane ${range(protocol.controlPlaneVersions)}`}
+    >
+      protocol v{protocol.version}
+    </small>
+  );
+}
+
 function Sessions(props: { agent: Agent }) {
   const sessions = (props.agent.connections ?? []).slice(-5).reverse();
   if (sessions.length === 0) return <span class="muted">none</span>;
@@ -209,6 +240,7 @@ function Sessions(props: { agent: Agent }) {
             {s.remoteAddress ? ` · ${s.remoteAddress}` : ''}
             {s.version ? ` · v${s.version}` : ''}
             {s.endReason ? ` · ${s.endReason}` : ''}
+            {s.leakedStreams > 0 ? ` · ${s.leakedStreams} leaked` : ''}
           </li>
         ))}
       </ul>

@@ -12,5 +12,8 @@ export const agentConnectSchema = {
   headers: Type.Object({
     'x-p2pstream-agent-id': Type.Optional(Type.String({ description: "The agent's id." })),
   }),
-  response: { 101: Type.Null({ description: 'Switching Protocols: the WebSocket is open.' }), ...errorResponses },
+  response: {
+    101: Type.Null({ description: 'Switching Protocols: the WebSocket is open.' }),
+    ...errorResponses,
+  },
 };

@@ -9,6 +9,24 @@ export const AgentConnection = Type.Object({
   remoteAddress: Nullable(Type.String()),
   version: Nullable(Type.String()),
   endReason: Nullable(Type.String()),
+  leakedStreams: Type.Integer({
+    description: 'Streams closed as leaked by stream reconciliation (both sides).',
+  }),
+});
+
+const ProtocolRange = Type.Object({ min: Type.Integer(), max: Type.Integer() });
+
+/** The relay protocol of the agent's last handshake. */
+export const AgentProtocol = Type.Object({
+  version: Nullable(
+    Type.Integer({ description: 'The version in use; null when the handshake was refused.' }),
+  ),
+  agentVersions: ProtocolRange,
+  controlPlaneVersions: ProtocolRange,
+  refusal: Nullable(
+    Type.String({ description: 'Why the last handshake was refused ("the agent speaks v1–v1, …").' }),
+  ),
+  at: Timestamp,
 });
 
 /** An agent as the API shows it (never its token or the token's hash). */
@@ -23,6 +41,8 @@ export const Agent = Type.Object({
   lastSeenAt: Nullable(Timestamp),
   remoteAddress: Nullable(Type.String()),
   version: Nullable(Type.String()),
+  protocol: Nullable(AgentProtocol),
+  leakedStreams: Type.Integer({ description: 'Streams closed as leaked over the recent sessions.' }),
   connections: Type.Array(AgentConnection, { description: 'Recent sessions, newest first.' }),
   createdAt: Timestamp,
   updatedAt: Timestamp,

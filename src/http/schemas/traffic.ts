@@ -63,7 +63,9 @@ export const Overview = Type.Object({
   latencyMs: Type.Object({ last5m: Latency, last1h: Latency }),
   listeners: Type.Object({ running: Type.Integer(), configured: Type.Integer() }),
   agentsConnected: Type.Integer(),
-  replicas: Type.Array(ReplicaSummary, { description: 'The control-plane replicas (one without a cluster).' }),
+  replicas: Type.Array(ReplicaSummary, {
+    description: 'The control-plane replicas (one without a cluster).',
+  }),
   traceSubscribers: Type.Integer(),
   cache: Type.Object(
     {
@@ -111,7 +113,13 @@ export const trafficStreamSchema = {
     '`event: dropped` when this subscriber lost events. `?after=SEQ` (or Last-Event-ID) replays retained events first.',
   produces: ['text/event-stream'],
   querystring: Type.Object({
-    after: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, description: 'Replay retained events after this seq.' })),
+    after: Type.Optional(
+      Type.Integer({
+        minimum: 0,
+        maximum: Number.MAX_SAFE_INTEGER,
+        description: 'Replay retained events after this seq.',
+      }),
+    ),
   }),
   response: { 200: Type.String({ description: 'An event stream' }), ...errorResponses },
 };
