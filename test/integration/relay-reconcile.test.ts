@@ -1,0 +1,96 @@
+/**
+ * Stream reconciliation over a real hub: an agent that forgets a stream gets
+ * it closed on both ends after two stream lists, the caller is told, and the
+ * leak is counted on the agent and its session.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { AppError } from '../../src/errors.js';
+import { PROTOCOL_VERSION } from '../../src/relay/envelope.js';
+import { agentHeaders, upgradeAgent } from '../helpers/agent.js';
+import { startBareHub } from '../helpers/hub.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+const PIN = Array(32).fill('AB').join(':');
+
+describe('stream reconciliation', () => {
+  it('closes a stream the agent forgot, fails its caller and counts the leak', async () => {
+    const bare = await startBareHub({ reconcileIntervalMs: 40 });
+    cleanups.push(() => bare.close());
+    const created = await bare.agents.create({ name: 'forgetful' });
+    const upgraded = await upgradeAgent(bare.target, agentHeaders(created.agent.id, created.token), {
+      answerPings: true,
+    });
+    if (!upgraded.ok) throw new Error(`refused: ${upgraded.status}`);
+    const raw = upgraded.socket;
+    cleanups.push(() => raw.close());
+    raw.send({
+      streamId: 0,
+      payload: {
+        case: 'hello',
+        value: { protocolVersion: PROTOCOL_VERSION, agentVersion: 'forgetful', capabilities: ['reconcile'] },
+      },
+    });
+    for (let i = 0; i < 200 && !raw.received.some((e) => e.payload.case === 'welcome'); i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    // The hub opens a stream; this agent takes the head and then behaves as if it had never seen it.
+    const pending = bare.hub
+      .transportFor(created.agent.id)
+      .request({
+        url: 'https://127.0.0.1:9/api/v1/system/info',
+        method: 'GET',
+        headers: [],
+        timeoutMs: 60_000,
+        trust: { fingerprintSha256: PIN, expectedHostname: '127.0.0.1' },
+      })
+      .then(
+        () => null,
+        (err: unknown) => err as AppError,
+      );
+    for (let i = 0; i < 200 && !raw.received.some((e) => e.payload.case === 'requestHead'); i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const head = raw.received.find((e) => e.payload.case === 'requestHead');
+    expect(head?.streamId).toBe(2);
+    const sendList = () =>
+      raw.send({ streamId: 0, payload: { case: 'streamSet', value: { streamIds: [], leakedTotal: 0 } } });
+    sendList();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(bare.hub.sessionStats(created.agent.id)?.activeStreams).toBe(1);
+    sendList();
+    const err = await pending;
+    expect(err).toBeInstanceOf(AppError);
+    expect(err?.code).toBe('PROTOCOL_ERROR');
+    expect(bare.hub.sessionStats(created.agent.id)?.activeStreams).toBe(0);
+    // The agent side is told: a cancel on that stream.
+    for (
+      let i = 0;
+      i < 100 && !raw.received.some((e) => e.streamId === 2 && e.payload.case === 'cancel');
+      i++
+    ) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(raw.received.some((e) => e.streamId === 2 && e.payload.case === 'cancel')).toBe(true);
+    // The hub sends its own lists too, and the count is on the agent and its session.
+    for (let i = 0; i < 200 && !raw.received.some((e) => e.payload.case === 'streamSet'); i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(raw.received.find((e) => e.payload.case === 'streamSet')?.payload).toMatchObject({
+      value: { streamIds: [], leakedTotal: 1 },
+    });
+    const view = bare.agents.get(created.agent.id);
+    expect(view.leakedStreams).toBe(1);
+    expect(view.connections[0]?.leakedStreams).toBe(1);
+    // The agent's own count (reported in its lists) adds to it.
+    raw.send({ streamId: 0, payload: { case: 'streamSet', value: { streamIds: [], leakedTotal: 2 } } });
+    for (let i = 0; i < 100 && bare.agents.get(created.agent.id).leakedStreams !== 3; i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(bare.agents.get(created.agent.id).leakedStreams).toBe(3);
+    expect(bare.hub.isConnected(created.agent.id)).toBe(true);
+  });
+});
