@@ -12,6 +12,7 @@ import { AgentsPage } from './pages/agents';
 import { AuthPage } from './pages/auth';
 import { EnvironmentsPage } from './pages/environments';
 import { OverviewPage } from './pages/overview';
+import { PoliciesPage } from './pages/policies';
 import { ProxyPage } from './pages/proxy';
 import { TokensPage } from './pages/tokens';
 import { TrafficPage } from './pages/traffic';
@@ -28,6 +29,7 @@ const NAV: { path: string; label: string; scoped: boolean }[] = [
   { path: '/', label: 'Overview', scoped: true },
   { path: '/proxy', label: 'Proxy', scoped: true },
   { path: '/traffic', label: 'Traffic', scoped: true },
+  { path: '/policies', label: 'Traffic Policy', scoped: true },
   { path: '/agents', label: 'Agents', scoped: true },
   { path: '/settings/tokens', label: 'API Tokens', scoped: true },
   { path: '/settings/environments', label: 'Environments', scoped: false },
@@ -190,6 +192,8 @@ function Page(props: { path: string }) {
       return <ProxyPage key={key} environment={key} />;
     case '/traffic':
       return <TrafficPage key={key} environment={key} />;
+    case '/policies':
+      return <PoliciesPage key={key} environment={key} />;
     case '/agents':
       return <AgentsPage key={key} environment={key} />;
     case '/settings/tokens':

@@ -53,3 +53,66 @@ export type TraceEvent = Static<typeof TraceEventSchema>;
 export type TraceLevel = Static<typeof TraceLevelSchema>;
 export type TrafficSettings = Static<typeof TrafficSettingsSchema>;
 export type Overview = Static<typeof OverviewSchema>;
+
+/** Thresholds of an auto-mode WAF rule. */
+export interface WafAuto {
+  requestsPerSecond: number | null;
+  errorRatio: number | null;
+  forSeconds: number;
+  coolDownSeconds: number;
+}
+
+interface PolicyCommon {
+  id: string;
+  name: string;
+  priority: number;
+  expression: string;
+  enabled: boolean;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface WafRule extends PolicyCommon {
+  action: 'block' | 'allow' | 'log' | 'challenge';
+  status: number;
+  templateId: string | null;
+  mode: 'always' | 'auto';
+  auto: WafAuto | null;
+  passTtlSeconds: number;
+  state: {
+    activeListeners: string[];
+    switches: { at: string; listenerId: string; active: boolean; reason: string }[];
+  } | null;
+}
+
+export interface RateLimitRule extends PolicyCommon {
+  key: string[];
+  algorithm: 'fixed_window' | 'sliding_window' | 'token_bucket';
+  limit: number | null;
+  windowSeconds: number | null;
+  ratePerSecond: number | null;
+  burst: number | null;
+  status: number;
+  templateId: string | null;
+}
+
+export interface Shaper extends PolicyCommon {
+  key: string[];
+  downloadBytesPerSecond: number | null;
+  uploadBytesPerSecond: number | null;
+  burstBytes: number;
+  exemptBytes: number;
+}
+
+export interface PolicyTestStage {
+  stage: string;
+  rule: string | null;
+  action: string;
+  detail: string;
+}
+
+export interface ResponseTemplateSummary {
+  id: string;
+  name: string;
+  kind: string;
+}

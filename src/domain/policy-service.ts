@@ -257,6 +257,26 @@ export class PolicyService {
     return this.#remove('shapers', id);
   }
 
+  /** Checks an expression without saving anything (the console validates as the admin types). */
+  validateExpression(body: unknown): {
+    valid: boolean;
+    error: { message: string; position: number; line: number; column: number } | null;
+  } {
+    const input = requireObject(body);
+    rejectUnknownFields(input, ['expression']);
+    try {
+      compileExpression(input.expression ?? '', 'expression');
+      return { valid: true, error: null };
+    } catch (err) {
+      if (!(err instanceof AppError)) throw err;
+      const d = (err.details ?? {}) as { position?: number; line?: number; column?: number };
+      return {
+        valid: false,
+        error: { message: err.message, position: d.position ?? 0, line: d.line ?? 1, column: d.column ?? 1 },
+      };
+    }
+  }
+
   /** What each stage would do with a described request (`POST /policies/test`). */
   test(body: unknown): { stages: PolicyTestStage[] } {
     const input = requireObject(body);

@@ -4,7 +4,9 @@
  * - `GET/POST /api/v1/policies/waf`, `GET/PATCH/DELETE /api/v1/policies/waf/:id` → `{rules}` / `{rule}`;
  * - `GET/POST /api/v1/policies/rate-limits`, `…/rate-limits/:id` → `{rules}` / `{rule}`;
  * - `GET/POST /api/v1/policies/shapers`, `…/shapers/:id` → `{shapers}` / `{shaper}`;
- * - `POST /api/v1/policies/test` `{method, host, path, headers?, ip?, listenerId?}` → `{stages}`.
+ * - `POST /api/v1/policies/test` `{method, host, path, headers?, ip?, listenerId?}` → `{stages}`;
+ * - `POST /api/v1/policies/validate` `{expression}` → `{valid, error: {message, position, line, column} | null}`
+ *   (checks a match expression without saving; the console calls it as the admin types).
  *
  * Errors come from PolicyService: VALIDATION_FAILED (with `details.field`,
  * and `position`/`line`/`column` for expressions), CONFLICT, NOT_FOUND.
@@ -257,6 +259,29 @@ export function createPoliciesPlugin(deps: { policies: PolicyService }): Fastify
         },
       );
     }
+    app.post(
+      '/api/v1/policies/validate',
+      {
+        schema: {
+          body: Type.Object({ expression: Nullable(Type.String()) }, { additionalProperties: false }),
+          response: {
+            200: Type.Object({
+              valid: Type.Boolean(),
+              error: Nullable(
+                Type.Object({
+                  message: Type.String(),
+                  position: Type.Integer(),
+                  line: Type.Integer(),
+                  column: Type.Integer(),
+                }),
+              ),
+            }),
+            ...errorResponses,
+          },
+        },
+      },
+      async (request) => policies.validateExpression(request.body),
+    );
     app.post(
       '/api/v1/policies/test',
       { schema: { body: TestInput, response: { 200: TestResult, ...errorResponses } } },
