@@ -173,6 +173,7 @@ export async function startServer(
   });
   const agents = new AgentService({
     store,
+    logger: logger.child({ component: 'agents' }),
     replicaId,
     ...(presence ? { presence: { holderOf: (id: string) => presence.holderOf(id) } } : {}),
   });
@@ -223,7 +224,12 @@ export async function startServer(
   const templates = new TemplateService({ store, runtime: dataPlane });
   const cache = new CacheService({ store, ...(dataPlane.cache ? { runtime: dataPlane.cache } : {}) });
   cache.apply();
-  const proxyConfig = new ProxyConfigService({ store, runtime: dataPlane, templates });
+  const proxyConfig = new ProxyConfigService({
+    store,
+    runtime: dataPlane,
+    templates,
+    logger: logger.child({ component: 'proxy-config' }),
+  });
   // Traffic policies: WAF, rate limits and shapers, as stages of the data plane's pipeline.
   const policyEngine = new PolicyEngine({
     install: (slot, stage) => dataPlane.setStage(slot, stage),

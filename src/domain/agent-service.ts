@@ -9,6 +9,7 @@
  * UNAUTHENTICATED (a session whose credential was revoked meanwhile).
  */
 import { AppError } from '../errors.js';
+import type { Logger } from '../logger.js';
 import type { AgentConnectionRecord, AgentRecord } from '../storage/schema.js';
 import type { Store } from '../storage/store.js';
 import type { AgentPresence } from './cluster-types.js';
@@ -113,6 +114,8 @@ export interface AgentServiceOptions {
   replicaId?: string | null;
   /** Where agents held by other replicas are (cluster presence); without it only this process's count. */
   presence?: AgentPresence;
+  /** Where a failing revocation listener is reported. */
+  logger?: Logger;
 }
 
 interface LiveSession {
@@ -171,10 +174,12 @@ export class AgentService {
   readonly #replicaId: string | null;
   readonly #presence: AgentPresence | null;
   readonly #live = new Map<string, LiveSession>();
+  readonly #logger: Logger | undefined;
   readonly #revocationListeners = new Set<(agentId: string, reason: AgentRevocationReason) => void>();
 
   constructor(options: AgentServiceOptions) {
     this.#store = options.store;
+    this.#logger = options.logger;
     this.#now = options.now ?? Date.now;
     this.#maxConnections = options.maxConnections ?? DEFAULT_MAX_AGENT_CONNECTIONS;
     this.#replicaId = options.replicaId ?? null;
@@ -487,8 +492,9 @@ export class AgentService {
     for (const listener of this.#revocationListeners) {
       try {
         listener(agentId, reason);
-      } catch {
-        // A failing listener must not undo or hide the revocation itself.
+      } catch (err) {
+        // A failing listener must not undo the revocation, nor hide that a live agent may not have been cut.
+        this.#logger?.error({ err, agentId, reason }, 'an agent revocation listener failed');
       }
     }
   }

@@ -14,6 +14,7 @@
  */
 import { isIP } from 'node:net';
 import { AppError } from '../errors.js';
+import type { Logger } from '../logger.js';
 import type { Database, ListenerRecord, RouteRecord, RouteTarget } from '../storage/schema.js';
 import type { Store } from '../storage/store.js';
 import { newId } from './ids.js';
@@ -99,6 +100,8 @@ export interface ProxyConfigServiceOptions {
   runtime?: ProxyRuntime;
   /** Told which routes and listeners use which template (deletes of used templates are refused). */
   templates?: Pick<TemplateService, 'registerUsage'>;
+  /** Where a failed rollback of the data plane is reported (the saved configuration stays the truth). */
+  logger?: Logger;
   now?: () => number;
 }
 
@@ -128,6 +131,7 @@ const IDLE_RUNTIME: ProxyRuntime = {
 export class ProxyConfigService {
   readonly #store: Store;
   readonly #runtime: ProxyRuntime;
+  readonly #logger: Logger | undefined;
   readonly #now: () => number;
   /** Configuration changes run one at a time: binding and persisting must not interleave. */
   #serial: Promise<unknown> = Promise.resolve();
@@ -135,6 +139,7 @@ export class ProxyConfigService {
   constructor(options: ProxyConfigServiceOptions) {
     this.#store = options.store;
     this.#runtime = options.runtime ?? IDLE_RUNTIME;
+    this.#logger = options.logger;
     this.#now = options.now ?? Date.now;
     options.templates?.registerUsage(proxyTemplateUsage);
   }
@@ -179,7 +184,10 @@ export class ProxyConfigService {
           db.proxy.listeners.push(record);
         });
       } catch (err) {
-        if (record.enabled) await this.#runtime.stopListener(record.id).catch(() => {});
+        if (record.enabled)
+          await this.#runtime
+            .stopListener(record.id)
+            .catch((rollbackErr: unknown) => this.#rollbackFailed(rollbackErr, record.id, err));
         throw err;
       }
       return this.#toListener(record);
@@ -237,7 +245,7 @@ export class ProxyConfigService {
           db.proxy.listeners[index] = next;
         });
       } catch (err) {
-        await this.#apply(current).catch(() => {});
+        await this.#apply(current).catch((rollbackErr: unknown) => this.#rollbackFailed(rollbackErr, id, err));
         throw err;
       }
       return this.#toListener(next);
@@ -351,6 +359,14 @@ export class ProxyConfigService {
   async #apply(listener: ListenerRecord): Promise<void> {
     if (listener.enabled) await this.#runtime.startListener(listener);
     else await this.#runtime.stopListener(listener.id);
+  }
+
+  // The listener now runs as nothing saved says: say so, with both causes.
+  #rollbackFailed(err: unknown, listenerId: string, saveErr: unknown): void {
+    this.#logger?.error(
+      { err, listenerId, saveError: saveErr instanceof Error ? saveErr.message : String(saveErr) },
+      'the listener could not be put back after its change was not saved',
+    );
   }
 
   #exclusive<T>(task: () => Promise<T>): Promise<T> {

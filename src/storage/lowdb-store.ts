@@ -2,7 +2,9 @@
  * The Store on a lowdb JSON file (`p2pstream.json` in the data dir). Writes are
  * atomic (temporary file + rename, by lowdb's steno writer) and coalesced; a
  * database that cannot be read or parsed stops start-up and is never
- * overwritten.
+ * overwritten. `update` changes a copy of the document, so a mutation that
+ * throws leaves memory as it was (and so equal to the file); a write that
+ * fails is reported by `flush` and `close` ({@link DatabaseWriteError}).
  */
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
@@ -25,6 +27,20 @@ export class DatabaseUnreadableError extends Error {
   }
 }
 
+/** A write of the database failed and a later one has not succeeded: the file is behind memory. */
+export class DatabaseWriteError extends Error {
+  override readonly name = 'DatabaseWriteError';
+  constructor(
+    readonly file: string,
+    options: { cause: unknown },
+  ) {
+    super(
+      `cannot write the database ${file}: ${(options.cause as Error)?.message ?? String(options.cause)}`,
+      options,
+    );
+  }
+}
+
 export class LowdbStore implements Store {
   readonly file: string;
   readonly #low: Low<Database>;
@@ -32,6 +48,8 @@ export class LowdbStore implements Store {
   #inFlight: Promise<void> | null = null;
   #deferred: ReturnType<typeof setTimeout> | null = null;
   #queued: Promise<void> | null = null;
+  /** The failure of the last write, cleared by the next write that succeeds. */
+  #writeError: unknown = null;
 
   private constructor(file: string, low: Low<Database>) {
     this.file = file;
@@ -75,7 +93,10 @@ export class LowdbStore implements Store {
 
   async update<T>(mutate: (db: Database) => T): Promise<T> {
     if (this.#closed) throw new Error('the store is closed');
-    const result = mutate(this.#low.data);
+    // Copy on write: a mutation that throws halfway leaves the document untouched.
+    const draft = structuredClone(this.#low.data);
+    const result = mutate(draft);
+    this.#low.data = draft;
     await this.#persist();
     return result;
   }
@@ -100,8 +121,14 @@ export class LowdbStore implements Store {
   #startWrite(): Promise<void> {
     const write = this.#low.write();
     const settled: Promise<void> = write.then(
-      () => this.#settle(settled),
-      () => this.#settle(settled),
+      () => {
+        this.#writeError = null;
+        this.#settle(settled);
+      },
+      (err: unknown) => {
+        this.#writeError = err;
+        this.#settle(settled);
+      },
     );
     this.#inFlight = settled;
     return write;
@@ -125,13 +152,16 @@ export class LowdbStore implements Store {
     return result;
   }
 
+  /** Waits for every pending write; throws DatabaseWriteError when the last one failed. */
   async flush(): Promise<void> {
     if (this.#deferred !== null) {
       clearTimeout(this.#deferred);
       this.#deferred = null;
+      // Its failure is kept in #writeError and reported below.
       await this.#persist().catch(() => {});
     }
     while (this.#queued || this.#inFlight) await (this.#queued ?? this.#inFlight)?.catch(() => {});
+    if (this.#writeError !== null) throw new DatabaseWriteError(this.file, { cause: this.#writeError });
   }
 
   /** One process owns the file: nothing else changes it. */
@@ -139,8 +169,12 @@ export class LowdbStore implements Store {
     return () => {};
   }
 
+  /** Flushes, then refuses further updates; throws DatabaseWriteError when the last write failed. */
   async close(): Promise<void> {
-    await this.flush();
-    this.#closed = true;
+    try {
+      await this.flush();
+    } finally {
+      this.#closed = true;
+    }
   }
 }

@@ -4,6 +4,7 @@ import { hashSecret } from '../../src/domain/ids.js';
 import { AppError } from '../../src/errors.js';
 import { emptyDatabase } from '../../src/storage/schema.js';
 import { MemoryStore } from '../../src/storage/store.js';
+import { captureLogs } from '../helpers/log-capture.js';
 
 function setup(now = () => Date.parse('2025-01-01T00:00:00Z')) {
   const store = new MemoryStore(emptyDatabase('instance-1'));
@@ -107,6 +108,23 @@ describe('AgentService', () => {
       'UNAUTHENTICATED',
     );
     expect(agents.get(agent.id).status).toBe('offline');
+  });
+
+  it('logs a failing revocation listener with its cause and still tells the others', async () => {
+    const logs = captureLogs();
+    const store = new MemoryStore(emptyDatabase('instance-1'));
+    const agents = new AgentService({ store, logger: logs.logger });
+    const { agent } = await agents.create({ name: 'edge' });
+    const heard: string[] = [];
+    agents.onRevoked(() => {
+      throw new Error('hub gone');
+    });
+    agents.onRevoked((_id, reason) => heard.push(reason));
+    await agents.update(agent.id, { enabled: false });
+    expect(heard).toEqual(['disabled']);
+    expect(agents.authenticate(agent.id, 'p2pag_x').ok).toBe(false);
+    const failure = logs.entries().find((e) => e.msg === 'an agent revocation listener failed');
+    expect(failure).toMatchObject({ agentId: agent.id, reason: 'disabled', err: { message: 'hub gone' } });
   });
 
   it('announces disable and delete, but not a PATCH that keeps the agent enabled', async () => {

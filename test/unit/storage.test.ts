@@ -1,9 +1,14 @@
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { DATABASE_FILE_NAME, DatabaseUnreadableError, LowdbStore } from '../../src/storage/lowdb-store.js';
-import { emptyDatabase, SCHEMA_VERSION } from '../../src/storage/schema.js';
+import {
+  DATABASE_FILE_NAME,
+  DatabaseUnreadableError,
+  DatabaseWriteError,
+  LowdbStore,
+} from '../../src/storage/lowdb-store.js';
+import { type Database, emptyDatabase, SCHEMA_VERSION } from '../../src/storage/schema.js';
 import { createSecretsBox, loadSecretsBox, SECRETS_KEY_FILE_NAME } from '../../src/storage/secrets-box.js';
 import { DEFERRED_WRITE_MS } from '../../src/storage/store.js';
 
@@ -108,6 +113,61 @@ describe('LowdbStore', () => {
       }),
     ).rejects.toThrow('refused');
     expect(await readFile(path.join(dir, DATABASE_FILE_NAME), 'utf8')).toBe(before);
+  });
+
+  it('leaves memory as it was when a mutation throws halfway, so memory and disk stay equal', async () => {
+    const store = await LowdbStore.open(dir);
+    await store.update((db) => {
+      db.instance.id = 'kept';
+    });
+    await expect(
+      store.update((db) => {
+        db.instance.id = 'half-done';
+        db.apiTokens.push({
+          id: 't',
+          name: 'n',
+          tokenHash: 'h',
+          enabled: true,
+          expiresAt: null,
+          lastUsedAt: null,
+          createdAt: '',
+        });
+        throw new Error('refused after changing things');
+      }),
+    ).rejects.toThrow('refused after changing things');
+    expect(store.read().instance.id).toBe('kept');
+    expect(store.read().apiTokens).toEqual([]);
+    // The next write carries nothing of the failed mutation.
+    await store.update((db) => {
+      db.users = [];
+    });
+    const onDisk = JSON.parse(await readFile(path.join(dir, DATABASE_FILE_NAME), 'utf8'));
+    expect(onDisk).toEqual(JSON.parse(JSON.stringify(store.read())));
+    await store.close();
+  });
+
+  it('reports a failed write from flush and close, and clears it once a write succeeds', async () => {
+    const setId = (id: string) => (db: Database) => {
+      db.instance.id = id;
+    };
+    const store = await LowdbStore.open(dir);
+    const file = path.join(dir, DATABASE_FILE_NAME);
+    // A directory where the file should be: the atomic rename onto it fails.
+    await rm(file);
+    await mkdir(file);
+    await expect(store.update(setId('lost'))).rejects.toThrow();
+    store.updateSoon(setId('also lost'));
+    await expect(store.flush()).rejects.toBeInstanceOf(DatabaseWriteError);
+    await expect(store.flush()).rejects.toThrow(`cannot write the database ${file}`);
+
+    await rm(file, { recursive: true });
+    await store.update(setId('written'));
+    await expect(store.flush()).resolves.toBeUndefined();
+    await rm(file);
+    await mkdir(file);
+    store.updateSoon(setId('lost at close'));
+    await expect(store.close()).rejects.toBeInstanceOf(DatabaseWriteError);
+    await expect(store.update(() => {})).rejects.toThrow('the store is closed');
   });
 
   it('migrates an unversioned document and keeps its data', async () => {
