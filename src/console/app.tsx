@@ -14,6 +14,7 @@ import { EnvironmentsPage } from './pages/environments';
 import { OverviewPage } from './pages/overview';
 import { PoliciesPage } from './pages/policies';
 import { ProxyPage } from './pages/proxy';
+import { TlsPage } from './pages/tls';
 import { TokensPage } from './pages/tokens';
 import { TrafficPage } from './pages/traffic';
 import { currentLocation, navigate, safeNext, useLocation } from './router';
@@ -28,6 +29,7 @@ type Session =
 const NAV: { path: string; label: string; scoped: boolean }[] = [
   { path: '/', label: 'Overview', scoped: true },
   { path: '/proxy', label: 'Proxy', scoped: true },
+  { path: '/tls', label: 'TLS', scoped: true },
   { path: '/traffic', label: 'Traffic', scoped: true },
   { path: '/policies', label: 'Traffic Policy', scoped: true },
   { path: '/agents', label: 'Agents', scoped: true },
@@ -190,6 +192,8 @@ function Page(props: { path: string }) {
       return <OverviewPage key={key} environment={key} />;
     case '/proxy':
       return <ProxyPage key={key} environment={key} />;
+    case '/tls':
+      return <TlsPage key={key} environment={key} />;
     case '/traffic':
       return <TrafficPage key={key} environment={key} />;
     case '/policies':

@@ -24,6 +24,14 @@ import type {
   ProxyRoute as ProxyRouteSchema,
   RouteTarget as RouteTargetSchema,
 } from '../http/schemas/proxy';
+import type {
+  AccountSchema,
+  AcmeChallenge as AcmeChallengeSchema,
+  CertificateSource as CertificateSourceSchema,
+  CertificateStatus as CertificateStatusSchema,
+  ProviderSchema,
+  CertificateSchema as TlsCertificateSchema,
+} from '../http/schemas/tls';
 import type { ApiToken as ApiTokenSchema } from '../http/schemas/tokens';
 import type {
   Overview as OverviewSchema,
@@ -116,3 +124,10 @@ export interface ResponseTemplateSummary {
   name: string;
   kind: string;
 }
+
+export type TlsCertificate = Static<typeof TlsCertificateSchema>;
+export type CertificateStatus = Static<typeof CertificateStatusSchema>;
+export type CertificateSource = Static<typeof CertificateSourceSchema>;
+export type AcmeChallenge = Static<typeof AcmeChallengeSchema>;
+export type AcmeAccount = Static<typeof AccountSchema>;
+export type DnsProvider = Static<typeof ProviderSchema>;

@@ -57,10 +57,13 @@ export function createAcmeIssuer(options: AcmeIssuerOptions = {}): AcmeIssuer {
 
     async issue(request: AcmeOrderRequest, runtime: TlsRuntime): Promise<AcmeOrderResult> {
       const client = clientFor(request.account);
-      await client.createAccount({
-        termsOfServiceAgreed: true,
-        ...(request.account.email ? { contact: [`mailto:${request.account.email}`] } : {}),
-      });
+      // A registered account is used as it is (re-registering it would be an empty update).
+      if (!request.account.accountUrl) {
+        await client.createAccount({
+          termsOfServiceAgreed: true,
+          ...(request.account.email ? { contact: [`mailto:${request.account.email}`] } : {}),
+        });
+      }
       const privateKey = await acme.crypto.createPrivateEcdsaKey('P-256');
       const [, csr] = await acme.crypto.createCsr(
         {

@@ -15,7 +15,7 @@ import {
   SectionHead,
   useResource,
 } from '../components/ui';
-import type { Listener, ProxyRoute, RouteTarget } from '../types';
+import type { Listener, ProxyRoute, RouteTarget, TlsCertificate } from '../types';
 
 type Deleting = { kind: 'listener'; item: Listener } | { kind: 'route'; item: ProxyRoute };
 
@@ -26,13 +26,17 @@ export function ProxyPage(props: { environment: string }) {
       Promise.all([
         api.get<{ listeners: Listener[] }>('/api/v1/proxy/listeners'),
         api.get<{ routes: ProxyRoute[] }>('/api/v1/proxy/routes'),
-      ]).then(([l, r]) => ({ listeners: l.listeners, routes: r.routes })),
+        api
+          .get<{ certificates: TlsCertificate[] }>('/api/v1/tls/certificates')
+          .catch(() => ({ certificates: [] })),
+      ]).then(([l, r, c]) => ({ listeners: l.listeners, routes: r.routes, certificates: c.certificates })),
     [],
   );
   const [listenerDialog, setListenerDialog] = useState<{ listener: Listener | null } | null>(null);
   const [routeDialog, setRouteDialog] = useState<{ route: ProxyRoute | null } | null>(null);
   const [deleting, setDeleting] = useState<Deleting | null>(null);
   const listeners = data.data?.listeners ?? [];
+  const certificates = data.data?.certificates ?? [];
   const routes = [...(data.data?.routes ?? [])].sort(
     (a, b) => a.listenerId.localeCompare(b.listenerId) || b.priority - a.priority,
   );
@@ -59,8 +63,10 @@ export function ProxyPage(props: { environment: string }) {
             <tr>
               <th scope="col">Name</th>
               <th scope="col">Address</th>
+              <th scope="col">Protocol</th>
               <th scope="col">Status</th>
               <th scope="col">Routes</th>
+              <th scope="col">Certificates</th>
               <th scope="col">
                 <span class="visually-hidden">Actions</span>
               </th>
@@ -74,9 +80,21 @@ export function ProxyPage(props: { environment: string }) {
                   {listener.bindAddress}:{listener.port}
                 </td>
                 <td>
+                  {listener.protocol ?? 'http'}
+                  {listener.hsts ? <span class="muted"> +HSTS</span> : null}
+                  {listener.redirectHttps ? <span class="muted"> → https</span> : null}
+                </td>
+                <td>
                   <ListenerStatus listener={listener} />
                 </td>
                 <td>{routes.filter((r) => r.listenerId === listener.id).length}</td>
+                <td>
+                  <CertificateMapping
+                    listener={listener}
+                    routes={routes.filter((r) => r.listenerId === listener.id)}
+                    certificates={certificates}
+                  />
+                </td>
                 <td class="row-actions">
                   <button
                     type="button"
@@ -158,6 +176,7 @@ export function ProxyPage(props: { environment: string }) {
 
       {listenerDialog ? (
         <ListenerDialog
+          certificates={certificates}
           api={api}
           listener={listenerDialog.listener}
           onClose={() => setListenerDialog(null)}
@@ -243,8 +262,69 @@ function numberOr(value: string): number | string {
   return value.trim() === '' || Number.isNaN(n) ? value : n;
 }
 
+/**
+ * Which certificate an https listener serves for each host its routes name
+ * (the SNI choice: exact host, then the longest `*.suffix`, then the
+ * listener's default), and the default itself.
+ */
+function CertificateMapping(props: {
+  listener: Listener;
+  routes: ProxyRoute[];
+  certificates: TlsCertificate[];
+}) {
+  if ((props.listener.protocol ?? 'http') !== 'https') return <span class="muted">—</span>;
+  const byId = (id: string | null | undefined) => props.certificates.find((c) => c.id === id) ?? null;
+  const fallback = byId(props.listener.defaultCertificateId);
+  const hosts = [...new Set(props.routes.map((r) => r.host).filter((h): h is string => !!h))];
+  return (
+    <ul class="plain" data-testid={`certificate-mapping-${props.listener.name}`}>
+      <li>
+        default:{' '}
+        {fallback ? (
+          <strong>{fallback.name}</strong>
+        ) : (
+          <span class="muted">none (unknown names refused)</span>
+        )}
+      </li>
+      {hosts.map((host) => {
+        const chosen = certificateFor(props.certificates, host) ?? fallback;
+        return (
+          <li key={host}>
+            <span class="mono">{host}</span> →{' '}
+            {chosen ? chosen.name : <Badge tone="warn">no certificate</Badge>}
+          </li>
+        );
+      })}
+    </ul>
+  );
+}
+
+/** The certificate whose hosts cover `host` (a route host may itself be `*.suffix`). */
+function certificateFor(certificates: TlsCertificate[], host: string): TlsCertificate | null {
+  const exact = certificates.find((c) => c.hosts.includes(host));
+  if (exact) return exact;
+  let best: TlsCertificate | null = null;
+  let bestLength = 0;
+  const name = host.startsWith('*.') ? `x${host.slice(1)}` : host;
+  for (const c of certificates) {
+    for (const h of c.hosts) {
+      if (
+        h.startsWith('*.') &&
+        name.endsWith(h.slice(1)) &&
+        name.length > h.length - 1 &&
+        h.length > bestLength
+      ) {
+        best = c;
+        bestLength = h.length;
+      }
+    }
+  }
+  return best;
+}
+
 function ListenerDialog(props: {
   api: Client;
+  certificates: TlsCertificate[];
   listener: Listener | null;
   onClose: () => void;
   onSaved: () => void;
@@ -254,19 +334,44 @@ function ListenerDialog(props: {
   const [bindAddress, setBindAddress] = useState(existing?.bindAddress ?? '0.0.0.0');
   const [port, setPort] = useState(existing ? String(existing.port) : '8080');
   const [enabled, setEnabled] = useState(existing?.enabled ?? true);
+  const [protocol, setProtocol] = useState(existing?.protocol ?? 'http');
+  const [defaultCertificateId, setDefaultCertificateId] = useState(existing?.defaultCertificateId ?? '');
+  const [redirectHttps, setRedirectHttps] = useState(existing?.redirectHttps ?? false);
+  const [hsts, setHsts] = useState(existing?.hsts ?? false);
   const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
   const [busy, setBusy] = useState(false);
   const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
     event.preventDefault();
     setBusy(true);
     setErrors(NO_ERRORS);
-    const body = { name, bindAddress, port: numberOr(port), enabled };
+    const https = protocol === 'https';
+    const body = {
+      name,
+      bindAddress,
+      port: numberOr(port),
+      enabled,
+      protocol,
+      defaultCertificateId: https && defaultCertificateId ? defaultCertificateId : null,
+      redirectHttps: !https && redirectHttps,
+      hsts: https && hsts,
+    };
     try {
       if (existing) await props.api.patch(`/api/v1/proxy/listeners/${encodeURIComponent(existing.id)}`, body);
       else await props.api.post('/api/v1/proxy/listeners', body);
       props.onSaved();
     } catch (err) {
-      setErrors(formErrors(err, ['name', 'bindAddress', 'port', 'enabled']));
+      setErrors(
+        formErrors(err, [
+          'name',
+          'bindAddress',
+          'port',
+          'enabled',
+          'protocol',
+          'defaultCertificateId',
+          'redirectHttps',
+          'hsts',
+        ]),
+      );
       setBusy(false);
     }
   };
@@ -293,6 +398,57 @@ function ListenerDialog(props: {
             onInput={(e) => setPort(e.currentTarget.value)}
           />
         </Field>
+        <Field label="Protocol" error={errors.field.protocol}>
+          <select
+            name="protocol"
+            value={protocol}
+            onChange={(e) => setProtocol(e.currentTarget.value as 'http' | 'https')}
+          >
+            <option value="http">http</option>
+            <option value="https">https (h2 and http/1.1)</option>
+          </select>
+        </Field>
+        {protocol === 'https' ? (
+          <>
+            <Field
+              label="Default certificate"
+              error={errors.field.defaultCertificateId}
+              hint="Served when no certificate names the requested host; with none, such names are refused."
+            >
+              <select
+                name="defaultCertificateId"
+                value={defaultCertificateId}
+                onChange={(e) => setDefaultCertificateId(e.currentTarget.value)}
+              >
+                <option value="">none</option>
+                {props.certificates.map((c) => (
+                  <option key={c.id} value={c.id}>
+                    {c.name} ({c.hosts.join(', ')})
+                  </option>
+                ))}
+              </select>
+            </Field>
+            <label class="field inline">
+              <input
+                name="hsts"
+                type="checkbox"
+                checked={hsts}
+                onChange={(e) => setHsts(e.currentTarget.checked)}
+              />{' '}
+              Send HSTS (Strict-Transport-Security)
+            </label>
+          </>
+        ) : (
+          <label class="field inline">
+            <input
+              name="redirectHttps"
+              type="checkbox"
+              checked={redirectHttps}
+              onChange={(e) => setRedirectHttps(e.currentTarget.checked)}
+            />{' '}
+            Redirect to https (ACME challenges still answered)
+          </label>
+        )}
         <label class="field inline">
           <input
             name="enabled"

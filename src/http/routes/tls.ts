@@ -14,92 +14,15 @@ import type { FastifyPluginAsync } from 'fastify';
 import { Type } from 'typebox';
 import type { AcmeAccountService } from '../../domain/acme-account-service.js';
 import type { CertificateService } from '../../domain/certificate-service.js';
-import { errorResponses, IdParams, NoContent, Nullable } from '../schemas/common.js';
-
-const Status = Type.Union(['pending', 'issuing', 'ready', 'renewing', 'error'].map((s) => Type.Literal(s)));
-const Source = Type.Union(['upload', 'file', 'self-signed', 'acme'].map((s) => Type.Literal(s)));
-const Challenge = Type.Union(['http-01', 'tls-alpn-01', 'dns-01'].map((s) => Type.Literal(s)));
-
-const CertificateSchema = Type.Object({
-  id: Type.String(),
-  name: Type.String(),
-  hosts: Type.Array(Type.String()),
-  source: Source,
-  status: Status,
-  fingerprintSha256: Nullable(Type.String()),
-  subject: Nullable(Type.String()),
-  issuer: Nullable(Type.String()),
-  notBefore: Nullable(Type.String()),
-  notAfter: Nullable(Type.String()),
-  lastError: Nullable(Type.String()),
-  nextRenewalAt: Nullable(Type.String({ description: 'next renewal, or the next attempt after an error' })),
-  certificateFile: Nullable(Type.String()),
-  privateKeyFile: Nullable(Type.String()),
-  validDays: Nullable(Type.Integer()),
-  acmeAccountId: Nullable(Type.String()),
-  challenge: Nullable(Challenge),
-  dnsProviderId: Nullable(Type.String()),
-  usedBy: Type.Array(Type.Object({ type: Type.Literal('listener'), id: Type.String(), name: Type.String() })),
-  createdAt: Type.String(),
-  updatedAt: Type.String(),
-});
-
-/** What a client sends; the service checks each field against the source (unknown fields refused). */
-const CertificateInput = Type.Object({
-  name: Type.Optional(Type.String({ maxLength: 128 })),
-  hosts: Type.Optional(Type.Array(Type.Unknown(), { maxItems: 1000 })),
-  source: Type.Optional(Source),
-  certificatePem: Type.Optional(Type.String({ maxLength: 256 * 1024 })),
-  privateKeyPem: Type.Optional(Type.String({ maxLength: 64 * 1024 })),
-  certificateFile: Type.Optional(Type.String({ maxLength: 4096 })),
-  privateKeyFile: Type.Optional(Type.String({ maxLength: 4096 })),
-  validDays: Type.Optional(Nullable(Type.Integer())),
-  acmeAccountId: Type.Optional(Type.String()),
-  challenge: Type.Optional(Challenge),
-  dnsProviderId: Type.Optional(Nullable(Type.String())),
-});
-
-const AccountSchema = Type.Object({
-  id: Type.String(),
-  name: Type.String(),
-  directoryUrl: Type.String(),
-  email: Nullable(Type.String()),
-  hasDirectoryCa: Type.Boolean(),
-  eabKid: Nullable(Type.String()),
-  accountUrl: Nullable(Type.String()),
-  createdAt: Type.String(),
-  updatedAt: Type.String(),
-});
-
-const AccountInput = Type.Object({
-  name: Type.String({ maxLength: 128 }),
-  directoryUrl: Type.String({
-    maxLength: 2048,
-    description: 'an https:// ACME directory URL, or `letsencrypt` / `letsencrypt-staging`',
-  }),
-  email: Type.Optional(Nullable(Type.String({ maxLength: 254 }))),
-  directoryCaPem: Type.Optional(Nullable(Type.String({ maxLength: 64 * 1024 }))),
-  eab: Type.Optional(
-    Nullable(Type.Object({ kid: Type.String({ maxLength: 512 }), hmacKey: Type.String({ maxLength: 512 }) })),
-  ),
-});
-
-const ProviderSchema = Type.Object({
-  id: Type.String(),
-  name: Type.String(),
-  type: Type.Literal('cloudflare'),
-  apiBaseUrl: Nullable(Type.String()),
-  hasApiToken: Type.Boolean(),
-  createdAt: Type.String(),
-  updatedAt: Type.String(),
-});
-
-const ProviderInput = Type.Object({
-  name: Type.String({ maxLength: 128 }),
-  type: Type.Literal('cloudflare'),
-  apiToken: Type.String({ maxLength: 1024 }),
-  apiBaseUrl: Type.Optional(Nullable(Type.String({ maxLength: 2048 }))),
-});
+import { errorResponses, IdParams, NoContent } from '../schemas/common.js';
+import {
+  AccountInput,
+  AccountSchema,
+  CertificateInput,
+  CertificateSchema,
+  ProviderInput,
+  ProviderSchema,
+} from '../schemas/tls.js';
 
 const One = Type.Object({ certificate: CertificateSchema });
 

@@ -1,0 +1,92 @@
+/**
+ * Schemas of the public TLS routes (DESIGN.md §8): certificates, ACME
+ * accounts and DNS providers, as the API answers them and as clients send
+ * them (the services check the inputs in detail).
+ */
+import { Type } from 'typebox';
+import { Nullable } from './common.js';
+
+export const CertificateStatus = Type.Enum(['pending', 'issuing', 'ready', 'renewing', 'error']);
+export const CertificateSource = Type.Enum(['upload', 'file', 'self-signed', 'acme']);
+export const AcmeChallenge = Type.Enum(['http-01', 'tls-alpn-01', 'dns-01']);
+
+export const CertificateSchema = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  hosts: Type.Array(Type.String()),
+  source: CertificateSource,
+  status: CertificateStatus,
+  fingerprintSha256: Nullable(Type.String()),
+  subject: Nullable(Type.String()),
+  issuer: Nullable(Type.String()),
+  notBefore: Nullable(Type.String()),
+  notAfter: Nullable(Type.String()),
+  lastError: Nullable(Type.String()),
+  nextRenewalAt: Nullable(Type.String({ description: 'next renewal, or the next attempt after an error' })),
+  certificateFile: Nullable(Type.String()),
+  privateKeyFile: Nullable(Type.String()),
+  validDays: Nullable(Type.Integer()),
+  acmeAccountId: Nullable(Type.String()),
+  challenge: Nullable(AcmeChallenge),
+  dnsProviderId: Nullable(Type.String()),
+  usedBy: Type.Array(Type.Object({ type: Type.Literal('listener'), id: Type.String(), name: Type.String() })),
+  createdAt: Type.String(),
+  updatedAt: Type.String(),
+});
+
+/** What a client sends; the service checks each field against the source (unknown fields refused). */
+export const CertificateInput = Type.Object({
+  name: Type.Optional(Type.String({ maxLength: 128 })),
+  hosts: Type.Optional(Type.Array(Type.Unknown(), { maxItems: 1000 })),
+  source: Type.Optional(CertificateSource),
+  certificatePem: Type.Optional(Type.String({ maxLength: 256 * 1024 })),
+  privateKeyPem: Type.Optional(Type.String({ maxLength: 64 * 1024 })),
+  certificateFile: Type.Optional(Type.String({ maxLength: 4096 })),
+  privateKeyFile: Type.Optional(Type.String({ maxLength: 4096 })),
+  validDays: Type.Optional(Nullable(Type.Integer())),
+  acmeAccountId: Type.Optional(Type.String()),
+  challenge: Type.Optional(AcmeChallenge),
+  dnsProviderId: Type.Optional(Nullable(Type.String())),
+});
+
+export const AccountSchema = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  directoryUrl: Type.String(),
+  email: Nullable(Type.String()),
+  hasDirectoryCa: Type.Boolean(),
+  eabKid: Nullable(Type.String()),
+  accountUrl: Nullable(Type.String()),
+  createdAt: Type.String(),
+  updatedAt: Type.String(),
+});
+
+export const AccountInput = Type.Object({
+  name: Type.String({ maxLength: 128 }),
+  directoryUrl: Type.String({
+    maxLength: 2048,
+    description: 'an https:// ACME directory URL, or `letsencrypt` / `letsencrypt-staging`',
+  }),
+  email: Type.Optional(Nullable(Type.String({ maxLength: 254 }))),
+  directoryCaPem: Type.Optional(Nullable(Type.String({ maxLength: 64 * 1024 }))),
+  eab: Type.Optional(
+    Nullable(Type.Object({ kid: Type.String({ maxLength: 512 }), hmacKey: Type.String({ maxLength: 512 }) })),
+  ),
+});
+
+export const ProviderSchema = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  type: Type.Literal('cloudflare'),
+  apiBaseUrl: Nullable(Type.String()),
+  hasApiToken: Type.Boolean(),
+  createdAt: Type.String(),
+  updatedAt: Type.String(),
+});
+
+export const ProviderInput = Type.Object({
+  name: Type.String({ maxLength: 128 }),
+  type: Type.Literal('cloudflare'),
+  apiToken: Type.String({ maxLength: 1024 }),
+  apiBaseUrl: Type.Optional(Nullable(Type.String({ maxLength: 2048 }))),
+});

@@ -1,0 +1,265 @@
+/**
+ * The TLS page and the listener certificate mapping in a real browser:
+ * uploads with field errors, self-signed certificates, an ACME order against
+ * a real pebble through the account sub-dialog (and one that fails, with
+ * its cause shown), an https listener with its default certificate on the
+ * Proxy page, and the same page relayed to a remote environment.
+ */
+import type { Browser, Page } from 'playwright-core';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createCertificate } from '../../src/tls/certificates.js';
+import {
+  buildConsoleOnce,
+  type ConsolePage,
+  launchBrowser,
+  openConsole,
+  screenshot,
+} from '../helpers/browser.js';
+import { type Pebble, startPebble } from '../helpers/pebble.js';
+import { startTestServer, type TestServer } from '../helpers/server.js';
+import { freePort } from '../integration/proxy-helpers.js';
+
+let browser: Browser;
+let control: TestServer;
+let remote: TestServer;
+let controlCookie: string;
+let remoteCookie: string;
+let tab: ConsolePage;
+
+beforeAll(async () => {
+  [browser] = await Promise.all([launchBrowser(), buildConsoleOnce()]);
+  const tls = { checkIntervalMs: 100, retryBaseMs: 60_000, dnsPropagationMs: 0 };
+  [control, remote] = await Promise.all([
+    startTestServer({ config: { tls } }),
+    startTestServer({ config: { tls } }),
+  ]);
+  [controlCookie, remoteCookie] = await Promise.all([control.setupAdmin(), remote.setupAdmin()]);
+});
+
+afterAll(async () => {
+  await Promise.all([control?.close(), remote?.close()]);
+  await browser?.close();
+});
+
+beforeEach(async () => {
+  tab = await openConsole(browser, control.url, { session: controlCookie });
+});
+
+afterEach(async () => {
+  await tab?.context.close();
+});
+
+// biome-ignore lint/suspicious/noExplicitAny: test responses are inspected freely
+async function ok(response: Promise<{ status: number; text: string; json: any }>): Promise<any> {
+  const res = await response;
+  if (res.status < 200 || res.status > 299) throw new Error(`${res.status} ${res.text}`);
+  return res.json;
+}
+
+async function openTls(page: Page): Promise<void> {
+  await page.goto('/');
+  await page.getByRole('link', { name: 'TLS' }).click();
+  await page.getByRole('heading', { name: 'Certificates' }).waitFor();
+}
+
+describe('console: TLS', () => {
+  it('adds uploaded and self-signed certificates, shows field errors, and maps them on the Proxy page', async () => {
+    const { page } = tab;
+    await openTls(page);
+    await page.getByRole('button', { name: 'Add certificate' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Add certificate' });
+    await dialog.getByLabel('Source').selectOption('upload');
+    await dialog.getByLabel('Name').fill('uploaded');
+    await dialog.getByLabel('Certificate chain (PEM, leaf first)').fill('not a certificate');
+    await dialog.getByLabel('Private key (PEM)').fill('not a key');
+    await dialog.getByRole('button', { name: 'Save' }).click();
+    await dialog
+      .locator('.field.invalid')
+      .filter({ has: page.getByLabel('Certificate chain (PEM, leaf first)') })
+      .getByText(/no PEM certificate/)
+      .waitFor();
+    const cert = await createCertificate({ altNames: ['upload.test'] });
+    await dialog.getByLabel('Certificate chain (PEM, leaf first)').fill(cert.cert);
+    await dialog.getByLabel('Private key (PEM)').fill(cert.key);
+    await dialog.getByRole('button', { name: 'Save' }).click();
+    await dialog.waitFor({ state: 'detached' });
+    const uploaded = page.getByTestId('certificate-uploaded');
+    await uploaded.getByText('ready').waitFor();
+    await uploaded.locator('td.mono', { hasText: 'upload.test' }).waitFor();
+    expect(await uploaded.textContent()).toMatch(/in 36[45] d/);
+
+    await page.getByRole('button', { name: 'Add certificate' }).click();
+    await dialog.getByLabel('Source').selectOption('self-signed');
+    await dialog.getByLabel('Name').fill('internal');
+    await dialog.getByLabel('Hosts').fill('internal.test, *.internal.test');
+    await dialog.getByLabel('Valid days').fill('30');
+    await dialog.getByRole('button', { name: 'Save' }).click();
+    await dialog.waitFor({ state: 'detached' });
+    const internal = page.getByTestId('certificate-internal');
+    await internal.getByText('ready').waitFor();
+    expect(await internal.textContent()).toContain('internal.test, *.internal.test');
+    await internal.getByText(/renews in 20 d/).waitFor();
+    await screenshot(page, 'tls-certificates');
+
+    // An https listener with a default certificate, and a route host the other one covers.
+    const port = await freePort();
+    await page.getByRole('link', { name: 'Proxy' }).click();
+    await page.getByRole('button', { name: 'Add listener' }).click();
+    const listenerDialog = page.getByRole('dialog', { name: 'Add listener' });
+    await listenerDialog.getByLabel('Name').fill('secure');
+    await listenerDialog.getByLabel('Bind address').fill('127.0.0.1');
+    await listenerDialog.getByLabel('Port').fill(String(port));
+    await listenerDialog.getByLabel('Protocol').selectOption('https');
+    await listenerDialog.getByLabel('Default certificate').selectOption({ label: 'uploaded (upload.test)' });
+    await listenerDialog.getByLabel('Send HSTS (Strict-Transport-Security)').check();
+    await listenerDialog.getByRole('button', { name: 'Save' }).click();
+    await listenerDialog.waitFor({ state: 'detached' });
+    const listeners = page.getByTestId('listeners-table');
+    await listeners.getByText('running').waitFor();
+    const listener = (await ok(control.request('GET', '/api/v1/proxy/listeners', { cookie: controlCookie })))
+      .listeners[0];
+    expect(listener).toMatchObject({ protocol: 'https', hsts: true });
+    await ok(
+      control.request('POST', '/api/v1/proxy/routes', {
+        cookie: controlCookie,
+        body: {
+          listenerId: listener.id,
+          host: 'app.internal.test',
+          target: { type: 'static', status: 200, body: 'x' },
+        },
+      }),
+    );
+    await page.reload();
+    const mapping = page.getByTestId('certificate-mapping-secure');
+    await mapping.getByText('uploaded').waitFor();
+    await mapping.getByText(/app\.internal\.test → internal/).waitFor();
+    await screenshot(page, 'proxy-certificate-mapping');
+
+    // The default certificate cannot be deleted while the listener uses it.
+    await page.getByRole('link', { name: 'TLS' }).click();
+    await uploaded.getByRole('button', { name: 'Delete uploaded' }).click();
+    const confirm = page.getByTestId('confirm-dialog');
+    await confirm.getByRole('button', { name: 'Delete' }).click();
+    await confirm.getByText(/default of listener "secure"/).waitFor();
+    await confirm.getByRole('button', { name: 'Cancel' }).click();
+    expect(tab.errors).toEqual([]);
+  });
+
+  it('orders a certificate from a real ACME directory through the account sub-dialog, and shows a failed order with its cause', async () => {
+    const httpPort = await freePort();
+    const tlsPort = await freePort();
+    let pebble: Pebble | undefined;
+    try {
+      pebble = await startPebble({ httpPort, tlsPort });
+      await ok(
+        control.request('POST', '/api/v1/proxy/listeners', {
+          cookie: controlCookie,
+          body: { name: 'acme-http', bindAddress: '127.0.0.1', port: httpPort },
+        }),
+      );
+      const { page } = tab;
+      await openTls(page);
+      await page.getByRole('button', { name: 'Add certificate' }).click();
+      const dialog = page.getByRole('dialog', { name: 'Add certificate' });
+      await dialog.getByLabel('Source').selectOption('acme');
+      await dialog.getByLabel('Name').fill('site');
+      await dialog.getByLabel('Hosts').fill('www.console.test');
+      await dialog.getByRole('button', { name: 'New account…' }).click();
+      const account = page.getByRole('dialog', { name: 'Add ACME account' });
+      await account.getByLabel('Account name').fill('pebble');
+      await account.getByLabel('Directory', { exact: true }).selectOption('custom');
+      // A directory that is not there: the error lands at the URL.
+      await account.getByLabel('Directory URL').fill(`https://127.0.0.1:${await freePort()}/dir`);
+      await account.getByRole('button', { name: 'Register account' }).click();
+      await account
+        .locator('.field.invalid')
+        .filter({ has: page.getByLabel('Directory URL') })
+        .getByText(/could not be reached/)
+        .waitFor({ timeout: 20_000 });
+      await account.getByLabel('Directory URL').fill(pebble.directoryUrl);
+      await account.getByLabel('Directory CA (PEM)').fill(pebble.directoryCaPem);
+      await account.getByRole('button', { name: 'Register account' }).click();
+      await account.waitFor({ state: 'detached' });
+      expect(await dialog.getByLabel('ACME account').locator('option:checked').textContent()).toBe('pebble');
+      await dialog.getByLabel('Challenge').selectOption('http-01');
+      await dialog.getByRole('button', { name: 'Order certificate' }).click();
+      await dialog.waitFor({ state: 'detached' });
+      const site = page.getByTestId('certificate-site');
+      await site
+        .getByText('ready')
+        .waitFor({ timeout: 30_000 })
+        .catch(async (err) => {
+          const state = await control.request('GET', '/api/v1/tls/certificates', { cookie: controlCookie });
+          throw new Error(`${err}\n${state.text}\n${pebble?.output().slice(-1500)}`);
+        });
+      await site.getByText(/Pebble/).waitFor();
+
+      // tls-alpn-01 with no https listener where the CA looks: error, with the cause in words.
+      await page.getByRole('button', { name: 'Add certificate' }).click();
+      await dialog.getByLabel('Source').selectOption('acme');
+      await dialog.getByLabel('Name').fill('failing');
+      await dialog.getByLabel('Hosts').fill('fail.console.test');
+      await dialog.getByLabel('Challenge').selectOption('tls-alpn-01');
+      await dialog.getByRole('button', { name: 'Order certificate' }).click();
+      await dialog.waitFor({ state: 'detached' });
+      const failing = page.getByTestId('certificate-failing');
+      await failing.getByText('error').first().waitFor({ timeout: 30_000 });
+      expect(await failing.getByTestId('last-error').textContent()).toMatch(
+        /tls-alpn-01 authorization for fail\.console\.test failed/,
+      );
+      await failing.getByText(/next attempt in/).waitFor();
+      await screenshot(page, 'tls-acme');
+      expect(tab.errors).toEqual([]);
+    } finally {
+      await pebble?.close();
+    }
+  }, 90_000);
+
+  it('works on a remote environment: its certificates, created there', async () => {
+    const remoteToken = await remote.createToken(remoteCookie, 'tls-console-access');
+    await ok(
+      remote.request('POST', '/api/v1/tls/certificates', {
+        cookie: remoteCookie,
+        body: { name: 'only-on-remote', source: 'self-signed', hosts: ['remote.test'] },
+      }),
+    );
+    const env = (
+      await ok(
+        control.request('POST', '/api/v1/environments', {
+          cookie: controlCookie,
+          body: { name: 'remote-tls', url: remote.url, transport: 'direct', accessToken: remoteToken },
+        }),
+      )
+    ).environment;
+    const discovered = await ok(
+      control.request('POST', `/api/v1/environments/${env.id}/discover`, { cookie: controlCookie }),
+    );
+    await ok(
+      control.request('POST', `/api/v1/environments/${env.id}/trust`, {
+        cookie: controlCookie,
+        body: { fingerprintSha256: discovered.certificate.fingerprintSha256 },
+      }),
+    );
+    const { page } = tab;
+    await page.goto('/');
+    await page.getByLabel('Environment').selectOption({ label: 'remote-tls · TRUSTED' });
+    await page.getByTestId('scope').getByText('remote-tls').waitFor();
+    await page.getByRole('link', { name: 'TLS' }).click();
+    await page.getByTestId('certificate-only-on-remote').getByText('ready').waitFor();
+    expect(await page.getByTestId('certificates-table').textContent()).not.toContain('uploaded');
+
+    await page.getByRole('button', { name: 'Add certificate' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Add certificate' });
+    await dialog.getByLabel('Source').selectOption('self-signed');
+    await dialog.getByLabel('Name').fill('made-from-control');
+    await dialog.getByLabel('Hosts').fill('made.remote.test');
+    await dialog.getByRole('button', { name: 'Save' }).click();
+    await dialog.waitFor({ state: 'detached' });
+    await page.getByTestId('certificate-made-from-control').getByText('ready').waitFor();
+    const onRemote = await ok(remote.request('GET', '/api/v1/tls/certificates', { cookie: remoteCookie }));
+    expect(onRemote.certificates.map((c: { name: string }) => c.name)).toContain('made-from-control');
+    const onControl = await ok(control.request('GET', '/api/v1/tls/certificates', { cookie: controlCookie }));
+    expect(onControl.certificates.map((c: { name: string }) => c.name)).not.toContain('made-from-control');
+    expect(tab.errors).toEqual([]);
+  });
+});
