@@ -10,7 +10,7 @@
  *   npm run bench -- --only=peers-rss --rss-minutes=10   a longer RSS run
  *
  * Groups: latency, throughput, streaming, trace-delivery, hub-scale, codec,
- * tracing, peers, peers-rss (5 minutes at full load: left out of a quick run
+ * tracing, tls, peers, peers-rss (5 minutes at full load: left out of a quick run
  * unless named with --only).
  */
 import { writeFile } from 'node:fs/promises';
@@ -21,6 +21,7 @@ import { type BenchRow, machineInfo, renderTable } from './harness.js';
 import { benchHubScale } from './hub-scale.js';
 import { benchPeers, benchPeersRss } from './peers.js';
 import { benchRelay } from './relay.js';
+import { benchTls } from './tls.js';
 import { benchTracing, tracingRows } from './tracing.js';
 
 export const GROUPS = [
@@ -31,6 +32,7 @@ export const GROUPS = [
   'hub-scale',
   'codec',
   'tracing',
+  'tls',
   'peers',
   'peers-rss',
 ] as const;
@@ -78,6 +80,13 @@ export async function runBenchmarks(options: RunOptions = {}): Promise<BenchRow[
     rows.push(...(await benchCodec({ repetitions, ...(quick ? { budgetMs: 50 } : {}) })));
   if (only.includes('tracing')) {
     rows.push(...tracingRows(await benchTracing(quick ? { requests: 300, rounds: 1 } : {})));
+  }
+  if (only.includes('tls')) {
+    rows.push(
+      ...(await benchTls(
+        quick ? { requests: 300, handshakes: 60, rounds: 1, certificates: 100 } : { rounds: repetitions },
+      )),
+    );
   }
   const log = options.log ?? (() => {});
   if (only.includes('peers')) {
