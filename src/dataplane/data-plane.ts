@@ -34,6 +34,7 @@ import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { ListenerRecord, RouteRecord, TemplateRecord } from '../storage/schema.js';
 import { SniIndex } from '../tls/sni-index.js';
+import { createAcmeStage } from './acme-stage.js';
 import { ResponseCache } from './cache/response-cache.js';
 import { HttpsListener, type KeyPair, secureContextOf } from './https-listener.js';
 import {
@@ -113,6 +114,13 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
   #certificates = new Map<string, LoadedCertificate>();
   #sni = new SniIndex<LoadedCertificate>([]);
   readonly #http01 = new Map<string, string>();
+  /** http listeners with `redirectHttps` → the https port to send them to (null = 443). */
+  readonly #redirects = new Map<string, number | null>();
+  readonly #acmeStage = createAcmeStage({
+    http01: (token) => this.#http01.get(token) ?? null,
+    redirectPort: (listenerId) =>
+      this.#redirects.has(listenerId) ? this.#redirects.get(listenerId)! : undefined,
+  });
   readonly #tlsAlpn01 = new Map<string, SecureContext>();
 
   constructor(options: DataPlaneOptions) {
@@ -147,7 +155,6 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
       defaultTimeoutMs: options.upstreamTimeoutMs ?? DEFAULT_UPSTREAM_TIMEOUT_MS,
       templates: () => this.#templates,
       listenerErrorTemplate: (listenerId) => this.#running.get(listenerId)?.record.errorTemplateId ?? null,
-      acmeHttp01: (token) => (this.#http01.size === 0 ? null : (this.#http01.get(token) ?? null)),
       ...(this.cache ? { cache: this.cache } : {}),
     };
   }
@@ -190,6 +197,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
   setHttp01Challenge(token: string, keyAuthorization: string | null): void {
     if (keyAuthorization === null) this.#http01.delete(token);
     else this.#http01.set(token, keyAuthorization);
+    this.#refreshAcmeStage();
   }
 
   setTlsAlpn01Challenge(host: string, certificate: { cert: string; key: string } | null): void {
@@ -395,18 +403,24 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
       const port = boundPort(other.server);
       if (httpsPort === null || port === 443 || (httpsPort !== 443 && port < httpsPort)) httpsPort = port;
     }
+    this.#redirects.clear();
     for (const running of this.#running.values()) {
       const record = running.record;
       const trustedProxies = trustedProxyList(record.trustedProxies);
       running.options = {
-        ...(running.https
-          ? { hsts: record.hsts === true }
-          : record.redirectHttps === true
-            ? { redirectHttpsPort: httpsPort }
-            : {}),
+        ...(running.https ? { hsts: record.hsts === true } : {}),
         ...(trustedProxies ? { trustedProxies } : {}),
       };
+      if (!running.https && record.redirectHttps === true) this.#redirects.set(record.id, httpsPort);
     }
+    this.#refreshAcmeStage();
+  }
+
+  /** The `acme` stage is in the pipeline only while a challenge is pending or a listener redirects. */
+  #refreshAcmeStage(): void {
+    const needed = this.#http01.size > 0 || this.#redirects.size > 0;
+    if (needed === this.#slots.has('acme')) return;
+    this.setStage('acme', needed ? this.#acmeStage : null);
   }
 
   #closeRunning(running: RunningListener): void {

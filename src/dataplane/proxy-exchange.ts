@@ -21,10 +21,9 @@
  * HTTP/1.1 and HTTP/2 (an https listener's `h2`, through node:http2's
  * compatibility API) are handled the same: the h2 `:authority` stands for
  * `Host`, pseudo-headers are never forwarded, and split `cookie` fields are
- * joined into one. Before routing, a pending ACME HTTP-01 token under
- * `/.well-known/acme-challenge/` is answered, then an http listener with
- * `redirectHttps` answers 308 to the same URL on https; an https listener
- * with `hsts` adds `Strict-Transport-Security` to every answer.
+ * joined into one. An https listener with `hsts` adds
+ * `Strict-Transport-Security` to every answer (ACME challenges and the
+ * https redirect are the pipeline's `acme` stage, see acme-stage.ts).
  *
  * Failures: no route → 404 (`no_route`); upstream refused/reset/DNS/TLS →
  * 502; upstream timeout → 504; a failure after the response started cuts
@@ -75,8 +74,6 @@ export interface ExchangeContext {
   templates(): ReadonlyMap<string, CompiledTemplate>;
   /** The error template of a listener, or null. */
   listenerErrorTemplate(listenerId: string): string | null;
-  /** The key authorization for a pending ACME HTTP-01 token, or null when none is pending. */
-  readonly acmeHttp01?: (token: string) => string | null;
   /** The response cache, when there is one. */
   readonly cache?: ResponseCache;
 }
@@ -85,11 +82,6 @@ export interface ExchangeContext {
 export interface ExchangeOptions {
   /** Add `Strict-Transport-Security` (https listeners). */
   readonly hsts?: boolean;
-  /**
-   * Answer 308 to the same URL on https (http listeners with `redirectHttps`):
-   * to this port, or the default one (443) when null. Undefined: no redirect.
-   */
-  readonly redirectHttpsPort?: number | null;
   /**
    * Peers whose `Forwarded`, `X-Forwarded-*` and `X-Real-IP` are kept (the
    * listener's `trustedProxies`); absent = none, they are dropped.
@@ -108,7 +100,6 @@ function routedHost(host: string | null, authority: string | undefined): string 
 export type ExchangeRequest = IncomingMessage | Http2ServerRequest;
 export type ExchangeResponse = ServerResponse | Http2ServerResponse;
 
-export const ACME_CHALLENGE_PREFIX = '/.well-known/acme-challenge/';
 /** One year; sent when a listener has `hsts`. */
 export const HSTS_VALUE = 'max-age=31536000';
 
@@ -354,24 +345,6 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
   run(): void {
     if (!this.#parseTarget()) {
       this.#respond(400, 'bad request\n');
-      return;
-    }
-    if (this.#context.acmeHttp01 && this.path.startsWith(ACME_CHALLENGE_PREFIX)) {
-      const answer = this.#context.acmeHttp01(this.path.slice(ACME_CHALLENGE_PREFIX.length));
-      if (answer !== null) {
-        this.target = 'acme http-01';
-        this.#drainRequest();
-        this.#send(200, ['content-type', 'application/octet-stream'], Buffer.from(answer));
-        return;
-      }
-    }
-    const redirectPort = this.#options.redirectHttpsPort;
-    if (redirectPort !== undefined && !this.#secure && this.host !== null) {
-      const port = redirectPort === null || redirectPort === 443 ? '' : `:${redirectPort}`;
-      const location = `https://${this.host}${port}${this.path}${this.query === '' ? '' : `?${this.query}`}`;
-      this.target = `redirect 308 ${location}`;
-      this.#drainRequest();
-      this.#send(308, ['location', location], null);
       return;
     }
     this.#runStages(0);

@@ -543,6 +543,9 @@ export class CertificateService {
         record.privateKeySealed = this.#secrets.seal(SEAL_KEY, id, material.privateKeyPem);
         live = liveOf(material);
       }
+      // Serve first, then record: whoever sees `ready` gets the new certificate on the next handshake.
+      this.#live.set(id, live);
+      this.#publish();
       const saved = await this.#patch(id, (r) => {
         Object.assign(r, {
           certificatePem: record.certificatePem,
@@ -558,9 +561,10 @@ export class CertificateService {
           nextRenewalAt: record.nextRenewalAt,
         });
       });
-      if (saved) {
-        this.#live.set(id, live);
+      if (!saved) {
+        this.#live.delete(id);
         this.#publish();
+      } else {
         this.#logger?.info(
           { certificateId: id },
           `certificate "${record.name}" issued, valid until ${record.notAfter}`,
@@ -627,9 +631,9 @@ export class CertificateService {
       return;
     }
     const changed = this.#live.get(record.id)?.fingerprintSha256 !== material.fingerprintSha256;
-    await this.#patch(record.id, (r) => this.#applyMaterial(r, material, null));
     this.#live.set(record.id, liveOf(material));
     if (changed) this.#publish();
+    await this.#patch(record.id, (r) => this.#applyMaterial(r, material, null));
   }
 
   async #pollFiles(): Promise<void> {
