@@ -10,7 +10,7 @@
  *   npm run bench -- --only=peers-rss --rss-minutes=10   a longer RSS run
  *
  * Groups: latency, throughput, streaming, trace-delivery, hub-scale, codec,
- * tracing, tls, peers, peers-rss (5 minutes at full load: left out of a quick run
+ * tracing, tls, policies, peers, peers-rss (5 minutes at full load: left out of a quick run
  * unless named with --only).
  */
 import { writeFile } from 'node:fs/promises';
@@ -20,6 +20,7 @@ import { benchCodec } from './codec.js';
 import { type BenchRow, machineInfo, renderTable } from './harness.js';
 import { benchHubScale } from './hub-scale.js';
 import { benchPeers, benchPeersRss } from './peers.js';
+import { benchPolicies } from './policies.js';
 import { benchRelay } from './relay.js';
 import { benchTls } from './tls.js';
 import { benchTracing, tracingRows } from './tracing.js';
@@ -33,6 +34,7 @@ export const GROUPS = [
   'codec',
   'tracing',
   'tls',
+  'policies',
   'peers',
   'peers-rss',
 ] as const;
@@ -87,6 +89,9 @@ export async function runBenchmarks(options: RunOptions = {}): Promise<BenchRow[
         quick ? { requests: 300, handshakes: 60, rounds: 1, certificates: 100 } : { rounds: repetitions },
       )),
     );
+  }
+  if (only.includes('policies')) {
+    rows.push(...(await benchPolicies(quick ? { requests: 300, rounds: 1, seconds: 2 } : {})));
   }
   const log = options.log ?? (() => {});
   if (only.includes('peers')) {
