@@ -35,6 +35,7 @@ import type { Logger } from '../logger.js';
 import type { ListenerRecord, RouteRecord, TemplateRecord } from '../storage/schema.js';
 import { SniIndex } from '../tls/sni-index.js';
 import { createAcmeStage } from './acme-stage.js';
+import { createCacheStage } from './cache/cache-stage.js';
 import { ResponseCache } from './cache/response-cache.js';
 import { HttpsListener, type KeyPair, secureContextOf } from './https-listener.js';
 import {
@@ -146,6 +147,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
         : new ResponseCache({
             dataDir: options.dataDir,
             logger: options.logger.child({ component: 'cache' }),
+            onConfigure: () => this.#installCacheStage(),
           });
     this.#context = {
       dispatcher: this.#agent,
@@ -155,7 +157,6 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
       defaultTimeoutMs: options.upstreamTimeoutMs ?? DEFAULT_UPSTREAM_TIMEOUT_MS,
       templates: () => this.#templates,
       listenerErrorTemplate: (listenerId) => this.#running.get(listenerId)?.record.errorTemplateId ?? null,
-      ...(this.cache ? { cache: this.cache } : {}),
     };
   }
 
@@ -353,6 +354,21 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
       this.#slots.delete(slot);
     } else this.#slots.set(slot, stage);
     this.#pipeline = buildPipeline(this.#slots);
+  }
+
+  /** (Re)installs the cache stage after the cache's configuration changed. */
+  #installCacheStage(): void {
+    const cache = this.cache;
+    if (!cache) return;
+    this.setStage(
+      'cache',
+      createCacheStage({
+        cache,
+        dispatcher: this.#agent,
+        defaultTimeoutMs: this.#context.defaultTimeoutMs,
+        listenerErrorTemplate: this.#context.listenerErrorTemplate,
+      }),
+    );
   }
 
   /** The pipeline new requests run through (tests and the policy tester read it). */

@@ -62,6 +62,12 @@ export interface PipelineRequest {
   readonly startedAt: number;
   /** Adds a header to whatever answer the client gets (proxied or answered by a stage). */
   addResponseHeader(name: string, value: string): void;
+  /**
+   * The headers the target request carries (hop-by-hop dropped, forwarding
+   * headers by the listener's rules), without `drop`, with `set`: for a stage
+   * that asks the upstream itself (the cache). Absent outside the exchange.
+   */
+  upstreamHeaders?(drop?: readonly string[], set?: Readonly<Record<string, string>>): string[];
   /** Records a decision in the trace event's `policy` list. */
   recordDecision(stage: PolicyStageName, rule: string, action: string): void;
   /** Per-request scratch space shared between hooks of the same stage (keyed by stage). */

@@ -37,7 +37,7 @@ import { performance } from 'node:perf_hooks';
 import { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { Dispatcher } from 'undici';
-import type { CacheResult } from '../domain/cache-types.js';
+import { CACHE_NOTE, type CacheResult, UPSTREAM_MS_NOTE } from '../domain/cache-types.js';
 import {
   type CompiledTemplate,
   type RenderedResponse,
@@ -45,7 +45,6 @@ import {
   type TemplateValues,
 } from '../domain/template-render.js';
 import type { PolicyDecision, PolicyStageName, TraceErrorKind, TraceTls } from '../domain/traffic-types.js';
-import type { CacheClient, CacheLookup, Origin, ResponseCache } from './cache/response-cache.js';
 import {
   type BodyTransform,
   type ChunkSink,
@@ -74,8 +73,6 @@ export interface ExchangeContext {
   templates(): ReadonlyMap<string, CompiledTemplate>;
   /** The error template of a listener, or null. */
   listenerErrorTemplate(listenerId: string): string | null;
-  /** The response cache, when there is one. */
-  readonly cache?: ResponseCache;
 }
 
 /** What the listener a request arrived on asks of its answers. */
@@ -232,8 +229,6 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
   responseHeaders: (string | Buffer)[] | null = null;
   readonly tls: TraceTls | null;
   policy: PolicyDecision[] | null = null;
-  /** The cache's part in this request (trace `cache`), or null when it had none. */
-  cache: CacheResult | null = null;
 
   readonly #context: ExchangeContext;
   readonly #pipeline: Pipeline;
@@ -254,8 +249,6 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
   #upstreamDone = false;
   #id: string | null = null;
   #route: CompiledRoute | null = null;
-  /** Cache-Status of a request the cache let pass (bypass). */
-  #cacheStatus: string | null = null;
 
   // Both request kinds are driven through the HTTP/1 types: node:http2's compatibility objects
   // offer the same members this class uses (headers, rawHeaders, url, socket, streaming, writeHead
@@ -313,6 +306,11 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
 
   get headers(): IncomingHttpHeaders {
     return this.#req.headers;
+  }
+
+  /** The cache stage's part in this request (trace `cache`), or null when it had none. */
+  get cache(): CacheResult | null {
+    return (this.#notes?.get(CACHE_NOTE) as CacheResult | undefined) ?? null;
   }
 
   get notes(): Map<string, unknown> {
@@ -376,7 +374,11 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
   }
 
   #afterStage(decision: StageDecision, index: number): void {
-    if (this.#clientGone) return;
+    if (this.#clientGone) {
+      // Nobody will read a streamed answer: let its producer stop.
+      if (decision !== CONTINUE && decision.body instanceof Readable) decision.body.destroy();
+      return;
+    }
     if (decision === CONTINUE) this.#runStages(index + 1);
     else this.#answer(decision);
   }
@@ -478,29 +480,8 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
       this.#respond(405, 'method not allowed\n');
       return;
     }
-    const cache = this.#context.cache;
-    if (cache) {
-      const lookup = cache.lookup({
-        method: this.method,
-        host: this.host,
-        path: this.path,
-        query: this.query,
-        headers: this.#req.headers,
-        routeId: route.id,
-        listenerId: this.listenerId,
-        clientIp: this.clientIp,
-      });
-      if (lookup?.kind === 'cacheable') {
-        this.#forwardCached(route, cache, lookup);
-        return;
-      }
-      if (lookup?.kind === 'bypass') {
-        this.cache = 'BYPASS';
-        this.#cacheStatus = lookup.cacheStatus;
-      }
-    }
     const timeout = target.timeoutMs ?? this.#context.defaultTimeoutMs;
-    const headers = this.#forwardedHeaders();
+    const headers = this.upstreamHeaders();
     const length = this.#req.headers['content-length'];
     const hasBody =
       this.#req.headers['transfer-encoding'] !== undefined ||
@@ -535,85 +516,13 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
   }
 
   /**
-   * Answers through the response cache: from the store, or from the origin
-   * (asked with undici's request API) while the body is stored. An origin
-   * failure with nothing sent is answered like any upstream failure.
-   */
-  #forwardCached(
-    route: CompiledRoute,
-    cache: ResponseCache,
-    lookup: Extract<CacheLookup, { kind: 'cacheable' }>,
-  ): void {
-    const target = route.target;
-    if (target.type !== 'upstream') return;
-    const timeout = target.timeoutMs ?? this.#context.defaultTimeoutMs;
-    const path = target.basePath + this.path + (this.query === '' ? '' : `?${this.query}`);
-    const origin: Origin = async ({ method, set, drop }) => {
-      const response = await this.#context.dispatcher.request({
-        origin: target.origin,
-        path,
-        method,
-        headers: this.#forwardedHeaders(drop, set),
-        headersTimeout: timeout,
-        bodyTimeout: timeout,
-      });
-      // A body given up on (destroyed) reports an abort error nobody needs to hear.
-      response.body.on('error', () => {});
-      return { status: response.statusCode, headers: response.headers, body: response.body };
-    };
-    const res = this.#res;
-    const client: CacheClient = {
-      head: (status, headers, info) => {
-        this.cache = info.result;
-        if (info.upstreamMs !== null) this.upstreamMs = info.upstreamMs;
-        if (this.#clientGone || res.headersSent) return;
-        try {
-          res.writeHead(status, headers);
-          this.responseHeaders = headers;
-        } catch (err) {
-          res.destroy(err as Error);
-        }
-      },
-      write: (chunk) => {
-        if (this.#clientGone || res.destroyed) return Promise.resolve();
-        if (this.method !== 'HEAD') this.bytesOut += chunk.length;
-        if (res.write(chunk)) return Promise.resolve();
-        return new Promise<void>((resolve) => {
-          const done = () => {
-            res.off('drain', done);
-            res.off('close', done);
-            resolve();
-          };
-          res.on('drain', done);
-          res.on('close', done);
-        });
-      },
-      end: () => {
-        if (!this.#clientGone) res.end();
-      },
-      abort: (err) => {
-        this.error = 'upstream_aborted';
-        res.destroy(err);
-      },
-      get gone() {
-        return res.destroyed || res.writableEnded;
-      },
-    };
-    void cache.serve(lookup, origin, client).then((outcome) => {
-      this.cache ??= outcome.result;
-      this.#upstreamDone = true;
-      if (outcome.error !== null) this.onResponseError(null, outcome.error as Error);
-    });
-  }
-
-  /**
    * Request headers for the upstream: without `drop` (lower-case names), with
    * `set` added. Client-sent `Forwarded`, `X-Forwarded-*` and `X-Real-IP` pass
    * only from a peer in the listener's `trustedProxies` (its X-Forwarded-For is
    * then extended); from anyone else they are dropped and set afresh, with
    * `X-Forwarded-Host` the host the route matched.
    */
-  #forwardedHeaders(drop: readonly string[] = [], set: Record<string, string> = {}): string[] {
+  upstreamHeaders(drop: readonly string[] = [], set: Readonly<Record<string, string>> = {}): string[] {
     const raw = this.#req.rawHeaders;
     const named = connectionTokens(this.#req.headers);
     const trusted = this.#fromTrustedProxy();
@@ -692,7 +601,6 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     }
     if (this.#options.hsts === true && headers['strict-transport-security'] === undefined)
       list.push('strict-transport-security', HSTS_VALUE);
-    if (this.#cacheStatus !== null) list.push('cache-status', this.#cacheStatus);
     try {
       this.#writeHead(statusCode, list, false);
     } catch (err) {
@@ -917,6 +825,9 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     }
     this.status = res.headersSent ? res.statusCode : null;
     this.durationMs = performance.now() - this.#t0;
+    // A stage that asked the upstream itself (the cache) leaves the time to its answer in the notes.
+    if (this.upstreamMs === null && this.#notes?.has(UPSTREAM_MS_NOTE))
+      this.upstreamMs = this.#notes.get(UPSTREAM_MS_NOTE) as number;
     const status = this.status ?? 0;
     const failed =
       status >= 500 || (this.error !== null && this.error !== 'client_aborted' && this.error !== 'no_route');

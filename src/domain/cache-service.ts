@@ -10,7 +10,7 @@
  * 5–86400.
  *
  * Rules: `name` (unique), `priority` (ascending, default 0), `expression`
- * (CEL, compiled when saved; '' matches all), `ttl: {mode: "origin" |
+ * (CEL over the request, DESIGN.md §9, compiled when saved; '' matches all), `ttl: {mode: "origin" |
  * "fixed", seconds}` (0–31536000; fixed needs ≥ 1; origin uses `seconds` only
  * when the origin gives no freshness), `queryMode: "include" | "ignore" |
  * "allowlist"` with `queryAllowlist` (names), `varyHeaders` (request header
@@ -24,8 +24,9 @@
 import { AppError } from '../errors.js';
 import { type CacheRuleRecord, type CacheSettingsRecord, DEFAULT_CACHE_SETTINGS } from '../storage/schema.js';
 import type { Store } from '../storage/store.js';
-import type { CacheMatcher, CachePurgeFilter, CacheStats, CompiledCacheRule } from './cache-types.js';
+import type { CachePurgeFilter, CacheStats, CompiledCacheRule } from './cache-types.js';
 import { newId } from './ids.js';
+import { type CompiledExpression, compileExpression } from './policy-expression.js';
 import {
   invalid,
   optionalBoolean,
@@ -69,25 +70,9 @@ export interface CacheRuntime {
   diskFreeBytes(): Promise<number | null>;
 }
 
-/**
- * Compiles a rule expression or throws AppError VALIDATION_FAILED (field
- * `expression`, with the position). The empty expression matches all.
- */
-export type ExpressionCompiler = (expression: string) => CacheMatcher;
-
-/** Until CEL is available: only the empty expression (match all). */
-export const EMPTY_EXPRESSION_ONLY: ExpressionCompiler = (expression) => {
-  if (expression.trim() === '') return () => true;
-  throw invalid(
-    'expression',
-    'match expressions are not available in this version; leave it empty to match every request',
-  );
-};
-
 export interface CacheServiceOptions {
   store: Store;
   runtime?: CacheRuntime;
-  compileExpression?: ExpressionCompiler;
   now?: () => number;
 }
 
@@ -126,14 +111,12 @@ const EMPTY_STATS: CacheStats = {
 export class CacheService {
   readonly #store: Store;
   readonly #runtime: CacheRuntime | null;
-  readonly #compile: ExpressionCompiler;
   readonly #now: () => number;
   #serial: Promise<unknown> = Promise.resolve();
 
   constructor(options: CacheServiceOptions) {
     this.#store = options.store;
     this.#runtime = options.runtime ?? null;
-    this.#compile = options.compileExpression ?? EMPTY_EXPRESSION_ONLY;
     this.#now = options.now ?? Date.now;
   }
 
@@ -205,7 +188,7 @@ export class CacheService {
     rejectUnknownFields(input, [...RULE_FIELDS, ...READ_ONLY_FIELDS]);
     const at = new Date(this.#now()).toISOString();
     const expression = input.expression === undefined ? '' : requireExpression(input.expression);
-    this.#compile(expression);
+    compile(expression);
     const record: CacheRuleRecord = {
       id: newId(),
       name: requireName(input.name),
@@ -248,7 +231,7 @@ export class CacheService {
       changes.priority = requireInteger(input.priority, 'priority', MIN_PRIORITY, MAX_PRIORITY);
     if (input.expression !== undefined) {
       changes.expression = requireExpression(input.expression);
-      this.#compile(changes.expression);
+      compile(changes.expression);
     }
     if (input.ttl !== undefined) changes.ttl = requireTtl(input.ttl);
     if (input.queryMode !== undefined) changes.queryMode = requireQueryMode(input.queryMode);
@@ -351,7 +334,7 @@ export class CacheService {
     for (const record of sortRules(this.#rules())) {
       if (!record.enabled) continue;
       try {
-        rules.push({ record, matches: this.#compile(record.expression) });
+        rules.push({ record, expression: compile(record.expression) });
       } catch {
         // A stored expression that no longer compiles (hand-edited database): the rule is skipped.
       }
@@ -397,6 +380,11 @@ export class CacheService {
     this.#serial = run.catch(() => {});
     return run;
   }
+}
+
+/** A rule's CEL expression, compiled; VALIDATION_FAILED on `expression` with its position. */
+function compile(expression: string): CompiledExpression {
+  return compileExpression(expression, 'expression');
 }
 
 function ensureCache(db: { cache?: { settings: CacheSettingsRecord; rules: CacheRuleRecord[] } }) {

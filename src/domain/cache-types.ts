@@ -2,31 +2,22 @@
  * Shapes of the response cache shared by the domain (settings, rules,
  * statistics) and the data plane (which caches): DESIGN.md §10.
  */
-import type { IncomingHttpHeaders } from 'node:http';
 import type { CacheRuleRecord } from '../storage/schema.js';
+import type { CompiledExpression } from './policy-expression.js';
+
+/** Where the cache stage leaves its result for the trace (request notes). */
+export const CACHE_NOTE = 'cache';
+/** Where a stage that asked the upstream itself leaves the time to its answer head, in ms. */
+export const UPSTREAM_MS_NOTE = 'upstreamMs';
 
 /** The trace event's `cache` value. */
 export type CacheResult = 'HIT' | 'MISS' | 'STALE' | 'REVALIDATED' | 'BYPASS' | 'EXPIRED';
 
-/** What a cache rule's expression sees (DESIGN.md §9). */
-export interface CacheMatchInput {
-  method: string;
-  host: string;
-  path: string;
-  /** Raw query string without `?`. */
-  query: string;
-  headers: IncomingHttpHeaders;
-  ip: string;
-  listenerId: string;
-}
-
-/** A compiled rule expression; the empty expression matches all. */
-export type CacheMatcher = (input: CacheMatchInput) => boolean;
-
 /** A rule as the cache applies it. */
 export interface CompiledCacheRule {
   readonly record: Readonly<CacheRuleRecord>;
-  readonly matches: CacheMatcher;
+  /** The rule's match expression, compiled (CEL, DESIGN.md §9). */
+  readonly expression: CompiledExpression;
 }
 
 /** Which entries a purge removes: all of them, or those matching every field given. */

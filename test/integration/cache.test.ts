@@ -146,6 +146,49 @@ describe('response cache', () => {
     expect(events.map((e: { cache: string }) => e.cache)).toEqual(['BYPASS', 'BYPASS', 'BYPASS', 'HIT']);
   });
 
+  it('caches only what the rule expression matches, in priority order, and records the rule in the trace', async () => {
+    const { server, token, port } = await setup(
+      (req, res) => {
+        res.writeHead(200, { 'cache-control': 'max-age=60' });
+        res.end(`at ${req.url}`);
+      },
+      { expression: 'path_prefix(path, "/assets") && method == "GET"', priority: 10 },
+    );
+    const second = await server.request('POST', '/api/v1/cache/rules', {
+      token,
+      body: {
+        name: 'images',
+        priority: 5,
+        expression: 'path.endsWith(".png")',
+        ttl: { mode: 'fixed', seconds: 5 },
+      },
+    });
+    expect(second.status, second.text).toBe(201);
+    await client!.send(port, '/assets/app.js');
+    expect((await client!.send(port, '/assets/app.js')).headers['cache-status']).toContain('hit');
+    const page = await client!.send(port, '/page');
+    expect(page.headers['cache-status']).toBeUndefined();
+    await client!.send(port, '/assets/logo.png');
+    const png = await client!.send(port, '/assets/logo.png');
+    // The lower priority wins: the fixed 5 s of "images", not the origin's 60.
+    expect(png.headers['cache-status']).toMatch(/^p2pstream; hit; ttl=[45]$/);
+    const events = await lastEvents(server, token, 5);
+    expect(events.map((e: { policy?: unknown }) => e.policy ?? null)).toEqual([
+      [{ stage: 'cache', rule: 'all', action: 'miss' }],
+      [{ stage: 'cache', rule: 'all', action: 'hit' }],
+      null,
+      [{ stage: 'cache', rule: 'images', action: 'miss' }],
+      [{ stage: 'cache', rule: 'images', action: 'hit' }],
+    ]);
+    const invalid = await server.request('POST', '/api/v1/cache/rules', {
+      token,
+      body: { name: 'broken', expression: 'path_prefix(path, ' },
+    });
+    expect(invalid.status).toBe(400);
+    expect(invalid.json.error.details).toMatchObject({ field: 'expression' });
+    expect(typeof invalid.json.error.details.position).toBe('number');
+  });
+
   it('keeps one entry per Vary variant and adds the rule vary headers to the key', async () => {
     const { port } = await setup(
       (req, res) => {
@@ -381,6 +424,28 @@ describe('response cache', () => {
     expect((await stat(path.join(dataDir, 'p2pstream.json'))).isFile()).toBe(true);
   });
 
+  it('answers an unreachable upstream with the error template, as the target would', async () => {
+    const { server, token, port } = await setup((_req, res) => {
+      res.end('never used');
+    });
+    const page = await server.request('POST', '/api/v1/templates', {
+      token,
+      body: { name: 'down', kind: 'error', contentType: 'text/plain', body: 'down {{status}}' },
+    });
+    const routes = (await server.request('GET', '/api/v1/proxy/routes', { token })).json.routes;
+    await server.request('PATCH', `/api/v1/proxy/routes/${routes[0].id}`, {
+      token,
+      body: { errorTemplateId: page.json.template.id },
+    });
+    await upstream!.close();
+    upstream = undefined;
+    const res = await client!.send(port, '/gone');
+    expect(res.status).toBe(502);
+    expect(res.text).toBe('down 502');
+    const [event] = await lastEvents(server, token, 1);
+    expect(event).toMatchObject({ status: 502, error: 'upstream_refused', cache: 'MISS' });
+  });
+
   it('purges all, by host, by path prefix and by rule', async () => {
     const { server, token, port, ruleId } = await setup((req, res) => {
       res.writeHead(200, { 'cache-control': 'max-age=600' });
@@ -436,7 +501,8 @@ describe('response cache', () => {
       { name: 'r', maxObjectBytes: 2 * 1024 * 1024 * 1024 },
       { name: 'r', varyHeaders: ['Cookie'] },
       { name: 'r', queryMode: 'sometimes' },
-      { name: 'r', expression: 'path.startsWith("/x")' },
+      { name: 'r', expression: 'path.startsWith("/x"' },
+      { name: 'r', expression: 'path' },
       { name: 'all' },
     ];
     for (const body of ruleCases) {

@@ -34,12 +34,12 @@ import { performance } from 'node:perf_hooks';
 import CachePolicy from 'http-cache-semantics';
 import type { CacheRuntime } from '../../domain/cache-service.js';
 import type {
-  CacheMatchInput,
   CachePurgeFilter,
   CacheResult,
   CacheStats,
   CompiledCacheRule,
 } from '../../domain/cache-types.js';
+import type { PolicyRequestFacts } from '../../domain/policy-expression.js';
 import type { Logger } from '../../logger.js';
 import type { CacheRuleRecord, CacheSettingsRecord } from '../../storage/schema.js';
 import { type CacheEntry, CacheStore, type CacheStoreLimits } from './cache-store.js';
@@ -61,6 +61,8 @@ export interface CacheRequest {
   headers: IncomingHttpHeaders;
   routeId: string;
   listenerId: string;
+  /** The listener's name (CEL `listener`). */
+  listenerName: string;
   clientIp: string | null;
 }
 
@@ -115,6 +117,8 @@ export interface ResponseCacheOptions {
   dataDir: string;
   logger: Logger;
   settings?: Readonly<CacheSettingsRecord>;
+  /** Called after each `configure` (the data plane re-installs its stage). */
+  onConfigure?: () => void;
   now?: () => number;
 }
 
@@ -179,6 +183,7 @@ export class ResponseCache implements CacheRuntime {
   readonly #logger: Logger;
   readonly #store: CacheStore;
   readonly #now: () => number;
+  readonly #onConfigure: () => void;
   #settings: Readonly<CacheSettingsRecord>;
   #rules: readonly CompiledCacheRule[] = [];
   readonly #inflight = new Map<string, Inflight>();
@@ -195,6 +200,7 @@ export class ResponseCache implements CacheRuntime {
   constructor(options: ResponseCacheOptions) {
     this.#logger = options.logger;
     this.#now = options.now ?? Date.now;
+    this.#onConfigure = options.onConfigure ?? (() => {});
     this.#settings = options.settings ?? {
       enabled: true,
       memoryMiB: 64,
@@ -224,6 +230,12 @@ export class ResponseCache implements CacheRuntime {
     this.#rules = rules;
     this.#store.setLimits(limitsOf(settings));
     if (cleanupChanged && this.#cleanupTimer !== null) this.#scheduleCleanup();
+    this.#onConfigure();
+  }
+
+  /** True when the cache is on and has at least one enabled rule. */
+  get active(): boolean {
+    return this.#settings.enabled && this.#rules.length > 0;
   }
 
   get settings(): Readonly<CacheSettingsRecord> {
@@ -296,17 +308,13 @@ export class ResponseCache implements CacheRuntime {
    */
   lookup(request: CacheRequest): CacheLookup | null {
     if (!this.#settings.enabled || this.#rules.length === 0) return null;
-    const host = request.host ?? '';
-    const input: CacheMatchInput = {
-      method: request.method,
-      host,
-      path: request.path,
-      query: request.query,
-      headers: request.headers,
-      ip: request.clientIp ?? '',
-      listenerId: request.listenerId,
-    };
-    const rule = this.#rules.find((r) => r.record.enabled && r.matches(input));
+    let facts: PolicyRequestFacts | null = null;
+    const rule = this.#rules.find((r) => {
+      if (!r.record.enabled) return false;
+      if (r.expression.always) return true;
+      facts ??= factsOf(request);
+      return r.expression.matches(facts);
+    });
     if (!rule) return null;
     const reason = bypassReason(request);
     if (reason !== null) {
@@ -726,6 +734,23 @@ export function limitsOf(settings: Readonly<CacheSettingsRecord>): CacheStoreLim
     diskBytes: settings.diskMiB * 1024 * 1024,
     hotObjectBytes: settings.hotObjectKiB * 1024,
     maxEntries: settings.maxEntries,
+  };
+}
+
+/** The variables of a CEL match expression for a request (DESIGN.md §9). */
+function factsOf(request: CacheRequest): PolicyRequestFacts {
+  const query: Record<string, string> = {};
+  if (request.query !== '') {
+    for (const [name, value] of new URLSearchParams(request.query)) if (!(name in query)) query[name] = value;
+  }
+  return {
+    method: request.method,
+    host: request.host ?? '',
+    path: request.path,
+    ip: request.clientIp ?? '',
+    listener: request.listenerName,
+    query,
+    headers: request.headers,
   };
 }
 
