@@ -8,10 +8,13 @@ afterEach(async () => {
   await server?.close();
 });
 
+/** Every file under the data dir, subdirectories included, as one text. */
 async function dataDirText(dir: string): Promise<string> {
-  const names = await readdir(dir);
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
   const parts = await Promise.all(
-    names.map((name) => readFile(path.join(dir, name)).then((b) => b.toString('latin1'))),
+    entries
+      .filter((entry) => entry.isFile())
+      .map((entry) => readFile(path.join(entry.parentPath, entry.name)).then((b) => b.toString('latin1'))),
   );
   return parts.join('\n');
 }

@@ -5,7 +5,7 @@
  * packages of this machine are hidden and nothing is installed.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,10 +14,25 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 const SCRIPT = path.resolve(import.meta.dirname, '../../scripts/install-test-deps.sh');
 const run = promisify(execFile);
-// PostgreSQL is found by an absolute path, which a PATH cannot hide.
-const postgresPresent =
-  existsSync('/usr/lib/postgresql') &&
-  readdirSync('/usr/lib/postgresql').some((v) => existsSync(`/usr/lib/postgresql/${v}/bin/postgres`));
+/** The script's PACKAGES list: package name and what proves it installed. */
+const PACKAGES = [...readFileSync(SCRIPT, 'utf8').matchAll(/^\s+"(\S+)\s+(\S+)"/gm)].map((m) => ({
+  name: m[1]!,
+  probe: m[2]!,
+}));
+/** A probe by absolute path cannot be hidden by PATH: it counts as this machine has it. */
+const presentByPath = (probe: string) => {
+  if (!probe.startsWith('/')) return false;
+  const [head, ...rest] = probe.split('*');
+  if (rest.length === 0) return existsSync(probe);
+  const parent = head!.replace(/\/$/, '');
+  return (
+    existsSync(parent) && readdirSync(parent).some((v) => existsSync(path.join(parent, v) + rest.join('*')))
+  );
+};
+/** What the script should install when PATH holds only `stubbed` commands. */
+const expectedMissing = (stubbed: string[]) =>
+  PACKAGES.filter((p) => !stubbed.includes(p.probe) && !presentByPath(p.probe)).map((p) => p.name);
+const onPath = PACKAGES.filter((p) => !p.probe.startsWith('/')).map((p) => p.probe);
 
 let dir: string | undefined;
 afterEach(async () => {
@@ -66,24 +81,26 @@ describe('install-test-deps.sh', () => {
     expect(calls[0]).toBe('apt-get update -qq');
     expect(calls).toHaveLength(2);
     const installed = calls[1]!.replace('apt-get install -y -qq --no-install-recommends ', '').split(' ');
-    expect(installed).toEqual(
-      postgresPresent
-        ? ['chromium', 'pebble', 'nats-server']
-        : ['chromium', 'pebble', 'postgresql', 'nats-server'],
-    );
+    expect(PACKAGES.map((p) => p.name)).toContain('chromium');
+    expect(installed).toEqual(expectedMissing([]));
   });
 
   it('installs only what is missing, and nothing when all is there', async () => {
-    const { bin, log } = await stubDir({ apt: true, commands: ['pebble', 'nats-server'] });
+    const some = onPath.filter((probe) => probe !== 'chromium');
+    const { bin, log } = await stubDir({ apt: true, commands: some });
     expect((await runScript(bin)).code).toBe(0);
-    expect((await aptCalls(log)).at(-1)).toMatch(/ chromium( postgresql)?$/);
+    expect((await aptCalls(log)).at(-1)).toBe(
+      `apt-get install -y -qq --no-install-recommends ${expectedMissing(some).join(' ')}`,
+    );
+    expect(expectedMissing(some)).toContain('chromium');
 
-    const all = await stubDir({ apt: true, commands: ['chromium', 'pebble', 'nats-server'] });
+    const all = await stubDir({ apt: true, commands: onPath });
     expect((await runScript(all.bin)).code).toBe(0);
+    const rest = expectedMissing(onPath);
     expect(await aptCalls(all.log)).toEqual(
-      postgresPresent
+      rest.length === 0
         ? []
-        : ['apt-get update -qq', 'apt-get install -y -qq --no-install-recommends postgresql'],
+        : ['apt-get update -qq', `apt-get install -y -qq --no-install-recommends ${rest.join(' ')}`],
     );
   });
 
