@@ -38,6 +38,11 @@ export const ERROR_CODES = {
   TARGET_NOT_ALLOWED: { status: 403, retryable: false },
   /** This control-plane replica takes no agents right now (it lost the cluster bus, or it is stopping). */
   REPLICA_UNAVAILABLE: { status: 503, retryable: true },
+  /**
+   * A relayed answer was a redirect and the caller (the console) asked for
+   * redirects to be reported, not passed on: `details` has `status` and `location`.
+   */
+  REMOTE_REDIRECT: { status: 502, retryable: false },
   /** Too many requests from one client (agent authentication floods, etc.). */
   RATE_LIMITED: { status: 429, retryable: true },
   INTERNAL: { status: 500, retryable: false },

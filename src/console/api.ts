@@ -2,6 +2,8 @@
  * The console's one HTTP client: JSON in and out, same-origin session cookie,
  * errors as {@link ApiError} (the server's `{error: {code, message, field?}}`).
  * Operational calls carry `X-P2PStream-Environment`; local ones never do.
+ * Redirects are never followed: a relayed one arrives as REMOTE_REDIRECT with
+ * its target in the message, any other as a REDIRECT error.
  * A 401 on any call except login/setup hands over to the registered
  * unauthenticated handler (back to the login page, keeping the current page).
  */
@@ -41,7 +43,8 @@ export interface CallOptions {
 
 /** Calls the management API; resolves to the parsed JSON body (undefined for 204). */
 export async function call<T>(method: string, path: string, options: CallOptions = {}): Promise<T> {
-  const headers: Record<string, string> = { accept: 'application/json' };
+  // A relayed redirect comes back as an error naming its target (REMOTE_REDIRECT), never followed.
+  const headers: Record<string, string> = { accept: 'application/json', 'x-p2pstream-redirects': 'report' };
   if (options.environment && options.environment !== LOCAL) headers[ENVIRONMENT_HEADER] = options.environment;
   let body: string | undefined;
   if (options.body !== undefined) {
@@ -56,11 +59,20 @@ export async function call<T>(method: string, path: string, options: CallOptions
       body,
       credentials: 'same-origin',
       cache: 'no-store',
+      // Never follow a redirect with the admin's cookie and method (it could point at a local route).
+      redirect: 'manual',
       signal: options.signal,
     });
   } catch (err) {
     if ((err as { name?: string }).name === 'AbortError') throw err;
     throw new ApiError(0, 'NETWORK', 'The server cannot be reached.');
+  }
+  if (response.type === 'opaqueredirect') {
+    throw new ApiError(
+      0,
+      'REDIRECT',
+      'The server answered with a redirect, which the console does not follow.',
+    );
   }
   const text = await response.text();
   let json: unknown;

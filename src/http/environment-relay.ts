@@ -10,10 +10,14 @@
  *   (at most 1 MiB, else PAYLOAD_TOO_LARGE) and an allow-list of content
  *   headers, with `Authorization: Bearer <access token>` in place of the
  *   caller's credentials. Cookies, the caller's Authorization, the
- *   environment header and hop-by-hop headers never cross; neither does
- *   `Set-Cookie` on the way back.
+ *   environment header and hop-by-hop headers never cross; neither do
+ *   `Set-Cookie`, CSP, `Clear-Site-Data`, `Access-Control-*`, HSTS or
+ *   `Refresh` on the way back, and every answer is marked inert
+ *   (`nosniff`, `Content-Security-Policy: sandbox`). A status outside
+ *   100–599 from the relay is a PROTOCOL_ERROR (502).
  * - The token is only sent to the environment's own origin; redirects come
- *   back unfollowed; a remote 401 becomes 502 REMOTE_UNAUTHORIZED; any other
+ *   back unfollowed (or, when the caller sends `X-P2PStream-Redirects:
+ *   report` as the console does, as 502 REMOTE_REDIRECT naming the target); a remote 401 becomes 502 REMOTE_UNAUTHORIZED; any other
  *   status and body passes through, streamed chunk by chunk with each chunk
  *   written at once (an event stream arrives event by event).
  * - The caller disconnecting aborts the transport request (AbortSignal) and
@@ -61,7 +65,30 @@ const DROPPED_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
   'upgrade',
   'set-cookie',
   'set-cookie2',
+  // What would act in this origin rather than the remote's: policies, storage wipes, refreshes.
+  'content-security-policy',
+  'content-security-policy-report-only',
+  'clear-site-data',
+  'strict-transport-security',
+  'refresh',
+  'x-content-type-options',
 ]);
+
+/**
+ * Added to every relayed answer: the remote's bytes are data in this origin,
+ * never a document that could run or be sniffed into one.
+ */
+const INERT_RESPONSE_HEADERS: Readonly<Record<string, string>> = {
+  'x-content-type-options': 'nosniff',
+  'content-security-policy': 'sandbox',
+};
+
+/**
+ * Request header with which a caller (the console) asks that a relayed
+ * redirect be answered as 502 REMOTE_REDIRECT naming its target, instead of
+ * passed on for a browser to follow with the caller's cookie. Value `report`.
+ */
+export const REDIRECTS_HEADER = 'x-p2pstream-redirects';
 
 /** The hub as the relay sees it (structural: src/hub stays out of http's imports). */
 export interface AgentTransportSource {
@@ -138,7 +165,13 @@ export function relayedRequestHeaders(headers: FastifyRequest['headers']): Heade
   return list;
 }
 
-/** The environment's response headers that may come back, grouped for writeHead. */
+/**
+ * The environment's response headers that may come back, grouped for
+ * writeHead: hop-by-hop, cookies, `Content-Security-Policy*`,
+ * `Clear-Site-Data`, `Access-Control-*`, `Strict-Transport-Security` and
+ * `Refresh` dropped; `X-Content-Type-Options: nosniff` and
+ * `Content-Security-Policy: sandbox` added.
+ */
 export function relayedResponseHeaders(headers: HeaderList): Record<string, string | string[]> {
   const connectionTokens = new Set<string>();
   for (const [name, value] of headers) {
@@ -149,12 +182,17 @@ export function relayedResponseHeaders(headers: HeaderList): Record<string, stri
   const out: Record<string, string | string[]> = {};
   for (const [rawName, value] of headers) {
     const name = rawName.toLowerCase();
-    if (DROPPED_RESPONSE_HEADERS.has(name) || connectionTokens.has(name)) continue;
+    if (
+      DROPPED_RESPONSE_HEADERS.has(name) ||
+      name.startsWith('access-control-') ||
+      connectionTokens.has(name)
+    )
+      continue;
     const existing = out[name];
     if (existing === undefined) out[name] = value;
     else out[name] = Array.isArray(existing) ? [...existing, value] : [existing, value];
   }
-  return out;
+  return { ...out, ...INERT_RESPONSE_HEADERS };
 }
 
 /** Builds the EnvironmentRelay passed to buildApp as `environmentRelay`. */
@@ -221,6 +259,23 @@ export function createEnvironmentRelay(options: EnvironmentRelayOptions): Enviro
         res.off('close', onClose);
         response.cancel();
         throw new AppError('REMOTE_UNAUTHORIZED', 'the environment refused the stored access token');
+      }
+
+      const location = response.headers.find(([name]) => name.toLowerCase() === 'location')?.[1];
+      if (
+        response.status >= 300 &&
+        response.status < 400 &&
+        location !== undefined &&
+        request.headers[REDIRECTS_HEADER] === 'report'
+      ) {
+        res.off('close', onClose);
+        response.cancel();
+        const shown = location.length > 2048 ? `${location.slice(0, 2048)}…` : location;
+        throw new AppError(
+          'REMOTE_REDIRECT',
+          `the environment answered ${response.status} with a redirect to ${shown}; it was not followed`,
+          { details: { status: response.status, location: shown } },
+        );
       }
 
       reply.hijack();

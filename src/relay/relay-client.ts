@@ -425,8 +425,14 @@ class BodyStream {
   receive(envelope: Envelope): void {
     const { payload } = envelope;
     switch (payload.case) {
-      case 'responseHead':
+      case 'responseHead': {
         if (this.#state !== 'head') break;
+        const status = payload.value.status;
+        if (!Number.isInteger(status) || status < 100 || status > 599) {
+          // An HTTP status the caller's side could not even write: the peer is broken or hostile.
+          this.fail(new AppError('PROTOCOL_ERROR', `the relay sent an invalid status ${status}`), true);
+          return;
+        }
         clearTimeout(this.#timer);
         this.#state = 'body';
         this.#resolveHead({
@@ -436,6 +442,7 @@ class BodyStream {
           cancel: () => this.cancel(),
         });
         return;
+      }
       case 'bodyChunk': {
         if (this.#state !== 'body') break;
         const data = payload.value.data;

@@ -40,6 +40,8 @@ export interface RequestOptions {
   headers?: Record<string, string>;
   cookie?: string;
   token?: string;
+  /** `manual`: a redirect is answered as it came instead of followed (default `follow`). */
+  redirect?: 'follow' | 'manual';
 }
 
 export interface TestServer {
@@ -96,7 +98,13 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
       body = JSON.stringify(opts.body);
       headers['content-type'] ??= 'application/json';
     }
-    const res = await fetch(`${server.url}${pathname}`, { method, headers, body, dispatcher });
+    const res = await fetch(`${server.url}${pathname}`, {
+      method,
+      headers,
+      body,
+      dispatcher,
+      redirect: opts.redirect ?? 'follow',
+    });
     const text = await res.text();
     let json: unknown = null;
     try {

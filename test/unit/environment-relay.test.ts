@@ -81,6 +81,8 @@ describe('relayedResponseHeaders', () => {
       'content-type': 'text/event-stream',
       location: 'https://elsewhere.example/',
       vary: ['accept', 'origin'],
+      'x-content-type-options': 'nosniff',
+      'content-security-policy': 'sandbox',
     });
   });
 });
