@@ -245,7 +245,9 @@ export class ProxyConfigService {
           db.proxy.listeners[index] = next;
         });
       } catch (err) {
-        await this.#apply(current).catch((rollbackErr: unknown) => this.#rollbackFailed(rollbackErr, id, err));
+        await this.#apply(current).catch((rollbackErr: unknown) =>
+          this.#rollbackFailed(rollbackErr, id, err),
+        );
         throw err;
       }
       return this.#toListener(next);

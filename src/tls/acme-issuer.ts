@@ -12,7 +12,9 @@
  */
 import { Agent as HttpsAgent } from 'node:https';
 import { rootCertificates } from 'node:tls';
+import * as x509 from '@peculiar/x509';
 import * as acme from 'acme-client';
+import { request, Agent as UndiciAgent } from 'undici';
 import type {
   AcmeAccountSecrets,
   AcmeIssuer,
@@ -55,36 +57,38 @@ export function createAcmeIssuer(options: AcmeIssuerOptions = {}): AcmeIssuer {
       return client.getAccountUrl();
     },
 
-    async issue(request: AcmeOrderRequest, runtime: TlsRuntime): Promise<AcmeOrderResult> {
-      const client = clientFor(request.account);
+    suggestedRenewal: (account, certificatePem) => fetchSuggestedRenewal(account, certificatePem),
+
+    async issue(wanted: AcmeOrderRequest, runtime: TlsRuntime): Promise<AcmeOrderResult> {
+      const client = clientFor(wanted.account);
       // A registered account is used as it is (re-registering it would be an empty update).
-      if (!request.account.accountUrl) {
+      if (!wanted.account.accountUrl) {
         await client.createAccount({
           termsOfServiceAgreed: true,
-          ...(request.account.email ? { contact: [`mailto:${request.account.email}`] } : {}),
+          ...(wanted.account.email ? { contact: [`mailto:${wanted.account.email}`] } : {}),
         });
       }
       const privateKey = await acme.crypto.createPrivateEcdsaKey('P-256');
       const [, csr] = await acme.crypto.createCsr(
         {
-          commonName: request.hosts.find((h) => !h.startsWith('*.')) ?? request.hosts[0]!,
-          altNames: [...request.hosts],
+          commonName: wanted.hosts.find((h) => !h.startsWith('*.')) ?? wanted.hosts[0]!,
+          altNames: [...wanted.hosts],
         },
         privateKey,
       );
       const order = await client.createOrder({
-        identifiers: request.hosts.map((value) => ({ type: 'dns', value })),
+        identifiers: wanted.hosts.map((value) => ({ type: 'dns', value })),
       });
       const authorizations = await client.getAuthorizations(order);
       for (const authz of authorizations) {
         if (authz.status === 'valid') continue;
         const name = authz.identifier.value;
-        const challenge = authz.challenges.find((c) => c.type === request.challenge);
-        if (!challenge) throw new Error(`the directory offers no ${request.challenge} challenge for ${name}`);
+        const challenge = authz.challenges.find((c) => c.type === wanted.challenge);
+        if (!challenge) throw new Error(`the directory offers no ${wanted.challenge} challenge for ${name}`);
         const keyAuthorization = await client.getChallengeKeyAuthorization(challenge);
         let withdraw: () => Promise<void> = async () => {};
         try {
-          switch (request.challenge) {
+          switch (wanted.challenge) {
             case 'http-01': {
               const token = (challenge as { token: string }).token;
               runtime.setHttp01Challenge(token, keyAuthorization);
@@ -98,8 +102,8 @@ export function createAcmeIssuer(options: AcmeIssuerOptions = {}): AcmeIssuer {
               break;
             }
             case 'dns-01': {
-              if (!request.dnsProvider) throw new Error('dns-01 needs a DNS provider');
-              const provider = providerFor(request.dnsProvider);
+              if (!wanted.dnsProvider) throw new Error('dns-01 needs a DNS provider');
+              const provider = providerFor(wanted.dnsProvider);
               const handle = await provider.createTxt(`_acme-challenge.${name}`, keyAuthorization);
               withdraw = () => provider.removeTxt(handle);
               if (propagationMs > 0) await new Promise((resolve) => setTimeout(resolve, propagationMs));
@@ -111,7 +115,7 @@ export function createAcmeIssuer(options: AcmeIssuerOptions = {}): AcmeIssuer {
             await client.waitForValidStatus(challenge);
           } catch (err) {
             throw new Error(
-              `the ${request.challenge} authorization for ${name} failed: ${await problemOf(client, authz, err)}`,
+              `the ${wanted.challenge} authorization for ${name} failed: ${await problemOf(client, authz, err)}`,
             );
           }
         } finally {
@@ -123,6 +127,58 @@ export function createAcmeIssuer(options: AcmeIssuerOptions = {}): AcmeIssuer {
       return { certificatePem, privateKeyPem: privateKey.toString() };
     },
   };
+}
+
+/**
+ * The ARI certificate identifier (RFC 9773): base64url of the authority key
+ * identifier, a dot, base64url of the serial number's DER content octets.
+ * Null when the certificate has no authority key identifier.
+ */
+export function ariCertId(certificatePem: string): string | null {
+  const cert = new x509.X509Certificate(certificatePem);
+  const aki = cert.getExtension(x509.AuthorityKeyIdentifierExtension);
+  if (!aki?.keyId) return null;
+  let serial = cert.serialNumber.toLowerCase();
+  if (serial.length % 2 === 1) serial = `0${serial}`;
+  // DER INTEGER content: a leading zero byte keeps a high first bit positive.
+  if (Number.parseInt(serial.slice(0, 2), 16) >= 0x80) serial = `00${serial}`;
+  return `${Buffer.from(aki.keyId, 'hex').toString('base64url')}.${Buffer.from(serial, 'hex').toString('base64url')}`;
+}
+
+/**
+ * The renewal time a directory suggests for a certificate (ACME Renewal
+ * Information): a random moment in its `suggestedWindow`, or null when the
+ * directory offers no `renewalInfo` or the certificate cannot be identified.
+ */
+export async function fetchSuggestedRenewal(
+  account: Pick<AcmeAccountSecrets, 'directoryUrl' | 'directoryCaPem'>,
+  certificatePem: string,
+  random: () => number = Math.random,
+): Promise<Date | null> {
+  const certId = ariCertId(certificatePem);
+  if (certId === null) return null;
+  const dispatcher = account.directoryCaPem
+    ? new UndiciAgent({ connect: { ca: [account.directoryCaPem, ...rootCertificates] } })
+    : undefined;
+  try {
+    const get = async (url: string) => {
+      const res = await request(url, { ...(dispatcher ? { dispatcher } : {}), headersTimeout: 10_000 });
+      const text = await res.body.text();
+      if (res.statusCode !== 200) throw new Error(`${url}: HTTP ${res.statusCode}`);
+      return JSON.parse(text) as Record<string, unknown>;
+    };
+    const directory = await get(account.directoryUrl);
+    const base = directory.renewalInfo;
+    if (typeof base !== 'string') return null;
+    const info = await get(`${base.replace(/\/+$/, '')}/${certId}`);
+    const window = info.suggestedWindow as { start?: unknown; end?: unknown } | undefined;
+    const start = Date.parse(String(window?.start));
+    const end = Date.parse(String(window?.end));
+    if (Number.isNaN(start) || Number.isNaN(end) || end < start) return null;
+    return new Date(start + random() * (end - start));
+  } finally {
+    await dispatcher?.close();
+  }
 }
 
 /** A client for the account, trusting `directoryCaPem` (plus the system roots) for the directory. */

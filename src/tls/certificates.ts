@@ -80,6 +80,7 @@ export async function createCertificate(options: CreateCertificateOptions): Prom
   let certificate: x509.X509Certificate;
   if (options.issuer) {
     const issuerCert = new x509.X509Certificate(options.issuer.cert);
+    extensions.push(await x509.AuthorityKeyIdentifierExtension.create(issuerCert.publicKey));
     const issuerKey = await importPrivateKey(options.issuer.key);
     certificate = await x509.X509CertificateGenerator.create({
       serialNumber,

@@ -63,6 +63,7 @@ async function setUp(random = () => 0.5) {
   });
   const account = await accounts.createAccount({ name: 'ca', directoryUrl: 'https://acme.test/dir' });
   return {
+    issuer,
     store,
     service,
     calls,
@@ -143,6 +144,23 @@ describe('certificate service', () => {
     t.pending[6]!.resolve();
     await t.service.settled();
     expect(t.service.get(cert.id)).toMatchObject({ status: 'ready', lastError: null });
+  });
+
+  it('renews at the time the directory suggests (ACME Renewal Information) when it gives one', async () => {
+    const t = await setUp();
+    const suggested = new Date(Date.now() + 5 * 86_400_000);
+    Object.assign(t.issuer, { suggestedRenewal: async () => suggested });
+    const cert = await t.service.create({
+      name: 'ari',
+      source: 'acme',
+      hosts: ['a.test'],
+      acmeAccountId: t.account.id,
+      challenge: 'http-01',
+    });
+    await until(() => t.calls.length === 1);
+    t.pending[0]!.resolve();
+    await t.service.settled();
+    expect(t.service.get(cert.id)).toMatchObject({ status: 'ready', nextRenewalAt: suggested.toISOString() });
   });
 
   it('refuses wildcard hosts without dns-01 and dns-01 without a provider', async () => {
