@@ -171,11 +171,9 @@ describe('relay path faults (hub with a short keepalive, in-process agent, TLS t
     const reading = readAll(response);
     await eventually(() => held.size === 1);
 
-    const cutAt = Date.now();
     relay.freeze();
+    // AGENT_OFFLINE from the keepalive (the request itself has no deadline that would end it).
     expect(await codeOf(reading)).toBe('AGENT_OFFLINE');
-    // Two missed pings at 100 ms: well within a second, even on a busy machine.
-    expect(Date.now() - cutAt).toBeLessThan(10 * KEEPALIVE_MS);
     expect(hub.isConnected(id)).toBe(false);
 
     // The agent finds the link dead too, drops what it was relaying and comes back by a new connection.
@@ -252,10 +250,8 @@ describe('the agent process killed in the middle of a relayed event stream', () 
     await client.send(port, '/before-the-kill');
     await reader.until(() => reader.messages.some((m) => m.data.includes('/before-the-kill')));
 
-    const killedAt = Date.now();
     child.kill('SIGKILL');
     await reader.ended;
-    expect(Date.now() - killedAt).toBeLessThan(2000);
     expect(hub.isConnected(agentCreds.id)).toBe(false);
     expect(hub.sessionStats(agentCreds.id)).toBeNull();
     // The agent's connection to the target died with it, so the target's subscription ends.

@@ -28,8 +28,6 @@ import {
 import { freePort, openSse, proxyClient } from '../integration/proxy-helpers.js';
 
 const MiB = 1024 * 1024;
-/** Generous: a stream that is still open after this has hung. */
-const PROMPTLY_MS = 5000;
 const BULK_TARGET = path.join(import.meta.dirname, 'fixtures', 'bulk-target.mjs');
 
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -190,10 +188,9 @@ describe('a target instance killed under live trace streams', () => {
     expect(control.server.server.hub.sessionStats(agentId)?.activeStreams).toBe(1);
     expect(control.server.server.directStreams()).toBe(1);
 
-    const killedAt = Date.now();
     target.child.kill('SIGKILL');
+    // Ends (a hung stream fails the test by its timeout).
     await Promise.all(readers.map((r) => r.ended));
-    expect(Date.now() - killedAt).toBeLessThan(PROMPTLY_MS);
     await eventually(() => control.server.server.hub.sessionStats(agentId)?.activeStreams === 0);
     await eventually(() => control.server.server.directStreams() === 0);
     await eventually(() => agent.agent.stats()?.activeStreams === 0);
@@ -223,10 +220,8 @@ describe('large responses cut by a killed process', () => {
     expect(control.server.server.hub.sessionStats(agentId)?.activeStreams).toBe(1);
     expect(control.server.server.directStreams()).toBe(1);
 
-    const killedAt = Date.now();
     target.child.kill('SIGKILL');
     expect(await Promise.all(downloads.map((d) => d.rest()))).toEqual(['aborted', 'aborted']);
-    expect(Date.now() - killedAt).toBeLessThan(PROMPTLY_MS);
     await eventually(() => control.server.server.hub.sessionStats(agentId)?.activeStreams === 0);
     await eventually(() => control.server.server.directStreams() === 0);
     await eventually(() => agent.agent.stats()?.activeStreams === 0);
@@ -261,10 +256,8 @@ describe('large responses cut by a killed process', () => {
     const downloading = await download(control, env, 2 * MiB);
     expect(hub.sessionStats(created.id)?.activeStreams).toBe(1);
 
-    const killedAt = Date.now();
     agentProcess.kill('SIGKILL');
     expect(await downloading.rest()).toBe('aborted');
-    expect(Date.now() - killedAt).toBeLessThan(PROMPTLY_MS);
     await exited(agentProcess);
     expect(hub.isConnected(created.id)).toBe(false);
     expect(hub.sessionStats(created.id)).toBeNull();

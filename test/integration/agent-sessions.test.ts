@@ -96,7 +96,6 @@ describe('agent sessions', () => {
       const agent = track(startTestAgent(server, created));
       await agent.connected();
       const since = agent.events.length;
-      const started = Date.now();
       const res =
         action === 'disable'
           ? await server.request('PATCH', `/api/v1/agents/${created.id}`, {
@@ -107,8 +106,8 @@ describe('agent sessions', () => {
             ? await server.request('POST', `/api/v1/agents/${created.id}/rotate`, { cookie })
             : await server.request('DELETE', `/api/v1/agents/${created.id}`, { cookie });
       expect(res.status).toBeLessThan(300);
-      const dropped = await agent.waitFor((e) => e.type === 'disconnected', { since, timeoutMs: 1000 });
-      expect(Date.now() - started).toBeLessThan(1000);
+      const dropped = await agent.waitFor((e) => e.type === 'disconnected', { since });
+      // 1008: cut by the revocation itself, not by a keepalive timing out (1006) later.
       expect(dropped).toMatchObject({ code: 1008 });
       expect(server.server.hub.isConnected(created.id)).toBe(false);
       // The agent retries with the same credentials and is refused before the upgrade.
