@@ -9,6 +9,7 @@ import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { type AppOptions, buildApp } from './app.js';
 import { ClusterPresence } from './cluster/cluster-presence.js';
+import { ReplicaLinks } from './cluster/replica-links.js';
 import type { ServerConfig } from './config.js';
 import { DataPlane } from './dataplane/data-plane.js';
 import { PolicyEngine } from './dataplane/policy-engine.js';
@@ -128,7 +129,9 @@ export async function startServer(
       })
     : null;
   let busLossTimer: ReturnType<typeof setTimeout> | null = null;
+  let linksRef: ReplicaLinks | null = null;
   const busState = (connected: boolean) => {
+    linksRef?.busChanged();
     if (busLossTimer) clearTimeout(busLossTimer);
     busLossTimer = null;
     if (connected) {
@@ -185,6 +188,19 @@ export async function startServer(
     onAgentDisconnected: (agentId, sessionId) => presence?.agentDisconnected(agentId, sessionId),
   });
   hubRef = hub;
+  // Calls for an agent another replica holds travel there over NATS, as the same envelopes.
+  const links = presence
+    ? new ReplicaLinks({
+        replicaId,
+        connection: () => presence.connection,
+        holderOf: (id) => presence.holderOf(id),
+        isAlive: (id) => presence.isAlive(id),
+        bridgeFor: (id) => hub.bridgeFor(id),
+        logger: logger.child({ component: 'cluster' }),
+      })
+    : null;
+  linksRef = links;
+  if (links) hub.setForwarder((agentId) => links.transportFor(agentId));
   if (presence) {
     // Until the bus is up this replica could not tell the others about its agents.
     if (!presence.busConnected)
@@ -205,6 +221,7 @@ export async function startServer(
       direct: directTransport,
       hub,
       agentExists: (id) => agents.exists(id),
+      ...(presence ? { agentReplica: (id: string) => presence.holderOf(id)?.replicaId ?? null } : {}),
     }),
   });
   // Public proxy data plane, tracer and overview (configuration restored after listen).
@@ -371,6 +388,7 @@ export async function startServer(
         unsubscribeStore();
         if (busLossTimer) clearTimeout(busLossTimer);
         await hub.close();
+        links?.close();
         await presence?.close();
         await app.close();
         await certificates.close();

@@ -96,6 +96,8 @@ export interface TestOutcome {
   ok: true;
   latencyMs: number;
   remote: { version: string; instanceId: string };
+  /** Agent transport with several replicas: the replica that held the agent for this test. */
+  replicaId?: string | null;
 }
 
 /** Everything a relayed call needs, resolved once the environment passed every check. */
@@ -119,6 +121,8 @@ export interface EnvironmentTransports {
    * AGENT_NOT_FOUND when the agent no longer exists.
    */
   select(target: { transport: EnvironmentTransportKind; agentId: string | null }): Transport;
+  /** The control-plane replica holding an agent, when several replicas share the instance. */
+  agentReplica?(agentId: string): string | null;
 }
 
 export interface EnvironmentServiceOptions {
@@ -626,7 +630,15 @@ export class EnvironmentService {
         throw new AppError('ENVIRONMENT_UNREACHABLE', 'the target did not answer like a p2pstream instance');
       const latencyMs = Math.max(0, Math.round(performance.now() - started));
       await this.#recordTest(id, record.url, { ok: true, latencyMs, error: null });
-      return { ok: true, latencyMs, remote: { version: info.version, instanceId: info.instanceId } };
+      const outcome: TestOutcome = {
+        ok: true,
+        latencyMs,
+        remote: { version: info.version, instanceId: info.instanceId },
+      };
+      if (record.transport === 'agent' && record.agentId && this.#transports.agentReplica) {
+        outcome.replicaId = this.#transports.agentReplica(record.agentId);
+      }
+      return outcome;
     } catch (err) {
       const error = toAppError(err, 'ENVIRONMENT_UNREACHABLE');
       if (target !== null) await this.recordCallFailure(id, error);

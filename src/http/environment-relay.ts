@@ -93,6 +93,8 @@ export const REDIRECTS_HEADER = 'x-p2pstream-redirects';
 /** The hub as the relay sees it (structural: src/hub stays out of http's imports). */
 export interface AgentTransportSource {
   isConnected(agentId: string): boolean;
+  /** Connected here or held by another live replica (calls are forwarded); default isConnected. */
+  isReachable?(agentId: string): boolean;
   transportFor(agentId: string): Transport;
 }
 
@@ -103,6 +105,8 @@ export interface EnvironmentTransportsOptions {
   hub?: AgentTransportSource;
   /** Whether the agent still exists (AGENT_NOT_FOUND otherwise). */
   agentExists(agentId: string): boolean;
+  /** The control-plane replica holding the agent (several replicas), or null. */
+  agentReplica?(agentId: string): string | null;
 }
 
 /**
@@ -117,10 +121,12 @@ export function createEnvironmentTransports(options: EnvironmentTransportsOption
       const agentId = target.agentId;
       if (agentId === null || !options.agentExists(agentId))
         throw new AppError('AGENT_NOT_FOUND', "the environment's agent no longer exists");
-      if (!options.hub?.isConnected(agentId))
+      const hub = options.hub;
+      if (!hub || !(hub.isReachable ? hub.isReachable(agentId) : hub.isConnected(agentId)))
         throw new AppError('AGENT_OFFLINE', "the environment's agent is not connected");
-      return options.hub.transportFor(agentId);
+      return hub.transportFor(agentId);
     },
+    ...(options.agentReplica ? { agentReplica: options.agentReplica } : {}),
   };
 }
 

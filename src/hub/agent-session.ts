@@ -20,6 +20,7 @@ import { type AdmitResult, type PeerStats, RelayPeer, type RemoteHello } from '.
 import type { Transport } from '../relay/transport.js';
 import { createWebSocketFrameTransport } from '../relay/websocket-frame-transport.js';
 import { VERSION } from '../version.js';
+import { AgentStreamBridge } from './agent-stream-bridge.js';
 
 /** The close statuses of the hub (the relay's table). */
 export const CLOSE_NORMAL = CLOSE_CODE.NORMAL;
@@ -59,6 +60,7 @@ export class AgentSession {
   #logger: Logger;
   #record: AgentConnection | null = null;
   #client: RelayClient | null = null;
+  #bridge: AgentStreamBridge | null = null;
 
   constructor(options: AgentSessionOptions) {
     this.agentId = options.credential.agentId;
@@ -88,7 +90,8 @@ export class AgentSession {
           windowBytes: context.session.initialWindowBytes,
           logger: this.#logger,
         });
-        return [this.#client];
+        this.#bridge = new AgentStreamBridge(context);
+        return [this.#client, this.#bridge];
       },
       onReady: () => {
         this.#logger.info(
@@ -141,6 +144,11 @@ export class AgentSession {
     return this.#peer.ready ? this.#client : null;
   }
 
+  /** Raw streams to the agent (calls forwarded by another replica) while ready, else null. */
+  get bridge(): AgentStreamBridge | null {
+    return this.#peer.ready ? this.#bridge : null;
+  }
+
   /** The session record (id, start) once started. */
   get record(): AgentConnection | null {
     return this.#record;
@@ -158,7 +166,9 @@ export class AgentSession {
 
   /** Streams open through this session and response bytes buffered for their consumers. */
   streamStats(): { activeStreams: number; bufferedBytes: number } {
-    return this.#client?.stats() ?? { activeStreams: 0, bufferedBytes: 0 };
+    const stats = this.#client?.stats() ?? { activeStreams: 0, bufferedBytes: 0 };
+    // Streams another replica forwards through this session count too.
+    return { ...stats, activeStreams: stats.activeStreams + (this.#bridge?.activeStreams ?? 0) };
   }
 
   /** The relay peer's counters (streams, leaks, send queue). */

@@ -28,6 +28,7 @@ import { AGENT_CONNECT_PATH, AGENT_ID_HEADER, type VersionRange } from '../relay
 import type { Transport } from '../relay/transport.js';
 import { DEFAULT_CLOSE_GRACE_MS } from '../relay/websocket-frame-transport.js';
 import { AgentSession, CLOSE_GOING_AWAY, CLOSE_POLICY } from './agent-session.js';
+import type { AgentStreamBridge } from './agent-stream-bridge.js';
 import { AgentTransport } from './agent-transport.js';
 
 export { AGENT_CONNECT_PATH, AGENT_ID_HEADER };
@@ -105,6 +106,7 @@ export class Hub {
   readonly #unsubscribe: () => void;
   #closing: Promise<void> | null = null;
   #paused: string | null = null;
+  #forwarder: ((agentId: string) => Transport | null) | null = null;
 
   constructor(options: HubOptions) {
     this.#agents = options.agents;
@@ -150,6 +152,11 @@ export class Hub {
   isConnected(agentId: string): boolean {
     return this.#agents.isConnected(agentId);
   }
+  /** True while calls can reach the agent: connected here, or held by another live replica. */
+  isReachable(agentId: string): boolean {
+    return this.isConnected(agentId) || (this.#forwarder?.(agentId) ?? null) !== null;
+  }
+
 
   /** Agents with a live session. */
   connectedCount(): number {
@@ -164,7 +171,7 @@ export class Hub {
   transportFor(agentId: string): Transport {
     return new AgentTransport({
       agentId,
-      current: () => this.#active.get(agentId)?.client ?? null,
+      current: () => this.#active.get(agentId)?.client ?? this.#forwarder?.(agentId) ?? null,
       exists: () => this.#agents.exists(agentId),
     });
   }
@@ -211,6 +218,19 @@ export class Hub {
   /** True unless paused. */
   get acceptingAgents(): boolean {
     return this.#paused === null && this.#closing === null;
+  }
+
+  /**
+   * Where calls go for an agent not connected here: `forward(agentId)` gives
+   * a Transport through the replica holding it, or null (AGENT_OFFLINE).
+   */
+  setForwarder(forward: ((agentId: string) => Transport | null) | null): void {
+    this.#forwarder = forward;
+  }
+
+  /** Raw streams to the agent's live session here (for calls another replica forwards), or null. */
+  bridgeFor(agentId: string): AgentStreamBridge | null {
+    return this.#active.get(agentId)?.bridge ?? null;
   }
 
   /** Counters of the agent's live session, or null. */

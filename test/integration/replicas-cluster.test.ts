@@ -4,6 +4,7 @@
  * agent (agents list); a replica that loses NATS stops taking agents, sends
  * its agents away and says so, and takes them again once NATS is back.
  */
+import { fetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { agentHeaders, createTestAgent, startTestAgent, upgradeAgent } from '../helpers/agent.js';
 import { startNats, type TestNats } from '../helpers/nats.js';
@@ -11,6 +12,7 @@ import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { startTcpRelay, type TcpRelay } from '../helpers/processes.js';
 import { type ReplicaSet, startReplicas } from '../helpers/replicas.js';
 import { cookieOf, TEST_PASSWORD, TEST_USERNAME, type TestServer } from '../helpers/server.js';
+import { registerEnvironment, startInstance } from './environment-helpers.js';
 
 let postgres: TestPostgres;
 let nats: TestNats;
@@ -111,6 +113,70 @@ describe('replicas joined by NATS', () => {
       const res = await a!.request('GET', `/api/v1/agents/${credentials.id}`, { cookie });
       expect(res.json.agent).toMatchObject({ status: 'offline', replicaId: null });
     });
+  });
+
+  it('relays calls through each replica to an agent another replica holds, naming the holder, and cancels end to end', async () => {
+    const [a, b, c] = set.replicas;
+    const target = await startInstance();
+    const credentials = await createTestAgent(a!, cookie, 'forwarded-agent');
+    await eventually(() =>
+      expect(b!.server.store.read().agents.some((x) => x.id === credentials.id)).toBe(true),
+    );
+    const agent = startTestAgent(b!, credentials);
+    try {
+      await agent.connected();
+      for (const replica of [a!, c!]) {
+        await eventually(async () => {
+          const seen = await replica.request('GET', `/api/v1/agents/${credentials.id}`, { cookie });
+          expect(seen.json.agent.replicaId).toBe(b!.server.replicaId);
+        });
+      }
+      const token = await a!.createToken(cookie, 'forwarding-test');
+      const control = { server: a!, cookie, token };
+      // Discover and trust travel a → NATS → b → agent → target too.
+      const environmentId = await registerEnvironment(
+        control,
+        { url: target.server.url, accessToken: target.token },
+        { transport: 'agent', agentId: credentials.id },
+      );
+      for (const replica of [a!, b!, c!]) {
+        await eventually(async () => {
+          const tested = await replica.request('POST', `/api/v1/environments/${environmentId}/test`, {
+            token,
+          });
+          expect(tested.status).toBe(200);
+          expect(tested.json).toMatchObject({
+            ok: true,
+            remote: { instanceId: target.server.server.store.read().instance.id },
+            replicaId: b!.server.replicaId,
+          });
+        });
+        const relayed = await replica.request('GET', '/api/v1/system/info', {
+          token,
+          headers: { 'x-p2pstream-environment': environmentId },
+        });
+        expect(relayed.status).toBe(200);
+        expect(relayed.json.instanceId).toBe(target.server.server.store.read().instance.id);
+      }
+      // A live stream through c → b, and the caller leaving cancels it at the agent.
+      const controller = new AbortController();
+      const response = await fetch(`${c!.url}/api/v1/traffic/stream?environment=${environmentId}`, {
+        headers: { authorization: `Bearer ${token}` },
+        dispatcher: c!.dispatcher,
+        signal: controller.signal,
+      });
+      expect(response.status).toBe(200);
+      await eventually(() =>
+        expect(b!.server.hub.sessionStats(credentials.id)?.activeStreams ?? 0).toBeGreaterThan(0),
+      );
+      controller.abort();
+      await eventually(() => {
+        expect(b!.server.hub.sessionStats(credentials.id)?.activeStreams ?? 0).toBe(0);
+      });
+    } finally {
+      await agent.close();
+      await target.server.close();
+    }
   });
 
   it('stops taking agents on a replica that lost NATS, sends its agents away, says so, and takes them again once back', async () => {

@@ -80,6 +80,11 @@ export const TestReply = Type.Object({
   ok: Type.Boolean(),
   latencyMs: Type.Number(),
   remote: Type.Object({ version: Type.String(), instanceId: Type.String() }),
+  replicaId: Type.Optional(
+    Type.Union([Type.String(), Type.Null()], {
+      description: 'Agent transport with several control-plane replicas: the replica that held the agent.',
+    }),
+  ),
   timing: Type.Optional(
     Type.Record(Type.String(), Type.Number(), {
       description: 'Milliseconds per phase: cp, hub, dns, connect, tls, ttfb, total (DESIGN.md §11).',
