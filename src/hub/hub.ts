@@ -157,7 +157,6 @@ export class Hub {
     return this.isConnected(agentId) || (this.#forwarder?.(agentId) ?? null) !== null;
   }
 
-
   /** Agents with a live session. */
   connectedCount(): number {
     return this.#agents.connectedCount();
