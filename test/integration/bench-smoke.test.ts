@@ -29,6 +29,20 @@ describe('npm run bench -- --quick', () => {
     await expect(runBenchmarks({ only: ['nonsense'] })).rejects.toThrow(/unknown group nonsense/);
   }, 120_000);
 
+  it('measures the cost and the accuracy of traffic policies as three ratios with goals', async () => {
+    const rows = await runBenchmarks({ quick: true, only: ['policies'] });
+    expect(rows.map((r) => r.metric)).toEqual([
+      'proxied req/s with 20 WAF rules + 5 rate limits + 1 shaper (none triggering) ÷ without',
+      'accepted req/s under a 1,000 req/s limit at 4× offered load ÷ 1,000',
+      'delivered bytes/s through a 1 MiB/s shaper ÷ 1 MiB/s',
+    ]);
+    for (const row of rows) {
+      expect(row.value.median).toBeGreaterThan(0);
+      expect(typeof row.met).toBe('boolean');
+      expect(row.note).not.toBe('');
+    }
+  }, 120_000);
+
   it('runs p2pstream next to Caddy, nginx and a minimal Node proxy under wrk and reports ratios, and its RSS over a run', async () => {
     const rows = await runBenchmarks({ quick: true, only: ['peers', 'peers-rss'], rssMinutes: 0.1 });
     expect(new Set(rows.map((r) => r.group))).toEqual(new Set(['peers', 'peers rss']));
