@@ -21,7 +21,7 @@
  * change; key state is bounded (rate-limiter.ts).
  */
 
-import type { PolicyRequestFacts } from '../domain/policy-expression.js';
+import { type CompiledExpression, type PolicyRequestFacts, withBlanks } from '../domain/policy-expression.js';
 import type {
   CompiledPolicies,
   PolicyTestRequest,
@@ -68,6 +68,7 @@ export interface PolicyEngineOptions {
 }
 
 const FACTS = 'policy.facts';
+const FACTS_BLANK = 'policy.facts.blank';
 const SWITCH_HISTORY = 20;
 
 interface AutoListenerState {
@@ -141,12 +142,34 @@ function sfString(value: string): string {
   return `"${value.replace(/[^\u0020-\u007e]/g, '?').replace(/["\\]/g, '\\$&')}"`;
 }
 
-/** The policy facts of a request (built once per request, shared by the stages). */
-function factsOf(request: PipelineRequest): PolicyRequestFacts {
-  let facts = request.notes.get(FACTS) as PolicyRequestFacts | undefined;
+/** Header and query keys read as '' when absent (the union over the rule set). */
+interface Blanks {
+  readonly headers: readonly string[];
+  readonly query: readonly string[];
+}
+
+function blanked<T extends Record<string, unknown>>(map: T, keys: readonly string[]): T {
+  let copy: Record<string, unknown> | null = null;
+  for (const key of keys) {
+    if (Object.hasOwn(map, key)) continue;
+    copy ??= { ...map };
+    copy[key] = '';
+  }
+  return (copy ?? map) as T;
+}
+
+/**
+ * The policy facts of a request, built once per request and shared by the
+ * stages: as received (`raw`), or with blanks for absent keys (`blank`, for
+ * expressions that read the maps only by key).
+ */
+function factsOf(request: PipelineRequest, blanks: Blanks, blank: boolean): PolicyRequestFacts {
+  const note = blank ? FACTS_BLANK : FACTS;
+  let facts = request.notes.get(note) as PolicyRequestFacts | undefined;
   if (facts === undefined) {
     let query: Record<string, string> | null = null;
     const raw = request.query;
+    const queryKeys = blank ? blanks.query : [];
     facts = {
       method: request.method,
       host: request.host ?? '',
@@ -154,14 +177,33 @@ function factsOf(request: PipelineRequest): PolicyRequestFacts {
       ip: request.clientIp ?? '',
       listener: request.listener.name,
       get query() {
-        query ??= parseQuery(raw);
+        query ??= queryKeys.length === 0 ? parseQuery(raw) : blanked(parseQuery(raw), queryKeys);
         return query;
       },
-      headers: request.headers,
+      headers:
+        blank && blanks.headers.length > 0 ? blanked(request.headers, blanks.headers) : request.headers,
     };
-    request.notes.set(FACTS, facts);
+    request.notes.set(note, facts);
   }
   return facts;
+}
+
+function blanksOf(policies: CompiledPolicies): Blanks {
+  const headers = new Set<string>();
+  const query = new Set<string>();
+  for (const list of [policies.waf, policies.rateLimits, policies.shapers] as const) {
+    for (const { match } of list) {
+      for (const k of match.blanks?.headers ?? []) headers.add(k);
+      for (const k of match.blanks?.query ?? []) query.add(k);
+    }
+  }
+  return { headers: [...headers], query: [...query] };
+}
+
+/** Whether `match` matches the request (against the facts it reads). */
+function matchesRequest(match: CompiledExpression, request: PipelineRequest, blanks: Blanks): boolean {
+  if (match.always) return true;
+  return match.matches(factsOf(request, blanks, match.blanks !== null));
 }
 
 function parseQuery(raw: string): Record<string, string> {
@@ -211,6 +253,7 @@ export class PolicyEngine {
   readonly #listenerCounters = new Map<string, ListenerCounter>();
   #policies: CompiledPolicies = { waf: [], rateLimits: [], shapers: [] };
   #limitRules: LimitRule[] = [];
+  #blanks: Blanks = { headers: [], query: [] };
   #timer: NodeJS.Timeout | null = null;
   readonly #decisions: ((stage: string, action: string) => void) | null;
 
@@ -261,6 +304,7 @@ export class PolicyEngine {
   setPolicies(policies: CompiledPolicies): void {
     const previous = new Map(this.#limitRules.map((l) => [l.rule.id, l]));
     this.#policies = policies;
+    this.#blanks = blanksOf(policies);
     this.#limitRules = policies.rateLimits.map(({ record }) => {
       const spec = limitSpec(record);
       const old = previous.get(record.id);
@@ -314,10 +358,10 @@ export class PolicyEngine {
       slot: 'waf',
       decide: (request) => {
         if (hasChallenge && request.path === CHALLENGE_PATH) return this.#verifyChallenge(request);
-        const facts = factsOf(request);
+        const blanks = this.#blanks;
         for (const { record, match } of rules) {
           if (record.mode === 'auto' && !this.#autoActive(record.id, request.listener.id)) continue;
-          if (!match.matches(facts)) continue;
+          if (!matchesRequest(match, request, blanks)) continue;
           switch (record.action) {
             case 'log':
               this.#decide(request, 'waf', record.name, 'log');
@@ -499,12 +543,12 @@ export class PolicyEngine {
     return {
       slot: 'rate_limit',
       decide: (request) => {
-        const facts = factsOf(request);
+        const blanks = this.#blanks;
         const now = this.#now();
         let policy = '';
         let state = '';
         for (let i = 0; i < rules.length; i++) {
-          if (!rules[i]!.match.matches(facts)) continue;
+          if (!matchesRequest(rules[i]!.match, request, blanks)) continue;
           const limit = limits[i]!;
           const verdict = consume(
             this.#limits,
@@ -563,9 +607,9 @@ export class PolicyEngine {
     return {
       slot: 'shaper',
       decide: (request) => {
-        const facts = factsOf(request);
+        const blanks = this.#blanks;
         for (const { record, match } of shapers) {
-          if (!match.matches(facts)) continue;
+          if (!matchesRequest(match, request, blanks)) continue;
           this.#decide(request, 'shaper', record.name, 'shape');
           request.notes.set(KEY, { shaper: record, key: `${record.id}\u0001${keyOf(record.key, request)}` });
           break;
@@ -623,10 +667,12 @@ export class PolicyEngine {
       query: parseQuery(input.path.includes('?') ? input.path.slice(input.path.indexOf('?') + 1) : ''),
       headers: input.headers,
     };
+    const blank = withBlanks(facts, blanksOf(policies));
+    const test = (match: CompiledExpression) => match.matches(match.blanks === null ? facts : blank);
     const stages: PolicyTestStage[] = [];
     let wafDecided = false;
     for (const { record, match } of policies.waf) {
-      if (!match.matches(facts)) continue;
+      if (!test(match)) continue;
       const autoOff = record.mode === 'auto' && !this.#autoActive(record.id, input.listenerId ?? '');
       if (autoOff) {
         stages.push({
@@ -668,7 +714,7 @@ export class PolicyEngine {
     } as unknown as PipelineRequest;
     let limited = false;
     for (const { record, match } of policies.rateLimits) {
-      if (!match.matches(facts)) continue;
+      if (!test(match)) continue;
       const spec = limitSpec(record);
       const key = `${record.id}\u0001${keyOf(record.key, fake)}`;
       const verdict = consume(this.#limits, key, spec, this.#now(), true);
@@ -688,7 +734,7 @@ export class PolicyEngine {
     if (!stages.some((s) => s.stage === 'rate_limit'))
       stages.push({ stage: 'rate_limit', rule: null, action: 'continue', detail: 'no rate limit matches' });
     if (limited) return stages;
-    const shaper = policies.shapers.find((s) => s.match.matches(facts));
+    const shaper = policies.shapers.find((s) => test(s.match));
     stages.push(
       shaper
         ? {

@@ -20,7 +20,10 @@
  * `details: {field, position, line, column}` (position 0-based, line and
  * column 1-based).
  *
- * At run time an expression that fails (a missing map key, say) does not
+ * A header or query parameter that is absent reads as '' when the
+ * expression only reads it by name (`headers["x-api-key"]`); an expression
+ * that also tests presence (`"x-api-key" in headers`) keeps CEL's rule (an
+ * absent key is an error). At run time an expression that fails does not
  * match: `a && b` and `a || b` absorb errors as CEL specifies.
  */
 import { isIP } from 'node:net';
@@ -49,6 +52,13 @@ export interface CompiledExpression {
   readonly always: boolean;
   /** Whether the expression reads `query` (the data plane parses the query only then). */
   readonly usesQuery: boolean;
+  /**
+   * The header and query keys this expression reads only by name, which read
+   * as '' when absent (evaluate against {@link withBlanks}); null when it
+   * looks at a map otherwise (`in`, a macro…): then CEL's rule stays and an
+   * absent key is an error (no match).
+   */
+  readonly blanks: { readonly headers: readonly string[]; readonly query: readonly string[] } | null;
   /** True when the request matches; an evaluation error is no match. */
   matches(facts: PolicyRequestFacts): boolean;
 }
@@ -180,6 +190,7 @@ const ALWAYS: CompiledExpression = {
   source: '',
   always: true,
   usesQuery: false,
+  blanks: { headers: [], query: [] },
   matches: () => true,
 };
 
@@ -229,10 +240,13 @@ export function compileExpression(source: unknown, field = 'expression'): Compil
       }
     }
   });
+  const fillHeaders = fillableKeys(program.ast, 'headers');
+  const fillQuery = fillableKeys(program.ast, 'query');
   return {
     source,
     always: false,
     usesQuery,
+    blanks: fillHeaders === false || fillQuery === false ? null : { headers: fillHeaders, query: fillQuery },
     matches(facts) {
       try {
         return program(facts) === true;
@@ -241,6 +255,56 @@ export function compileExpression(source: unknown, field = 'expression'): Compil
       }
     },
   };
+}
+
+/**
+ * The keys an expression reads from `map` only as `map["key"]` / `map.key`
+ * (never otherwise: no `in`, no macro, no `size`), or null. Those read as ''
+ * when absent — the evaluator would throw (slowly) and the rule would not
+ * match, so `headers["x-api-key"] != "secret"` would let a request without
+ * the header through. Where the expression looks at the map in any other way
+ * (`"x" in headers`), CEL's rule stays: an absent key is an error.
+ */
+function fillableKeys(ast: ASTNode, map: 'headers' | 'query'): string[] | false {
+  let references = 0;
+  let accesses = 0;
+  const keys = new Set<string>();
+  walk(ast, 0, (node) => {
+    if (node.op === 'id' && node.args === map) references++;
+    if ((node.op === '[]' || node.op === '.') && node.args[0]?.op === 'id' && node.args[0].args === map) {
+      const key =
+        node.op === '.' ? node.args[1] : node.args[1]?.op === 'value' ? node.args[1].args : undefined;
+      if (typeof key !== 'string') return;
+      keys.add(key);
+      accesses++;
+    }
+  });
+  return references === accesses ? [...keys] : false;
+}
+
+/**
+ * `facts` with '' for each of `blanks`' keys that the request lacks (a copy
+ * only when one is missing). Evaluate only expressions whose `blanks` is not
+ * null against it.
+ */
+export function withBlanks(
+  facts: PolicyRequestFacts,
+  blanks: { headers: readonly string[]; query: readonly string[] },
+): PolicyRequestFacts {
+  const headers = blankKeys(facts.headers, blanks.headers);
+  const query = blanks.query.length === 0 ? facts.query : blankKeys(facts.query, blanks.query);
+  if (headers === facts.headers && query === facts.query) return facts;
+  return { ...facts, headers, query };
+}
+
+function blankKeys<T extends Record<string, unknown>>(map: T, keys: readonly string[]): T {
+  let copy: Record<string, unknown> | null = null;
+  for (const key of keys) {
+    if (Object.hasOwn(map, key)) continue;
+    copy ??= { ...map };
+    copy[key] = '';
+  }
+  return (copy ?? map) as T;
 }
 
 /** Visits every node; `macroDepth` counts the comprehensions around it. */

@@ -83,6 +83,16 @@ describe('WAF rules', () => {
       { stage: 'waf', rule: 'admin only from the office', action: 'block' },
     ]);
 
+    // A header read by name is '' when absent: a rule on a missing key does not let the request slip through.
+    await api('POST', '/api/v1/policies/waf', {
+      name: 'key required on /private',
+      priority: 20,
+      expression: 'path_prefix(path, "/private") && headers["x-key"] != "k"',
+      action: 'block',
+    });
+    expect((await client.send(port, '/private/a')).status).toBe(403);
+    expect((await client.send(port, '/private/a', { headers: { 'x-key': 'k' } })).status).toBe(200);
+
     // Disabled: the next request passes.
     await api('PATCH', `/api/v1/policies/waf/${block.json.rule.id}`, { enabled: false });
     expect((await client.send(port, '/admin/users')).status).toBe(200);
@@ -91,6 +101,7 @@ describe('WAF rules', () => {
     expect(list.json.rules.map((r: { name: string }) => r.name)).toEqual([
       'watch admin',
       'admin only from the office',
+      'key required on /private',
     ]);
   });
 

@@ -68,6 +68,22 @@ describe('policy match expressions', () => {
     expect(compileExpression('headers["authorization"] == "x" || true').matches(facts())).toBe(true);
   });
 
+  it('reads an absent header as "" when the expression only reads it by name, and keeps CEL errors otherwise', async () => {
+    const { withBlanks } = await import('../../src/domain/policy-expression.js');
+    const byName = compileExpression('headers["x-api-key"] != "secret"');
+    expect(byName.blanks).toEqual({ headers: ['x-api-key'], query: [] });
+    const noKey = facts({ headers: {} });
+    // Without the blank the evaluation fails (no match); with it, a missing key is not the secret.
+    expect(byName.matches(noKey)).toBe(false);
+    expect(byName.matches(withBlanks(noKey, byName.blanks!))).toBe(true);
+    expect(byName.matches(withBlanks(facts({ headers: { 'x-api-key': 'secret' } }), byName.blanks!))).toBe(
+      false,
+    );
+    expect(compileExpression('"x-api-key" in headers && headers["x-api-key"] == ""').blanks).toBeNull();
+    expect(compileExpression('headers.exists(k, k == "a")').blanks).toBeNull();
+    expect(compileExpression('query.page == "2"').blanks).toEqual({ headers: [], query: ['page'] });
+  });
+
   it('knows which expressions read the query', () => {
     expect(compileExpression('query["a"] == "b"').usesQuery).toBe(true);
     expect(compileExpression('path == "/"').usesQuery).toBe(false);
