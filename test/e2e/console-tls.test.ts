@@ -99,6 +99,16 @@ describe('console: TLS', () => {
     await internal.getByText('ready').waitFor();
     expect(await internal.textContent()).toContain('internal.test, *.internal.test');
     await internal.getByText(/renews in 20 d/).waitFor();
+    // Renew makes it again: another certificate, still ready.
+    const fingerprint = async () =>
+      (
+        await ok(control.request('GET', '/api/v1/tls/certificates', { cookie: controlCookie }))
+      ).certificates.find((c: { name: string }) => c.name === 'internal').fingerprintSha256 as string;
+    const before = await fingerprint();
+    await internal.getByRole('button', { name: 'Renew internal' }).click();
+    for (let i = 0; i < 100 && (await fingerprint()) === before; i++) await page.waitForTimeout(50);
+    expect(await fingerprint()).not.toBe(before);
+    await internal.getByText('ready').waitFor();
     await screenshot(page, 'tls-certificates');
 
     // An https listener with a default certificate, and a route host the other one covers.
