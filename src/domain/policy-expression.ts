@@ -131,8 +131,38 @@ function addressBytes(address: string): Uint8Array | null {
   return bytes;
 }
 
+/** A dotted-quad IPv4 address as an unsigned 32-bit number, or -1 (fast path of {@link ipInCidr}). */
+function ipv4Number(ip: string, from: number): number {
+  let value = 0;
+  let part = -1;
+  let dots = 0;
+  for (let i = from; i < ip.length; i++) {
+    const c = ip.charCodeAt(i);
+    if (c === 46) {
+      if (part < 0 || dots === 3) return -1;
+      value = value * 256 + part;
+      part = -1;
+      dots++;
+    } else if (c >= 48 && c <= 57) {
+      part = part < 0 ? c - 48 : part * 10 + (c - 48);
+      if (part > 255) return -1;
+    } else return -1;
+  }
+  if (dots !== 3 || part < 0) return -1;
+  return value * 256 + part;
+}
+
 /** Whether `ip` lies in `cidr`; an IPv4-mapped IPv6 address is compared as IPv4. */
 export function ipInCidr(ip: string, cidr: Cidr): boolean {
+  if (cidr.family === 4) {
+    const n = ipv4Number(ip, ip.startsWith('::ffff:') ? 7 : 0);
+    if (n >= 0) {
+      const net =
+        ((cidr.bytes[0]! << 24) | (cidr.bytes[1]! << 16) | (cidr.bytes[2]! << 8) | cidr.bytes[3]!) >>> 0;
+      const mask = cidr.bits === 0 ? 0 : (0xffffffff << (32 - cidr.bits)) >>> 0;
+      return (n & mask) >>> 0 === (net & mask) >>> 0;
+    }
+  }
   let bytes = addressBytes(ip);
   if (bytes === null) return false;
   if (bytes.length === 16 && cidr.family === 4 && isV4Mapped(bytes)) bytes = bytes.subarray(12);

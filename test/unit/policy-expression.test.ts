@@ -125,6 +125,11 @@ describe('address helpers', () => {
     expect(ipInCidr('2001:db9::5', parseCidr('2001:db8::/32')!)).toBe(false);
     expect(ipInCidr('10.0.0.1', parseCidr('0.0.0.0/0')!)).toBe(true);
     expect(ipInCidr('not-an-ip', parseCidr('0.0.0.0/0')!)).toBe(false);
+    for (const bad of ['1.2.3', '1.2.3.256', '1..2.3', '1.2.3.4.5', '']) {
+      expect(ipInCidr(bad, parseCidr('0.0.0.0/0')!), bad).toBe(false);
+    }
+    expect(ipInCidr('172.16.255.255', parseCidr('172.16.0.0/12')!)).toBe(true);
+    expect(ipInCidr('172.32.0.1', parseCidr('172.16.0.0/12')!)).toBe(false);
     expect(parseCidr('10.0.0.0/x')).toBeNull();
     expect(parseCidr('300.0.0.0/8')).toBeNull();
   });
