@@ -482,14 +482,7 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     }
     const timeout = target.timeoutMs ?? this.#context.defaultTimeoutMs;
     const headers = this.upstreamHeaders();
-    const length = this.#req.headers['content-length'];
-    const hasBody =
-      this.#req.headers['transfer-encoding'] !== undefined ||
-      (length !== undefined && length !== '0') ||
-      // HTTP/2 has no framing headers: a body follows unless the headers ended the stream.
-      (length === undefined &&
-        (this.#req as unknown as Http2ServerRequest).stream?.endAfterHeaders === false);
-    let body: AsyncIterable<Buffer> | null = hasBody ? countBytes(this.#req, this) : null;
+    let body: AsyncIterable<Buffer> | null = this.#hasBody() ? countBytes(this.#req, this) : null;
     if (body !== null) {
       for (const stage of this.#pipeline.requestBodyStages) {
         const transform = stage.requestBody!(this);
@@ -801,10 +794,23 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     }
   }
 
+  /** Whether a request body follows the head. */
+  #hasBody(): boolean {
+    const headers = this.#req.headers;
+    const length = headers['content-length'];
+    return (
+      headers['transfer-encoding'] !== undefined ||
+      (length !== undefined && length !== '0') ||
+      // HTTP/2 has no framing headers: a body follows unless the headers ended the stream.
+      (length === undefined && (this.#req as unknown as Http2ServerRequest).stream?.endAfterHeaders === false)
+    );
+  }
+
   /** Reads (and counts) a request body that nobody forwards, so the connection can be reused. */
   #drainRequest(): void {
     const req = this.#req;
-    if (req.complete || req.readableEnded) return;
+    // Without a body there is nothing to read (Node discards what is left when the answer ends).
+    if (req.complete || req.readableEnded || !this.#hasBody()) return;
     req.on('data', this.#countIn);
     req.resume();
   }
