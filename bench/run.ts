@@ -13,11 +13,11 @@
  * tracing, tls, policies, peers, peers-rss (5 minutes at full load: left out of a quick run
  * unless named with --only).
  */
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { benchCodec } from './codec.js';
-import { type BenchRow, machineInfo, renderTable } from './harness.js';
+import { type BenchRow, type MachineInfo, machineInfo, renderTable } from './harness.js';
 import { benchHubScale } from './hub-scale.js';
 import { benchPeers, benchPeersRss } from './peers.js';
 import { benchPolicies } from './policies.js';
@@ -133,11 +133,51 @@ async function main(): Promise<void> {
   }
   const out = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'results.json');
   if (!quick) {
-    await writeFile(out, `${JSON.stringify({ startedAt, machine, quick, rows }, null, 2)}\n`);
+    const results = only
+      ? await mergeResults(out, { startedAt, machine, rows })
+      : { startedAt, machine, quick, rows };
+    await writeFile(out, `${JSON.stringify(results, null, 2)}\n`);
     process.stdout.write(`\nwritten to bench/results.json\n`);
   }
   const missed = rows.filter((r) => r.met === false);
   if (missed.length > 0) process.stdout.write(`goals missed: ${missed.map((r) => r.metric).join('; ')}\n`);
+}
+
+interface ResultsRun {
+  startedAt: string;
+  machine: MachineInfo;
+}
+
+interface ResultsFile extends ResultsRun {
+  quick: boolean;
+  rows: BenchRow[];
+  /** The run each group's rows come from, when they differ (a run with --only keeps the other groups' rows). */
+  runs?: Record<string, ResultsRun>;
+}
+
+/**
+ * The results of a run of chosen groups (--only) merged into the existing
+ * file: the groups measured now replace theirs, the others keep their rows,
+ * and `runs` says which run (time, machine) each group's rows come from.
+ */
+async function mergeResults(file: string, run: ResultsRun & { rows: BenchRow[] }): Promise<ResultsFile> {
+  let previous: ResultsFile | null = null;
+  try {
+    previous = JSON.parse(await readFile(file, 'utf8')) as ResultsFile;
+  } catch {
+    // no earlier results: this run alone
+  }
+  const measured = new Set(run.rows.map((r) => r.group));
+  const kept = (previous?.rows ?? []).filter((r) => !measured.has(r.group));
+  const runs: Record<string, ResultsRun> = {};
+  for (const row of kept) {
+    runs[row.group] = previous?.runs?.[row.group] ?? {
+      startedAt: previous!.startedAt,
+      machine: previous!.machine,
+    };
+  }
+  for (const group of measured) runs[group] = { startedAt: run.startedAt, machine: run.machine };
+  return { startedAt: run.startedAt, machine: run.machine, quick: false, rows: [...kept, ...run.rows], runs };
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
