@@ -18,6 +18,7 @@ import Fastify, {
 } from 'fastify';
 import { DEFAULT_BODY_LIMIT_BYTES } from './config.js';
 import type { AuthService } from './domain/auth-service.js';
+import { LOCAL_ENVIRONMENT_ID } from './domain/environment-service.js';
 import type { SystemService } from './domain/system-service.js';
 import type { TokenService } from './domain/token-service.js';
 import { AppError } from './errors.js';
@@ -36,7 +37,6 @@ import { loginMetrics } from './metrics/instance-metrics.js';
 import type { MetricsRegistry } from './metrics/metrics-registry.js';
 
 export const ENVIRONMENT_HEADER = 'x-p2pstream-environment';
-export const LOCAL_ENVIRONMENT_ID = 'local';
 
 /** Relays an operational request to a remote environment (DESIGN.md §4). */
 export interface EnvironmentRelay {

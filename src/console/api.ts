@@ -8,8 +8,10 @@
  * unauthenticated handler (back to the login page, keeping the current page).
  */
 
+import type { LocalEnvironmentId } from './types';
 export const ENVIRONMENT_HEADER = 'X-P2PStream-Environment';
-export const LOCAL = 'local';
+/** The virtual environment of the instance serving the console (its type ties it to the API's). */
+export const LOCAL: LocalEnvironmentId = 'local';
 
 /** A failed call: HTTP status (0 when the server could not be reached), stable code, message, field. */
 export class ApiError extends Error {

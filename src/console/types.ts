@@ -17,6 +17,7 @@ import type {
   DiscoverReply as DiscoverReplySchema,
   EnvironmentEntry as EnvironmentEntrySchema,
   LastTest as LastTestSchema,
+  LocalEnvironmentId as LocalEnvironmentIdSchema,
   TrustState as TrustStateSchema,
 } from '../http/schemas/environments';
 import type {
@@ -42,6 +43,7 @@ import type {
 
 export type User = Static<typeof UserSchema>;
 export type TrustState = Static<typeof TrustStateSchema>;
+export type LocalEnvironmentId = Static<typeof LocalEnvironmentIdSchema>;
 export type Certificate = Static<typeof CertificateSchema>;
 export type LastTest = Static<typeof LastTestSchema>;
 /** What `POST /api/v1/environments/:id/discover` answers. */

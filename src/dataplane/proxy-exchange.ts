@@ -29,6 +29,7 @@
  * 502; upstream timeout → 504; a failure after the response started cuts
  * the client connection. Each carries a traced error kind.
  */
+
 import { randomUUID } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
@@ -45,6 +46,7 @@ import {
   type TemplateValues,
 } from '../domain/template-render.js';
 import type { PolicyDecision, PolicyStageName, TraceErrorKind, TraceTls } from '../domain/traffic-types.js';
+import { HOP_BY_HOP_HEADERS, hopByHopAnd } from '../http-headers.js';
 import {
   type BodyTransform,
   type ChunkSink,
@@ -101,37 +103,16 @@ export type ExchangeResponse = ServerResponse | Http2ServerResponse;
 export const HSTS_VALUE = 'max-age=31536000';
 
 /** Request headers never forwarded (lower case); the `X-Forwarded-*` ones are set afresh. */
-const REQUEST_HEADERS_DROPPED = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authorization',
-  'proxy-authenticate',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'http2-settings',
+const REQUEST_HEADERS_DROPPED = hopByHopAnd(
   'host',
   'expect',
   'x-forwarded-for',
   'x-forwarded-proto',
   'x-forwarded-host',
-]);
+);
 
 /** Response headers never passed back (lower case). */
-const RESPONSE_HEADERS_DROPPED = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'http2-settings',
-]);
+const RESPONSE_HEADERS_DROPPED = HOP_BY_HOP_HEADERS;
 
 const TEXT_PLAIN = 'text/plain; charset=utf-8';
 

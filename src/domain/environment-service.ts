@@ -50,8 +50,14 @@ export const MIN_ENVIRONMENT_TIMEOUT_MS = 1_000;
 export const MAX_ENVIRONMENT_TIMEOUT_MS = 300_000;
 export const MAX_ENVIRONMENT_URL_LENGTH = 2048;
 export const MAX_ACCESS_TOKEN_LENGTH = 4096;
+/** The id of the virtual environment that stands for this instance (the API's `environment=local`). */
+export const LOCAL_ENVIRONMENT_ID = 'local';
 /** The id and name of the virtual environment that stands for this instance. */
-export const LOCAL_ENVIRONMENT = Object.freeze({ id: 'local', name: 'Local', virtual: true as const });
+export const LOCAL_ENVIRONMENT = Object.freeze({
+  id: LOCAL_ENVIRONMENT_ID,
+  name: 'Local',
+  virtual: true as const,
+});
 /** The path the connection test calls on the target. */
 export const SYSTEM_INFO_PATH = '/api/v1/system/info';
 /** Largest system-info answer the connection test reads. */

@@ -34,6 +34,7 @@ import type {
   EnvironmentTransports,
 } from '../domain/environment-service.js';
 import { AppError, toAppError } from '../errors.js';
+import { hopByHopAnd } from '../http-headers.js';
 import type { Logger } from '../logger.js';
 import type { HeaderList, RelayResponse, Transport } from '../relay/transport.js';
 
@@ -53,16 +54,7 @@ export const RELAYED_REQUEST_HEADERS: ReadonlySet<string> = new Set([
 ]);
 
 /** Response headers that never come back from the environment. */
-const DROPPED_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
+const DROPPED_RESPONSE_HEADERS: ReadonlySet<string> = hopByHopAnd(
   'set-cookie',
   'set-cookie2',
   // What would act in this origin rather than the remote's: policies, storage wipes, refreshes.
@@ -72,7 +64,7 @@ const DROPPED_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
   'strict-transport-security',
   'refresh',
   'x-content-type-options',
-]);
+);
 
 /**
  * Added to every relayed answer: the remote's bytes are data in this origin,

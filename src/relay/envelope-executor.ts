@@ -13,10 +13,12 @@
  * target and a slow reader never makes memory grow: per stream, at most one
  * window is in flight and at most one upstream read is held back.
  */
+
 import type { ClientRequest, IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import https from 'node:https';
 import type { LookupFunction } from 'node:net';
 import { AppError, toAppError } from '../errors.js';
+import { HOP_BY_HOP_HEADERS } from '../http-headers.js';
 import type { Logger } from '../logger.js';
 import {
   describeCertificate,
@@ -58,17 +60,7 @@ export const MAX_WINDOW_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_MAX_POOLED_ORIGINS = 64;
 
 /** Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1). */
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-]);
+const HOP_BY_HOP = HOP_BY_HOP_HEADERS;
 
 /** Options of {@link EnvelopeExecutor}; only `send` is required. */
 export interface EnvelopeExecutorOptions {

@@ -28,7 +28,7 @@ interface Scope {
   why: string;
 }
 
-const LEAVES = ['src/errors.ts', 'src/logger.ts', 'src/version.ts'];
+const LEAVES = ['src/errors.ts', 'src/logger.ts', 'src/version.ts', 'src/http-headers.ts'];
 
 const RELAY_FILES: Record<string, readonly string[]> = {
   'envelope.ts': ['src/relay/generated/'],
@@ -179,6 +179,13 @@ const SCOPES: Scope[] = [
   { scope: 'src/errors.ts', code: [], packages: [], node: false, why: 'the error table is a leaf' },
   { scope: 'src/logger.ts', code: ['src/config.ts'], packages: ['pino'], node: false, why: 'a leaf' },
   { scope: 'src/version.ts', code: [], packages: [], node: true, why: 'a leaf' },
+  {
+    scope: 'src/http-headers.ts',
+    code: [],
+    packages: [],
+    node: false,
+    why: 'header names shared by proxies: a leaf',
+  },
   {
     scope: 'src/server.ts',
     code: ['*'],

@@ -26,6 +26,7 @@
  * Every answer the cache is involved in carries `Cache-Status` (RFC 9211,
  * cache name `p2pstream`); the outcome names the trace value.
  */
+
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { IncomingHttpHeaders } from 'node:http';
@@ -40,6 +41,7 @@ import type {
   CompiledCacheRule,
 } from '../../domain/cache-types.js';
 import type { PolicyRequestFacts } from '../../domain/policy-expression.js';
+import { HOP_BY_HOP_HEADERS, hopByHopAnd } from '../../http-headers.js';
 import type { Logger } from '../../logger.js';
 import type { CacheRuleRecord, CacheSettingsRecord } from '../../storage/schema.js';
 import { type CacheEntry, CacheStore, type CacheStoreLimits } from './cache-store.js';
@@ -131,22 +133,7 @@ const BYPASS_HEADERS: [string, string][] = [
 ];
 
 /** Response headers never stored or replayed (hop-by-hop, and per-answer ones). */
-const UNSTORED_RESPONSE_HEADERS = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'http2-settings',
-  'content-length',
-  'age',
-  'cache-status',
-  'set-cookie',
-]);
+const UNSTORED_RESPONSE_HEADERS = hopByHopAnd('content-length', 'age', 'cache-status', 'set-cookie');
 
 /** Client conditional headers, removed when the cache asks the origin for a full answer. */
 const CONDITIONAL_HEADERS = [
@@ -824,18 +811,7 @@ function headerRecord(headers: IncomingHttpHeaders): HeaderRecord {
 }
 
 /** Hop-by-hop headers: never passed on. */
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'http2-settings',
-]);
+const HOP_BY_HOP = HOP_BY_HOP_HEADERS;
 
 /** An origin answer's headers as passed to the client (hop-by-hop ones dropped). */
 function replayHeaders(headers: IncomingHttpHeaders): string[] {

@@ -2,6 +2,9 @@
 import { Type } from 'typebox';
 import { errorResponses, IdParams, NoContent, Nullable, Patch, Timestamp } from './common.js';
 
+/** The id of the virtual environment that stands for the instance answering (`local`). */
+export const LocalEnvironmentId = Type.Literal('local');
+
 export const TrustState = Type.Enum(['UNTRUSTED', 'TRUSTED', 'CHANGED', 'EXPIRED']);
 
 /** A certificate as the API describes it; the fingerprint is `AB:CD:…` (SHA-256 of the DER leaf). */
