@@ -131,10 +131,10 @@ const SCOPES: Scope[] = [
   },
   {
     scope: 'src/cluster/',
-    code: ['src/cluster/', ...LEAVES, 'src/domain/cluster-types.ts'],
+    code: ['src/cluster/', ...LEAVES, 'src/domain/cluster-types.ts', 'src/relay/', 'src/hub/'],
     packages: ['@nats-io/'],
     node: true,
-    why: 'the replica bus',
+    why: 'the replica bus: presence, and relay frames between replicas',
   },
   {
     scope: 'src/hub/',
