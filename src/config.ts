@@ -15,6 +15,9 @@ export const DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024;
 /** A management client has this long for its TLS handshake, then for its request head. */
 export const DEFAULT_HEADERS_TIMEOUT_MS = 10_000;
 
+/** The shortest accepted P2PSTREAM_SETUP_TOKEN: guessing it must be out of reach even without the attempt limit. */
+export const MIN_SETUP_TOKEN_LENGTH = 16;
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
@@ -53,6 +56,8 @@ export interface ServerConfig {
    * null/absent = any.
    */
   directAllowedTargets?: string[] | null;
+  /** scrypt cost of new password hashes (no variable; tests lower it); default N=2^17, r=8, p=1. */
+  passwordCost?: { N: number; r: number; p: number };
   /** Cluster timings (no variables; tests shorten them). */
   cluster?: {
     /** How long the bus may be away before this replica stops taking agents (default 3 s). */
@@ -78,8 +83,11 @@ export function loadConfig(env: NodeJS.ProcessEnv): Readonly<ServerConfig> {
     throw new AppError('VALIDATION_FAILED', `LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}`);
   }
   const setupToken = nonEmpty(env.P2PSTREAM_SETUP_TOKEN);
-  if (setupToken !== null && setupToken.length < 8) {
-    throw new AppError('VALIDATION_FAILED', 'P2PSTREAM_SETUP_TOKEN must be at least 8 characters');
+  if (setupToken !== null && setupToken.length < MIN_SETUP_TOKEN_LENGTH) {
+    throw new AppError(
+      'VALIDATION_FAILED',
+      `P2PSTREAM_SETUP_TOKEN must be at least ${MIN_SETUP_TOKEN_LENGTH} characters`,
+    );
   }
   const databaseUrl = nonEmpty(env.P2PSTREAM_DATABASE_URL);
   if (databaseUrl !== null && !isPostgresUrl(databaseUrl)) {

@@ -22,6 +22,7 @@ import { CertificateService } from './domain/certificate-service.js';
 import type { ReplicaSummary } from './domain/cluster-types.js';
 import { EnvironmentService } from './domain/environment-service.js';
 import { createOverviewService } from './domain/overview-service.js';
+import type { HashingStats } from './domain/passwords.js';
 import { PolicyService } from './domain/policy-service.js';
 import { ProxyConfigService } from './domain/proxy-config-service.js';
 import { createSystemService } from './domain/system-service.js';
@@ -76,6 +77,8 @@ export interface RunningServer {
   dataPlanePort(listenerId: string): number | null;
   /** Streams open through the in-process (direct) transport (the hub counts those through agents). */
   directStreams(): number;
+  /** Password hashing under way and refused (the login flood guard). */
+  hashingStats(): HashingStats;
   /** Stops accepting, finishes in-flight requests, flushes the store. */
   close(): Promise<void>;
 }
@@ -110,7 +113,11 @@ export async function startServer(
   const setupToken = config.setupToken ?? randomBytes(12).toString('base64url');
   // Every feature registers its Prometheus metrics here (src/metrics/).
   const metrics = new MetricsRegistry();
-  const auth = new AuthService({ store, setupToken });
+  const auth = new AuthService({
+    store,
+    setupToken,
+    ...(config.passwordCost ? { passwordCost: config.passwordCost } : {}),
+  });
   const tokens = new TokenService({ store });
   // The cluster (replicas sharing the database and a NATS server): presence of replicas and agents.
   const startedAt = Date.now();
@@ -382,6 +389,7 @@ export async function startServer(
     hub,
     metrics,
     dataPlanePort: (id) => dataPlane.boundPort(id),
+    hashingStats: () => auth.hashingStats(),
     directStreams: () => directTransport.stats().client.activeStreams,
     close() {
       closing ??= (async () => {

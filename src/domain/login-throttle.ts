@@ -38,6 +38,12 @@ export class LoginThrottle {
     return `${clientIp}\u0000${username}`;
   }
 
+  /** Milliseconds until `key` is unblocked; 0 when it is not blocked. */
+  retryAfterMs(key: string): number {
+    const entry = this.#entries.get(key);
+    return entry === undefined ? 0 : Math.max(0, entry.blockedUntil - this.#options.now());
+  }
+
   /** True while `key` is blocked. */
   isBlocked(key: string): boolean {
     const entry = this.#entries.get(key);

@@ -49,6 +49,9 @@ export function sendError(reply: FastifyReply, error: AppError): FastifyReply {
   };
   if (error.details?.field !== undefined) body.error.field = error.details.field;
   if (error.details !== undefined) body.error.details = error.details;
+  const retryAfter = error.details?.retryAfterSeconds;
+  if (typeof retryAfter === 'number' && Number.isFinite(retryAfter) && retryAfter > 0)
+    reply.header('retry-after', String(Math.ceil(retryAfter)));
   return reply.code(error.status).type('application/json; charset=utf-8').send(body);
 }
 

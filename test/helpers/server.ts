@@ -13,6 +13,8 @@ import { type RunningServer, type StartServerOptions, startServer } from '../../
 
 export const TEST_SETUP_TOKEN = 'test-setup-code-123';
 export const TEST_USERNAME = 'admin';
+/** scrypt cost of passwords in test servers: N=2^12 (the default stays OWASP's N=2^17). */
+export const TEST_PASSWORD_COST = { N: 2 ** 12, r: 8, p: 1 } as const;
 export const TEST_PASSWORD = 'correct horse battery';
 
 export interface TestServerOptions {
@@ -69,7 +71,9 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     LOG_LEVEL: 'info',
     ...options.env,
   });
-  const config: ServerConfig = { ...loaded, ...options.config };
+  // Tests hash passwords at a low scrypt cost (the default, N=2^17, costs 128 MiB and a noticeable
+  // fraction of a second per hash); a test that checks the cost sets its own.
+  const config: ServerConfig = { ...loaded, passwordCost: TEST_PASSWORD_COST, ...options.config };
   const logs: string[] = [];
   const sink = new Writable({
     write(chunk, _enc, cb) {

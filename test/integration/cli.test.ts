@@ -57,7 +57,7 @@ describe('the p2pstream bin', () => {
 
   it('resets a password offline and revokes the sessions of that user', async () => {
     const dataDir = await tempDir();
-    const server = await startBin({ P2PSTREAM_DATA_DIR: dataDir, P2PSTREAM_SETUP_TOKEN: 'cli-setup-code' });
+    const server = await startBin({ P2PSTREAM_DATA_DIR: dataDir, P2PSTREAM_SETUP_TOKEN: 'cli-setup-code-long' });
     const { url, dispatcher } = server;
     const post = (p: string, body: unknown, cookie?: string) =>
       fetch(`${url}${p}`, {
@@ -69,7 +69,7 @@ describe('the p2pstream bin', () => {
     const setup = await post('/api/v1/setup', {
       username: 'admin',
       password: 'old password 123',
-      setupToken: 'cli-setup-code',
+      setupToken: 'cli-setup-code-long',
     });
     expect(setup.status).toBe(201);
     server.child.kill('SIGTERM');

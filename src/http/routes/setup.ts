@@ -24,7 +24,7 @@ export function createAuthPlugin(deps: AuthPluginDeps): FastifyPluginAsyncTypebo
     }));
 
     app.post('/api/v1/setup', { schema: setupSchema }, async (request, reply) => {
-      const grant = await auth.setup(request.body);
+      const grant = await auth.setup(request.body, request.ip);
       reply.header('set-cookie', sessionCookie(grant.sessionToken, grant.expiresAt));
       return reply.code(201).send({ user: grant.user });
     });
