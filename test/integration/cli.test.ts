@@ -57,7 +57,10 @@ describe('the p2pstream bin', () => {
 
   it('resets a password offline and revokes the sessions of that user', async () => {
     const dataDir = await tempDir();
-    const server = await startBin({ P2PSTREAM_DATA_DIR: dataDir, P2PSTREAM_SETUP_TOKEN: 'cli-setup-code-long' });
+    const server = await startBin({
+      P2PSTREAM_DATA_DIR: dataDir,
+      P2PSTREAM_SETUP_TOKEN: 'cli-setup-code-long',
+    });
     const { url, dispatcher } = server;
     const post = (p: string, body: unknown, cookie?: string) =>
       fetch(`${url}${p}`, {
