@@ -178,6 +178,43 @@ describe('WAF rules', () => {
   });
 });
 
+describe('auto-mode WAF rules', () => {
+  it('switch on under load, block while on, and show the switch on the rule', async () => {
+    const { api, port, client, listenerId } = await setup();
+    const created = await api('POST', '/api/v1/policies/waf', {
+      name: 'shield',
+      action: 'block',
+      status: 503,
+      mode: 'auto',
+      auto: { requestsPerSecond: 5, forSeconds: 1, coolDownSeconds: 3600 },
+    });
+    expect(created.status).toBe(201);
+    expect(created.json.rule.state).toEqual({ activeListeners: [], switches: [] });
+    // Off until the listener has been busy for a second: requests pass.
+    expect((await client.send(port, '/')).status).toBe(200);
+    let blocked = false;
+    const deadline = Date.now() + 15_000;
+    while (!blocked && Date.now() < deadline) {
+      const answers = await Promise.all(Array.from({ length: 10 }, () => client.send(port, '/')));
+      blocked = answers.some((a) => a.status === 503);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    expect(blocked).toBe(true);
+    const rule = (await api('GET', `/api/v1/policies/waf/${created.json.rule.id}`)).json.rule;
+    expect(rule.state.activeListeners).toEqual([listenerId]);
+    expect(rule.state.switches).toEqual([
+      { at: expect.any(String), listenerId, active: true, reason: expect.stringMatching(/requests\/s ≥ 5/) },
+    ]);
+    const tested = await api('POST', '/api/v1/policies/test', {
+      method: 'GET',
+      host: 'x',
+      path: '/',
+      listenerId,
+    });
+    expect(tested.json.stages[0]).toMatchObject({ stage: 'waf', rule: 'shield', action: 'block' });
+  });
+});
+
 describe('rate limits', () => {
   it('limits per key with RateLimit headers and Retry-After, other keys unaffected', async () => {
     const { api, port, client, server, token } = await setup();
