@@ -10,10 +10,12 @@ import { ErrorMessage, TrustBadge } from './components/ui';
 import { EnvironmentProvider, useEnvironments } from './environment';
 import { AgentsPage } from './pages/agents';
 import { AuthPage } from './pages/auth';
+import { CachePage } from './pages/cache';
 import { EnvironmentsPage } from './pages/environments';
 import { OverviewPage } from './pages/overview';
 import { PoliciesPage } from './pages/policies';
 import { ProxyPage } from './pages/proxy';
+import { TemplatesPage } from './pages/templates';
 import { TlsPage } from './pages/tls';
 import { TokensPage } from './pages/tokens';
 import { TrafficPage } from './pages/traffic';
@@ -32,6 +34,8 @@ const NAV: { path: string; label: string; scoped: boolean }[] = [
   { path: '/tls', label: 'TLS', scoped: true },
   { path: '/traffic', label: 'Traffic', scoped: true },
   { path: '/policies', label: 'Traffic Policy', scoped: true },
+  { path: '/cache', label: 'Cache', scoped: true },
+  { path: '/templates', label: 'Templates', scoped: true },
   { path: '/agents', label: 'Agents', scoped: true },
   { path: '/settings/tokens', label: 'API Tokens', scoped: true },
   { path: '/settings/environments', label: 'Environments', scoped: false },
@@ -198,6 +202,10 @@ function Page(props: { path: string }) {
       return <TrafficPage key={key} environment={key} />;
     case '/policies':
       return <PoliciesPage key={key} environment={key} />;
+    case '/cache':
+      return <CachePage key={key} environment={key} />;
+    case '/templates':
+      return <TemplatesPage key={key} environment={key} />;
     case '/agents':
       return <AgentsPage key={key} environment={key} />;
     case '/settings/tokens':

@@ -13,6 +13,11 @@ import type {
 } from '../http/schemas/agents';
 import type { User as UserSchema } from '../http/schemas/auth';
 import type {
+  Rule as CacheRuleSchema,
+  Settings as CacheSettingsSchema,
+  Stats as CacheStatsSchema,
+} from '../http/schemas/cache';
+import type {
   Certificate as CertificateSchema,
   DiscoverReply as DiscoverReplySchema,
   EnvironmentEntry as EnvironmentEntrySchema,
@@ -25,6 +30,10 @@ import type {
   ProxyRoute as ProxyRouteSchema,
   RouteTarget as RouteTargetSchema,
 } from '../http/schemas/proxy';
+import type {
+  TemplateSchema as ResponseTemplateSchema,
+  Preview as TemplatePreviewSchema,
+} from '../http/schemas/templates';
 import type {
   AccountSchema,
   AcmeChallenge as AcmeChallengeSchema,
@@ -133,3 +142,9 @@ export type CertificateSource = Static<typeof CertificateSourceSchema>;
 export type AcmeChallenge = Static<typeof AcmeChallengeSchema>;
 export type AcmeAccount = Static<typeof AccountSchema>;
 export type DnsProvider = Static<typeof ProviderSchema>;
+
+export type CacheSettings = Static<typeof CacheSettingsSchema>;
+export type CacheRule = Static<typeof CacheRuleSchema>;
+export type CacheStats = Static<typeof CacheStatsSchema>;
+export type ResponseTemplate = Static<typeof ResponseTemplateSchema>;
+export type TemplatePreview = Static<typeof TemplatePreviewSchema>;

@@ -14,31 +14,12 @@
  * back to a plain built-in page when the template is missing or broken.
  */
 import type { TemplateKind, TemplateRecord } from '../storage/schema.js';
+import { TEMPLATE_PLACEHOLDERS, type TemplatePlaceholder } from './template-types.js';
 
-/** The placeholders a template may use. */
-export const TEMPLATE_PLACEHOLDERS = [
-  'status',
-  'requestId',
-  'host',
-  'path',
-  'clientIp',
-  'retryAfter',
-  'ruleName',
-  'time',
-] as const;
-
-export type TemplatePlaceholder = (typeof TEMPLATE_PLACEHOLDERS)[number];
+export { TEMPLATE_KINDS, TEMPLATE_PLACEHOLDERS, type TemplatePlaceholder } from './template-types.js';
 
 /** Values for one rendering; a missing value renders as ''. */
 export type TemplateValues = Partial<Record<TemplatePlaceholder, string | number | null>>;
-
-export const TEMPLATE_KINDS: readonly TemplateKind[] = [
-  'generic',
-  'block',
-  'rate_limit',
-  'error',
-  'challenge',
-];
 
 /** A parsed body: literal text and placeholder references, in order. */
 export type TemplatePart = string | { readonly name: TemplatePlaceholder };

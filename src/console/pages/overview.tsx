@@ -87,6 +87,15 @@ export function OverviewPage(props: { environment: string }) {
             />
             <Stat label="Agents connected" value={formatNumber(data.agentsConnected)} />
             <Stat label="Trace subscribers" value={formatNumber(data.traceSubscribers)} />
+            <Stat
+              label="Cache hit ratio"
+              value={
+                data.cache.hits + data.cache.misses === 0
+                  ? '—'
+                  : `${(data.cache.hitRatio * 100).toFixed(1)} %`
+              }
+              detail={`${formatNumber(data.cache.hits)} hits · ${formatNumber(data.cache.misses)} misses · ${formatNumber(data.cache.entries)} entries`}
+            />
           </div>
           <div class="chart-row">
             <div class="card chart-card">

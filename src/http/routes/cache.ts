@@ -12,81 +12,8 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { Type } from 'typebox';
 import type { CacheService } from '../../domain/cache-service.js';
-import { errorResponses, IdParams, NoContent, Timestamp } from '../schemas/common.js';
-
-const Settings = Type.Object({
-  enabled: Type.Boolean(),
-  memoryMiB: Type.Integer(),
-  diskMiB: Type.Integer(),
-  hotObjectKiB: Type.Integer(),
-  maxEntries: Type.Integer(),
-  cleanupSeconds: Type.Integer(),
-});
-
-const SettingsInput = Type.Object({
-  enabled: Type.Optional(Type.Boolean()),
-  memoryMiB: Type.Optional(Type.Integer({ minimum: 1, maximum: 65_536 })),
-  diskMiB: Type.Optional(Type.Integer({ minimum: 0, maximum: 16_777_216 })),
-  hotObjectKiB: Type.Optional(Type.Integer({ minimum: 1, maximum: 65_536 })),
-  maxEntries: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000_000 })),
-  cleanupSeconds: Type.Optional(Type.Integer({ minimum: 5, maximum: 86_400 })),
-});
-
-const Ttl = Type.Object({
-  mode: Type.Union([Type.Literal('origin'), Type.Literal('fixed')]),
-  seconds: Type.Integer(),
-});
-
-const QueryMode = Type.Union([Type.Literal('include'), Type.Literal('ignore'), Type.Literal('allowlist')]);
-
-const Rule = Type.Object({
-  id: Type.String(),
-  name: Type.String(),
-  priority: Type.Integer(),
-  expression: Type.String(),
-  ttl: Ttl,
-  queryMode: QueryMode,
-  queryAllowlist: Type.Array(Type.String()),
-  varyHeaders: Type.Array(Type.String()),
-  maxObjectBytes: Type.Integer(),
-  enabled: Type.Boolean(),
-  createdAt: Timestamp,
-  updatedAt: Timestamp,
-});
-
-/** Fields a client sends; the service checks them in detail (fields it does not know are refused). */
-const RuleInput = Type.Object({
-  name: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
-  priority: Type.Optional(Type.Integer()),
-  expression: Type.Optional(Type.String({ maxLength: 4096 })),
-  ttl: Type.Optional(Type.Object({ mode: Type.String(), seconds: Type.Optional(Type.Integer()) })),
-  queryMode: Type.Optional(QueryMode),
-  queryAllowlist: Type.Optional(Type.Array(Type.String())),
-  varyHeaders: Type.Optional(Type.Array(Type.String())),
-  maxObjectBytes: Type.Optional(Type.Integer({ minimum: 1 })),
-  enabled: Type.Optional(Type.Boolean()),
-});
-
-const Stats = Type.Object({
-  entries: Type.Integer(),
-  memoryBytes: Type.Integer(),
-  diskBytes: Type.Integer(),
-  hits: Type.Integer(),
-  misses: Type.Integer(),
-  hitRatio: Type.Number(),
-  stale: Type.Integer(),
-  revalidated: Type.Integer(),
-  expired: Type.Integer(),
-  bypasses: Type.Integer(),
-  evictions: Type.Integer(),
-});
-
-const PurgeInput = Type.Object({
-  all: Type.Optional(Type.Boolean()),
-  host: Type.Optional(Type.String()),
-  pathPrefix: Type.Optional(Type.String()),
-  ruleId: Type.Optional(Type.String()),
-});
+import { PurgeInput, Rule, RuleInput, Settings, SettingsInput, Stats } from '../schemas/cache.js';
+import { errorResponses, IdParams, NoContent } from '../schemas/common.js';
 
 export function createCachePlugin(deps: { cache: CacheService }): FastifyPluginAsync {
   const { cache } = deps;

@@ -13,49 +13,9 @@
  */
 import type { FastifyPluginAsync } from 'fastify';
 import { Type } from 'typebox';
-import { TEMPLATE_KINDS, TEMPLATE_PLACEHOLDERS } from '../../domain/template-render.js';
 import type { TemplateService } from '../../domain/template-service.js';
 import { errorResponses, IdParams, NoContent } from '../schemas/common.js';
-
-const Kind = Type.Union(TEMPLATE_KINDS.map((k) => Type.Literal(k)));
-
-const Usage = Type.Object({ type: Type.String(), id: Type.String(), name: Type.String() });
-
-const TemplateSchema = Type.Object({
-  id: Type.String(),
-  name: Type.String(),
-  kind: Kind,
-  status: Type.Integer(),
-  contentType: Type.String(),
-  body: Type.String(),
-  usedBy: Type.Array(Usage),
-  createdAt: Type.String(),
-  updatedAt: Type.String(),
-});
-
-const Warnings = Type.Array(Type.String(), { description: 'unknown placeholders, kept literally' });
-
-/** Fields a client sends; the service checks them in detail (fields it does not know are refused). */
-const TemplateInput = Type.Object({
-  name: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
-  kind: Type.Optional(Kind),
-  status: Type.Optional(Type.Integer({ minimum: 200, maximum: 599 })),
-  contentType: Type.Optional(Type.String({ maxLength: 256 })),
-  body: Type.Optional(Type.String()),
-});
-
-const Values = Type.Object(
-  Object.fromEntries(
-    TEMPLATE_PLACEHOLDERS.map((p) => [p, Type.Optional(Type.Union([Type.String(), Type.Number()]))]),
-  ),
-);
-
-const Preview = Type.Object({
-  status: Type.Integer(),
-  contentType: Type.String(),
-  body: Type.String(),
-  warnings: Warnings,
-});
+import { Preview, TemplateInput, TemplateSchema, Values, Warnings } from '../schemas/templates.js';
 
 export function createTemplatesPlugin(deps: { templates: TemplateService }): FastifyPluginAsync {
   const { templates } = deps;

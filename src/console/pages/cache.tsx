@@ -1,0 +1,458 @@
+/**
+ * Response cache of the selected environment (DESIGN.md §10): its counters,
+ * settings, rules (in the order they apply) and purge.
+ */
+import type { JSX } from 'preact';
+import { useEffect, useState } from 'preact/hooks';
+import { type Client, clientFor } from '../api';
+import { formatNumber } from '../components/charts';
+import {
+  Badge,
+  ConfirmDialog,
+  Dialog,
+  ErrorMessage,
+  Field,
+  type FormErrors,
+  formErrors,
+  LoadState,
+  NO_ERRORS,
+  SectionHead,
+  useResource,
+} from '../components/ui';
+import type { CacheRule, CacheSettings, CacheStats } from '../types';
+
+function bytes(n: number): string {
+  if (n >= 1024 * 1024 * 1024) return `${(n / 1024 / 1024 / 1024).toFixed(1)} GiB`;
+  if (n >= 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${n} B`;
+}
+
+export function CachePage(props: { environment: string }) {
+  const api = clientFor(props.environment);
+  const stats = useResource(() => api.get<CacheStats>('/api/v1/cache/stats'), []);
+  const rules = useResource(() => api.get<{ rules: CacheRule[] }>('/api/v1/cache/rules'), []);
+  useEffect(() => {
+    const timer = setInterval(stats.reload, 5000);
+    return () => clearInterval(timer);
+  }, []);
+  const s = stats.data;
+  return (
+    <section>
+      <SectionHead title="Cache" />
+      <p class="muted">
+        Responses of upstream routes that a rule matches are stored by RFC 9111 (the origin's Cache-Control,
+        Vary and validators) and answered with a <code>Cache-Status</code> header.
+      </p>
+      <ErrorMessage error={stats.error} />
+      {s ? (
+        <div class="cards" data-testid="cache-stats">
+          <Stat
+            label="Hit ratio"
+            value={s.hits + s.misses === 0 ? '—' : `${(s.hitRatio * 100).toFixed(1)} %`}
+          />
+          <Stat
+            label="Hits"
+            value={formatNumber(s.hits)}
+            detail={`${s.stale} stale · ${s.revalidated} revalidated`}
+          />
+          <Stat label="Misses" value={formatNumber(s.misses)} detail={`${s.bypasses} bypassed`} />
+          <Stat label="Entries" value={formatNumber(s.entries)} detail={`${s.evictions} evicted`} />
+          <Stat label="Memory" value={bytes(s.memoryBytes)} />
+          <Stat label="Disk" value={bytes(s.diskBytes)} />
+        </div>
+      ) : null}
+      <SettingsCard api={api} />
+      <RulesCard api={api} rules={rules} />
+      <PurgeCard api={api} rules={rules.data?.rules ?? []} onPurged={stats.reload} />
+    </section>
+  );
+}
+
+function Stat(props: { label: string; value: string; detail?: string }) {
+  return (
+    <div class="card stat">
+      <div class="stat-value">{props.value}</div>
+      <div class="stat-label">{props.label}</div>
+      {props.detail ? <div class="small muted">{props.detail}</div> : null}
+    </div>
+  );
+}
+
+const SETTING_FIELDS: [keyof CacheSettings, string, string][] = [
+  ['memoryMiB', 'Memory (MiB)', 'Hot bodies and the index.'],
+  ['diskMiB', 'Disk (MiB)', '0 = memory only; in the data dir.'],
+  ['hotObjectKiB', 'Hot object size (KiB)', 'Bodies up to this size also stay in memory.'],
+  ['maxEntries', 'Max entries', ''],
+  ['cleanupSeconds', 'Cleanup every (s)', 'Expired entries are removed.'],
+];
+
+function SettingsCard(props: { api: Client }) {
+  const settings = useResource(() => props.api.get<CacheSettings>('/api/v1/cache/settings'), []);
+  const [values, setValues] = useState<Record<string, string> | null>(null);
+  const [enabled, setEnabled] = useState(true);
+  const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
+  const [saved, setSaved] = useState(false);
+  useEffect(() => {
+    const d = settings.data;
+    if (!d) return;
+    setEnabled(d.enabled);
+    setValues(Object.fromEntries(SETTING_FIELDS.map(([k]) => [k, String(d[k])])));
+  }, [settings.data]);
+  if (!values)
+    return <LoadState loading={settings.loading} error={settings.error} empty={false} what="settings" />;
+  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    setErrors(NO_ERRORS);
+    setSaved(false);
+    try {
+      const body: Record<string, unknown> = { enabled };
+      for (const [k] of SETTING_FIELDS) body[k] = Number(values[k]);
+      await props.api.put('/api/v1/cache/settings', body);
+      setSaved(true);
+      settings.reload();
+    } catch (err) {
+      setErrors(
+        formErrors(
+          err,
+          SETTING_FIELDS.map(([k]) => k),
+        ),
+      );
+    }
+  };
+  return (
+    <form class="card settings-card" onSubmit={submit} data-testid="cache-settings">
+      <SectionHead title="Settings" level={2} />
+      <label>
+        <input
+          type="checkbox"
+          name="enabled"
+          checked={enabled}
+          onChange={(e) => setEnabled(e.currentTarget.checked)}
+        />{' '}
+        Cache enabled
+      </label>
+      {SETTING_FIELDS.map(([name, label, hint]) => (
+        <Field key={name} label={label} error={errors.field[name]} hint={hint || undefined}>
+          <input
+            name={name}
+            type="number"
+            value={values[name]}
+            onInput={(e) => setValues({ ...values, [name]: e.currentTarget.value })}
+          />
+        </Field>
+      ))}
+      <ErrorMessage error={errors.form} />
+      <div class="actions">
+        {saved ? <span class="ok-text">Saved.</span> : null}
+        <button type="submit" class="primary">
+          Save settings
+        </button>
+      </div>
+    </form>
+  );
+}
+
+function ttlText(rule: CacheRule): string {
+  if (rule.ttl.mode === 'fixed') return `${rule.ttl.seconds} s fixed`;
+  return rule.ttl.seconds > 0 ? `origin, else ${rule.ttl.seconds} s` : 'origin';
+}
+
+function RulesCard(props: { api: Client; rules: ReturnType<typeof useResource<{ rules: CacheRule[] }>> }) {
+  const { api, rules } = props;
+  const [editing, setEditing] = useState<CacheRule | 'new' | null>(null);
+  const [deleting, setDeleting] = useState<CacheRule | null>(null);
+  const list = rules.data?.rules ?? [];
+  return (
+    <div class="card policy-card" data-testid="cache-rules">
+      <SectionHead title="Rules" level={2}>
+        <button type="button" class="primary small" onClick={() => setEditing('new')}>
+          Add<span class="visually-hidden"> cache rule</span>
+        </button>
+      </SectionHead>
+      <LoadState
+        loading={rules.loading && !rules.data}
+        error={rules.error}
+        empty={list.length === 0}
+        what="cache rules"
+      />
+      {list.length > 0 ? (
+        <ol class="policy-list">
+          {list.map((rule) => (
+            <li key={rule.id} data-rule={rule.name}>
+              <div class="policy-line">
+                <span class="muted" title="priority">
+                  {rule.priority}
+                </span>{' '}
+                <strong>{rule.name}</strong> {rule.enabled ? null : <Badge tone="muted">disabled</Badge>}
+                <span class="policy-summary">
+                  {ttlText(rule)} · query {rule.queryMode} · up to {bytes(rule.maxObjectBytes)}
+                  {rule.varyHeaders.length > 0 ? ` · vary ${rule.varyHeaders.join(', ')}` : ''}
+                </span>
+              </div>
+              <code class="mono break">{rule.expression === '' ? '(every request)' : rule.expression}</code>
+              <div class="row-actions">
+                <button type="button" class="secondary small" onClick={() => setEditing(rule)}>
+                  Edit<span class="visually-hidden"> {rule.name}</span>
+                </button>
+                <button type="button" class="danger small" onClick={() => setDeleting(rule)}>
+                  Delete<span class="visually-hidden"> {rule.name}</span>
+                </button>
+              </div>
+            </li>
+          ))}
+        </ol>
+      ) : null}
+      {editing ? (
+        <RuleEditor
+          api={api}
+          rule={editing === 'new' ? null : editing}
+          onClose={() => setEditing(null)}
+          onSaved={() => {
+            setEditing(null);
+            rules.reload();
+          }}
+        />
+      ) : null}
+      {deleting ? (
+        <ConfirmDialog
+          title="Delete cache rule"
+          message={
+            <>
+              Delete <strong>{deleting.name}</strong>? What it stored is purged.
+            </>
+          }
+          confirmLabel="Delete rule"
+          onConfirm={() =>
+            api.del(`/api/v1/cache/rules/${encodeURIComponent(deleting.id)}`).then(rules.reload)
+          }
+          onClose={() => setDeleting(null)}
+        />
+      ) : null}
+    </div>
+  );
+}
+
+const RULE_FIELDS = [
+  'name',
+  'priority',
+  'expression',
+  'ttl',
+  'ttl.mode',
+  'ttl.seconds',
+  'queryMode',
+  'queryAllowlist',
+  'varyHeaders',
+  'maxObjectBytes',
+];
+
+const list = (s: string) =>
+  s
+    .split(',')
+    .map((x) => x.trim())
+    .filter((x) => x !== '');
+
+function RuleEditor(props: {
+  api: Client;
+  rule: CacheRule | null;
+  onClose: () => void;
+  onSaved: () => void;
+}) {
+  const { api, rule } = props;
+  const [v, setV] = useState<Record<string, string>>(() => ({
+    name: rule?.name ?? '',
+    priority: String(rule?.priority ?? 0),
+    expression: rule?.expression ?? '',
+    ttlMode: rule?.ttl.mode ?? 'origin',
+    ttlSeconds: String(rule?.ttl.seconds ?? 0),
+    queryMode: rule?.queryMode ?? 'include',
+    queryAllowlist: (rule?.queryAllowlist ?? []).join(', '),
+    varyHeaders: (rule?.varyHeaders ?? []).join(', '),
+    maxObjectBytes: String(rule?.maxObjectBytes ?? 100 * 1024 * 1024),
+  }));
+  const [enabled, setEnabled] = useState(rule?.enabled ?? true);
+  const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
+  const [busy, setBusy] = useState(false);
+  const set =
+    (name: string) => (e: JSX.TargetedEvent<HTMLInputElement | HTMLSelectElement | HTMLTextAreaElement>) =>
+      setV({ ...v, [name]: e.currentTarget.value });
+  const err = (name: string) =>
+    errors.field[name] ?? Object.entries(errors.field).find(([k]) => k.startsWith(`${name}.`))?.[1];
+  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    setBusy(true);
+    setErrors(NO_ERRORS);
+    const body = {
+      name: v.name,
+      priority: Number(v.priority),
+      expression: v.expression,
+      ttl: { mode: v.ttlMode, seconds: Number(v.ttlSeconds) },
+      queryMode: v.queryMode,
+      queryAllowlist: list(v.queryAllowlist ?? ''),
+      varyHeaders: list(v.varyHeaders ?? ''),
+      maxObjectBytes: Number(v.maxObjectBytes),
+      enabled,
+    };
+    try {
+      if (rule === null) await api.post('/api/v1/cache/rules', body);
+      else await api.patch(`/api/v1/cache/rules/${encodeURIComponent(rule.id)}`, body);
+      props.onSaved();
+    } catch (e) {
+      setErrors(formErrors(e, RULE_FIELDS));
+      setBusy(false);
+    }
+  };
+  return (
+    <Dialog
+      title={rule ? `Edit ${rule.name}` : 'Add cache rule'}
+      onClose={props.onClose}
+      testId="cache-rule-editor"
+      wide
+    >
+      <form onSubmit={submit}>
+        <Field label="Name" error={err('name')}>
+          <input name="name" value={v.name} onInput={set('name')} />
+        </Field>
+        <Field label="Priority" error={err('priority')} hint="Lower applies first.">
+          <input name="priority" type="number" value={v.priority} onInput={set('priority')} />
+        </Field>
+        <Field
+          label="Match expression"
+          error={err('expression')}
+          hint="CEL, e.g. path_prefix(path, &quot;/assets&quot;); empty matches every request."
+        >
+          <textarea
+            name="expression"
+            rows={2}
+            class="mono"
+            spellcheck={false}
+            value={v.expression}
+            onInput={set('expression')}
+          />
+        </Field>
+        <Field
+          label="TTL"
+          error={err('ttl')}
+          hint="origin: as the upstream says (seconds used when it says nothing); fixed: always."
+        >
+          <select name="ttlMode" value={v.ttlMode} onChange={set('ttlMode')}>
+            <option value="origin">origin</option>
+            <option value="fixed">fixed</option>
+          </select>
+        </Field>
+        <Field label="TTL seconds" error={err('ttl.seconds')}>
+          <input name="ttlSeconds" type="number" value={v.ttlSeconds} onInput={set('ttlSeconds')} />
+        </Field>
+        <Field label="Query" error={err('queryMode')}>
+          <select name="queryMode" value={v.queryMode} onChange={set('queryMode')}>
+            <option value="include">part of the key</option>
+            <option value="ignore">ignored</option>
+            <option value="allowlist">only the names listed</option>
+          </select>
+        </Field>
+        {v.queryMode === 'allowlist' ? (
+          <Field label="Query names" error={err('queryAllowlist')} hint="Comma separated.">
+            <input name="queryAllowlist" value={v.queryAllowlist} onInput={set('queryAllowlist')} />
+          </Field>
+        ) : null}
+        <Field
+          label="Vary on request headers"
+          error={err('varyHeaders')}
+          hint="Comma separated, added to the key."
+        >
+          <input name="varyHeaders" value={v.varyHeaders} onInput={set('varyHeaders')} />
+        </Field>
+        <Field
+          label="Largest object (bytes)"
+          error={err('maxObjectBytes')}
+          hint="Bigger answers stream through uncached."
+        >
+          <input
+            name="maxObjectBytes"
+            type="number"
+            value={v.maxObjectBytes}
+            onInput={set('maxObjectBytes')}
+          />
+        </Field>
+        <label>
+          <input
+            type="checkbox"
+            name="enabled"
+            checked={enabled}
+            onChange={(e) => setEnabled(e.currentTarget.checked)}
+          />{' '}
+          Enabled
+        </label>
+        <ErrorMessage error={errors.form} />
+        <div class="actions">
+          <button type="button" class="secondary" onClick={props.onClose}>
+            Cancel
+          </button>
+          <button type="submit" class="primary" disabled={busy}>
+            Save rule
+          </button>
+        </div>
+      </form>
+    </Dialog>
+  );
+}
+
+function PurgeCard(props: { api: Client; rules: CacheRule[]; onPurged: () => void }) {
+  const [what, setWhat] = useState<'all' | 'host' | 'pathPrefix' | 'ruleId'>('all');
+  const [value, setValue] = useState('');
+  const [result, setResult] = useState<string | null>(null);
+  const [error, setError] = useState<unknown>(null);
+  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    setError(null);
+    setResult(null);
+    try {
+      const body = what === 'all' ? { all: true } : { [what]: value };
+      const { purged } = await props.api.post<{ purged: number }>('/api/v1/cache/purge', body);
+      setResult(`Purged ${purged} ${purged === 1 ? 'entry' : 'entries'}.`);
+      props.onPurged();
+    } catch (err) {
+      setError(err);
+    }
+  };
+  return (
+    <form class="card settings-card" onSubmit={submit} data-testid="cache-purge">
+      <SectionHead title="Purge" level={2} />
+      <Field label="Purge">
+        <select name="purgeWhat" value={what} onChange={(e) => setWhat(e.currentTarget.value as typeof what)}>
+          <option value="all">everything</option>
+          <option value="host">one host</option>
+          <option value="pathPrefix">a path prefix</option>
+          <option value="ruleId">what a rule stored</option>
+        </select>
+      </Field>
+      {what === 'ruleId' ? (
+        <Field label="Rule">
+          <select name="purgeValue" value={value} onChange={(e) => setValue(e.currentTarget.value)}>
+            <option value="">Choose a rule</option>
+            {props.rules.map((r) => (
+              <option key={r.id} value={r.id}>
+                {r.name}
+              </option>
+            ))}
+          </select>
+        </Field>
+      ) : what !== 'all' ? (
+        <Field label={what === 'host' ? 'Host' : 'Path prefix'}>
+          <input name="purgeValue" value={value} onInput={(e) => setValue(e.currentTarget.value)} />
+        </Field>
+      ) : null}
+      <ErrorMessage error={error} />
+      <div class="actions">
+        {result ? (
+          <span class="ok-text" role="status">
+            {result}
+          </span>
+        ) : null}
+        <button type="submit" class="danger">
+          Purge
+        </button>
+      </div>
+    </form>
+  );
+}

@@ -1,0 +1,44 @@
+/** Schemas of the response template routes (DESIGN.md §10); the console derives its types from them. */
+import { Type } from 'typebox';
+import { TEMPLATE_KINDS, TEMPLATE_PLACEHOLDERS } from '../../domain/template-types.js';
+import { Timestamp } from './common.js';
+
+export const Kind = Type.Union(TEMPLATE_KINDS.map((k) => Type.Literal(k)));
+
+export const Usage = Type.Object({ type: Type.String(), id: Type.String(), name: Type.String() });
+
+export const TemplateSchema = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  kind: Kind,
+  status: Type.Integer(),
+  contentType: Type.String(),
+  body: Type.String(),
+  usedBy: Type.Array(Usage),
+  createdAt: Timestamp,
+  updatedAt: Timestamp,
+});
+
+export const Warnings = Type.Array(Type.String(), { description: 'unknown placeholders, kept literally' });
+
+/** Fields a client sends; the service checks them in detail (fields it does not know are refused). */
+export const TemplateInput = Type.Object({
+  name: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+  kind: Type.Optional(Kind),
+  status: Type.Optional(Type.Integer({ minimum: 200, maximum: 599 })),
+  contentType: Type.Optional(Type.String({ maxLength: 256 })),
+  body: Type.Optional(Type.String()),
+});
+
+export const Values = Type.Object(
+  Object.fromEntries(
+    TEMPLATE_PLACEHOLDERS.map((p) => [p, Type.Optional(Type.Union([Type.String(), Type.Number()]))]),
+  ),
+);
+
+export const Preview = Type.Object({
+  status: Type.Integer(),
+  contentType: Type.String(),
+  body: Type.String(),
+  warnings: Warnings,
+});
