@@ -70,6 +70,8 @@ export interface DataPlaneOptions {
   /** Extra trusted CA certificates (PEM) for https upstreams; the system store is always used. */
   upstreamCa?: string | string[];
   closeGraceMs?: number;
+  /** https listeners: time a client gets to send its ClientHello (default 10 s). */
+  tlsHelloTimeoutMs?: number;
   /** The data dir: with one, the response cache keeps its disk tier in `<dataDir>/cache`. */
   dataDir?: string;
 }
@@ -105,6 +107,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
   readonly #agent: Agent;
   readonly #context: ExchangeContext;
   readonly #closeGraceMs: number;
+  readonly #helloTimeoutMs: number | undefined;
   readonly #running = new Map<string, RunningListener>();
   readonly #errors = new Map<string, string>();
   readonly #closing = new Set<Promise<void>>();
@@ -129,6 +132,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
     this.recorder = options.recorder ?? new TraceRecorder();
     this.metrics = options.metrics ?? new RequestMetrics();
     this.#closeGraceMs = options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS;
+    this.#helloTimeoutMs = options.tlsHelloTimeoutMs;
     const keepAlive = options.upstreamKeepAliveMs ?? DEFAULT_UPSTREAM_KEEP_ALIVE_MS;
     const ca = options.upstreamCa;
     this.#agent = new Agent({
@@ -276,6 +280,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
     let running: RunningListener;
     if (protocol === 'https') {
       const https = new HttpsListener({
+        ...(this.#helloTimeoutMs === undefined ? {} : { helloTimeoutMs: this.#helloTimeoutMs }),
         certificates: {
           forName: (name) => this.#sni.lookup(name)?.context,
           challengeFor: (name) => (this.#tlsAlpn01.size === 0 ? undefined : this.#tlsAlpn01.get(name)),

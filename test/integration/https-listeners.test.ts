@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import { connect as http2Connect } from 'node:http2';
 import { request as httpsRequest } from 'node:https';
+import { connect as netConnect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DataPlane } from '../../src/dataplane/data-plane.js';
@@ -8,7 +9,7 @@ import type { ServingCertificate } from '../../src/domain/tls-types.js';
 import { createLogger } from '../../src/logger.js';
 import type { ListenerRecord, RouteRecord } from '../../src/storage/schema.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
-import { proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
+import { freePort, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
 
 const NOW = new Date().toISOString();
 const planes: DataPlane[] = [];
@@ -64,7 +65,7 @@ async function startPlane(
   routes: RouteRecord[],
   certificates: ServingCertificate[],
 ): Promise<DataPlane> {
-  const plane = new DataPlane({ logger: createLogger('silent'), closeGraceMs: 2000 });
+  const plane = new DataPlane({ logger: createLogger('silent'), closeGraceMs: 2000, tlsHelloTimeoutMs: 300 });
   planes.push(plane);
   plane.setCertificates(certificates);
   await plane.start({ listeners, routes });
@@ -373,6 +374,35 @@ describe('https listeners', () => {
     expect(await handshake(port, 'site.test', ['acme-tls/1'])).toEqual({
       error: 'ERR_SSL_TLSV1_ALERT_NO_APPLICATION_PROTOCOL',
     });
+  });
+
+  it('cuts a client that sends no ClientHello, or only part of one, and switches a port between http and https', async () => {
+    const site = await serving('c1', ['switch.test']);
+    const port = await freePort();
+    const plane = await startPlane(
+      [listener('l1', { port })],
+      [route('r1', 'l1', { type: 'static', status: 200, contentType: 'text/plain', body: 'ok' })],
+      [site],
+    );
+    for (const bytes of [Buffer.alloc(0), Buffer.from([0x16, 0x03, 0x01])]) {
+      const socket = netConnect(port, '127.0.0.1');
+      await once(socket, 'connect');
+      socket.write(bytes);
+      socket.resume();
+      await once(socket, 'close');
+    }
+    expect((await h2Get(port, 'switch.test', '/')).text).toBe('ok');
+
+    // The same port, now plain http; then https again.
+    await plane.startListener(listener('l1', { port, protocol: 'http' }));
+    const client = proxyClient();
+    try {
+      expect((await client.send(port, '/')).text).toBe('ok');
+    } finally {
+      await client.close();
+    }
+    await plane.startListener(listener('l1', { port }));
+    expect(await handshake(port, 'switch.test')).toMatchObject({ fingerprint: site.fingerprintSha256 });
   });
 
   it('stops an https listener gracefully: a stream in flight finishes, new connections are refused', async () => {
