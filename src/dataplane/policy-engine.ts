@@ -600,24 +600,31 @@ export class PolicyEngine {
   #shaperStage(): Stage {
     const shapers = this.#policies.shapers;
     const KEY = 'policy.shaper';
-    const chosen = (request: PipelineRequest): { shaper: ShaperRecord; key: string } | null => {
-      const note = request.notes.get(KEY) as { shaper: ShaperRecord; key: string } | null | undefined;
-      return note ?? null;
+    type Choice = { shaper: ShaperRecord; key: string } | null;
+    const select = (request: PipelineRequest): Choice => {
+      let choice: Choice = null;
+      const blanks = this.#blanks;
+      for (const { record, match } of shapers) {
+        if (!matchesRequest(match, request, blanks)) continue;
+        this.#decide(request, 'shaper', record.name, 'shape');
+        choice = { shaper: record, key: `${record.id}\u0001${keyOf(record.key, request)}` };
+        break;
+      }
+      request.notes.set(KEY, choice);
+      return choice;
     };
+    const chosen = (request: PipelineRequest): Choice =>
+      (request.notes.get(KEY) as Choice | undefined) ?? null;
     return {
       slot: 'shaper',
       decide: (request) => {
-        const blanks = this.#blanks;
-        for (const { record, match } of shapers) {
-          if (!matchesRequest(match, request, blanks)) continue;
-          this.#decide(request, 'shaper', record.name, 'shape');
-          request.notes.set(KEY, { shaper: record, key: `${record.id}\u0001${keyOf(record.key, request)}` });
-          break;
-        }
+        select(request);
         return CONTINUE;
       },
-      response: (request) => {
-        const c = chosen(request);
+      response: (request, head) => {
+        // An answer from an earlier stage (a cache hit) is shaped too; refusals and errors are not.
+        const decided = request.notes.has(KEY);
+        const c = decided ? chosen(request) : head.status < 400 ? select(request) : null;
         if (c === null || c.shaper.downloadBytesPerSecond === null) return null;
         const rate = c.shaper.downloadBytesPerSecond;
         const reserve = this.#reserver(`d${c.key}`, rate, c.shaper.burstBytes);

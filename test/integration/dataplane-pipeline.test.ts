@@ -14,7 +14,9 @@ import {
   type Stage,
   type StageDecision,
 } from '../../src/dataplane/pipeline.js';
+import { PolicyEngine } from '../../src/dataplane/policy-engine.js';
 import { TraceRecorder } from '../../src/dataplane/trace-recorder.js';
+import { compileExpression } from '../../src/domain/policy-expression.js';
 import { createLogger } from '../../src/logger.js';
 import type { ListenerRecord, RouteRecord } from '../../src/storage/schema.js';
 import { eventually, startUpstream, type Upstream } from './proxy-helpers.js';
@@ -353,6 +355,54 @@ describe('the request pipeline', () => {
         stage('cache', () => CONTINUE),
       ),
     ).toThrow();
+  });
+
+  it('shapes an answer given by an earlier stage (a cache hit), but not a refusal', async () => {
+    const { plane, port, recorder } = await start();
+    const engine = new PolicyEngine({
+      install: (slot, st) => plane.setStage(slot, st),
+      logger: createLogger('silent'),
+    });
+    engine.setPolicies({
+      waf: [],
+      rateLimits: [],
+      shapers: [
+        {
+          record: {
+            id: 's',
+            name: 'slow',
+            priority: 0,
+            expression: '',
+            key: ['ip'],
+            downloadBytesPerSecond: 32 * 1024,
+            uploadBytesPerSecond: null,
+            burstBytes: 0,
+            exemptBytes: 0,
+            enabled: true,
+            createdAt: AT,
+            updatedAt: AT,
+          },
+          match: compileExpression(''),
+        },
+      ],
+    });
+    plane.setStage(
+      'cache',
+      stage('cache', (r) =>
+        r.path === '/denied'
+          ? { status: 403, body: Buffer.alloc(48 * 1024) }
+          : { status: 200, body: Buffer.alloc(48 * 1024, 1) },
+      ),
+    );
+    const t0 = performance.now();
+    const hit = await send(port, '/cached');
+    expect(hit.text.length).toBe(48 * 1024);
+    // 48 KiB at 32 KiB/s without burst: at least 1.4 s.
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(1400);
+    expect((await traced(recorder, 1)).policy).toEqual([{ stage: 'shaper', rule: 'slow', action: 'shape' }]);
+    expect((await send(port, '/denied')).status).toBe(403);
+    expect((await traced(recorder, 2)).policy).toBeUndefined();
+    engine.close();
   });
 
   it('walks only the route stage when no policy stage is installed', async () => {
