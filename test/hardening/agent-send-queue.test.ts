@@ -8,7 +8,7 @@
 import { once } from 'node:events';
 import https from 'node:https';
 import type net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type WebSocket from 'ws';
 import { WebSocketServer } from 'ws';
 import { DEFAULT_MAX_QUEUED_BYTES, type RunningAgent, startAgent } from '../../agent/agent.js';
@@ -22,12 +22,10 @@ import {
 } from '../../src/relay/envelope.js';
 import { MAX_WINDOW_BYTES } from '../../src/relay/envelope-executor.js';
 import { createCertificate } from '../../src/tls/certificates.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { eventually } from '../integration/environment-helpers.js';
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 /** An HTTPS target answering every request with an endless body, written under backpressure. */
 async function endlessTarget() {

@@ -12,7 +12,7 @@
 import type http from 'node:http';
 import net from 'node:net';
 import tls from 'node:tls';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAgent } from '../../agent/agent.js';
 import { createAgentExecutor } from '../../agent/main.js';
 import type { AppError } from '../../src/errors.js';
@@ -26,6 +26,7 @@ import {
   startTestAgent,
   upgradeAgent,
 } from '../helpers/agent.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { type BareHub, startBareHub } from '../helpers/hub.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
@@ -40,10 +41,7 @@ const HEADERS_TIMEOUT_MS = 2000;
 /** The header timeout where nothing else loads the machine. */
 const QUICK_HEADERS_TIMEOUT_MS = 200;
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 let cert: GeneratedCertificate;
 let target: TlsTarget;

@@ -22,16 +22,14 @@ import type { RelayResponse, Transport } from '../../src/relay/transport.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
 import { createTestAgent, serverFingerprint } from '../helpers/agent.js';
 import { BIN, ensureBuilt } from '../helpers/bin.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startBareHub } from '../helpers/hub.js';
 import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 import { eventually, registerEnvironment, startInstance } from '../integration/environment-helpers.js';
 import { configureProxy, openSse, proxyClient } from '../integration/proxy-helpers.js';
 
 const KEEPALIVE_MS = 100;
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 /** A TCP relay on loopback; `freeze()` stops forwarding on the open connections without closing them. */
 async function startLinkRelay(port: number) {

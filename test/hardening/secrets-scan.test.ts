@@ -10,15 +10,13 @@
 import { chmod, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createTestAgent, startTestAgent } from '../helpers/agent.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startTestServer, TEST_PASSWORD, TEST_SETUP_TOKEN, type TestServer } from '../helpers/server.js';
 import { discoverAndTrust, eventually } from '../integration/environment-helpers.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 async function filesUnder(dir: string): Promise<string[]> {
   const out: string[] = [];

@@ -4,8 +4,9 @@
  * WebSocket. Discovery, relayed calls, the impostor check, event streams and
  * cancellation all go through the agent's executor.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createTestAgent, startTestAgent, type TestAgent } from '../helpers/agent.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import {
   eventually,
   fingerprintOf,
@@ -16,10 +17,7 @@ import {
 } from './environment-helpers.js';
 import { configureProxy, openSse, proxyClient, type SseReader } from './proxy-helpers.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 async function instance(): Promise<Instance> {
   const started = await startInstance();

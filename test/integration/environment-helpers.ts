@@ -12,6 +12,7 @@ import type net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { createCertificate } from '../../src/tls/certificates.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
+import { eventually } from '../helpers/wait.js';
 
 export interface Instance {
   server: TestServer;
@@ -137,11 +138,5 @@ export async function startImpostor(port: number): Promise<Impostor> {
   };
 }
 
-/** Polls `check` until it holds (every 20 ms, up to `timeoutMs`). */
-export async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+/** The suite's one condition wait (test/helpers/wait.ts), here for the files that import it from here. */
+export { eventually };

@@ -6,7 +6,8 @@
  */
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startTestServer } from '../helpers/server.js';
 import {
   discoverAndTrust,
@@ -17,10 +18,7 @@ import {
   startInstance,
 } from './environment-helpers.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 async function instance(options: Parameters<typeof startInstance>[0] = {}): Promise<Instance> {
   const started = await startInstance(options);

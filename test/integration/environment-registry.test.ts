@@ -6,15 +6,13 @@
  */
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createCertificate } from '../../src/tls/certificates.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { closedPort, startSilentTarget, startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 import { fingerprintOf, type Instance, registerEnvironment, startInstance } from './environment-helpers.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 async function instance(): Promise<Instance> {
   const started = await startInstance();

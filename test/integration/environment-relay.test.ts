@@ -7,15 +7,13 @@
 import type { IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { fetch } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createCertificate } from '../../src/tls/certificates.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 import { type Instance, registerEnvironment, startInstance } from './environment-helpers.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 async function instance(): Promise<Instance> {
   const started = await startInstance();

@@ -3,14 +3,12 @@
  * control plane arrives event by event (nothing sits in a buffer), and
  * closing it on the caller's side ends the target's subscription.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { useCleanups } from '../helpers/cleanup.js';
 import { eventually, type Instance, registerEnvironment, startInstance } from './environment-helpers.js';
 import { configureProxy, openSse, proxyClient, type SseReader } from './proxy-helpers.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 async function instance(): Promise<Instance> {
   const started = await startInstance();

@@ -5,11 +5,12 @@
  * resets trust to UNTRUSTED; the old token never reaches the new origin or the
  * newly bound agent, even after the new place is discovered and trusted.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { EnvelopeHandlerFactory } from '../../agent/agent.js';
 import { createAgentExecutor } from '../../agent/main.js';
 import { createCertificate } from '../../src/tls/certificates.js';
 import { createTestAgent, startTestAgent } from '../helpers/agent.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startTlsTarget } from '../helpers/tls-target.js';
 import {
   discoverAndTrust,
@@ -19,10 +20,7 @@ import {
   startInstance,
 } from './environment-helpers.js';
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 async function instance(): Promise<Instance> {
   const started = await startInstance();

@@ -1,8 +1,9 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { type AgentEvent, startAgent } from '../../agent/agent.js';
 import { createAgentExecutor } from '../../agent/main.js';
 import type { HubOptions } from '../../src/hub/hub.js';
 import { agentHeaders, type RawAgent, upgradeAgent } from '../helpers/agent.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startBareHub } from '../helpers/hub.js';
 
 async function startHub(options: Partial<HubOptions>) {
@@ -10,10 +11,7 @@ async function startHub(options: Partial<HubOptions>) {
   return { hub: bare.hub, agents: bare.agents, app: bare.app, target: bare.target };
 }
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 describe('hub keepalive', () => {
   it('drops an agent that stops answering pings after two missed intervals, and keeps one that answers', async () => {

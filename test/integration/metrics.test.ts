@@ -5,16 +5,14 @@
  * agents and hub traffic, tracing, and process metrics — label values from
  * bounded sets only.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createTestAgent, startTestAgent } from '../helpers/agent.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { type Exposition, parsePrometheus } from '../helpers/prometheus.js';
 import { eventually, type Instance, registerEnvironment, startInstance } from './environment-helpers.js';
 import { configureProxy, freePort, proxyClient, startUpstream } from './proxy-helpers.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 async function instance(): Promise<Instance> {
   const started = await startInstance();

@@ -9,14 +9,12 @@
  */
 import { once } from 'node:events';
 import net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { configureProxy, startUpstream, type Upstream } from './proxy-helpers.js';
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 async function setup(): Promise<{ server: TestServer; token: string }> {
   const server = await startTestServer();

@@ -9,6 +9,7 @@ import { request as httpsRequest } from 'node:https';
 import { createServer as createNetServer, type Socket } from 'node:net';
 import { Agent, request } from 'undici';
 import type { TestServer } from '../helpers/server.js';
+import { eventually } from '../helpers/wait.js';
 
 /** A port that was free a moment ago on 127.0.0.1. */
 export async function freePort(): Promise<number> {
@@ -232,12 +233,5 @@ export async function openSse(server: TestServer, pathname: string, token: strin
   };
 }
 
-/** Polls `check` every 20 ms until it returns true, or throws after `timeoutMs`. */
-export async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+/** The suite's one condition wait (test/helpers/wait.ts), here for the files that import it from here. */
+export { eventually };

@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { AppError } from '../../src/errors.js';
 import { createDirectTransport, type DirectTransport } from '../../src/relay/direct-transport.js';
 import type { RelayResponse, TrustMetadata } from '../../src/relay/transport.js';
 import { createCertificate, fingerprintOf, type GeneratedCertificate } from '../../src/tls/certificates.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import {
   closedPort,
   type SilentTarget,
@@ -41,11 +42,8 @@ beforeAll(async () => {
   ]);
 });
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  // Transports first: the targets' close() then proves no connection was left open.
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+// Transports first: the targets' close() then proves no connection was left open.
+const cleanups = useCleanups();
 
 async function target(options: Partial<TlsTargetOptions> & { certificate?: GeneratedCertificate } = {}) {
   const certificate = options.certificate ?? good;

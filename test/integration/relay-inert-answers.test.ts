@@ -6,17 +6,15 @@
  * (REMOTE_REDIRECT, with its target) to a caller that asks, and an agent that
  * sends a status outside 100–599 breaks the protocol (502 PROTOCOL_ERROR).
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { AppError } from '../../src/errors.js';
 import { createCertificate } from '../../src/tls/certificates.js';
 import { agentHeaders, createTestAgent, type RawAgent, upgradeAgent } from '../helpers/agent.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 import { type Instance, registerEnvironment, startInstance } from './environment-helpers.js';
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 async function control(): Promise<Instance> {
   const started = await startInstance();

@@ -3,16 +3,14 @@
  * it closed on both ends after two stream lists, the caller is told, and the
  * leak is counted on the agent and its session.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { AppError } from '../../src/errors.js';
 import { PROTOCOL_VERSION } from '../../src/relay/envelope.js';
 import { agentHeaders, upgradeAgent } from '../helpers/agent.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startBareHub } from '../helpers/hub.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 const PIN = Array(32).fill('AB').join(':');
 

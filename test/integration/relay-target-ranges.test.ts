@@ -7,12 +7,13 @@
  * certificate check stay on the name.
  */
 import type { LookupAddress } from 'node:dns';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { AppError } from '../../src/errors.js';
 import { createDirectTransport, type DirectTransport } from '../../src/relay/direct-transport.js';
 import type { Resolver } from '../../src/relay/target-policy.js';
 import type { RelayResponse, TrustMetadata } from '../../src/relay/transport.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 import { startInstance } from './environment-helpers.js';
 
@@ -21,10 +22,7 @@ beforeAll(async () => {
   cert = await createCertificate({ altNames: ['app.internal.test', '127.0.0.1'] });
 });
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 async function target(): Promise<TlsTarget> {
   const t = await startTlsTarget({ cert: cert.cert, key: cert.key });

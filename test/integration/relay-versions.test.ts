@@ -4,19 +4,17 @@
  * named, logged by the agent and recorded for the agent's views.
  */
 import { Writable } from 'node:stream';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { type AgentEvent, startAgent } from '../../agent/agent.js';
 import { createAgentExecutor } from '../../agent/main.js';
 import type { HubOptions } from '../../src/hub/hub.js';
 import { createLogger } from '../../src/logger.js';
 import type { VersionRange } from '../../src/relay/protocol.js';
 import { agentHeaders, upgradeAgent } from '../helpers/agent.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startBareHub } from '../helpers/hub.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 async function hub(options: Partial<HubOptions> = {}) {
   const bare = await startBareHub(options);

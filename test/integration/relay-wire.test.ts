@@ -3,13 +3,14 @@
  * agent are (minus the WebSocket): every envelope is encoded, checked
  * against the frame limit and decoded on the way.
  */
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { AppError } from '../../src/errors.js';
 import { decodeEnvelope, encodeEnvelope } from '../../src/relay/codec.js';
 import { EnvelopeExecutor } from '../../src/relay/envelope-executor.js';
 import { RelayClient } from '../../src/relay/relay-client.js';
 import type { TrustMetadata } from '../../src/relay/transport.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 
 let good: GeneratedCertificate;
@@ -22,10 +23,7 @@ beforeAll(async () => {
   ]);
 });
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 /** A connected pair; `drop()` simulates the connection going away (the agent disconnects). */
 function wire() {

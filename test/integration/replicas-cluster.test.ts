@@ -12,6 +12,7 @@ import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { startTcpRelay, type TcpRelay } from '../helpers/processes.js';
 import { type ReplicaSet, startReplicas } from '../helpers/replicas.js';
 import { cookieOf, TEST_PASSWORD, TEST_USERNAME, type TestServer } from '../helpers/server.js';
+import { eventually } from '../helpers/wait.js';
 import { registerEnvironment, startInstance } from './environment-helpers.js';
 
 let postgres: TestPostgres;
@@ -39,19 +40,6 @@ afterAll(async () => {
   await relay?.close();
   await Promise.all([nats?.close(), postgres?.close()]);
 });
-
-async function eventually(check: () => Promise<void> | void, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      await check();
-      return;
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
-}
 
 async function login(server: TestServer): Promise<string> {
   const res = await server.request('POST', '/api/v1/auth/login', {

@@ -16,6 +16,7 @@ import { startPostgres, TEST_PG_PASSWORD, type TestPostgres } from '../helpers/p
 import { expectPortClosed, freePort } from '../helpers/processes.js';
 import { type ReplicaSet, startReplicas } from '../helpers/replicas.js';
 import { cookieOf, startTestServer, TEST_PASSWORD, TEST_USERNAME } from '../helpers/server.js';
+import { eventually } from '../helpers/wait.js';
 
 let postgres: TestPostgres;
 let set: ReplicaSet;
@@ -29,19 +30,6 @@ afterAll(async () => {
   await set?.close();
   await postgres?.close();
 });
-
-async function eventually(check: () => Promise<void> | void, timeoutMs = 1000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      await check();
-      return;
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-  }
-}
 
 describe('replicas sharing PostgreSQL', () => {
   it('takes a login on one replica on the other, and a logout on the other ends it on both', async () => {

@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { documentLayout } from '../../src/storage/document-layout.js';
 import { LowdbStore } from '../../src/storage/lowdb-store.js';
 import { PostgresStore, StoreUnavailableError } from '../../src/storage/postgres-store.js';
@@ -18,7 +18,9 @@ import {
   SCHEMA_VERSION,
 } from '../../src/storage/schema.js';
 import { DEFERRED_WRITE_MS, type Store } from '../../src/storage/store.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
+import { eventually } from '../helpers/wait.js';
 
 let postgres: TestPostgres;
 beforeAll(async () => {
@@ -35,10 +37,7 @@ interface Backend {
   open(location: string): Promise<Store>;
 }
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
 function track<T extends Store>(store: T): T {
   cleanups.push(() => store.close().catch(() => {}));
@@ -82,19 +81,6 @@ function route(id: string, priority: number): RouteRecord {
     createdAt: '',
     updatedAt: '',
   };
-}
-
-async function eventually(check: () => void, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      check();
-      return;
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  }
 }
 
 describe.each(BACKENDS)('the $name store', (backend) => {
