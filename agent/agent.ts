@@ -92,6 +92,8 @@ export type EnvelopeHandlerFactory = (options: {
 export interface StartAgentOptions {
   /** `https://` base URL of the control plane. */
   managementUrl: string;
+  /** Several replicas of the control plane: a connection to each of the first two (default [managementUrl]). */
+  managementUrls?: string[];
   agentId: string;
   agentToken: string;
   /** PEM CA bundle the control plane's certificate must chain to (hostname checked). */
@@ -473,9 +475,71 @@ class Agent implements RunningAgent {
  * until `close()`. Configuration errors are the caller's (see loadAgentConfig).
  */
 export function startAgent(options: StartAgentOptions): RunningAgent {
-  const agent = new Agent(options);
-  agent.start();
-  return agent;
+  const urls = options.managementUrls ?? [options.managementUrl];
+  if (urls.length <= 1) {
+    const agent = new Agent(options);
+    agent.start();
+    return agent;
+  }
+  return new MultiAgent(
+    urls.slice(0, MAX_CONNECTIONS).map((managementUrl) => {
+      const agent = new Agent({ ...options, managementUrl, managementUrls: [managementUrl] });
+      agent.start();
+      return agent;
+    }),
+  );
+}
+
+/** Connections an agent keeps at most when given several URLs (one per replica). */
+export const MAX_CONNECTIONS = 2;
+
+/**
+ * An agent given several control-plane replicas: one connection loop per
+ * replica (each with its own backoff), so that a replica stopping or
+ * restarting leaves the agent reachable through the other. Connected while
+ * either connection is.
+ */
+class MultiAgent implements RunningAgent {
+  readonly #agents: Agent[];
+
+  constructor(agents: Agent[]) {
+    this.#agents = agents;
+  }
+
+  get state(): AgentState {
+    const states = this.#agents.map((a) => a.state);
+    for (const state of ['connected', 'connecting', 'waiting'] as const)
+      if (states.includes(state)) return state;
+    return 'closed';
+  }
+
+  onEvent(listener: (event: AgentEvent) => void): () => void {
+    const unsubscribe = this.#agents.map((agent) => agent.onEvent(listener));
+    return () => {
+      for (const off of unsubscribe) off();
+    };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.#agents.map((agent) => agent.close()));
+  }
+
+  async kill(): Promise<void> {
+    await Promise.all(this.#agents.map((agent) => agent.kill()));
+  }
+
+  stats(): (AgentExecutorStats & { bufferedAmount: number }) | null {
+    for (const agent of this.#agents) {
+      const stats = agent.stats();
+      if (stats) return stats;
+    }
+    return null;
+  }
+
+  /** Connections up now. */
+  get connections(): number {
+    return this.#agents.filter((a) => a.state === 'connected').length;
+  }
 }
 
 type AgentSocketConnect = NonNullable<WebSocket.ClientOptions['createConnection']>;

@@ -4,6 +4,8 @@
  *
  * - `MANAGEMENT_URL` (required): the control plane, `https://` only — an
  *   `http://` URL is refused, the agent token must never travel in clear;
+ *   several comma-separated URLs (replicas of one control plane): the agent
+ *   keeps a connection to each of the first two and is reachable through either;
  * - `AGENT_ID`, `AGENT_TOKEN` (required): the credentials issued by the
  *   control plane;
  * - `MANAGEMENT_CA_FILE` or `MANAGEMENT_FINGERPRINT` (exactly one): how the
@@ -26,8 +28,10 @@ const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'
 export type AgentLogLevel = (typeof LOG_LEVELS)[number];
 
 export interface AgentConfig {
-  /** The control plane's base URL, normalised without a trailing slash. */
+  /** The control plane's base URL, normalised without a trailing slash (the first of several). */
   managementUrl: string;
+  /** Every URL given (replicas of one control plane), normalised; at least one. */
+  managementUrls: string[];
   agentId: string;
   agentToken: string;
   /** PEM bundle from MANAGEMENT_CA_FILE, or null. */
@@ -82,7 +86,15 @@ export function loadAgentConfig(
   env: NodeJS.ProcessEnv,
   readFile: (file: string) => string = (file) => readFileSync(file, 'utf8'),
 ): Readonly<AgentConfig> {
-  const managementUrl = parseManagementUrl(nonEmpty(env.MANAGEMENT_URL));
+  const urlList = nonEmpty(env.MANAGEMENT_URL);
+  const managementUrls = (urlList ?? '')
+    .split(',')
+    .map((entry) => entry.trim())
+    .filter((entry) => entry !== '')
+    .map((entry) => parseManagementUrl(entry));
+  if (managementUrls.length === 0) parseManagementUrl(null);
+  if (new Set(managementUrls).size !== managementUrls.length) fail('MANAGEMENT_URL lists the same URL twice');
+  const managementUrl = managementUrls[0]!;
   const agentId = nonEmpty(env.AGENT_ID);
   if (agentId === null) fail('AGENT_ID is required (shown by the control plane when the agent was created)');
   const agentToken = nonEmpty(env.AGENT_TOKEN);
@@ -118,6 +130,7 @@ export function loadAgentConfig(
   if (!LOG_LEVELS.includes(logLevel)) fail(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}`);
   return Object.freeze({
     managementUrl,
+    managementUrls,
     agentId,
     agentToken,
     ca,

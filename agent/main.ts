@@ -29,7 +29,7 @@ export async function runAgentFromEnv(env: NodeJS.ProcessEnv): Promise<void> {
   const logger = createLogger(config.logLevel);
   logger.info(
     {
-      managementUrl: config.managementUrl,
+      managementUrls: config.managementUrls,
       agentId: config.agentId,
       verification: config.ca !== null ? 'ca-file' : 'fingerprint',
       allowedTargets: config.allowedTargets,
@@ -38,6 +38,7 @@ export async function runAgentFromEnv(env: NodeJS.ProcessEnv): Promise<void> {
   );
   const agent = startAgent({
     managementUrl: config.managementUrl,
+    managementUrls: config.managementUrls,
     agentId: config.agentId,
     agentToken: config.agentToken,
     ca: config.ca,

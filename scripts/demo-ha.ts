@@ -160,7 +160,7 @@ async function main(): Promise<void> {
     const agent = spawn(process.execPath, [CLI, 'agent'], {
       env: {
         PATH: process.env.PATH ?? '',
-        MANAGEMENT_URL: a.url,
+        MANAGEMENT_URL: `${a.url},${b.url}`,
         AGENT_ID: agentId,
         AGENT_TOKEN: created.token as string,
         MANAGEMENT_FINGERPRINT: new X509Certificate(certificate).fingerprint256,

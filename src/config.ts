@@ -64,6 +64,8 @@ export interface ServerConfig {
     busLossGraceMs?: number;
     heartbeatMs?: number;
     replicaTtlMs?: number;
+    /** How long a stopping replica lets the streams through its agents finish (default 10 s). */
+    drainGraceMs?: number;
   };
 }
 

@@ -395,6 +395,14 @@ export async function startServer(
       closing ??= (async () => {
         unsubscribeStore();
         if (busLossTimer) clearTimeout(busLossTimer);
+        if (presence) {
+          // A replica of several stops gracefully: the others stop sending it calls for agents they
+          // can reach another way, and the streams already open through its agents finish first.
+          await presence.drain();
+          // Calls routed here just before the others saw the draining heartbeat are still on their way.
+          await new Promise((resolve) => setTimeout(resolve, DRAIN_SETTLE_MS));
+          await hub.drain(config.cluster?.drainGraceMs ?? DEFAULT_DRAIN_GRACE_MS);
+        }
         await hub.close();
         links?.close();
         await presence?.close();
@@ -410,6 +418,12 @@ export async function startServer(
     },
   };
 }
+
+/** How long a stopping replica lets calls already routed to it arrive before it counts its streams. */
+const DRAIN_SETTLE_MS = 1000;
+
+/** How long a stopping replica waits for the streams open through its agents. */
+export const DEFAULT_DRAIN_GRACE_MS = 10_000;
 
 /** How long the cluster bus may be away before a replica stops taking agents. */
 export const DEFAULT_BUS_LOSS_GRACE_MS = 3000;

@@ -7,11 +7,12 @@
  *   a dead replica's key. A replica counts as alive while its last heartbeat
  *   (the entry's server timestamp) is younger than `replicaTtlMs` (10 s): KV
  *   expiry sends watchers nothing, so each replica judges age itself.
- * - `p2pstream_agents`: one key per connected agent → the replica holding it
- *   and its session. Valid while that replica is alive, so presence costs one
- *   heartbeat per replica, not per agent; the holder deletes the key when the
- *   session ends (only if no other replica has claimed the agent since) and
- *   refreshes its keys well within the bucket's TTL (15 min).
+ * - `p2pstream_agents`: one key per agent and replica holding it
+ *   (`<agentId>.<replicaId>`; an agent may keep connections to two) → its
+ *   session. Valid while that replica is alive, so presence costs one
+ *   heartbeat per replica, not per agent; the holder deletes its key when the
+ *   session ends and refreshes its keys well within the bucket's TTL (15 min).
+ *   A draining replica (stopping) is chosen only when no other holds the agent.
  *
  * Both buckets are watched: each replica has the whole picture in memory.
  * While NATS is unreachable (`busConnected` false) the picture is stale: the
@@ -71,6 +72,8 @@ interface Heartbeat {
   version: string;
   startedAt: number;
   agentsConnected: number;
+  /** Stopping: finishing its streams, taking no new calls. */
+  draining?: boolean;
 }
 
 interface HeldAgent {
@@ -78,6 +81,11 @@ interface HeldAgent {
   connectedAt: string;
   revision: number | null;
   putAt: number;
+}
+
+/** An agent's key: one per replica holding it (`<agentId>.<replicaId>`). */
+function agentKey(agentId: string, replicaId: string): string {
+  return `${agentId}.${replicaId}`;
 }
 
 export class ClusterPresence {
@@ -88,7 +96,8 @@ export class ClusterPresence {
   readonly #heartbeatMs: number;
   readonly #replicaTtlMs: number;
   readonly #replicas = new Map<string, { beat: Heartbeat; at: number }>();
-  readonly #agents = new Map<string, AgentHolder>();
+  /** Agent id → the replicas holding it (an agent may keep connections to two). */
+  readonly #agents = new Map<string, Map<string, AgentHolder>>();
   /** Agents this replica holds, as it announced them. */
   readonly #held = new Map<string, HeldAgent>();
   #nc: NatsConnection | null = null;
@@ -99,6 +108,7 @@ export class ClusterPresence {
   #connected = false;
   #closed = false;
   #opening: Promise<void> | null = null;
+  #draining = false;
 
   private constructor(options: ClusterPresenceOptions) {
     this.#options = options;
@@ -148,6 +158,15 @@ export class ClusterPresence {
     return views.sort((a, b) => a.startedAt.localeCompare(b.startedAt) || a.id.localeCompare(b.id));
   }
 
+  /**
+   * This replica is stopping: its heartbeat says so at once, and the others
+   * stop sending it new calls for agents another replica also holds.
+   */
+  async drain(): Promise<void> {
+    this.#draining = true;
+    if (this.#connected) await this.#beat().catch(() => {});
+  }
+
   /** True when the replica's last heartbeat is recent (this one: always). */
   isAlive(replicaId: string): boolean {
     if (replicaId === this.replicaId) return true;
@@ -155,12 +174,20 @@ export class ClusterPresence {
     return seen !== undefined && this.#now() - seen.at <= this.#replicaTtlMs;
   }
 
-  /** The replica holding the agent, when that replica is alive; null otherwise. */
+  /**
+   * A live replica holding the agent, null when none: this one when it does,
+   * else one that is not draining (a draining one as a last resort).
+   */
   holderOf(agentId: string): AgentHolder | null {
     const own = this.#held.get(agentId);
     if (own) return { replicaId: this.replicaId, sessionId: own.sessionId, connectedAt: own.connectedAt };
-    const holder = this.#agents.get(agentId);
-    return holder && this.isAlive(holder.replicaId) ? holder : null;
+    let fallback: AgentHolder | null = null;
+    for (const holder of this.#agents.get(agentId)?.values() ?? []) {
+      if (holder.replicaId === this.replicaId || !this.isAlive(holder.replicaId)) continue;
+      if (!this.#replicas.get(holder.replicaId)?.beat.draining) return holder;
+      fallback ??= holder;
+    }
+    return fallback;
   }
 
   /** Announces that this replica now holds the agent. */
@@ -178,8 +205,8 @@ export class ClusterPresence {
     const kv = this.#agentsKv;
     if (!kv || !this.#connected) return;
     const options = held.revision === null ? {} : { previousSeq: held.revision };
-    kv.delete(agentId, options).catch(() => {
-      // Claimed by another replica since (revision moved on), or the bus is down: nothing to undo.
+    kv.delete(agentKey(agentId, this.replicaId), options).catch(() => {
+      // A newer session of the agent here wrote the key since, or the bus is down: nothing to undo.
     });
   }
 
@@ -192,9 +219,7 @@ export class ClusterPresence {
     if (nc && this.#connected) {
       await Promise.allSettled([
         this.#replicasKv?.delete(this.replicaId),
-        ...[...this.#held.entries()].map(([agentId, held]) =>
-          this.#agentsKv?.delete(agentId, held.revision === null ? {} : { previousSeq: held.revision }),
-        ),
+        ...[...this.#held.keys()].map((agentId) => this.#agentsKv?.delete(agentKey(agentId, this.replicaId))),
       ]);
     }
     for (const watcher of this.#watchers) watcher.stop();
@@ -210,6 +235,7 @@ export class ClusterPresence {
       version: this.#options.version,
       startedAt: this.#options.startedAt,
       agentsConnected: this.#options.agentsConnected(),
+      ...(this.#draining ? { draining: true } : {}),
     };
   }
 
@@ -290,19 +316,30 @@ export class ClusterPresence {
   }
 
   #onAgentEntry(entry: KvWatchEntry): void {
+    const dot = entry.key.lastIndexOf('.');
+    if (dot <= 0) return;
+    const agentId = entry.key.slice(0, dot);
+    const replicaId = entry.key.slice(dot + 1);
     if (entry.operation !== 'PUT') {
-      this.#agents.delete(entry.key);
+      const holders = this.#agents.get(agentId);
+      holders?.delete(replicaId);
+      if (holders?.size === 0) this.#agents.delete(agentId);
       return;
     }
     try {
       const holder = entry.json<AgentHolder>();
-      this.#agents.set(entry.key, holder);
-      // Another replica claimed an agent this one still thinks it holds: its session here is stale.
-      const held = this.#held.get(entry.key);
-      if (held && holder.replicaId !== this.replicaId) this.#held.delete(entry.key);
-      else if (held && holder.sessionId === held.sessionId) held.revision = entry.revision;
+      if (holder.replicaId !== replicaId) return;
+      let holders = this.#agents.get(agentId);
+      if (!holders) {
+        holders = new Map();
+        this.#agents.set(agentId, holders);
+      }
+      holders.set(replicaId, holder);
+      const held = this.#held.get(agentId);
+      if (held && replicaId === this.replicaId && holder.sessionId === held.sessionId)
+        held.revision = entry.revision;
     } catch {
-      // ignored, as above
+      // A value that is not ours: ignored.
     }
   }
 
@@ -315,7 +352,7 @@ export class ClusterPresence {
       sessionId: held.sessionId,
       connectedAt: held.connectedAt,
     };
-    kv.put(agentId, JSON.stringify(holder)).then(
+    kv.put(agentKey(agentId, this.replicaId), JSON.stringify(holder)).then(
       (revision) => {
         if (this.#held.get(agentId) === held) held.revision = revision;
       },

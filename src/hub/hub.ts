@@ -209,6 +209,23 @@ export class Hub {
     for (const session of [...this.#sessions]) session.close(CLOSE_GOING_AWAY, reason.slice(0, 100), 'moved');
   }
 
+  /**
+   * The first step of a graceful stop: takes no new agents (503
+   * REPLICA_UNAVAILABLE) and waits, at most `graceMs`, until no stream is
+   * open through any agent session (calls of this replica's own, and calls
+   * other replicas forward here). Sessions stay up meanwhile.
+   */
+  async drain(graceMs: number): Promise<void> {
+    this.#paused ??= 'this control-plane replica is stopping; connect to another one';
+    const deadline = Date.now() + graceMs;
+    while (Date.now() < deadline) {
+      let open = 0;
+      for (const session of this.#sessions) open += session.streamStats().activeStreams;
+      if (open === 0) return;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+
   /** Takes agents again after {@link pause}. */
   resume(): void {
     this.#paused = null;

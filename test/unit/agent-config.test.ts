@@ -26,6 +26,7 @@ describe('loadAgentConfig', () => {
     const config = loadAgentConfig({ ...BASE, AGENT_ALLOWED_TARGETS: 'app.lan:8081, *.internal:*' });
     expect(config).toEqual({
       managementUrl: 'https://cp.example:8081',
+      managementUrls: ['https://cp.example:8081'],
       agentId: BASE.AGENT_ID,
       agentToken: TOKEN,
       ca: null,
@@ -33,6 +34,17 @@ describe('loadAgentConfig', () => {
       allowedTargets: ['app.lan:8081', '*.internal:*'],
       logLevel: 'info',
     });
+  });
+
+  it('takes several comma-separated URLs (replicas of one control plane), each checked', () => {
+    const config = loadAgentConfig({
+      ...BASE,
+      MANAGEMENT_URL: 'https://a.example:8081/, https://b.example:8081',
+    });
+    expect(config.managementUrls).toEqual(['https://a.example:8081', 'https://b.example:8081']);
+    expect(config.managementUrl).toBe('https://a.example:8081');
+    expect(messageOf({ ...BASE, MANAGEMENT_URL: 'https://a.example, http://b.example' })).toMatch(/in clear/);
+    expect(messageOf({ ...BASE, MANAGEMENT_URL: 'https://a.example,https://a.example' })).toMatch(/twice/);
   });
 
   it('refuses http:// with a clear message', () => {
