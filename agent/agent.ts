@@ -30,6 +30,7 @@ import {
   type VersionRange,
 } from '../src/relay/protocol.js';
 import {
+  DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_MAX_QUEUED_BYTES,
   RelayPeer,
   type StreamContext,
@@ -45,8 +46,8 @@ export { AGENT_CONNECT_PATH };
 export const DEFAULT_STABLE_AFTER_MS = 10_000;
 /** After a 401, wait about this long before trying the same credentials again. */
 export const DEFAULT_UNAUTHORIZED_RETRY_MS = 60_000;
-/** Bounds the TCP connect, TLS handshake and HTTP upgrade, and the wait for the welcome. */
-export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/** Bounds the TCP connect, TLS handshake and HTTP upgrade, and the wait for the welcome (the peer's). */
+export { DEFAULT_HANDSHAKE_TIMEOUT_MS };
 /** The hub pings every 15 s; this long without any frame means the connection is dead. */
 export const DEFAULT_IDLE_TIMEOUT_MS = 45_000;
 /** Bytes the agent lets queue towards the control plane before it holds back body chunks: 4 MiB. */

@@ -22,7 +22,13 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { AppError, type ErrorCode, toAppError } from '../errors.js';
-import type { RelayResponse, Transport, TrustMetadata } from '../relay/transport.js';
+import {
+  DEFAULT_TIMEOUT_MS,
+  MAX_TIMEOUT_MS,
+  type RelayResponse,
+  type Transport,
+  type TrustMetadata,
+} from '../relay/transport.js';
 import type { EnvironmentRecord, StoredCertificate } from '../storage/schema.js';
 import type { SecretsBox } from '../storage/secrets-box.js';
 import type { Store } from '../storage/store.js';
@@ -45,9 +51,11 @@ import {
 
 /** The secrets-box purpose of sealed access tokens (bound to the environment id). */
 export const ACCESS_TOKEN_PURPOSE = 'environment-access-token';
-export const DEFAULT_ENVIRONMENT_TIMEOUT_MS = 10_000;
+/** An environment's `timeoutMs` when none is given: the transports' default. */
+export const DEFAULT_ENVIRONMENT_TIMEOUT_MS = DEFAULT_TIMEOUT_MS;
 export const MIN_ENVIRONMENT_TIMEOUT_MS = 1_000;
-export const MAX_ENVIRONMENT_TIMEOUT_MS = 300_000;
+/** The most an environment's `timeoutMs` may be: the most a transport carries. */
+export const MAX_ENVIRONMENT_TIMEOUT_MS = MAX_TIMEOUT_MS;
 export const MAX_ENVIRONMENT_URL_LENGTH = 2048;
 export const MAX_ACCESS_TOKEN_LENGTH = 4096;
 /** The id of the virtual environment that stands for this instance (the API's `environment=local`). */

@@ -38,7 +38,6 @@ import {
   type Header,
   MAX_CHUNK_BYTES,
   MAX_REQUEST_BODY_BYTES,
-  MAX_TIMEOUT_MS,
   observedCertificateDetails,
   type RequestHead,
 } from './envelope.js';
@@ -53,6 +52,7 @@ import {
 } from './pinned-tls.js';
 import type { StreamHandler } from './relay-peer.js';
 import { createTargetPolicy, type Resolver, type TargetPolicy } from './target-policy.js';
+import { boundTimeout } from './transport.js';
 
 /** Largest response window a client may ask for: 16 MiB. */
 export const MAX_WINDOW_BYTES = 16 * 1024 * 1024;
@@ -749,10 +749,6 @@ const IDEMPOTENT_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'D
 function isStaleConnectionError(err: unknown, method: string): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   return (code === 'ECONNRESET' || code === 'EPIPE') && IDEMPOTENT_METHODS.has(method);
-}
-
-function boundTimeout(value: number | undefined): number {
-  return value !== undefined && value > 0 ? Math.min(value, MAX_TIMEOUT_MS) : DEFAULT_TIMEOUT_MS;
 }
 
 /** The trust metadata of a head, checked and normalised. Throws VALIDATION_FAILED. */

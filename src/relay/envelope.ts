@@ -26,10 +26,8 @@ export const DEFAULT_WINDOW_BYTES = 256 * 1024;
 export const MAX_REQUEST_BODY_BYTES = 1024 * 1024;
 /** Concurrent streams per connection, on both sides, by default. */
 export const DEFAULT_MAX_STREAMS = 256;
-/** Timeout used when a request or discovery carries none (DESIGN.md §3 default). */
-export const DEFAULT_TIMEOUT_MS = 10_000;
-/** Upper bound on any timeout carried in an envelope (DESIGN.md §3). */
-export const MAX_TIMEOUT_MS = 300_000;
+/** The timeout default and bound, defined with the Transport they apply to. */
+export { DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS } from './transport.js';
 /** What this implementation can do, announced in hello/welcome. */
 export const RELAY_CAPABILITIES: readonly string[] = ['discover', 'request', 'flow-control', 'cancel'];
 

@@ -18,24 +18,23 @@ import {
   appErrorFromPayload,
   DEFAULT_MAX_FRAME_BYTES,
   DEFAULT_MAX_STREAMS,
-  DEFAULT_TIMEOUT_MS,
   DEFAULT_WINDOW_BYTES,
   type Envelope,
   type EnvelopeCase,
   type Header,
   MAX_CHUNK_BYTES,
   MAX_REQUEST_BODY_BYTES,
-  MAX_TIMEOUT_MS,
   type DiscoverResult as WireDiscoverResult,
 } from './envelope.js';
 import type { StreamHandler } from './relay-peer.js';
-import type {
-  DiscoverOptions,
-  DiscoverResult,
-  HeaderList,
-  RelayRequest,
-  RelayResponse,
-  Transport,
+import {
+  boundTimeout,
+  type DiscoverOptions,
+  type DiscoverResult,
+  type HeaderList,
+  type RelayRequest,
+  type RelayResponse,
+  type Transport,
 } from './transport.js';
 
 /** How long after a request's own timeout the client gives up if the executor has not answered. */
@@ -155,7 +154,7 @@ export class RelayClient implements Transport, StreamHandler {
         return;
       }
       const id = this.#allocate();
-      const timeoutMs = clampTimeout(options.timeoutMs);
+      const timeoutMs = boundTimeout(options.timeoutMs);
       const onAbort = () => fail(new AppError('CANCELLED', 'the discovery was cancelled'), true);
       const timer = setTimeout(
         () => fail(new AppError('ENVIRONMENT_TIMEOUT', 'the relay did not answer in time'), true),
@@ -210,7 +209,7 @@ export class RelayClient implements Transport, StreamHandler {
       id,
       window: this.#window,
       graceMs: this.#graceMs,
-      timeoutMs: clampTimeout(request.timeoutMs),
+      timeoutMs: boundTimeout(request.timeoutMs),
       signal: request.signal,
       send: (envelope) => this.#trySend(envelope),
       release: () => {
@@ -346,10 +345,6 @@ function headFits(request: RelayRequest, limit: number): boolean {
   for (const [name, value] of request.headers)
     bytes += Buffer.byteLength(name) + Buffer.byteLength(value) + 8;
   return bytes + der + HEAD_OVERHEAD_BYTES <= limit;
-}
-
-function clampTimeout(value: number): number {
-  return Number.isFinite(value) && value > 0 ? Math.min(value, MAX_TIMEOUT_MS) : DEFAULT_TIMEOUT_MS;
 }
 
 function sendFailure(err: unknown): AppError {

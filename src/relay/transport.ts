@@ -11,6 +11,18 @@
  */
 import type { CertificateInfo } from '../tls/certificates.js';
 
+/** Timeout of a request or discovery that carries none: 10 s (an environment's default `timeoutMs`). */
+export const DEFAULT_TIMEOUT_MS = 10_000;
+/** Upper bound on any timeout a request or discovery carries: 5 minutes. */
+export const MAX_TIMEOUT_MS = 300_000;
+
+/** A carried timeout made usable: none, zero, negative or not finite → the default; at most the maximum. */
+export function boundTimeout(value: number | undefined): number {
+  return value !== undefined && Number.isFinite(value) && value > 0
+    ? Math.min(value, MAX_TIMEOUT_MS)
+    : DEFAULT_TIMEOUT_MS;
+}
+
 /** What a pinned request must meet, checked inside the TLS handshake. */
 export interface TrustMetadata {
   /** SHA-256 of the pinned leaf certificate, `AB:CD:…`. */
