@@ -11,6 +11,7 @@ import { describe, expect, it } from 'vitest';
 import { createCertificate } from '../../src/tls/certificates.js';
 import { useCleanups } from '../helpers/cleanup.js';
 import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
+import { eventually } from '../helpers/wait.js';
 import { type Instance, registerEnvironment, startInstance } from './environment-helpers.js';
 
 const cleanups = useCleanups();
@@ -410,12 +411,9 @@ describe('environment relay', () => {
     });
     req.on('error', () => {});
     req.end();
-    const deadline = Date.now() + 5000;
-    while (!arrived && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    expect(arrived).toBe(true);
+    await eventually(() => arrived);
     req.destroy();
-    while (!remoteClosed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    expect(remoteClosed).toBe(true);
+    await eventually(() => remoteClosed);
     await target.waitForOpenSockets(0);
   });
 });
