@@ -104,6 +104,12 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
   app.setValidatorCompiler(createValidatorCompiler());
   app.decorateRequest('principal', null);
   registerErrorHandling(app);
+  // API answers may carry a secret (a new token, a session cookie): no cache keeps any of them.
+  app.addHook('onSend', async (request, reply, payload) => {
+    if (request.url.startsWith('/api/') && !reply.hasHeader('cache-control'))
+      reply.header('cache-control', 'no-store');
+    return payload;
+  });
   app.addHook('onResponse', async (request, reply) => {
     request.log.info(
       {

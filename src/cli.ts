@@ -13,6 +13,7 @@ import { AuthService } from './domain/auth-service.js';
 import { AppError } from './errors.js';
 import { createLogger } from './logger.js';
 import { startServer } from './server.js';
+import { serverHoldingDataDir } from './storage/data-dir.js';
 import { LowdbStore } from './storage/lowdb-store.js';
 
 const USAGE = `usage:
@@ -55,6 +56,13 @@ async function readPassword(): Promise<string> {
 async function resetPassword(username: string | undefined): Promise<void> {
   if (!username) throw new AppError('VALIDATION_FAILED', 'a user name is required');
   const config = loadConfig(process.env);
+  const holder = await serverHoldingDataDir(config.dataDir);
+  if (holder !== null) {
+    throw new AppError(
+      'CONFLICT',
+      `a p2pstream server (pid ${holder}) is running on ${config.dataDir}; stop it first, its next write would undo the reset`,
+    );
+  }
   const store = await LowdbStore.open(config.dataDir);
   try {
     const auth = new AuthService({ store, setupToken: '' });

@@ -50,6 +50,7 @@ import {
 } from './metrics/instance-metrics.js';
 import { MetricsRegistry } from './metrics/metrics-registry.js';
 import { createDirectTransport } from './relay/direct-transport.js';
+import { assertPrivateDataDir, lockDataDir } from './storage/data-dir.js';
 import { openStore } from './storage/open-store.js';
 import { loadSecretsBox, type SecretsBox } from './storage/secrets-box.js';
 import type { Store } from './storage/store.js';
@@ -96,6 +97,8 @@ export async function startServer(
   options: StartServerOptions = {},
 ): Promise<RunningServer> {
   await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  await assertPrivateDataDir(config.dataDir);
+  const unlockDataDir = await lockDataDir(config.dataDir);
   const replicaId = await loadReplicaId(config.dataDir);
   const opened = await openStore({
     dataDir: config.dataDir,
@@ -413,6 +416,7 @@ export async function startServer(
         policyEngine.close();
         await dataPlane.close();
         await store.close();
+        await unlockDataDir();
       })();
       return closing;
     },

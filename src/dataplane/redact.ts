@@ -3,13 +3,17 @@
  * parameter whose name is sensitive becomes `[redacted]`. Sensitive names:
  * those containing `authorization`, `cookie` (so `cookie` and `set-cookie`),
  * `token`, `secret`, `password`, `passwd`, `credential`, `session` or `key`
- * (case-insensitive; e.g. `x-api-key`, `x-auth-token`).
+ * (case-insensitive; e.g. `x-api-key`, `x-auth-token`). Query parameters
+ * are also redacted when named `sig`, `signature` (or ending in it, as
+ * `X-Amz-Signature`) or `code` (OAuth codes, presigned URLs).
  */
 import type { TracedHeaders } from '../domain/traffic-types.js';
 
 export const REDACTED = '[redacted]';
 
 const SENSITIVE = /authorization|cookie|token|secret|password|passwd|credential|session|key/i;
+
+const SENSITIVE_QUERY = /^(sig|code)$|signature$/i;
 
 /** True when a header or parameter name carries a secret. */
 export function isSensitiveName(name: string): boolean {
@@ -48,7 +52,9 @@ export function redactQuery(query: string): string {
       } catch {
         // A malformed escape: judge the name as it is.
       }
-      return eq >= 0 && isSensitiveName(name) ? `${rawName}=${REDACTED}` : pair;
+      return eq >= 0 && (isSensitiveName(name) || SENSITIVE_QUERY.test(name))
+        ? `${rawName}=${REDACTED}`
+        : pair;
     })
     .join('&');
 }

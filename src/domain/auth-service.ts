@@ -239,6 +239,56 @@ export class AuthService {
     });
   }
 
+  /**
+   * Changes a user's password after checking the current one (counted like a
+   * failed login: INVALID_CREDENTIALS, then LOGIN_THROTTLED), and revokes every
+   * other session of the user (the one making the change, if any, stays).
+   * VALIDATION_FAILED for a new password that is too short or too long.
+   */
+  async changePassword(
+    userId: string,
+    body: unknown,
+    clientIp: string,
+    keepSessionToken?: string,
+  ): Promise<void> {
+    const input = requireObject(body);
+    const current = typeof input.currentPassword === 'string' ? input.currentPassword : '';
+    let newPassword: string;
+    try {
+      newPassword = checkNewPassword(input.newPassword);
+    } catch (err) {
+      throw err instanceof AppError ? invalid('newPassword', err.message.replace(/^password: /, '')) : err;
+    }
+    const user = this.#store.read().users.find((u) => u.id === userId);
+    if (!user) throw new AppError('UNAUTHENTICATED', 'authentication required');
+    const key = LoginThrottle.key(clientIp, user.username);
+    const blockedFor = Math.max(
+      this.#throttle.retryAfterMs(key),
+      this.#addressThrottle.retryAfterMs(clientIp),
+    );
+    if (blockedFor > 0) throw throttled(blockedFor);
+    const ok =
+      current.length <= MAX_PASSWORD_LENGTH &&
+      (await this.#gate.run(() => verifyPassword(current, user.passwordHash)));
+    if (!ok) {
+      const blocked = [this.#throttle.recordFailure(key), this.#addressThrottle.recordFailure(clientIp)];
+      if (blocked.some(Boolean)) throw throttled(Math.max(this.#throttle.retryAfterMs(key), 1000));
+      throw new AppError('INVALID_CREDENTIALS', 'the current password is not correct', {
+        details: { field: 'currentPassword' },
+      });
+    }
+    const passwordHash = await this.#gate.run(() => hashPassword(newPassword, this.#cost));
+    const keep = keepSessionToken === undefined ? null : hashSecret(keepSessionToken);
+    const now = new Date(this.#now()).toISOString();
+    await this.#store.update((db) => {
+      const record = db.users.find((u) => u.id === userId);
+      if (!record) throw new AppError('UNAUTHENTICATED', 'authentication required');
+      record.passwordHash = passwordHash;
+      record.updatedAt = now;
+      db.sessions = db.sessions.filter((s) => s.userId !== userId || s.tokenHash === keep);
+    });
+  }
+
   /** Offline recovery: sets a new password and revokes the user's sessions. */
   async resetPassword(usernameInput: string, password: string): Promise<User> {
     const username = normalizeUsername(usernameInput);

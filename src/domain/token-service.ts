@@ -61,14 +61,32 @@ export class TokenService {
     return toApiToken(this.#find(id));
   }
 
-  /** Creates a token; the raw value is returned once and never stored. */
-  async create(body: unknown): Promise<{ token: string; apiToken: ApiToken }> {
+  /**
+   * Creates a token; the raw value is returned once and never stored. When an
+   * API token makes the request (`issuer`), the new one cannot outlive it: an
+   * omitted `expiresAt` takes the issuer's, a later one (or none, for an
+   * issuer that expires) is VALIDATION_FAILED on `expiresAt`.
+   */
+  async create(
+    body: unknown,
+    issuer?: { expiresAt: string | null },
+  ): Promise<{ token: string; apiToken: ApiToken }> {
     const input = requireObject(body);
     rejectUnknownFields(input, ['name', 'expiresAt', 'enabled']);
     const name = requireName(input.name);
-    const expiresAt = optionalDate(input.expiresAt, 'expiresAt');
+    const ceiling = issuer?.expiresAt ?? null;
+    const expiresAt =
+      input.expiresAt === undefined && ceiling !== null
+        ? ceiling
+        : optionalDate(input.expiresAt, 'expiresAt');
     if (expiresAt !== null && Date.parse(expiresAt) <= this.#now())
       throw invalid('expiresAt', 'must be in the future');
+    if (ceiling !== null && (expiresAt === null || Date.parse(expiresAt) > Date.parse(ceiling))) {
+      throw invalid(
+        'expiresAt',
+        `must not be later than the expiry of the token making the request (${ceiling})`,
+      );
+    }
     const enabled = optionalBoolean(input.enabled, 'enabled', true);
     const token = newSecret(API_TOKEN_PREFIX);
     const record: ApiTokenRecord = {

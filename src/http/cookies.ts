@@ -1,6 +1,11 @@
-/** The session cookie: `p2pstream_session`, HttpOnly, Secure, SameSite=Strict. */
+/**
+ * The session cookie: `__Host-p2pstream_session`, HttpOnly, Secure,
+ * SameSite=Strict, Path=/ and no Domain. The `__Host-` prefix makes browsers
+ * refuse it unless it is exactly that: no other host or path can set or
+ * shadow it.
+ */
 
-export const SESSION_COOKIE = 'p2pstream_session';
+export const SESSION_COOKIE = '__Host-p2pstream_session';
 
 /** Reads one cookie from a Cookie header. */
 export function readCookie(header: string | undefined, name: string): string | null {

@@ -1,15 +1,16 @@
 /**
  * The Store on a lowdb JSON file (`p2pstream.json` in the data dir). Writes are
- * atomic (temporary file + rename, by lowdb's steno writer) and coalesced; a
+ * atomic (a temporary file of mode 0600, then renamed) and coalesced; a
  * database that cannot be read or parsed stops start-up and is never
  * overwritten. `update` changes a copy of the document, so a mutation that
  * throws leaves memory as it was (and so equal to the file); a write that
  * fails is reported by `flush` and `close` ({@link DatabaseWriteError}).
  */
 import { randomUUID } from 'node:crypto';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import type { Adapter } from 'lowdb';
 import { Low } from 'lowdb';
-import { JSONFile } from 'lowdb/node';
 import { type Database, emptyDatabase, migrate } from './schema.js';
 import { DEFERRED_WRITE_MS, type Store } from './store.js';
 
@@ -41,6 +42,39 @@ export class DatabaseWriteError extends Error {
   }
 }
 
+/**
+ * lowdb's JSON file adapter with the file private to this user: each write
+ * goes to a temporary file created with mode 0600, then is renamed over the
+ * database (atomic; an existing file of another mode is replaced by a 0600 one).
+ */
+class PrivateJsonFile<T> implements Adapter<T> {
+  readonly #file: string;
+  readonly #temp: string;
+
+  constructor(file: string) {
+    this.#file = file;
+    this.#temp = path.join(path.dirname(file), `.${path.basename(file)}.tmp`);
+  }
+
+  async read(): Promise<T | null> {
+    let text: string;
+    try {
+      text = await fs.readFile(this.#file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+    return JSON.parse(text) as T;
+  }
+
+  async write(data: T): Promise<void> {
+    // A temporary file left by a crash may have any mode: start from a fresh one.
+    await fs.rm(this.#temp, { force: true });
+    await fs.writeFile(this.#temp, JSON.stringify(data, null, 2), { mode: 0o600, flag: 'wx' });
+    await fs.rename(this.#temp, this.#file);
+  }
+}
+
 export class LowdbStore implements Store {
   readonly file: string;
   readonly #low: Low<Database>;
@@ -59,7 +93,7 @@ export class LowdbStore implements Store {
   /** Opens (or creates) the database in `dataDir`; runs migrations. */
   static async open(dataDir: string): Promise<LowdbStore> {
     const file = path.join(dataDir, DATABASE_FILE_NAME);
-    const adapter = new JSONFile<Database>(file);
+    const adapter = new PrivateJsonFile<Database>(file);
     let doc: unknown;
     try {
       doc = await adapter.read();

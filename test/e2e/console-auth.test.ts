@@ -78,7 +78,7 @@ describe('console: setup, login, tokens', () => {
     await screenshot(page, 'login');
     // The session is gone on the server too: the API refuses the old cookie.
     const cookies = await tab.context.cookies();
-    expect(cookies.find((c) => c.name === 'p2pstream_session')).toBeUndefined();
+    expect(cookies.find((c) => c.name === '__Host-p2pstream_session')).toBeUndefined();
 
     await logIn('not the password at all');
     await page.getByText(/INVALID_CREDENTIALS/).waitFor();
@@ -148,7 +148,7 @@ describe('console: setup, login, tokens', () => {
     await page.getByRole('heading', { name: 'Overview' }).waitFor();
 
     // The session ends on the server (as when it expires or is revoked elsewhere).
-    const cookie = (await tab.context.cookies()).find((c) => c.name === 'p2pstream_session')!;
+    const cookie = (await tab.context.cookies()).find((c) => c.name === '__Host-p2pstream_session')!;
     const logout = await server.request('POST', '/api/v1/auth/logout', {
       cookie: `${cookie.name}=${cookie.value}`,
     });

@@ -54,7 +54,7 @@ export interface TestServer {
   logs: string[];
   dispatcher: Agent;
   request(method: string, pathname: string, options?: RequestOptions): Promise<TestResponse>;
-  /** Runs setup and returns the session cookie (`p2pstream_session=…`). */
+  /** Runs setup and returns the session cookie (`__Host-p2pstream_session=…`). */
   setupAdmin(): Promise<string>;
   /** Creates an API token as the admin and returns its raw value. */
   createToken(cookie: string, name?: string): Promise<string>;

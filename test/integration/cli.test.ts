@@ -75,6 +75,14 @@ describe('the p2pstream bin', () => {
       setupToken: 'cli-setup-code-long',
     });
     expect(setup.status).toBe(201);
+    // Refused while the server holds the data dir: its next write would undo the reset.
+    const refused = spawnSync(process.execPath, [BIN, 'users', 'reset-password', 'admin'], {
+      env: { PATH: process.env.PATH ?? '', P2PSTREAM_DATA_DIR: dataDir },
+      input: 'new password 456\n',
+      encoding: 'utf8',
+    });
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toMatch(/server \(pid \d+\) is running/);
     server.child.kill('SIGTERM');
     await server.exited;
 

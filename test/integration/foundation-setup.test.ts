@@ -63,7 +63,7 @@ describe('login, logout and the current user', () => {
     });
     expect(login.status).toBe(200);
     const header = login.headers.get('set-cookie') ?? '';
-    expect(header).toMatch(/^p2pstream_session=[A-Za-z0-9_-]{43};/);
+    expect(header).toMatch(/^__Host-p2pstream_session=[A-Za-z0-9_-]{43};/);
     expect(header).toContain('HttpOnly');
     expect(header).toContain('Secure');
     expect(header).toContain('SameSite=Strict');

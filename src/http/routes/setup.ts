@@ -5,7 +5,14 @@ import type { TokenService } from '../../domain/token-service.js';
 import { AppError } from '../../errors.js';
 import { requireAuth } from '../auth.js';
 import { clearedSessionCookie, sessionCookie } from '../cookies.js';
-import { loginSchema, logoutSchema, meSchema, setupSchema, setupStatusSchema } from '../schemas/auth.js';
+import {
+  changePasswordSchema,
+  loginSchema,
+  logoutSchema,
+  meSchema,
+  setupSchema,
+  setupStatusSchema,
+} from '../schemas/auth.js';
 
 export interface AuthPluginDeps {
   auth: AuthService;
@@ -46,6 +53,17 @@ export function createAuthPlugin(deps: AuthPluginDeps): FastifyPluginAsyncTypebo
       async (request, reply) => {
         if (request.principal?.sessionToken) await auth.logout(request.principal.sessionToken);
         reply.header('set-cookie', clearedSessionCookie());
+        return reply.code(204).send(null);
+      },
+    );
+
+    app.post(
+      '/api/v1/auth/password',
+      { schema: changePasswordSchema, onRequest: requireAuth(auth, tokens) },
+      async (request, reply) => {
+        const user = request.principal?.user;
+        if (!user) throw new AppError('UNAUTHENTICATED', 'authentication required');
+        await auth.changePassword(user.id, request.body, request.ip, request.principal?.sessionToken);
         return reply.code(204).send(null);
       },
     );

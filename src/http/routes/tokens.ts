@@ -14,9 +14,13 @@ export function createTokensPlugin(deps: { tokens: TokenService }): FastifyPlugi
   const { tokens } = deps;
   return async (app) => {
     app.get('/api/v1/tokens', { schema: listTokensSchema }, async () => ({ tokens: tokens.list() }));
-    app.post('/api/v1/tokens', { schema: createTokenSchema }, async (request, reply) =>
-      reply.code(201).send(await tokens.create(request.body)),
-    );
+    app.post('/api/v1/tokens', { schema: createTokenSchema }, async (request, reply) => {
+      // A token never mints one that outlives it.
+      const issuerId =
+        request.principal?.authMethod === 'apiToken' ? request.principal.apiTokenId : undefined;
+      const issuer = issuerId === undefined ? undefined : { expiresAt: tokens.get(issuerId).expiresAt };
+      return reply.code(201).send(await tokens.create(request.body, issuer));
+    });
     app.get('/api/v1/tokens/:id', { schema: getTokenSchema }, async (request) => ({
       apiToken: tokens.get(request.params.id),
     }));

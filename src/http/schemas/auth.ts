@@ -52,3 +52,13 @@ export const meSchema = {
   summary: 'The current user and how they authenticated',
   response: { 200: MeReply, ...errorResponses },
 };
+
+export const ChangePasswordBody = Type.Object({
+  currentPassword: Type.String({ maxLength: 1024 }),
+  newPassword: Type.String({ description: '12–1024 characters.' }),
+});
+export const changePasswordSchema = {
+  summary: "Change the current user's password; revokes their other sessions",
+  body: ChangePasswordBody,
+  response: { 204: NoContent, ...errorResponses },
+};
