@@ -2,7 +2,7 @@
  * buildApp(deps, options) → a FastifyInstance with every route, never
  * listening: tests inject or listen on port 0; the server listens.
  *
- * Routes come in two scopes (DESIGN.md §3, §4):
+ * Routes come in two scopes (docs/architecture.md, "The two data flows"):
  * - local: setup, auth, the environment registry, the hub, the console —
  *   always served by this instance;
  * - operational: authenticated, and served locally or relayed to the
@@ -38,7 +38,7 @@ import type { MetricsRegistry } from './metrics/metrics-registry.js';
 
 export const ENVIRONMENT_HEADER = 'x-p2pstream-environment';
 
-/** Relays an operational request to a remote environment (DESIGN.md §4). */
+/** Relays an operational request to a remote environment (docs/architecture.md). */
 export interface EnvironmentRelay {
   /**
    * Called after local authentication for a request whose selected environment

@@ -1,5 +1,5 @@
 /**
- * The Prometheus metrics of one instance (`GET /metrics`, DESIGN.md §11).
+ * The Prometheus metrics of one instance (`GET /metrics`; docs/operations.md "Metrics").
  *
  * Every feature registers its metrics here through {@link MetricsRegistry}
  * (`counter`, `gauge`, `histogram`: get-or-create by name, so a module may ask

@@ -1,6 +1,6 @@
 /**
- * `GET /metrics` (local, never relayed; an API token or a session; DESIGN.md
- * §11): this instance's metrics in the Prometheus text format.
+ * `GET /metrics` (local, never relayed; an API token or a session): this
+ * instance's metrics in the Prometheus text format (docs/operations.md).
  */
 import type { FastifyPluginAsync } from 'fastify';
 import { Type } from 'typebox';

@@ -1,5 +1,5 @@
 /**
- * Traffic tracer routes (operational, DESIGN.md §4):
+ * Traffic tracer routes (operational; README "Public proxy and live traffic"):
  *
  * - `GET /api/v1/traffic/recent?limit=N` → `{events}`, newest last (N 1–1000,
  *   default every retained event);

@@ -1,4 +1,4 @@
-/** Schema of `GET /api/v1/agent/connect`, the hub's WebSocket endpoint (DESIGN.md §5). */
+/** Schema of `GET /api/v1/agent/connect`, the hub's WebSocket endpoint (docs/protocol.md). */
 import { Type } from 'typebox';
 import { errorResponses } from './common.js';
 

@@ -1,4 +1,4 @@
-/** Schemas of the agent registry routes (DESIGN.md §5). */
+/** Schemas of the agent registry routes (README "Running an agent"). */
 import { Type } from 'typebox';
 import { errorResponses, IdParams, NoContent, Nullable, Patch, Timestamp } from './common.js';
 

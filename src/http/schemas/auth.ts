@@ -1,4 +1,4 @@
-/** Schemas of setup, login, logout and the current user (DESIGN.md §3). */
+/** Schemas of setup, login, logout and the current user. */
 import { Type } from 'typebox';
 import { errorResponses, NoContent, Nullable, Timestamp } from './common.js';
 

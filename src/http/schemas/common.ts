@@ -25,7 +25,7 @@ const ERROR_TABLE = Object.entries(ERROR_CODES)
   .map(([code, { status }]) => `${code} (${status})`)
   .join(', ');
 
-/** Every error: `{error: {code, message, field?, details?}}` (DESIGN.md §6). */
+/** Every error: `{error: {code, message, field?, details?}}` (the codes of src/errors.ts). */
 export const ErrorBody = Type.Object(
   {
     error: Type.Object({
@@ -38,7 +38,7 @@ export const ErrorBody = Type.Object(
       details: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
     }),
   },
-  { description: 'An error answer; `code` is one of the closed table of DESIGN.md §6.' },
+  { description: 'An error answer; `code` is one of a closed table (see the error code list in `code`).' },
 );
 
 /** The error answers every route may give, for `schema.response`. */
@@ -48,7 +48,7 @@ export const errorResponses = { '4xx': ErrorBody, '5xx': ErrorBody } as const;
 export const NoContent = Type.Null({ description: 'No content' });
 
 const ENVIRONMENT_SELECTOR = Type.String({
-  description: 'The environment to act on (`local` or absent = this instance); DESIGN.md §4.',
+  description: 'The environment to act on (`local` or absent = this instance).',
 });
 
 /**

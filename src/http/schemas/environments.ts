@@ -1,4 +1,4 @@
-/** Schemas of the environment registry routes (DESIGN.md §3). */
+/** Schemas of the environment registry routes (README "Environments"). */
 import { Type } from 'typebox';
 import { errorResponses, IdParams, NoContent, Nullable, Patch, Timestamp } from './common.js';
 
@@ -54,7 +54,7 @@ export const EnvironmentEntry = Type.Object({
   ...Type.Partial(Type.Object(registered)).properties,
 });
 
-/** Create and update bodies; the service checks each field (DESIGN.md §3 validation rules). */
+/** Create and update bodies; the service checks each field (the rules in README "Environments"). */
 const EnvironmentInput = {
   name: Type.String({ description: '1–128 characters, unique.' }),
   url: Type.String({ description: 'Absolute https:// URL, no query, fragment or userinfo.' }),
@@ -90,7 +90,7 @@ export const TestReply = Type.Object({
   ),
   timing: Type.Optional(
     Type.Record(Type.String(), Type.Number(), {
-      description: 'Milliseconds per phase: cp, hub, dns, connect, tls, ttfb, total (DESIGN.md §11).',
+      description: 'Milliseconds per phase: cp, hub, dns, connect, tls, ttfb, total.',
     }),
   ),
 });

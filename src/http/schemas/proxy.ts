@@ -1,4 +1,4 @@
-/** Schemas of the public proxy configuration routes (DESIGN.md §4, §8, §12). */
+/** Schemas of the public proxy configuration routes (README "Public proxy and live traffic", "Serving a site over HTTPS with ACME"). */
 import { Type } from 'typebox';
 import { errorResponses, IdParams, NoContent, Nullable, Timestamp } from './common.js';
 

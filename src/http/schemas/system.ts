@@ -1,4 +1,4 @@
-/** Schema of `GET /api/v1/system/info` (DESIGN.md §4). */
+/** Schema of `GET /api/v1/system/info`. */
 import { Type } from 'typebox';
 import { errorResponses } from './common.js';
 

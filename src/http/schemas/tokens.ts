@@ -1,4 +1,4 @@
-/** Schemas of the API token routes (DESIGN.md §5). */
+/** Schemas of the API token routes (README "API tokens with curl", "Security notes"). */
 import { Type } from 'typebox';
 import { errorResponses, IdParams, NoContent, Nullable, Timestamp } from './common.js';
 

@@ -1,4 +1,4 @@
-/** Schemas of the traffic tracer and overview routes (DESIGN.md §4). */
+/** Schemas of the traffic tracer and overview routes (README "Public proxy and live traffic"). */
 import { Type } from 'typebox';
 import { errorResponses, Nullable } from './common.js';
 import { ReplicaSummary } from './system.js';
@@ -40,7 +40,7 @@ export const TraceEvent = Type.Object({
   responseHeaders: Type.Optional(TracedHeaders),
   policy: Type.Optional(
     Type.Array(Type.Object({ stage: Type.String(), rule: Type.String(), action: Type.String() }), {
-      description: 'The decisions of the policy stages (DESIGN.md §9).',
+      description: 'The decisions of the policy stages (docs/pipeline.md).',
     }),
   ),
   cache: Type.Optional(Type.String({ description: 'HIT, MISS, STALE, REVALIDATED, BYPASS or EXPIRED.' })),
