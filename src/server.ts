@@ -203,7 +203,7 @@ export async function startServer(
     ? new ReplicaLinks({
         replicaId,
         connection: () => presence.connection,
-        holderOf: (id) => presence.holderOf(id),
+        holderOf: (id, exclude) => presence.holderOf(id, exclude),
         isAlive: (id) => presence.isAlive(id),
         bridgeFor: (id) => hub.bridgeFor(id),
         logger: logger.child({ component: 'cluster' }),

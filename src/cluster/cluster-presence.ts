@@ -178,12 +178,13 @@ export class ClusterPresence {
    * A live replica holding the agent, null when none: this one when it does,
    * else one that is not draining (a draining one as a last resort).
    */
-  holderOf(agentId: string): AgentHolder | null {
+  holderOf(agentId: string, exclude?: ReadonlySet<string>): AgentHolder | null {
     const own = this.#held.get(agentId);
     if (own) return { replicaId: this.replicaId, sessionId: own.sessionId, connectedAt: own.connectedAt };
     let fallback: AgentHolder | null = null;
     for (const holder of this.#agents.get(agentId)?.values() ?? []) {
       if (holder.replicaId === this.replicaId || !this.isAlive(holder.replicaId)) continue;
+      if (exclude?.has(holder.replicaId)) continue;
       if (!this.#replicas.get(holder.replicaId)?.beat.draining) return holder;
       fallback ??= holder;
     }

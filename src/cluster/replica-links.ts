@@ -44,10 +44,12 @@ export function linkRequestSubject(replicaId: string): string {
 
 /** A link without streams this long is closed (the next call opens a new one). */
 export const DEFAULT_LINK_IDLE_MS = 60_000;
-/** Keepalive of a link: a ping every 5 s, cut after 3 missed. */
-export const DEFAULT_LINK_KEEPALIVE_MS = 5000;
+/** Keepalive of a link: a ping every second, cut after 2 missed (a killed replica is noticed in about 2 s). */
+export const DEFAULT_LINK_KEEPALIVE_MS = 1000;
 /** Frames on a link stay under NATS's default 1 MB message limit. */
 export const LINK_MAX_FRAME_BYTES = 768 * 1024;
+/** A replica that did not answer a link request is passed over this long (its heartbeat ages out meanwhile). */
+const UNANSWERED_SKIP_MS = 15_000;
 /** How long a link request waits for the holding replica's answer. */
 export const LINK_REQUEST_TIMEOUT_MS = 5000;
 
@@ -55,8 +57,8 @@ export interface ReplicaLinksOptions {
   replicaId: string;
   /** The live NATS connection, or null while the bus is down. */
   connection(): NatsConnection | null;
-  /** The live replica holding an agent (from the presence), or null. */
-  holderOf(agentId: string): { replicaId: string } | null;
+  /** The live replica holding an agent (from the presence), or null; `exclude` skips replicas. */
+  holderOf(agentId: string, exclude?: ReadonlySet<string>): { replicaId: string } | null;
   isAlive(replicaId: string): boolean;
   /** Raw streams to an agent connected to this replica, or null. */
   bridgeFor(agentId: string): AgentStreamBridge | null;
@@ -95,6 +97,8 @@ export class ReplicaLinks {
   readonly #logger: Logger;
   readonly #outgoing = new Map<string, OutgoingLink>();
   readonly #incoming = new Map<string, IncomingLink>();
+  /** Replicas that did not answer a link request (gone from the bus before their heartbeat aged), and since when. */
+  readonly #unanswered = new Map<string, number>();
   #subscription: Subscription | null = null;
   #subscribedOn: NatsConnection | null = null;
   #timer: ReturnType<typeof setInterval>;
@@ -122,10 +126,24 @@ export class ReplicaLinks {
    */
   transportFor(agentId: string): Transport | null {
     if (this.#closed) return null;
-    const holder = this.#options.holderOf(agentId);
+    const holder = this.#options.holderOf(agentId, this.#skipped());
     if (!holder || holder.replicaId === this.#options.replicaId) return null;
-    const replicaId = holder.replicaId;
-    const client = async (): Promise<RelayClient> => this.#link(agentId, replicaId);
+    // Opening a link sends nothing to the agent: when the holder does not answer (it died a moment
+    // ago), the call is safely tried through another replica holding the agent, if there is one.
+    const client = async (): Promise<RelayClient> => {
+      let replicaId = holder.replicaId;
+      for (;;) {
+        try {
+          return await this.#link(agentId, replicaId);
+        } catch (err) {
+          if (!(err instanceof AppError) || err.details?.unanswered !== true) throw err;
+          this.#unanswered.set(replicaId, Date.now());
+          const next = this.#options.holderOf(agentId, this.#skipped());
+          if (!next || next.replicaId === this.#options.replicaId || next.replicaId === replicaId) throw err;
+          replicaId = next.replicaId;
+        }
+      }
+    };
     return {
       async discover(options: DiscoverOptions): Promise<DiscoverResult> {
         return (await client()).discover(options);
@@ -134,6 +152,13 @@ export class ReplicaLinks {
         return (await client()).request(request);
       },
     };
+  }
+
+  /** Replicas that failed to answer a link request within the last heartbeat lifetime. */
+  #skipped(): ReadonlySet<string> {
+    const now = Date.now();
+    for (const [id, at] of this.#unanswered) if (now - at > UNANSWERED_SKIP_MS) this.#unanswered.delete(id);
+    return new Set(this.#unanswered.keys());
   }
 
   /** Closes every link (streams fail with AGENT_OFFLINE) and stops taking new ones. */
@@ -207,7 +232,7 @@ export class ReplicaLinks {
       logger,
       software: VERSION,
       limits: { maxFrameBytes: LINK_MAX_FRAME_BYTES },
-      keepalive: { intervalMs: this.#options.keepaliveMs ?? DEFAULT_LINK_KEEPALIVE_MS, maxMissed: 3 },
+      keepalive: { intervalMs: this.#options.keepaliveMs ?? DEFAULT_LINK_KEEPALIVE_MS, maxMissed: 2 },
       offlineCode: 'AGENT_OFFLINE',
       admit: () => ({ ok: true }),
       streams: (context) => {
@@ -232,7 +257,10 @@ export class ReplicaLinks {
       });
       answer = reply.json();
     } catch (err) {
-      throw new AppError('AGENT_OFFLINE', 'the replica holding the agent did not answer', { cause: err });
+      throw new AppError('AGENT_OFFLINE', 'the replica holding the agent did not answer', {
+        cause: err,
+        details: { unanswered: true },
+      });
     }
     if (!answer.ok) {
       const code = isErrorCode(answer.code) ? answer.code : 'AGENT_OFFLINE';
@@ -320,7 +348,7 @@ export class ReplicaLinks {
       logger,
       software: VERSION,
       limits: { maxFrameBytes: LINK_MAX_FRAME_BYTES },
-      keepalive: { intervalMs: this.#options.keepaliveMs ?? DEFAULT_LINK_KEEPALIVE_MS, maxMissed: 3 },
+      keepalive: { intervalMs: this.#options.keepaliveMs ?? DEFAULT_LINK_KEEPALIVE_MS, maxMissed: 2 },
       offlineCode: 'AGENT_OFFLINE',
       streams: (context) => [new ForwardingHandler(context, () => this.#options.bridgeFor(request.agentId))],
       onClosed: () => this.#incoming.delete(request.linkId),
