@@ -54,11 +54,8 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
-async function instance(): Promise<Instance> {
-  const started = await startInstance();
-  cleanups.push(() => started.server.close());
-  return started;
-}
+const instance = (options: Parameters<typeof startInstance>[0] = {}): Promise<Instance> =>
+  startInstance(options, cleanups);
 
 /** The built agent with NODE_TLS_REJECT_UNAUTHORIZED=0; its output collected. */
 function runAgent(env: Record<string, string>): { output(): string } {

@@ -19,11 +19,8 @@ import { configureProxy, openSse, proxyClient, type SseReader } from './proxy-he
 
 const cleanups = useCleanups();
 
-async function instance(): Promise<Instance> {
-  const started = await startInstance();
-  cleanups.push(() => started.server.close());
-  return started;
-}
+const instance = (options: Parameters<typeof startInstance>[0] = {}): Promise<Instance> =>
+  startInstance(options, cleanups);
 
 /** Control plane, target, a connected agent, and an agent-transport environment for the target. */
 async function viaAgent(options: { trust?: boolean } = {}) {

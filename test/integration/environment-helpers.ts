@@ -11,6 +11,7 @@ import https from 'node:https';
 import type net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { createCertificate } from '../../src/tls/certificates.js';
+import type { Cleanup, Cleanups } from '../helpers/cleanup.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { eventually } from '../helpers/wait.js';
 
@@ -21,9 +22,16 @@ export interface Instance {
   token: string;
 }
 
-/** Starts an instance and sets its admin up. */
-export async function startInstance(options: Parameters<typeof startTestServer>[0] = {}): Promise<Instance> {
+/**
+ * Starts an instance and sets its admin up; with `cleanups`, the instance is
+ * closed after the test (the one instance/cleanup pattern of these tests).
+ */
+export async function startInstance(
+  options: Parameters<typeof startTestServer>[0] = {},
+  cleanups?: Pick<Cleanups, 'push'> | Cleanup[],
+): Promise<Instance> {
   const server = await startTestServer(options);
+  cleanups?.push(() => server.close());
   const cookie = await server.setupAdmin();
   const token = await server.createToken(cookie, 'admin-token');
   return { server, cookie, token };

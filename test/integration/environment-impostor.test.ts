@@ -20,11 +20,8 @@ import {
 
 const cleanups = useCleanups();
 
-async function instance(options: Parameters<typeof startInstance>[0] = {}): Promise<Instance> {
-  const started = await startInstance(options);
-  cleanups.push(() => started.server.close());
-  return started;
-}
+const instance = (options: Parameters<typeof startInstance>[0] = {}): Promise<Instance> =>
+  startInstance(options, cleanups);
 
 describe('impostor on a trusted environment (direct transport)', () => {
   it('refuses it with CERTIFICATE_CHANGED, persists CHANGED and sends it nothing', async () => {

@@ -14,11 +14,8 @@ import { fingerprintOf, type Instance, registerEnvironment, startInstance } from
 
 const cleanups = useCleanups();
 
-async function instance(): Promise<Instance> {
-  const started = await startInstance();
-  cleanups.push(() => started.server.close());
-  return started;
-}
+const instance = (options: Parameters<typeof startInstance>[0] = {}): Promise<Instance> =>
+  startInstance(options, cleanups);
 
 async function target(options: Parameters<typeof startTlsTarget>[0]): Promise<TlsTarget> {
   const started = await startTlsTarget(options);

@@ -16,11 +16,8 @@ import { type Instance, registerEnvironment, startInstance } from './environment
 
 const cleanups = useCleanups();
 
-async function instance(): Promise<Instance> {
-  const started = await startInstance();
-  cleanups.push(() => started.server.close());
-  return started;
-}
+const instance = (options: Parameters<typeof startInstance>[0] = {}): Promise<Instance> =>
+  startInstance(options, cleanups);
 
 /** A control plane and a target with the environment registered, discovered and trusted. */
 async function pair(options: { timeoutMs?: number } = {}) {

@@ -10,11 +10,8 @@ import { configureProxy, openSse, proxyClient, type SseReader } from './proxy-he
 
 const cleanups = useCleanups();
 
-async function instance(): Promise<Instance> {
-  const started = await startInstance();
-  cleanups.push(() => started.server.close());
-  return started;
-}
+const instance = (options: Parameters<typeof startInstance>[0] = {}): Promise<Instance> =>
+  startInstance(options, cleanups);
 
 const dataEvents = (reader: SseReader) =>
   reader.messages.filter((m) => m.event === 'message').map((m) => JSON.parse(m.data) as { path: string });

@@ -22,11 +22,8 @@ import {
 
 const cleanups = useCleanups();
 
-async function instance(): Promise<Instance> {
-  const started = await startInstance();
-  cleanups.push(() => started.server.close());
-  return started;
-}
+const instance = (options: Parameters<typeof startInstance>[0] = {}): Promise<Instance> =>
+  startInstance(options, cleanups);
 
 const OLD_TOKEN = `p2pat_${'o'.repeat(43)}`;
 const NEW_TOKEN = `p2pat_${'n'.repeat(43)}`;

@@ -14,11 +14,8 @@ import { configureProxy, freePort, proxyClient, startUpstream } from './proxy-he
 
 const cleanups = useCleanups();
 
-async function instance(): Promise<Instance> {
-  const started = await startInstance();
-  cleanups.push(() => started.server.close());
-  return started;
-}
+const instance = (options: Parameters<typeof startInstance>[0] = {}): Promise<Instance> =>
+  startInstance(options, cleanups);
 
 async function scrape(at: Instance): Promise<Exposition> {
   const res = await at.server.request('GET', '/metrics', { token: at.token });
