@@ -10,12 +10,13 @@
  *   npm run bench -- --only=peers-rss --rss-minutes=10   a longer RSS run
  *
  * Groups: latency, throughput, streaming, trace-delivery, hub-scale, codec,
- * tracing, tls, policies, peers, peers-rss (5 minutes at full load: left out of a quick run
+ * tracing, tls, policies, peers, cluster, peers-rss (5 minutes at full load: left out of a quick run
  * unless named with --only).
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { benchCluster } from './cluster.js';
 import { benchCodec } from './codec.js';
 import { type BenchRow, type MachineInfo, machineInfo, renderTable } from './harness.js';
 import { benchHubScale } from './hub-scale.js';
@@ -37,6 +38,7 @@ export const GROUPS = [
   'policies',
   'peers',
   'peers-rss',
+  'cluster',
 ] as const;
 const RELAY_GROUPS = ['latency', 'throughput', 'streaming', 'trace-delivery'];
 
@@ -98,6 +100,9 @@ export async function runBenchmarks(options: RunOptions = {}): Promise<BenchRow[
     rows.push(
       ...(await benchPeers({ log, ...(quick ? { seconds: 1, rounds: 1, downloadMegabytes: 10 } : {}) })),
     );
+  }
+  if (only.includes('cluster')) {
+    rows.push(...(await benchCluster(quick ? { calls: 50, repetitions: 1 } : { repetitions })));
   }
   if (only.includes('peers-rss')) {
     rows.push(...(await benchPeersRss({ log, minutes: options.rssMinutes ?? (quick ? 0.25 : 5) })));

@@ -43,6 +43,14 @@ describe('npm run bench -- --quick', () => {
     }
   }, 120_000);
 
+  it('measures a relayed call through a forwarding replica against the holding one, with PostgreSQL and NATS', async () => {
+    const rows = await runBenchmarks({ quick: true, only: ['cluster'] });
+    expect(rows.map((r) => r.metric)).toEqual(['relayed call p50, forwarding replica ÷ holding replica']);
+    expect(rows[0]!.value.median).toBeGreaterThan(0);
+    expect(rows[0]!.goal).toBe('≤ 1.3');
+    expect(typeof rows[0]!.met).toBe('boolean');
+  }, 120_000);
+
   it('runs p2pstream next to Caddy, nginx and a minimal Node proxy under wrk and reports ratios, and its RSS over a run', async () => {
     const rows = await runBenchmarks({ quick: true, only: ['peers', 'peers-rss'], rssMinutes: 0.1 });
     expect(new Set(rows.map((r) => r.group))).toEqual(new Set(['peers', 'peers rss']));
