@@ -60,13 +60,19 @@ async function startNode(
   return { server, dataDir, dispatcher };
 }
 
-// biome-ignore lint/suspicious/noExplicitAny: bench reads API answers freely
+interface Reply {
+  status: number;
+  // biome-ignore lint/suspicious/noExplicitAny: bench reads API answers freely
+  json: any;
+  cookie: string | null;
+}
+
 async function api(
   node: Node,
   method: string,
   pathname: string,
   options: { body?: unknown; auth?: string; headers?: Record<string, string> } = {},
-): Promise<{ status: number; json: any; cookie: string | null }> {
+): Promise<Reply> {
   const headers: Record<string, string> = { origin: node.server.url, ...options.headers };
   if (options.auth)
     headers[options.auth.startsWith('p2pat_') ? 'authorization' : 'cookie'] = options.auth.startsWith(
