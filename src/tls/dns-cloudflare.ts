@@ -32,7 +32,10 @@ interface CloudflareAnswer<T> {
 
 export function createCloudflareProvider(options: CloudflareOptions): DnsChallengeProvider {
   const base = (options.apiBaseUrl ?? CLOUDFLARE_API_BASE_URL).replace(/\/+$/, '');
-  const dispatcher = options.ca ? new Agent({ connect: { ca: options.ca } }) : undefined;
+  // Verification set here, not inherited: NODE_TLS_REJECT_UNAUTHORIZED=0 must not send the API token to anyone.
+  const dispatcher = new Agent({
+    connect: { ...(options.ca ? { ca: options.ca } : {}), rejectUnauthorized: true },
+  });
   const call = async <T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> => {
     const res = await request(`${base}${path}`, {
       method,
@@ -41,7 +44,7 @@ export function createCloudflareProvider(options: CloudflareOptions): DnsChallen
         ...(body === undefined ? {} : { 'content-type': 'application/json' }),
       },
       body: body === undefined ? undefined : JSON.stringify(body),
-      ...(dispatcher ? { dispatcher } : {}),
+      dispatcher,
     });
     const text = await res.body.text();
     let answer: CloudflareAnswer<T>;

@@ -21,6 +21,7 @@ import path from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
+import { createCloudflareProvider } from '../../src/tls/dns-cloudflare.js';
 import { createTestAgent, serverFingerprint } from '../helpers/agent.js';
 import { BIN, ensureBuilt } from '../helpers/bin.js';
 import {
@@ -250,5 +251,15 @@ describe('with NODE_TLS_REJECT_UNAUTHORIZED=0', () => {
     });
     expect(impostor.receivedBytes).toBe(0);
     expect(agent.output()).toMatch(/CERTIFICATE_CHANGED/);
+  });
+
+  it('the DNS provider client does not send its API token to an unverified server', async () => {
+    const cert = await createCertificate({ altNames: ['localhost', '127.0.0.1'] });
+    const impostor = await fakeControlPlane(cert, cert);
+    cleanups.push(() => impostor.close());
+    const provider = createCloudflareProvider({ apiToken: 'cf-secret-token', apiBaseUrl: impostor.url });
+    await expect(provider.createTxt('_acme-challenge.example.com', 'v')).rejects.toThrow();
+    expect(impostor.connections).toBeGreaterThan(0);
+    expect(impostor.receivedBytes).toBe(0);
   });
 });
