@@ -26,6 +26,13 @@ import type {
   TrustState as TrustStateSchema,
 } from '../http/schemas/environments';
 import type {
+  TestResult as PolicyTestResultSchema,
+  RateLimitSchema as RateLimitRuleSchema,
+  ShaperSchema,
+  AutoSchema as WafAutoSchema,
+  WafRuleSchema,
+} from '../http/schemas/policies';
+import type {
   Listener as ListenerSchema,
   ProxyRoute as ProxyRouteSchema,
   RouteTarget as RouteTargetSchema,
@@ -74,67 +81,14 @@ export type TrafficSettings = Static<typeof TrafficSettingsSchema>;
 export type Overview = Static<typeof OverviewSchema>;
 
 /** Thresholds of an auto-mode WAF rule. */
-export interface WafAuto {
-  requestsPerSecond: number | null;
-  errorRatio: number | null;
-  forSeconds: number;
-  coolDownSeconds: number;
-}
-
-interface PolicyCommon {
-  id: string;
-  name: string;
-  priority: number;
-  expression: string;
-  enabled: boolean;
-  createdAt: string;
-  updatedAt: string;
-}
-
-export interface WafRule extends PolicyCommon {
-  action: 'block' | 'allow' | 'log' | 'challenge';
-  status: number;
-  templateId: string | null;
-  mode: 'always' | 'auto';
-  auto: WafAuto | null;
-  passTtlSeconds: number;
-  state: {
-    activeListeners: string[];
-    switches: { at: string; listenerId: string; active: boolean; reason: string }[];
-  } | null;
-}
-
-export interface RateLimitRule extends PolicyCommon {
-  key: string[];
-  algorithm: 'fixed_window' | 'sliding_window' | 'token_bucket';
-  limit: number | null;
-  windowSeconds: number | null;
-  ratePerSecond: number | null;
-  burst: number | null;
-  status: number;
-  templateId: string | null;
-}
-
-export interface Shaper extends PolicyCommon {
-  key: string[];
-  downloadBytesPerSecond: number | null;
-  uploadBytesPerSecond: number | null;
-  burstBytes: number;
-  exemptBytes: number;
-}
-
-export interface PolicyTestStage {
-  stage: string;
-  rule: string | null;
-  action: string;
-  detail: string;
-}
-
-export interface ResponseTemplateSummary {
-  id: string;
-  name: string;
-  kind: string;
-}
+export type WafAuto = Static<typeof WafAutoSchema>;
+export type WafRule = Static<typeof WafRuleSchema>;
+export type RateLimitRule = Static<typeof RateLimitRuleSchema>;
+export type Shaper = Static<typeof ShaperSchema>;
+/** One stage's decision in `POST /api/v1/policies/test`. */
+export type PolicyTestStage = Static<typeof PolicyTestResultSchema>['stages'][number];
+/** What the policy editors need of a response template. */
+export type ResponseTemplateSummary = Pick<ResponseTemplate, 'id' | 'name' | 'kind'>;
 
 export type TlsCertificate = Static<typeof TlsCertificateSchema>;
 export type CertificateStatus = Static<typeof CertificateStatusSchema>;

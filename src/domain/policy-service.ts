@@ -26,6 +26,7 @@ import type {
 import type { Store } from '../storage/store.js';
 import { newId } from './ids.js';
 import { type CompiledExpression, compileExpression } from './policy-expression.js';
+import { RATE_LIMIT_ALGORITHMS, WAF_ACTIONS } from './policy-types.js';
 import { requireTemplateRef, type TemplateService, type TemplateUsage } from './template-service.js';
 import { invalid, optionalBoolean, rejectUnknownFields, requireName, requireObject } from './validate.js';
 
@@ -35,8 +36,7 @@ export const MAX_POLICY_PRIORITY = 1_000_000;
 export const MAX_RULES_PER_KIND = 1000;
 export const MAX_KEY_PARTS = 6;
 export const DEFAULT_PASS_TTL_SECONDS = 3600;
-export const WAF_ACTIONS = ['block', 'allow', 'log', 'challenge'] as const;
-export const RATE_LIMIT_ALGORITHMS = ['fixed_window', 'sliding_window', 'token_bucket'] as const;
+export { RATE_LIMIT_ALGORITHMS, WAF_ACTIONS } from './policy-types.js';
 /** Largest shaping rate: 10 GiB/s; smallest: 1 KiB/s. */
 export const MAX_SHAPER_RATE = 10 * 1024 ** 3;
 export const MIN_SHAPER_RATE = 1024;
