@@ -1,5 +1,6 @@
 /** Schemas of the traffic tracer and overview routes (README "Public proxy and live traffic"). */
 import { Type } from 'typebox';
+import { Stats as CacheStats } from './cache.js';
 import { errorResponses, Nullable } from './common.js';
 import { ReplicaSummary } from './system.js';
 
@@ -67,17 +68,9 @@ export const Overview = Type.Object({
     description: 'The control-plane replicas (one without a cluster).',
   }),
   traceSubscribers: Type.Integer(),
-  cache: Type.Object(
-    {
-      entries: Type.Integer(),
-      memoryBytes: Type.Integer(),
-      diskBytes: Type.Integer(),
-      hits: Type.Integer(),
-      misses: Type.Integer(),
-      hitRatio: Type.Number(),
-    },
-    { description: "The response cache's counters since start (zeros without a cache)." },
-  ),
+  cache: Type.Pick(CacheStats, ['entries', 'memoryBytes', 'diskBytes', 'hits', 'misses', 'hitRatio'], {
+    description: "The response cache's counters since start (zeros without a cache).",
+  }),
   generatedAt: Type.String(),
 });
 
