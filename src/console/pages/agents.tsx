@@ -103,6 +103,11 @@ export function AgentsPage(props: { environment: string }) {
                     <Badge tone="muted">offline</Badge>
                   )}
                   {agent.enabled ? null : <Badge tone="warn">disabled</Badge>}
+                  {agent.status === 'connected' && agent.replicaId ? (
+                    <div class="small muted" data-testid="agent-replica">
+                      on replica <span class="mono">{agent.replicaId}</span>
+                    </div>
+                  ) : null}
                   {agent.leakedStreams > 0 ? (
                     <Badge tone="warn">
                       {agent.leakedStreams} leaked stream{agent.leakedStreams === 1 ? '' : 's'}

@@ -97,6 +97,34 @@ export function OverviewPage(props: { environment: string }) {
               detail={`${formatNumber(data.cache.hits)} hits · ${formatNumber(data.cache.misses)} misses · ${formatNumber(data.cache.entries)} entries`}
             />
           </div>
+          {data.replicas.length > 1 ? (
+            <div class="card" data-testid="replicas">
+              <h2>Control-plane replicas</h2>
+              <table>
+                <thead>
+                  <tr>
+                    <th scope="col">Replica</th>
+                    <th scope="col">Up</th>
+                    <th scope="col">Agents</th>
+                    <th scope="col">Version</th>
+                  </tr>
+                </thead>
+                <tbody>
+                  {data.replicas.map((replica) => (
+                    <tr key={replica.id}>
+                      <td>
+                        <span class="mono">{replica.id}</span>
+                        {replica.self ? <span class="muted small"> (this one)</span> : null}
+                      </td>
+                      <td>{formatUptime(replica.uptimeSeconds)}</td>
+                      <td>{formatNumber(replica.agentsConnected)}</td>
+                      <td>{replica.version}</td>
+                    </tr>
+                  ))}
+                </tbody>
+              </table>
+            </div>
+          ) : null}
           <div class="chart-row">
             <div class="card chart-card">
               <h2>Requests and errors</h2>
