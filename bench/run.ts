@@ -10,12 +10,13 @@
  *   npm run bench -- --only=peers-rss --rss-minutes=10   a longer RSS run
  *
  * Groups: latency, throughput, streaming, trace-delivery, hub-scale, codec,
- * tracing, tls, policies, peers, cluster, peers-rss (5 minutes at full load: left out of a quick run
+ * tracing, tls, policies, cache, peers, cluster, peers-rss (5 minutes at full load: left out of a quick run
  * unless named with --only).
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { benchCache } from './cache.js';
 import { benchCluster } from './cluster.js';
 import { benchCodec } from './codec.js';
 import { type BenchRow, type MachineInfo, machineInfo, renderTable } from './harness.js';
@@ -36,6 +37,7 @@ export const GROUPS = [
   'tracing',
   'tls',
   'policies',
+  'cache',
   'peers',
   'peers-rss',
   'cluster',
@@ -94,6 +96,13 @@ export async function runBenchmarks(options: RunOptions = {}): Promise<BenchRow[
   }
   if (only.includes('policies')) {
     rows.push(...(await benchPolicies(quick ? { requests: 300, rounds: 1, seconds: 2 } : {})));
+  }
+  if (only.includes('cache')) {
+    rows.push(
+      ...(await benchCache(
+        quick ? { seconds: 1, rounds: 1, memoryMiB: 8, misses: 200 } : { rounds: repetitions },
+      )),
+    );
   }
   const log = options.log ?? (() => {});
   if (only.includes('peers')) {

@@ -64,6 +64,11 @@ export function createCacheStage(options: CacheStageOptions): Stage | null {
         note(request, lookup.rule.record.name, 'BYPASS');
         return CONTINUE;
       }
+      const fresh = cache.hitNow(lookup);
+      if (fresh !== null) {
+        note(request, lookup.rule.record.name, 'HIT');
+        return fresh;
+      }
       const target = route.target;
       const timeout = target.timeoutMs ?? options.defaultTimeoutMs;
       const path = target.basePath + request.path + (request.query === '' ? '' : `?${request.query}`);

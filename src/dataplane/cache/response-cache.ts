@@ -157,6 +157,9 @@ const NOT_MODIFIED_HEADERS = new Set([
 
 type Inflight = Promise<'stored' | 'not_stored'>;
 
+/** Any client but the background one (counts the answer). */
+const NOT_BACKGROUND = {} as CacheClient;
+
 /** The client of a background revalidation: nobody listens. */
 const BACKGROUND: CacheClient = {
   head: () => {},
@@ -309,6 +312,42 @@ export class ResponseCache implements CacheRuntime {
       return { kind: 'bypass', rule, reason, cacheStatus: `${CACHE_NAME}; fwd=bypass; detail=${reason}` };
     }
     return { kind: 'cacheable', rule, primaryKey: primaryKeyOf(rule.record, request), request };
+  }
+
+  /**
+   * The fast path of a fresh hit: when the entry's body is in memory, the
+   * request carries no Cache-Control, Pragma or conditional header and the
+   * entry is fresh, the answer is built synchronously (no stream, no
+   * promise). Null otherwise: use {@link serve}.
+   */
+  hitNow(
+    lookup: Extract<CacheLookup, { kind: 'cacheable' }>,
+  ): { status: number; headers: string[]; body: Buffer } | null {
+    const h = lookup.request.headers;
+    if (
+      h['cache-control'] !== undefined ||
+      h.pragma !== undefined ||
+      h['if-none-match'] !== undefined ||
+      h['if-modified-since'] !== undefined
+    )
+      return null;
+    const entry = this.#find(lookup.primaryKey, h);
+    if (!entry || entry.memory === null) return null;
+    const policy = entry.policy;
+    const age = policy.age();
+    const ttl = policy.maxAge() - age;
+    if (ttl <= 0) return null;
+    const headers: string[] = [];
+    for (const [name, value] of entry.meta.headers) headers.push(name, value);
+    headers.push(
+      'age',
+      String(Math.max(0, Math.round(age))),
+      'cache-status',
+      `${CACHE_NAME}; hit; ttl=${Math.floor(ttl)}`,
+    );
+    // content-length: the exchange sets it for a buffer answer.
+    this.#count('HIT', NOT_BACKGROUND);
+    return { status: entry.meta.status, headers, body: entry.memory };
   }
 
   /**

@@ -1,0 +1,101 @@
+/**
+ * The proxy side of the cache benchmark, run as a child process (forked with
+ * --expose-gc) so its memory is measured alone: a data plane with the
+ * response cache (disk tier in a temp dir) and one listener routing
+ * everything to the parent's upstream. Paths under `/c/` match the cache
+ * rule; everything else is proxied uncached.
+ *
+ * Messages: `{cmd: 'start', upstreamUrl, memoryMiB, diskMiB, hotObjectKiB}` →
+ * `{port}`; `{cmd: 'stats'}` → `{rss, heap, cache}` (after a full GC);
+ * `{cmd: 'stop'}` → `{}`.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { DataPlane } from '../src/dataplane/data-plane.js';
+import { compileExpression } from '../src/domain/policy-expression.js';
+import { createLogger } from '../src/logger.js';
+import type { CacheRuleRecord, ListenerRecord, RouteRecord } from '../src/storage/schema.js';
+
+type Message =
+  | { cmd: 'start'; upstreamUrl: string; memoryMiB: number; diskMiB: number; hotObjectKiB: number }
+  | { cmd: 'stats' }
+  | { cmd: 'stop' };
+
+const gc = (globalThis as { gc?: () => void }).gc;
+const NOW = new Date().toISOString();
+let dataPlane: DataPlane | null = null;
+let dataDir: string | null = null;
+
+async function handle(message: Message): Promise<unknown> {
+  switch (message.cmd) {
+    case 'start': {
+      dataDir = await mkdtemp(path.join(os.tmpdir(), 'p2pstream-bench-cache-'));
+      dataPlane = new DataPlane({ logger: createLogger('silent'), dataDir });
+      const listener: ListenerRecord = {
+        id: 'bench-listener',
+        name: 'bench',
+        bindAddress: '127.0.0.1',
+        port: 0,
+        enabled: true,
+        createdAt: NOW,
+        updatedAt: NOW,
+      };
+      const route: RouteRecord = {
+        id: 'bench-route',
+        listenerId: listener.id,
+        host: null,
+        pathPrefix: '/',
+        priority: 0,
+        target: { type: 'upstream', url: message.upstreamUrl },
+        createdAt: NOW,
+        updatedAt: NOW,
+      };
+      await dataPlane.start({ listeners: [listener], routes: [route] });
+      const rule: CacheRuleRecord = {
+        id: 'bench-rule',
+        name: 'bench',
+        priority: 0,
+        expression: 'path_prefix(path, "/c")',
+        ttl: { mode: 'origin', seconds: 0 },
+        queryMode: 'include',
+        queryAllowlist: [],
+        varyHeaders: [],
+        maxObjectBytes: 100 * 1024 * 1024,
+        enabled: true,
+        createdAt: NOW,
+        updatedAt: NOW,
+      };
+      dataPlane.cache!.configure(
+        {
+          enabled: true,
+          memoryMiB: message.memoryMiB,
+          diskMiB: message.diskMiB,
+          hotObjectKiB: message.hotObjectKiB,
+          maxEntries: 1_000_000,
+          cleanupSeconds: 3600,
+        },
+        [{ record: rule, expression: compileExpression(rule.expression) }],
+      );
+      return { port: dataPlane.boundPort(listener.id) };
+    }
+    case 'stats': {
+      gc?.();
+      gc?.();
+      const memory = process.memoryUsage();
+      return { rss: memory.rss, heap: memory.heapUsed, cache: dataPlane?.cache?.stats() ?? null };
+    }
+    case 'stop': {
+      await dataPlane?.close();
+      if (dataDir) await rm(dataDir, { recursive: true, force: true });
+      return {};
+    }
+  }
+}
+
+process.on('message', (message: Message) => {
+  handle(message).then(
+    (answer) => process.send?.(answer),
+    (err: unknown) => process.send?.({ error: String((err as Error)?.stack ?? err) }),
+  );
+});
