@@ -46,14 +46,14 @@ describe('console on a replica of several', () => {
       const replicas = page.getByTestId('replicas');
       await replicas.waitFor();
       await expect.poll(async () => replicas.locator('tbody tr').count(), { timeout: 10_000 }).toBe(2);
-      const text = await replicas.innerText();
+      const text = (await replicas.textContent()) ?? '';
       expect(text).toContain(a!.server.replicaId);
       expect(text).toContain(b!.server.replicaId);
       expect(text).toContain('(this one)');
       await screenshot(page, 'overview-replicas');
       await page.goto('/agents');
       await expect
-        .poll(async () => page.getByTestId('agent-replica').innerText(), { timeout: 10_000 })
+        .poll(async () => page.getByTestId('agent-replica').textContent(), { timeout: 10_000 })
         .toContain(b!.server.replicaId);
       expect(tab.errors).toEqual([]);
     } finally {
