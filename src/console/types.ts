@@ -23,6 +23,7 @@ import type {
   EnvironmentEntry as EnvironmentEntrySchema,
   LastTest as LastTestSchema,
   LocalEnvironmentId as LocalEnvironmentIdSchema,
+  TestReply as TestReplySchema,
   TrustState as TrustStateSchema,
 } from '../http/schemas/environments';
 import type {
@@ -64,6 +65,8 @@ export type Certificate = Static<typeof CertificateSchema>;
 export type LastTest = Static<typeof LastTestSchema>;
 /** What `POST /api/v1/environments/:id/discover` answers. */
 export type DiscoverOutcome = Static<typeof DiscoverReplySchema>;
+/** What `POST /api/v1/environments/:id/test` answers. */
+export type TestOutcome = Static<typeof TestReplySchema>;
 /** A registered environment, or the virtual Local one (`virtual: true`). */
 export type Environment = Static<typeof EnvironmentEntrySchema>;
 export type ApiToken = Static<typeof ApiTokenSchema>;

@@ -22,6 +22,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { AppError, type ErrorCode, toAppError } from '../errors.js';
+import { type PathTiming, pathTiming } from '../relay/timing.js';
 import {
   DEFAULT_TIMEOUT_MS,
   MAX_TIMEOUT_MS,
@@ -112,6 +113,8 @@ export interface TestOutcome {
   remote: { version: string; instanceId: string };
   /** Agent transport with several replicas: the replica that held the agent for this test. */
   replicaId?: string | null;
+  /** Where the time went up to the response head (DESIGN.md §11), as in relayed responses' Server-Timing. */
+  timing: PathTiming;
 }
 
 /** Everything a relayed call needs, resolved once the environment passed every check. */
@@ -125,6 +128,8 @@ export interface RelayTarget {
   timeoutMs: number;
   trust: TrustMetadata;
   transport: Transport;
+  /** Which transport that is (`agent` adds the hub to the timing). */
+  transportKind: EnvironmentTransportKind;
 }
 
 /** How an environment's target is reached; implemented next to the hub (src/http/environment-relay.ts). */
@@ -579,6 +584,7 @@ export class EnvironmentService {
       timeoutMs: record.timeoutMs,
       trust,
       transport,
+      transportKind: record.transport,
     };
   }
 
@@ -627,6 +633,11 @@ export class EnvironmentService {
         timeoutMs: target.timeoutMs,
         trust: target.trust,
       });
+      const timing = pathTiming(
+        performance.now() - started,
+        response.timing,
+        target.transportKind === 'agent',
+      );
       if (response.status === 401) {
         response.cancel();
         throw new AppError('REMOTE_UNAUTHORIZED', 'the target refused the stored access token');
@@ -648,6 +659,7 @@ export class EnvironmentService {
         ok: true,
         latencyMs,
         remote: { version: info.version, instanceId: info.instanceId },
+        timing,
       };
       if (record.transport === 'agent' && record.agentId && this.#transports.agentReplica) {
         outcome.replicaId = this.#transports.agentReplica(record.agentId);

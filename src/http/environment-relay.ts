@@ -36,6 +36,7 @@ import type {
 import { AppError, toAppError } from '../errors.js';
 import { hopByHopAnd } from '../http-headers.js';
 import type { Logger } from '../logger.js';
+import { pathTiming, serverTimingHeader } from '../relay/timing.js';
 import type { HeaderList, RelayResponse, Transport } from '../relay/transport.js';
 
 /** Request headers relayed to the environment (everything else stays here). */
@@ -276,6 +277,11 @@ export function createEnvironmentRelay(options: EnvironmentRelayOptions): Enviro
         );
       }
 
+      const timing = pathTiming(
+        performance.now() - started,
+        response.timing,
+        target.transportKind === 'agent',
+      );
       reply.hijack();
       if (callerGone()) {
         response.cancel();
@@ -284,7 +290,14 @@ export function createEnvironmentRelay(options: EnvironmentRelayOptions): Enviro
       }
       let outcome = 'complete';
       try {
-        res.writeHead(response.status, relayedResponseHeaders(response.headers));
+        const headers = relayedResponseHeaders(response.headers);
+        const remoteTiming = headers['server-timing'];
+        // The remote's own Server-Timing stays, after ours.
+        headers['server-timing'] =
+          remoteTiming === undefined
+            ? serverTimingHeader(timing)
+            : [serverTimingHeader(timing), ...(Array.isArray(remoteTiming) ? remoteTiming : [remoteTiming])];
+        res.writeHead(response.status, headers);
         res.flushHeaders();
         for await (const chunk of response.body) {
           if (callerGone()) break;

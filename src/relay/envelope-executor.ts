@@ -40,6 +40,7 @@ import {
   MAX_REQUEST_BODY_BYTES,
   observedCertificateDetails,
   type RequestHead,
+  type UpstreamTiming,
 } from './envelope.js';
 import {
   type ConnectContext,
@@ -132,6 +133,8 @@ interface RequestStream {
   body: Buffer[];
   bodyBytes: number;
   connect: ConnectContext;
+  /** When the upstream request was started (performance.now()). */
+  sentAt: number;
   req?: ClientRequest;
   res?: IncomingMessage;
   timer?: NodeJS.Timeout;
@@ -430,6 +433,7 @@ export class EnvelopeExecutor implements StreamHandler {
       body: [],
       bodyBytes: 0,
       connect: {},
+      sentAt: 0,
       window,
       credit: window,
       pending: [],
@@ -485,6 +489,7 @@ export class EnvelopeExecutor implements StreamHandler {
 
   #sendUpstream(stream: RequestStream, body: Buffer | undefined, mayRetry: boolean): void {
     const { target, head } = stream;
+    if (mayRetry) stream.sentAt = performance.now();
     const options: https.RequestOptions & { [kConnectContext]: ConnectContext } = {
       agent: (stream.pool as PoolEntry).agent,
       host: target.host,
@@ -543,7 +548,10 @@ export class EnvelopeExecutor implements StreamHandler {
     }
     this.#emit({
       streamId: stream.id,
-      payload: { case: 'responseHead', value: { status: res.statusCode ?? 502, headers } },
+      payload: {
+        case: 'responseHead',
+        value: { status: res.statusCode ?? 502, headers, timing: upstreamTiming(stream) },
+      },
     });
     res.on('data', (chunk: Buffer) => this.#onData(stream, chunk));
     res.on('end', () => {
@@ -749,6 +757,23 @@ const IDEMPOTENT_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'D
 function isStaleConnectionError(err: unknown, method: string): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   return (code === 'ECONNRESET' || code === 'EPIPE') && IDEMPOTENT_METHODS.has(method);
+}
+
+/** The executor's side of a request in µs: a new connection's steps (0 when pooled), then to the response head. */
+function upstreamTiming(stream: RequestStream): UpstreamTiming {
+  const now = performance.now();
+  const t = stream.connect.timing;
+  const us = (ms: number) => Math.max(0, Math.round(ms * 1000));
+  if (t === undefined) return { dnsUs: 0, connectUs: 0, tlsUs: 0, ttfbUs: us(now - stream.sentAt) };
+  const lookup = t.lookup ?? t.start;
+  const connect = t.connect ?? lookup;
+  const secure = t.secure ?? connect;
+  return {
+    dnsUs: us(lookup - t.start),
+    connectUs: us(connect - lookup),
+    tlsUs: us(secure - connect),
+    ttfbUs: us(now - secure),
+  };
 }
 
 /** The trust metadata of a head, checked and normalised. Throws VALIDATION_FAILED. */

@@ -117,10 +117,20 @@ export interface RequestHead {
   initialWindowBytes?: number;
 }
 
+/** The executor's side of a request, in microseconds (0 for the steps a pooled connection skipped). */
+export interface UpstreamTiming {
+  dnsUs?: number;
+  connectUs?: number;
+  tlsUs?: number;
+  ttfbUs?: number;
+}
+
 /** The target's status and headers (hop-by-hop headers removed). */
 export interface ResponseHead {
   status: number;
   headers?: Header[];
+  /** Absent from executors of older builds. */
+  timing?: UpstreamTiming | null;
 }
 
 /** Up to {@link MAX_CHUNK_BYTES} of a request or response body. */

@@ -303,6 +303,16 @@ export const kConnectContext = Symbol('p2pstream.connectContext');
 export interface ConnectContext {
   /** The socket being connected, until it is verified or fails. */
   socket?: TLSSocket | undefined;
+  /** When a new connection was opened for the request (performance.now()): its steps, as they happen. */
+  timing?: ConnectTiming | undefined;
+}
+
+/** Moments of a new connection (performance.now()); a step that did not happen stays undefined. */
+export interface ConnectTiming {
+  start: number;
+  lookup?: number;
+  connect?: number;
+  secure?: number;
 }
 
 /** Options of {@link PinnedAgent}. */
@@ -367,6 +377,8 @@ export class PinnedAgent extends https.Agent {
   ): Duplex | null | undefined {
     const context = (options as Record<symbol, unknown>)[kConnectContext] as ConnectContext | undefined;
     let observed: Buffer | undefined;
+    const timing: ConnectTiming = { start: performance.now() };
+    if (context) context.timing = timing;
     const socket = connectVerified(
       options as tls.ConnectionOptions,
       (err, verified) => {
@@ -378,9 +390,16 @@ export class PinnedAgent extends https.Agent {
         }
       },
       (secured) => {
+        timing.secure = performance.now();
         observed = leafOf(secured);
       },
     );
+    socket.once('lookup', () => {
+      timing.lookup = performance.now();
+    });
+    socket.once('connect', () => {
+      timing.connect = performance.now();
+    });
     if (context) context.socket = socket;
     // Handing the socket over only from the callback is what keeps request bytes behind verification.
     return undefined;

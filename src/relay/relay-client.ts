@@ -24,6 +24,7 @@ import {
   type Header,
   MAX_CHUNK_BYTES,
   MAX_REQUEST_BODY_BYTES,
+  type UpstreamTiming,
   type DiscoverResult as WireDiscoverResult,
 } from './envelope.js';
 import type { StreamHandler } from './relay-peer.js';
@@ -34,6 +35,7 @@ import {
   type HeaderList,
   type RelayRequest,
   type RelayResponse,
+  type RelayTiming,
   type Transport,
 } from './transport.js';
 
@@ -364,6 +366,21 @@ function discoverResult(wire: WireDiscoverResult): DiscoverResult {
   };
 }
 
+/** The executor's timing in ms, and the rest of the round trip as the relay's own share. */
+function relayTiming(upstream: UpstreamTiming, startedAt: number): RelayTiming {
+  const ms = (us: number | undefined) => (us ?? 0) / 1000;
+  const timing = {
+    dns: ms(upstream.dnsUs),
+    connect: ms(upstream.connectUs),
+    tls: ms(upstream.tlsUs),
+    ttfb: ms(upstream.ttfbUs),
+    relay: 0,
+  };
+  const elapsed = performance.now() - startedAt;
+  timing.relay = Math.max(0, elapsed - timing.dns - timing.connect - timing.tls - timing.ttfb);
+  return timing;
+}
+
 function headerList(headers: readonly Header[] | undefined): HeaderList {
   return (headers ?? []).map(({ name, value }) => [name, value]);
 }
@@ -389,6 +406,7 @@ class BodyStream {
   #resolveHead!: (response: RelayResponse) => void;
   #rejectHead!: (err: AppError) => void;
   #state: 'head' | 'body' | 'done' = 'head';
+  readonly #startedAt = performance.now();
   #queue: Uint8Array[] = [];
   #queuedBytes = 0;
   /** Bytes received and not yet returned by a window update. */
@@ -433,6 +451,7 @@ class BodyStream {
         this.#resolveHead({
           status: payload.value.status,
           headers: headerList(payload.value.headers),
+          ...(payload.value.timing ? { timing: relayTiming(payload.value.timing, this.#startedAt) } : {}),
           body: { [Symbol.asyncIterator]: () => this.#iterator() },
           cancel: () => this.cancel(),
         });

@@ -72,10 +72,28 @@ export interface RelayRequest {
   signal?: AbortSignal;
 }
 
+/**
+ * Where a relayed request's time went, in milliseconds: the executor's
+ * name resolution, TCP connect and TLS handshake to the target (0 when a
+ * pooled connection was reused), request written → response head (`ttfb`),
+ * and `relay`: the rest of the round trip, spent on the relay link itself
+ * (the hub, the agent connection and the agent process, or the in-process
+ * pipe).
+ */
+export interface RelayTiming {
+  dns: number;
+  connect: number;
+  tls: number;
+  ttfb: number;
+  relay: number;
+}
+
 /** The response head, with the body to read (or cancel). */
 export interface RelayResponse {
   status: number;
   headers: HeaderList;
+  /** Absent when the executor did not report it (an agent of an older build). */
+  timing?: RelayTiming;
   /** The response body, chunk by chunk as it arrives; flow-controlled. */
   body: AsyncIterable<Uint8Array>;
   /** Stops the body: the upstream request is aborted at once. Idempotent. */

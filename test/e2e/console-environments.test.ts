@@ -185,6 +185,14 @@ describe('console: environments', () => {
     await row.getByText(/Test passed/).waitFor();
     await row.locator('.badge', { hasText: 'ok' }).waitFor();
     expect(await row.textContent()).toMatch(/\d+ ms · /);
+    // The test's timing, step by step; a direct environment has no agent link.
+    const timing = row.getByTestId('test-timing');
+    expect(
+      await timing
+        .locator('[data-step]')
+        .evaluateAll((steps) => steps.map((s) => s.getAttribute('data-step'))),
+    ).toEqual(['cp', 'dns', 'connect', 'tls', 'ttfb', 'total']);
+    expect(await timing.textContent()).toMatch(/first byte[\d.]+ ms/);
     await expect.poll(() => switcherOption(page, 'remote-direct').isDisabled()).toBe(false);
     await screenshot(page, 'environments');
     expect(tab.errors).toEqual([]);

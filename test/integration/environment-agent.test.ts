@@ -79,6 +79,27 @@ describe('environments through an agent', () => {
     expect(tested.json).toMatchObject({ ok: true, remote: { instanceId: targetInfo.json.instanceId } });
   });
 
+  it('times the path through the agent: Server-Timing and the test timing name the hub and the target steps', async () => {
+    const { control, id } = await viaAgent();
+    const first = await control.server.request('POST', `/api/v1/environments/${id}/test`, {
+      token: control.token,
+    });
+    const timing = first.json.timing;
+    // The first call opened a connection to the target: its handshake took time.
+    expect(timing.tls).toBeGreaterThan(0);
+    expect(timing.hub).toBeGreaterThan(0);
+    const sum = timing.cp + timing.hub + timing.dns + timing.connect + timing.tls + timing.ttfb;
+    expect(Math.abs(sum - timing.total)).toBeLessThanOrEqual(0.5);
+    const relayed = await control.server.request('GET', '/api/v1/system/info', {
+      token: control.token,
+      headers: selected(id),
+    });
+    const header = relayed.headers.get('server-timing') ?? '';
+    expect(header).toMatch(
+      /^cp;dur=[\d.]+, hub;dur=[\d.]+, dns;dur=[\d.]+, connect;dur=0, tls;dur=0, ttfb;dur=[\d.]+, total;dur=[\d.]+$/,
+    );
+  });
+
   it('refuses an impostor with CERTIFICATE_CHANGED through the agent and sends it nothing', async () => {
     const { control, target, id } = await viaAgent();
     const trusted = fingerprintOf(target.server);

@@ -98,6 +98,35 @@ describe('environment relay', () => {
     expect([invalid.status, invalid.json.error.code]).toEqual([400, 'VALIDATION_FAILED']);
   });
 
+  it('carries Server-Timing on relayed responses and the same breakdown as the test timing, without hub', async () => {
+    const { control, id } = await pair();
+    const relayed = await control.server.request('GET', '/api/v1/system/info', {
+      token: control.token,
+      headers: selected(id),
+    });
+    expect(relayed.status).toBe(200);
+    const header = relayed.headers.get('server-timing') ?? '';
+    const steps = Object.fromEntries(
+      header.split(',').map((part) => {
+        const [name, dur] = part.trim().split(';dur=');
+        return [name, Number(dur)];
+      }),
+    );
+    expect(Object.keys(steps)).toEqual(['cp', 'dns', 'connect', 'tls', 'ttfb', 'total']);
+    for (const value of Object.values(steps)) expect(value).toBeGreaterThanOrEqual(0);
+    expect(steps.total).toBeGreaterThanOrEqual(steps.ttfb!);
+    const tested = await control.server.request('POST', `/api/v1/environments/${id}/test`, {
+      token: control.token,
+    });
+    expect(tested.status).toBe(200);
+    const timing = tested.json.timing;
+    expect(Object.keys(timing).sort()).toEqual(['connect', 'cp', 'dns', 'hub', 'tls', 'total', 'ttfb']);
+    expect(timing.hub).toBeNull();
+    // A pooled connection was reused: no connect and no handshake this time.
+    expect([timing.connect, timing.tls]).toEqual([0, 0]);
+    expect(timing.total).toBeGreaterThanOrEqual(timing.ttfb);
+  });
+
   it('works for a caller logged in with a session cookie', async () => {
     const { control, target, id } = await pair();
     const me = await control.server.request('GET', '/api/v1/tokens', {

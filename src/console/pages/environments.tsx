@@ -23,7 +23,7 @@ import {
   useResource,
 } from '../components/ui';
 import { useEnvironments } from '../environment';
-import type { Agent, Certificate, DiscoverOutcome, Environment } from '../types';
+import type { Agent, Certificate, DiscoverOutcome, Environment, TestOutcome } from '../types';
 
 const DEFAULT_TIMEOUT_MS = 10_000;
 const FIELDS = ['name', 'url', 'transport', 'agentId', 'accessToken', 'timeoutMs', 'enabled'] as const;
@@ -43,7 +43,12 @@ export function EnvironmentsPage() {
   const [reviewing, setReviewing] = useState<Reviewing | null>(null);
   const [deleting, setDeleting] = useState<Environment | null>(null);
   const [busy, setBusy] = useState<string | null>(null);
-  const [rowMessage, setRowMessage] = useState<{ id: string; ok: boolean; text: string } | null>(null);
+  const [rowMessage, setRowMessage] = useState<{
+    id: string;
+    ok: boolean;
+    text: string;
+    timing?: TestOutcome['timing'];
+  } | null>(null);
   const environments = (registry.data?.environments ?? []).filter((e) => !e.virtual);
   const agents = switcher.agents;
 
@@ -73,15 +78,14 @@ export function EnvironmentsPage() {
     setBusy(`test:${environment.id}`);
     setRowMessage(null);
     try {
-      const result = await local.post<{
-        ok: boolean;
-        latencyMs: number;
-        remote: { version: string; instanceId: string };
-      }>(`/api/v1/environments/${encodeURIComponent(environment.id)}/test`);
+      const result = await local.post<TestOutcome>(
+        `/api/v1/environments/${encodeURIComponent(environment.id)}/test`,
+      );
       setRowMessage({
         id: environment.id,
         ok: result.ok,
         text: `Test ${result.ok ? 'passed' : 'failed'} in ${result.latencyMs} ms: p2pstream ${result.remote?.version ?? '?'}, instance ${result.remote?.instanceId ?? '?'}`,
+        timing: result.timing,
       });
     } catch (err) {
       setRowMessage({ id: environment.id, ok: false, text: `Test failed: ${messageOf(err)}` });
@@ -186,7 +190,7 @@ function EnvironmentRow(props: {
   environment: Environment;
   agents: Agent[];
   busy: string | null;
-  message: { ok: boolean; text: string } | null;
+  message: { ok: boolean; text: string; timing?: TestOutcome['timing'] } | null;
   onEdit: () => void;
   onDiscover: () => void;
   onReview: (certificate: Certificate) => void;
@@ -263,6 +267,7 @@ function EnvironmentRow(props: {
         {props.message ? (
           <div class={props.message.ok ? 'ok-text small' : 'bad-text small'} role="status">
             {props.message.text}
+            {props.message.timing ? <TimingBreakdown timing={props.message.timing} /> : null}
           </div>
         ) : null}
       </td>
@@ -565,5 +570,32 @@ function TrustDialog(props: {
         )}
       </div>
     </Dialog>
+  );
+}
+
+const TIMING_STEPS = [
+  ['cp', 'control plane'],
+  ['hub', 'agent link'],
+  ['dns', 'DNS'],
+  ['connect', 'connect'],
+  ['tls', 'TLS'],
+  ['ttfb', 'first byte'],
+  ['total', 'total'],
+] as const;
+
+/** The environment test's timing, step by step (as relayed responses' Server-Timing). */
+function TimingBreakdown(props: { timing: TestOutcome['timing'] }) {
+  return (
+    <dl class="timing" data-testid="test-timing">
+      {TIMING_STEPS.map(([key, label]) => {
+        const value = props.timing[key];
+        return value === null ? null : (
+          <div key={key} data-step={key}>
+            <dt>{label}</dt>
+            <dd>{value} ms</dd>
+          </div>
+        );
+      })}
+    </dl>
   );
 }

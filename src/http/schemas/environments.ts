@@ -88,10 +88,24 @@ export const TestReply = Type.Object({
       description: 'Agent transport with several control-plane replicas: the replica that held the agent.',
     }),
   ),
-  timing: Type.Optional(
-    Type.Record(Type.String(), Type.Number(), {
-      description: 'Milliseconds per phase: cp, hub, dns, connect, tls, ttfb, total.',
-    }),
+  timing: Type.Object(
+    {
+      cp: Type.Number({ description: 'In the control plane itself.' }),
+      hub: Nullable(Type.Number({ description: 'On the agent link; null for the direct transport.' })),
+      dns: Nullable(
+        Type.Number({
+          description: 'Name resolution of the target (0 when a pooled connection was reused).',
+        }),
+      ),
+      connect: Nullable(Type.Number({ description: 'TCP connect to the target (0 when reused).' })),
+      tls: Nullable(Type.Number({ description: 'TLS handshake with the target (0 when reused).' })),
+      ttfb: Nullable(Type.Number({ description: 'Request written to the target → its response head.' })),
+      total: Type.Number({ description: 'Up to the response head.' }),
+    },
+    {
+      description:
+        'Milliseconds per phase, as in relayed responses’ Server-Timing (DESIGN.md §11); null for a step an older agent did not report.',
+    },
   ),
 });
 

@@ -784,6 +784,9 @@ export namespace p2pstream {
 
                 /** ResponseHead headers */
                 headers?: (p2pstream.relay.v1.IHeader[]|null);
+
+                /** ResponseHead timing */
+                timing?: (p2pstream.relay.v1.IUpstreamTiming|null);
             }
 
             /** Represents a ResponseHead. */
@@ -800,6 +803,9 @@ export namespace p2pstream {
 
                 /** ResponseHead headers. */
                 public headers: p2pstream.relay.v1.IHeader[];
+
+                /** ResponseHead timing. */
+                public timing?: (p2pstream.relay.v1.IUpstreamTiming|null);
 
                 /**
                  * Encodes the specified ResponseHead message. Does not implicitly {@link p2pstream.relay.v1.ResponseHead.verify|verify} messages.
@@ -818,6 +824,62 @@ export namespace p2pstream {
                  * @throws {$protobuf.util.ProtocolError} If required fields are missing
                  */
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.ResponseHead;
+            }
+
+            /** Properties of an UpstreamTiming. */
+            interface IUpstreamTiming {
+
+                /** UpstreamTiming dnsUs */
+                dnsUs?: (number|null);
+
+                /** UpstreamTiming connectUs */
+                connectUs?: (number|null);
+
+                /** UpstreamTiming tlsUs */
+                tlsUs?: (number|null);
+
+                /** UpstreamTiming ttfbUs */
+                ttfbUs?: (number|null);
+            }
+
+            /** Represents an UpstreamTiming. */
+            class UpstreamTiming implements IUpstreamTiming {
+
+                /**
+                 * Constructs a new UpstreamTiming.
+                 * @param [properties] Properties to set
+                 */
+                constructor(properties?: p2pstream.relay.v1.IUpstreamTiming);
+
+                /** UpstreamTiming dnsUs. */
+                public dnsUs: number;
+
+                /** UpstreamTiming connectUs. */
+                public connectUs: number;
+
+                /** UpstreamTiming tlsUs. */
+                public tlsUs: number;
+
+                /** UpstreamTiming ttfbUs. */
+                public ttfbUs: number;
+
+                /**
+                 * Encodes the specified UpstreamTiming message. Does not implicitly {@link p2pstream.relay.v1.UpstreamTiming.verify|verify} messages.
+                 * @param message UpstreamTiming message or plain object to encode
+                 * @param [writer] Writer to encode to
+                 * @returns Writer
+                 */
+                public static encode(message: p2pstream.relay.v1.IUpstreamTiming, writer?: $protobuf.Writer): $protobuf.Writer;
+
+                /**
+                 * Decodes an UpstreamTiming message from the specified reader or buffer.
+                 * @param reader Reader or buffer to decode from
+                 * @param [length] Message length if known beforehand
+                 * @returns UpstreamTiming
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.UpstreamTiming;
             }
 
             /** Properties of a BodyChunk. */

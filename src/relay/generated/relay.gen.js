@@ -2161,6 +2161,7 @@ export const p2pstream = $root.p2pstream = (() => {
                  * @interface IResponseHead
                  * @property {number|null} [status] ResponseHead status
                  * @property {Array.<p2pstream.relay.v1.IHeader>|null} [headers] ResponseHead headers
+                 * @property {p2pstream.relay.v1.IUpstreamTiming|null} [timing] ResponseHead timing
                  */
 
                 /**
@@ -2196,6 +2197,14 @@ export const p2pstream = $root.p2pstream = (() => {
                 ResponseHead.prototype.headers = $util.emptyArray;
 
                 /**
+                 * ResponseHead timing.
+                 * @member {p2pstream.relay.v1.IUpstreamTiming|null|undefined} timing
+                 * @memberof p2pstream.relay.v1.ResponseHead
+                 * @instance
+                 */
+                ResponseHead.prototype.timing = null;
+
+                /**
                  * Encodes the specified ResponseHead message. Does not implicitly {@link p2pstream.relay.v1.ResponseHead.verify|verify} messages.
                  * @function encode
                  * @memberof p2pstream.relay.v1.ResponseHead
@@ -2216,6 +2225,8 @@ export const p2pstream = $root.p2pstream = (() => {
                     if (message.headers != null && message.headers.length)
                         for (let i = 0; i < message.headers.length; ++i)
                             $root.p2pstream.relay.v1.Header.encode(message.headers[i], writer.uint32(/* id 2, wireType 2 =*/18).fork(), q + 1).ldelim();
+                    if (message.timing != null && Object.hasOwnProperty.call(message, "timing"))
+                        $root.p2pstream.relay.v1.UpstreamTiming.encode(message.timing, writer.uint32(/* id 3, wireType 2 =*/26).fork(), q + 1).ldelim();
                     return writer;
                 };
 
@@ -2263,6 +2274,10 @@ export const p2pstream = $root.p2pstream = (() => {
                                 message.headers.push($root.p2pstream.relay.v1.Header.decode(reader, reader.uint32(), undefined, long + 1));
                                 break;
                             }
+                        case 3: {
+                                message.timing = $root.p2pstream.relay.v1.UpstreamTiming.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -2277,6 +2292,158 @@ export const p2pstream = $root.p2pstream = (() => {
                 };
 
                 return ResponseHead;
+            })();
+
+            v1.UpstreamTiming = (function() {
+
+                /**
+                 * Properties of an UpstreamTiming.
+                 * @memberof p2pstream.relay.v1
+                 * @interface IUpstreamTiming
+                 * @property {number|null} [dnsUs] UpstreamTiming dnsUs
+                 * @property {number|null} [connectUs] UpstreamTiming connectUs
+                 * @property {number|null} [tlsUs] UpstreamTiming tlsUs
+                 * @property {number|null} [ttfbUs] UpstreamTiming ttfbUs
+                 */
+
+                /**
+                 * Constructs a new UpstreamTiming.
+                 * @memberof p2pstream.relay.v1
+                 * @classdesc Represents an UpstreamTiming.
+                 * @implements IUpstreamTiming
+                 * @constructor
+                 * @param {p2pstream.relay.v1.IUpstreamTiming=} [properties] Properties to set
+                 */
+                function UpstreamTiming(properties) {
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                /**
+                 * UpstreamTiming dnsUs.
+                 * @member {number} dnsUs
+                 * @memberof p2pstream.relay.v1.UpstreamTiming
+                 * @instance
+                 */
+                UpstreamTiming.prototype.dnsUs = 0;
+
+                /**
+                 * UpstreamTiming connectUs.
+                 * @member {number} connectUs
+                 * @memberof p2pstream.relay.v1.UpstreamTiming
+                 * @instance
+                 */
+                UpstreamTiming.prototype.connectUs = 0;
+
+                /**
+                 * UpstreamTiming tlsUs.
+                 * @member {number} tlsUs
+                 * @memberof p2pstream.relay.v1.UpstreamTiming
+                 * @instance
+                 */
+                UpstreamTiming.prototype.tlsUs = 0;
+
+                /**
+                 * UpstreamTiming ttfbUs.
+                 * @member {number} ttfbUs
+                 * @memberof p2pstream.relay.v1.UpstreamTiming
+                 * @instance
+                 */
+                UpstreamTiming.prototype.ttfbUs = 0;
+
+                /**
+                 * Encodes the specified UpstreamTiming message. Does not implicitly {@link p2pstream.relay.v1.UpstreamTiming.verify|verify} messages.
+                 * @function encode
+                 * @memberof p2pstream.relay.v1.UpstreamTiming
+                 * @static
+                 * @param {p2pstream.relay.v1.IUpstreamTiming} message UpstreamTiming message or plain object to encode
+                 * @param {$protobuf.Writer} [writer] Writer to encode to
+                 * @returns {$protobuf.Writer} Writer
+                 */
+                UpstreamTiming.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.dnsUs != null && Object.hasOwnProperty.call(message, "dnsUs"))
+                        writer.uint32(/* id 1, wireType 0 =*/8).uint32(message.dnsUs);
+                    if (message.connectUs != null && Object.hasOwnProperty.call(message, "connectUs"))
+                        writer.uint32(/* id 2, wireType 0 =*/16).uint32(message.connectUs);
+                    if (message.tlsUs != null && Object.hasOwnProperty.call(message, "tlsUs"))
+                        writer.uint32(/* id 3, wireType 0 =*/24).uint32(message.tlsUs);
+                    if (message.ttfbUs != null && Object.hasOwnProperty.call(message, "ttfbUs"))
+                        writer.uint32(/* id 4, wireType 0 =*/32).uint32(message.ttfbUs);
+                    return writer;
+                };
+
+                /**
+                 * Decodes an UpstreamTiming message from the specified reader or buffer.
+                 * @function decode
+                 * @memberof p2pstream.relay.v1.UpstreamTiming
+                 * @static
+                 * @param {$protobuf.Reader|Uint8Array} reader Reader or buffer to decode from
+                 * @param {number} [length] Message length if known beforehand
+                 * @returns {p2pstream.relay.v1.UpstreamTiming} UpstreamTiming
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                UpstreamTiming.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.p2pstream.relay.v1.UpstreamTiming();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.dnsUs = reader.uint32();
+                                break;
+                            }
+                        case 2: {
+                                message.connectUs = reader.uint32();
+                                break;
+                            }
+                        case 3: {
+                                message.tlsUs = reader.uint32();
+                                break;
+                            }
+                        case 4: {
+                                message.ttfbUs = reader.uint32();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                return UpstreamTiming;
             })();
 
             v1.BodyChunk = (function() {
