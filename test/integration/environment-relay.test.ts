@@ -253,6 +253,15 @@ describe('environment relay', () => {
       ok: true,
       latencyMs: expect.any(Number),
       remote: { version: targetInfo.json.version, instanceId: targetInfo.json.instanceId },
+      timing: {
+        cp: expect.any(Number),
+        hub: null,
+        dns: expect.any(Number),
+        connect: expect.any(Number),
+        tls: expect.any(Number),
+        ttfb: expect.any(Number),
+        total: expect.any(Number),
+      },
     });
     const env = await control.server.request('GET', `/api/v1/environments/${id}`, { token: control.token });
     expect(env.json.environment.lastTest).toMatchObject({
