@@ -17,6 +17,7 @@ import { TraceRecorder } from './dataplane/trace-recorder.js';
 import { AcmeAccountService } from './domain/acme-account-service.js';
 import { AgentService } from './domain/agent-service.js';
 import { AuthService } from './domain/auth-service.js';
+import { BackendService } from './domain/backend-service.js';
 import { CacheService } from './domain/cache-service.js';
 import { CertificateService } from './domain/certificate-service.js';
 import type { ReplicaSummary } from './domain/cluster-types.js';
@@ -251,6 +252,9 @@ export async function startServer(
   const templates = new TemplateService({ store, runtime: dataPlane });
   const cache = new CacheService({ store, ...(dataPlane.cache ? { runtime: dataPlane.cache } : {}) });
   cache.apply();
+  const backends = new BackendService({ store, runtime: dataPlane.backends });
+  backends.apply();
+  dataPlane.backends.startChecks();
   const proxyConfig = new ProxyConfigService({
     store,
     runtime: dataPlane,
@@ -316,7 +320,7 @@ export async function startServer(
       ],
       operationalPlugins: [
         createAgentsPlugin({ agents, managementFingerprint: new X509Certificate(tls.cert).fingerprint256 }),
-        createProxyPlugin({ proxyConfig }),
+        createProxyPlugin({ proxyConfig, backends }),
         createTemplatesPlugin({ templates }),
         createPoliciesPlugin({ policies }),
         createTlsPlugin({ certificates, accounts: acmeAccounts }),
@@ -353,6 +357,7 @@ export async function startServer(
     if (keys.has('templates')) dataPlane.setTemplates(store.read().templates);
     if (keys.has('policies')) policies.apply();
     if (keys.has('cache')) cache.apply();
+    if (keys.has('backends')) backends.apply();
     if (keys.has('proxy')) {
       proxySync = proxySync.then(async () => {
         const proxy = store.read().proxy;

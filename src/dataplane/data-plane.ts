@@ -35,6 +35,7 @@ import type { Logger } from '../logger.js';
 import type { ListenerRecord, RouteRecord, TemplateRecord } from '../storage/schema.js';
 import { SniIndex } from '../tls/sni-index.js';
 import { createAcmeStage } from './acme-stage.js';
+import { BackendBalancer } from './backend-balancer.js';
 import { createCacheStage } from './cache/cache-stage.js';
 import { ResponseCache } from './cache/response-cache.js';
 import { HttpsListener, type KeyPair, secureContextOf } from './https-listener.js';
@@ -101,6 +102,8 @@ interface LoadedCertificate {
 export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
   readonly recorder: TraceRecorder;
   readonly metrics: RequestMetrics;
+  /** Members and health of the backends (DESIGN.md §12). */
+  readonly backends: BackendBalancer;
   /** The response cache (configured by the cache service), or null without a data dir. */
   readonly cache: ResponseCache | null;
   readonly #logger: Logger;
@@ -131,6 +134,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
     this.#logger = options.logger;
     this.recorder = options.recorder ?? new TraceRecorder();
     this.metrics = options.metrics ?? new RequestMetrics();
+    this.backends = new BackendBalancer({ logger: options.logger.child({ component: 'backends' }) });
     this.#closeGraceMs = options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS;
     this.#helloTimeoutMs = options.tlsHelloTimeoutMs;
     const keepAlive = options.upstreamKeepAliveMs ?? DEFAULT_UPSTREAM_KEEP_ALIVE_MS;
@@ -161,6 +165,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
       defaultTimeoutMs: options.upstreamTimeoutMs ?? DEFAULT_UPSTREAM_TIMEOUT_MS,
       templates: () => this.#templates,
       listenerErrorTemplate: (listenerId) => this.#running.get(listenerId)?.record.errorTemplateId ?? null,
+      backends: this.backends,
     };
   }
 
@@ -405,6 +410,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.backends.stopChecks();
     for (const running of this.#running.values()) this.#closeRunning(running);
     this.#running.clear();
     await Promise.all(this.#closing);

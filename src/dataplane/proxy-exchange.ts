@@ -47,6 +47,7 @@ import {
 } from '../domain/template-render.js';
 import type { PolicyDecision, PolicyStageName, TraceErrorKind, TraceTls } from '../domain/traffic-types.js';
 import { HOP_BY_HOP_HEADERS, hopByHopAnd } from '../http-headers.js';
+import type { BackendBalancer, MemberLease } from './backend-balancer.js';
 import {
   type BodyTransform,
   type ChunkSink,
@@ -75,6 +76,8 @@ export interface ExchangeContext {
   templates(): ReadonlyMap<string, CompiledTemplate>;
   /** The error template of a listener, or null. */
   listenerErrorTemplate(listenerId: string): string | null;
+  /** Picks the member of a `backend` target (absent: such targets answer 503). */
+  readonly backends?: Pick<BackendBalancer, 'pick'>;
 }
 
 /** What the listener a request arrived on asks of its answers. */
@@ -98,6 +101,17 @@ function routedHost(host: string | null, authority: string | undefined): string 
 /** A request of either protocol: HTTP/1.1 (node:http) or HTTP/2 (node:http2's compatibility API). */
 export type ExchangeRequest = IncomingMessage | Http2ServerRequest;
 export type ExchangeResponse = ServerResponse | Http2ServerResponse;
+
+/** Failures that count against a backend member (passive ejection). */
+const MEMBER_FAILURES: ReadonlySet<TraceErrorKind> = new Set([
+  'upstream_refused',
+  'upstream_reset',
+  'upstream_dns',
+  'upstream_tls',
+  'upstream_error',
+  'upstream_timeout',
+  'upstream_connect_timeout',
+]);
 
 /** One year; sent when a listener has `hsts`. */
 export const HSTS_VALUE = 'max-age=31536000';
@@ -210,6 +224,9 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
   responseHeaders: (string | Buffer)[] | null = null;
   readonly tls: TraceTls | null;
   policy: PolicyDecision[] | null = null;
+  /** A `backend` target's backend and member (trace `backend`). */
+  backend: { backendId: string; memberId: string | null } | null = null;
+  #lease: MemberLease | null = null;
 
   readonly #context: ExchangeContext;
   readonly #pipeline: Pipeline;
@@ -425,9 +442,43 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
         this.#send(target.status, ['location', target.location], null);
         return;
       case 'upstream':
-        this.#forward(route);
+        this.#forward(target.origin, target.basePath, target.timeoutMs);
+        return;
+      case 'backend':
+        this.#toBackend(route, target.backendId);
         return;
     }
+  }
+
+  /** A member of the backend, chosen by its algorithm among usable ones; none → 503. */
+  #toBackend(route: CompiledRoute, backendId: string): void {
+    const req = this.#req;
+    const lease =
+      this.#context.backends?.pick(backendId, {
+        clientIp: this.clientIp ?? '',
+        path: this.path,
+        header: (name) => {
+          const value = req.headers[name];
+          return Array.isArray(value) ? value.join(',') : value;
+        },
+      }) ?? null;
+    this.backend = { backendId, memberId: lease?.memberId ?? null };
+    if (lease === null) {
+      this.error = 'no_healthy_member';
+      const templateId = route.record.errorTemplateId ?? this.#context.listenerErrorTemplate(this.listenerId);
+      if (templateId) {
+        this.#drainRequest();
+        this.#sendRendered(
+          renderTemplateResponse(this.#context.templates(), templateId, this.templateValues(503), 503),
+        );
+        return;
+      }
+      this.#respond(503, 'no healthy backend member\n');
+      return;
+    }
+    this.#lease = lease;
+    this.target = `${route.label} ${lease.origin}${lease.basePath}`;
+    this.#forward(lease.origin, lease.basePath, null);
   }
 
   /** Splits the request target into path and query; normalizes the path (route-table.ts). */
@@ -454,14 +505,12 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     return true;
   }
 
-  #forward(route: CompiledRoute): void {
-    const target = route.target;
-    if (target.type !== 'upstream') return;
+  #forward(origin: string, basePath: string, timeoutMs: number | null): void {
     if (this.method === 'CONNECT') {
       this.#respond(405, 'method not allowed\n');
       return;
     }
-    const timeout = target.timeoutMs ?? this.#context.defaultTimeoutMs;
+    const timeout = timeoutMs ?? this.#context.defaultTimeoutMs;
     const headers = this.upstreamHeaders();
     let body: AsyncIterable<Buffer> | null = this.#hasBody() ? countBytes(this.#req, this) : null;
     if (body !== null) {
@@ -473,8 +522,8 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     try {
       this.#context.dispatcher.dispatch(
         {
-          origin: target.origin,
-          path: target.basePath + this.path + (this.query === '' ? '' : `?${this.query}`),
+          origin,
+          path: basePath + this.path + (this.query === '' ? '' : `?${this.query}`),
           method: this.method,
           headers,
           // undici takes any async iterable as a body; the generator counts bytes and keeps backpressure.
@@ -812,6 +861,7 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     }
     this.status = res.headersSent ? res.statusCode : null;
     this.durationMs = performance.now() - this.#t0;
+    this.#lease?.release(this.error === null || !MEMBER_FAILURES.has(this.error));
     // A stage that asked the upstream itself (the cache) leaves the time to its answer in the notes.
     if (this.upstreamMs === null && this.#notes?.has(UPSTREAM_MS_NOTE))
       this.upstreamMs = this.#notes.get(UPSTREAM_MS_NOTE) as number;

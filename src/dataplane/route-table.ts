@@ -45,6 +45,7 @@ export type CompiledTarget =
       readonly timeoutMs: number | null;
     }
   | { readonly type: 'redirect'; readonly status: number; readonly location: string }
+  | { readonly type: 'backend'; readonly backendId: string }
   | {
       readonly type: 'static';
       readonly status: number;
@@ -260,6 +261,10 @@ function compileRoute(record: Readonly<RouteRecord>): CompiledRoute | null {
       label = target.url;
       break;
     }
+    case 'backend':
+      compiled = { type: 'backend', backendId: target.backendId };
+      label = `backend ${target.backendId}`;
+      break;
     case 'redirect':
       compiled = { type: 'redirect', status: target.status, location: target.location };
       label = `redirect ${target.status} ${target.location}`;

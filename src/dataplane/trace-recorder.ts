@@ -59,6 +59,8 @@ export interface TraceInput {
   policy?: readonly PolicyDecision[] | null;
   /** The response cache's part, when it took one. */
   cache?: CacheResult | null;
+  /** The backend and member of a `backend` target. */
+  backend?: { backendId: string; memberId: string | null } | null;
 }
 
 /** A live subscriber: receives each event's sequence number and JSON. Must never block. */
@@ -197,6 +199,7 @@ function buildEvent(seq: number, input: TraceInput, level: TraceLevel): TraceEve
   };
   if (input.policy) event.policy = input.policy.slice();
   if (input.cache) event.cache = input.cache;
+  if (input.backend) event.backend = { ...input.backend };
   if (level === 'basic') return event;
   event.query = input.query === '' ? null : redactQuery(input.query);
   event.httpVersion = input.httpVersion;

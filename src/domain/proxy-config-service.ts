@@ -15,7 +15,7 @@
 import { isIP } from 'node:net';
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import type { Database, ListenerRecord, RouteRecord, RouteTarget } from '../storage/schema.js';
+import type { BackendRecord, Database, ListenerRecord, RouteRecord, RouteTarget } from '../storage/schema.js';
 import type { Store } from '../storage/store.js';
 import { newId } from './ids.js';
 import { requireTemplateRef, type TemplateService, type TemplateUsage } from './template-service.js';
@@ -295,7 +295,7 @@ export class ProxyConfigService {
     };
     return this.#exclusive(async () => {
       await this.#store.update((db) => {
-        assertRouteValid(db.proxy.listeners, db.proxy.routes, record);
+        assertRouteValid(db.proxy.listeners, db.proxy.routes, record, db.backends ?? []);
         record.errorTemplateId = requireTemplateRef(db, input.errorTemplateId, 'errorTemplateId');
         record.target = resolveTargetTemplate(db, record.target, input.target);
         db.proxy.routes.push(record);
@@ -333,7 +333,7 @@ export class ProxyConfigService {
               : requireTemplateRef(db, input.errorTemplateId, 'errorTemplateId'),
           updatedAt: new Date(this.#now()).toISOString(),
         };
-        assertRouteValid(db.proxy.listeners, db.proxy.routes, next);
+        assertRouteValid(db.proxy.listeners, db.proxy.routes, next, db.backends ?? []);
         db.proxy.routes[index] = next;
         return next;
       });
@@ -530,8 +530,14 @@ function assertRouteValid(
   listeners: readonly ListenerRecord[],
   routes: readonly RouteRecord[],
   next: RouteRecord,
+  backends: readonly BackendRecord[] = [],
 ): void {
   if (!listeners.some((l) => l.id === next.listenerId)) throw invalid('listenerId', 'no such listener');
+  if (
+    next.target.type === 'backend' &&
+    !backends.some((b) => b.id === (next.target as { backendId: string }).backendId)
+  )
+    throw invalid('target.backendId', 'no such backend');
   const duplicate = routes.find(
     (r) =>
       r.id !== next.id &&
@@ -685,8 +691,15 @@ export function requireTarget(value: unknown): RouteTarget {
       // The reference is checked against the stored templates when the route is saved.
       return { type: 'static', status, contentType: contentType.trim(), body, templateId };
     }
+    case 'backend': {
+      rejectTargetFields(input, ['type', 'backendId']);
+      if (typeof input.backendId !== 'string' || input.backendId === '')
+        throw invalid('target.backendId', 'must be a backend id');
+      // The reference is checked against the stored backends when the route is saved.
+      return { type: 'backend', backendId: input.backendId };
+    }
     default:
-      throw invalid('target.type', 'must be upstream, redirect or static');
+      throw invalid('target.type', 'must be upstream, redirect, static or backend');
   }
 }
 

@@ -32,7 +32,8 @@ export type TraceErrorKind =
   | 'upstream_aborted'
   | 'client_aborted'
   | 'bad_path'
-  | 'stage_error';
+  | 'stage_error'
+  | 'no_healthy_member';
 
 /** The TLS parameters of an https listener's connection, traced at `detailed` and `headers`. */
 export interface TraceTls {
@@ -88,6 +89,8 @@ export interface TraceEvent {
   policy?: PolicyDecision[];
   /** How the response cache took part (DESIGN.md §10); absent when it did not. */
   cache?: CacheResult;
+  /** Route targets of type `backend`: the backend and the member that served (DESIGN.md §12). */
+  backend?: { backendId: string; memberId: string | null };
   /** `detailed` and `headers`: the query string with sensitive parameter values redacted. */
   query?: string | null;
   /** `detailed` and `headers`. */

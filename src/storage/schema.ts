@@ -118,6 +118,7 @@ export interface EnvironmentRecord {
 export type RouteTarget =
   | { type: 'upstream'; url: string; timeoutMs?: number }
   | { type: 'redirect'; location: string; status: number }
+  | { type: 'backend'; backendId: string }
   | {
       type: 'static';
       status: number;
@@ -126,6 +127,46 @@ export type RouteTarget =
       /** When set, the body (and, unless given, the content type) come from this template. */
       templateId?: string | null;
     };
+
+/** How a backend picks a member (DESIGN.md §12). */
+export type BackendAlgorithm = 'round_robin' | 'weighted_round_robin' | 'least_active' | 'consistent_hash';
+
+/** A member of a backend: an upstream origin the proxy reaches itself, or an app behind an agent. */
+export type BackendMemberRecord =
+  | { id: string; type: 'upstream'; url: string; weight: number }
+  | {
+      id: string;
+      type: 'agent';
+      agentId: string | null;
+      agentLabels: Record<string, string> | null;
+      upstreamUrl: string;
+      weight: number;
+    };
+
+export interface BackendHealthCheckRecord {
+  path: string;
+  intervalSeconds: number;
+  timeoutMs: number;
+  healthyThreshold: number;
+  unhealthyThreshold: number;
+  expectStatus: number;
+}
+
+/** A named pool of members a route can target (DESIGN.md §12). */
+export interface BackendRecord {
+  id: string;
+  name: string;
+  algorithm: BackendAlgorithm;
+  /** For `consistent_hash`: `ip`, `path` or `header:NAME`. */
+  hashKey: string;
+  members: BackendMemberRecord[];
+  /** Null: no active checks. */
+  healthCheck: BackendHealthCheckRecord | null;
+  /** A member failing `failures` times in a row is left out for `ejectSeconds`. */
+  passive: { failures: number; ejectSeconds: number };
+  createdAt: string;
+  updatedAt: string;
+}
 
 export interface ListenerRecord {
   id: string;
@@ -346,6 +387,7 @@ export interface Database {
   agents: AgentRecord[];
   environments: EnvironmentRecord[];
   proxy: { listeners: ListenerRecord[]; routes: RouteRecord[] };
+  backends: BackendRecord[];
   traffic: TrafficSettingsRecord;
   templates: TemplateRecord[];
   cache: { settings: CacheSettingsRecord; rules: CacheRuleRecord[] };
@@ -378,6 +420,7 @@ export function emptyDatabase(instanceId: string, now = new Date()): Database {
     agents: [],
     environments: [],
     proxy: { listeners: [], routes: [] },
+    backends: [],
     traffic: { enabled: true, level: 'basic' },
     templates: [],
     cache: { settings: { ...DEFAULT_CACHE_SETTINGS }, rules: [] },

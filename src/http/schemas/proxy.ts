@@ -157,3 +157,107 @@ export const deleteRouteSchema = {
   params: IdParams,
   response: { 204: NoContent, ...errorResponses },
 };
+
+// --- backends (DESIGN.md §12) ---------------------------------------------------
+
+export const BackendMember = Type.Union([
+  Type.Object({
+    id: Type.String(),
+    type: Type.Literal('upstream'),
+    url: Type.String(),
+    weight: Type.Integer(),
+  }),
+  Type.Object({
+    id: Type.String(),
+    type: Type.Literal('agent'),
+    agentId: Nullable(Type.String()),
+    agentLabels: Nullable(Type.Record(Type.String(), Type.String())),
+    upstreamUrl: Type.String(),
+    weight: Type.Integer(),
+  }),
+]);
+
+export const BackendHealthCheck = Type.Object({
+  path: Type.String(),
+  intervalSeconds: Type.Integer(),
+  timeoutMs: Type.Integer(),
+  healthyThreshold: Type.Integer(),
+  unhealthyThreshold: Type.Integer(),
+  expectStatus: Type.Integer(),
+});
+
+/** A backend as the API shows it. */
+export const Backend = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  algorithm: Type.Enum(['round_robin', 'weighted_round_robin', 'least_active', 'consistent_hash']),
+  hashKey: Type.String({ description: '`ip`, `path` or `header:NAME` (consistent_hash).' }),
+  members: Type.Array(BackendMember),
+  healthCheck: Nullable(BackendHealthCheck),
+  passive: Type.Object({ failures: Type.Integer(), ejectSeconds: Type.Integer() }),
+  createdAt: Timestamp,
+  updatedAt: Timestamp,
+});
+
+export const BackendHealth = Type.Object({
+  members: Type.Array(
+    Type.Object({
+      id: Type.String(),
+      state: Type.Enum(['healthy', 'unhealthy', 'draining', 'unknown']),
+      lastCheckAt: Nullable(Timestamp),
+      lastError: Nullable(Type.String()),
+      activeRequests: Type.Integer(),
+    }),
+  ),
+});
+
+const BackendBody = Type.Object(
+  {
+    name: Type.Optional(Type.String({ description: '1–128 characters, unique. Required on create.' })),
+    algorithm: Type.Optional(Type.String({ description: 'Default `round_robin`.' })),
+    hashKey: Type.Optional(Type.String({ description: 'Default `ip`.' })),
+    members: Type.Optional(
+      Type.Array(Type.Object({ type: Type.String() }), {
+        description:
+          '`{type: "upstream", url, weight?}` or `{type: "agent", agentId?, agentLabels?, upstreamUrl, weight?}`; ' +
+          'replaced as a whole (send `id` back to keep a member’s health).',
+      }),
+    ),
+    healthCheck: Type.Optional(Nullable(Type.Object({}, { description: 'null: no active checks.' }))),
+    passive: Type.Optional(Type.Object({}, { description: '`{failures, ejectSeconds}`; default 3, 30.' })),
+    ...readOnly,
+  },
+  { additionalProperties: false },
+);
+const BackendReply = Type.Object({ backend: Backend });
+
+export const listBackendsSchema = {
+  summary: 'List backends',
+  response: { 200: Type.Object({ backends: Type.Array(Backend) }), ...errorResponses },
+};
+export const createBackendSchema = {
+  summary: 'Create a backend',
+  body: BackendBody,
+  response: { 201: BackendReply, ...errorResponses },
+};
+export const getBackendSchema = {
+  summary: 'One backend',
+  params: IdParams,
+  response: { 200: BackendReply, ...errorResponses },
+};
+export const updateBackendSchema = {
+  summary: 'Change a backend',
+  params: IdParams,
+  body: BackendBody,
+  response: { 200: BackendReply, ...errorResponses },
+};
+export const deleteBackendSchema = {
+  summary: 'Delete a backend no route targets (409 CONFLICT otherwise)',
+  params: IdParams,
+  response: { 204: NoContent, ...errorResponses },
+};
+export const backendHealthSchema = {
+  summary: 'Health of a backend’s members',
+  params: IdParams,
+  response: { 200: BackendHealth, ...errorResponses },
+};

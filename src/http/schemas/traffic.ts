@@ -45,6 +45,12 @@ export const TraceEvent = Type.Object({
     }),
   ),
   cache: Type.Optional(Type.String({ description: 'HIT, MISS, STALE, REVALIDATED, BYPASS or EXPIRED.' })),
+  backend: Type.Optional(
+    Type.Object(
+      { backendId: Type.String(), memberId: Nullable(Type.String()) },
+      { description: 'A `backend` target: the backend and the member that served (null: none usable).' },
+    ),
+  ),
 });
 
 export const TrafficSettings = Type.Object({

@@ -1,0 +1,323 @@
+/**
+ * Backends (DESIGN.md §12): picks the member of a backend that serves a
+ * request and keeps each member's health.
+ *
+ * Algorithms, among the members that are usable (healthy or not yet checked,
+ * and not ejected):
+ * - `round_robin`: each in turn;
+ * - `weighted_round_robin`: smooth weighted round robin (a member of weight 3
+ *   serves three requests of every `sum of weights`, spread out);
+ * - `least_active`: fewest requests in flight per unit of weight;
+ * - `consistent_hash`: weighted rendezvous hashing of the key (client ip, a
+ *   header or the path) — a member leaving moves only the keys it had.
+ *
+ * Health: a member's requests that fail to reach it (refused, reset, timed
+ * out) count as consecutive failures; `passive.failures` of them eject it for
+ * `passive.ejectSeconds`. Active checks (run by {@link BackendBalancer.startChecks})
+ * move a member to `unhealthy` after `unhealthyThreshold` failed checks and
+ * back after `healthyThreshold` good ones. Transitions are logged.
+ *
+ * Agent members are not served yet: they count as unusable (state `unknown`,
+ * last error saying so), so a backend of only agent members answers 503.
+ */
+import { createHash } from 'node:crypto';
+import type { MemberHealth, MemberState } from '../domain/backend-service.js';
+import type { Logger } from '../logger.js';
+import type { BackendMemberRecord, BackendRecord } from '../storage/schema.js';
+
+/** A member chosen for one request; `release` once when the request is over. */
+export interface MemberLease {
+  readonly backendId: string;
+  readonly memberId: string;
+  /** `scheme://host:port` of an upstream member. */
+  readonly origin: string;
+  /** Prepended to the request path; '' for none. */
+  readonly basePath: string;
+  /** `ok` false: the member could not be reached (counts towards passive ejection). */
+  release(ok: boolean): void;
+}
+
+/** What a consistent hash needs of a request. */
+export interface HashSource {
+  readonly clientIp: string;
+  readonly path: string;
+  header(name: string): string | undefined;
+}
+
+class Member {
+  readonly record: BackendMemberRecord;
+  readonly origin: string;
+  readonly basePath: string;
+  readonly weight: number;
+  state: MemberState = 'unknown';
+  lastCheckAt: string | null = null;
+  lastError: string | null = null;
+  active = 0;
+  consecutiveFailures = 0;
+  ejectedUntil = 0;
+  checkStreak = 0;
+  currentWeight = 0;
+
+  constructor(record: BackendMemberRecord) {
+    this.record = record;
+    this.weight = Math.max(1, record.weight);
+    if (record.type === 'upstream' && URL.canParse(record.url)) {
+      const url = new URL(record.url);
+      this.origin = url.origin;
+      this.basePath = url.pathname === '/' ? '' : url.pathname.replace(/\/+$/, '');
+    } else {
+      this.origin = '';
+      this.basePath = '';
+      if (record.type === 'agent') this.lastError = 'agent members are not served yet';
+    }
+  }
+
+  usable(now: number): boolean {
+    return (
+      this.origin !== '' &&
+      this.state !== 'unhealthy' &&
+      this.state !== 'draining' &&
+      now >= this.ejectedUntil
+    );
+  }
+}
+
+class Pool {
+  readonly record: BackendRecord;
+  readonly members: Member[];
+  #next = 0;
+
+  constructor(record: BackendRecord, previous: Pool | undefined) {
+    this.record = record;
+    this.members = record.members.map((m) => {
+      const member = new Member(m);
+      const old = previous?.members.find((o) => o.record.id === m.id && sameTarget(o.record, m));
+      if (old) {
+        member.state = old.state;
+        member.lastCheckAt = old.lastCheckAt;
+        member.lastError = old.lastError;
+        member.active = old.active;
+        member.consecutiveFailures = old.consecutiveFailures;
+        member.ejectedUntil = old.ejectedUntil;
+      }
+      return member;
+    });
+  }
+
+  pick(source: HashSource, now: number): Member | null {
+    const usable = this.members.filter((m) => m.usable(now));
+    if (usable.length === 0) return null;
+    switch (this.record.algorithm) {
+      case 'round_robin': {
+        const member = usable[this.#next % usable.length]!;
+        this.#next = (this.#next + 1) % 1_000_000_007;
+        return member;
+      }
+      case 'weighted_round_robin': {
+        let total = 0;
+        let best: Member | null = null;
+        for (const m of usable) {
+          m.currentWeight += m.weight;
+          total += m.weight;
+          if (best === null || m.currentWeight > best.currentWeight) best = m;
+        }
+        best!.currentWeight -= total;
+        return best;
+      }
+      case 'least_active': {
+        let best: Member | null = null;
+        for (const m of usable) {
+          if (best === null || m.active / m.weight < best.active / best.weight) best = m;
+        }
+        return best;
+      }
+      case 'consistent_hash':
+        return rendezvous(usable, hashKeyOf(this.record.hashKey, source));
+    }
+  }
+}
+
+function sameTarget(a: BackendMemberRecord, b: BackendMemberRecord): boolean {
+  return a.type === 'upstream' && b.type === 'upstream' ? a.url === b.url : a.type === b.type;
+}
+
+/** The request's value of a backend's `hashKey`. */
+export function hashKeyOf(hashKey: string, source: HashSource): string {
+  if (hashKey === 'path') return source.path;
+  if (hashKey.startsWith('header:')) return source.header(hashKey.slice(7).toLowerCase()) ?? '';
+  return source.clientIp;
+}
+
+/**
+ * Weighted rendezvous hashing: every member scores the key, the highest wins.
+ * Removing a member only moves the keys it won; the others keep their winner.
+ */
+export function rendezvous<T extends { readonly record: { id: string }; readonly weight: number }>(
+  members: readonly T[],
+  key: string,
+): T | null {
+  let best: T | null = null;
+  let bestScore = Number.NEGATIVE_INFINITY;
+  for (const m of members) {
+    const digest = createHash('sha256').update(m.record.id).update('\0').update(key).digest();
+    // 52 bits of the digest → (0, 1); score = -weight / ln(u) grows with weight.
+    const u = (Number(digest.readBigUInt64BE(0) >> 12n) + 1) / 2 ** 52;
+    const score = -m.weight / Math.log(u);
+    if (score > bestScore) {
+      bestScore = score;
+      best = m;
+    }
+  }
+  return best;
+}
+
+export interface BackendBalancerOptions {
+  logger?: Logger;
+  now?: () => number;
+}
+
+/** Every backend's pool of members, swapped whole when the configuration changes. */
+export class BackendBalancer {
+  #pools = new Map<string, Pool>();
+  readonly #logger: Logger | undefined;
+  readonly #now: () => number;
+  #checkTimers = new Map<string, NodeJS.Timeout>();
+  #checking = false;
+
+  constructor(options: BackendBalancerOptions = {}) {
+    this.#logger = options.logger;
+    this.#now = options.now ?? Date.now;
+  }
+
+  setBackends(records: readonly BackendRecord[]): void {
+    const next = new Map<string, Pool>();
+    for (const record of records) next.set(record.id, new Pool(record, this.#pools.get(record.id)));
+    this.#pools = next;
+    if (this.#checking) this.#scheduleChecks();
+  }
+
+  /** A usable member of the backend for this request, or null (none: the caller answers 503). */
+  pick(backendId: string, source: HashSource): MemberLease | null {
+    const pool = this.#pools.get(backendId);
+    if (!pool) return null;
+    const now = this.#now();
+    const member = pool.pick(source, now);
+    if (member === null) return null;
+    member.active += 1;
+    let released = false;
+    return {
+      backendId,
+      memberId: member.record.id,
+      origin: member.origin,
+      basePath: member.basePath,
+      release: (ok: boolean) => {
+        if (released) return;
+        released = true;
+        member.active -= 1;
+        this.#passive(pool, member, ok);
+      },
+    };
+  }
+
+  /** Health of each member, or null for an unknown backend. */
+  health(backendId: string): MemberHealth[] | null {
+    const pool = this.#pools.get(backendId);
+    if (!pool) return null;
+    const now = this.#now();
+    return pool.members.map((m) => ({
+      id: m.record.id,
+      state: m.state === 'healthy' && now < m.ejectedUntil ? 'unhealthy' : m.state,
+      lastCheckAt: m.lastCheckAt,
+      lastError: m.lastError,
+      activeRequests: m.active,
+    }));
+  }
+
+  /** Starts the active health checks of backends that have them; `stopChecks` ends them. */
+  startChecks(): void {
+    this.#checking = true;
+    this.#scheduleChecks();
+  }
+
+  stopChecks(): void {
+    this.#checking = false;
+    for (const timer of this.#checkTimers.values()) clearInterval(timer);
+    this.#checkTimers.clear();
+  }
+
+  #scheduleChecks(): void {
+    for (const timer of this.#checkTimers.values()) clearInterval(timer);
+    this.#checkTimers.clear();
+    for (const pool of this.#pools.values()) {
+      const check = pool.record.healthCheck;
+      if (check === null) continue;
+      const run = (): void => {
+        for (const member of pool.members) {
+          if (member.origin === '') continue;
+          void this.#checkOne(pool, member);
+        }
+      };
+      const timer = setInterval(run, check.intervalSeconds * 1000);
+      timer.unref();
+      this.#checkTimers.set(pool.record.id, timer);
+      run();
+    }
+  }
+
+  async #checkOne(pool: Pool, member: Member): Promise<void> {
+    const check = pool.record.healthCheck!;
+    let error: string | null = null;
+    try {
+      const res = await fetch(member.origin + member.basePath + check.path, {
+        signal: AbortSignal.timeout(check.timeoutMs),
+        redirect: 'manual',
+      });
+      await res.body?.cancel();
+      if (res.status !== check.expectStatus) error = `status ${res.status}, expected ${check.expectStatus}`;
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string } }).cause?.code;
+      error = (err as Error).name === 'TimeoutError' ? 'timed out' : (cause ?? (err as Error).message);
+    }
+    // The pool may have been replaced while the check ran: only the live one counts.
+    if (this.#pools.get(pool.record.id) !== pool) return;
+    member.lastCheckAt = new Date(this.#now()).toISOString();
+    const ok = error === null;
+    if (!ok) member.lastError = error;
+    if (ok) member.checkStreak = member.checkStreak > 0 ? member.checkStreak + 1 : 1;
+    else member.checkStreak = member.checkStreak < 0 ? member.checkStreak - 1 : -1;
+    if (ok && member.state !== 'healthy' && member.checkStreak >= check.healthyThreshold) {
+      this.#transition(pool, member, 'healthy', null);
+      member.consecutiveFailures = 0;
+      member.ejectedUntil = 0;
+    } else if (!ok && member.state !== 'unhealthy' && -member.checkStreak >= check.unhealthyThreshold) {
+      this.#transition(pool, member, 'unhealthy', error);
+    }
+  }
+
+  #passive(pool: Pool, member: Member, ok: boolean): void {
+    if (ok) {
+      member.consecutiveFailures = 0;
+      if (member.state === 'unknown' && pool.record.healthCheck === null) member.state = 'healthy';
+      return;
+    }
+    member.consecutiveFailures += 1;
+    const { failures, ejectSeconds } = pool.record.passive;
+    if (failures > 0 && member.consecutiveFailures >= failures) {
+      member.consecutiveFailures = 0;
+      member.ejectedUntil = this.#now() + ejectSeconds * 1000;
+      member.lastError = `ejected for ${ejectSeconds}s after ${failures} consecutive failures`;
+      this.#logger?.warn(
+        { backendId: pool.record.id, memberId: member.record.id, ejectSeconds },
+        'backend member ejected after consecutive failures',
+      );
+    }
+  }
+
+  #transition(pool: Pool, member: Member, state: MemberState, error: string | null): void {
+    const from = member.state;
+    member.state = state;
+    const log = { backendId: pool.record.id, memberId: member.record.id, from, to: state, error };
+    if (state === 'unhealthy') this.#logger?.warn(log, 'backend member unhealthy');
+    else this.#logger?.info(log, 'backend member healthy');
+  }
+}
