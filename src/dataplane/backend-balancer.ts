@@ -226,7 +226,8 @@ export class BackendBalancer {
     const now = this.#now();
     return pool.members.map((m) => ({
       id: m.record.id,
-      state: m.state === 'healthy' && now < m.ejectedUntil ? 'unhealthy' : m.state,
+      // An ejected member reads unhealthy until its ejection ends.
+      state: m.state !== 'draining' && now < m.ejectedUntil ? 'unhealthy' : m.state,
       lastCheckAt: m.lastCheckAt,
       lastError: m.lastError,
       activeRequests: m.active,

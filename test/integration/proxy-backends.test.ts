@@ -200,7 +200,24 @@ describe('backends', () => {
     expect(statuses.filter((x) => x === 502)).toHaveLength(2);
     for (let i = 0; i < 6; i++) expect((await c.send(port, '/y')).text).toBe('a /y');
     const health = (await s.request('GET', `/api/v1/proxy/backends/${backend.id}/health`, { token })).json;
-    expect(health.members.find((m: { id: string }) => m.id === dead).lastError).toMatch(/ejected/);
+    const deadHealth = health.members.find((m: { id: string }) => m.id === dead);
+    expect(deadHealth.lastError).toMatch(/ejected/);
+    expect(deadHealth.state).toBe('unhealthy');
+
+    // Members sent back with their ids keep their state through an update; a new member starts unknown.
+    const b = await namedUpstream('b');
+    const updated = await s.request('PATCH', `/api/v1/proxy/backends/${backend.id}`, {
+      token,
+      body: { members: [...backend.members, { type: 'upstream', url: b.url }] },
+    });
+    expect(updated.status).toBe(200);
+    expect(updated.json.backend.members.slice(0, 2)).toEqual(backend.members);
+    const after = (await s.request('GET', `/api/v1/proxy/backends/${backend.id}/health`, { token })).json
+      .members;
+    expect(after.map((m: { state: string }) => m.state)).toEqual(['healthy', 'unhealthy', 'unknown']);
+    const served = new Set<string>();
+    for (let i = 0; i < 6; i++) served.add((await c.send(port, '/y')).text);
+    expect(served).toEqual(new Set(['a /y', 'b /y']));
     expect(s.logs.some((l) => l.includes('backend member ejected') && l.includes(dead))).toBe(true);
   });
 });
