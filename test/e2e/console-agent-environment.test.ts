@@ -128,7 +128,7 @@ describe('console: an environment through an agent', () => {
       },
     });
     expect(route.status).toBe(201);
-    await page.getByRole('link', { name: 'Traffic' }).click();
+    await page.getByRole('link', { name: 'Traffic', exact: true }).click();
     await page.getByTestId('stream-status').getByText('Live').waitFor();
     expect(await (await fetch(`http://127.0.0.1:${port}/via-agent`)).text()).toBe('remote');
     const table = page.getByTestId('traffic-table');

@@ -149,7 +149,7 @@ describe('console: operations on Local', () => {
   it('shows live traffic newest first, filters and pauses, and reconnects after the instance restarts', async () => {
     const port = await proxyWithRoute();
     const { page } = tab;
-    await page.getByRole('link', { name: 'Traffic' }).click();
+    await page.getByRole('link', { name: 'Traffic', exact: true }).click();
     await page.getByTestId('stream-status').getByText('Live').waitFor();
     const table = page.getByTestId('traffic-table');
 

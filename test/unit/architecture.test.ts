@@ -37,6 +37,7 @@ const RELAY_FILES: Record<string, readonly string[]> = {
   'keepalive.ts': [],
   'target-policy.ts': [],
   'transport.ts': [],
+  'timing.ts': ['src/relay/transport.ts'],
   'frame-transport.ts': ['src/relay/protocol.ts'],
   'websocket-frame-transport.ts': ['src/relay/frame-transport.ts', 'src/relay/protocol.ts'],
   'relay-peer.ts': [
@@ -88,6 +89,7 @@ const SCOPES: Scope[] = [
       'src/storage/schema.ts',
       'src/storage/secrets-box.ts',
       'src/relay/transport.ts',
+      'src/relay/timing.ts',
       'src/tls/',
     ],
     packages: ['@marcbachmann/cel-js'],
@@ -154,6 +156,7 @@ const SCOPES: Scope[] = [
       'src/dataplane/',
       'src/metrics/',
       'src/relay/transport.ts',
+      'src/relay/timing.ts',
       'src/storage/schema.ts',
     ],
     packages: ['fastify', '@fastify/', 'typebox', 'ajv', 'ajv-formats'],

@@ -41,11 +41,8 @@ export function PoliciesPage(props: { environment: string }) {
       <SectionHead title="Traffic Policy" />
       <p class="muted">
         A request passes WAF rules, then rate limits, then shapers, each in ascending priority. Expressions
-        are{' '}
-        <a href="https://cel.dev" target="_blank" rel="noreferrer">
-          CEL
-        </a>{' '}
-        over <code>method, host, path, query, headers, ip, listener</code> with <code>path_prefix()</code> and{' '}
+        are CEL (Common Expression Language) over{' '}
+        <code>method, host, path, query, headers, ip, listener</code> with <code>path_prefix()</code> and{' '}
         <code>ip_in()</code>; an empty one matches every request.
       </p>
       <div class="policy-cards">

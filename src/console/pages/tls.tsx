@@ -625,7 +625,7 @@ function AccountDialog(props: { api: Client; onClose: () => void; onSaved: (acco
             <input
               name="directoryUrl"
               value={directoryUrl}
-              placeholder="https://acme.example/directory"
+              placeholder="directory URL (https)"
               onInput={(e) => setDirectoryUrl(e.currentTarget.value)}
             />
           </Field>
