@@ -21,7 +21,12 @@
  * change; key state is bounded (rate-limiter.ts).
  */
 
-import { type CompiledExpression, type PolicyRequestFacts, withBlanks } from '../domain/policy-expression.js';
+import {
+  blankKeys,
+  type CompiledExpression,
+  type PolicyRequestFacts,
+  withBlanks,
+} from '../domain/policy-expression.js';
 import type {
   CompiledPolicies,
   PolicyTestRequest,
@@ -148,16 +153,6 @@ interface Blanks {
   readonly query: readonly string[];
 }
 
-function blanked<T extends Record<string, unknown>>(map: T, keys: readonly string[]): T {
-  let copy: Record<string, unknown> | null = null;
-  for (const key of keys) {
-    if (Object.hasOwn(map, key)) continue;
-    copy ??= { ...map };
-    copy[key] = '';
-  }
-  return (copy ?? map) as T;
-}
-
 /**
  * The policy facts of a request, built once per request and shared by the
  * stages: as received (`raw`), or with blanks for absent keys (`blank`, for
@@ -177,11 +172,11 @@ function factsOf(request: PipelineRequest, blanks: Blanks, blank: boolean): Poli
       ip: request.clientIp ?? '',
       listener: request.listener.name,
       get query() {
-        query ??= queryKeys.length === 0 ? parseQuery(raw) : blanked(parseQuery(raw), queryKeys);
+        query ??= queryKeys.length === 0 ? parseQuery(raw) : blankKeys(parseQuery(raw), queryKeys);
         return query;
       },
       headers:
-        blank && blanks.headers.length > 0 ? blanked(request.headers, blanks.headers) : request.headers,
+        blank && blanks.headers.length > 0 ? blankKeys(request.headers, blanks.headers) : request.headers,
     };
     request.notes.set(note, facts);
   }

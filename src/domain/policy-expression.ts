@@ -327,7 +327,8 @@ export function withBlanks(
   return { ...facts, headers, query };
 }
 
-function blankKeys<T extends Record<string, unknown>>(map: T, keys: readonly string[]): T {
+/** `map` with '' for each of `keys` it lacks (a copy only when one is missing). */
+export function blankKeys<T extends Record<string, unknown>>(map: T, keys: readonly string[]): T {
   let copy: Record<string, unknown> | null = null;
   for (const key of keys) {
     if (Object.hasOwn(map, key)) continue;
