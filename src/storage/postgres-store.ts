@@ -222,12 +222,17 @@ export class PostgresStore implements Store {
     return result;
   }
 
+  /** Writes every pending change; throws StoreUnavailableError when that write fails. */
   async flush(): Promise<void> {
     if (this.#deferred !== null) {
       clearTimeout(this.#deferred);
       this.#deferred = null;
     }
-    await this.#scheduleCycle().catch(() => {});
+    try {
+      await this.#scheduleCycle();
+    } catch (err) {
+      throw unavailable(err);
+    }
     await this.#chain;
   }
 
@@ -236,14 +241,18 @@ export class PostgresStore implements Store {
     return () => this.#listeners.delete(listener);
   }
 
+  /** Flushes, then lets go of PostgreSQL even when that last write failed (and reports it). */
   async close(): Promise<void> {
     if (this.#closed) return;
-    await this.flush();
-    this.#closed = true;
-    if (this.#poll) clearInterval(this.#poll);
-    if (this.#reconnect) clearTimeout(this.#reconnect);
-    await this.#chain;
-    await this.#shutdownClients();
+    try {
+      await this.flush();
+    } finally {
+      this.#closed = true;
+      if (this.#poll) clearInterval(this.#poll);
+      if (this.#reconnect) clearTimeout(this.#reconnect);
+      await this.#chain;
+      await this.#shutdownClients();
+    }
   }
 
   // ---- write cycle -------------------------------------------------------

@@ -359,4 +359,26 @@ describe('several PostgreSQL stores on one database (replicas)', () => {
     });
     expect(store.read().apiTokens.map((t) => t.id)).toEqual(['stored', 'after']);
   });
+
+  it('reports deferred bookkeeping it could not write from flush, and writes it once PostgreSQL is back', async () => {
+    const url = await postgres.createDatabase();
+    const store = track(await PostgresStore.open({ url }));
+    const database = new URL(url).pathname.slice(1);
+    const admin = new pg.Client({ connectionString: postgres.url });
+    await admin.connect();
+    await admin.query(`ALTER DATABASE "${database}" ALLOW_CONNECTIONS false`);
+    await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [
+      database,
+    ]);
+    store.updateSoon((db) => {
+      db.apiTokens.push(token('bookkeeping'));
+    });
+    await expect(store.flush()).rejects.toBeInstanceOf(StoreUnavailableError);
+    await admin.query(`ALTER DATABASE "${database}" ALLOW_CONNECTIONS true`);
+    await admin.end();
+    await store.flush();
+    await store.close();
+    const reopened = track(await PostgresStore.open({ url }));
+    expect(reopened.read().apiTokens.map((t) => t.id)).toEqual(['bookkeeping']);
+  });
 });
