@@ -1,6 +1,6 @@
 /** Small building blocks shared by the pages: dialogs, fields, badges, copy, data loading, formatting. */
-import { type ComponentChildren, cloneElement, type JSX, type VNode } from 'preact';
-import { useCallback, useEffect, useId, useRef, useState } from 'preact/hooks';
+import { type ComponentChildren, cloneElement, createContext, type JSX, type VNode } from 'preact';
+import { useCallback, useContext, useEffect, useId, useRef, useState } from 'preact/hooks';
 import { ApiError, messageOf } from '../api';
 
 /** What Tab can reach inside a dialog. */
@@ -86,30 +86,39 @@ export function Dialog(props: {
  * A labelled form control (the single child element) with its hint, or its
  * error (from a server `field`) right under it. The label names the control
  * through `for`/`id`, and the hint or error describes it (`aria-describedby`).
+ * Inside a `FormDialog` the error is found by itself: the one the server gave
+ * for `name` (by default the control's own `name`); `error` overrides it.
  */
 export function Field(props: {
   label: string;
-  error?: string | null;
+  error?: string | null | undefined;
+  /** The server field path whose error shows here (the first that has one); the control's `name` by default. */
+  name?: string | readonly string[];
   hint?: string | undefined;
   children: VNode;
 }) {
   const id = useId();
   const noteId = `${id}-note`;
-  const note = props.error ?? props.hint ?? null;
+  const errors = useContext(FormErrorsContext);
+  const controlName = (props.children.props as { name?: unknown }).name;
+  const paths = props.name ?? (typeof controlName === 'string' ? controlName : []);
+  const error =
+    props.error ?? (typeof paths === 'string' ? [paths] : paths).map((p) => errors.field[p]).find(Boolean);
+  const note = error ?? props.hint ?? null;
   const control = cloneElement(props.children, {
     id,
-    'aria-invalid': props.error ? 'true' : undefined,
+    'aria-invalid': error ? 'true' : undefined,
     'aria-describedby': note ? noteId : undefined,
   });
   return (
-    <div class={props.error ? 'field invalid' : 'field'}>
+    <div class={error ? 'field invalid' : 'field'}>
       <label class="field-label" for={id}>
         {props.label}
       </label>
       {control}
-      {props.error ? (
+      {error ? (
         <small class="field-error" id={noteId} role="alert">
-          {props.error}
+          {error}
         </small>
       ) : props.hint ? (
         <small class="hint" id={noteId}>
@@ -137,6 +146,9 @@ export interface FormErrors {
 }
 
 export const NO_ERRORS: FormErrors = { field: {}, form: null };
+
+/** The errors of the form a `Field` stands in (provided by `FormDialog`). */
+export const FormErrorsContext = createContext<FormErrors>(NO_ERRORS);
 
 /** Sorts an error thrown by a save: a VALIDATION_FAILED with `field` goes to that field. */
 export function formErrors(err: unknown, knownFields: readonly string[]): FormErrors {

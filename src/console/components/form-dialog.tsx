@@ -1,0 +1,138 @@
+/**
+ * The form every create / edit dialog is made of: a modal with a form, field
+ * errors from a VALIDATION_FAILED answer shown under the field they name, the
+ * rest above the buttons, and Cancel / Save buttons that cannot submit twice.
+ */
+import type { ComponentChildren, JSX } from 'preact';
+import { useContext, useState } from 'preact/hooks';
+import { Dialog, ErrorMessage, type FormErrors, FormErrorsContext, formErrors, NO_ERRORS } from './ui';
+
+/** The error the server gave for `name` in the enclosing form, if any. */
+export function useFieldError(name: string | undefined): string | undefined {
+  const errors = useContext(FormErrorsContext);
+  return name === undefined ? undefined : errors.field[name];
+}
+
+export interface FormDialogProps {
+  title: string;
+  onClose: () => void;
+  /**
+   * Sends the form. A rejection is shown: a VALIDATION_FAILED naming one of
+   * `fields` under that field, anything else above the buttons.
+   */
+  onSubmit: () => Promise<unknown>;
+  /** The server field paths this form shows a control for. */
+  fields: readonly string[];
+  /** How a rejection is sorted into field and form errors; `formErrors` by default. */
+  sortErrors?: (err: unknown, fields: readonly string[]) => FormErrors;
+  /** The submit button's text; `Save` by default. */
+  submitLabel?: string;
+  /** Skips the browser's own checks (the server's field errors are shown instead). */
+  noValidate?: boolean;
+  wide?: boolean;
+  testId?: string;
+  /** Buttons placed before Cancel (e.g. "Test"). */
+  extraActions?: ComponentChildren;
+  children: ComponentChildren;
+}
+
+/** A modal form; see the module comment. The submit button stays disabled after a success (the caller closes it). */
+export function FormDialog(props: FormDialogProps) {
+  const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
+  const [busy, setBusy] = useState(false);
+  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    setBusy(true);
+    setErrors(NO_ERRORS);
+    try {
+      await props.onSubmit();
+    } catch (err) {
+      setErrors((props.sortErrors ?? formErrors)(err, props.fields));
+      setBusy(false);
+    }
+  };
+  return (
+    <Dialog title={props.title} onClose={props.onClose} wide={props.wide} testId={props.testId}>
+      <form onSubmit={submit} noValidate={props.noValidate}>
+        <FormErrorsContext.Provider value={errors}>{props.children}</FormErrorsContext.Provider>
+        <ErrorMessage error={errors.form} />
+        <div class="actions">
+          {props.extraActions}
+          <button type="button" class="secondary" onClick={props.onClose}>
+            Cancel
+          </button>
+          <button type="submit" class="primary" disabled={busy}>
+            {props.submitLabel ?? 'Save'}
+          </button>
+        </div>
+      </form>
+    </Dialog>
+  );
+}
+
+/** A checkbox with its label on the same line (`<CheckboxField {...form.check('enabled')}>Enabled</CheckboxField>`). */
+export function CheckboxField(props: {
+  name: string;
+  checked: boolean;
+  onChange: (event: JSX.TargetedEvent<HTMLInputElement>) => void;
+  children: ComponentChildren;
+  disabled?: boolean;
+}) {
+  return (
+    <label class="field inline">
+      <input
+        name={props.name}
+        type="checkbox"
+        checked={props.checked}
+        disabled={props.disabled}
+        onChange={props.onChange}
+      />{' '}
+      {props.children}
+    </label>
+  );
+}
+
+type FieldValues = Record<string, string | boolean>;
+type TextTarget = HTMLInputElement | HTMLTextAreaElement | HTMLSelectElement;
+type KeysOf<T, V> = { [K in keyof T]: T[K] extends V ? K : never }[keyof T] & string;
+
+/**
+ * The state of a form's controls in one object, with the props that bind a
+ * control to it: `<input {...form.text('name')} />`, `<select {...form.choice('protocol')}>`,
+ * `<input type="checkbox" {...form.check('enabled')} />`. Each binding names
+ * the control, which is also how a `Field` finds its server error.
+ */
+export function useFields<T extends FieldValues>(initial: T) {
+  const [values, setValues] = useState<T>(initial);
+  const set = <K extends keyof T>(key: K, value: T[K]) => setValues((prev) => ({ ...prev, [key]: value }));
+  return {
+    values,
+    set,
+    /** An input or textarea edited as text (`onInput`). */
+    text: (key: KeysOf<T, string>) => ({
+      name: key,
+      value: values[key] as string,
+      onInput: (e: JSX.TargetedEvent<TextTarget>) => set(key, e.currentTarget.value as T[typeof key]),
+    }),
+    /** A select (`onChange`). */
+    choice: (key: KeysOf<T, string>) => ({
+      name: key,
+      value: values[key] as string,
+      onChange: (e: JSX.TargetedEvent<TextTarget>) => set(key, e.currentTarget.value as T[typeof key]),
+    }),
+    /** A checkbox. */
+    check: (key: KeysOf<T, boolean>) => ({
+      name: key,
+      type: 'checkbox' as const,
+      checked: values[key] as boolean,
+      onChange: (e: JSX.TargetedEvent<HTMLInputElement>) =>
+        set(key, e.currentTarget.checked as T[typeof key]),
+    }),
+  };
+}
+
+/** A number typed in a text control, or the text itself when it is not one (the server names the field). */
+export function numberOr(value: string): number | string {
+  const n = Number(value);
+  return value.trim() === '' || Number.isNaN(n) ? value : n;
+}
