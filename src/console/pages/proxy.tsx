@@ -1,20 +1,9 @@
 /** Proxy configuration of the selected environment: listeners and routes, create / edit / delete. */
-import type { JSX } from 'preact';
 import { useState } from 'preact/hooks';
 import { type Client, clientFor } from '../api';
-import {
-  Badge,
-  ConfirmDialog,
-  Dialog,
-  ErrorMessage,
-  Field,
-  type FormErrors,
-  formErrors,
-  LoadState,
-  NO_ERRORS,
-  SectionHead,
-  useResource,
-} from '../components/ui';
+import { ConfirmDelete, DataTable } from '../components/data-table';
+import { CheckboxField, FormDialog, numberOr, useFields } from '../components/form-dialog';
+import { Badge, ErrorMessage, Field, SectionHead, useResource } from '../components/ui';
 import type { Listener, ProxyRoute, RouteTarget, TlsCertificate } from '../types';
 
 type Deleting = { kind: 'listener'; item: Listener } | { kind: 'route'; item: ProxyRoute };
@@ -41,6 +30,7 @@ export function ProxyPage(props: { environment: string }) {
     (a, b) => a.listenerId.localeCompare(b.listenerId) || b.priority - a.priority,
   );
   const listenerName = (id: string) => listeners.find((l) => l.id === id)?.name ?? id;
+  const loading = data.loading && !data.data;
 
   return (
     <section>
@@ -51,71 +41,46 @@ export function ProxyPage(props: { environment: string }) {
           Add listener
         </button>
       </SectionHead>
-      <LoadState
-        loading={data.loading && !data.data}
-        error={null}
-        empty={!data.error && listeners.length === 0}
+      <DataTable
+        testId="listeners-table"
         what="listeners"
+        rows={listeners}
+        rowKey={(l) => l.id}
+        loading={loading}
+        error={data.error}
+        errorShownElsewhere
+        columns={[
+          { header: 'Name', cell: (l) => l.name },
+          { header: 'Address', class: 'mono', cell: (l) => `${l.bindAddress}:${l.port}` },
+          {
+            header: 'Protocol',
+            cell: (l) => (
+              <>
+                {l.protocol ?? 'http'}
+                {l.hsts ? <span class="muted"> +HSTS</span> : null}
+                {l.redirectHttps ? <span class="muted"> → https</span> : null}
+              </>
+            ),
+          },
+          { header: 'Status', cell: (l) => <ListenerStatus listener={l} /> },
+          { header: 'Routes', cell: (l) => routes.filter((r) => r.listenerId === l.id).length },
+          {
+            header: 'Certificates',
+            cell: (l) => (
+              <CertificateMapping
+                listener={l}
+                routes={routes.filter((r) => r.listenerId === l.id)}
+                certificates={certificates}
+              />
+            ),
+          },
+        ]}
+        rowName={(l) => l.name}
+        actions={(listener) => [
+          { label: 'Edit', onClick: () => setListenerDialog({ listener }) },
+          { label: 'Delete', danger: true, onClick: () => setDeleting({ kind: 'listener', item: listener }) },
+        ]}
       />
-      {listeners.length > 0 ? (
-        <table data-testid="listeners-table">
-          <thead>
-            <tr>
-              <th scope="col">Name</th>
-              <th scope="col">Address</th>
-              <th scope="col">Protocol</th>
-              <th scope="col">Status</th>
-              <th scope="col">Routes</th>
-              <th scope="col">Certificates</th>
-              <th scope="col">
-                <span class="visually-hidden">Actions</span>
-              </th>
-            </tr>
-          </thead>
-          <tbody>
-            {listeners.map((listener) => (
-              <tr key={listener.id}>
-                <td>{listener.name}</td>
-                <td class="mono">
-                  {listener.bindAddress}:{listener.port}
-                </td>
-                <td>
-                  {listener.protocol ?? 'http'}
-                  {listener.hsts ? <span class="muted"> +HSTS</span> : null}
-                  {listener.redirectHttps ? <span class="muted"> → https</span> : null}
-                </td>
-                <td>
-                  <ListenerStatus listener={listener} />
-                </td>
-                <td>{routes.filter((r) => r.listenerId === listener.id).length}</td>
-                <td>
-                  <CertificateMapping
-                    listener={listener}
-                    routes={routes.filter((r) => r.listenerId === listener.id)}
-                    certificates={certificates}
-                  />
-                </td>
-                <td class="row-actions">
-                  <button
-                    type="button"
-                    class="secondary small"
-                    onClick={() => setListenerDialog({ listener })}
-                  >
-                    Edit<span class="visually-hidden"> {listener.name}</span>
-                  </button>
-                  <button
-                    type="button"
-                    class="danger small"
-                    onClick={() => setDeleting({ kind: 'listener', item: listener })}
-                  >
-                    Delete<span class="visually-hidden"> {listener.name}</span>
-                  </button>
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      ) : null}
 
       <SectionHead title="Routes" level={2}>
         <button
@@ -128,51 +93,27 @@ export function ProxyPage(props: { environment: string }) {
           Add route
         </button>
       </SectionHead>
-      <LoadState
-        loading={data.loading && !data.data}
-        error={null}
-        empty={!data.error && routes.length === 0}
+      <DataTable
+        testId="routes-table"
         what="routes"
+        rows={routes}
+        rowKey={(r) => r.id}
+        loading={loading}
+        error={data.error}
+        errorShownElsewhere
+        columns={[
+          { header: 'Listener', cell: (r) => listenerName(r.listenerId) },
+          { header: 'Host', class: 'mono', cell: (r) => r.host ?? '*' },
+          { header: 'Path prefix', class: 'mono', cell: (r) => r.pathPrefix },
+          { header: 'Priority', cell: (r) => r.priority },
+          { header: 'Target', class: 'mono break', cell: (r) => describeTarget(r.target) },
+        ]}
+        rowName={(r) => `route ${r.pathPrefix}`}
+        actions={(route) => [
+          { label: 'Edit', onClick: () => setRouteDialog({ route }) },
+          { label: 'Delete', danger: true, onClick: () => setDeleting({ kind: 'route', item: route }) },
+        ]}
       />
-      {routes.length > 0 ? (
-        <table data-testid="routes-table">
-          <thead>
-            <tr>
-              <th scope="col">Listener</th>
-              <th scope="col">Host</th>
-              <th scope="col">Path prefix</th>
-              <th scope="col">Priority</th>
-              <th scope="col">Target</th>
-              <th scope="col">
-                <span class="visually-hidden">Actions</span>
-              </th>
-            </tr>
-          </thead>
-          <tbody>
-            {routes.map((route) => (
-              <tr key={route.id}>
-                <td>{listenerName(route.listenerId)}</td>
-                <td class="mono">{route.host ?? '*'}</td>
-                <td class="mono">{route.pathPrefix}</td>
-                <td>{route.priority}</td>
-                <td class="mono break">{describeTarget(route.target)}</td>
-                <td class="row-actions">
-                  <button type="button" class="secondary small" onClick={() => setRouteDialog({ route })}>
-                    Edit<span class="visually-hidden"> route {route.pathPrefix}</span>
-                  </button>
-                  <button
-                    type="button"
-                    class="danger small"
-                    onClick={() => setDeleting({ kind: 'route', item: route })}
-                  >
-                    Delete<span class="visually-hidden"> route {route.pathPrefix}</span>
-                  </button>
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      ) : null}
 
       {listenerDialog ? (
         <ListenerDialog
@@ -198,30 +139,32 @@ export function ProxyPage(props: { environment: string }) {
           }}
         />
       ) : null}
-      {deleting ? (
-        <ConfirmDialog
-          title={deleting.kind === 'listener' ? 'Delete listener' : 'Delete route'}
+      {deleting?.kind === 'listener' ? (
+        <ConfirmDelete
+          title="Delete listener"
+          name={`listener ${deleting.item.name}`}
           message={
-            deleting.kind === 'listener' ? (
-              <>
-                Delete listener <strong>{deleting.item.name}</strong>? It stops accepting connections at once.
-              </>
-            ) : (
-              <>
-                Delete the route <strong>{deleting.item.pathPrefix}</strong> →{' '}
-                {describeTarget(deleting.item.target)}?
-              </>
-            )
+            <>
+              Delete listener <strong>{deleting.item.name}</strong>? It stops accepting connections at once.
+            </>
           }
-          confirmLabel="Delete"
           onConfirm={() =>
-            api
-              .del(
-                deleting.kind === 'listener'
-                  ? `/api/v1/proxy/listeners/${encodeURIComponent(deleting.item.id)}`
-                  : `/api/v1/proxy/routes/${encodeURIComponent(deleting.item.id)}`,
-              )
-              .then(data.reload)
+            api.del(`/api/v1/proxy/listeners/${encodeURIComponent(deleting.item.id)}`).then(data.reload)
+          }
+          onClose={() => setDeleting(null)}
+        />
+      ) : deleting?.kind === 'route' ? (
+        <ConfirmDelete
+          title="Delete route"
+          name={deleting.item.pathPrefix}
+          message={
+            <>
+              Delete the route <strong>{deleting.item.pathPrefix}</strong> →{' '}
+              {describeTarget(deleting.item.target)}?
+            </>
+          }
+          onConfirm={() =>
+            api.del(`/api/v1/proxy/routes/${encodeURIComponent(deleting.item.id)}`).then(data.reload)
           }
           onClose={() => setDeleting(null)}
         />
@@ -255,11 +198,6 @@ export function describeTarget(target: RouteTarget): string {
     default:
       return JSON.stringify(target);
   }
-}
-
-function numberOr(value: string): number | string {
-  const n = Number(value);
-  return value.trim() === '' || Number.isNaN(n) ? value : n;
 }
 
 /**
@@ -330,147 +268,100 @@ function ListenerDialog(props: {
   onSaved: () => void;
 }) {
   const existing = props.listener;
-  const [name, setName] = useState(existing?.name ?? '');
-  const [bindAddress, setBindAddress] = useState(existing?.bindAddress ?? '0.0.0.0');
-  const [port, setPort] = useState(existing ? String(existing.port) : '8080');
-  const [enabled, setEnabled] = useState(existing?.enabled ?? true);
-  const [protocol, setProtocol] = useState(existing?.protocol ?? 'http');
-  const [defaultCertificateId, setDefaultCertificateId] = useState(existing?.defaultCertificateId ?? '');
-  const [redirectHttps, setRedirectHttps] = useState(existing?.redirectHttps ?? false);
-  const [hsts, setHsts] = useState(existing?.hsts ?? false);
-  const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
-  const [busy, setBusy] = useState(false);
-  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
-    event.preventDefault();
-    setBusy(true);
-    setErrors(NO_ERRORS);
-    const https = protocol === 'https';
+  const form = useFields({
+    name: existing?.name ?? '',
+    bindAddress: existing?.bindAddress ?? '0.0.0.0',
+    port: existing ? String(existing.port) : '8080',
+    enabled: existing?.enabled ?? true,
+    protocol: existing?.protocol ?? 'http',
+    defaultCertificateId: existing?.defaultCertificateId ?? '',
+    redirectHttps: existing?.redirectHttps ?? false,
+    hsts: existing?.hsts ?? false,
+  });
+  const v = form.values;
+  const save = async () => {
+    const https = v.protocol === 'https';
     const body = {
-      name,
-      bindAddress,
-      port: numberOr(port),
-      enabled,
-      protocol,
-      defaultCertificateId: https && defaultCertificateId ? defaultCertificateId : null,
-      redirectHttps: !https && redirectHttps,
-      hsts: https && hsts,
+      name: v.name,
+      bindAddress: v.bindAddress,
+      port: numberOr(v.port),
+      enabled: v.enabled,
+      protocol: v.protocol,
+      defaultCertificateId: https && v.defaultCertificateId ? v.defaultCertificateId : null,
+      redirectHttps: !https && v.redirectHttps,
+      hsts: https && v.hsts,
     };
-    try {
-      if (existing) await props.api.patch(`/api/v1/proxy/listeners/${encodeURIComponent(existing.id)}`, body);
-      else await props.api.post('/api/v1/proxy/listeners', body);
-      props.onSaved();
-    } catch (err) {
-      setErrors(
-        formErrors(err, [
-          'name',
-          'bindAddress',
-          'port',
-          'enabled',
-          'protocol',
-          'defaultCertificateId',
-          'redirectHttps',
-          'hsts',
-        ]),
-      );
-      setBusy(false);
-    }
+    if (existing) await props.api.patch(`/api/v1/proxy/listeners/${encodeURIComponent(existing.id)}`, body);
+    else await props.api.post('/api/v1/proxy/listeners', body);
+    props.onSaved();
   };
   return (
-    <Dialog title={existing ? `Edit listener ${existing.name}` : 'Add listener'} onClose={props.onClose}>
-      <form onSubmit={submit} noValidate>
-        <Field label="Name" error={errors.field.name}>
-          <input name="name" value={name} onInput={(e) => setName(e.currentTarget.value)} />
-        </Field>
-        <Field label="Bind address" error={errors.field.bindAddress}>
-          <input
-            name="bindAddress"
-            value={bindAddress}
-            onInput={(e) => setBindAddress(e.currentTarget.value)}
-          />
-        </Field>
-        <Field label="Port" error={errors.field.port}>
-          <input
-            name="port"
-            type="number"
-            min={0}
-            max={65535}
-            value={port}
-            onInput={(e) => setPort(e.currentTarget.value)}
-          />
-        </Field>
-        <Field label="Protocol" error={errors.field.protocol}>
-          <select
-            name="protocol"
-            value={protocol}
-            onChange={(e) => setProtocol(e.currentTarget.value as 'http' | 'https')}
+    <FormDialog
+      title={existing ? `Edit listener ${existing.name}` : 'Add listener'}
+      onClose={props.onClose}
+      onSubmit={save}
+      fields={Object.keys(v)}
+      noValidate
+    >
+      <Field label="Name">
+        <input {...form.text('name')} />
+      </Field>
+      <Field label="Bind address">
+        <input {...form.text('bindAddress')} />
+      </Field>
+      <Field label="Port">
+        <input type="number" min={0} max={65535} {...form.text('port')} />
+      </Field>
+      <Field label="Protocol">
+        <select {...form.choice('protocol')}>
+          <option value="http">http</option>
+          <option value="https">https (h2 and http/1.1)</option>
+        </select>
+      </Field>
+      {v.protocol === 'https' ? (
+        <>
+          <Field
+            label="Default certificate"
+            hint="Served when no certificate names the requested host; with none, such names are refused."
           >
-            <option value="http">http</option>
-            <option value="https">https (h2 and http/1.1)</option>
-          </select>
-        </Field>
-        {protocol === 'https' ? (
-          <>
-            <Field
-              label="Default certificate"
-              error={errors.field.defaultCertificateId}
-              hint="Served when no certificate names the requested host; with none, such names are refused."
-            >
-              <select
-                name="defaultCertificateId"
-                value={defaultCertificateId}
-                onChange={(e) => setDefaultCertificateId(e.currentTarget.value)}
-              >
-                <option value="">none</option>
-                {props.certificates.map((c) => (
-                  <option key={c.id} value={c.id}>
-                    {c.name} ({c.hosts.join(', ')})
-                  </option>
-                ))}
-              </select>
-            </Field>
-            <label class="field inline">
-              <input
-                name="hsts"
-                type="checkbox"
-                checked={hsts}
-                onChange={(e) => setHsts(e.currentTarget.checked)}
-              />{' '}
-              Send HSTS (Strict-Transport-Security)
-            </label>
-          </>
-        ) : (
-          <label class="field inline">
-            <input
-              name="redirectHttps"
-              type="checkbox"
-              checked={redirectHttps}
-              onChange={(e) => setRedirectHttps(e.currentTarget.checked)}
-            />{' '}
-            Redirect to https (ACME challenges still answered)
-          </label>
-        )}
-        <label class="field inline">
-          <input
-            name="enabled"
-            type="checkbox"
-            checked={enabled}
-            onChange={(e) => setEnabled(e.currentTarget.checked)}
-          />{' '}
-          Enabled
-        </label>
-        <ErrorMessage error={errors.form} />
-        <div class="actions">
-          <button type="button" class="secondary" onClick={props.onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={busy}>
-            Save
-          </button>
-        </div>
-      </form>
-    </Dialog>
+            <select {...form.choice('defaultCertificateId')}>
+              <option value="">none</option>
+              {props.certificates.map((c) => (
+                <option key={c.id} value={c.id}>
+                  {c.name} ({c.hosts.join(', ')})
+                </option>
+              ))}
+            </select>
+          </Field>
+          <CheckboxField {...form.check('hsts')}>Send HSTS (Strict-Transport-Security)</CheckboxField>
+        </>
+      ) : (
+        <CheckboxField {...form.check('redirectHttps')}>
+          Redirect to https (ACME challenges still answered)
+        </CheckboxField>
+      )}
+      <CheckboxField {...form.check('enabled')}>Enabled</CheckboxField>
+    </FormDialog>
   );
 }
+
+const ROUTE_FIELDS = [
+  'listenerId',
+  'host',
+  'pathPrefix',
+  'priority',
+  'target',
+  'target.type',
+  'target.url',
+  'target.timeoutMs',
+  'target.location',
+  'target.status',
+  'target.contentType',
+  'target.body',
+] as const;
+
+/** A target field's error, or one about the whole target. */
+const targetError = (name: string) => [`target.${name}`, 'target', 'target.type'];
 
 function RouteDialog(props: {
   api: Client;
@@ -481,208 +372,132 @@ function RouteDialog(props: {
 }) {
   const existing = props.route;
   const target = existing?.target;
-  const [listenerId, setListenerId] = useState(existing?.listenerId ?? props.listeners[0]?.id ?? '');
-  const [host, setHost] = useState(existing?.host ?? '');
-  const [pathPrefix, setPathPrefix] = useState(existing?.pathPrefix ?? '/');
-  const [priority, setPriority] = useState(String(existing?.priority ?? 0));
-  const [type, setType] = useState<RouteTarget['type']>(target?.type ?? 'upstream');
-  const [url, setUrl] = useState(target?.type === 'upstream' ? target.url : 'http://127.0.0.1:3000');
-  const [upstreamTimeout, setUpstreamTimeout] = useState(
-    target?.type === 'upstream' && target.timeoutMs ? String(target.timeoutMs) : '',
-  );
-  const [location, setLocation] = useState(target?.type === 'redirect' ? target.location : '');
-  const [redirectStatus, setRedirectStatus] = useState(
-    String(target?.type === 'redirect' ? target.status : 302),
-  );
-  const [staticStatus, setStaticStatus] = useState(String(target?.type === 'static' ? target.status : 200));
-  const [contentType, setContentType] = useState(
-    target?.type === 'static' ? target.contentType : 'text/plain',
-  );
-  const [body, setBody] = useState(target?.type === 'static' ? target.body : '');
-  const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
-  const [busy, setBusy] = useState(false);
+  const form = useFields({
+    listenerId: existing?.listenerId ?? props.listeners[0]?.id ?? '',
+    host: existing?.host ?? '',
+    pathPrefix: existing?.pathPrefix ?? '/',
+    priority: String(existing?.priority ?? 0),
+    type: (target?.type ?? 'upstream') as RouteTarget['type'],
+    url: target?.type === 'upstream' ? target.url : 'http://127.0.0.1:3000',
+    timeoutMs: target?.type === 'upstream' && target.timeoutMs ? String(target.timeoutMs) : '',
+    location: target?.type === 'redirect' ? target.location : '',
+    redirectStatus: String(target?.type === 'redirect' ? target.status : 302),
+    staticStatus: String(target?.type === 'static' ? target.status : 200),
+    contentType: target?.type === 'static' ? target.contentType : 'text/plain',
+    body: target?.type === 'static' ? target.body : '',
+  });
+  const v = form.values;
+  const type = v.type;
 
-  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
-    event.preventDefault();
-    setBusy(true);
-    setErrors(NO_ERRORS);
+  const save = async () => {
     const routeTarget =
       type === 'upstream'
-        ? upstreamTimeout.trim() === ''
-          ? { type, url }
-          : { type, url, timeoutMs: numberOr(upstreamTimeout) }
+        ? v.timeoutMs.trim() === ''
+          ? { type, url: v.url }
+          : { type, url: v.url, timeoutMs: numberOr(v.timeoutMs) }
         : type === 'redirect'
-          ? { type, location, status: numberOr(redirectStatus) }
-          : { type, status: numberOr(staticStatus), contentType, body };
+          ? { type, location: v.location, status: numberOr(v.redirectStatus) }
+          : { type, status: numberOr(v.staticStatus), contentType: v.contentType, body: v.body };
     const payload = {
-      listenerId,
-      host: host.trim() === '' ? null : host.trim(),
-      pathPrefix,
-      priority: numberOr(priority),
+      listenerId: v.listenerId,
+      host: v.host.trim() === '' ? null : v.host.trim(),
+      pathPrefix: v.pathPrefix,
+      priority: numberOr(v.priority),
       target: routeTarget,
     };
-    try {
-      if (existing) await props.api.patch(`/api/v1/proxy/routes/${encodeURIComponent(existing.id)}`, payload);
-      else await props.api.post('/api/v1/proxy/routes', payload);
-      props.onSaved();
-    } catch (err) {
-      setErrors(
-        formErrors(err, [
-          'listenerId',
-          'host',
-          'pathPrefix',
-          'priority',
-          'target',
-          'target.type',
-          'target.url',
-          'target.timeoutMs',
-          'target.location',
-          'target.status',
-          'target.contentType',
-          'target.body',
-        ]),
-      );
-      setBusy(false);
-    }
+    if (existing) await props.api.patch(`/api/v1/proxy/routes/${encodeURIComponent(existing.id)}`, payload);
+    else await props.api.post('/api/v1/proxy/routes', payload);
+    props.onSaved();
   };
-  const fieldError = (name: string) =>
-    errors.field[`target.${name}`] ?? errors.field.target ?? errors.field['target.type'];
   return (
-    <Dialog title={existing ? 'Edit route' : 'Add route'} onClose={props.onClose} wide>
-      <form onSubmit={submit} noValidate>
+    <FormDialog
+      title={existing ? 'Edit route' : 'Add route'}
+      onClose={props.onClose}
+      onSubmit={save}
+      fields={ROUTE_FIELDS}
+      noValidate
+      wide
+    >
+      <div class="grid2">
+        <Field label="Listener">
+          <select {...form.choice('listenerId')}>
+            {props.listeners.map((l) => (
+              <option key={l.id} value={l.id}>
+                {l.name} ({l.bindAddress}:{l.port})
+              </option>
+            ))}
+          </select>
+        </Field>
+        <Field label="Host" hint="Exact host or *.suffix; empty matches any host.">
+          <input {...form.text('host')} />
+        </Field>
+        <Field label="Path prefix">
+          <input {...form.text('pathPrefix')} />
+        </Field>
+        <Field label="Priority" hint="Higher wins among equal matches.">
+          <input type="number" {...form.text('priority')} />
+        </Field>
+      </div>
+      <fieldset class="field">
+        <legend class="field-label">Target</legend>
+        {(['upstream', 'redirect', 'static'] as const).map((t) => (
+          <label class="inline" key={t}>
+            <input
+              type="radio"
+              name="targetType"
+              value={t}
+              checked={type === t}
+              onChange={() => form.set('type', t)}
+            />{' '}
+            {t === 'upstream' ? 'Upstream' : t === 'redirect' ? 'Redirect' : 'Static response'}
+          </label>
+        ))}
+      </fieldset>
+      {type === 'upstream' ? (
         <div class="grid2">
-          <Field label="Listener" error={errors.field.listenerId}>
-            <select
-              name="listenerId"
-              value={listenerId}
-              onChange={(e) => setListenerId(e.currentTarget.value)}
-            >
-              {props.listeners.map((l) => (
-                <option key={l.id} value={l.id}>
-                  {l.name} ({l.bindAddress}:{l.port})
+          <Field
+            label="Upstream URL"
+            name={targetError('url')}
+            hint="http:// or https:// origin, optionally a base path."
+          >
+            <input type="url" {...form.text('url')} />
+          </Field>
+          <Field label="Upstream timeout (ms)" name="target.timeoutMs" hint="Empty: the default (30 s).">
+            <input type="number" min={100} max={600000} {...form.text('timeoutMs')} />
+          </Field>
+        </div>
+      ) : null}
+      {type === 'redirect' ? (
+        <div class="grid2">
+          <Field label="Location" name={targetError('location')}>
+            <input {...form.text('location')} />
+          </Field>
+          <Field label="Redirect status" name="target.status">
+            <select {...form.choice('redirectStatus')} name="status">
+              {['301', '302', '303', '307', '308'].map((s) => (
+                <option key={s} value={s}>
+                  {s}
                 </option>
               ))}
             </select>
           </Field>
-          <Field
-            label="Host"
-            error={errors.field.host}
-            hint="Exact host or *.suffix; empty matches any host."
-          >
-            <input name="host" value={host} onInput={(e) => setHost(e.currentTarget.value)} />
-          </Field>
-          <Field label="Path prefix" error={errors.field.pathPrefix}>
-            <input
-              name="pathPrefix"
-              value={pathPrefix}
-              onInput={(e) => setPathPrefix(e.currentTarget.value)}
-            />
-          </Field>
-          <Field label="Priority" error={errors.field.priority} hint="Higher wins among equal matches.">
-            <input
-              name="priority"
-              type="number"
-              value={priority}
-              onInput={(e) => setPriority(e.currentTarget.value)}
-            />
-          </Field>
         </div>
-        <fieldset class="field">
-          <legend class="field-label">Target</legend>
-          {(['upstream', 'redirect', 'static'] as const).map((t) => (
-            <label class="inline" key={t}>
-              <input
-                type="radio"
-                name="targetType"
-                value={t}
-                checked={type === t}
-                onChange={() => setType(t)}
-              />{' '}
-              {t === 'upstream' ? 'Upstream' : t === 'redirect' ? 'Redirect' : 'Static response'}
-            </label>
-          ))}
-        </fieldset>
-        {type === 'upstream' ? (
+      ) : null}
+      {type === 'static' ? (
+        <>
           <div class="grid2">
-            <Field
-              label="Upstream URL"
-              error={fieldError('url')}
-              hint="http:// or https:// origin, optionally a base path."
-            >
-              <input name="url" type="url" value={url} onInput={(e) => setUrl(e.currentTarget.value)} />
+            <Field label="Status" name="target.status">
+              <input type="number" min={200} max={599} {...form.text('staticStatus')} name="status" />
             </Field>
-            <Field
-              label="Upstream timeout (ms)"
-              error={errors.field['target.timeoutMs']}
-              hint="Empty: the default (30 s)."
-            >
-              <input
-                name="timeoutMs"
-                type="number"
-                min={100}
-                max={600000}
-                value={upstreamTimeout}
-                onInput={(e) => setUpstreamTimeout(e.currentTarget.value)}
-              />
+            <Field label="Content type" name={targetError('contentType')}>
+              <input {...form.text('contentType')} />
             </Field>
           </div>
-        ) : null}
-        {type === 'redirect' ? (
-          <div class="grid2">
-            <Field label="Location" error={fieldError('location')}>
-              <input name="location" value={location} onInput={(e) => setLocation(e.currentTarget.value)} />
-            </Field>
-            <Field label="Redirect status" error={errors.field['target.status']}>
-              <select
-                name="status"
-                value={redirectStatus}
-                onChange={(e) => setRedirectStatus(e.currentTarget.value)}
-              >
-                {['301', '302', '303', '307', '308'].map((s) => (
-                  <option key={s} value={s}>
-                    {s}
-                  </option>
-                ))}
-              </select>
-            </Field>
-          </div>
-        ) : null}
-        {type === 'static' ? (
-          <>
-            <div class="grid2">
-              <Field label="Status" error={errors.field['target.status']}>
-                <input
-                  name="status"
-                  type="number"
-                  min={200}
-                  max={599}
-                  value={staticStatus}
-                  onInput={(e) => setStaticStatus(e.currentTarget.value)}
-                />
-              </Field>
-              <Field label="Content type" error={fieldError('contentType')}>
-                <input
-                  name="contentType"
-                  value={contentType}
-                  onInput={(e) => setContentType(e.currentTarget.value)}
-                />
-              </Field>
-            </div>
-            <Field label="Body" error={fieldError('body')}>
-              <textarea name="body" rows={4} value={body} onInput={(e) => setBody(e.currentTarget.value)} />
-            </Field>
-          </>
-        ) : null}
-        <ErrorMessage error={errors.form} />
-        <div class="actions">
-          <button type="button" class="secondary" onClick={props.onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={busy}>
-            Save
-          </button>
-        </div>
-      </form>
-    </Dialog>
+          <Field label="Body" name={targetError('body')}>
+            <textarea rows={4} {...form.text('body')} />
+          </Field>
+        </>
+      ) : null}
+    </FormDialog>
   );
 }
