@@ -17,11 +17,25 @@
  * move a member to `unhealthy` after `unhealthyThreshold` failed checks and
  * back after `healthyThreshold` good ones. Transitions are logged.
  *
- * Agent members are not served yet: they count as unusable (state `unknown`,
- * last error saying so), so a backend of only agent members answers 503.
+ * Agent members: a member naming an agent (`agentId`) or a label selector
+ * (`agentLabels`) is usable while at least one matching agent is connected
+ * and carries tunnels (the {@link AgentDirectory}); each request goes to the
+ * matching agent with the fewest tunnels open (ties in turn; under
+ * `consistent_hash`, rendezvous over the matching agents, so a key keeps its
+ * agent). The lease then names the agent and its tunnel dispatcher. With no
+ * matching agent connected the member reads `unhealthy` ("no connected agent
+ * matches") and is skipped; a backend with nothing usable answers 503.
+ * Active checks are the control plane's for upstream members only.
  */
 import { createHash } from 'node:crypto';
-import type { MemberHealth, MemberState } from '../domain/backend-service.js';
+import {
+  type AgentDirectory,
+  agentMatches,
+  type MemberHealth,
+  type MemberState,
+  type TunnelAgent,
+  type TunnelDispatcher,
+} from '../domain/backend-service.js';
 import type { Logger } from '../logger.js';
 import type { BackendMemberRecord, BackendRecord } from '../storage/schema.js';
 
@@ -33,9 +47,16 @@ export interface MemberLease {
   readonly origin: string;
   /** Prepended to the request path; '' for none. */
   readonly basePath: string;
+  /** An agent member's: the agent carrying the request; null for an upstream member. */
+  readonly agentId: string | null;
+  /** An agent member's: that agent's tunnel; null = the data plane's own upstream pool. */
+  readonly dispatcher: TunnelDispatcher | null;
   /** `ok` false: the member could not be reached (counts towards passive ejection). */
   release(ok: boolean): void;
 }
+
+/** The `lastError` of an agent member while no matching agent is connected. */
+export const NO_AGENT = 'no connected agent matches';
 
 /** What a consistent hash needs of a request. */
 export interface HashSource {
@@ -57,29 +78,69 @@ class Member {
   ejectedUntil = 0;
   checkStreak = 0;
   currentWeight = 0;
+  /** Agent members: the matching agents found by the last pick (reused for the lease). */
+  agents: TunnelAgent[] = [];
+  #nextAgent = 0;
 
   constructor(record: BackendMemberRecord) {
     this.record = record;
     this.weight = Math.max(1, record.weight);
-    if (record.type === 'upstream' && URL.canParse(record.url)) {
-      const url = new URL(record.url);
+    const raw = record.type === 'upstream' ? record.url : record.upstreamUrl;
+    if (URL.canParse(raw)) {
+      const url = new URL(raw);
       this.origin = url.origin;
       this.basePath = url.pathname === '/' ? '' : url.pathname.replace(/\/+$/, '');
     } else {
       this.origin = '';
       this.basePath = '';
-      if (record.type === 'agent') this.lastError = 'agent members are not served yet';
     }
   }
 
-  usable(now: number): boolean {
-    return (
-      this.origin !== '' &&
-      this.state !== 'unhealthy' &&
-      this.state !== 'draining' &&
-      now >= this.ejectedUntil
-    );
+  /** Usable now; an agent member also needs a matching agent (`agents` is refreshed as a side effect). */
+  usable(now: number, directory: AgentDirectory | undefined): boolean {
+    if (
+      this.origin === '' ||
+      this.state === 'unhealthy' ||
+      this.state === 'draining' ||
+      now < this.ejectedUntil
+    )
+      return false;
+    if (this.record.type === 'upstream') return true;
+    this.agents = matchingAgents(this.record, directory);
+    return this.agents.length > 0;
   }
+
+  /** One of `agents`: the least busy (ties in turn), or by rendezvous of `key` under consistent hashing. */
+  pickAgent(key: string | null): TunnelAgent {
+    const agents = this.agents;
+    if (key !== null) {
+      const scored = rendezvous(
+        agents.map((agent) => ({ record: { id: agent.agentId }, weight: 1, agent })),
+        key,
+      );
+      return (scored as { agent: TunnelAgent }).agent;
+    }
+    const start = this.#nextAgent++ % agents.length;
+    let best = agents[start] as TunnelAgent;
+    let bestActive = best.activeTunnels();
+    for (let i = 1; i < agents.length; i++) {
+      const agent = agents[(start + i) % agents.length] as TunnelAgent;
+      const active = agent.activeTunnels();
+      if (active < bestActive) {
+        best = agent;
+        bestActive = active;
+      }
+    }
+    return best;
+  }
+}
+
+function matchingAgents(
+  record: Extract<BackendMemberRecord, { type: 'agent' }>,
+  directory: AgentDirectory | undefined,
+): TunnelAgent[] {
+  if (directory === undefined) return [];
+  return directory.tunnelAgents().filter((agent) => agentMatches(record, agent));
 }
 
 class Pool {
@@ -104,8 +165,8 @@ class Pool {
     });
   }
 
-  pick(source: HashSource, now: number): Member | null {
-    const usable = this.members.filter((m) => m.usable(now));
+  pick(source: HashSource, now: number, directory: AgentDirectory | undefined): Member | null {
+    const usable = this.members.filter((m) => m.usable(now, directory));
     if (usable.length === 0) return null;
     switch (this.record.algorithm) {
       case 'round_robin': {
@@ -138,7 +199,14 @@ class Pool {
 }
 
 function sameTarget(a: BackendMemberRecord, b: BackendMemberRecord): boolean {
-  return a.type === 'upstream' && b.type === 'upstream' ? a.url === b.url : a.type === b.type;
+  if (a.type === 'upstream' && b.type === 'upstream') return a.url === b.url;
+  if (a.type === 'agent' && b.type === 'agent')
+    return (
+      a.upstreamUrl === b.upstreamUrl &&
+      a.agentId === b.agentId &&
+      JSON.stringify(a.agentLabels) === JSON.stringify(b.agentLabels)
+    );
+  return false;
 }
 
 /** The request's value of a backend's `hashKey`. */
@@ -174,6 +242,8 @@ export function rendezvous<T extends { readonly record: { id: string }; readonly
 export interface BackendBalancerOptions {
   logger?: Logger;
   now?: () => number;
+  /** The connected agents agent members use; absent = none (agent members are never usable). */
+  agents?: AgentDirectory;
 }
 
 /** Every backend's pool of members, swapped whole when the configuration changes. */
@@ -181,12 +251,14 @@ export class BackendBalancer {
   #pools = new Map<string, Pool>();
   readonly #logger: Logger | undefined;
   readonly #now: () => number;
+  readonly #agents: AgentDirectory | undefined;
   #checkTimers = new Map<string, NodeJS.Timeout>();
   #checking = false;
 
   constructor(options: BackendBalancerOptions = {}) {
     this.#logger = options.logger;
     this.#now = options.now ?? Date.now;
+    this.#agents = options.agents;
   }
 
   setBackends(records: readonly BackendRecord[]): void {
@@ -201,8 +273,14 @@ export class BackendBalancer {
     const pool = this.#pools.get(backendId);
     if (!pool) return null;
     const now = this.#now();
-    const member = pool.pick(source, now);
+    const member = pool.pick(source, now, this.#agents);
     if (member === null) return null;
+    let agent: TunnelAgent | null = null;
+    if (member.record.type === 'agent') {
+      const hashed = pool.record.algorithm === 'consistent_hash';
+      agent = member.pickAgent(hashed ? hashKeyOf(pool.record.hashKey, source) : null);
+      member.agents = [];
+    }
     member.active += 1;
     let released = false;
     return {
@@ -210,6 +288,8 @@ export class BackendBalancer {
       memberId: member.record.id,
       origin: member.origin,
       basePath: member.basePath,
+      agentId: agent?.agentId ?? null,
+      dispatcher: agent?.dispatcher ?? null,
       release: (ok: boolean) => {
         if (released) return;
         released = true;
@@ -224,14 +304,18 @@ export class BackendBalancer {
     const pool = this.#pools.get(backendId);
     if (!pool) return null;
     const now = this.#now();
-    return pool.members.map((m) => ({
-      id: m.record.id,
-      // An ejected member reads unhealthy until its ejection ends.
-      state: m.state !== 'draining' && now < m.ejectedUntil ? 'unhealthy' : m.state,
-      lastCheckAt: m.lastCheckAt,
-      lastError: m.lastError,
-      activeRequests: m.active,
-    }));
+    return pool.members.map((m) => {
+      // An agent member with no matching agent connected cannot serve, whatever it last did.
+      const noAgent = m.record.type === 'agent' && matchingAgents(m.record, this.#agents).length === 0;
+      return {
+        id: m.record.id,
+        // An ejected member reads unhealthy until its ejection ends.
+        state: m.state !== 'draining' && (now < m.ejectedUntil || noAgent) ? 'unhealthy' : m.state,
+        lastCheckAt: m.lastCheckAt,
+        lastError: noAgent ? NO_AGENT : m.lastError,
+        activeRequests: m.active,
+      };
+    });
   }
 
   /** Starts the active health checks of backends that have them; `stopChecks` ends them. */
@@ -254,7 +338,8 @@ export class BackendBalancer {
       if (check === null) continue;
       const run = (): void => {
         for (const member of pool.members) {
-          if (member.origin === '') continue;
+          // Agent members are checked by their agents, inside their networks.
+          if (member.origin === '' || member.record.type !== 'upstream') continue;
           void this.#checkOne(pool, member);
         }
       };

@@ -22,6 +22,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { type AddressInfo, BlockList, isIP, type Server as NetServer } from 'node:net';
 import { rootCertificates, type SecureContext } from 'node:tls';
 import { Agent } from 'undici';
+import type { AgentDirectory } from '../domain/backend-service.js';
 import {
   DEFAULT_UPSTREAM_TIMEOUT_MS,
   type ListenerStatus,
@@ -75,6 +76,8 @@ export interface DataPlaneOptions {
   tlsHelloTimeoutMs?: number;
   /** The data dir: with one, the response cache keeps its disk tier in `<dataDir>/cache`. */
   dataDir?: string;
+  /** The connected agents that backends' agent members tunnel through (the hub); absent = none. */
+  agents?: AgentDirectory;
 }
 
 interface RunningListener {
@@ -134,7 +137,10 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
     this.#logger = options.logger;
     this.recorder = options.recorder ?? new TraceRecorder();
     this.metrics = options.metrics ?? new RequestMetrics();
-    this.backends = new BackendBalancer({ logger: options.logger.child({ component: 'backends' }) });
+    this.backends = new BackendBalancer({
+      logger: options.logger.child({ component: 'backends' }),
+      ...(options.agents ? { agents: options.agents } : {}),
+    });
     this.#closeGraceMs = options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS;
     this.#helloTimeoutMs = options.tlsHelloTimeoutMs;
     const keepAlive = options.upstreamKeepAliveMs ?? DEFAULT_UPSTREAM_KEEP_ALIVE_MS;

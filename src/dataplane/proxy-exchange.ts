@@ -224,8 +224,8 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
   responseHeaders: (string | Buffer)[] | null = null;
   readonly tls: TraceTls | null;
   policy: PolicyDecision[] | null = null;
-  /** A `backend` target's backend and member (trace `backend`). */
-  backend: { backendId: string; memberId: string | null } | null = null;
+  /** A `backend` target's backend, member and (agent members) agent (trace `backend`). */
+  backend: { backendId: string; memberId: string | null; agentId?: string } | null = null;
   #lease: MemberLease | null = null;
 
   readonly #context: ExchangeContext;
@@ -478,7 +478,14 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     }
     this.#lease = lease;
     this.target = `${route.label} ${lease.origin}${lease.basePath}`;
-    this.#forward(lease.origin, lease.basePath, null);
+    if (lease.agentId === null) {
+      this.#forward(lease.origin, lease.basePath, null);
+      return;
+    }
+    // An agent member: the same forwarding, through the agent's tunnel.
+    this.backend.agentId = lease.agentId;
+    this.target = `${route.label} agent ${lease.agentId} ${lease.origin}${lease.basePath}`;
+    this.#forward(lease.origin, lease.basePath, null, lease.dispatcher as unknown as Dispatcher);
   }
 
   /** Splits the request target into path and query; normalizes the path (route-table.ts). */
@@ -505,7 +512,12 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     return true;
   }
 
-  #forward(origin: string, basePath: string, timeoutMs: number | null): void {
+  #forward(
+    origin: string,
+    basePath: string,
+    timeoutMs: number | null,
+    dispatcher: Dispatcher = this.#context.dispatcher,
+  ): void {
     if (this.method === 'CONNECT') {
       this.#respond(405, 'method not allowed\n');
       return;
@@ -520,7 +532,7 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
       }
     }
     try {
-      this.#context.dispatcher.dispatch(
+      dispatcher.dispatch(
         {
           origin,
           path: basePath + this.path + (this.query === '' ? '' : `?${this.query}`),

@@ -59,8 +59,8 @@ export interface TraceInput {
   policy?: readonly PolicyDecision[] | null;
   /** The response cache's part, when it took one. */
   cache?: CacheResult | null;
-  /** The backend and member of a `backend` target. */
-  backend?: { backendId: string; memberId: string | null } | null;
+  /** The backend and member of a `backend` target, and the agent of an agent member. */
+  backend?: { backendId: string; memberId: string | null; agentId?: string } | null;
 }
 
 /** A live subscriber: receives each event's sequence number and JSON. Must never block. */

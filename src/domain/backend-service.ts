@@ -5,10 +5,14 @@
  *
  * Members are `{type: "upstream", url, weight}` or
  * `{type: "agent", agentId?, agentLabels?, upstreamUrl, weight}`; each gets an
- * `id` (kept when a client sends it back on update). Agent members are stored
- * and shown in `/health` but not served yet.
+ * `id` (kept when a client sends it back on update). An agent member names
+ * one agent (`agentId`) or a label selector (`agentLabels`: any connected
+ * agent carrying all of them; both given: that agent, if it carries them);
+ * its requests travel through a tunnel of the relay protocol to the agent,
+ * which makes them to `upstreamUrl` in its own network.
  *
- * Errors: VALIDATION_FAILED (bad field, naming it), CONFLICT (name taken; a
+ * Errors: VALIDATION_FAILED (bad field, naming it), AGENT_NOT_FOUND (an
+ * `agentId` that names no agent, `details.field`), CONFLICT (name taken; a
  * backend routes still use cannot be deleted, `details.usedBy` lists them),
  * NOT_FOUND.
  */
@@ -20,7 +24,8 @@ import type {
   BackendRecord,
 } from '../storage/schema.js';
 import type { Store } from '../storage/store.js';
-import { newId } from './ids.js';
+import { parseLabels } from './agent-service.js';
+import { isId, newId } from './ids.js';
 import { requireUpstreamUrl } from './proxy-config-service.js';
 import { invalid, rejectUnknownFields, requireInteger, requireName, requireObject } from './validate.js';
 
@@ -42,6 +47,43 @@ export interface MemberHealth {
   lastCheckAt: string | null;
   lastError: string | null;
   activeRequests: number;
+}
+
+/**
+ * An undici-shaped dispatcher (`dispatch(options, handler)`): how the data
+ * plane sends a request through an agent's tunnel exactly as it sends one to
+ * its own upstream pool.
+ */
+export interface TunnelDispatcher {
+  dispatch(options: unknown, handler: unknown): boolean;
+}
+
+/** A connected agent that can carry tunnel streams (it announced the `tunnel` capability). */
+export interface TunnelAgent {
+  readonly agentId: string;
+  readonly labels: Readonly<Record<string, string>>;
+  /** Tunnel streams open through it now (the least busy matching agent is picked). */
+  activeTunnels(): number;
+  readonly dispatcher: TunnelDispatcher;
+}
+
+/** Where the balancer finds the agents agent members may use (the hub, in the server). */
+export interface AgentDirectory {
+  /** Agents connected to this replica that carry tunnels, with their current labels. */
+  tunnelAgents(): readonly TunnelAgent[];
+}
+
+/** True when `agent` may serve an agent member: its id (if given) and every label (if given) match. */
+export function agentMatches(
+  member: { agentId: string | null; agentLabels: Readonly<Record<string, string>> | null },
+  agent: { agentId: string; labels: Readonly<Record<string, string>> },
+): boolean {
+  if (member.agentId !== null && member.agentId !== agent.agentId) return false;
+  if (member.agentLabels !== null) {
+    for (const key of Object.keys(member.agentLabels))
+      if (!Object.hasOwn(agent.labels, key) || agent.labels[key] !== member.agentLabels[key]) return false;
+  }
+  return true;
 }
 
 /** What the configuration drives: the data plane's balancer. */
@@ -111,7 +153,7 @@ export class BackendService {
       name: requireName(input.name),
       algorithm: input.algorithm === undefined ? 'round_robin' : requireAlgorithm(input.algorithm),
       hashKey: input.hashKey === undefined ? 'ip' : requireHashKey(input.hashKey),
-      members: requireMembers(input.members, []),
+      members: requireMembers(input.members, [], this.#agentExists),
       healthCheck: input.healthCheck === undefined ? null : requireHealthCheck(input.healthCheck),
       passive: input.passive === undefined ? { ...DEFAULT_PASSIVE } : requirePassive(input.passive),
       createdAt: at,
@@ -136,7 +178,10 @@ export class BackendService {
       name: input.name === undefined ? current.name : requireName(input.name),
       algorithm: input.algorithm === undefined ? current.algorithm : requireAlgorithm(input.algorithm),
       hashKey: input.hashKey === undefined ? current.hashKey : requireHashKey(input.hashKey),
-      members: input.members === undefined ? current.members : requireMembers(input.members, current.members),
+      members:
+        input.members === undefined
+          ? current.members
+          : requireMembers(input.members, current.members, this.#agentExists),
       healthCheck:
         input.healthCheck === undefined ? current.healthCheck : requireHealthCheck(input.healthCheck),
       passive: input.passive === undefined ? current.passive : requirePassive(input.passive),
@@ -165,6 +210,9 @@ export class BackendService {
     });
     this.apply();
   }
+
+  readonly #agentExists = (agentId: string): boolean =>
+    this.#store.read().agents.some((a) => a.id === agentId);
 
   #find(id: string): BackendRecord {
     const record = (this.#store.read().backends ?? []).find((b) => b.id === id);
@@ -197,7 +245,16 @@ function requireHashKey(value: unknown): string {
   throw invalid('hashKey', 'must be ip, path or header:NAME');
 }
 
-function requireMembers(value: unknown, previous: readonly BackendMemberRecord[]): BackendMemberRecord[] {
+/**
+ * Checks the members; an `agentId` must name an existing agent unless the
+ * member already had it (an agent deleted since leaves its member unusable,
+ * not the backend uneditable).
+ */
+function requireMembers(
+  value: unknown,
+  previous: readonly BackendMemberRecord[],
+  agentExists: (agentId: string) => boolean,
+): BackendMemberRecord[] {
   if (!Array.isArray(value)) throw invalid('members', 'must be an array');
   if (value.length > MAX_MEMBERS) throw invalid('members', `must have at most ${MAX_MEMBERS} members`);
   const seen = new Set<string>();
@@ -218,22 +275,23 @@ function requireMembers(value: unknown, previous: readonly BackendMemberRecord[]
     if (input.type === 'agent') {
       rejectMemberFields(input, field, ['id', 'type', 'agentId', 'agentLabels', 'upstreamUrl', 'weight']);
       const agentId = input.agentId === undefined || input.agentId === null ? null : input.agentId;
-      if (agentId !== null && (typeof agentId !== 'string' || agentId === ''))
-        throw invalid(`${field}.agentId`, 'must be an agent id');
+      if (agentId !== null && !isId(agentId)) throw invalid(`${field}.agentId`, 'must be an agent id');
       const agentLabels =
-        input.agentLabels === undefined || input.agentLabels === null ? null : input.agentLabels;
-      if (agentLabels !== null) {
-        const labels = requireObject(agentLabels, `${field}.agentLabels`);
-        for (const v of Object.values(labels))
-          if (typeof v !== 'string') throw invalid(`${field}.agentLabels`, 'values must be strings');
-      }
+        input.agentLabels === undefined || input.agentLabels === null
+          ? null
+          : prefixed(`${field}.agentLabels`, () => parseLabels(input.agentLabels));
       if (agentId === null && agentLabels === null)
         throw invalid(`${field}.agentId`, 'an agent member needs agentId or agentLabels');
+      const kept = previous.some((p) => p.id === id && p.type === 'agent' && p.agentId === agentId);
+      if (agentId !== null && !kept && !agentExists(agentId))
+        throw new AppError('AGENT_NOT_FOUND', `${field}.agentId: no such agent`, {
+          details: { field: `${field}.agentId` },
+        });
       return {
         id,
         type: 'agent',
-        agentId: agentId as string | null,
-        agentLabels: agentLabels as Record<string, string> | null,
+        agentId,
+        agentLabels,
         upstreamUrl: prefixed(`${field}.upstreamUrl`, () => requireUpstreamUrl(input.upstreamUrl)),
         weight,
       };
@@ -248,7 +306,10 @@ function prefixed<T>(field: string, run: () => T): T {
     return run();
   } catch (err) {
     if (err instanceof AppError && err.code === 'VALIDATION_FAILED')
-      throw invalid(field.endsWith('Url') ? field : `${field}.url`, err.message);
+      throw invalid(
+        /(Url|Labels)$/.test(field) ? field : `${field}.url`,
+        err.message.replace(/^[\w.]+: /, ''),
+      );
     throw err;
   }
 }

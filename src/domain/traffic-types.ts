@@ -89,8 +89,11 @@ export interface TraceEvent {
   policy?: PolicyDecision[];
   /** How the response cache took part (DESIGN.md §10); absent when it did not. */
   cache?: CacheResult;
-  /** Route targets of type `backend`: the backend and the member that served (DESIGN.md §12). */
-  backend?: { backendId: string; memberId: string | null };
+  /**
+   * Route targets of type `backend`: the backend and the member that served,
+   * and for an agent member the agent that carried it (DESIGN.md §12).
+   */
+  backend?: { backendId: string; memberId: string | null; agentId?: string };
   /** `detailed` and `headers`: the query string with sensitive parameter values redacted. */
   query?: string | null;
   /** `detailed` and `headers`. */

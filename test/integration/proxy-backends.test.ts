@@ -99,6 +99,23 @@ describe('backends', () => {
       [{ name: 'x', members: [{ type: 'upstream', url: 'ftp://h' }] }, 'members.0.url'],
       [{ name: 'x', members: [{ type: 'upstream', url: 'http://h', weight: 0 }] }, 'members.0.weight'],
       [{ name: 'x', members: [{ type: 'agent', upstreamUrl: 'http://h' }] }, 'members.0.agentId'],
+      [
+        { name: 'x', members: [{ type: 'agent', agentId: 'ag', upstreamUrl: 'http://h' }] },
+        'members.0.agentId',
+      ],
+      [
+        { name: 'x', members: [{ type: 'agent', agentLabels: 'site=lab', upstreamUrl: 'http://h' }] },
+        'members.0.agentLabels',
+      ],
+      [
+        { name: 'x', members: [{ type: 'agent', agentLabels: { site: 1 }, upstreamUrl: 'http://h' }] },
+        'members.0.agentLabels',
+      ],
+      [
+        { name: 'x', members: [{ type: 'agent', agentLabels: { site: 'lab' }, upstreamUrl: 'ftp://h' }] },
+        'members.0.upstreamUrl',
+      ],
+      [{ name: 'x', members: [{ type: 'agent', agentLabels: { site: 'lab' } }] }, 'members.0.upstreamUrl'],
       [{ name: 'x', members: [], healthCheck: { intervalSeconds: 0 } }, 'healthCheck.intervalSeconds'],
     ];
     for (const [body, field] of cases) {
@@ -107,6 +124,20 @@ describe('backends', () => {
       expect(res.json.error.code).toBe('VALIDATION_FAILED');
       expect(res.json.error.details.field).toBe(field);
     }
+    const unknownAgent = await s.request('POST', '/api/v1/proxy/backends', {
+      token,
+      body: {
+        name: 'x',
+        members: [
+          { type: 'agent', agentId: '11111111-2222-4333-8444-555555555555', upstreamUrl: 'http://h' },
+        ],
+      },
+    });
+    expect(unknownAgent.status).toBe(404);
+    expect(unknownAgent.json.error).toMatchObject({
+      code: 'AGENT_NOT_FOUND',
+      details: { field: 'members.0.agentId' },
+    });
     const port = await freePort();
     const listener = await s.request('POST', '/api/v1/proxy/listeners', {
       token,

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { BackendBalancer, type HashSource } from '../../src/dataplane/backend-balancer.js';
+import { BackendBalancer, type HashSource, NO_AGENT } from '../../src/dataplane/backend-balancer.js';
+import type { AgentDirectory, TunnelAgent } from '../../src/domain/backend-service.js';
 import type { BackendRecord } from '../../src/storage/schema.js';
 
 function backend(
@@ -137,14 +138,135 @@ describe('backend balancer', () => {
     expect(b.pick('b1', source())).not.toBeNull();
   });
 
-  it('agent members are not served yet: a pool of only them has no member', () => {
-    const b = new BackendBalancer();
+  it('an agent member without a directory or matching agent is unusable and reads unhealthy', () => {
     const record = backend('round_robin', []);
-    record.members = [
-      { id: 'x', type: 'agent', agentId: 'ag', agentLabels: null, upstreamUrl: 'http://10.0.0.1', weight: 1 },
-    ];
+    record.members = [agentMember('x', { agentId: 'ag' })];
+    const b = new BackendBalancer();
     b.setBackends([record]);
     expect(b.pick('b1', source())).toBeNull();
     expect(b.pick('unknown', source())).toBeNull();
+    const directory = fakeDirectory([{ agentId: 'other', labels: {} }]);
+    const withOther = new BackendBalancer({ agents: directory });
+    withOther.setBackends([record]);
+    expect(withOther.pick('b1', source())).toBeNull();
+    expect(withOther.health('b1')).toEqual([
+      { id: 'x', state: 'unhealthy', lastCheckAt: null, lastError: NO_AGENT, activeRequests: 0 },
+    ]);
+  });
+
+  it('an agent member by id leases that agent with its dispatcher, the origin and path of upstreamUrl', () => {
+    const directory = fakeDirectory([
+      { agentId: 'ag1', labels: {} },
+      { agentId: 'ag2', labels: {} },
+    ]);
+    const b = new BackendBalancer({ agents: directory });
+    const record = backend('round_robin', []);
+    record.members = [agentMember('x', { agentId: 'ag2', upstreamUrl: 'http://10.0.0.5:8080/app/' })];
+    b.setBackends([record]);
+    const lease = b.pick('b1', source())!;
+    expect(lease).toMatchObject({
+      memberId: 'x',
+      agentId: 'ag2',
+      origin: 'http://10.0.0.5:8080',
+      basePath: '/app',
+    });
+    expect(lease.dispatcher).toBe(directory.agents[1]!.dispatcher);
+    expect(b.health('b1')![0]).toMatchObject({ state: 'unknown', lastError: null, activeRequests: 1 });
+    lease.release(true);
+    expect(b.health('b1')![0]).toMatchObject({ state: 'healthy', activeRequests: 0 });
+  });
+
+  it('a label selector picks among connected agents carrying every label, the least busy first', () => {
+    const directory = fakeDirectory([
+      { agentId: 'a', labels: { site: 'lab', role: 'edge' } },
+      { agentId: 'b', labels: { site: 'lab' } },
+      { agentId: 'c', labels: { site: 'lab', role: 'edge' } },
+    ]);
+    const b = new BackendBalancer({ agents: directory });
+    const record = backend('round_robin', []);
+    record.members = [agentMember('x', { agentLabels: { site: 'lab', role: 'edge' } })];
+    b.setBackends([record]);
+    const first = b.pick('b1', source())!;
+    const firstAgent = directory.agents.find((a) => a.agentId === first.agentId)!;
+    firstAgent.active = 5;
+    const second = b.pick('b1', source())!;
+    expect(new Set([first.agentId, second.agentId])).toEqual(new Set(['a', 'c']));
+    // Equally busy: taken in turn.
+    for (const agent of directory.agents) agent.active = 0;
+    const seen = new Set<string | null>();
+    for (let i = 0; i < 4; i++) seen.add(b.pick('b1', source())!.agentId);
+    expect(seen).toEqual(new Set(['a', 'c']));
+    // An id and labels together: that agent only if it carries them.
+    record.members = [agentMember('x', { agentId: 'b', agentLabels: { role: 'edge' } })];
+    b.setBackends([record]);
+    expect(b.pick('b1', source())).toBeNull();
+    // The agent leaving the directory makes the member unusable at once.
+    record.members = [agentMember('x', { agentLabels: { site: 'lab' } })];
+    b.setBackends([record]);
+    directory.agents.splice(0);
+    expect(b.pick('b1', source())).toBeNull();
+  });
+
+  it('consistent hashing keeps a key on one agent of a selector, and moves only the keys of one leaving', () => {
+    const directory = fakeDirectory(['a', 'b', 'c'].map((agentId) => ({ agentId, labels: { app: 'x' } })));
+    const b = new BackendBalancer({ agents: directory });
+    const record = backend('consistent_hash', []);
+    record.members = [agentMember('x', { agentLabels: { app: 'x' } })];
+    b.setBackends([record]);
+    const before = new Map<string, string | null>();
+    for (let i = 0; i < 60; i++) before.set(`10.0.0.${i}`, b.pick('b1', source(`10.0.0.${i}`))!.agentId);
+    for (const [ip, agent] of before) expect(b.pick('b1', source(ip))!.agentId).toBe(agent);
+    directory.agents.splice(1, 1);
+    for (const [ip, agent] of before) {
+      const now = b.pick('b1', source(ip))!.agentId;
+      if (agent !== 'b') expect(now).toBe(agent);
+      else expect(now).not.toBe('b');
+    }
+  });
+
+  it('upstream and agent members share a pool; passive failures eject an agent member', () => {
+    const directory = fakeDirectory([{ agentId: 'ag', labels: {} }]);
+    const b = new BackendBalancer({ agents: directory });
+    const record = backend('round_robin', [{ id: 'u' }], { passive: { failures: 1, ejectSeconds: 30 } });
+    record.members.push(agentMember('x', { agentId: 'ag' }));
+    b.setBackends([record]);
+    const leases = [b.pick('b1', source())!, b.pick('b1', source())!];
+    expect(leases.map((l) => l.agentId)).toEqual([null, 'ag']);
+    expect(leases[0]!.dispatcher).toBeNull();
+    leases[1]!.release(false);
+    leases[0]!.release(true);
+    expect(pickMany(b, 3)).toEqual(['u', 'u', 'u']);
   });
 });
+
+interface FakeAgent extends TunnelAgent {
+  active: number;
+}
+
+function fakeDirectory(agents: { agentId: string; labels: Record<string, string> }[]): AgentDirectory & {
+  agents: FakeAgent[];
+} {
+  const list: FakeAgent[] = agents.map((a) => ({
+    ...a,
+    active: 0,
+    activeTunnels() {
+      return this.active;
+    },
+    dispatcher: { dispatch: () => true },
+  }));
+  return { agents: list, tunnelAgents: () => list };
+}
+
+function agentMember(
+  id: string,
+  options: { agentId?: string; agentLabels?: Record<string, string>; upstreamUrl?: string },
+): BackendRecord['members'][number] {
+  return {
+    id,
+    type: 'agent',
+    agentId: options.agentId ?? null,
+    agentLabels: options.agentLabels ?? null,
+    upstreamUrl: options.upstreamUrl ?? 'http://10.0.0.1',
+    weight: 1,
+  };
+}

@@ -47,7 +47,11 @@ export const TraceEvent = Type.Object({
   cache: Type.Optional(Type.String({ description: 'HIT, MISS, STALE, REVALIDATED, BYPASS or EXPIRED.' })),
   backend: Type.Optional(
     Type.Object(
-      { backendId: Type.String(), memberId: Nullable(Type.String()) },
+      {
+        backendId: Type.String(),
+        memberId: Nullable(Type.String()),
+        agentId: Type.Optional(Type.String({ description: 'An agent member: the agent that carried it.' })),
+      },
       { description: 'A `backend` target: the backend and the member that served (null: none usable).' },
     ),
   ),
