@@ -39,7 +39,7 @@ import { createAcmeStage } from './acme-stage.js';
 import { BackendBalancer } from './backend-balancer.js';
 import { createCacheStage } from './cache/cache-stage.js';
 import { ResponseCache } from './cache/response-cache.js';
-import { HttpsListener, type KeyPair, secureContextOf } from './https-listener.js';
+import { HttpsListener, type HttpsTimeouts, type KeyPair, secureContextOf } from './https-listener.js';
 import {
   buildPipeline,
   createRouteStage,
@@ -74,6 +74,11 @@ export interface DataPlaneOptions {
   closeGraceMs?: number;
   /** https listeners: time a client gets to send its ClientHello (default 10 s). */
   tlsHelloTimeoutMs?: number;
+  /**
+   * https listeners: the other timeouts against slow or silent clients
+   * (handshake, first request, HTTP/2 idle session; defaults in https-listener.ts).
+   */
+  httpsTimeouts?: Partial<Omit<HttpsTimeouts, 'helloTimeoutMs'>>;
   /** The data dir: with one, the response cache keeps its disk tier in `<dataDir>/cache`. */
   dataDir?: string;
   /** The connected agents that backends' agent members tunnel through (the hub); absent = none. */
@@ -113,7 +118,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
   readonly #agent: Agent;
   readonly #context: ExchangeContext;
   readonly #closeGraceMs: number;
-  readonly #helloTimeoutMs: number | undefined;
+  readonly #httpsTimeouts: Partial<HttpsTimeouts>;
   readonly #running = new Map<string, RunningListener>();
   readonly #errors = new Map<string, string>();
   readonly #closing = new Set<Promise<void>>();
@@ -142,7 +147,10 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
       ...(options.agents ? { agents: options.agents } : {}),
     });
     this.#closeGraceMs = options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS;
-    this.#helloTimeoutMs = options.tlsHelloTimeoutMs;
+    this.#httpsTimeouts = {
+      ...options.httpsTimeouts,
+      ...(options.tlsHelloTimeoutMs === undefined ? {} : { helloTimeoutMs: options.tlsHelloTimeoutMs }),
+    };
     const keepAlive = options.upstreamKeepAliveMs ?? DEFAULT_UPSTREAM_KEEP_ALIVE_MS;
     const ca = options.upstreamCa;
     this.#agent = new Agent({
@@ -291,7 +299,7 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
     let running: RunningListener;
     if (protocol === 'https') {
       const https = new HttpsListener({
-        ...(this.#helloTimeoutMs === undefined ? {} : { helloTimeoutMs: this.#helloTimeoutMs }),
+        ...this.#httpsTimeouts,
         certificates: {
           forName: (name) => this.#sni.lookup(name)?.context,
           challengeFor: (name) => (this.#tlsAlpn01.size === 0 ? undefined : this.#tlsAlpn01.get(name)),

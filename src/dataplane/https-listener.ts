@@ -14,6 +14,13 @@
  *   certificate serves the next handshake while open connections keep the
  *   one they negotiated.
  *
+ * Slow or silent clients are cut: the ClientHello must arrive within
+ * `helloTimeoutMs`, the rest of the handshake within `handshakeTimeoutMs`, a
+ * complete first request (HTTP/1.1 head or HTTP/2 HEADERS) within
+ * `firstRequestTimeoutMs` of the handshake — and, on an HTTP/1.1 keep-alive
+ * connection, the next head within that time of the previous answer; an
+ * HTTP/2 session without open streams for `h2IdleTimeoutMs` gets GOAWAY.
+ *
  * `close(graceMs)` stops accepting at once, lets HTTP/2 sessions finish
  * their streams (GOAWAY) and HTTP/1 requests in flight complete, and cuts
  * whatever remains after the grace period.
@@ -31,8 +38,19 @@ import { type ClientHelloResult, parseClientHello, UNRECOGNIZED_NAME_ALERT } fro
 
 /** Time a client gets to send its ClientHello before the connection is cut. */
 export const DEFAULT_HELLO_TIMEOUT_MS = 10_000;
+/** Time a client gets to finish the TLS handshake once its ClientHello arrived. */
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/**
+ * Time from the end of the handshake to a complete first request (HTTP/1.1
+ * head or HTTP/2 HEADERS), and on HTTP/1.1 from one answer to the next head.
+ */
+export const DEFAULT_FIRST_REQUEST_TIMEOUT_MS = 10_000;
+/** An HTTP/2 session without open streams this long is closed (GOAWAY). */
+export const DEFAULT_H2_IDLE_TIMEOUT_MS = 60_000;
 /** Idle time after which an HTTP/1.1 keep-alive connection is closed. */
 export const HTTPS_KEEP_ALIVE_TIMEOUT_MS = 5000;
+/** A connection told to close that does not is cut after this. */
+const CLOSE_LINGER_MS = 1000;
 export const ACME_TLS_ALPN_PROTOCOL = 'acme-tls/1';
 
 /** The certificate chain and key (PEM) a listener serves. */
@@ -53,6 +71,17 @@ export interface HttpsListenerOptions {
   certificates: HttpsCertificates;
   onRequest(req: Http2ServerRequest, res: Http2ServerResponse): void;
   helloTimeoutMs?: number;
+  handshakeTimeoutMs?: number;
+  firstRequestTimeoutMs?: number;
+  h2IdleTimeoutMs?: number;
+}
+
+/** The timeouts an https listener applies (see the module comment). */
+export interface HttpsTimeouts {
+  helloTimeoutMs: number;
+  handshakeTimeoutMs: number;
+  firstRequestTimeoutMs: number;
+  h2IdleTimeoutMs: number;
 }
 
 export class HttpsListener {
@@ -62,17 +91,26 @@ export class HttpsListener {
   readonly #options: HttpsListenerOptions;
   readonly #sockets = new Set<Socket>();
   readonly #sessions = new Set<Http2Session>();
-  /** HTTP/1 connections and their requests in flight. */
-  readonly #http1 = new Map<TLSSocket, number>();
+  /** HTTP/1 connections: their requests in flight and the timer waiting for the next head. */
+  readonly #http1 = new Map<TLSSocket, Http1Connection>();
+  readonly #timeouts: HttpsTimeouts;
   #challenge: ReturnType<typeof createTlsServer> | null = null;
   #default: KeyPair | null = null;
   #closing = false;
 
   constructor(options: HttpsListenerOptions) {
     this.#options = options;
+    const timeouts: HttpsTimeouts = {
+      helloTimeoutMs: options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
+      firstRequestTimeoutMs: options.firstRequestTimeoutMs ?? DEFAULT_FIRST_REQUEST_TIMEOUT_MS,
+      h2IdleTimeoutMs: options.h2IdleTimeoutMs ?? DEFAULT_H2_IDLE_TIMEOUT_MS,
+    };
+    this.#timeouts = timeouts;
     this.#h2 = createSecureServer(
       {
         allowHTTP1: true,
+        handshakeTimeout: timeouts.handshakeTimeoutMs,
         SNICallback: (name, callback) => callback(null, options.certificates.forName(name.toLowerCase())),
       },
       (req, res) => this.#onRequest(req, res),
@@ -81,15 +119,16 @@ export class HttpsListener {
     (this.#h2 as unknown as { keepAliveTimeout: number }).keepAliveTimeout = HTTPS_KEEP_ALIVE_TIMEOUT_MS;
     this.#h2.on('tlsClientError', () => {});
     this.#h2.on('sessionError', () => {});
-    this.#h2.on('session', (session: Http2Session) => {
-      this.#sessions.add(session);
-      session.once('close', () => this.#sessions.delete(session));
-      if (this.#closing) session.close();
-    });
+    this.#h2.on('session', (session: Http2Session) => this.#onSession(session));
     this.#h2.on('secureConnection', (socket: TLSSocket) => {
       if (socket.alpnProtocol === 'h2') return;
-      this.#http1.set(socket, 0);
-      socket.once('close', () => this.#http1.delete(socket));
+      const connection: Http1Connection = { active: 0, timer: null };
+      this.#http1.set(socket, connection);
+      this.#awaitHead(socket, connection);
+      socket.once('close', () => {
+        if (connection.timer) clearTimeout(connection.timer);
+        this.#http1.delete(socket);
+      });
     });
     this.server = createNetServer((socket) => this.#onConnection(socket));
   }
@@ -113,7 +152,7 @@ export class HttpsListener {
     this.#closing = true;
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const session of this.#sessions) session.close();
-    for (const [socket, active] of this.#http1) if (active === 0) socket.destroy();
+    for (const [socket, connection] of this.#http1) if (connection.active === 0) socket.destroy();
     const timer = setTimeout(() => {
       for (const socket of this.#sockets) socket.destroy();
     }, graceMs);
@@ -125,17 +164,71 @@ export class HttpsListener {
   }
 
   #onRequest(req: Http2ServerRequest, res: Http2ServerResponse): void {
-    const socket = req.socket as unknown as TLSSocket;
-    const active = this.#http1.get(socket);
-    if (active !== undefined) {
-      this.#http1.set(socket, active + 1);
-      res.once('close', () => {
-        const left = (this.#http1.get(socket) ?? 1) - 1;
-        this.#http1.set(socket, left);
-        if (left === 0 && this.#closing) socket.destroy();
-      });
+    if (req.httpVersionMajor === 1) {
+      const socket = req.socket as unknown as TLSSocket;
+      const connection = this.#http1.get(socket);
+      if (connection !== undefined) {
+        connection.active += 1;
+        if (connection.timer) {
+          clearTimeout(connection.timer);
+          connection.timer = null;
+        }
+        res.once('close', () => {
+          connection.active -= 1;
+          if (connection.active > 0) return;
+          if (this.#closing) socket.destroy();
+          else this.#awaitHead(socket, connection);
+        });
+      }
     }
     this.#options.onRequest(req, res);
+  }
+
+  /** HTTP/1.1: the next request head must be complete within the first-request timeout. */
+  #awaitHead(socket: TLSSocket, connection: Http1Connection): void {
+    if (connection.timer) clearTimeout(connection.timer);
+    connection.timer = setTimeout(() => {
+      connection.timer = null;
+      if (connection.active === 0) socket.destroy();
+    }, this.#timeouts.firstRequestTimeoutMs);
+    connection.timer.unref();
+  }
+
+  /**
+   * HTTP/2: the first stream must open within the first-request timeout;
+   * later, a session without open streams for the idle timeout is closed
+   * (GOAWAY, then cut if the client keeps the connection).
+   */
+  #onSession(session: Http2Session): void {
+    this.#sessions.add(session);
+    if (this.#closing) session.close();
+    let open = 0;
+    let timer: ReturnType<typeof setTimeout> | null = null;
+    const arm = (ms: number) => {
+      timer = setTimeout(() => {
+        timer = null;
+        if (open > 0 || session.closed || session.destroyed) return;
+        session.close();
+        setTimeout(() => session.destroy(), CLOSE_LINGER_MS).unref();
+      }, ms);
+      timer.unref();
+    };
+    arm(this.#timeouts.firstRequestTimeoutMs);
+    session.on('stream', (stream) => {
+      open += 1;
+      if (timer) {
+        clearTimeout(timer);
+        timer = null;
+      }
+      stream.once('close', () => {
+        open -= 1;
+        if (open === 0 && !session.closed && !session.destroyed) arm(this.#timeouts.h2IdleTimeoutMs);
+      });
+    });
+    session.once('close', () => {
+      if (timer) clearTimeout(timer);
+      this.#sessions.delete(session);
+    });
   }
 
   #onConnection(socket: Socket): void {
@@ -146,10 +239,7 @@ export class HttpsListener {
     this.#sockets.add(socket);
     socket.once('close', () => this.#sockets.delete(socket));
     let buffered: Buffer | null = null;
-    const timer = setTimeout(
-      () => socket.destroy(),
-      this.#options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS,
-    );
+    const timer = setTimeout(() => socket.destroy(), this.#timeouts.helloTimeoutMs);
     timer.unref();
     const onError = () => {
       clearTimeout(timer);
@@ -207,6 +297,13 @@ export class HttpsListener {
     }
     return this.#challenge;
   }
+}
+
+interface Http1Connection {
+  /** Requests in flight (pipelining aside, 0 or 1). */
+  active: number;
+  /** Waits for the next request head while none is in flight. */
+  timer: ReturnType<typeof setTimeout> | null;
 }
 
 /** A secure context for a certificate chain and key (PEM); throws when they do not load. */

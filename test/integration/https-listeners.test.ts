@@ -2,6 +2,7 @@ import { once } from 'node:events';
 import { connect as http2Connect } from 'node:http2';
 import { request as httpsRequest } from 'node:https';
 import { connect as netConnect } from 'node:net';
+import { Duplex } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DataPlane } from '../../src/dataplane/data-plane.js';
@@ -9,6 +10,7 @@ import type { ServingCertificate } from '../../src/domain/tls-types.js';
 import { createLogger } from '../../src/logger.js';
 import type { ListenerRecord, RouteRecord } from '../../src/storage/schema.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
+import { eventually } from '../helpers/wait.js';
 import { freePort, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
 
 const NOW = new Date().toISOString();
@@ -64,8 +66,18 @@ async function startPlane(
   listeners: ListenerRecord[],
   routes: RouteRecord[],
   certificates: ServingCertificate[],
+  httpsTimeouts: {
+    handshakeTimeoutMs?: number;
+    firstRequestTimeoutMs?: number;
+    h2IdleTimeoutMs?: number;
+  } = {},
 ): Promise<DataPlane> {
-  const plane = new DataPlane({ logger: createLogger('silent'), closeGraceMs: 2000, tlsHelloTimeoutMs: 300 });
+  const plane = new DataPlane({
+    logger: createLogger('silent'),
+    closeGraceMs: 2000,
+    tlsHelloTimeoutMs: 300,
+    httpsTimeouts,
+  });
   planes.push(plane);
   plane.setCertificates(certificates);
   await plane.start({ listeners, routes });
@@ -115,6 +127,24 @@ async function h2Get(
   } finally {
     session.close();
   }
+}
+
+/** The bytes of a TLS ClientHello for `servername`, as Node's client writes it. */
+async function clientHelloBytes(servername: string): Promise<Buffer> {
+  let client: ReturnType<typeof tlsConnect> | undefined;
+  const bytes = await new Promise<Buffer>((resolve) => {
+    const wire = new Duplex({
+      read() {},
+      write(chunk: Buffer, _encoding, callback) {
+        resolve(Buffer.from(chunk));
+        callback();
+      },
+    });
+    client = tlsConnect({ socket: wire, servername, ALPNProtocols: ['h2'] });
+    client.on('error', () => {});
+  });
+  client?.destroy();
+  return bytes;
 }
 
 /** One request over HTTP/1.1 on TLS. */
@@ -438,5 +468,134 @@ describe('https listeners', () => {
     await once(stream, 'end');
     expect(text).toBe('part1 part2');
     session.close();
+  });
+  it('closes connections that finish the handshake and then send no request, over http/1.1 and h2', async () => {
+    const site = await serving('c1', ['quiet.test']);
+    const plane = await startPlane(
+      [listener('l1')],
+      [route('r1', 'l1', { type: 'static', status: 200, contentType: 'text/plain', body: 'ok' })],
+      [site],
+      { handshakeTimeoutMs: 250, firstRequestTimeoutMs: 250, h2IdleTimeoutMs: 60_000 },
+    );
+    const port = plane.boundPort('l1')!;
+    const ca = (await testCa()).cert;
+    // A ClientHello, then nothing: the handshake never finishes.
+    const stalled = netConnect(port, '127.0.0.1');
+    stalled.on('error', () => {});
+    await once(stalled, 'connect');
+    stalled.write(await clientHelloBytes('quiet.test'));
+    stalled.resume();
+    await eventually(() => stalled.destroyed || stalled.closed);
+    const connect = async (alpn: string) => {
+      const socket = tlsConnect({
+        host: '127.0.0.1',
+        port,
+        servername: 'quiet.test',
+        ca,
+        ALPNProtocols: [alpn],
+      });
+      socket.on('error', () => {});
+      await once(socket, 'secureConnect');
+      expect(socket.alpnProtocol).toBe(alpn);
+      socket.resume();
+      return socket;
+    };
+    // Silent after the handshake: http/1.1, h2 without even the connection preface.
+    const silent1 = await connect('http/1.1');
+    const silent2 = await connect('h2');
+    // Half a request head, never finished (slowloris).
+    const partial = await connect('http/1.1');
+    partial.write('GET / HTTP/1.1\r\nHost: quiet.test\r\nX-Slow: ');
+    // An h2 session that sends its preface and settings, but no stream.
+    const session = http2Connect(`https://127.0.0.1:${port}`, { ca, servername: 'quiet.test' });
+    session.on('error', () => {});
+    await once(session, 'connect');
+    for (const socket of [silent1, silent2, partial])
+      await eventually(() => socket.destroyed || socket.closed);
+    await eventually(() => session.closed || session.destroyed);
+    // Clients that ask in time are answered, on both protocols.
+    expect((await h2Get(port, 'quiet.test', '/')).text).toBe('ok');
+    expect((await h1Get(port, 'quiet.test', '/')).text).toBe('ok');
+  });
+
+  it('closes an HTTP/1.1 keep-alive connection whose next request head does not complete', async () => {
+    const site = await serving('c1', ['keep.test']);
+    const plane = await startPlane(
+      [listener('l1')],
+      [route('r1', 'l1', { type: 'static', status: 200, contentType: 'text/plain', body: 'ok' })],
+      [site],
+      { firstRequestTimeoutMs: 250 },
+    );
+    const port = plane.boundPort('l1')!;
+    const socket = tlsConnect({
+      host: '127.0.0.1',
+      port,
+      servername: 'keep.test',
+      ca: (await testCa()).cert,
+      ALPNProtocols: ['http/1.1'],
+    });
+    socket.on('error', () => {});
+    await once(socket, 'secureConnect');
+    let received = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => {
+      received += chunk;
+    });
+    socket.write('GET / HTTP/1.1\r\nHost: keep.test\r\n\r\n');
+    await eventually(() => received.endsWith('ok'));
+    expect(received).toMatch(/^HTTP\/1\.1 200/);
+    // The next head trickles in a byte at a time, fast enough for an idle timer, never complete.
+    const drip = setInterval(() => socket.write('X'), 50);
+    try {
+      socket.write('GET / HTTP/1.1\r\nHost: keep.test\r\nX-Slow: ');
+      await eventually(() => socket.destroyed || socket.closed);
+    } finally {
+      clearInterval(drip);
+    }
+  });
+
+  it('closes an HTTP/2 session left without streams, never one with a stream still open', async () => {
+    let release: (() => void) | undefined;
+    const upstream = await startUpstream((_req, res) => {
+      res.write('part1 ');
+      release = () => res.end('part2');
+    });
+    upstreams.push(upstream);
+    const site = await serving('c1', ['idle.test']);
+    const plane = await startPlane(
+      [listener('l1')],
+      [
+        route('r1', 'l1', { type: 'static', status: 200, contentType: 'text/plain', body: 'ok' }),
+        route('r2', 'l1', { type: 'upstream', url: upstream.url }, '/slow'),
+      ],
+      [site],
+      { firstRequestTimeoutMs: 200, h2IdleTimeoutMs: 250 },
+    );
+    const port = plane.boundPort('l1')!;
+    const session = http2Connect(`https://127.0.0.1:${port}`, {
+      ca: (await testCa()).cert,
+      servername: 'idle.test',
+    });
+    session.on('error', () => {});
+    let goaway = false;
+    session.on('goaway', () => {
+      goaway = true;
+    });
+    // A stream held open several idle periods long is left alone.
+    const stream = session.request({ ':path': '/slow' });
+    stream.setEncoding('utf8');
+    let text = '';
+    stream.on('data', (chunk: string) => {
+      text += chunk;
+    });
+    await once(stream, 'response');
+    await eventually(() => release !== undefined);
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    expect(session.closed).toBe(false);
+    release!();
+    await once(stream, 'end');
+    expect(text).toBe('part1 part2');
+    // Then, with no stream open, the session is told to go away and closes.
+    await eventually(() => goaway && (session.closed || session.destroyed));
   });
 });
