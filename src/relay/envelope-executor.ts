@@ -301,7 +301,8 @@ export class EnvelopeExecutor implements StreamHandler {
       case 'welcome':
       case 'ping':
       case 'pong':
-      case 'streamSet': {
+      case 'streamSet':
+      case 'drain': {
         const stream = this.#streams.get(streamId);
         if (stream) this.#abort(stream);
         this.#emit(

@@ -59,6 +59,8 @@ export interface Welcome {
   /** The range the accepting side speaks; 0 or absent = `protocolVersion` only. */
   minProtocolVersion?: number;
   maxProtocolVersion?: number;
+  /** The control-plane replica that accepted the connection; '' or absent for a single process. */
+  replicaId?: string;
 }
 
 /** Keepalive probe on stream 0; answered by a pong with the same nonce. */
@@ -164,6 +166,16 @@ export interface StreamSet {
   leakedTotal?: number;
 }
 
+/**
+ * The sender is going away (stream 0, capability `drain`): open no new
+ * stream on this connection and connect elsewhere; open streams may finish
+ * within `graceMs`, then the sender closes (1001).
+ */
+export interface Drain {
+  graceMs: number;
+  reason?: string;
+}
+
 /** The payload of an envelope: exactly one of the proto's oneof, tagged by `case`. */
 export type EnvelopePayload =
   | { case: 'hello'; value: Hello }
@@ -179,7 +191,8 @@ export type EnvelopePayload =
   | { case: 'windowUpdate'; value: WindowUpdate }
   | { case: 'cancel'; value: Cancel }
   | { case: 'error'; value: RelayError }
-  | { case: 'streamSet'; value: StreamSet };
+  | { case: 'streamSet'; value: StreamSet }
+  | { case: 'drain'; value: Drain };
 
 /** The kinds of payload, in proto field order. */
 export type EnvelopeCase = EnvelopePayload['case'];

@@ -39,6 +39,8 @@ export const CAPABILITY = {
   CANCEL: 'cancel',
   /** Stream reconciliation: `stream_set` on stream 0. */
   RECONCILE: 'reconcile',
+  /** Drain: `drain` on stream 0 before a side goes away (a replica stopping). */
+  DRAIN: 'drain',
 } as const;
 
 /** What this build announces by default. */
@@ -130,4 +132,6 @@ export const END_REASON = {
   PEER_ERROR: 'peer-error',
   /** This side shut down. */
   SHUTDOWN: 'shutdown',
+  /** This side shut down after telling the peer to move (drain). */
+  DRAINED: 'drained',
 } as const;

@@ -15,7 +15,7 @@
  * - Keepalive: pings on stream 0 (the acceptor pings, the initiator watches
  *   for silence by default); any frame counts as heard.
  * - Stream 0: ping/pong, connection errors (the peer is closing: so do we),
- *   stream reconciliation. Anything else there is a protocol violation.
+ *   stream reconciliation, drain. Anything else there is a protocol violation.
  * - Streams: envelopes on other ids go to the stream handlers (the relay
  *   client, the executor, later kinds); a new stream opens at the handler that
  *   declared its opening envelope. Ids opened by the acceptor are even, by
@@ -23,6 +23,10 @@
  * - Reconciliation (capability `reconcile`): every `reconcileIntervalMs` each
  *   side sends its live stream ids; a local stream missing from two lists in
  *   a row is closed on both ends and counted as leaked.
+ * - Drain (capability `drain`): a side going away says so first
+ *   ({@link RelayPeer.drain}); the other side opens no new stream on the
+ *   connection and its owner connects elsewhere ({@link RelayPeerOptions.onDrain})
+ *   while the open streams finish.
  * - Violations (a frame that does not decode, over the limit, out of place)
  *   answer an error envelope on stream 0 and close with the code of
  *   {@link closeCodeFor}. Whatever ends the connection, every stream handler
@@ -90,6 +94,8 @@ export interface RemoteHello {
   software: string;
   capabilities: readonly string[];
   limits: PeerLimits;
+  /** The accepting control-plane replica (welcome only); '' when it named none. */
+  replicaId: string;
 }
 
 /** The outcome of the handshake. */
@@ -121,6 +127,8 @@ export interface StreamContext {
    * chunks) until the handler's `resume()` is called.
    */
   isCongested(): boolean;
+  /** True once either side announced a drain: open no new stream on this connection. */
+  isDraining(): boolean;
   readonly logger: Logger;
 }
 
@@ -200,6 +208,10 @@ export interface RelayPeerOptions {
   maxSendBufferBytes?: number | undefined;
   /** Queued bytes past which handlers hold back body chunks; default {@link DEFAULT_MAX_QUEUED_BYTES}. */
   maxQueuedBytes?: number | undefined;
+  /** Acceptor: the control-plane replica id announced in the welcome (empty for a single process). */
+  replicaId?: string | undefined;
+  /** The other side announced a drain: it is going away once the open streams are done (or `graceMs` passed). */
+  onDrain?: ((drain: { graceMs: number; reason: string }) => void) | undefined;
   /** The code streams fail with when the connection ends; default AGENT_OFFLINE. */
   offlineCode?: ErrorCode | undefined;
   /** Acceptor: vets the hello (the owner's bookkeeping) before the welcome; `version` is the one chosen. */
@@ -242,6 +254,8 @@ export class RelayPeer {
   #nextId: number;
   #leaked = 0;
   #remoteLeaked = 0;
+  #drainSent = false;
+  #drainReceived = false;
   #closedEvent: PeerClosed | null = null;
   readonly #ready: Promise<NegotiatedSession>;
   #resolveReady!: (session: NegotiatedSession) => void;
@@ -371,6 +385,35 @@ export class RelayPeer {
     this.#transport.close(code, reason);
   }
 
+  /** True once either side announced a drain (no new stream opens on this connection). */
+  get draining(): boolean {
+    return this.#drainSent || this.#drainReceived;
+  }
+
+  /** True once the other side announced a drain. */
+  get drainReceived(): boolean {
+    return this.#drainReceived;
+  }
+
+  /**
+   * Tells the other side this one is going away (a replica stopping): it
+   * opens no new stream here and connects elsewhere, while the open streams
+   * may run `graceMs` more; the owner closes (1001) after that. False, and
+   * nothing sent, when the other side did not announce `drain` (an older
+   * peer): the owner's close is all it gets.
+   */
+  drain(graceMs: number, reason: string): boolean {
+    if (this.#state !== 'ready' || !this.#session?.capabilities.has(CAPABILITY.DRAIN)) return false;
+    if (!this.#drainSent) {
+      this.#drainSent = true;
+      this.#send({
+        streamId: 0,
+        payload: { case: 'drain', value: { graceMs: Math.max(0, Math.round(graceMs)), reason } },
+      });
+    }
+    return true;
+  }
+
   /**
    * Runs one reconciliation round now: sends this side's live stream ids
    * (reconciliation must have been negotiated). Exposed for tests; the peer
@@ -486,6 +529,7 @@ export class RelayPeer {
           minProtocolVersion: this.#versions.min,
           maxProtocolVersion: this.#versions.max,
           serverVersion: this.#options.software ?? '',
+          ...(this.#options.replicaId ? { replicaId: this.#options.replicaId } : {}),
           capabilities: [...this.#capabilities],
           limits: { ...this.#limits },
         },
@@ -547,6 +591,7 @@ export class RelayPeer {
       },
       nextStreamId: () => this.#allocateStreamId(),
       isCongested: () => this.#isCongested(),
+      isDraining: () => this.#drainSent || this.#drainReceived,
       logger: this.#logger,
     };
     this.#handlers = this.#options.streams(context);
@@ -584,6 +629,12 @@ export class RelayPeer {
       case 'streamSet':
         if (!this.#session?.capabilities.has(CAPABILITY.RECONCILE)) break;
         this.#reconcile(payload.value.streamIds, payload.value.leakedTotal ?? 0);
+        return;
+      case 'drain':
+        if (!this.#session?.capabilities.has(CAPABILITY.DRAIN)) break;
+        if (this.#drainReceived) return;
+        this.#drainReceived = true;
+        this.#options.onDrain?.({ graceMs: payload.value.graceMs ?? 0, reason: payload.value.reason ?? '' });
         return;
       default:
         break;
@@ -761,5 +812,6 @@ function remoteHello(
       maxStreams: limits.maxStreams || DEFAULT_MAX_STREAMS,
       initialWindowBytes: limits.initialWindowBytes || DEFAULT_WINDOW_BYTES,
     },
+    replicaId: 'replicaId' in announcement ? (announcement.replicaId ?? '').slice(0, 64) : '',
   };
 }

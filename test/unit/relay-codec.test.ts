@@ -41,6 +41,7 @@ const EVERY_KIND: Record<EnvelopeCase, Envelope> = {
         limits: { maxFrameBytes: 1000, maxStreams: 2, initialWindowBytes: 3 },
         minProtocolVersion: 1,
         maxProtocolVersion: 3,
+        replicaId: 'r-0123456789abcdef',
       },
     },
   },
@@ -107,6 +108,10 @@ const EVERY_KIND: Record<EnvelopeCase, Envelope> = {
   streamSet: {
     streamId: 0,
     payload: { case: 'streamSet', value: { streamIds: [2, 4, 4_294_967_294], leakedTotal: 3 } },
+  },
+  drain: {
+    streamId: 0,
+    payload: { case: 'drain', value: { graceMs: 10_000, reason: 'the replica is stopping' } },
   },
 };
 

@@ -401,3 +401,57 @@ describe('relay peer reconciliation', () => {
     expect(manual.sent.filter((e) => e.payload.case === 'streamSet').length).toBeGreaterThanOrEqual(2);
   });
 });
+
+describe('relay peer drain', () => {
+  it('announces the replica in the welcome and tells a peer that can drain to move', async () => {
+    const drains: Array<{ graceMs: number; reason: string }> = [];
+    const { control, agent } = pair(
+      { replicaId: 'replica-a' },
+      { onDrain: (drain) => drains.push(drain), opens: ['discoverRequest'] },
+    );
+    const [, session] = await Promise.all([control.peer.whenReady, agent.peer.whenReady]);
+    expect(session.remote.replicaId).toBe('replica-a');
+    expect(session.capabilities.has('drain')).toBe(true);
+    expect(agent.handlers[0]!.context.isDraining()).toBe(false);
+    expect(control.peer.drain(5000, 'the replica is stopping')).toBe(true);
+    // Said once, however often the owner asks.
+    expect(control.peer.drain(5000, 'again')).toBe(true);
+    await new Promise((r) => setTimeout(r, 5));
+    expect(drains).toEqual([{ graceMs: 5000, reason: 'the replica is stopping' }]);
+    expect(agent.peer.draining && agent.peer.drainReceived).toBe(true);
+    expect(agent.handlers[0]!.context.isDraining()).toBe(true);
+    expect(control.peer.draining).toBe(true);
+    expect(control.peer.drainReceived).toBe(false);
+    // Streams still flow on a draining connection, and the connection stays up until its owner closes it.
+    const id = control.handlers[0]!.context.nextStreamId();
+    control.handlers[0]!.context.send({
+      streamId: id,
+      payload: { case: 'discoverRequest', value: { url: 'https://x:1' } },
+    });
+    await new Promise((r) => setTimeout(r, 5));
+    expect(agent.handlers[0]!.received.map((e) => e.payload.case)).toEqual(['discoverRequest']);
+    expect(agent.peer.isClosed).toBe(false);
+    control.peer.close(CLOSE_CODE.GOING_AWAY, 'stopping', 'drained');
+    expect(await agent.closed).toMatchObject({ code: 1001 });
+  });
+
+  it('sends no drain to a peer that did not announce it, and names no replica unless told', async () => {
+    const manual = manualTransport();
+    const control = side(manual.transport, 'acceptor');
+    manual.deliver(hello({ capabilities: ['discover', 'request', 'reconcile'] }));
+    await control.peer.whenReady;
+    expect(manual.sent[0]!.payload).toMatchObject({ case: 'welcome', value: { replicaId: '' } });
+    expect(control.peer.drain(1000, 'stopping')).toBe(false);
+    expect(control.peer.draining).toBe(false);
+    expect(manual.sent.map((e) => e.payload.case)).toEqual(['welcome']);
+  });
+
+  it('treats a drain from a peer that did not announce the capability as a violation', async () => {
+    const manual = manualTransport();
+    const control = side(manual.transport, 'acceptor');
+    manual.deliver(hello({ capabilities: ['discover'] }));
+    await control.peer.whenReady;
+    manual.deliver({ streamId: 0, payload: { case: 'drain', value: { graceMs: 1 } } });
+    expect(await control.closed).toMatchObject({ code: 1002, endReason: 'protocol-error' });
+  });
+});

@@ -56,6 +56,9 @@ export namespace p2pstream {
 
                 /** Envelope streamSet */
                 streamSet?: (p2pstream.relay.v1.IStreamSet|null);
+
+                /** Envelope drain */
+                drain?: (p2pstream.relay.v1.IDrain|null);
             }
 
             /** Represents an Envelope. */
@@ -112,8 +115,11 @@ export namespace p2pstream {
                 /** Envelope streamSet. */
                 public streamSet?: (p2pstream.relay.v1.IStreamSet|null);
 
+                /** Envelope drain. */
+                public drain?: (p2pstream.relay.v1.IDrain|null);
+
                 /** Envelope payload. */
-                public payload?: ("hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet");
+                public payload?: ("hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain");
 
                 /**
                  * Encodes the specified Envelope message. Does not implicitly {@link p2pstream.relay.v1.Envelope.verify|verify} messages.
@@ -266,6 +272,9 @@ export namespace p2pstream {
 
                 /** Welcome maxProtocolVersion */
                 maxProtocolVersion?: (number|null);
+
+                /** Welcome replicaId */
+                replicaId?: (string|null);
             }
 
             /** Represents a Welcome. */
@@ -295,6 +304,9 @@ export namespace p2pstream {
                 /** Welcome maxProtocolVersion. */
                 public maxProtocolVersion: number;
 
+                /** Welcome replicaId. */
+                public replicaId: string;
+
                 /**
                  * Encodes the specified Welcome message. Does not implicitly {@link p2pstream.relay.v1.Welcome.verify|verify} messages.
                  * @param message Welcome message or plain object to encode
@@ -312,6 +324,50 @@ export namespace p2pstream {
                  * @throws {$protobuf.util.ProtocolError} If required fields are missing
                  */
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.Welcome;
+            }
+
+            /** Properties of a Drain. */
+            interface IDrain {
+
+                /** Drain graceMs */
+                graceMs?: (number|null);
+
+                /** Drain reason */
+                reason?: (string|null);
+            }
+
+            /** Represents a Drain. */
+            class Drain implements IDrain {
+
+                /**
+                 * Constructs a new Drain.
+                 * @param [properties] Properties to set
+                 */
+                constructor(properties?: p2pstream.relay.v1.IDrain);
+
+                /** Drain graceMs. */
+                public graceMs: number;
+
+                /** Drain reason. */
+                public reason: string;
+
+                /**
+                 * Encodes the specified Drain message. Does not implicitly {@link p2pstream.relay.v1.Drain.verify|verify} messages.
+                 * @param message Drain message or plain object to encode
+                 * @param [writer] Writer to encode to
+                 * @returns Writer
+                 */
+                public static encode(message: p2pstream.relay.v1.IDrain, writer?: $protobuf.Writer): $protobuf.Writer;
+
+                /**
+                 * Decodes a Drain message from the specified reader or buffer.
+                 * @param reader Reader or buffer to decode from
+                 * @param [length] Message length if known beforehand
+                 * @returns Drain
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.Drain;
             }
 
             /** Properties of a StreamSet. */

@@ -56,6 +56,7 @@ export const p2pstream = $root.p2pstream = (() => {
                  * @property {p2pstream.relay.v1.ICancel|null} [cancel] Envelope cancel
                  * @property {p2pstream.relay.v1.IRelayError|null} [error] Envelope error
                  * @property {p2pstream.relay.v1.IStreamSet|null} [streamSet] Envelope streamSet
+                 * @property {p2pstream.relay.v1.IDrain|null} [drain] Envelope drain
                  */
 
                 /**
@@ -193,17 +194,25 @@ export const p2pstream = $root.p2pstream = (() => {
                  */
                 Envelope.prototype.streamSet = null;
 
+                /**
+                 * Envelope drain.
+                 * @member {p2pstream.relay.v1.IDrain|null|undefined} drain
+                 * @memberof p2pstream.relay.v1.Envelope
+                 * @instance
+                 */
+                Envelope.prototype.drain = null;
+
                 // OneOf field names bound to virtual getters and setters
                 let $oneOfFields;
 
                 /**
                  * Envelope payload.
-                 * @member {"hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|undefined} payload
+                 * @member {"hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain"|undefined} payload
                  * @memberof p2pstream.relay.v1.Envelope
                  * @instance
                  */
                 Object.defineProperty(Envelope.prototype, "payload", {
-                    get: $util.oneOfGetter($oneOfFields = ["hello", "welcome", "ping", "pong", "discoverRequest", "discoverResult", "requestHead", "responseHead", "bodyChunk", "end", "windowUpdate", "cancel", "error", "streamSet"]),
+                    get: $util.oneOfGetter($oneOfFields = ["hello", "welcome", "ping", "pong", "discoverRequest", "discoverResult", "requestHead", "responseHead", "bodyChunk", "end", "windowUpdate", "cancel", "error", "streamSet", "drain"]),
                     set: $util.oneOfSetter($oneOfFields)
                 });
 
@@ -253,6 +262,8 @@ export const p2pstream = $root.p2pstream = (() => {
                         $root.p2pstream.relay.v1.RelayError.encode(message.error, writer.uint32(/* id 14, wireType 2 =*/114).fork(), q + 1).ldelim();
                     if (message.streamSet != null && Object.hasOwnProperty.call(message, "streamSet"))
                         $root.p2pstream.relay.v1.StreamSet.encode(message.streamSet, writer.uint32(/* id 15, wireType 2 =*/122).fork(), q + 1).ldelim();
+                    if (message.drain != null && Object.hasOwnProperty.call(message, "drain"))
+                        $root.p2pstream.relay.v1.Drain.encode(message.drain, writer.uint32(/* id 16, wireType 2 =*/130).fork(), q + 1).ldelim();
                     return writer;
                 };
 
@@ -348,6 +359,10 @@ export const p2pstream = $root.p2pstream = (() => {
                             }
                         case 15: {
                                 message.streamSet = $root.p2pstream.relay.v1.StreamSet.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
+                        case 16: {
+                                message.drain = $root.p2pstream.relay.v1.Drain.decode(reader, reader.uint32(), undefined, long + 1);
                                 break;
                             }
                         default:
@@ -686,6 +701,7 @@ export const p2pstream = $root.p2pstream = (() => {
                  * @property {p2pstream.relay.v1.ILimits|null} [limits] Welcome limits
                  * @property {number|null} [minProtocolVersion] Welcome minProtocolVersion
                  * @property {number|null} [maxProtocolVersion] Welcome maxProtocolVersion
+                 * @property {string|null} [replicaId] Welcome replicaId
                  */
 
                 /**
@@ -753,6 +769,14 @@ export const p2pstream = $root.p2pstream = (() => {
                 Welcome.prototype.maxProtocolVersion = 0;
 
                 /**
+                 * Welcome replicaId.
+                 * @member {string} replicaId
+                 * @memberof p2pstream.relay.v1.Welcome
+                 * @instance
+                 */
+                Welcome.prototype.replicaId = "";
+
+                /**
                  * Encodes the specified Welcome message. Does not implicitly {@link p2pstream.relay.v1.Welcome.verify|verify} messages.
                  * @function encode
                  * @memberof p2pstream.relay.v1.Welcome
@@ -781,6 +805,8 @@ export const p2pstream = $root.p2pstream = (() => {
                         writer.uint32(/* id 5, wireType 0 =*/40).uint32(message.minProtocolVersion);
                     if (message.maxProtocolVersion != null && Object.hasOwnProperty.call(message, "maxProtocolVersion"))
                         writer.uint32(/* id 6, wireType 0 =*/48).uint32(message.maxProtocolVersion);
+                    if (message.replicaId != null && Object.hasOwnProperty.call(message, "replicaId"))
+                        writer.uint32(/* id 7, wireType 2 =*/58).string(message.replicaId);
                     return writer;
                 };
 
@@ -844,6 +870,10 @@ export const p2pstream = $root.p2pstream = (() => {
                                 message.maxProtocolVersion = reader.uint32();
                                 break;
                             }
+                        case 7: {
+                                message.replicaId = reader.string();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -858,6 +888,128 @@ export const p2pstream = $root.p2pstream = (() => {
                 };
 
                 return Welcome;
+            })();
+
+            v1.Drain = (function() {
+
+                /**
+                 * Properties of a Drain.
+                 * @memberof p2pstream.relay.v1
+                 * @interface IDrain
+                 * @property {number|null} [graceMs] Drain graceMs
+                 * @property {string|null} [reason] Drain reason
+                 */
+
+                /**
+                 * Constructs a new Drain.
+                 * @memberof p2pstream.relay.v1
+                 * @classdesc Represents a Drain.
+                 * @implements IDrain
+                 * @constructor
+                 * @param {p2pstream.relay.v1.IDrain=} [properties] Properties to set
+                 */
+                function Drain(properties) {
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                /**
+                 * Drain graceMs.
+                 * @member {number} graceMs
+                 * @memberof p2pstream.relay.v1.Drain
+                 * @instance
+                 */
+                Drain.prototype.graceMs = 0;
+
+                /**
+                 * Drain reason.
+                 * @member {string} reason
+                 * @memberof p2pstream.relay.v1.Drain
+                 * @instance
+                 */
+                Drain.prototype.reason = "";
+
+                /**
+                 * Encodes the specified Drain message. Does not implicitly {@link p2pstream.relay.v1.Drain.verify|verify} messages.
+                 * @function encode
+                 * @memberof p2pstream.relay.v1.Drain
+                 * @static
+                 * @param {p2pstream.relay.v1.IDrain} message Drain message or plain object to encode
+                 * @param {$protobuf.Writer} [writer] Writer to encode to
+                 * @returns {$protobuf.Writer} Writer
+                 */
+                Drain.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.graceMs != null && Object.hasOwnProperty.call(message, "graceMs"))
+                        writer.uint32(/* id 1, wireType 0 =*/8).uint32(message.graceMs);
+                    if (message.reason != null && Object.hasOwnProperty.call(message, "reason"))
+                        writer.uint32(/* id 2, wireType 2 =*/18).string(message.reason);
+                    return writer;
+                };
+
+                /**
+                 * Decodes a Drain message from the specified reader or buffer.
+                 * @function decode
+                 * @memberof p2pstream.relay.v1.Drain
+                 * @static
+                 * @param {$protobuf.Reader|Uint8Array} reader Reader or buffer to decode from
+                 * @param {number} [length] Message length if known beforehand
+                 * @returns {p2pstream.relay.v1.Drain} Drain
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                Drain.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.p2pstream.relay.v1.Drain();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.graceMs = reader.uint32();
+                                break;
+                            }
+                        case 2: {
+                                message.reason = reader.string();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                return Drain;
             })();
 
             v1.StreamSet = (function() {
