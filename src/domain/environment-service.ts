@@ -163,15 +163,18 @@ const CERTIFICATE_CODES: ReadonlySet<ErrorCode> = new Set([
 /**
  * The trust state of a record at `now`:
  * UNTRUSTED — no trusted certificate; CHANGED — the last discovered
- * certificate differs from the trusted one; EXPIRED — the trusted certificate
+ * certificate differs from the trusted one, or one did since the last trust
+ * (`certificateChangedAt`: seeing the trusted certificate again does not
+ * lift it, only trusting again does); EXPIRED — the trusted certificate
  * is past its validTo (or not yet valid); TRUSTED otherwise.
  */
 export function deriveTrustState(
-  record: Pick<EnvironmentRecord, 'certificate' | 'discoveredCertificate'>,
+  record: Pick<EnvironmentRecord, 'certificate' | 'discoveredCertificate' | 'certificateChangedAt'>,
   now = Date.now(),
 ): TrustState {
   const trusted = record.certificate;
   if (!trusted) return 'UNTRUSTED';
+  if (record.certificateChangedAt) return 'CHANGED';
   const discovered = record.discoveredCertificate;
   if (discovered && discovered.fingerprintSha256 !== trusted.fingerprintSha256) return 'CHANGED';
   if (!isCurrentlyValid(trusted, now)) return 'EXPIRED';
@@ -421,6 +424,7 @@ export class EnvironmentService {
         if (url !== undefined) live.url = url;
         live.certificate = null;
         live.discoveredCertificate = null;
+        live.certificateChangedAt = null;
         live.lastTest = null;
         live.lastError = null;
       }
@@ -473,6 +477,7 @@ export class EnvironmentService {
       if (live.url !== record.url)
         throw new AppError('CONFLICT', 'the environment URL changed; discover again');
       live.discoveredCertificate = discovered;
+      markIfChanged(live, discovered, new Date(this.#now()).toISOString());
       live.lastError = null;
       return live;
     });
@@ -533,6 +538,7 @@ export class EnvironmentService {
         throw new AppError('CONFLICT', 'the environment changed meanwhile; discover again');
       }
       live.certificate = { ...live.discoveredCertificate };
+      live.certificateChangedAt = null;
       live.lastError = null;
       live.updatedAt = updatedAt;
       return live;
@@ -605,7 +611,10 @@ export class EnvironmentService {
     await this.#store.update((db) => {
       const live = db.environments.find((e) => e.id === id);
       if (!live) return;
-      if (isCertificateInfo(observed)) live.discoveredCertificate = storedCertificate(observed, der);
+      if (isCertificateInfo(observed)) {
+        live.discoveredCertificate = storedCertificate(observed, der);
+        markIfChanged(live, live.discoveredCertificate, at);
+      }
       live.lastError = { code: error.code, message: error.message, at };
     });
   }
@@ -739,6 +748,12 @@ export class EnvironmentService {
       updatedAt: record.updatedAt,
     };
   }
+}
+
+/** Notes the first sighting of a certificate other than the trusted one (kept until trust). */
+function markIfChanged(live: EnvironmentRecord, seen: StoredCertificate, at: string): void {
+  if (!live.certificate || live.certificateChangedAt) return;
+  if (seen.fingerprintSha256 !== live.certificate.fingerprintSha256) live.certificateChangedAt = at;
 }
 
 function assertNameFree(environments: EnvironmentRecord[], name: string, exceptId: string | null): void {

@@ -104,6 +104,12 @@ export interface EnvironmentRecord {
   accessTokenSealed: string;
   certificate: StoredCertificate | null;
   discoveredCertificate: StoredCertificate | null;
+  /**
+   * When a certificate other than the trusted one was first seen (discovery or
+   * a refused call); the environment stays CHANGED until an admin trusts
+   * again, even if the trusted certificate shows up later. Absent = never.
+   */
+  certificateChangedAt?: string | null;
   lastTest: {
     ok: boolean;
     at: string;

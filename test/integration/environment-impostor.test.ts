@@ -130,4 +130,61 @@ describe('impostor on a trusted environment (direct transport)', () => {
     expect(relayed.json).toMatchObject({ instanceId: 'impostor' });
     expect(rotated.receivedBytes).toBeGreaterThan(0);
   });
+
+  it('stays CHANGED when the trusted certificate comes back, until an admin trusts again', async () => {
+    const control = await instance();
+    const target = await instance({ keepDataDir: true });
+    cleanups.push(() => rm(target.server.dataDir, { recursive: true, force: true }));
+    const accessToken = await target.server.createToken(target.cookie, 'control-plane');
+    const id = await registerEnvironment(control, { url: target.server.url, accessToken });
+    const trustedFingerprint = fingerprintOf(target.server);
+    const selected = { 'x-p2pstream-environment': id };
+    const instanceId = (await target.server.request('GET', '/api/v1/system/info', { token: target.token }))
+      .json.instanceId as string;
+
+    // An impostor holds the port for a while: a call meets it and the environment reads CHANGED.
+    const port = target.server.server.port;
+    await target.server.close();
+    const impostor = await startImpostor(port);
+    const refused = await control.server.request('GET', '/api/v1/system/info', {
+      token: control.token,
+      headers: selected,
+    });
+    expect(refused.json.error.code).toBe('CERTIFICATE_CHANGED');
+    await impostor.close();
+
+    // The real target is back on its port with its own (trusted) certificate.
+    const back = await startTestServer({
+      dataDir: target.server.dataDir,
+      env: { MANAGEMENT_PORT: String(port) },
+    });
+    cleanups.push(() => back.close());
+    const rediscovered = await control.server.request('POST', `/api/v1/environments/${id}/discover`, {
+      token: control.token,
+    });
+    expect(rediscovered.json).toMatchObject({
+      trustState: 'CHANGED',
+      certificate: { fingerprintSha256: trustedFingerprint },
+    });
+    const env = await control.server.request('GET', `/api/v1/environments/${id}`, { token: control.token });
+    expect(env.json.environment).toMatchObject({
+      trustState: 'CHANGED',
+      certificate: { fingerprintSha256: trustedFingerprint },
+      discoveredCertificate: { fingerprintSha256: trustedFingerprint },
+    });
+    const blocked = await control.server.request('GET', '/api/v1/system/info', {
+      token: control.token,
+      headers: selected,
+    });
+    expect(blocked.json.error.code).toBe('CERTIFICATE_CHANGED');
+
+    // The admin reviews and trusts again: relayed calls flow once more.
+    expect(await discoverAndTrust(control, id)).toBe(trustedFingerprint);
+    const relayed = await control.server.request('GET', '/api/v1/system/info', {
+      token: control.token,
+      headers: selected,
+    });
+    expect(relayed.status).toBe(200);
+    expect(relayed.json.instanceId).toBe(instanceId);
+  });
 });

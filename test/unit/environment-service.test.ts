@@ -343,6 +343,13 @@ describe('discover and trust', () => {
     current.cert = other;
     expect((await environments.discover(id)).trustState).toBe('CHANGED');
     expect(await codeOf(() => environments.prepareRelay(id))).toBe('CERTIFICATE_CHANGED');
+    // Seeing the trusted certificate again does not lift CHANGED: only trusting again does.
+    current.cert = good;
+    expect((await environments.discover(id)).trustState).toBe('CHANGED');
+    expect(environments.get(id).trustState).toBe('CHANGED');
+    expect(await codeOf(() => environments.prepareRelay(id))).toBe('CERTIFICATE_CHANGED');
+    current.cert = other;
+    await environments.discover(id);
     expect((await environments.trust(id, { fingerprintSha256: other.fingerprintSha256 })).trustState).toBe(
       'TRUSTED',
     );
@@ -442,6 +449,8 @@ describe('relay checks', () => {
       const record = db.environments[0]!;
       record.certificate = stored(expired);
       record.discoveredCertificate = stored(expired);
+      // As a trust does: the earlier change is reviewed.
+      record.certificateChangedAt = null;
     });
     expect(await codeOf(() => environments.prepareRelay(id))).toBe('CERTIFICATE_EXPIRED');
   });
