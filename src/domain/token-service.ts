@@ -1,7 +1,7 @@
 /**
  * API tokens (DESIGN.md §5): `p2pat_` + 43 base64url characters, shown once,
- * stored as a SHA-256 hash. Errors: VALIDATION_FAILED, CONFLICT (name taken),
- * NOT_FOUND.
+ * stored as a SHA-256 hash. Errors: VALIDATION_FAILED, CONFLICT (name taken,
+ * whatever its case, as environment names), NOT_FOUND.
  */
 import { AppError } from '../errors.js';
 import type { ApiTokenRecord } from '../storage/schema.js';
@@ -19,9 +19,6 @@ import {
 
 export const API_TOKEN_PREFIX = 'p2pat_';
 const API_TOKEN_SHAPE = /^p2pat_[A-Za-z0-9_-]{43}$/;
-/** `lastUsedAt` is written at most this often per token. */
-export const LAST_USED_WRITE_INTERVAL_MS = 30_000;
-
 /** The public view of an API token (never the token or its hash). */
 export interface ApiToken {
   id: string;
@@ -132,7 +129,9 @@ export class TokenService {
 
   /**
    * The token record for a bearer value, or null when it is malformed,
-   * unknown, disabled or expired. Updates `lastUsedAt` (throttled).
+   * unknown, disabled or expired. Sets `lastUsedAt` on every success: in
+   * memory at once (readable by the next request), on disk with the store's
+   * deferred bookkeeping write (within DEFERRED_WRITE_MS, one write per burst).
    */
   authenticate(bearer: string): ApiToken | null {
     if (!looksLikeApiToken(bearer)) return null;
@@ -142,16 +141,12 @@ export class TokenService {
     const now = this.#now();
     if (!record || record.tokenHash !== hash || !record.enabled) return null;
     if (record.expiresAt !== null && Date.parse(record.expiresAt) <= now) return null;
-    if (record.lastUsedAt === null || now - Date.parse(record.lastUsedAt) >= LAST_USED_WRITE_INTERVAL_MS) {
-      const at = new Date(now).toISOString();
-      // Fire and forget: a failed bookkeeping write must not fail the request.
-      this.#store
-        .update((db) => {
-          const live = db.apiTokens.find((t) => t.id === record.id);
-          if (live) live.lastUsedAt = at;
-        })
-        .catch(() => {});
-    }
+    const at = new Date(now).toISOString();
+    // Bookkeeping: a crash may lose the last second of it, never the request.
+    this.#store.updateSoon((db) => {
+      const live = db.apiTokens.find((t) => t.id === record.id);
+      if (live) live.lastUsedAt = at;
+    });
     return toApiToken(record);
   }
 
@@ -173,7 +168,8 @@ export class TokenService {
   }
 
   #assertNameFree(tokens: ApiTokenRecord[], name: string, exceptId: string | null): void {
-    if (tokens.some((t) => t.name === name && t.id !== exceptId)) {
+    const key = name.toLowerCase();
+    if (tokens.some((t) => t.id !== exceptId && t.name.toLowerCase() === key)) {
       throw new AppError('CONFLICT', `an API token named "${name}" already exists`, {
         details: { field: 'name' },
       });

@@ -112,6 +112,26 @@ describe('API tokens', () => {
     const dup = await server.request('POST', '/api/v1/tokens', { cookie, body: { name: 'dup' } });
     expect(dup.status).toBe(409);
     expect(dup.json.error.code).toBe('CONFLICT');
+    // Unique regardless of case, like environment names, on create and on rename.
+    const upper = await server.request('POST', '/api/v1/tokens', { cookie, body: { name: 'DUP' } });
+    expect([upper.status, upper.json.error.code, upper.json.error.details]).toEqual([
+      409,
+      'CONFLICT',
+      { field: 'name' },
+    ]);
+    const other = await server.request('POST', '/api/v1/tokens', { cookie, body: { name: 'other' } });
+    expect(other.status).toBe(201);
+    const renamed = await server.request('PATCH', `/api/v1/tokens/${other.json.apiToken.id}`, {
+      cookie,
+      body: { name: 'Dup' },
+    });
+    expect([renamed.status, renamed.json.error.code]).toEqual([409, 'CONFLICT']);
+    // Its own name in another case is no conflict.
+    const recased = await server.request('PATCH', `/api/v1/tokens/${other.json.apiToken.id}`, {
+      cookie,
+      body: { name: 'Other' },
+    });
+    expect([recased.status, recased.json.apiToken.name]).toEqual([200, 'Other']);
     const unknown = await server.request('PATCH', '/api/v1/tokens/does-not-exist', {
       cookie,
       body: { enabled: false },
@@ -129,6 +149,37 @@ describe('API tokens', () => {
     const list = await server.request('GET', '/api/v1/tokens', { cookie });
     const lastUsedAt = list.json.tokens[0].lastUsedAt as string;
     expect(Date.now() - Date.parse(lastUsedAt)).toBeLessThan(10_000);
+  });
+
+  it('moves lastUsedAt on every successful bearer call, and writes it to disk soon after', async () => {
+    server = await startTestServer();
+    const cookie = await server.setupAdmin();
+    const created = await server.request('POST', '/api/v1/tokens', { cookie, body: { name: 'busy' } });
+    const id = created.json.apiToken.id as string;
+    const lastUsed = async () =>
+      (await server.request('GET', `/api/v1/tokens/${id}`, { cookie })).json.apiToken.lastUsedAt as
+        | string
+        | null;
+    const stored = async () => {
+      const db = JSON.parse(await readFile(path.join(server.dataDir, 'p2pstream.json'), 'utf8'));
+      return db.apiTokens.find((t: { id: string }) => t.id === id).lastUsedAt as string | null;
+    };
+
+    await server.request('GET', '/api/v1/system/info', { token: created.json.token });
+    const first = await lastUsed();
+    expect(first).not.toBeNull();
+    // A second call a moment later (well within the old 30 s throttle) moves it again.
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await server.request('GET', '/api/v1/system/info', { token: created.json.token });
+    const second = await lastUsed();
+    expect(Date.parse(second!)).toBeGreaterThan(Date.parse(first!));
+    // The deferred bookkeeping write puts it on disk.
+    await eventually(async () => expect(await stored()).toBe(second));
+    // A refused call (disabled token) does not move it.
+    await server.request('PATCH', `/api/v1/tokens/${id}`, { cookie, body: { enabled: false } });
+    const refused = await server.request('GET', '/api/v1/system/info', { token: created.json.token });
+    expect(refused.status).toBe(401);
+    expect(await lastUsed()).toBe(second);
   });
 
   it('answers system info with a stable instance id', async () => {
