@@ -24,6 +24,7 @@ let control: TestServer;
 let remote: TestServer;
 let agent: TestAgent | null;
 let remoteCookie: string;
+let controlCookie: string;
 let remoteAccessToken: string;
 let tab: ConsolePage;
 
@@ -38,7 +39,7 @@ afterAll(async () => {
 
 beforeEach(async () => {
   [control, remote] = await Promise.all([startTestServer(), startTestServer()]);
-  const controlCookie = await control.setupAdmin();
+  controlCookie = await control.setupAdmin();
   remoteCookie = await remote.setupAdmin();
   remoteAccessToken = await remote.createToken(remoteCookie, 'control-plane-access');
   await remote.createToken(remoteCookie, 'only-on-remote');
@@ -78,6 +79,52 @@ function switcher(page: Page) {
 }
 
 describe('console: an environment through an agent', () => {
+  it('lists connected agents first in the environment form and marks offline ones', async () => {
+    const { page } = tab;
+    // Names sort before "edge": only their state puts them after it.
+    await createTestAgent(control, controlCookie, 'aardvark');
+    const disabled = await createTestAgent(control, controlCookie, 'beaver');
+    const patched = await control.request('PATCH', `/api/v1/agents/${disabled.id}`, {
+      cookie: controlCookie,
+      body: { enabled: false },
+    });
+    expect(patched.status).toBe(200);
+    await page.getByRole('link', { name: 'Environments' }).click();
+    await page.getByRole('button', { name: 'Add environment' }).click();
+    const dialog = page.getByTestId('environment-dialog');
+    await dialog.getByLabel('Through an agent').check();
+    const picker = dialog.getByLabel('Agent', { exact: true });
+    // Opening the form refreshes the agent list.
+    await picker.locator('option', { hasText: 'beaver' }).waitFor({ state: 'attached' });
+    expect(await picker.locator('option').allTextContents()).toEqual([
+      'edge',
+      'aardvark (offline)',
+      'beaver (disabled)',
+    ]);
+    expect(await picker.locator('optgroup').evaluateAll((groups) => groups.map((g) => g.label))).toEqual([
+      'Connected',
+      'Offline',
+    ]);
+    expect(await picker.locator('option:checked').textContent()).toBe('edge');
+    await screenshot(page, 'environment-form-agents');
+
+    // The agent goes away: the next form lists it offline, with nothing connected above it.
+    await dialog.getByRole('button', { name: 'Cancel' }).click();
+    await agent?.close();
+    agent = null;
+    await page.getByRole('button', { name: 'Add environment' }).click();
+    await dialog.getByLabel('Through an agent').check();
+    await picker.locator('option', { hasText: 'edge (offline)' }).waitFor({ state: 'attached' });
+    expect(await picker.locator('option').allTextContents()).toEqual([
+      'aardvark (offline)',
+      'beaver (disabled)',
+      'edge (offline)',
+    ]);
+    expect(await picker.locator('optgroup').evaluateAll((groups) => groups.map((g) => g.label))).toEqual([
+      'Offline',
+    ]);
+  });
+
   it('registers, trusts and operates on a remote through the agent, then blocks it when the agent goes offline', async () => {
     const { page } = tab;
     await page.getByRole('link', { name: 'Environments' }).click();
@@ -87,7 +134,7 @@ describe('console: an environment through an agent', () => {
     await dialog.getByLabel('Management URL').fill(remote.url);
     await dialog.getByLabel('Through an agent').check();
     const picker = dialog.getByLabel('Agent', { exact: true });
-    expect(await picker.locator('option:checked').textContent()).toBe('edge — connected');
+    expect(await picker.locator('option:checked').textContent()).toBe('edge');
     await dialog.getByLabel('Access token').fill(remoteAccessToken);
     await dialog.getByRole('button', { name: 'Add environment' }).click();
     await dialog.waitFor({ state: 'detached' });

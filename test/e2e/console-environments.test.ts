@@ -307,7 +307,7 @@ describe('console: environments', () => {
     const dialog = page.getByTestId('environment-dialog');
     await dialog.getByLabel('Through an agent').check();
     const picker = dialog.getByLabel('Agent', { exact: true });
-    expect(await picker.locator('option').allTextContents()).toEqual(['control-agent — offline']);
+    expect(await picker.locator('option').allTextContents()).toEqual(['control-agent (offline)']);
     await dialog.getByRole('button', { name: 'Cancel' }).click();
     expect(calls.map((c) => new URL(c.url()).pathname)).toContain('/api/v1/environments');
     for (const call of calls) {

@@ -52,6 +52,12 @@ export function EnvironmentsPage() {
   const environments = (registry.data?.environments ?? []).filter((e) => !e.virtual);
   const agents = switcher.agents;
 
+  // The agent picker shows the agents' state as of opening the form.
+  const openForm = (next: Editing) => {
+    switcher.refresh().catch(() => undefined);
+    setEditing(next);
+  };
+
   const changed = () => {
     registry.reload();
     switcher.refresh().catch(() => undefined);
@@ -98,7 +104,7 @@ export function EnvironmentsPage() {
   return (
     <section>
       <SectionHead title="Environments">
-        <button type="button" class="primary" onClick={() => setEditing({ mode: 'create' })}>
+        <button type="button" class="primary" onClick={() => openForm({ mode: 'create' })}>
           Add environment
         </button>
       </SectionHead>
@@ -135,7 +141,7 @@ export function EnvironmentsPage() {
                 agents={agents}
                 busy={busy}
                 message={rowMessage?.id === environment.id ? rowMessage : null}
-                onEdit={() => setEditing({ mode: 'edit', environment })}
+                onEdit={() => openForm({ mode: 'edit', environment })}
                 onDiscover={() => discover(environment)}
                 onReview={(certificate) => setReviewing({ environment, certificate })}
                 onTest={() => test(environment)}
@@ -304,6 +310,19 @@ function EnvironmentRow(props: {
   );
 }
 
+function isOnline(agent: Agent): boolean {
+  return agent.enabled && agent.status === 'connected';
+}
+
+/** The agent picker's order: connected agents first, then offline (and disabled) ones, each by name. */
+function groupAgentsForPicker(agents: Agent[]): { label: string; agents: Agent[] }[] {
+  const byName = (a: Agent, b: Agent) => a.name.localeCompare(b.name);
+  return [
+    { label: 'Connected', agents: agents.filter(isOnline).sort(byName) },
+    { label: 'Offline', agents: agents.filter((a) => !isOnline(a)).sort(byName) },
+  ];
+}
+
 function EnvironmentDialog(props: {
   editing: Editing;
   agents: Agent[];
@@ -314,7 +333,10 @@ function EnvironmentDialog(props: {
   const [name, setName] = useState(existing?.name ?? '');
   const [url, setUrl] = useState(existing?.url ?? 'https://');
   const [transport, setTransport] = useState<'direct' | 'agent'>(existing?.transport ?? 'direct');
-  const [agentId, setAgentId] = useState(existing?.agentId ?? props.agents[0]?.id ?? '');
+  const agentGroups = groupAgentsForPicker(props.agents);
+  const [chosenAgentId, setAgentId] = useState(existing?.agentId ?? '');
+  // Until one is chosen, the first listed (a connected one when there is one), from the latest list.
+  const agentId = chosenAgentId || (agentGroups.find((g) => g.agents.length > 0)?.agents[0]?.id ?? '');
   const [accessToken, setAccessToken] = useState('');
   const [timeoutMs, setTimeoutMs] = useState(String(existing?.timeoutMs ?? DEFAULT_TIMEOUT_MS));
   const [enabled, setEnabled] = useState(existing?.enabled ?? true);
@@ -395,11 +417,18 @@ function EnvironmentDialog(props: {
           >
             <select name="agentId" value={agentId} onChange={(e) => setAgentId(e.currentTarget.value)}>
               {props.agents.length === 0 ? <option value="">No agents</option> : null}
-              {props.agents.map((agent) => (
-                <option key={agent.id} value={agent.id}>
-                  {agent.name} — {agent.enabled ? agent.status : 'disabled'}
-                </option>
-              ))}
+              {agentGroups.map((group) =>
+                group.agents.length === 0 ? null : (
+                  <optgroup key={group.label} label={group.label}>
+                    {group.agents.map((agent) => (
+                      <option key={agent.id} value={agent.id}>
+                        {agent.name}
+                        {isOnline(agent) ? '' : ` (${agent.enabled ? 'offline' : 'disabled'})`}
+                      </option>
+                    ))}
+                  </optgroup>
+                ),
+              )}
             </select>
           </Field>
         ) : null}
