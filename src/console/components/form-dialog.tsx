@@ -27,12 +27,16 @@ export interface FormDialogProps {
   sortErrors?: (err: unknown, fields: readonly string[]) => FormErrors;
   /** The submit button's text; `Save` by default. */
   submitLabel?: string;
+  /** Its text while the form is being sent (the submit label by default). */
+  busyLabel?: string;
   /** Skips the browser's own checks (the server's field errors are shown instead). */
   noValidate?: boolean;
   wide?: boolean;
   testId?: string;
   /** Buttons placed before Cancel (e.g. "Test"). */
   extraActions?: ComponentChildren;
+  /** Shown in the dialog after the form (a dialog opened from this one: forms do not nest). */
+  after?: ComponentChildren;
   children: ComponentChildren;
 }
 
@@ -42,6 +46,8 @@ export function FormDialog(props: FormDialogProps) {
   const [busy, setBusy] = useState(false);
   const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
     event.preventDefault();
+    // A dialog opened from another one sits inside it: its submit is its own.
+    event.stopPropagation();
     setBusy(true);
     setErrors(NO_ERRORS);
     try {
@@ -62,10 +68,11 @@ export function FormDialog(props: FormDialogProps) {
             Cancel
           </button>
           <button type="submit" class="primary" disabled={busy}>
-            {props.submitLabel ?? 'Save'}
+            {(busy ? props.busyLabel : undefined) ?? props.submitLabel ?? 'Save'}
           </button>
         </div>
       </form>
+      {props.after}
     </Dialog>
   );
 }
