@@ -26,8 +26,19 @@
  * matching agent connected the member reads `unhealthy` ("no connected agent
  * matches") and is skipped; a backend with nothing usable answers 503.
  * Active checks are the control plane's for upstream members only.
+ *
+ * Active checks go through the data plane's own upstream dispatcher, so an
+ * https member is verified exactly as the requests it serves are (the same
+ * trusted CAs, never `NODE_TLS_REJECT_UNAUTHORIZED`), on the same pooled
+ * connections.
+ *
+ * Draining: a member with `draining: true` gets no new requests; those in
+ * flight finish (its `activeRequests` counts them down) and it reads
+ * `draining` in `/health` whatever its checks say, which go on meanwhile so
+ * the state is known when it comes back.
  */
 import { createHash } from 'node:crypto';
+import { type Dispatcher, getGlobalDispatcher } from 'undici';
 import {
   type AgentDirectory,
   agentMatches,
@@ -65,26 +76,47 @@ export interface HashSource {
   header(name: string): string | undefined;
 }
 
+/**
+ * What a member has lived through: kept across configuration changes while
+ * the member keeps its id and target, and shared with the leases of its
+ * requests in flight (so they count down the live `active`).
+ */
+interface MemberRuntime {
+  /** The checked (or passively learned) state; `draining` is the record's, never stored here. */
+  state: Exclude<MemberState, 'draining'>;
+  lastCheckAt: string | null;
+  lastError: string | null;
+  active: number;
+  consecutiveFailures: number;
+  ejectedUntil: number;
+  checkStreak: number;
+}
+
 class Member {
   readonly record: BackendMemberRecord;
   readonly origin: string;
   readonly basePath: string;
   readonly weight: number;
-  state: MemberState = 'unknown';
-  lastCheckAt: string | null = null;
-  lastError: string | null = null;
-  active = 0;
-  consecutiveFailures = 0;
-  ejectedUntil = 0;
-  checkStreak = 0;
+  readonly draining: boolean;
+  readonly runtime: MemberRuntime;
   currentWeight = 0;
   /** Agent members: the matching agents found by the last pick (reused for the lease). */
   agents: TunnelAgent[] = [];
   #nextAgent = 0;
 
-  constructor(record: BackendMemberRecord) {
+  constructor(record: BackendMemberRecord, runtime: MemberRuntime | undefined) {
     this.record = record;
     this.weight = Math.max(1, record.weight);
+    this.draining = record.draining === true;
+    this.runtime = runtime ?? {
+      state: 'unknown',
+      lastCheckAt: null,
+      lastError: null,
+      active: 0,
+      consecutiveFailures: 0,
+      ejectedUntil: 0,
+      checkStreak: 0,
+    };
     const raw = record.type === 'upstream' ? record.url : record.upstreamUrl;
     if (URL.canParse(raw)) {
       const url = new URL(raw);
@@ -96,15 +128,14 @@ class Member {
     }
   }
 
+  get active(): number {
+    return this.runtime.active;
+  }
+
   /** Usable now; an agent member also needs a matching agent (`agents` is refreshed as a side effect). */
   usable(now: number, directory: AgentDirectory | undefined): boolean {
-    if (
-      this.origin === '' ||
-      this.state === 'unhealthy' ||
-      this.state === 'draining' ||
-      now < this.ejectedUntil
-    )
-      return false;
+    const r = this.runtime;
+    if (this.origin === '' || this.draining || r.state === 'unhealthy' || now < r.ejectedUntil) return false;
     if (this.record.type === 'upstream') return true;
     this.agents = matchingAgents(this.record, directory);
     return this.agents.length > 0;
@@ -151,17 +182,8 @@ class Pool {
   constructor(record: BackendRecord, previous: Pool | undefined) {
     this.record = record;
     this.members = record.members.map((m) => {
-      const member = new Member(m);
       const old = previous?.members.find((o) => o.record.id === m.id && sameTarget(o.record, m));
-      if (old) {
-        member.state = old.state;
-        member.lastCheckAt = old.lastCheckAt;
-        member.lastError = old.lastError;
-        member.active = old.active;
-        member.consecutiveFailures = old.consecutiveFailures;
-        member.ejectedUntil = old.ejectedUntil;
-      }
-      return member;
+      return new Member(m, old?.runtime);
     });
   }
 
@@ -244,6 +266,12 @@ export interface BackendBalancerOptions {
   now?: () => number;
   /** The connected agents agent members use; absent = none (agent members are never usable). */
   agents?: AgentDirectory;
+  /**
+   * What active checks send their requests through: the data plane's
+   * upstream dispatcher, so they verify TLS as proxied requests do. Absent:
+   * undici's global dispatcher (tests of the balancer alone).
+   */
+  dispatcher?: Dispatcher;
 }
 
 /** Every backend's pool of members, swapped whole when the configuration changes. */
@@ -252,6 +280,7 @@ export class BackendBalancer {
   readonly #logger: Logger | undefined;
   readonly #now: () => number;
   readonly #agents: AgentDirectory | undefined;
+  readonly #dispatcher: Dispatcher | undefined;
   #checkTimers = new Map<string, NodeJS.Timeout>();
   #checking = false;
 
@@ -259,6 +288,7 @@ export class BackendBalancer {
     this.#logger = options.logger;
     this.#now = options.now ?? Date.now;
     this.#agents = options.agents;
+    this.#dispatcher = options.dispatcher;
   }
 
   setBackends(records: readonly BackendRecord[]): void {
@@ -281,7 +311,8 @@ export class BackendBalancer {
       agent = member.pickAgent(hashed ? hashKeyOf(pool.record.hashKey, source) : null);
       member.agents = [];
     }
-    member.active += 1;
+    const runtime = member.runtime;
+    runtime.active += 1;
     let released = false;
     return {
       backendId,
@@ -293,7 +324,8 @@ export class BackendBalancer {
       release: (ok: boolean) => {
         if (released) return;
         released = true;
-        member.active -= 1;
+        // The runtime outlives configuration changes: a request that started before one counts down here.
+        runtime.active -= 1;
         this.#passive(pool, member, ok);
       },
     };
@@ -307,13 +339,14 @@ export class BackendBalancer {
     return pool.members.map((m) => {
       // An agent member with no matching agent connected cannot serve, whatever it last did.
       const noAgent = m.record.type === 'agent' && matchingAgents(m.record, this.#agents).length === 0;
+      const r = m.runtime;
       return {
         id: m.record.id,
-        // An ejected member reads unhealthy until its ejection ends.
-        state: m.state !== 'draining' && (now < m.ejectedUntil || noAgent) ? 'unhealthy' : m.state,
-        lastCheckAt: m.lastCheckAt,
-        lastError: noAgent ? NO_AGENT : m.lastError,
-        activeRequests: m.active,
+        // Draining shows first; an ejected member reads unhealthy until its ejection ends.
+        state: m.draining ? 'draining' : now < r.ejectedUntil || noAgent ? 'unhealthy' : r.state,
+        lastCheckAt: r.lastCheckAt,
+        lastError: noAgent ? NO_AGENT : r.lastError,
+        activeRequests: r.active,
       };
     });
   }
@@ -352,46 +385,43 @@ export class BackendBalancer {
 
   async #checkOne(pool: Pool, member: Member): Promise<void> {
     const check = pool.record.healthCheck!;
-    let error: string | null = null;
-    try {
-      const res = await fetch(member.origin + member.basePath + check.path, {
-        signal: AbortSignal.timeout(check.timeoutMs),
-        redirect: 'manual',
-      });
-      await res.body?.cancel();
-      if (res.status !== check.expectStatus) error = `status ${res.status}, expected ${check.expectStatus}`;
-    } catch (err) {
-      const cause = (err as { cause?: { code?: string } }).cause?.code;
-      error = (err as Error).name === 'TimeoutError' ? 'timed out' : (cause ?? (err as Error).message);
-    }
+    const error = await probe(
+      this.#dispatcher,
+      member.origin,
+      member.basePath + check.path,
+      check.timeoutMs,
+      check.expectStatus,
+    );
     // The pool may have been replaced while the check ran: only the live one counts.
     if (this.#pools.get(pool.record.id) !== pool) return;
-    member.lastCheckAt = new Date(this.#now()).toISOString();
+    const r = member.runtime;
+    r.lastCheckAt = new Date(this.#now()).toISOString();
     const ok = error === null;
-    if (!ok) member.lastError = error;
-    if (ok) member.checkStreak = member.checkStreak > 0 ? member.checkStreak + 1 : 1;
-    else member.checkStreak = member.checkStreak < 0 ? member.checkStreak - 1 : -1;
-    if (ok && member.state !== 'healthy' && member.checkStreak >= check.healthyThreshold) {
+    if (!ok) r.lastError = error;
+    if (ok) r.checkStreak = r.checkStreak > 0 ? r.checkStreak + 1 : 1;
+    else r.checkStreak = r.checkStreak < 0 ? r.checkStreak - 1 : -1;
+    if (ok && r.state !== 'healthy' && r.checkStreak >= check.healthyThreshold) {
       this.#transition(pool, member, 'healthy', null);
-      member.consecutiveFailures = 0;
-      member.ejectedUntil = 0;
-    } else if (!ok && member.state !== 'unhealthy' && -member.checkStreak >= check.unhealthyThreshold) {
+      r.consecutiveFailures = 0;
+      r.ejectedUntil = 0;
+    } else if (!ok && r.state !== 'unhealthy' && -r.checkStreak >= check.unhealthyThreshold) {
       this.#transition(pool, member, 'unhealthy', error);
     }
   }
 
   #passive(pool: Pool, member: Member, ok: boolean): void {
+    const r = member.runtime;
     if (ok) {
-      member.consecutiveFailures = 0;
-      if (member.state === 'unknown' && pool.record.healthCheck === null) member.state = 'healthy';
+      r.consecutiveFailures = 0;
+      if (r.state === 'unknown' && pool.record.healthCheck === null) r.state = 'healthy';
       return;
     }
-    member.consecutiveFailures += 1;
+    r.consecutiveFailures += 1;
     const { failures, ejectSeconds } = pool.record.passive;
-    if (failures > 0 && member.consecutiveFailures >= failures) {
-      member.consecutiveFailures = 0;
-      member.ejectedUntil = this.#now() + ejectSeconds * 1000;
-      member.lastError = `ejected for ${ejectSeconds}s after ${failures} consecutive failures`;
+    if (failures > 0 && r.consecutiveFailures >= failures) {
+      r.consecutiveFailures = 0;
+      r.ejectedUntil = this.#now() + ejectSeconds * 1000;
+      r.lastError = `ejected for ${ejectSeconds}s after ${failures} consecutive failures`;
       this.#logger?.warn(
         { backendId: pool.record.id, memberId: member.record.id, ejectSeconds },
         'backend member ejected after consecutive failures',
@@ -399,11 +429,49 @@ export class BackendBalancer {
     }
   }
 
-  #transition(pool: Pool, member: Member, state: MemberState, error: string | null): void {
-    const from = member.state;
-    member.state = state;
+  #transition(pool: Pool, member: Member, state: 'healthy' | 'unhealthy', error: string | null): void {
+    const from = member.runtime.state;
+    member.runtime.state = state;
     const log = { backendId: pool.record.id, memberId: member.record.id, from, to: state, error };
     if (state === 'unhealthy') this.#logger?.warn(log, 'backend member unhealthy');
     else this.#logger?.info(log, 'backend member healthy');
+  }
+}
+
+/**
+ * One health check: GET `origin + path` through `dispatcher` (undici's
+ * global one when absent), without following redirects. Null when the
+ * answer has status `expect`, else what went wrong: `status N, expected M`,
+ * `timed out`, or the socket / TLS error code (`ECONNREFUSED`,
+ * `DEPTH_ZERO_SELF_SIGNED_CERT`…).
+ */
+export async function probe(
+  dispatcher: Dispatcher | undefined,
+  origin: string,
+  path: string,
+  timeoutMs: number,
+  expect: number,
+): Promise<string | null> {
+  const signal = AbortSignal.timeout(timeoutMs);
+  try {
+    const res = await (dispatcher ?? getGlobalDispatcher()).request({
+      origin,
+      path,
+      method: 'GET',
+      signal,
+      headersTimeout: timeoutMs,
+      bodyTimeout: timeoutMs,
+    });
+    // The body is not needed: read a little of it away so the connection can serve again.
+    await res.body.dump({ limit: 64 * 1024 }).catch(() => {});
+    return res.statusCode === expect ? null : `status ${res.statusCode}, expected ${expect}`;
+  } catch (err) {
+    if (signal.aborted) return 'timed out';
+    const e = err as { code?: unknown; message?: unknown; cause?: { code?: unknown } };
+    const code = typeof e.code === 'string' && !e.code.startsWith('UND_ERR_') ? e.code : undefined;
+    const cause = typeof e.cause?.code === 'string' ? e.cause.code : undefined;
+    if ((e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'UND_ERR_CONNECT_TIMEOUT') && !cause)
+      return 'timed out';
+    return code ?? cause ?? (typeof e.message === 'string' ? e.message : 'check failed');
   }
 }

@@ -142,10 +142,6 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
     this.#logger = options.logger;
     this.recorder = options.recorder ?? new TraceRecorder();
     this.metrics = options.metrics ?? new RequestMetrics();
-    this.backends = new BackendBalancer({
-      logger: options.logger.child({ component: 'backends' }),
-      ...(options.agents ? { agents: options.agents } : {}),
-    });
     this.#closeGraceMs = options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS;
     this.#httpsTimeouts = {
       ...options.httpsTimeouts,
@@ -162,6 +158,12 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
         rejectUnauthorized: true,
         ...(ca === undefined ? {} : { ca: [...(Array.isArray(ca) ? ca : [ca]), ...rootCertificates] }),
       },
+    });
+    // Health checks share the upstream agent: a member is verified (CA, no NODE_TLS_REJECT_UNAUTHORIZED) as its requests are.
+    this.backends = new BackendBalancer({
+      logger: options.logger.child({ component: 'backends' }),
+      dispatcher: this.#agent,
+      ...(options.agents ? { agents: options.agents } : {}),
     });
     this.cache =
       options.dataDir === undefined

@@ -4,8 +4,10 @@
  * applied live to the data plane through a {@link BackendRuntime}.
  *
  * Members are `{type: "upstream", url, weight}` or
- * `{type: "agent", agentId?, agentLabels?, upstreamUrl, weight}`; each gets an
- * `id` (kept when a client sends it back on update). An agent member names
+ * `{type: "agent", agentId?, agentLabels?, upstreamUrl, weight}`, each with
+ * `draining` (default false: an admin sets it to let a member's requests in
+ * flight finish while it takes no new ones); each gets an `id` (kept when a
+ * client sends it back on update). An agent member names
  * one agent (`agentId`) or a label selector (`agentLabels`: any connected
  * agent carrying all of them; both given: that agent, if it carries them);
  * its requests travel through a tunnel of the relay protocol to the agent,
@@ -27,7 +29,14 @@ import type { Store } from '../storage/store.js';
 import { parseLabels } from './agent-service.js';
 import { isId, newId } from './ids.js';
 import { requireUpstreamUrl } from './proxy-config-service.js';
-import { invalid, rejectUnknownFields, requireInteger, requireName, requireObject } from './validate.js';
+import {
+  invalid,
+  optionalBoolean,
+  rejectUnknownFields,
+  requireInteger,
+  requireName,
+  requireObject,
+} from './validate.js';
 
 export const ALGORITHMS: readonly BackendAlgorithm[] = [
   'round_robin',
@@ -92,8 +101,11 @@ export interface BackendRuntime {
   health(backendId: string): MemberHealth[] | null;
 }
 
+/** A member as the API shows it: `draining` always present. */
+export type BackendMember = BackendMemberRecord & { draining: boolean };
+
 /** A backend as the API shows it. */
-export type Backend = BackendRecord;
+export type Backend = Omit<BackendRecord, 'members'> & { members: BackendMember[] };
 
 const FIELDS = ['name', 'algorithm', 'hashKey', 'members', 'healthCheck', 'passive'] as const;
 const READ_ONLY_FIELDS = ['id', 'createdAt', 'updatedAt'];
@@ -221,8 +233,10 @@ export class BackendService {
   }
 }
 
+/** A copy for callers, with the defaults of fields older records lack (`draining`). */
 function clone(record: Readonly<BackendRecord>): Backend {
-  return structuredClone(record) as Backend;
+  const copy = structuredClone(record) as BackendRecord;
+  return { ...copy, members: copy.members.map((m) => ({ ...m, draining: m.draining === true })) };
 }
 
 function assertNameFree(backends: readonly BackendRecord[], next: BackendRecord): void {
@@ -268,12 +282,27 @@ function requireMembers(
     seen.add(id);
     const weight =
       input.weight === undefined ? 1 : requireInteger(input.weight, `${field}.weight`, 1, MAX_WEIGHT);
+    const draining = optionalBoolean(input.draining, `${field}.draining`, false);
     if (input.type === 'upstream') {
-      rejectMemberFields(input, field, ['id', 'type', 'url', 'weight']);
-      return { id, type: 'upstream', url: prefixed(field, () => requireUpstreamUrl(input.url)), weight };
+      rejectMemberFields(input, field, ['id', 'type', 'url', 'weight', 'draining']);
+      return {
+        id,
+        type: 'upstream',
+        url: prefixed(field, () => requireUpstreamUrl(input.url)),
+        weight,
+        draining,
+      };
     }
     if (input.type === 'agent') {
-      rejectMemberFields(input, field, ['id', 'type', 'agentId', 'agentLabels', 'upstreamUrl', 'weight']);
+      rejectMemberFields(input, field, [
+        'id',
+        'type',
+        'agentId',
+        'agentLabels',
+        'upstreamUrl',
+        'weight',
+        'draining',
+      ]);
       const agentId = input.agentId === undefined || input.agentId === null ? null : input.agentId;
       if (agentId !== null && !isId(agentId)) throw invalid(`${field}.agentId`, 'must be an agent id');
       const agentLabels =
@@ -294,6 +323,7 @@ function requireMembers(
         agentLabels,
         upstreamUrl: prefixed(`${field}.upstreamUrl`, () => requireUpstreamUrl(input.upstreamUrl)),
         weight,
+        draining,
       };
     }
     throw invalid(`${field}.type`, 'must be upstream or agent');

@@ -139,7 +139,7 @@ export type BackendAlgorithm = 'round_robin' | 'weighted_round_robin' | 'least_a
 
 /** A member of a backend: an upstream origin the proxy reaches itself, or an app behind an agent. */
 export type BackendMemberRecord =
-  | { id: string; type: 'upstream'; url: string; weight: number }
+  | { id: string; type: 'upstream'; url: string; weight: number; draining?: boolean }
   | {
       id: string;
       type: 'agent';
@@ -147,6 +147,8 @@ export type BackendMemberRecord =
       agentLabels: Record<string, string> | null;
       upstreamUrl: string;
       weight: number;
+      /** Takes no new requests, lets those in flight finish (absent = false). */
+      draining?: boolean;
     };
 
 export interface BackendHealthCheckRecord {

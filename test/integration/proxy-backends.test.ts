@@ -251,4 +251,88 @@ describe('backends', () => {
     expect(served).toEqual(new Set(['a /y', 'b /y']));
     expect(s.logs.some((l) => l.includes('backend member ejected') && l.includes(dead))).toBe(true);
   });
+
+  it('a member set draining takes no new requests while one in flight finishes; /health shows it', async () => {
+    const { s, token, c } = await setup();
+    let finishSlow: () => void = () => {};
+    let slowArrived: () => void = () => {};
+    const arrived = new Promise<void>((resolve) => {
+      slowArrived = resolve;
+    });
+    const a = await startUpstream((req, res) => {
+      if (req.url !== '/slow') {
+        res.end(`a ${req.url}`);
+        return;
+      }
+      finishSlow = () => res.end('a slow');
+      slowArrived();
+    });
+    upstreams.push(a);
+    const b = await namedUpstream('b');
+    const created = await s.request('POST', '/api/v1/proxy/backends', {
+      token,
+      body: {
+        name: 'drained',
+        members: [
+          { type: 'upstream', url: a.url },
+          { type: 'upstream', url: b.url },
+        ],
+      },
+    });
+    const backend = created.json.backend;
+    expect(backend.members.map((m: { draining: boolean }) => m.draining)).toEqual([false, false]);
+    const [idA, idB] = backend.members.map((m: { id: string }) => m.id);
+    const { port } = await configureProxy(s, token, { type: 'backend', backendId: backend.id });
+    const health = async () =>
+      (await s.request('GET', `/api/v1/proxy/backends/${backend.id}/health`, { token })).json.members as {
+        id: string;
+        state: string;
+        activeRequests: number;
+      }[];
+
+    // Round robin starts with a: the slow request stays in flight there.
+    const slow = c.send(port, '/slow');
+    await arrived;
+    const drained = await s.request('PATCH', `/api/v1/proxy/backends/${backend.id}`, {
+      token,
+      body: { members: [{ ...backend.members[0], draining: true }, backend.members[1]] },
+    });
+    expect(drained.status).toBe(200);
+    expect(drained.json.backend.members[0]).toMatchObject({ id: idA, draining: true });
+    expect((await health()).find((m) => m.id === idA)).toMatchObject({
+      state: 'draining',
+      activeRequests: 1,
+    });
+
+    for (let i = 0; i < 4; i++) expect((await c.send(port, '/x')).text).toBe('b /x');
+    finishSlow();
+    const finished = await slow;
+    expect(finished.status).toBe(200);
+    expect(finished.text).toBe('a slow');
+    expect((await health()).find((m) => m.id === idA)).toMatchObject({
+      state: 'draining',
+      activeRequests: 0,
+    });
+    expect((await health()).find((m) => m.id === idB)!.state).toBe('healthy');
+    expect(
+      (await s.request('GET', `/api/v1/proxy/backends/${backend.id}`, { token })).json.backend.members[0]
+        .draining,
+    ).toBe(true);
+
+    // Back in service: it serves again.
+    await s.request('PATCH', `/api/v1/proxy/backends/${backend.id}`, {
+      token,
+      body: { members: backend.members },
+    });
+    const served = new Set<string>();
+    for (let i = 0; i < 4; i++) served.add((await c.send(port, '/y')).text);
+    expect(served).toEqual(new Set(['a /y', 'b /y']));
+
+    const bad = await s.request('PATCH', `/api/v1/proxy/backends/${backend.id}`, {
+      token,
+      body: { members: [{ type: 'upstream', url: a.url, draining: 'yes' }] },
+    });
+    expect(bad.status).toBe(400);
+    expect(bad.json.error.details.field).toBe('members.0.draining');
+  });
 });

@@ -5,7 +5,7 @@ import type { BackendRecord } from '../../src/storage/schema.js';
 
 function backend(
   algorithm: BackendRecord['algorithm'],
-  members: { id: string; weight?: number }[],
+  members: { id: string; weight?: number; draining?: boolean }[],
   extra: Partial<BackendRecord> = {},
 ): BackendRecord {
   return {
@@ -18,6 +18,7 @@ function backend(
       type: 'upstream',
       url: `http://127.0.0.1:${10_000 + i}`,
       weight: m.weight ?? 1,
+      ...(m.draining === undefined ? {} : { draining: m.draining }),
     })),
     healthCheck: null,
     passive: { failures: 3, ejectSeconds: 30 },
@@ -136,6 +137,33 @@ describe('backend balancer', () => {
     expect(b.pick('b1', source())).toBeNull();
     now += 5_000;
     expect(b.pick('b1', source())).not.toBeNull();
+  });
+
+  it('a draining member takes no new requests, counts down those in flight and reads draining', () => {
+    const b = new BackendBalancer();
+    b.setBackends([backend('least_active', [{ id: 'a' }, { id: 'b' }])]);
+    const inFlight = [b.pick('b1', source())!, b.pick('b1', source())!];
+    const onA = inFlight.find((l) => l.memberId === 'a')!;
+    b.setBackends([backend('least_active', [{ id: 'a', draining: true }, { id: 'b' }])]);
+    expect(pickMany(b, 4)).toEqual(['b', 'b', 'b', 'b']);
+    const drainingHealth = () => b.health('b1')!.find((m) => m.id === 'a')!;
+    expect(drainingHealth()).toMatchObject({ state: 'draining', activeRequests: 1 });
+    // The lease taken before the change counts down the member the pool has now.
+    onA.release(true);
+    expect(drainingHealth()).toMatchObject({ state: 'draining', activeRequests: 0 });
+    for (const lease of inFlight) lease.release(true);
+    expect(b.health('b1')!.find((m) => m.id === 'b')!.activeRequests).toBe(0);
+
+    b.setBackends([backend('least_active', [{ id: 'a' }, { id: 'b' }])]);
+    expect(pickMany(b, 1)).toEqual(['a']);
+    expect(drainingHealth().state).not.toBe('draining');
+    b.setBackends([
+      backend('least_active', [
+        { id: 'a', draining: true },
+        { id: 'b', draining: true },
+      ]),
+    ]);
+    expect(b.pick('b1', source())).toBeNull();
   });
 
   it('an agent member without a directory or matching agent is unusable and reads unhealthy', () => {

@@ -166,6 +166,7 @@ export const BackendMember = Type.Union([
     type: Type.Literal('upstream'),
     url: Type.String(),
     weight: Type.Integer(),
+    draining: Type.Boolean({ description: 'Takes no new requests; those in flight finish.' }),
   }),
   Type.Object({
     id: Type.String(),
@@ -174,6 +175,7 @@ export const BackendMember = Type.Union([
     agentLabels: Nullable(Type.Record(Type.String(), Type.String())),
     upstreamUrl: Type.String(),
     weight: Type.Integer(),
+    draining: Type.Boolean({ description: 'Takes no new requests; those in flight finish.' }),
   }),
 ]);
 
@@ -219,8 +221,10 @@ const BackendBody = Type.Object(
     members: Type.Optional(
       Type.Array(Type.Object({ type: Type.String() }), {
         description:
-          '`{type: "upstream", url, weight?}` or `{type: "agent", agentId?, agentLabels?, upstreamUrl, weight?}`; ' +
-          'replaced as a whole (send `id` back to keep a member’s health).',
+          '`{type: "upstream", url, weight?, draining?}` or ' +
+          '`{type: "agent", agentId?, agentLabels?, upstreamUrl, weight?, draining?}`; ' +
+          'replaced as a whole (send `id` back to keep a member’s health and requests in flight). ' +
+          '`draining: true` stops new requests to a member while those in flight finish.',
       }),
     ),
     healthCheck: Type.Optional(Nullable(Type.Object({}, { description: 'null: no active checks.' }))),
