@@ -16,6 +16,8 @@ export interface Column<T> {
   class?: string;
   /** Tooltip of a cell. */
   title?: (row: T) => string | undefined;
+  /** The cells' `data-testid`. */
+  testId?: string;
 }
 
 /** A button at the end of a row; `danger` for destructive ones, `secondary` otherwise. */
@@ -36,6 +38,8 @@ export interface DataTableProps<T> {
   testId?: string;
   /** A row's `data-testid`. */
   rowTestId?: (row: T) => string;
+  /** More attributes of a row (`data-*`). */
+  rowAttributes?: (row: T) => Record<string, string>;
   /** Completes each action button's accessible name ("Delete web"). */
   rowName?: (row: T) => string;
   /** The buttons of a row (none: no actions column). */
@@ -78,9 +82,18 @@ export function DataTable<T>(props: DataTableProps<T>) {
           </thead>
           <tbody>
             {props.rows.map((row) => (
-              <tr key={props.rowKey(row)} data-testid={props.rowTestId?.(row)}>
+              <tr
+                key={props.rowKey(row)}
+                data-testid={props.rowTestId?.(row)}
+                {...props.rowAttributes?.(row)}
+              >
                 {props.columns.map((column) => (
-                  <td key={column.header} class={column.class} title={column.title?.(row)}>
+                  <td
+                    key={column.header}
+                    class={column.class}
+                    title={column.title?.(row)}
+                    data-testid={column.testId}
+                  >
                     {column.cell(row)}
                   </td>
                 ))}

@@ -35,6 +35,8 @@ export interface FormDialogProps {
   testId?: string;
   /** Buttons placed before Cancel (e.g. "Test"). */
   extraActions?: ComponentChildren;
+  /** The form's class (a layout of its own). */
+  formClass?: string;
   /** Shown in the dialog after the form (a dialog opened from this one: forms do not nest). */
   after?: ComponentChildren;
   children: ComponentChildren;
@@ -59,7 +61,7 @@ export function FormDialog(props: FormDialogProps) {
   };
   return (
     <Dialog title={props.title} onClose={props.onClose} wide={props.wide} testId={props.testId}>
-      <form onSubmit={submit} noValidate={props.noValidate}>
+      <form onSubmit={submit} noValidate={props.noValidate} class={props.formClass}>
         <FormErrorsContext.Provider value={errors}>{props.children}</FormErrorsContext.Provider>
         <ErrorMessage error={errors.form} />
         <div class="actions">
