@@ -8,19 +8,9 @@
 import type { JSX } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
 import { type Client, clientFor } from '../api';
-import {
-  Badge,
-  ConfirmDialog,
-  Dialog,
-  ErrorMessage,
-  Field,
-  type FormErrors,
-  formErrors,
-  LoadState,
-  NO_ERRORS,
-  SectionHead,
-  useResource,
-} from '../components/ui';
+import { ConfirmDelete, DataTable } from '../components/data-table';
+import { FormDialog, useFields } from '../components/form-dialog';
+import { Badge, ErrorMessage, Field, SectionHead, useResource } from '../components/ui';
 import type { ResponseTemplate, TemplatePreview } from '../types';
 
 const KINDS = ['generic', 'block', 'rate_limit', 'error', 'challenge'] as const;
@@ -54,57 +44,37 @@ export function TemplatesPage(props: { environment: string }) {
         ))}
         — escaped for HTML.
       </p>
-      <LoadState
+      <DataTable
+        testId="templates-table"
+        what="templates"
+        rows={list}
+        rowKey={(t) => t.id}
+        rowAttributes={(t) => ({ 'data-template': t.name })}
         loading={templates.loading && !templates.data}
         error={templates.error}
-        empty={list.length === 0}
-        what="templates"
+        columns={[
+          { header: 'Name', cell: (t) => <strong>{t.name}</strong> },
+          { header: 'Kind', cell: (t) => <Badge tone="info">{t.kind}</Badge> },
+          { header: 'Status', cell: (t) => t.status },
+          { header: 'Content type', class: 'mono small', cell: (t) => t.contentType },
+          {
+            header: 'Used by',
+            class: 'small',
+            testId: 'used-by',
+            cell: (t) =>
+              t.usedBy.length === 0 ? (
+                <span class="muted">unused</span>
+              ) : (
+                t.usedBy.map((u) => `${u.type.replace('_', ' ')} ${u.name}`).join('; ')
+              ),
+          },
+        ]}
+        rowName={(t) => t.name}
+        actions={(t) => [
+          { label: 'Edit', onClick: () => setEditing(t) },
+          { label: 'Delete', danger: true, onClick: () => setDeleting(t) },
+        ]}
       />
-      {list.length > 0 ? (
-        <table class="table" data-testid="templates-table">
-          <thead>
-            <tr>
-              <th>Name</th>
-              <th>Kind</th>
-              <th>Status</th>
-              <th>Content type</th>
-              <th>Used by</th>
-              <th>
-                <span class="visually-hidden">Actions</span>
-              </th>
-            </tr>
-          </thead>
-          <tbody>
-            {list.map((t) => (
-              <tr key={t.id} data-template={t.name}>
-                <td>
-                  <strong>{t.name}</strong>
-                </td>
-                <td>
-                  <Badge tone="info">{t.kind}</Badge>
-                </td>
-                <td>{t.status}</td>
-                <td class="mono small">{t.contentType}</td>
-                <td class="small" data-testid="used-by">
-                  {t.usedBy.length === 0 ? (
-                    <span class="muted">unused</span>
-                  ) : (
-                    t.usedBy.map((u) => `${u.type.replace('_', ' ')} ${u.name}`).join('; ')
-                  )}
-                </td>
-                <td class="row-actions">
-                  <button type="button" class="secondary small" onClick={() => setEditing(t)}>
-                    Edit<span class="visually-hidden"> {t.name}</span>
-                  </button>
-                  <button type="button" class="danger small" onClick={() => setDeleting(t)}>
-                    Delete<span class="visually-hidden"> {t.name}</span>
-                  </button>
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      ) : null}
       {editing ? (
         <TemplateEditor
           api={api}
@@ -117,13 +87,9 @@ export function TemplatesPage(props: { environment: string }) {
         />
       ) : null}
       {deleting ? (
-        <ConfirmDialog
+        <ConfirmDelete
           title="Delete template"
-          message={
-            <>
-              Delete <strong>{deleting.name}</strong>?
-            </>
-          }
+          name={deleting.name}
           confirmLabel="Delete template"
           onConfirm={() =>
             api.del(`/api/v1/templates/${encodeURIComponent(deleting.id)}`).then(templates.reload)
@@ -152,7 +118,7 @@ function TemplateEditor(props: {
   onSaved: () => void;
 }) {
   const { api, template } = props;
-  const [v, setV] = useState(() => ({
+  const form = useFields({
     name: template?.name ?? '',
     kind: template?.kind ?? 'error',
     status: String(template?.status ?? 502),
@@ -160,9 +126,8 @@ function TemplateEditor(props: {
     body:
       template?.body ??
       '<!doctype html>\n<title>{{status}}</title>\n<h1>{{host}} is not available</h1>\n<p>Reference {{requestId}}</p>\n',
-  }));
-  const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
-  const [busy, setBusy] = useState(false);
+  });
+  const v = form.values;
   const [preview, setPreview] = useState<TemplatePreview | null>(null);
   const [previewError, setPreviewError] = useState<unknown>(null);
   // Live preview: rendered by the instance as the admin types (debounced).
@@ -190,18 +155,13 @@ function TemplateEditor(props: {
       clearTimeout(timer);
     };
   }, [v.kind, v.status, v.contentType, v.body]);
-  const set =
-    (name: keyof typeof v) =>
-    (e: JSX.TargetedEvent<HTMLInputElement | HTMLSelectElement | HTMLTextAreaElement>) => {
-      const value = e.currentTarget.value;
-      if (name === 'kind' && template === null)
-        setV({ ...v, kind: value, status: String(DEFAULT_STATUS[value] ?? v.status) });
-      else setV({ ...v, [name]: value });
-    };
-  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
-    event.preventDefault();
-    setBusy(true);
-    setErrors(NO_ERRORS);
+  // A new template takes the usual status of the kind chosen.
+  const chooseKind = (e: JSX.TargetedEvent<HTMLSelectElement>) => {
+    const kind = e.currentTarget.value;
+    form.set('kind', kind);
+    if (template === null) form.set('status', String(DEFAULT_STATUS[kind] ?? v.status));
+  };
+  const save = async () => {
     const body = {
       name: v.name,
       kind: v.kind,
@@ -209,83 +169,64 @@ function TemplateEditor(props: {
       contentType: v.contentType,
       body: v.body,
     };
-    try {
-      if (template === null) await api.post('/api/v1/templates', body);
-      else await api.patch(`/api/v1/templates/${encodeURIComponent(template.id)}`, body);
-      props.onSaved();
-    } catch (err) {
-      setErrors(formErrors(err, FIELDS));
-      setBusy(false);
-    }
+    if (template === null) await api.post('/api/v1/templates', body);
+    else await api.patch(`/api/v1/templates/${encodeURIComponent(template.id)}`, body);
+    props.onSaved();
   };
   return (
-    <Dialog
+    <FormDialog
       title={template ? `Edit ${template.name}` : 'Add template'}
       onClose={props.onClose}
+      onSubmit={save}
+      fields={FIELDS}
+      submitLabel="Save template"
+      formClass="template-editor"
       testId="template-editor"
       wide
     >
-      <form onSubmit={submit} class="template-editor">
-        <div class="template-fields">
-          <Field label="Name" error={errors.field.name}>
-            <input name="name" value={v.name} onInput={set('name')} />
-          </Field>
-          <Field label="Kind" error={errors.field.kind}>
-            <select name="kind" value={v.kind} onChange={set('kind')}>
-              {KINDS.map((k) => (
-                <option key={k} value={k}>
-                  {k}
-                </option>
-              ))}
-            </select>
-          </Field>
-          <Field label="Status" error={errors.field.status} hint="Used when the referrer sets none.">
-            <input name="status" type="number" value={v.status} onInput={set('status')} />
-          </Field>
-          <Field label="Content type" error={errors.field.contentType}>
-            <input name="contentType" value={v.contentType} onInput={set('contentType')} />
-          </Field>
-          <Field label="Body" error={errors.field.body} hint="At most 256 KiB.">
-            <textarea
-              name="body"
-              rows={14}
-              class="mono"
-              spellcheck={false}
-              value={v.body}
-              onInput={set('body')}
-            />
-          </Field>
-        </div>
-        <div class="template-preview">
-          <p class="field-label">Preview (sample values)</p>
-          {preview ? (
-            <iframe
-              title="Template preview"
-              sandbox=""
-              srcdoc={previewDocument(preview)}
-              class="preview-frame"
-              data-testid="template-preview"
-            />
-          ) : null}
-          <ErrorMessage error={previewError} />
-          {preview && preview.warnings.length > 0 ? (
-            <ul class="warn-text small" data-testid="template-warnings">
-              {preview.warnings.map((w) => (
-                <li key={w}>{w}</li>
-              ))}
-            </ul>
-          ) : null}
-        </div>
-        <ErrorMessage error={errors.form} />
-        <div class="actions">
-          <button type="button" class="secondary" onClick={props.onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={busy}>
-            Save template
-          </button>
-        </div>
-      </form>
-    </Dialog>
+      <div class="template-fields">
+        <Field label="Name">
+          <input {...form.text('name')} />
+        </Field>
+        <Field label="Kind">
+          <select {...form.choice('kind')} onChange={chooseKind}>
+            {KINDS.map((k) => (
+              <option key={k} value={k}>
+                {k}
+              </option>
+            ))}
+          </select>
+        </Field>
+        <Field label="Status" hint="Used when the referrer sets none.">
+          <input type="number" {...form.text('status')} />
+        </Field>
+        <Field label="Content type">
+          <input {...form.text('contentType')} />
+        </Field>
+        <Field label="Body" hint="At most 256 KiB.">
+          <textarea rows={14} class="mono" spellcheck={false} {...form.text('body')} />
+        </Field>
+      </div>
+      <div class="template-preview">
+        <p class="field-label">Preview (sample values)</p>
+        {preview ? (
+          <iframe
+            title="Template preview"
+            sandbox=""
+            srcdoc={previewDocument(preview)}
+            class="preview-frame"
+            data-testid="template-preview"
+          />
+        ) : null}
+        <ErrorMessage error={previewError} />
+        {preview && preview.warnings.length > 0 ? (
+          <ul class="warn-text small" data-testid="template-warnings">
+            {preview.warnings.map((w) => (
+              <li key={w}>{w}</li>
+            ))}
+          </ul>
+        ) : null}
+      </div>
+    </FormDialog>
   );
 }
