@@ -6,10 +6,10 @@ import type { JSX } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
 import { type Client, clientFor } from '../api';
 import { formatNumber } from '../components/charts';
+import { ConfirmDelete, RowActions } from '../components/data-table';
+import { FormDialog, useFields } from '../components/form-dialog';
 import {
   Badge,
-  ConfirmDialog,
-  Dialog,
   ErrorMessage,
   Field,
   type FormErrors,
@@ -192,12 +192,13 @@ function RulesCard(props: { api: Client; rules: ReturnType<typeof useResource<{ 
               </div>
               <code class="mono break">{rule.expression === '' ? '(every request)' : rule.expression}</code>
               <div class="row-actions">
-                <button type="button" class="secondary small" onClick={() => setEditing(rule)}>
-                  Edit<span class="visually-hidden"> {rule.name}</span>
-                </button>
-                <button type="button" class="danger small" onClick={() => setDeleting(rule)}>
-                  Delete<span class="visually-hidden"> {rule.name}</span>
-                </button>
+                <RowActions
+                  name={rule.name}
+                  actions={[
+                    { label: 'Edit', onClick: () => setEditing(rule) },
+                    { label: 'Delete', danger: true, onClick: () => setDeleting(rule) },
+                  ]}
+                />
               </div>
             </li>
           ))}
@@ -215,13 +216,10 @@ function RulesCard(props: { api: Client; rules: ReturnType<typeof useResource<{ 
         />
       ) : null}
       {deleting ? (
-        <ConfirmDialog
+        <ConfirmDelete
           title="Delete cache rule"
-          message={
-            <>
-              Delete <strong>{deleting.name}</strong>? What it stored is purged.
-            </>
-          }
+          name={deleting.name}
+          consequence="What it stored is purged."
           confirmLabel="Delete rule"
           onConfirm={() =>
             api.del(`/api/v1/cache/rules/${encodeURIComponent(deleting.id)}`).then(rules.reload)
@@ -259,7 +257,7 @@ function RuleEditor(props: {
   onSaved: () => void;
 }) {
   const { api, rule } = props;
-  const [v, setV] = useState<Record<string, string>>(() => ({
+  const form = useFields({
     name: rule?.name ?? '',
     priority: String(rule?.priority ?? 0),
     expression: rule?.expression ?? '',
@@ -269,131 +267,82 @@ function RuleEditor(props: {
     queryAllowlist: (rule?.queryAllowlist ?? []).join(', '),
     varyHeaders: (rule?.varyHeaders ?? []).join(', '),
     maxObjectBytes: String(rule?.maxObjectBytes ?? 100 * 1024 * 1024),
-  }));
-  const [enabled, setEnabled] = useState(rule?.enabled ?? true);
-  const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
-  const [busy, setBusy] = useState(false);
-  const set =
-    (name: string) => (e: JSX.TargetedEvent<HTMLInputElement | HTMLSelectElement | HTMLTextAreaElement>) =>
-      setV({ ...v, [name]: e.currentTarget.value });
-  const err = (name: string) =>
-    errors.field[name] ?? Object.entries(errors.field).find(([k]) => k.startsWith(`${name}.`))?.[1];
-  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
-    event.preventDefault();
-    setBusy(true);
-    setErrors(NO_ERRORS);
+    enabled: rule?.enabled ?? true,
+  });
+  const v = form.values;
+  const save = async () => {
     const body = {
       name: v.name,
       priority: Number(v.priority),
       expression: v.expression,
       ttl: { mode: v.ttlMode, seconds: Number(v.ttlSeconds) },
       queryMode: v.queryMode,
-      queryAllowlist: list(v.queryAllowlist ?? ''),
-      varyHeaders: list(v.varyHeaders ?? ''),
+      queryAllowlist: list(v.queryAllowlist),
+      varyHeaders: list(v.varyHeaders),
       maxObjectBytes: Number(v.maxObjectBytes),
-      enabled,
+      enabled: v.enabled,
     };
-    try {
-      if (rule === null) await api.post('/api/v1/cache/rules', body);
-      else await api.patch(`/api/v1/cache/rules/${encodeURIComponent(rule.id)}`, body);
-      props.onSaved();
-    } catch (e) {
-      setErrors(formErrors(e, RULE_FIELDS));
-      setBusy(false);
-    }
+    if (rule === null) await api.post('/api/v1/cache/rules', body);
+    else await api.patch(`/api/v1/cache/rules/${encodeURIComponent(rule.id)}`, body);
+    props.onSaved();
   };
   return (
-    <Dialog
+    <FormDialog
       title={rule ? `Edit ${rule.name}` : 'Add cache rule'}
       onClose={props.onClose}
+      onSubmit={save}
+      fields={RULE_FIELDS}
+      submitLabel="Save rule"
       testId="cache-rule-editor"
       wide
     >
-      <form onSubmit={submit}>
-        <Field label="Name" error={err('name')}>
-          <input name="name" value={v.name} onInput={set('name')} />
+      <Field label="Name">
+        <input {...form.text('name')} />
+      </Field>
+      <Field label="Priority" hint="Lower applies first.">
+        <input type="number" {...form.text('priority')} />
+      </Field>
+      <Field
+        label="Match expression"
+        hint="CEL, e.g. path_prefix(path, &quot;/assets&quot;); empty matches every request."
+      >
+        <textarea rows={2} class="mono" spellcheck={false} {...form.text('expression')} />
+      </Field>
+      <Field
+        label="TTL"
+        name={['ttl', 'ttl.mode', 'ttl.seconds']}
+        hint="origin: as the upstream says (seconds used when it says nothing); fixed: always."
+      >
+        <select {...form.choice('ttlMode')}>
+          <option value="origin">origin</option>
+          <option value="fixed">fixed</option>
+        </select>
+      </Field>
+      <Field label="TTL seconds" name="ttl.seconds">
+        <input type="number" {...form.text('ttlSeconds')} />
+      </Field>
+      <Field label="Query">
+        <select {...form.choice('queryMode')}>
+          <option value="include">part of the key</option>
+          <option value="ignore">ignored</option>
+          <option value="allowlist">only the names listed</option>
+        </select>
+      </Field>
+      {v.queryMode === 'allowlist' ? (
+        <Field label="Query names" hint="Comma separated.">
+          <input {...form.text('queryAllowlist')} />
         </Field>
-        <Field label="Priority" error={err('priority')} hint="Lower applies first.">
-          <input name="priority" type="number" value={v.priority} onInput={set('priority')} />
-        </Field>
-        <Field
-          label="Match expression"
-          error={err('expression')}
-          hint="CEL, e.g. path_prefix(path, &quot;/assets&quot;); empty matches every request."
-        >
-          <textarea
-            name="expression"
-            rows={2}
-            class="mono"
-            spellcheck={false}
-            value={v.expression}
-            onInput={set('expression')}
-          />
-        </Field>
-        <Field
-          label="TTL"
-          error={err('ttl')}
-          hint="origin: as the upstream says (seconds used when it says nothing); fixed: always."
-        >
-          <select name="ttlMode" value={v.ttlMode} onChange={set('ttlMode')}>
-            <option value="origin">origin</option>
-            <option value="fixed">fixed</option>
-          </select>
-        </Field>
-        <Field label="TTL seconds" error={err('ttl.seconds')}>
-          <input name="ttlSeconds" type="number" value={v.ttlSeconds} onInput={set('ttlSeconds')} />
-        </Field>
-        <Field label="Query" error={err('queryMode')}>
-          <select name="queryMode" value={v.queryMode} onChange={set('queryMode')}>
-            <option value="include">part of the key</option>
-            <option value="ignore">ignored</option>
-            <option value="allowlist">only the names listed</option>
-          </select>
-        </Field>
-        {v.queryMode === 'allowlist' ? (
-          <Field label="Query names" error={err('queryAllowlist')} hint="Comma separated.">
-            <input name="queryAllowlist" value={v.queryAllowlist} onInput={set('queryAllowlist')} />
-          </Field>
-        ) : null}
-        <Field
-          label="Vary on request headers"
-          error={err('varyHeaders')}
-          hint="Comma separated, added to the key."
-        >
-          <input name="varyHeaders" value={v.varyHeaders} onInput={set('varyHeaders')} />
-        </Field>
-        <Field
-          label="Largest object (bytes)"
-          error={err('maxObjectBytes')}
-          hint="Bigger answers stream through uncached."
-        >
-          <input
-            name="maxObjectBytes"
-            type="number"
-            value={v.maxObjectBytes}
-            onInput={set('maxObjectBytes')}
-          />
-        </Field>
-        <label>
-          <input
-            type="checkbox"
-            name="enabled"
-            checked={enabled}
-            onChange={(e) => setEnabled(e.currentTarget.checked)}
-          />{' '}
-          Enabled
-        </label>
-        <ErrorMessage error={errors.form} />
-        <div class="actions">
-          <button type="button" class="secondary" onClick={props.onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={busy}>
-            Save rule
-          </button>
-        </div>
-      </form>
-    </Dialog>
+      ) : null}
+      <Field label="Vary on request headers" hint="Comma separated, added to the key.">
+        <input {...form.text('varyHeaders')} />
+      </Field>
+      <Field label="Largest object (bytes)" hint="Bigger answers stream through uncached.">
+        <input type="number" {...form.text('maxObjectBytes')} />
+      </Field>
+      <label>
+        <input {...form.check('enabled')} /> Enabled
+      </label>
+    </FormDialog>
   );
 }
 
