@@ -26,6 +26,10 @@ export const DEFAULT_WINDOW_BYTES = 256 * 1024;
 export const MAX_REQUEST_BODY_BYTES = 1024 * 1024;
 /** Concurrent streams per connection, on both sides, by default. */
 export const DEFAULT_MAX_STREAMS = 256;
+/** Concurrent tunnel streams per connection by default (their own limit, beside `maxStreams`). */
+export const DEFAULT_MAX_TUNNEL_STREAMS = 1024;
+/** Bytes a tunnel stream may send towards a side before its window update, by default: 256 KiB. */
+export const DEFAULT_TUNNEL_WINDOW_BYTES = 256 * 1024;
 /** The timeout default and bound, defined with the Transport they apply to. */
 export { DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS } from './transport.js';
 /** What this implementation can do, announced in hello/welcome. */
@@ -36,6 +40,10 @@ export interface Limits {
   maxFrameBytes?: number;
   maxStreams?: number;
   initialWindowBytes?: number;
+  /** Concurrent tunnel streams accepted; 0 = {@link DEFAULT_MAX_TUNNEL_STREAMS}. */
+  maxTunnelStreams?: number;
+  /** Bytes a tunnel may send towards this side before a window update; 0 = {@link DEFAULT_TUNNEL_WINDOW_BYTES}. */
+  tunnelWindowBytes?: number;
 }
 
 /** First envelope of the executor side (the agent), on stream 0. */
@@ -143,6 +151,24 @@ export interface BodyChunk {
 /** The body of the stream is complete (request body, or response and stream). */
 export type End = Record<string, never>;
 
+/**
+ * Opens a tunnel stream (capability `tunnel`): a public request the executor
+ * (an agent) makes to an app in its network. Body chunks and an end follow
+ * with `hasBody`; with `upgrade`, a 101 head turns the stream into a byte pipe.
+ */
+export interface TunnelRequest {
+  method: string;
+  /** Absolute `http://` or `https://` URL. */
+  url: string;
+  headers?: Header[];
+  /** Bounds connect and the wait for the response head; 0 = {@link DEFAULT_TIMEOUT_MS}. */
+  timeoutMs?: number;
+  hasBody?: boolean;
+  /** Response window; 0 = {@link DEFAULT_TUNNEL_WINDOW_BYTES}. */
+  initialWindowBytes?: number;
+  upgrade?: boolean;
+}
+
 /** The client consumed `bytes` more of the response: the executor may send that much more. */
 export interface WindowUpdate {
   bytes: number;
@@ -158,6 +184,8 @@ export interface RelayError {
   message?: string;
   /** For certificate failures: DER of the leaf actually presented. */
   observedCertificateDer?: Uint8Array;
+  /** The system error behind it (ECONNREFUSED, ECONNRESET, …), when there is one. */
+  cause?: string;
 }
 
 /** Stream reconciliation (stream 0): the sender's live stream ids and its leak count so far. */
@@ -192,7 +220,8 @@ export type EnvelopePayload =
   | { case: 'cancel'; value: Cancel }
   | { case: 'error'; value: RelayError }
   | { case: 'streamSet'; value: StreamSet }
-  | { case: 'drain'; value: Drain };
+  | { case: 'drain'; value: Drain }
+  | { case: 'tunnelRequest'; value: TunnelRequest };
 
 /** The kinds of payload, in proto field order. */
 export type EnvelopeCase = EnvelopePayload['case'];

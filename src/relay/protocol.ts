@@ -41,6 +41,8 @@ export const CAPABILITY = {
   RECONCILE: 'reconcile',
   /** Drain: `drain` on stream 0 before a side goes away (a replica stopping). */
   DRAIN: 'drain',
+  /** Tunnel streams: `tunnel_request` (public requests an agent makes in its network). */
+  TUNNEL: 'tunnel',
 } as const;
 
 /** What this build announces by default. */

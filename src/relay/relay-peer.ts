@@ -38,6 +38,8 @@ import { decodeEnvelope, encodeEnvelope } from './codec.js';
 import {
   DEFAULT_MAX_FRAME_BYTES,
   DEFAULT_MAX_STREAMS,
+  DEFAULT_MAX_TUNNEL_STREAMS,
+  DEFAULT_TUNNEL_WINDOW_BYTES,
   DEFAULT_WINDOW_BYTES,
   type Envelope,
   type EnvelopeCase,
@@ -271,6 +273,8 @@ export class RelayPeer {
       maxFrameBytes: options.limits?.maxFrameBytes || DEFAULT_MAX_FRAME_BYTES,
       maxStreams: options.limits?.maxStreams || DEFAULT_MAX_STREAMS,
       initialWindowBytes: options.limits?.initialWindowBytes || DEFAULT_WINDOW_BYTES,
+      maxTunnelStreams: options.limits?.maxTunnelStreams || DEFAULT_MAX_TUNNEL_STREAMS,
+      tunnelWindowBytes: options.limits?.tunnelWindowBytes || DEFAULT_TUNNEL_WINDOW_BYTES,
     };
     this.#capabilities = options.capabilities ?? DEFAULT_CAPABILITIES;
     this.#maxSendBuffer = options.maxSendBufferBytes ?? DEFAULT_MAX_SEND_BUFFER_BYTES;
@@ -811,6 +815,8 @@ function remoteHello(
       maxFrameBytes: limits.maxFrameBytes || DEFAULT_MAX_FRAME_BYTES,
       maxStreams: limits.maxStreams || DEFAULT_MAX_STREAMS,
       initialWindowBytes: limits.initialWindowBytes || DEFAULT_WINDOW_BYTES,
+      maxTunnelStreams: limits.maxTunnelStreams || DEFAULT_MAX_TUNNEL_STREAMS,
+      tunnelWindowBytes: limits.tunnelWindowBytes || DEFAULT_TUNNEL_WINDOW_BYTES,
     },
     replicaId: 'replicaId' in announcement ? (announcement.replicaId ?? '').slice(0, 64) : '',
   };

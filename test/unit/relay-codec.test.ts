@@ -26,7 +26,13 @@ const EVERY_KIND: Record<EnvelopeCase, Envelope> = {
         minProtocolVersion: PROTOCOL_VERSION,
         agentVersion: '0.1.0',
         capabilities: ['discover', 'request'],
-        limits: { maxFrameBytes: 1 << 20, maxStreams: 64, initialWindowBytes: 1 << 18 },
+        limits: {
+          maxFrameBytes: 1 << 20,
+          maxStreams: 64,
+          initialWindowBytes: 1 << 18,
+          maxTunnelStreams: 1000,
+          tunnelWindowBytes: 1 << 17,
+        },
       },
     },
   },
@@ -102,7 +108,12 @@ const EVERY_KIND: Record<EnvelopeCase, Envelope> = {
     streamId: 5,
     payload: {
       case: 'error',
-      value: { code: 'CERTIFICATE_CHANGED', message: 'the certificate changed', observedCertificateDer: der },
+      value: {
+        code: 'CERTIFICATE_CHANGED',
+        message: 'the certificate changed',
+        observedCertificateDer: der,
+        cause: 'ERR_TLS_CERT_ALTNAME_INVALID',
+      },
     },
   },
   streamSet: {
@@ -112,6 +123,24 @@ const EVERY_KIND: Record<EnvelopeCase, Envelope> = {
   drain: {
     streamId: 0,
     payload: { case: 'drain', value: { graceMs: 10_000, reason: 'the replica is stopping' } },
+  },
+  tunnelRequest: {
+    streamId: 6,
+    payload: {
+      case: 'tunnelRequest',
+      value: {
+        method: 'PUT',
+        url: 'http://app.internal:8080/upload?x=1',
+        headers: [
+          { name: 'content-type', value: 'application/octet-stream' },
+          { name: 'x-forwarded-for', value: '203.0.113.7' },
+        ],
+        timeoutMs: 30_000,
+        hasBody: true,
+        initialWindowBytes: 131_072,
+        upgrade: true,
+      },
+    },
   },
 };
 

@@ -59,6 +59,9 @@ export namespace p2pstream {
 
                 /** Envelope drain */
                 drain?: (p2pstream.relay.v1.IDrain|null);
+
+                /** Envelope tunnelRequest */
+                tunnelRequest?: (p2pstream.relay.v1.ITunnelRequest|null);
             }
 
             /** Represents an Envelope. */
@@ -118,8 +121,11 @@ export namespace p2pstream {
                 /** Envelope drain. */
                 public drain?: (p2pstream.relay.v1.IDrain|null);
 
+                /** Envelope tunnelRequest. */
+                public tunnelRequest?: (p2pstream.relay.v1.ITunnelRequest|null);
+
                 /** Envelope payload. */
-                public payload?: ("hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain");
+                public payload?: ("hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain"|"tunnelRequest");
 
                 /**
                  * Encodes the specified Envelope message. Does not implicitly {@link p2pstream.relay.v1.Envelope.verify|verify} messages.
@@ -151,6 +157,12 @@ export namespace p2pstream {
 
                 /** Limits initialWindowBytes */
                 initialWindowBytes?: (number|null);
+
+                /** Limits maxTunnelStreams */
+                maxTunnelStreams?: (number|null);
+
+                /** Limits tunnelWindowBytes */
+                tunnelWindowBytes?: (number|null);
             }
 
             /** Represents a Limits. */
@@ -170,6 +182,12 @@ export namespace p2pstream {
 
                 /** Limits initialWindowBytes. */
                 public initialWindowBytes: number;
+
+                /** Limits maxTunnelStreams. */
+                public maxTunnelStreams: number;
+
+                /** Limits tunnelWindowBytes. */
+                public tunnelWindowBytes: number;
 
                 /**
                  * Encodes the specified Limits message. Does not implicitly {@link p2pstream.relay.v1.Limits.verify|verify} messages.
@@ -1089,6 +1107,9 @@ export namespace p2pstream {
 
                 /** RelayError observedCertificateDer */
                 observedCertificateDer?: (Uint8Array|null);
+
+                /** RelayError cause */
+                cause?: (string|null);
             }
 
             /** Represents a RelayError. */
@@ -1109,6 +1130,9 @@ export namespace p2pstream {
                 /** RelayError observedCertificateDer. */
                 public observedCertificateDer: Uint8Array;
 
+                /** RelayError cause. */
+                public cause: string;
+
                 /**
                  * Encodes the specified RelayError message. Does not implicitly {@link p2pstream.relay.v1.RelayError.verify|verify} messages.
                  * @param message RelayError message or plain object to encode
@@ -1126,6 +1150,80 @@ export namespace p2pstream {
                  * @throws {$protobuf.util.ProtocolError} If required fields are missing
                  */
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.RelayError;
+            }
+
+            /** Properties of a TunnelRequest. */
+            interface ITunnelRequest {
+
+                /** TunnelRequest method */
+                method?: (string|null);
+
+                /** TunnelRequest url */
+                url?: (string|null);
+
+                /** TunnelRequest headers */
+                headers?: (p2pstream.relay.v1.IHeader[]|null);
+
+                /** TunnelRequest timeoutMs */
+                timeoutMs?: (number|null);
+
+                /** TunnelRequest hasBody */
+                hasBody?: (boolean|null);
+
+                /** TunnelRequest initialWindowBytes */
+                initialWindowBytes?: (number|null);
+
+                /** TunnelRequest upgrade */
+                upgrade?: (boolean|null);
+            }
+
+            /** Represents a TunnelRequest. */
+            class TunnelRequest implements ITunnelRequest {
+
+                /**
+                 * Constructs a new TunnelRequest.
+                 * @param [properties] Properties to set
+                 */
+                constructor(properties?: p2pstream.relay.v1.ITunnelRequest);
+
+                /** TunnelRequest method. */
+                public method: string;
+
+                /** TunnelRequest url. */
+                public url: string;
+
+                /** TunnelRequest headers. */
+                public headers: p2pstream.relay.v1.IHeader[];
+
+                /** TunnelRequest timeoutMs. */
+                public timeoutMs: number;
+
+                /** TunnelRequest hasBody. */
+                public hasBody: boolean;
+
+                /** TunnelRequest initialWindowBytes. */
+                public initialWindowBytes: number;
+
+                /** TunnelRequest upgrade. */
+                public upgrade: boolean;
+
+                /**
+                 * Encodes the specified TunnelRequest message. Does not implicitly {@link p2pstream.relay.v1.TunnelRequest.verify|verify} messages.
+                 * @param message TunnelRequest message or plain object to encode
+                 * @param [writer] Writer to encode to
+                 * @returns Writer
+                 */
+                public static encode(message: p2pstream.relay.v1.ITunnelRequest, writer?: $protobuf.Writer): $protobuf.Writer;
+
+                /**
+                 * Decodes a TunnelRequest message from the specified reader or buffer.
+                 * @param reader Reader or buffer to decode from
+                 * @param [length] Message length if known beforehand
+                 * @returns TunnelRequest
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.TunnelRequest;
             }
         }
     }

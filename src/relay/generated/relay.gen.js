@@ -57,6 +57,7 @@ export const p2pstream = $root.p2pstream = (() => {
                  * @property {p2pstream.relay.v1.IRelayError|null} [error] Envelope error
                  * @property {p2pstream.relay.v1.IStreamSet|null} [streamSet] Envelope streamSet
                  * @property {p2pstream.relay.v1.IDrain|null} [drain] Envelope drain
+                 * @property {p2pstream.relay.v1.ITunnelRequest|null} [tunnelRequest] Envelope tunnelRequest
                  */
 
                 /**
@@ -202,17 +203,25 @@ export const p2pstream = $root.p2pstream = (() => {
                  */
                 Envelope.prototype.drain = null;
 
+                /**
+                 * Envelope tunnelRequest.
+                 * @member {p2pstream.relay.v1.ITunnelRequest|null|undefined} tunnelRequest
+                 * @memberof p2pstream.relay.v1.Envelope
+                 * @instance
+                 */
+                Envelope.prototype.tunnelRequest = null;
+
                 // OneOf field names bound to virtual getters and setters
                 let $oneOfFields;
 
                 /**
                  * Envelope payload.
-                 * @member {"hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain"|undefined} payload
+                 * @member {"hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain"|"tunnelRequest"|undefined} payload
                  * @memberof p2pstream.relay.v1.Envelope
                  * @instance
                  */
                 Object.defineProperty(Envelope.prototype, "payload", {
-                    get: $util.oneOfGetter($oneOfFields = ["hello", "welcome", "ping", "pong", "discoverRequest", "discoverResult", "requestHead", "responseHead", "bodyChunk", "end", "windowUpdate", "cancel", "error", "streamSet", "drain"]),
+                    get: $util.oneOfGetter($oneOfFields = ["hello", "welcome", "ping", "pong", "discoverRequest", "discoverResult", "requestHead", "responseHead", "bodyChunk", "end", "windowUpdate", "cancel", "error", "streamSet", "drain", "tunnelRequest"]),
                     set: $util.oneOfSetter($oneOfFields)
                 });
 
@@ -264,6 +273,8 @@ export const p2pstream = $root.p2pstream = (() => {
                         $root.p2pstream.relay.v1.StreamSet.encode(message.streamSet, writer.uint32(/* id 15, wireType 2 =*/122).fork(), q + 1).ldelim();
                     if (message.drain != null && Object.hasOwnProperty.call(message, "drain"))
                         $root.p2pstream.relay.v1.Drain.encode(message.drain, writer.uint32(/* id 16, wireType 2 =*/130).fork(), q + 1).ldelim();
+                    if (message.tunnelRequest != null && Object.hasOwnProperty.call(message, "tunnelRequest"))
+                        $root.p2pstream.relay.v1.TunnelRequest.encode(message.tunnelRequest, writer.uint32(/* id 17, wireType 2 =*/138).fork(), q + 1).ldelim();
                     return writer;
                 };
 
@@ -365,6 +376,10 @@ export const p2pstream = $root.p2pstream = (() => {
                                 message.drain = $root.p2pstream.relay.v1.Drain.decode(reader, reader.uint32(), undefined, long + 1);
                                 break;
                             }
+                        case 17: {
+                                message.tunnelRequest = $root.p2pstream.relay.v1.TunnelRequest.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -390,6 +405,8 @@ export const p2pstream = $root.p2pstream = (() => {
                  * @property {number|null} [maxFrameBytes] Limits maxFrameBytes
                  * @property {number|null} [maxStreams] Limits maxStreams
                  * @property {number|null} [initialWindowBytes] Limits initialWindowBytes
+                 * @property {number|null} [maxTunnelStreams] Limits maxTunnelStreams
+                 * @property {number|null} [tunnelWindowBytes] Limits tunnelWindowBytes
                  */
 
                 /**
@@ -432,6 +449,22 @@ export const p2pstream = $root.p2pstream = (() => {
                 Limits.prototype.initialWindowBytes = 0;
 
                 /**
+                 * Limits maxTunnelStreams.
+                 * @member {number} maxTunnelStreams
+                 * @memberof p2pstream.relay.v1.Limits
+                 * @instance
+                 */
+                Limits.prototype.maxTunnelStreams = 0;
+
+                /**
+                 * Limits tunnelWindowBytes.
+                 * @member {number} tunnelWindowBytes
+                 * @memberof p2pstream.relay.v1.Limits
+                 * @instance
+                 */
+                Limits.prototype.tunnelWindowBytes = 0;
+
+                /**
                  * Encodes the specified Limits message. Does not implicitly {@link p2pstream.relay.v1.Limits.verify|verify} messages.
                  * @function encode
                  * @memberof p2pstream.relay.v1.Limits
@@ -453,6 +486,10 @@ export const p2pstream = $root.p2pstream = (() => {
                         writer.uint32(/* id 2, wireType 0 =*/16).uint32(message.maxStreams);
                     if (message.initialWindowBytes != null && Object.hasOwnProperty.call(message, "initialWindowBytes"))
                         writer.uint32(/* id 3, wireType 0 =*/24).uint32(message.initialWindowBytes);
+                    if (message.maxTunnelStreams != null && Object.hasOwnProperty.call(message, "maxTunnelStreams"))
+                        writer.uint32(/* id 4, wireType 0 =*/32).uint32(message.maxTunnelStreams);
+                    if (message.tunnelWindowBytes != null && Object.hasOwnProperty.call(message, "tunnelWindowBytes"))
+                        writer.uint32(/* id 5, wireType 0 =*/40).uint32(message.tunnelWindowBytes);
                     return writer;
                 };
 
@@ -500,6 +537,14 @@ export const p2pstream = $root.p2pstream = (() => {
                             }
                         case 3: {
                                 message.initialWindowBytes = reader.uint32();
+                                break;
+                            }
+                        case 4: {
+                                message.maxTunnelStreams = reader.uint32();
+                                break;
+                            }
+                        case 5: {
+                                message.tunnelWindowBytes = reader.uint32();
                                 break;
                             }
                         default:
@@ -3005,6 +3050,7 @@ export const p2pstream = $root.p2pstream = (() => {
                  * @property {string|null} [code] RelayError code
                  * @property {string|null} [message] RelayError message
                  * @property {Uint8Array|null} [observedCertificateDer] RelayError observedCertificateDer
+                 * @property {string|null} [cause] RelayError cause
                  */
 
                 /**
@@ -3047,6 +3093,14 @@ export const p2pstream = $root.p2pstream = (() => {
                 RelayError.prototype.observedCertificateDer = $util.newBuffer([]);
 
                 /**
+                 * RelayError cause.
+                 * @member {string} cause
+                 * @memberof p2pstream.relay.v1.RelayError
+                 * @instance
+                 */
+                RelayError.prototype.cause = "";
+
+                /**
                  * Encodes the specified RelayError message. Does not implicitly {@link p2pstream.relay.v1.RelayError.verify|verify} messages.
                  * @function encode
                  * @memberof p2pstream.relay.v1.RelayError
@@ -3068,6 +3122,8 @@ export const p2pstream = $root.p2pstream = (() => {
                         writer.uint32(/* id 2, wireType 2 =*/18).string(message.message);
                     if (message.observedCertificateDer != null && Object.hasOwnProperty.call(message, "observedCertificateDer"))
                         writer.uint32(/* id 3, wireType 2 =*/26).bytes(message.observedCertificateDer);
+                    if (message.cause != null && Object.hasOwnProperty.call(message, "cause"))
+                        writer.uint32(/* id 4, wireType 2 =*/34).string(message.cause);
                     return writer;
                 };
 
@@ -3117,6 +3173,10 @@ export const p2pstream = $root.p2pstream = (() => {
                                 message.observedCertificateDer = reader.bytes();
                                 break;
                             }
+                        case 4: {
+                                message.cause = reader.string();
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -3131,6 +3191,207 @@ export const p2pstream = $root.p2pstream = (() => {
                 };
 
                 return RelayError;
+            })();
+
+            v1.TunnelRequest = (function() {
+
+                /**
+                 * Properties of a TunnelRequest.
+                 * @memberof p2pstream.relay.v1
+                 * @interface ITunnelRequest
+                 * @property {string|null} [method] TunnelRequest method
+                 * @property {string|null} [url] TunnelRequest url
+                 * @property {Array.<p2pstream.relay.v1.IHeader>|null} [headers] TunnelRequest headers
+                 * @property {number|null} [timeoutMs] TunnelRequest timeoutMs
+                 * @property {boolean|null} [hasBody] TunnelRequest hasBody
+                 * @property {number|null} [initialWindowBytes] TunnelRequest initialWindowBytes
+                 * @property {boolean|null} [upgrade] TunnelRequest upgrade
+                 */
+
+                /**
+                 * Constructs a new TunnelRequest.
+                 * @memberof p2pstream.relay.v1
+                 * @classdesc Represents a TunnelRequest.
+                 * @implements ITunnelRequest
+                 * @constructor
+                 * @param {p2pstream.relay.v1.ITunnelRequest=} [properties] Properties to set
+                 */
+                function TunnelRequest(properties) {
+                    this.headers = [];
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                /**
+                 * TunnelRequest method.
+                 * @member {string} method
+                 * @memberof p2pstream.relay.v1.TunnelRequest
+                 * @instance
+                 */
+                TunnelRequest.prototype.method = "";
+
+                /**
+                 * TunnelRequest url.
+                 * @member {string} url
+                 * @memberof p2pstream.relay.v1.TunnelRequest
+                 * @instance
+                 */
+                TunnelRequest.prototype.url = "";
+
+                /**
+                 * TunnelRequest headers.
+                 * @member {Array.<p2pstream.relay.v1.IHeader>} headers
+                 * @memberof p2pstream.relay.v1.TunnelRequest
+                 * @instance
+                 */
+                TunnelRequest.prototype.headers = $util.emptyArray;
+
+                /**
+                 * TunnelRequest timeoutMs.
+                 * @member {number} timeoutMs
+                 * @memberof p2pstream.relay.v1.TunnelRequest
+                 * @instance
+                 */
+                TunnelRequest.prototype.timeoutMs = 0;
+
+                /**
+                 * TunnelRequest hasBody.
+                 * @member {boolean} hasBody
+                 * @memberof p2pstream.relay.v1.TunnelRequest
+                 * @instance
+                 */
+                TunnelRequest.prototype.hasBody = false;
+
+                /**
+                 * TunnelRequest initialWindowBytes.
+                 * @member {number} initialWindowBytes
+                 * @memberof p2pstream.relay.v1.TunnelRequest
+                 * @instance
+                 */
+                TunnelRequest.prototype.initialWindowBytes = 0;
+
+                /**
+                 * TunnelRequest upgrade.
+                 * @member {boolean} upgrade
+                 * @memberof p2pstream.relay.v1.TunnelRequest
+                 * @instance
+                 */
+                TunnelRequest.prototype.upgrade = false;
+
+                /**
+                 * Encodes the specified TunnelRequest message. Does not implicitly {@link p2pstream.relay.v1.TunnelRequest.verify|verify} messages.
+                 * @function encode
+                 * @memberof p2pstream.relay.v1.TunnelRequest
+                 * @static
+                 * @param {p2pstream.relay.v1.ITunnelRequest} message TunnelRequest message or plain object to encode
+                 * @param {$protobuf.Writer} [writer] Writer to encode to
+                 * @returns {$protobuf.Writer} Writer
+                 */
+                TunnelRequest.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.method != null && Object.hasOwnProperty.call(message, "method"))
+                        writer.uint32(/* id 1, wireType 2 =*/10).string(message.method);
+                    if (message.url != null && Object.hasOwnProperty.call(message, "url"))
+                        writer.uint32(/* id 2, wireType 2 =*/18).string(message.url);
+                    if (message.headers != null && message.headers.length)
+                        for (let i = 0; i < message.headers.length; ++i)
+                            $root.p2pstream.relay.v1.Header.encode(message.headers[i], writer.uint32(/* id 3, wireType 2 =*/26).fork(), q + 1).ldelim();
+                    if (message.timeoutMs != null && Object.hasOwnProperty.call(message, "timeoutMs"))
+                        writer.uint32(/* id 4, wireType 0 =*/32).uint32(message.timeoutMs);
+                    if (message.hasBody != null && Object.hasOwnProperty.call(message, "hasBody"))
+                        writer.uint32(/* id 5, wireType 0 =*/40).bool(message.hasBody);
+                    if (message.initialWindowBytes != null && Object.hasOwnProperty.call(message, "initialWindowBytes"))
+                        writer.uint32(/* id 6, wireType 0 =*/48).uint32(message.initialWindowBytes);
+                    if (message.upgrade != null && Object.hasOwnProperty.call(message, "upgrade"))
+                        writer.uint32(/* id 7, wireType 0 =*/56).bool(message.upgrade);
+                    return writer;
+                };
+
+                /**
+                 * Decodes a TunnelRequest message from the specified reader or buffer.
+                 * @function decode
+                 * @memberof p2pstream.relay.v1.TunnelRequest
+                 * @static
+                 * @param {$protobuf.Reader|Uint8Array} reader Reader or buffer to decode from
+                 * @param {number} [length] Message length if known beforehand
+                 * @returns {p2pstream.relay.v1.TunnelRequest} TunnelRequest
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                TunnelRequest.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.p2pstream.relay.v1.TunnelRequest();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.method = reader.string();
+                                break;
+                            }
+                        case 2: {
+                                message.url = reader.string();
+                                break;
+                            }
+                        case 3: {
+                                if (!(message.headers && message.headers.length))
+                                    message.headers = [];
+                                message.headers.push($root.p2pstream.relay.v1.Header.decode(reader, reader.uint32(), undefined, long + 1));
+                                break;
+                            }
+                        case 4: {
+                                message.timeoutMs = reader.uint32();
+                                break;
+                            }
+                        case 5: {
+                                message.hasBody = reader.bool();
+                                break;
+                            }
+                        case 6: {
+                                message.initialWindowBytes = reader.uint32();
+                                break;
+                            }
+                        case 7: {
+                                message.upgrade = reader.bool();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                return TunnelRequest;
             })();
 
             return v1;
