@@ -5,12 +5,19 @@
  */
 import type { ComponentChildren, JSX } from 'preact';
 import { useContext, useState } from 'preact/hooks';
-import { Dialog, ErrorMessage, type FormErrors, FormErrorsContext, formErrors, NO_ERRORS } from './ui';
+import {
+  Dialog,
+  ErrorMessage,
+  type FormErrors,
+  FormErrorsContext,
+  fieldError,
+  formErrors,
+  NO_ERRORS,
+} from './ui';
 
-/** The error the server gave for `name` in the enclosing form, if any. */
-export function useFieldError(name: string | undefined): string | undefined {
-  const errors = useContext(FormErrorsContext);
-  return name === undefined ? undefined : errors.field[name];
+/** The error the server gave for `name` (or inside it) in the enclosing form, if any. */
+export function useFieldError(name: string): string | undefined {
+  return fieldError(useContext(FormErrorsContext), name);
 }
 
 export interface FormDialogProps {

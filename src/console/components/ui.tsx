@@ -103,7 +103,8 @@ export function Field(props: {
   const controlName = (props.children.props as { name?: unknown }).name;
   const paths = props.name ?? (typeof controlName === 'string' ? controlName : []);
   const error =
-    props.error ?? (typeof paths === 'string' ? [paths] : paths).map((p) => errors.field[p]).find(Boolean);
+    props.error ??
+    (typeof paths === 'string' ? [paths] : paths).map((p) => fieldError(errors, p)).find(Boolean);
   const note = error ?? props.hint ?? null;
   const control = cloneElement(props.children, {
     id,
@@ -146,6 +147,19 @@ export interface FormErrors {
 }
 
 export const NO_ERRORS: FormErrors = { field: {}, form: null };
+
+/**
+ * The error for the control of `name`: the server's error at that path, or
+ * at a path inside it (`ttl.seconds`, `key.0` belong to `ttl`, `key`).
+ */
+export function fieldError(errors: FormErrors, name: string): string | undefined {
+  return (
+    errors.field[name] ??
+    Object.entries(errors.field).find(
+      ([path]) => path.startsWith(`${name}.`) || path.startsWith(`${name}[`),
+    )?.[1]
+  );
+}
 
 /** The errors of the form a `Field` stands in (provided by `FormDialog`). */
 export const FormErrorsContext = createContext<FormErrors>(NO_ERRORS);

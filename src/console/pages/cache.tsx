@@ -310,7 +310,7 @@ function RuleEditor(props: {
       </Field>
       <Field
         label="TTL"
-        name={['ttl', 'ttl.mode', 'ttl.seconds']}
+        name="ttl"
         hint="origin: as the upstream says (seconds used when it says nothing); fixed: always."
       >
         <select {...form.choice('ttlMode')}>
