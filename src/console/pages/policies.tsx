@@ -7,17 +7,14 @@
 import type { JSX } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
 import { type Client, clientFor } from '../api';
+import { ConfirmDelete, RowActions, useAction } from '../components/data-table';
+import { FormDialog, useFieldError, useFields } from '../components/form-dialog';
 import {
   Badge,
-  ConfirmDialog,
-  Dialog,
   ErrorMessage,
   Field,
-  type FormErrors,
   formatTime,
-  formErrors,
   LoadState,
-  NO_ERRORS,
   SectionHead,
   useResource,
 } from '../components/ui';
@@ -87,7 +84,7 @@ function PolicyCard(props: { kind: Kind; api: Client; templates: ResponseTemplat
   const rules = useResource(() => api.get<Record<string, AnyRule[]>>(`/api/v1/policies/${kind}`), [kind]);
   const [editing, setEditing] = useState<AnyRule | 'new' | null>(null);
   const [deleting, setDeleting] = useState<AnyRule | null>(null);
-  const [actionError, setActionError] = useState<unknown>(null);
+  const action = useAction();
   const list = rules.data?.[LIST_KEY[kind]] ?? [];
   // Auto-mode switches show without a reload.
   useEffect(() => {
@@ -95,15 +92,12 @@ function PolicyCard(props: { kind: Kind; api: Client; templates: ResponseTemplat
     const timer = setInterval(rules.reload, 5000);
     return () => clearInterval(timer);
   }, [kind]);
-  const toggle = async (rule: AnyRule) => {
-    setActionError(null);
-    try {
-      await api.patch(`/api/v1/policies/${kind}/${encodeURIComponent(rule.id)}`, { enabled: !rule.enabled });
-      rules.reload();
-    } catch (err) {
-      setActionError(err);
-    }
-  };
+  const toggle = (rule: AnyRule) =>
+    action.run(() =>
+      api
+        .patch(`/api/v1/policies/${kind}/${encodeURIComponent(rule.id)}`, { enabled: !rule.enabled })
+        .then(rules.reload),
+    );
   return (
     <div class="card policy-card" data-testid={`policy-card-${kind}`}>
       <SectionHead title={TITLES[kind]} level={2}>
@@ -111,7 +105,7 @@ function PolicyCard(props: { kind: Kind; api: Client; templates: ResponseTemplat
           Add<span class="visually-hidden"> {TITLES[kind]}</span>
         </button>
       </SectionHead>
-      <ErrorMessage error={actionError} />
+      <ErrorMessage error={action.error} />
       <LoadState
         loading={rules.loading && !rules.data}
         error={rules.error}
@@ -132,16 +126,14 @@ function PolicyCard(props: { kind: Kind; api: Client; templates: ResponseTemplat
               </div>
               <code class="mono break">{rule.expression === '' ? '(every request)' : rule.expression}</code>
               <div class="row-actions">
-                <button type="button" class="secondary small" onClick={() => toggle(rule)}>
-                  {rule.enabled ? 'Disable' : 'Enable'}
-                  <span class="visually-hidden"> {rule.name}</span>
-                </button>
-                <button type="button" class="secondary small" onClick={() => setEditing(rule)}>
-                  Edit<span class="visually-hidden"> {rule.name}</span>
-                </button>
-                <button type="button" class="danger small" onClick={() => setDeleting(rule)}>
-                  Delete<span class="visually-hidden"> {rule.name}</span>
-                </button>
+                <RowActions
+                  name={rule.name}
+                  actions={[
+                    { label: rule.enabled ? 'Disable' : 'Enable', onClick: () => toggle(rule) },
+                    { label: 'Edit', onClick: () => setEditing(rule) },
+                    { label: 'Delete', danger: true, onClick: () => setDeleting(rule) },
+                  ]}
+                />
               </div>
             </li>
           ))}
@@ -161,13 +153,10 @@ function PolicyCard(props: { kind: Kind; api: Client; templates: ResponseTemplat
         />
       ) : null}
       {deleting ? (
-        <ConfirmDialog
+        <ConfirmDelete
           title="Delete rule"
-          message={
-            <>
-              Delete <strong>{deleting.name}</strong>? It stops applying at once.
-            </>
-          }
+          name={deleting.name}
+          consequence="It stops applying at once."
           confirmLabel="Delete rule"
           onConfirm={() =>
             api.del(`/api/v1/policies/${kind}/${encodeURIComponent(deleting.id)}`).then(rules.reload)
@@ -198,12 +187,8 @@ function AutoBadge(props: { kind: Kind; rule: AnyRule }) {
 }
 
 /** The expression field: checked against the instance as the admin types (debounced). */
-function ExpressionField(props: {
-  api: Client;
-  value: string;
-  onInput: (v: string) => void;
-  error?: string;
-}) {
+function ExpressionField(props: { api: Client; value: string; onInput: (v: string) => void }) {
+  const serverError = useFieldError('expression');
   const [check, setCheck] = useState<{ valid: boolean; message: string } | null>(null);
   useEffect(() => {
     let current = true;
@@ -222,7 +207,7 @@ function ExpressionField(props: {
       clearTimeout(timer);
     };
   }, [props.value]);
-  const error = props.error ?? (check && !check.valid ? check.message : null);
+  const error = serverError ?? (check && !check.valid ? check.message : null);
   return (
     <Field
       label="Match expression"
@@ -379,30 +364,17 @@ function RuleEditor(props: {
   onSaved: () => void;
 }) {
   const { kind, api, rule } = props;
-  const [values, setValues] = useState<Values>(() => initialValues(kind, rule));
-  const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
-  const [busy, setBusy] = useState(false);
-  const set = (name: string) => (e: JSX.TargetedEvent<HTMLInputElement | HTMLSelectElement>) =>
-    setValues({ ...values, [name]: e.currentTarget.value });
-  const fieldError = (name: string) =>
-    errors.field[name] ?? Object.entries(errors.field).find(([k]) => k.startsWith(`${name}.`))?.[1];
-  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
-    event.preventDefault();
-    setBusy(true);
-    setErrors(NO_ERRORS);
-    try {
-      const body = bodyOf(kind, values);
-      if (rule === null) await api.post(`/api/v1/policies/${kind}`, body);
-      else await api.patch(`/api/v1/policies/${kind}/${encodeURIComponent(rule.id)}`, body);
-      props.onSaved();
-    } catch (err) {
-      setErrors(formErrors(err, FIELDS));
-      setBusy(false);
-    }
+  const form = useFields<Values>(initialValues(kind, rule));
+  const values = form.values;
+  const save = async () => {
+    const body = bodyOf(kind, values);
+    if (rule === null) await api.post(`/api/v1/policies/${kind}`, body);
+    else await api.patch(`/api/v1/policies/${kind}/${encodeURIComponent(rule.id)}`, body);
+    props.onSaved();
   };
   const templateSelect = (
-    <Field label="Template" error={fieldError('templateId')} hint="Optional page for the answer.">
-      <select name="templateId" value={values.templateId} onChange={set('templateId')}>
+    <Field label="Template" hint="Optional page for the answer.">
+      <select {...form.choice('templateId')}>
         <option value="">Built-in page</option>
         {props.templates.map((t) => (
           <option key={t.id} value={t.id}>
@@ -413,108 +385,91 @@ function RuleEditor(props: {
     </Field>
   );
   const input = (name: string, label: string, hint?: string, type = 'number') => (
-    <Field label={label} error={fieldError(name)} hint={hint}>
-      <input name={name} type={type} step="any" value={values[name]} onInput={set(name)} />
+    <Field label={label} hint={hint}>
+      <input type={type} step="any" {...form.text(name)} />
     </Field>
   );
   return (
-    <Dialog
+    <FormDialog
       title={`${rule ? 'Edit' : 'Add'} ${TITLES[kind].replace(/s$/, '').toLowerCase()}`}
       onClose={props.onClose}
+      onSubmit={save}
+      fields={FIELDS}
+      testId="policy-editor"
     >
-      <form onSubmit={submit} data-testid="policy-editor">
-        <Field label="Name" error={fieldError('name')}>
-          <input name="name" required maxLength={128} value={values.name} onInput={set('name')} />
-        </Field>
-        {input('priority', 'Priority', 'Lower runs first.')}
-        <ExpressionField
-          api={api}
-          value={values.expression ?? ''}
-          onInput={(v) => setValues({ ...values, expression: v })}
-          error={fieldError('expression')}
-        />
-        {kind === 'waf' ? (
-          <>
-            <Field label="Action" error={fieldError('action')}>
-              <select name="action" value={values.action} onChange={set('action')}>
-                <option value="block">block</option>
-                <option value="allow">allow (skip later WAF rules)</option>
-                <option value="log">log (trace only)</option>
-                <option value="challenge">challenge (proof of work)</option>
-              </select>
-            </Field>
-            {values.action === 'block' || values.action === 'challenge' ? (
-              <>
-                {input('status', 'Status')}
-                {templateSelect}
-              </>
-            ) : null}
-            {values.action === 'challenge' ? input('passTtlSeconds', 'Pass valid (seconds)') : null}
-            <Field label="Mode" error={fieldError('mode') ?? fieldError('auto')}>
-              <select name="mode" value={values.mode} onChange={set('mode')}>
-                <option value="always">always</option>
-                <option value="auto">auto (switches on under load)</option>
-              </select>
-            </Field>
-            {values.mode === 'auto' ? (
-              <>
-                {input(
-                  'requestsPerSecond',
-                  'Requests per second',
-                  'Listener rate that switches the rule on.',
-                )}
-                {input('errorRatio', 'Error ratio', '0–1; 5xx answers over all answers.')}
-                {input('forSeconds', 'For (seconds)')}
-                {input('coolDownSeconds', 'Cool-down (seconds)')}
-              </>
-            ) : null}
-          </>
-        ) : null}
-        {kind === 'rate-limits' ? (
-          <>
-            {input('key', 'Key', 'ip, host, path, route, header:NAME — comma separated.', 'text')}
-            <Field label="Algorithm" error={fieldError('algorithm')}>
-              <select name="algorithm" value={values.algorithm} onChange={set('algorithm')}>
-                <option value="fixed_window">fixed window</option>
-                <option value="sliding_window">sliding window</option>
-                <option value="token_bucket">token bucket</option>
-              </select>
-            </Field>
-            {values.algorithm === 'token_bucket' ? (
-              <>
-                {input('ratePerSecond', 'Rate per second')}
-                {input('burst', 'Burst')}
-              </>
-            ) : (
-              <>
-                {input('limit', 'Limit')}
-                {input('windowSeconds', 'Window (seconds)')}
-              </>
-            )}
-            {input('status', 'Status')}
-            {templateSelect}
-          </>
-        ) : null}
-        {kind === 'shapers' ? (
-          <>
-            {input('key', 'Key', 'ip, host, path, route, header:NAME — comma separated.', 'text')}
-            {input('downloadBytesPerSecond', 'Download (bytes/s)', 'Empty: not shaped.')}
-            {input('uploadBytesPerSecond', 'Upload (bytes/s)', 'Empty: not shaped.')}
-            {input('burstBytes', 'Burst (bytes)', 'Empty: one second of the rate.')}
-            {input('exemptBytes', 'Exempt (bytes)', 'The first bytes of each body go unshaped.')}
-          </>
-        ) : null}
-        <ErrorMessage error={errors.form} />
-        <div class="actions">
-          <button type="button" class="secondary" onClick={props.onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={busy}>
-            Save
-          </button>
-        </div>
-      </form>
-    </Dialog>
+      <Field label="Name">
+        <input required maxLength={128} {...form.text('name')} />
+      </Field>
+      {input('priority', 'Priority', 'Lower runs first.')}
+      <ExpressionField api={api} value={values.expression ?? ''} onInput={(v) => form.set('expression', v)} />
+      {kind === 'waf' ? (
+        <>
+          <Field label="Action">
+            <select {...form.choice('action')}>
+              <option value="block">block</option>
+              <option value="allow">allow (skip later WAF rules)</option>
+              <option value="log">log (trace only)</option>
+              <option value="challenge">challenge (proof of work)</option>
+            </select>
+          </Field>
+          {values.action === 'block' || values.action === 'challenge' ? (
+            <>
+              {input('status', 'Status')}
+              {templateSelect}
+            </>
+          ) : null}
+          {values.action === 'challenge' ? input('passTtlSeconds', 'Pass valid (seconds)') : null}
+          <Field label="Mode" name={['mode', 'auto']}>
+            <select {...form.choice('mode')}>
+              <option value="always">always</option>
+              <option value="auto">auto (switches on under load)</option>
+            </select>
+          </Field>
+          {values.mode === 'auto' ? (
+            <>
+              {input('requestsPerSecond', 'Requests per second', 'Listener rate that switches the rule on.')}
+              {input('errorRatio', 'Error ratio', '0–1; 5xx answers over all answers.')}
+              {input('forSeconds', 'For (seconds)')}
+              {input('coolDownSeconds', 'Cool-down (seconds)')}
+            </>
+          ) : null}
+        </>
+      ) : null}
+      {kind === 'rate-limits' ? (
+        <>
+          {input('key', 'Key', 'ip, host, path, route, header:NAME — comma separated.', 'text')}
+          <Field label="Algorithm">
+            <select {...form.choice('algorithm')}>
+              <option value="fixed_window">fixed window</option>
+              <option value="sliding_window">sliding window</option>
+              <option value="token_bucket">token bucket</option>
+            </select>
+          </Field>
+          {values.algorithm === 'token_bucket' ? (
+            <>
+              {input('ratePerSecond', 'Rate per second')}
+              {input('burst', 'Burst')}
+            </>
+          ) : (
+            <>
+              {input('limit', 'Limit')}
+              {input('windowSeconds', 'Window (seconds)')}
+            </>
+          )}
+          {input('status', 'Status')}
+          {templateSelect}
+        </>
+      ) : null}
+      {kind === 'shapers' ? (
+        <>
+          {input('key', 'Key', 'ip, host, path, route, header:NAME — comma separated.', 'text')}
+          {input('downloadBytesPerSecond', 'Download (bytes/s)', 'Empty: not shaped.')}
+          {input('uploadBytesPerSecond', 'Upload (bytes/s)', 'Empty: not shaped.')}
+          {input('burstBytes', 'Burst (bytes)', 'Empty: one second of the rate.')}
+          {input('exemptBytes', 'Exempt (bytes)', 'The first bytes of each body go unshaped.')}
+        </>
+      ) : null}
+    </FormDialog>
   );
 }
 
