@@ -28,6 +28,8 @@ export interface RowAction {
   disabled?: boolean;
   /** A tooltip (why it is disabled). */
   title?: string;
+  /** Completes this button's accessible name instead of the row's name ("of web"). */
+  what?: string;
 }
 
 export interface DataTableProps<T> {
@@ -129,7 +131,9 @@ export function RowActions(props: {
             onClick={action.onClick}
           >
             {action.label}
-            {props.name ? <span class="visually-hidden"> {props.name}</span> : null}
+            {(action.what ?? props.name) ? (
+              <span class="visually-hidden"> {action.what ?? props.name}</span>
+            ) : null}
           </button>
         ) : null,
       )}
