@@ -2,20 +2,17 @@
  * Agents of the selected environment: connection status, last seen, version,
  * address and recent sessions; create and rotate show the setup snippet once.
  */
-import type { JSX } from 'preact';
 import { useState } from 'preact/hooks';
 import { clientFor, LOCAL } from '../api';
+import { ConfirmDelete, DataTable, useAction } from '../components/data-table';
+import { FormDialog, useFields } from '../components/form-dialog';
 import {
   Badge,
   ConfirmDialog,
   Dialog,
   ErrorMessage,
   Field,
-  type FormErrors,
   formatTime,
-  formErrors,
-  LoadState,
-  NO_ERRORS,
   relativeTime,
   SecretBlock,
   SectionHead,
@@ -31,18 +28,15 @@ export function AgentsPage(props: { environment: string }) {
   const [creating, setCreating] = useState(false);
   const [grant, setGrant] = useState<{ grant: AgentGrant; rotated: boolean } | null>(null);
   const [confirm, setConfirm] = useState<{ agent: Agent; action: 'rotate' | 'delete' } | null>(null);
-  const [actionError, setActionError] = useState<unknown>(null);
+  const action = useAction();
   const list = agents.data?.agents ?? [];
 
-  const toggle = async (agent: Agent) => {
-    setActionError(null);
-    try {
-      await api.patch(`/api/v1/agents/${encodeURIComponent(agent.id)}`, { enabled: !agent.enabled });
-      agents.reload();
-    } catch (err) {
-      setActionError(err);
-    }
-  };
+  const toggle = (agent: Agent) =>
+    action.run(() =>
+      api
+        .patch(`/api/v1/agents/${encodeURIComponent(agent.id)}`, { enabled: !agent.enabled })
+        .then(agents.reload),
+    );
 
   return (
     <section>
@@ -58,96 +52,45 @@ export function AgentsPage(props: { environment: string }) {
         An agent runs next to instances that accept no inbound connection and keeps an outbound WebSocket to
         this control plane.
       </p>
-      <ErrorMessage error={actionError} />
-      <LoadState
+      <ErrorMessage error={action.error} />
+      <DataTable
+        testId="agents-table"
+        what="agents"
+        rows={list}
+        rowKey={(a) => a.id}
         loading={agents.loading && !agents.data}
         error={agents.error}
-        empty={list.length === 0}
-        what="agents"
+        columns={[
+          { header: 'Name', cell: (agent) => <AgentName agent={agent} /> },
+          { header: 'Status', cell: (agent) => <AgentStatus agent={agent} /> },
+          {
+            header: 'Last seen',
+            title: (agent) => formatTime(agent.lastSeenAt),
+            cell: (agent) => relativeTime(agent.lastSeenAt),
+          },
+          {
+            header: 'Version',
+            cell: (agent) => (
+              <>
+                <div>{agent.version ?? '—'}</div>
+                <Protocol agent={agent} />
+              </>
+            ),
+          },
+          { header: 'Address', class: 'mono', cell: (agent) => agent.remoteAddress ?? '—' },
+          { header: 'Recent sessions', cell: (agent) => <Sessions agent={agent} /> },
+        ]}
+        rowName={(a) => a.name}
+        actions={(agent) => [
+          { label: agent.enabled ? 'Disable' : 'Enable', onClick: () => toggle(agent) },
+          {
+            label: 'Rotate token',
+            what: `of ${agent.name}`,
+            onClick: () => setConfirm({ agent, action: 'rotate' }),
+          },
+          { label: 'Delete', danger: true, onClick: () => setConfirm({ agent, action: 'delete' }) },
+        ]}
       />
-      {list.length > 0 ? (
-        <table data-testid="agents-table">
-          <thead>
-            <tr>
-              <th scope="col">Name</th>
-              <th scope="col">Status</th>
-              <th scope="col">Last seen</th>
-              <th scope="col">Version</th>
-              <th scope="col">Address</th>
-              <th scope="col">Recent sessions</th>
-              <th scope="col">
-                <span class="visually-hidden">Actions</span>
-              </th>
-            </tr>
-          </thead>
-          <tbody>
-            {list.map((agent) => (
-              <tr key={agent.id}>
-                <td>
-                  <div>{agent.name}</div>
-                  <small class="muted mono">{agent.id}</small>
-                  {Object.keys(agent.labels ?? {}).length > 0 ? (
-                    <div class="labels">
-                      {Object.entries(agent.labels).map(([k, v]) => (
-                        <span key={k} class="label-chip">
-                          {k}={v}
-                        </span>
-                      ))}
-                    </div>
-                  ) : null}
-                </td>
-                <td>
-                  {agent.status === 'connected' ? (
-                    <Badge tone="ok">connected</Badge>
-                  ) : (
-                    <Badge tone="muted">offline</Badge>
-                  )}
-                  {agent.enabled ? null : <Badge tone="warn">disabled</Badge>}
-                  {agent.status === 'connected' && agent.replicaId ? (
-                    <div class="small muted" data-testid="agent-replica">
-                      on replica <span class="mono">{agent.replicaId}</span>
-                    </div>
-                  ) : null}
-                  {agent.leakedStreams > 0 ? (
-                    <Badge tone="warn">
-                      {agent.leakedStreams} leaked stream{agent.leakedStreams === 1 ? '' : 's'}
-                    </Badge>
-                  ) : null}
-                </td>
-                <td title={formatTime(agent.lastSeenAt)}>{relativeTime(agent.lastSeenAt)}</td>
-                <td>
-                  <div>{agent.version ?? '—'}</div>
-                  <Protocol agent={agent} />
-                </td>
-                <td class="mono">{agent.remoteAddress ?? '—'}</td>
-                <td>
-                  <Sessions agent={agent} />
-                </td>
-                <td class="row-actions">
-                  <button type="button" class="secondary small" onClick={() => toggle(agent)}>
-                    {agent.enabled ? 'Disable' : 'Enable'}
-                    <span class="visually-hidden"> {agent.name}</span>
-                  </button>
-                  <button
-                    type="button"
-                    class="secondary small"
-                    onClick={() => setConfirm({ agent, action: 'rotate' })}
-                  >
-                    Rotate token<span class="visually-hidden"> of {agent.name}</span>
-                  </button>
-                  <button
-                    type="button"
-                    class="danger small"
-                    onClick={() => setConfirm({ agent, action: 'delete' })}
-                  >
-                    Delete<span class="visually-hidden"> {agent.name}</span>
-                  </button>
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      ) : null}
       {creating ? (
         <CreateAgentDialog
           environment={props.environment}
@@ -168,14 +111,10 @@ export function AgentsPage(props: { environment: string }) {
         />
       ) : null}
       {confirm?.action === 'delete' ? (
-        <ConfirmDialog
+        <ConfirmDelete
           title="Delete agent"
-          message={
-            <>
-              Delete <strong>{confirm.agent.name}</strong>? A connected agent is disconnected at once, and
-              environments using it become unreachable.
-            </>
-          }
+          name={confirm.agent.name}
+          consequence="A connected agent is disconnected at once, and environments using it become unreachable."
           confirmLabel="Delete agent"
           onConfirm={() =>
             api.del(`/api/v1/agents/${encodeURIComponent(confirm.agent.id)}`).then(agents.reload)
@@ -204,6 +143,49 @@ export function AgentsPage(props: { environment: string }) {
         />
       ) : null}
     </section>
+  );
+}
+
+function AgentName(props: { agent: Agent }) {
+  const { agent } = props;
+  return (
+    <>
+      <div>{agent.name}</div>
+      <small class="muted mono">{agent.id}</small>
+      {Object.keys(agent.labels ?? {}).length > 0 ? (
+        <div class="labels">
+          {Object.entries(agent.labels).map(([k, v]) => (
+            <span key={k} class="label-chip">
+              {k}={v}
+            </span>
+          ))}
+        </div>
+      ) : null}
+    </>
+  );
+}
+
+function AgentStatus(props: { agent: Agent }) {
+  const { agent } = props;
+  return (
+    <>
+      {agent.status === 'connected' ? (
+        <Badge tone="ok">connected</Badge>
+      ) : (
+        <Badge tone="muted">offline</Badge>
+      )}
+      {agent.enabled ? null : <Badge tone="warn">disabled</Badge>}
+      {agent.status === 'connected' && agent.replicaId ? (
+        <div class="small muted" data-testid="agent-replica">
+          on replica <span class="mono">{agent.replicaId}</span>
+        </div>
+      ) : null}
+      {agent.leakedStreams > 0 ? (
+        <Badge tone="warn">
+          {agent.leakedStreams} leaked stream{agent.leakedStreams === 1 ? '' : 's'}
+        </Badge>
+      ) : null}
+    </>
   );
 }
 
@@ -270,50 +252,28 @@ function CreateAgentDialog(props: {
   onClose: () => void;
   onCreated: (grant: AgentGrant) => void;
 }) {
-  const [name, setName] = useState('');
-  const [labels, setLabels] = useState('');
-  const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
-  const [busy, setBusy] = useState(false);
-  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
-    event.preventDefault();
-    setBusy(true);
-    setErrors(NO_ERRORS);
-    try {
-      const body: Record<string, unknown> = { name };
-      const parsed = parseLabels(labels);
-      if (Object.keys(parsed).length > 0) body.labels = parsed;
-      props.onCreated(await clientFor(props.environment).post<AgentGrant>('/api/v1/agents', body));
-    } catch (err) {
-      setErrors(formErrors(err, ['name', 'labels']));
-      setBusy(false);
-    }
+  const form = useFields({ name: '', labels: '' });
+  const create = async () => {
+    const body: Record<string, unknown> = { name: form.values.name };
+    const parsed = parseLabels(form.values.labels);
+    if (Object.keys(parsed).length > 0) body.labels = parsed;
+    props.onCreated(await clientFor(props.environment).post<AgentGrant>('/api/v1/agents', body));
   };
   return (
-    <Dialog title="Create agent" onClose={props.onClose}>
-      <form onSubmit={submit}>
-        <Field label="Name" error={errors.field.name}>
-          <input
-            name="name"
-            required
-            maxLength={128}
-            value={name}
-            onInput={(e) => setName(e.currentTarget.value)}
-          />
-        </Field>
-        <Field label="Labels" error={errors.field.labels} hint="Optional, one key=value per line.">
-          <textarea name="labels" rows={3} value={labels} onInput={(e) => setLabels(e.currentTarget.value)} />
-        </Field>
-        <ErrorMessage error={errors.form} />
-        <div class="actions">
-          <button type="button" class="secondary" onClick={props.onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={busy}>
-            Create
-          </button>
-        </div>
-      </form>
-    </Dialog>
+    <FormDialog
+      title="Create agent"
+      onClose={props.onClose}
+      onSubmit={create}
+      fields={['name', 'labels']}
+      submitLabel="Create"
+    >
+      <Field label="Name">
+        <input required maxLength={128} {...form.text('name')} />
+      </Field>
+      <Field label="Labels" hint="Optional, one key=value per line.">
+        <textarea rows={3} {...form.text('labels')} />
+      </Field>
+    </FormDialog>
   );
 }
 
