@@ -9,6 +9,7 @@
  *   environment the caller selects (`X-P2PStream-Environment` or
  *   `?environment=`).
  */
+
 import Fastify, {
   type FastifyInstance,
   type FastifyPluginAsync,
@@ -31,6 +32,13 @@ import { createSystemPlugin } from './http/routes/system.js';
 import { createTokensPlugin } from './http/routes/tokens.js';
 import { withEnvironmentSelector } from './http/schemas/common.js';
 import { slowClientServerOptions } from './http/slow-clients.js';
+import {
+  API_PREFIX,
+  isRelayableUnknownPath,
+  localApiSegments,
+  UNKNOWN_API_ROUTE,
+  UNKNOWN_ROUTE_METHODS,
+} from './http/unknown-api-paths.js';
 import { createValidatorCompiler } from './http/validation.js';
 import type { Logger } from './logger.js';
 import { loginMetrics } from './metrics/instance-metrics.js';
@@ -100,6 +108,11 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
 
   const { onRoute } = options;
   if (onRoute) app.addHook('onRoute', (route) => onRoute(route));
+  // Which API paths are this instance's own local routes (never relayed, DESIGN.md §3).
+  const apiRoutes = { all: new Set<string>(), operational: new Set<string>() };
+  app.addHook('onRoute', (route) => {
+    apiRoutes.all.add(route.url);
+  });
   // Route schemas (src/http/schemas/) validate input here and serialize replies.
   app.setValidatorCompiler(createValidatorCompiler());
   app.decorateRequest('principal', null);
@@ -134,6 +147,7 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
     // Every operational route takes the environment selector; its schema says so.
     scope.addHook('onRoute', (route) => {
       route.schema = withEnvironmentSelector(route.schema);
+      apiRoutes.operational.add(route.url);
     });
     scope.addHook('onRequest', requireAuth(deps.auth, deps.tokens));
     scope.addHook('onRequest', async (request, reply) => {
@@ -146,6 +160,31 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
     await scope.register(createTokensPlugin(deps));
     await scope.register(createSystemPlugin(deps));
     for (const plugin of deps.operationalPlugins ?? []) await scope.register(plugin);
+  });
+
+  // Version skew: an API path this instance does not know is relayed when an environment is
+  // selected (a newer remote's views stay reachable from an older control plane), unless it lies
+  // under a local route's first segment (setup, auth, environments, the hub…). Without an
+  // environment, or under a local segment, it is the 404 it always was, before any authentication.
+  let localSegments: ReadonlySet<string> | null = null;
+  const authenticate = requireAuth(deps.auth, deps.tokens);
+  const notFound = () => new AppError('NOT_FOUND', 'no such route');
+  app.route({
+    method: UNKNOWN_ROUTE_METHODS,
+    url: `${API_PREFIX}*`,
+    schema: UNKNOWN_API_ROUTE,
+    onRequest: async (request, reply) => {
+      const environmentId = selectedEnvironment(request);
+      if (environmentId === LOCAL_ENVIRONMENT_ID || !deps.environmentRelay) throw notFound();
+      localSegments ??= localApiSegments(apiRoutes.all, apiRoutes.operational);
+      if (!isRelayableUnknownPath(request.raw.url ?? request.url, localSegments)) throw notFound();
+      await authenticate(request, reply);
+      await deps.environmentRelay.relay(request, reply, environmentId);
+      return reply;
+    },
+    handler: async () => {
+      throw notFound();
+    },
   });
 
   return app;

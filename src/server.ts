@@ -6,7 +6,7 @@ import { randomBytes, X509Certificate } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify';
 import { type AppOptions, buildApp } from './app.js';
 import { ClusterPresence } from './cluster/cluster-presence.js';
 import { ReplicaLinks } from './cluster/replica-links.js';
@@ -89,6 +89,11 @@ export interface RunningServer {
 export interface StartServerOptions {
   /** Sees every route as it is added. */
   onRoute?: AppOptions['onRoute'];
+  /**
+   * Operational plugins added after the built-in ones (tests stand in for the
+   * routes of a newer version with them).
+   */
+  extraOperationalPlugins?: FastifyPluginAsync[];
 }
 
 /** Starts the management listener; logs `management listening on https://HOST:PORT`. */
@@ -327,6 +332,7 @@ export async function startServer(
         createCachePlugin({ cache }),
         createTrafficPlugin({ settings: traffic, recorder }),
         createOverviewPlugin({ overview }),
+        ...(options.extraOperationalPlugins ?? []),
       ],
     },
     {

@@ -26,6 +26,8 @@ export interface TestServerOptions {
   config?: Partial<ServerConfig>;
   /** Sees every route as it is added. */
   onRoute?: StartServerOptions['onRoute'];
+  /** Operational routes beyond the built-in ones (a newer version's, say). */
+  extraOperationalPlugins?: StartServerOptions['extraOperationalPlugins'];
 }
 
 export interface TestResponse {
@@ -81,11 +83,10 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
       cb();
     },
   });
-  const server = await startServer(
-    config,
-    createLogger(config.logLevel, sink),
-    options.onRoute ? { onRoute: options.onRoute } : {},
-  );
+  const server = await startServer(config, createLogger(config.logLevel, sink), {
+    ...(options.onRoute ? { onRoute: options.onRoute } : {}),
+    ...(options.extraOperationalPlugins ? { extraOperationalPlugins: options.extraOperationalPlugins } : {}),
+  });
   const dispatcher = new Agent({ connect: { ca: server.certificate, servername: 'localhost' } });
 
   const request = async (

@@ -10,6 +10,7 @@ import {
   relayedResponseHeaders,
   stripEnvironmentParam,
 } from '../../src/http/environment-relay.js';
+import { isRelayableUnknownPath, localApiSegments } from '../../src/http/unknown-api-paths.js';
 import type { Transport } from '../../src/relay/transport.js';
 
 const AGENT_ID = '0b5d1f3e-4a8b-4c2d-9e6f-1a2b3c4d5e6f';
@@ -116,5 +117,50 @@ describe('createEnvironmentTransports', () => {
     expect(() => transports.select({ transport: 'agent', agentId: AGENT_ID })).toThrow(
       expect.objectContaining({ code: 'AGENT_OFFLINE' }),
     );
+  });
+});
+
+describe('unknown API paths (version skew)', () => {
+  const local = localApiSegments(
+    [
+      '/api/v1/setup',
+      '/api/v1/auth/login',
+      '/api/v1/environments/:id/trust',
+      '/api/v1/agent/connect',
+      '/api/v1/openapi.json',
+      '/api/v1/agents/:id',
+      '/api/v1/tokens',
+      '/api/v1/*',
+      '/assets/*',
+      '/metrics',
+    ],
+    new Set(['/api/v1/agents/:id', '/api/v1/tokens']),
+  );
+
+  it('takes the first segments of the local API routes only', () => {
+    expect([...local].sort()).toEqual(['agent', 'auth', 'environments', 'openapi.json', 'setup']);
+  });
+
+  it('relays a path under no local segment, with its query', () => {
+    expect(isRelayableUnknownPath('/api/v1/insights', local)).toBe(true);
+    expect(isRelayableUnknownPath('/api/v1/insights/summary?day=3', local)).toBe(true);
+    expect(isRelayableUnknownPath('/api/v1/agents/x/new-view', local)).toBe(true);
+  });
+
+  it('keeps local segments, the bare prefix, other prefixes and dot segments here', () => {
+    for (const path of [
+      '/api/v1/environments/x/history',
+      '/api/v1/auth/other',
+      '/api/v1/agent',
+      '/api/v1/',
+      '/api/v2/insights',
+      '/metrics',
+      '/api/v1/insights/../environments',
+      '/api/v1/insights/%2E%2e/environments',
+      '/api/v1/insights/./x',
+      '/api/v1/insights/a\\..\\b',
+    ]) {
+      expect([path, isRelayableUnknownPath(path, local)]).toEqual([path, false]);
+    }
   });
 });
