@@ -36,8 +36,8 @@ import {
   API_PREFIX,
   isRelayableUnknownPath,
   localApiSegments,
-  UNKNOWN_API_ROUTE,
   UNKNOWN_ROUTE_METHODS,
+  unknownApiRouteSchema,
 } from './http/unknown-api-paths.js';
 import { createValidatorCompiler } from './http/validation.js';
 import type { Logger } from './logger.js';
@@ -169,23 +169,25 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
   let localSegments: ReadonlySet<string> | null = null;
   const authenticate = requireAuth(deps.auth, deps.tokens);
   const notFound = () => new AppError('NOT_FOUND', 'no such route');
-  app.route({
-    method: UNKNOWN_ROUTE_METHODS,
-    url: `${API_PREFIX}*`,
-    schema: UNKNOWN_API_ROUTE,
-    onRequest: async (request, reply) => {
-      const environmentId = selectedEnvironment(request);
-      if (environmentId === LOCAL_ENVIRONMENT_ID || !deps.environmentRelay) throw notFound();
-      localSegments ??= localApiSegments(apiRoutes.all, apiRoutes.operational);
-      if (!isRelayableUnknownPath(request.raw.url ?? request.url, localSegments)) throw notFound();
-      await authenticate(request, reply);
-      await deps.environmentRelay.relay(request, reply, environmentId);
-      return reply;
-    },
-    handler: async () => {
-      throw notFound();
-    },
-  });
+  for (const { method, body } of UNKNOWN_ROUTE_METHODS) {
+    app.route({
+      method: [...method],
+      url: `${API_PREFIX}*`,
+      schema: unknownApiRouteSchema(body),
+      onRequest: async (request, reply) => {
+        const environmentId = selectedEnvironment(request);
+        if (environmentId === LOCAL_ENVIRONMENT_ID || !deps.environmentRelay) throw notFound();
+        localSegments ??= localApiSegments(apiRoutes.all, apiRoutes.operational);
+        if (!isRelayableUnknownPath(request.raw.url ?? request.url, localSegments)) throw notFound();
+        await authenticate(request, reply);
+        await deps.environmentRelay.relay(request, reply, environmentId);
+        return reply;
+      },
+      handler: async () => {
+        throw notFound();
+      },
+    });
+  }
 
   return app;
 }

@@ -5,13 +5,25 @@
  * instance's local routes.
  */
 import { Type } from 'typebox';
+import { errorResponses } from './schemas/common.js';
 
 /** Where the management API's routes live. */
 export const API_PREFIX = '/api/v1/';
-/** The methods an unknown API path is relayed for. */
-export const UNKNOWN_ROUTE_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
-/** The catch-all's schema: not part of the API description, it names no route of this instance. */
-export const UNKNOWN_API_ROUTE = { hide: true, params: Type.Object({ '*': Type.String() }) };
+/** The methods an unknown API path is relayed for: without a body, and with one. */
+export const UNKNOWN_ROUTE_METHODS = [
+  { method: ['GET', 'HEAD'], body: false },
+  { method: ['POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'], body: true },
+] as const;
+/**
+ * The catch-all's schema: not part of the API description, it names no route
+ * of this instance. Whatever body it is given goes to the remote as it came;
+ * the remote's answer is relayed untouched, so only the local errors have a
+ * reply schema here.
+ */
+export function unknownApiRouteSchema(withBody: boolean) {
+  const schema = { hide: true, params: Type.Object({ '*': Type.String() }), response: errorResponses };
+  return withBody ? { ...schema, body: Type.Unknown() } : schema;
+}
 
 /**
  * The first path segments under `/api/v1/` that belong to local routes
