@@ -32,8 +32,12 @@ export interface FormDialogProps {
   fields: readonly string[];
   /** How a rejection is sorted into field and form errors; `formErrors` by default. */
   sortErrors?: (err: unknown, fields: readonly string[]) => FormErrors;
-  /** The submit button's text; `Save` by default. */
-  submitLabel?: string;
+  /** The submit button's text; `Save` by default; `null`: no submit button (a dialog that only shows). */
+  submitLabel?: string | null;
+  /** The submit button stays disabled (what the form would send is refused up front). */
+  submitDisabled?: boolean;
+  /** The cancel button's text; `Cancel` by default. */
+  cancelLabel?: string;
   /** Its text while the form is being sent (the submit label by default). */
   busyLabel?: string;
   /** Skips the browser's own checks (the server's field errors are shown instead). */
@@ -74,11 +78,13 @@ export function FormDialog(props: FormDialogProps) {
         <div class="actions">
           {props.extraActions}
           <button type="button" class="secondary" onClick={props.onClose}>
-            Cancel
+            {props.cancelLabel ?? 'Cancel'}
           </button>
-          <button type="submit" class="primary" disabled={busy}>
-            {(busy ? props.busyLabel : undefined) ?? props.submitLabel ?? 'Save'}
-          </button>
+          {props.submitLabel === null ? null : (
+            <button type="submit" class="primary" disabled={busy || props.submitDisabled}>
+              {(busy ? props.busyLabel : undefined) ?? props.submitLabel ?? 'Save'}
+            </button>
+          )}
         </div>
       </form>
       {props.after}

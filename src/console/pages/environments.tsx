@@ -2,20 +2,14 @@
  * Settings → Environments: the registry of other instances this control plane
  * operates. Always talks to Local, whatever environment the header selects.
  */
-import type { JSX } from 'preact';
 import { useState } from 'preact/hooks';
 import { local, messageOf } from '../api';
+import { ConfirmDelete, DataTable } from '../components/data-table';
+import { CheckboxField, FormDialog, numberOr, useFieldError, useFields } from '../components/form-dialog';
 import {
   Badge,
-  ConfirmDialog,
-  Dialog,
-  ErrorMessage,
   Field,
-  type FormErrors,
   formatTime,
-  formErrors,
-  LoadState,
-  NO_ERRORS,
   relativeTime,
   SectionHead,
   shortFingerprint,
@@ -26,7 +20,7 @@ import { useEnvironments } from '../environment';
 import type { Agent, Certificate, DiscoverOutcome, Environment, TestOutcome } from '../types';
 
 const DEFAULT_TIMEOUT_MS = 10_000;
-const FIELDS = ['name', 'url', 'transport', 'agentId', 'accessToken', 'timeoutMs', 'enabled'] as const;
+const FIELDS = ['name', 'url', 'transport', 'agentId', 'accessToken', 'timeoutMs'] as const;
 
 type Editing = { mode: 'create' } | { mode: 'edit'; environment: Environment };
 
@@ -36,6 +30,13 @@ interface Reviewing {
   hostnameMatches?: boolean | undefined;
 }
 
+/** What the last Discover / Test said in its row. */
+interface RowMessage {
+  ok: boolean;
+  text: string;
+  timing?: TestOutcome['timing'];
+}
+
 export function EnvironmentsPage() {
   const switcher = useEnvironments();
   const registry = useResource(() => local.get<{ environments: Environment[] }>('/api/v1/environments'), []);
@@ -43,12 +44,7 @@ export function EnvironmentsPage() {
   const [reviewing, setReviewing] = useState<Reviewing | null>(null);
   const [deleting, setDeleting] = useState<Environment | null>(null);
   const [busy, setBusy] = useState<string | null>(null);
-  const [rowMessage, setRowMessage] = useState<{
-    id: string;
-    ok: boolean;
-    text: string;
-    timing?: TestOutcome['timing'];
-  } | null>(null);
+  const [rowMessage, setRowMessage] = useState<(RowMessage & { id: string }) | null>(null);
   const environments = (registry.data?.environments ?? []).filter((e) => !e.virtual);
   const agents = switcher.agents;
 
@@ -112,45 +108,53 @@ export function EnvironmentsPage() {
         Other p2pstream instances operated from here, directly or through an agent. This list always belongs
         to <strong>Local</strong>, whichever environment is selected above.
       </p>
-      <LoadState
+      <DataTable
+        testId="environments-table"
+        what="environments"
+        rows={environments}
+        rowKey={(e) => e.id}
         loading={registry.loading && !registry.data}
         error={registry.error}
-        empty={environments.length === 0}
-        what="environments"
+        rowAttributes={(e) => ({ 'data-environment': e.name })}
+        columns={[
+          {
+            header: 'Name',
+            cell: (env) => (
+              <>
+                <div>{env.name}</div>
+                {env.enabled === false ? <Badge tone="warn">disabled</Badge> : null}
+              </>
+            ),
+          },
+          { header: 'URL', class: 'mono break', cell: (env) => env.url },
+          { header: 'Transport', cell: (env) => <TransportCell environment={env} agents={agents} /> },
+          { header: 'Trust', cell: (env) => <TrustBadge state={env.trustState} /> },
+          { header: 'Certificate', cell: (env) => <CertificateCell environment={env} /> },
+          {
+            header: 'Last test',
+            cell: (env) => (
+              <LastTestCell environment={env} message={rowMessage?.id === env.id ? rowMessage : null} />
+            ),
+          },
+        ]}
+        rowName={(e) => e.name}
+        actions={(env) => {
+          const pending = pendingCertificate(env);
+          return [
+            { label: 'Edit', onClick: () => openForm({ mode: 'edit', environment: env }) },
+            { label: 'Discover', onClick: () => discover(env), disabled: busy === `discover:${env.id}` },
+            pending
+              ? {
+                  label: 'Review certificate',
+                  what: `of ${env.name}`,
+                  onClick: () => setReviewing({ environment: env, certificate: pending }),
+                }
+              : null,
+            { label: 'Test', onClick: () => test(env), disabled: busy === `test:${env.id}` },
+            { label: 'Delete', danger: true, onClick: () => setDeleting(env) },
+          ];
+        }}
       />
-      {environments.length > 0 ? (
-        <table data-testid="environments-table">
-          <thead>
-            <tr>
-              <th scope="col">Name</th>
-              <th scope="col">URL</th>
-              <th scope="col">Transport</th>
-              <th scope="col">Trust</th>
-              <th scope="col">Certificate</th>
-              <th scope="col">Last test</th>
-              <th scope="col">
-                <span class="visually-hidden">Actions</span>
-              </th>
-            </tr>
-          </thead>
-          <tbody>
-            {environments.map((environment) => (
-              <EnvironmentRow
-                key={environment.id}
-                environment={environment}
-                agents={agents}
-                busy={busy}
-                message={rowMessage?.id === environment.id ? rowMessage : null}
-                onEdit={() => openForm({ mode: 'edit', environment })}
-                onDiscover={() => discover(environment)}
-                onReview={(certificate) => setReviewing({ environment, certificate })}
-                onTest={() => test(environment)}
-                onDelete={() => setDeleting(environment)}
-              />
-            ))}
-          </tbody>
-        </table>
-      ) : null}
       {editing ? (
         <EnvironmentDialog
           editing={editing}
@@ -175,8 +179,9 @@ export function EnvironmentsPage() {
         />
       ) : null}
       {deleting ? (
-        <ConfirmDialog
+        <ConfirmDelete
           title="Delete environment"
+          name={deleting.name}
           message={
             <>
               Delete <strong>{deleting.name}</strong> ({deleting.url})? Its access token and trusted
@@ -192,121 +197,82 @@ export function EnvironmentsPage() {
   );
 }
 
-function EnvironmentRow(props: {
-  environment: Environment;
-  agents: Agent[];
-  busy: string | null;
-  message: { ok: boolean; text: string; timing?: TestOutcome['timing'] } | null;
-  onEdit: () => void;
-  onDiscover: () => void;
-  onReview: (certificate: Certificate) => void;
-  onTest: () => void;
-  onDelete: () => void;
-}) {
-  const { environment: env } = props;
-  const agent = env.agentId ? props.agents.find((a) => a.id === env.agentId) : undefined;
-  const pending =
-    env.discoveredCertificate &&
+/** A certificate discovered but not the trusted one: the one to review. */
+function pendingCertificate(env: Environment): Certificate | null {
+  return env.discoveredCertificate &&
     env.discoveredCertificate.fingerprintSha256 !== env.certificate?.fingerprintSha256
-      ? env.discoveredCertificate
-      : null;
-  const cert = env.certificate;
+    ? env.discoveredCertificate
+    : null;
+}
+
+function TransportCell(props: { environment: Environment; agents: Agent[] }) {
+  const env = props.environment;
+  if (env.transport !== 'agent') return <>Direct</>;
+  const agent = env.agentId ? props.agents.find((a) => a.id === env.agentId) : undefined;
   return (
-    <tr data-environment={env.name}>
-      <td>
-        <div>{env.name}</div>
-        {env.enabled === false ? <Badge tone="warn">disabled</Badge> : null}
-      </td>
-      <td class="mono break">{env.url}</td>
-      <td>
-        {env.transport === 'agent' ? (
-          <>
-            Agent <strong>{agent?.name ?? env.agentId}</strong>{' '}
-            {agent ? (
-              <Badge tone={agent.status === 'connected' ? 'ok' : 'muted'}>{agent.status}</Badge>
-            ) : (
-              <Badge tone="bad">missing</Badge>
-            )}
-          </>
-        ) : (
-          'Direct'
-        )}
-      </td>
-      <td>
-        <TrustBadge state={env.trustState} />
-      </td>
-      <td>
-        {cert ? (
-          <>
-            <span class="mono" title={cert.fingerprintSha256}>
-              {shortFingerprint(cert.fingerprintSha256)}
-            </span>
-            <br />
-            <small class={Date.parse(cert.validTo) < Date.now() ? 'bad-text' : 'muted'}>
-              expires {formatTime(cert.validTo)}
-            </small>
-          </>
-        ) : (
-          <span class="muted">none trusted</span>
-        )}
-        {pending ? (
-          <div>
-            <small class="warn-text">
-              observed <span class="mono">{shortFingerprint(pending.fingerprintSha256)}</span>
-            </small>
-          </div>
-        ) : null}
-      </td>
-      <td>
-        {env.lastTest ? (
-          <>
-            <Badge tone={env.lastTest.ok ? 'ok' : 'bad'}>{env.lastTest.ok ? 'ok' : 'failed'}</Badge>{' '}
-            <small class="muted" title={formatTime(env.lastTest.at)}>
-              {env.lastTest.ok && env.lastTest.latencyMs !== null ? `${env.lastTest.latencyMs} ms · ` : ''}
-              {relativeTime(env.lastTest.at)}
-            </small>
-            {env.lastTest.error ? <div class="bad-text small">{env.lastTest.error.code}</div> : null}
-          </>
-        ) : (
-          <span class="muted">never</span>
-        )}
-        {props.message ? (
-          <div class={props.message.ok ? 'ok-text small' : 'bad-text small'} role="status">
-            {props.message.text}
-            {props.message.timing ? <TimingBreakdown timing={props.message.timing} /> : null}
-          </div>
-        ) : null}
-      </td>
-      <td class="row-actions">
-        <button type="button" class="secondary small" onClick={props.onEdit}>
-          Edit<span class="visually-hidden"> {env.name}</span>
-        </button>
-        <button
-          type="button"
-          class="secondary small"
-          onClick={props.onDiscover}
-          disabled={props.busy === `discover:${env.id}`}
-        >
-          Discover<span class="visually-hidden"> {env.name}</span>
-        </button>
-        {pending ? (
-          <button type="button" class="secondary small" onClick={() => props.onReview(pending)}>
-            Review certificate<span class="visually-hidden"> of {env.name}</span>
-          </button>
-        ) : null}
-        <button
-          type="button"
-          class="secondary small"
-          onClick={props.onTest}
-          disabled={props.busy === `test:${env.id}`}
-        >
-          Test<span class="visually-hidden"> {env.name}</span>
-        </button>
-        <button type="button" class="danger small" onClick={props.onDelete}>
-          Delete<span class="visually-hidden"> {env.name}</span>
-        </button>
-      </td>
-    </tr>
+    <>
+      Agent <strong>{agent?.name ?? env.agentId}</strong>{' '}
+      {agent ? (
+        <Badge tone={agent.status === 'connected' ? 'ok' : 'muted'}>{agent.status}</Badge>
+      ) : (
+        <Badge tone="bad">missing</Badge>
+      )}
+    </>
+  );
+}
+
+function CertificateCell(props: { environment: Environment }) {
+  const cert = props.environment.certificate;
+  const pending = pendingCertificate(props.environment);
+  return (
+    <>
+      {cert ? (
+        <>
+          <span class="mono" title={cert.fingerprintSha256}>
+            {shortFingerprint(cert.fingerprintSha256)}
+          </span>
+          <br />
+          <small class={Date.parse(cert.validTo) < Date.now() ? 'bad-text' : 'muted'}>
+            expires {formatTime(cert.validTo)}
+          </small>
+        </>
+      ) : (
+        <span class="muted">none trusted</span>
+      )}
+      {pending ? (
+        <div>
+          <small class="warn-text">
+            observed <span class="mono">{shortFingerprint(pending.fingerprintSha256)}</span>
+          </small>
+        </div>
+      ) : null}
+    </>
+  );
+}
+
+function LastTestCell(props: { environment: Environment; message: RowMessage | null }) {
+  const last = props.environment.lastTest;
+  return (
+    <>
+      {last ? (
+        <>
+          <Badge tone={last.ok ? 'ok' : 'bad'}>{last.ok ? 'ok' : 'failed'}</Badge>{' '}
+          <small class="muted" title={formatTime(last.at)}>
+            {last.ok && last.latencyMs !== null ? `${last.latencyMs} ms · ` : ''}
+            {relativeTime(last.at)}
+          </small>
+          {last.error ? <div class="bad-text small">{last.error.code}</div> : null}
+        </>
+      ) : (
+        <span class="muted">never</span>
+      )}
+      {props.message ? (
+        <div class={props.message.ok ? 'ok-text small' : 'bad-text small'} role="status">
+          {props.message.text}
+          {props.message.timing ? <TimingBreakdown timing={props.message.timing} /> : null}
+        </div>
+      ) : null}
+    </>
   );
 }
 
@@ -330,161 +296,128 @@ function EnvironmentDialog(props: {
   onSaved: () => void;
 }) {
   const existing = props.editing.mode === 'edit' ? props.editing.environment : null;
-  const [name, setName] = useState(existing?.name ?? '');
-  const [url, setUrl] = useState(existing?.url ?? 'https://');
-  const [transport, setTransport] = useState<'direct' | 'agent'>(existing?.transport ?? 'direct');
+  const form = useFields({
+    name: existing?.name ?? '',
+    url: existing?.url ?? 'https://',
+    transport: existing?.transport ?? 'direct',
+    agentId: existing?.agentId ?? '',
+    accessToken: '',
+    timeoutMs: String(existing?.timeoutMs ?? DEFAULT_TIMEOUT_MS),
+    enabled: existing?.enabled ?? true,
+  });
+  const v = form.values;
   const agentGroups = groupAgentsForPicker(props.agents);
-  const [chosenAgentId, setAgentId] = useState(existing?.agentId ?? '');
   // Until one is chosen, the first listed (a connected one when there is one), from the latest list.
-  const agentId = chosenAgentId || (agentGroups.find((g) => g.agents.length > 0)?.agents[0]?.id ?? '');
-  const [accessToken, setAccessToken] = useState('');
-  const [timeoutMs, setTimeoutMs] = useState(String(existing?.timeoutMs ?? DEFAULT_TIMEOUT_MS));
-  const [enabled, setEnabled] = useState(existing?.enabled ?? true);
-  const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
-  const [busy, setBusy] = useState(false);
+  const agentId = v.agentId || (agentGroups.find((g) => g.agents.length > 0)?.agents[0]?.id ?? '');
 
-  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
-    event.preventDefault();
-    setBusy(true);
-    setErrors(NO_ERRORS);
-    const body: Record<string, unknown> = { name, url, transport, enabled };
-    if (transport === 'agent') body.agentId = agentId;
-    const timeout = Number(timeoutMs);
-    body.timeoutMs = timeoutMs.trim() === '' || Number.isNaN(timeout) ? timeoutMs : timeout;
-    if (accessToken !== '' || !existing) body.accessToken = accessToken;
-    try {
-      if (existing) await local.patch(`/api/v1/environments/${encodeURIComponent(existing.id)}`, body);
-      else await local.post('/api/v1/environments', body);
-      props.onSaved();
-    } catch (err) {
-      setErrors(formErrors(err, FIELDS));
-      setBusy(false);
-    }
+  const save = async () => {
+    const body: Record<string, unknown> = {
+      name: v.name,
+      url: v.url,
+      transport: v.transport,
+      enabled: v.enabled,
+      timeoutMs: numberOr(v.timeoutMs),
+    };
+    if (v.transport === 'agent') body.agentId = agentId;
+    if (v.accessToken !== '' || !existing) body.accessToken = v.accessToken;
+    if (existing) await local.patch(`/api/v1/environments/${encodeURIComponent(existing.id)}`, body);
+    else await local.post('/api/v1/environments', body);
+    props.onSaved();
   };
 
   return (
-    <Dialog
+    <FormDialog
       title={existing ? `Edit ${existing.name}` : 'Add environment'}
       onClose={props.onClose}
+      onSubmit={save}
+      fields={FIELDS}
+      submitLabel={existing ? 'Save' : 'Add environment'}
+      noValidate
       testId="environment-dialog"
     >
-      <form onSubmit={submit} noValidate>
-        <Field label="Name" error={errors.field.name}>
-          <input name="name" value={name} maxLength={128} onInput={(e) => setName(e.currentTarget.value)} />
-        </Field>
+      <Field label="Name">
+        <input maxLength={128} {...form.text('name')} />
+      </Field>
+      <Field
+        label="Management URL"
+        hint="The instance's management API, https:// only. Changing it clears the trusted certificate."
+      >
+        <input type="url" {...form.text('url')} />
+      </Field>
+      <TransportChoice value={v.transport} onChange={(transport) => form.set('transport', transport)} />
+      {v.transport === 'agent' ? (
         <Field
-          label="Management URL"
-          error={errors.field.url}
-          hint="The instance's management API, https:// only. Changing it clears the trusted certificate."
-        >
-          <input name="url" type="url" value={url} onInput={(e) => setUrl(e.currentTarget.value)} />
-        </Field>
-        <fieldset class={errors.field.transport ? 'field invalid' : 'field'}>
-          <legend class="field-label">Transport</legend>
-          <label class="inline">
-            <input
-              type="radio"
-              name="transport"
-              value="direct"
-              checked={transport === 'direct'}
-              onChange={() => setTransport('direct')}
-            />{' '}
-            Direct (this instance connects)
-          </label>
-          <label class="inline">
-            <input
-              type="radio"
-              name="transport"
-              value="agent"
-              checked={transport === 'agent'}
-              onChange={() => setTransport('agent')}
-            />{' '}
-            Through an agent
-          </label>
-          {errors.field.transport ? (
-            <small class="field-error" role="alert">
-              {errors.field.transport}
-            </small>
-          ) : null}
-        </fieldset>
-        {transport === 'agent' ? (
-          <Field
-            label="Agent"
-            error={errors.field.agentId}
-            hint={
-              props.agents.length === 0 ? 'No agents yet: create one on the Agents page (Local).' : undefined
-            }
-          >
-            <select name="agentId" value={agentId} onChange={(e) => setAgentId(e.currentTarget.value)}>
-              {props.agents.length === 0 ? <option value="">No agents</option> : null}
-              {agentGroups.map((group) =>
-                group.agents.length === 0 ? null : (
-                  <optgroup key={group.label} label={group.label}>
-                    {group.agents.map((agent) => (
-                      <option key={agent.id} value={agent.id}>
-                        {agent.name}
-                        {isOnline(agent) ? '' : ` (${agent.enabled ? 'offline' : 'disabled'})`}
-                      </option>
-                    ))}
-                  </optgroup>
-                ),
-              )}
-            </select>
-          </Field>
-        ) : null}
-        <Field
-          label="Access token"
-          error={errors.field.accessToken}
+          label="Agent"
           hint={
-            existing
-              ? 'Leave blank to keep the stored token.'
-              : 'An API token created on that instance (p2pat_…). Stored encrypted, never shown again.'
+            props.agents.length === 0 ? 'No agents yet: create one on the Agents page (Local).' : undefined
           }
         >
-          <input
-            name="accessToken"
-            type="password"
-            autocomplete="off"
-            placeholder={existing ? 'leave blank to keep' : 'p2pat_…'}
-            value={accessToken}
-            onInput={(e) => setAccessToken(e.currentTarget.value)}
-          />
+          <select {...form.choice('agentId')} value={agentId}>
+            {props.agents.length === 0 ? <option value="">No agents</option> : null}
+            {agentGroups.map((group) =>
+              group.agents.length === 0 ? null : (
+                <optgroup key={group.label} label={group.label}>
+                  {group.agents.map((agent) => (
+                    <option key={agent.id} value={agent.id}>
+                      {agent.name}
+                      {isOnline(agent) ? '' : ` (${agent.enabled ? 'offline' : 'disabled'})`}
+                    </option>
+                  ))}
+                </optgroup>
+              ),
+            )}
+          </select>
         </Field>
-        <Field
-          label="Timeout (ms)"
-          error={errors.field.timeoutMs}
-          hint="1000 to 300000; also bounds discovery."
-        >
-          <input
-            name="timeoutMs"
-            type="number"
-            min={1000}
-            max={300000}
-            step={1000}
-            value={timeoutMs}
-            onInput={(e) => setTimeoutMs(e.currentTarget.value)}
-          />
-        </Field>
-        <label class={errors.field.enabled ? 'field inline invalid' : 'field inline'}>
-          <input
-            name="enabled"
-            type="checkbox"
-            checked={enabled}
-            onChange={(e) => setEnabled(e.currentTarget.checked)}
-          />{' '}
-          Enabled
-        </label>
-        <ErrorMessage error={errors.form} />
-        <div class="actions">
-          <button type="button" class="secondary" onClick={props.onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={busy}>
-            {existing ? 'Save' : 'Add environment'}
-          </button>
-        </div>
-      </form>
-    </Dialog>
+      ) : null}
+      <Field
+        label="Access token"
+        hint={
+          existing
+            ? 'Leave blank to keep the stored token.'
+            : 'An API token created on that instance (p2pat_…). Stored encrypted, never shown again.'
+        }
+      >
+        <input
+          type="password"
+          autocomplete="off"
+          placeholder={existing ? 'leave blank to keep' : 'p2pat_…'}
+          {...form.text('accessToken')}
+        />
+      </Field>
+      <Field label="Timeout (ms)" hint="1000 to 300000; also bounds discovery.">
+        <input type="number" min={1000} max={300000} step={1000} {...form.text('timeoutMs')} />
+      </Field>
+      <CheckboxField {...form.check('enabled')}>Enabled</CheckboxField>
+    </FormDialog>
+  );
+}
+
+/** Direct or through an agent: a radio group, with the server's error for `transport` under it. */
+function TransportChoice(props: { value: string; onChange: (value: 'direct' | 'agent') => void }) {
+  const error = useFieldError('transport');
+  const option = (value: 'direct' | 'agent', label: string) => (
+    <label class="inline">
+      <input
+        type="radio"
+        name="transport"
+        value={value}
+        checked={props.value === value}
+        onChange={() => props.onChange(value)}
+      />{' '}
+      {label}
+    </label>
+  );
+  return (
+    <fieldset class={error ? 'field invalid' : 'field'}>
+      <legend class="field-label">Transport</legend>
+      {option('direct', 'Direct (this instance connects)')}
+      {option('agent', 'Through an agent')}
+      {error ? (
+        <small class="field-error" role="alert">
+          {error}
+        </small>
+      ) : null}
+    </fieldset>
   );
 }
 
@@ -522,8 +455,6 @@ function TrustDialog(props: {
   onClose: () => void;
   onTrusted: () => void;
 }) {
-  const [error, setError] = useState<unknown>(null);
-  const [busy, setBusy] = useState(false);
   const trusted = props.environment.certificate;
   const same = trusted?.fingerprintSha256 === props.certificate.fingerprintSha256;
   const changedFrom = trusted && !same ? trusted : null;
@@ -536,22 +467,20 @@ function TrustDialog(props: {
       ? `This certificate is not valid for the host name of ${props.environment.url}: it cannot be trusted. Fix the URL or the certificate, then discover again.`
       : null;
   const trust = async () => {
-    setBusy(true);
-    setError(null);
-    try {
-      await local.post(`/api/v1/environments/${encodeURIComponent(props.environment.id)}/trust`, {
-        fingerprintSha256: props.certificate.fingerprintSha256,
-      });
-      props.onTrusted();
-    } catch (err) {
-      setError(err);
-      setBusy(false);
-    }
+    await local.post(`/api/v1/environments/${encodeURIComponent(props.environment.id)}/trust`, {
+      fingerprintSha256: props.certificate.fingerprintSha256,
+    });
+    props.onTrusted();
   };
   return (
-    <Dialog
+    <FormDialog
       title={`Certificate of ${props.environment.name}`}
       onClose={props.onClose}
+      onSubmit={trust}
+      fields={[]}
+      submitLabel={same ? null : 'Trust certificate'}
+      submitDisabled={refusal !== null}
+      cancelLabel={same ? 'Close' : 'Cancel'}
       wide
       testId="trust-dialog"
     >
@@ -587,18 +516,7 @@ function TrustDialog(props: {
           {refusal}
         </p>
       ) : null}
-      <ErrorMessage error={error} />
-      <div class="actions">
-        <button type="button" class="secondary" onClick={props.onClose}>
-          {same ? 'Close' : 'Cancel'}
-        </button>
-        {same ? null : (
-          <button type="button" class="primary" onClick={trust} disabled={busy || refusal !== null}>
-            Trust certificate
-          </button>
-        )}
-      </div>
-    </Dialog>
+    </FormDialog>
   );
 }
 
