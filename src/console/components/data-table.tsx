@@ -55,19 +55,23 @@ export interface DataTableProps<T> {
   errorShownElsewhere?: boolean;
   /** What an empty list says instead of "No {what} yet.". */
   empty?: ComponentChildren;
+  /** A live list: the table stays while empty, this one row saying why (waiting, filtered out). */
+  emptyRow?: ComponentChildren;
+  /** The table's class. */
+  tableClass?: string;
 }
 
 /** See the module comment. Renders nothing but the state while the list is empty. */
 export function DataTable<T>(props: DataTableProps<T>) {
   const failed = !!props.error;
   const shownError = props.errorShownElsewhere ? null : props.error;
-  const empty = props.rows.length === 0;
+  const empty = props.rows.length === 0 && props.emptyRow === undefined;
   if (empty && !failed && !props.loading && props.empty !== undefined) return <>{props.empty}</>;
   return (
     <>
       <LoadState loading={!!props.loading} error={shownError} empty={!failed && empty} what={props.what} />
       {empty ? null : (
-        <table data-testid={props.testId}>
+        <table data-testid={props.testId} class={props.tableClass}>
           <thead>
             <tr>
               {props.columns.map((column) => (
@@ -83,6 +87,13 @@ export function DataTable<T>(props: DataTableProps<T>) {
             </tr>
           </thead>
           <tbody>
+            {props.rows.length === 0 ? (
+              <tr>
+                <td colSpan={props.columns.length + (props.actions ? 1 : 0)} class="muted empty-row">
+                  {props.emptyRow}
+                </td>
+              </tr>
+            ) : null}
             {props.rows.map((row) => (
               <tr
                 key={props.rowKey(row)}

@@ -53,8 +53,21 @@ export interface FormDialogProps {
   children: ComponentChildren;
 }
 
-/** A modal form; see the module comment. The submit button stays disabled after a success (the caller closes it). */
-export function FormDialog(props: FormDialogProps) {
+/**
+ * A form that sends itself once at a time: `onSubmit` runs on submit, its
+ * rejection is sorted into field errors (shown by each `Field`) and a form
+ * error (shown before `actions`); `actions` gets whether it is being sent.
+ */
+export function Form(props: {
+  onSubmit: () => Promise<unknown>;
+  fields: readonly string[];
+  sortErrors?: ((err: unknown, fields: readonly string[]) => FormErrors) | undefined;
+  noValidate?: boolean | undefined;
+  class?: string | undefined;
+  labelledBy?: string;
+  actions: (busy: boolean) => ComponentChildren;
+  children: ComponentChildren;
+}) {
   const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
   const [busy, setBusy] = useState(false);
   const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
@@ -71,22 +84,45 @@ export function FormDialog(props: FormDialogProps) {
     }
   };
   return (
+    <form
+      onSubmit={submit}
+      noValidate={props.noValidate}
+      class={props.class}
+      aria-labelledby={props.labelledBy}
+    >
+      <FormErrorsContext.Provider value={errors}>{props.children}</FormErrorsContext.Provider>
+      <ErrorMessage error={errors.form} />
+      {props.actions(busy)}
+    </form>
+  );
+}
+
+/** A modal form; see the module comment. The submit button stays disabled after a success (the caller closes it). */
+export function FormDialog(props: FormDialogProps) {
+  return (
     <Dialog title={props.title} onClose={props.onClose} wide={props.wide} testId={props.testId}>
-      <form onSubmit={submit} noValidate={props.noValidate} class={props.formClass}>
-        <FormErrorsContext.Provider value={errors}>{props.children}</FormErrorsContext.Provider>
-        <ErrorMessage error={errors.form} />
-        <div class="actions">
-          {props.extraActions}
-          <button type="button" class="secondary" onClick={props.onClose}>
-            {props.cancelLabel ?? 'Cancel'}
-          </button>
-          {props.submitLabel === null ? null : (
-            <button type="submit" class="primary" disabled={busy || props.submitDisabled}>
-              {(busy ? props.busyLabel : undefined) ?? props.submitLabel ?? 'Save'}
+      <Form
+        onSubmit={props.onSubmit}
+        fields={props.fields}
+        sortErrors={props.sortErrors}
+        noValidate={props.noValidate}
+        class={props.formClass}
+        actions={(busy) => (
+          <div class="actions">
+            {props.extraActions}
+            <button type="button" class="secondary" onClick={props.onClose}>
+              {props.cancelLabel ?? 'Cancel'}
             </button>
-          )}
-        </div>
-      </form>
+            {props.submitLabel === null ? null : (
+              <button type="submit" class="primary" disabled={busy || props.submitDisabled}>
+                {(busy ? props.busyLabel : undefined) ?? props.submitLabel ?? 'Save'}
+              </button>
+            )}
+          </div>
+        )}
+      >
+        {props.children}
+      </Form>
       {props.after}
     </Dialog>
   );

@@ -6,6 +6,7 @@
 import { useEffect, useRef } from 'preact/hooks';
 import { clientFor } from '../api';
 import { BarChart, formatNumber, Sparkline } from '../components/charts';
+import { DataTable } from '../components/data-table';
 import { ErrorMessage, formatTime, SectionHead, useResource } from '../components/ui';
 import type { Overview } from '../types';
 
@@ -100,29 +101,25 @@ export function OverviewPage(props: { environment: string }) {
           {data.replicas.length > 1 ? (
             <div class="card" data-testid="replicas">
               <h2>Control-plane replicas</h2>
-              <table>
-                <thead>
-                  <tr>
-                    <th scope="col">Replica</th>
-                    <th scope="col">Up</th>
-                    <th scope="col">Agents</th>
-                    <th scope="col">Version</th>
-                  </tr>
-                </thead>
-                <tbody>
-                  {data.replicas.map((replica) => (
-                    <tr key={replica.id}>
-                      <td>
+              <DataTable
+                what="replicas"
+                rows={data.replicas}
+                rowKey={(replica) => replica.id}
+                columns={[
+                  {
+                    header: 'Replica',
+                    cell: (replica) => (
+                      <>
                         <span class="mono">{replica.id}</span>
                         {replica.self ? <span class="muted small"> (this one)</span> : null}
-                      </td>
-                      <td>{formatUptime(replica.uptimeSeconds)}</td>
-                      <td>{formatNumber(replica.agentsConnected)}</td>
-                      <td>{replica.version}</td>
-                    </tr>
-                  ))}
-                </tbody>
-              </table>
+                      </>
+                    ),
+                  },
+                  { header: 'Up', cell: (replica) => formatUptime(replica.uptimeSeconds) },
+                  { header: 'Agents', cell: (replica) => formatNumber(replica.agentsConnected) },
+                  { header: 'Version', cell: (replica) => replica.version },
+                ]}
+              />
             </div>
           ) : null}
           <div class="chart-row">

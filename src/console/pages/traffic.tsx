@@ -8,6 +8,7 @@ import type { JSX } from 'preact';
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { ApiError, clientFor, messageOf } from '../api';
 import { formatNumber, Sparkline } from '../components/charts';
+import { DataTable } from '../components/data-table';
 import { ErrorMessage, SectionHead } from '../components/ui';
 import { type StreamState, TrafficStream } from '../traffic-stream';
 import type { TraceEvent, TraceLevel, TrafficSettings } from '../types';
@@ -189,65 +190,58 @@ export function TrafficPage(props: { environment: string }) {
           {shown.length} of {events.length} shown
         </span>
       </div>
-      <table class="traffic" data-testid="traffic-table">
-        <thead>
-          <tr>
-            <th scope="col">Time</th>
-            <th scope="col">Method</th>
-            <th scope="col">Host</th>
-            <th scope="col">Path</th>
-            <th scope="col">Status</th>
-            <th scope="col">Duration</th>
-            <th scope="col">In / out</th>
-            <th scope="col">Target</th>
-            <th scope="col">Client</th>
-          </tr>
-        </thead>
-        <tbody>
-          {shown.length === 0 ? (
-            <tr>
-              <td colSpan={9} class="muted empty-row">
-                {events.length === 0 ? 'Waiting for requests…' : 'No request matches the filters.'}
-              </td>
-            </tr>
-          ) : (
-            shown.map((event) => (
-              <tr key={event.seq} data-seq={event.seq}>
-                <td class="nowrap">{new Date(event.time).toLocaleTimeString()}</td>
-                <td>{event.method}</td>
-                <td class="mono">{event.host ?? '—'}</td>
-                <td class="mono break">{event.path}</td>
-                <td>
-                  <span class={`status ${statusTone(event)}`} title={event.error ?? undefined}>
-                    {event.status ?? 'ERR'}
-                  </span>
-                  {event.error ? <small class="bad-text"> {event.error}</small> : null}
-                  {event.policy?.length ? (
-                    <ul class="policy-decisions" data-testid="policy-decisions">
-                      {event.policy.map((d, i) => (
-                        <li key={`${i}-${d.stage}`}>
-                          <small class="mono">
-                            {d.stage} · {d.rule} → {d.action}
-                          </small>
-                        </li>
-                      ))}
-                    </ul>
-                  ) : null}
-                </td>
-                <td class="nowrap">
-                  {event.durationMs === null ? '—' : `${formatNumber(event.durationMs)} ms`}
-                </td>
-                <td class="nowrap">
-                  {formatBytes(event.bytesIn)} / {formatBytes(event.bytesOut)}
-                </td>
-                <td class="mono break">{event.target ?? '—'}</td>
-                <td class="mono">{event.clientIp ?? '—'}</td>
-              </tr>
-            ))
-          )}
-        </tbody>
-      </table>
+      <DataTable
+        testId="traffic-table"
+        tableClass="traffic"
+        what="requests"
+        rows={shown}
+        rowKey={(event) => String(event.seq)}
+        rowAttributes={(event) => ({ 'data-seq': String(event.seq) })}
+        emptyRow={events.length === 0 ? 'Waiting for requests…' : 'No request matches the filters.'}
+        columns={[
+          { header: 'Time', class: 'nowrap', cell: (event) => new Date(event.time).toLocaleTimeString() },
+          { header: 'Method', cell: (event) => event.method },
+          { header: 'Host', class: 'mono', cell: (event) => event.host ?? '—' },
+          { header: 'Path', class: 'mono break', cell: (event) => event.path },
+          { header: 'Status', cell: (event) => <StatusCell event={event} /> },
+          {
+            header: 'Duration',
+            class: 'nowrap',
+            cell: (event) => (event.durationMs === null ? '—' : `${formatNumber(event.durationMs)} ms`),
+          },
+          {
+            header: 'In / out',
+            class: 'nowrap',
+            cell: (event) => `${formatBytes(event.bytesIn)} / ${formatBytes(event.bytesOut)}`,
+          },
+          { header: 'Target', class: 'mono break', cell: (event) => event.target ?? '—' },
+          { header: 'Client', class: 'mono', cell: (event) => event.clientIp ?? '—' },
+        ]}
+      />
     </section>
+  );
+}
+
+function StatusCell(props: { event: TraceEvent }) {
+  const { event } = props;
+  return (
+    <>
+      <span class={`status ${statusTone(event)}`} title={event.error ?? undefined}>
+        {event.status ?? 'ERR'}
+      </span>
+      {event.error ? <small class="bad-text"> {event.error}</small> : null}
+      {event.policy?.length ? (
+        <ul class="policy-decisions" data-testid="policy-decisions">
+          {event.policy.map((d, i) => (
+            <li key={`${i}-${d.stage}`}>
+              <small class="mono">
+                {d.stage} · {d.rule} → {d.action}
+              </small>
+            </li>
+          ))}
+        </ul>
+      ) : null}
+    </>
   );
 }
 
