@@ -1,6 +1,6 @@
 /**
- * The agent's settings (DESIGN.md §2), read once from the environment by
- * `loadAgentConfig(env)`:
+ * The agent's settings (docs/operations.md "Configuration"), read once from the
+ * environment by `loadAgentConfig(env)`:
  *
  * - `MANAGEMENT_URL` (required): the control plane, `https://` only — an
  *   `http://` URL is refused, the agent token must never travel in clear;

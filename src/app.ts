@@ -108,7 +108,8 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
 
   const { onRoute } = options;
   if (onRoute) app.addHook('onRoute', (route) => onRoute(route));
-  // Which API paths are this instance's own local routes (never relayed, DESIGN.md §3).
+  // Which API paths are this instance's own local routes (never relayed; docs/architecture.md,
+  // "Local and operational routes").
   const apiRoutes = { all: new Set<string>(), operational: new Set<string>() };
   app.addHook('onRoute', (route) => {
     apiRoutes.all.add(route.url);

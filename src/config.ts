@@ -1,6 +1,7 @@
 /**
  * Loaded settings. `loadConfig(env)` is the only reader of environment
- * variables for the server (DESIGN.md §2); everything else receives a Config.
+ * variables for the server (docs/operations.md "Configuration"); everything
+ * else receives a Config.
  */
 import path from 'node:path';
 import { AppError } from './errors.js';

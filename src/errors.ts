@@ -1,8 +1,9 @@
 /**
  * The one error model of p2pstream: every failure that reaches a caller is an
  * {@link AppError} whose `code` comes from the closed table {@link ERROR_CODES}
- * (the public codes of DESIGN.md §6 plus a few internal ones). HTTP routes,
- * the hub and the relay envelopes all carry these codes unchanged.
+ * (the public codes of docs/architecture.md "Errors", plus a few internal
+ * ones). HTTP routes, the hub and the relay envelopes all carry these codes
+ * unchanged.
  */
 
 /** Per code: the HTTP status it answers with and whether a retry may succeed. */

@@ -1,10 +1,10 @@
 /**
- * The `acme` slot of the pipeline (DESIGN.md §8, §9): before routing, a
- * request for `/.well-known/acme-challenge/TOKEN` whose token belongs to a
- * pending HTTP-01 order gets the key authorization (traced as `{stage:
- * "acme", rule: "http-01", action: "answer"}`); then, on an http listener
- * with `redirectHttps`, every other request gets a 308 to the same URL on
- * https. Installed only while a challenge is pending or a listener
+ * The `acme` slot of the pipeline (docs/tls.md, docs/pipeline.md): before
+ * routing, a request for `/.well-known/acme-challenge/TOKEN` whose token
+ * belongs to a pending HTTP-01 order gets the key authorization (traced as
+ * `{stage: "acme", rule: "http-01", action: "answer"}`); then, on an http
+ * listener with `redirectHttps`, every other request gets a 308 to the same URL
+ * on https. Installed only while a challenge is pending or a listener
  * redirects, so it costs nothing otherwise. An unknown token continues to
  * routing (another ACME client behind the proxy may own it).
  */

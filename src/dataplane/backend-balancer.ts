@@ -1,6 +1,6 @@
 /**
- * Backends (DESIGN.md §12): picks the member of a backend that serves a
- * request and keeps each member's health.
+ * Backends (docs/pipeline.md "Backend targets"): picks the member of a backend
+ * that serves a request and keeps each member's health.
  *
  * Algorithms, among the members that are usable (healthy or not yet checked,
  * and not ejected):

@@ -110,7 +110,7 @@ interface LoadedCertificate {
 export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
   readonly recorder: TraceRecorder;
   readonly metrics: RequestMetrics;
-  /** Members and health of the backends (DESIGN.md §12). */
+  /** Members and health of the backends (docs/pipeline.md "Backend targets"). */
   readonly backends: BackendBalancer;
   /** The response cache (configured by the cache service), or null without a data dir. */
   readonly cache: ResponseCache | null;

@@ -1,5 +1,5 @@
 /**
- * The socket side of an https listener (DESIGN.md §8): a TCP server that
+ * The socket side of an https listener (docs/tls.md): a TCP server that
  * reads each connection's ClientHello before TLS does, then
  *
  * - hands a TLS-ALPN-01 validation (ALPN `acme-tls/1` for a name with a

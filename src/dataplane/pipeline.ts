@@ -1,5 +1,5 @@
 /**
- * The request pipeline of the public proxy (DESIGN.md §9): a public request
+ * The request pipeline of the public proxy (docs/pipeline.md): a public request
  * passes listener → ACME challenge → route → WAF → rate limits → cache →
  * shapers → target. Each data-plane feature is one {@link Stage} with one
  * interface: `decide(request)` answers the request itself or lets it

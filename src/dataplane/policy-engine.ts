@@ -1,8 +1,8 @@
 /**
- * The traffic-policy stages of the pipeline (DESIGN.md §9): WAF, rate
- * limits and shapers, built from the compiled rule set the policy service
- * hands over ({@link PolicyEngine.setPolicies}) and installed in their
- * pipeline slots — an empty kind installs nothing, so it costs nothing.
+ * The traffic-policy stages of the pipeline (docs/pipeline.md "The policy
+ * stages"): WAF, rate limits and shapers, built from the compiled rule set the
+ * policy service hands over ({@link PolicyEngine.setPolicies}) and installed in
+ * their pipeline slots — an empty kind installs nothing, so it costs nothing.
  *
  * - WAF: rules in order; `log` records and goes on, `allow` skips the later
  *   WAF rules, `block` answers `status` (with the rule's template), and

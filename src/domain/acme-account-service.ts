@@ -1,5 +1,5 @@
 /**
- * ACME accounts and DNS providers (DESIGN.md §8): `POST /tls/acme/accounts
+ * ACME accounts and DNS providers (docs/tls.md): `POST /tls/acme/accounts
  * {name, directoryUrl, email?, directoryCaPem?, eab?: {kid, hmacKey}}` and
  * `POST /tls/dns-providers {name, type: "cloudflare", apiToken, apiBaseUrl?}`.
  *

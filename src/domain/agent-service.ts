@@ -1,9 +1,10 @@
 /**
- * The agent registry (DESIGN.md §5): agents, their `p2pag_` credentials
- * (shown once on create and rotate, stored as a SHA-256 hash) and their
- * sessions. Live presence (which agent is connected right now) is kept in
- * memory and reported by the hub through `sessionStarted`/`sessionEnded`;
- * the recent sessions are persisted in `connections`.
+ * The agent registry (docs/security.md "API tokens and agent credentials"):
+ * agents, their `p2pag_` credentials (shown once on create and rotate, stored
+ * as a SHA-256 hash) and their sessions. Live presence (which agent is
+ * connected right now) is kept in memory and reported by the hub through
+ * `sessionStarted`/`sessionEnded`; the recent sessions are persisted in
+ * `connections`.
  *
  * Errors: VALIDATION_FAILED, CONFLICT (name taken), AGENT_NOT_FOUND,
  * UNAUTHENTICATED (a session whose credential was revoked meanwhile).

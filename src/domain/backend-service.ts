@@ -1,7 +1,8 @@
 /**
- * Backends (DESIGN.md §12): named pools of members a route targets with
- * `{type: "backend", backendId}`, stored in the `backends` collection and
- * applied live to the data plane through a {@link BackendRuntime}.
+ * Backends (docs/pipeline.md "Backend targets"): named pools of members a route
+ * targets with `{type: "backend", backendId}`, stored in the `backends`
+ * collection and applied live to the data plane through a {@link
+ * BackendRuntime}.
  *
  * Members are `{type: "upstream", url, weight}` or
  * `{type: "agent", agentId?, agentLabels?, upstreamUrl, weight}`, each with

@@ -1,7 +1,8 @@
 /**
- * Response cache configuration (DESIGN.md §10): settings and rules, stored
- * in the store's `cache` record and applied live to the data plane's cache
- * through a {@link CacheRuntime}; purge and statistics go to the runtime.
+ * Response cache configuration (docs/pipeline.md "The cache stage"): settings
+ * and rules, stored in the store's `cache` record and applied live to the data
+ * plane's cache through a {@link CacheRuntime}; purge and statistics go to the
+ * runtime.
  *
  * Settings (`PUT` changes the fields given): `enabled`; `memoryMiB` 1–65536
  * (hot bodies and the index); `diskMiB` 0–16777216 (0 = memory only), no
@@ -9,14 +10,14 @@
  * and at most `memoryMiB`; `maxEntries` 1–10,000,000; `cleanupSeconds`
  * 5–86400.
  *
- * Rules: `name` (unique), `priority` (ascending, default 0), `expression`
- * (CEL over the request, DESIGN.md §9, compiled when saved; '' matches all), `ttl: {mode: "origin" |
- * "fixed", seconds}` (0–31536000; fixed needs ≥ 1; origin uses `seconds` only
- * when the origin gives no freshness), `queryMode: "include" | "ignore" |
- * "allowlist"` with `queryAllowlist` (names), `varyHeaders` (request header
- * names added to the key; not Cookie, Authorization or forwarding headers),
- * `maxObjectBytes` (1 B–4 GiB, default 100 MiB, and no more than the disk
- * can hold), `enabled`.
+ * Rules: `name` (unique), `priority` (ascending, default 0), `expression` (CEL
+ * over the request, docs/pipeline.md "The policy stages", compiled when saved;
+ * '' matches all), `ttl: {mode: "origin" | "fixed", seconds}` (0–31536000;
+ * fixed needs ≥ 1; origin uses `seconds` only when the origin gives no
+ * freshness), `queryMode: "include" | "ignore" | "allowlist"` with
+ * `queryAllowlist` (names), `varyHeaders` (request header names added to the
+ * key; not Cookie, Authorization or forwarding headers), `maxObjectBytes` (1
+ * B–4 GiB, default 100 MiB, and no more than the disk can hold), `enabled`.
  *
  * Errors: VALIDATION_FAILED (with `details.field`), CONFLICT (name taken),
  * NOT_FOUND.

@@ -1,6 +1,7 @@
 /**
  * Shapes of the response cache shared by the domain (settings, rules,
- * statistics) and the data plane (which caches): DESIGN.md §10.
+ * statistics) and the data plane (which caches): docs/pipeline.md "The cache
+ * stage".
  */
 import type { CacheRuleRecord } from '../storage/schema.js';
 import type { CompiledExpression } from './policy-expression.js';
@@ -16,7 +17,7 @@ export type CacheResult = 'HIT' | 'MISS' | 'STALE' | 'REVALIDATED' | 'BYPASS' | 
 /** A rule as the cache applies it. */
 export interface CompiledCacheRule {
   readonly record: Readonly<CacheRuleRecord>;
-  /** The rule's match expression, compiled (CEL, DESIGN.md §9). */
+  /** The rule's match expression, compiled (CEL, docs/pipeline.md "The policy stages"). */
   readonly expression: CompiledExpression;
 }
 
@@ -28,7 +29,7 @@ export interface CachePurgeFilter {
   ruleId?: string;
 }
 
-/** `GET /api/v1/cache/stats`: DESIGN's fields, then a few more counters. */
+/** `GET /api/v1/cache/stats`: the documented fields, then a few more counters. */
 export interface CacheStats {
   entries: number;
   memoryBytes: number;

@@ -1,5 +1,5 @@
 /**
- * The certificate store (DESIGN.md §8) and its renewals. Sources:
+ * The certificate store (docs/tls.md) and its renewals. Sources:
  *
  * - `upload` — `certificatePem` (chain, leaf first) + `privateKeyPem`,
  *   checked (key matches, order, not expired, hosts covered; each failure a

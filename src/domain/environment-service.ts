@@ -1,7 +1,7 @@
 /**
- * The environment registry (DESIGN.md §3): the other p2pstream instances this
- * control plane operates, their sealed access tokens and the certificates
- * they are pinned to.
+ * The environment registry (docs/architecture.md "Local and operational
+ * routes"): the other p2pstream instances this control plane operates, their
+ * sealed access tokens and the certificates they are pinned to.
  *
  * - The access token is sealed with the secrets box (purpose
  *   {@link ACCESS_TOKEN_PURPOSE}, bound to the environment id); it is never
@@ -113,7 +113,10 @@ export interface TestOutcome {
   remote: { version: string; instanceId: string };
   /** Agent transport with several replicas: the replica that held the agent for this test. */
   replicaId?: string | null;
-  /** Where the time went up to the response head (DESIGN.md §11), as in relayed responses' Server-Timing. */
+  /**
+   * Where the time went up to the response head (docs/protocol.md "Timing"),
+   * as in relayed responses' Server-Timing.
+   */
   timing: PathTiming;
 }
 

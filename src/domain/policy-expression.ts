@@ -1,7 +1,7 @@
 /**
- * CEL match expressions of traffic policies (DESIGN.md §9), on
- * `@marcbachmann/cel-js`: compiled and type-checked once when a rule is
- * saved, evaluated per request against {@link PolicyRequestFacts}.
+ * CEL match expressions of traffic policies (docs/pipeline.md "The policy
+ * stages"), on `@marcbachmann/cel-js`: compiled and type-checked once when a
+ * rule is saved, evaluated per request against {@link PolicyRequestFacts}.
  *
  * Variables: `method`, `host`, `path`, `ip`, `listener` (strings; `host` and
  * `ip` are '' when unknown, `listener` is the listener's name), `query` and

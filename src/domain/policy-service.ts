@@ -1,11 +1,11 @@
 /**
- * Traffic policies (DESIGN.md §9): WAF rules, rate limits and shapers,
- * validated, persisted in the store's `policies` collection, compiled (CEL,
- * see policy-expression.ts) and handed whole to the data plane through a
- * {@link PolicyRuntime} after every change. A refused change leaves both the
- * stored and the running rule set as they were: everything is validated and
- * compiled before the store is written, and the runtime gets the new set only
- * once it is saved.
+ * Traffic policies (docs/pipeline.md "The policy stages"): WAF rules, rate
+ * limits and shapers, validated, persisted in the store's `policies`
+ * collection, compiled (CEL, see policy-expression.ts) and handed whole to the
+ * data plane through a {@link PolicyRuntime} after every change. A refused
+ * change leaves both the stored and the running rule set as they were:
+ * everything is validated and compiled before the store is written, and the
+ * runtime gets the new set only once it is saved.
  *
  * Rules apply in ascending `priority`, then creation order. Template
  * references are checked inside the store mutation (a template cannot be

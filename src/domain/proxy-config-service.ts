@@ -1,11 +1,11 @@
 /**
- * Public proxy configuration (DESIGN.md §4): listeners and routes, validated,
+ * Public proxy configuration (docs/pipeline.md): listeners and routes, validated,
  * persisted in the store's `proxy` collection and applied live to the data
  * plane through a {@link ProxyRuntime} — a new listener serves as soon as it
  * is created, a disabled or deleted one stops accepting connections at once,
  * a changed route takes effect for the next request.
  *
- * Listeners serve `protocol` `http` (default) or `https` (DESIGN.md §8:
+ * Listeners serve `protocol` `http` (default) or `https` (docs/tls.md:
  * `defaultCertificateId` and `hsts` apply to https, `redirectHttps` to http).
  *
  * Errors: VALIDATION_FAILED (bad field, unknown listener or certificate,

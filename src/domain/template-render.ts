@@ -1,7 +1,7 @@
 /**
- * Rendering of response templates (DESIGN.md §10), shared by the template
- * service (preview, validation) and the data plane (static targets, WAF and
- * rate-limit answers, upstream error pages).
+ * Rendering of response templates (docs/pipeline.md "Response templates"),
+ * shared by the template service (preview, validation) and the data plane
+ * (static targets, WAF and rate-limit answers, upstream error pages).
  *
  * A template body is text with placeholders `{{name}}` (spaces inside the
  * braces allowed). The known names are {@link TEMPLATE_PLACEHOLDERS}; their

@@ -1,7 +1,7 @@
 /**
- * Response templates (DESIGN.md §10): stored pages that static route
- * targets, WAF blocks and challenges, rate-limit refusals and upstream error
- * answers render with request values (see template-render.ts).
+ * Response templates (docs/pipeline.md "Response templates"): stored pages that
+ * static route targets, WAF blocks and challenges, rate-limit refusals and
+ * upstream error answers render with request values (see template-render.ts).
  *
  * Other services say who uses a template by registering a usage finder
  * ({@link TemplateService.registerUsage}); a template in use cannot be

@@ -1,6 +1,7 @@
 /**
- * Names of response templates (DESIGN.md §10) shared by the renderer, the
- * route schemas and, through them, the console's types: kinds and placeholders.
+ * Names of response templates (docs/pipeline.md "Response templates") shared by
+ * the renderer, the route schemas and, through them, the console's types: kinds
+ * and placeholders.
  */
 import type { TemplateKind } from '../storage/schema.js';
 

@@ -1,6 +1,6 @@
 /**
  * What the certificate store and the ACME service drive in the data plane
- * (DESIGN.md §8): the certificates https listeners serve, and the answers to
+ * (docs/tls.md): the certificates https listeners serve, and the answers to
  * pending ACME challenges.
  */
 

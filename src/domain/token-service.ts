@@ -1,7 +1,8 @@
 /**
- * API tokens (DESIGN.md §5): `p2pat_` + 43 base64url characters, shown once,
- * stored as a SHA-256 hash. Errors: VALIDATION_FAILED, CONFLICT (name taken,
- * whatever its case, as environment names), NOT_FOUND.
+ * API tokens (docs/security.md "API tokens and agent credentials"): `p2pat_` +
+ * 43 base64url characters, shown once, stored as a SHA-256 hash. Errors:
+ * VALIDATION_FAILED, CONFLICT (name taken, whatever its case, as environment
+ * names), NOT_FOUND.
  */
 import { AppError } from '../errors.js';
 import type { ApiTokenRecord } from '../storage/schema.js';

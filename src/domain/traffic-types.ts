@@ -1,7 +1,7 @@
 /**
  * Shapes of the traffic tracer shared by the data plane (which records) and
  * the domain services and routes (which report): trace events, levels,
- * counters and request statistics (DESIGN.md §4).
+ * counters and request statistics (docs/pipeline.md "Trace events").
  */
 
 import type { CacheResult } from './cache-types.js';
@@ -46,7 +46,7 @@ export interface TraceTls {
   alpn: string | null;
 }
 
-/** Pipeline stages that can record a decision in a trace event (DESIGN.md §9). */
+/** Pipeline stages that can record a decision in a trace event (docs/pipeline.md). */
 export type PolicyStageName = 'acme' | 'route' | 'waf' | 'rate_limit' | 'cache' | 'shaper';
 
 /** One decision of one stage about a request: which rule, and what it did (`block`, `limit`, `log`, …). */
@@ -60,7 +60,7 @@ export interface PolicyDecision {
 /** Header values as traced at level `headers` (sensitive values already redacted). */
 export type TracedHeaders = Record<string, string | string[]>;
 
-/** One traced request (DESIGN.md §4). Optional fields appear at the levels named. */
+/** One traced request (docs/pipeline.md "Trace events"). Optional fields appear at the levels named. */
 export interface TraceEvent {
   /** Monotonic per process, from 1. */
   seq: number;
@@ -87,11 +87,12 @@ export interface TraceEvent {
   error: TraceErrorKind | null;
   /** Decisions of the pipeline's stages, in order; absent when no stage decided anything. */
   policy?: PolicyDecision[];
-  /** How the response cache took part (DESIGN.md §10); absent when it did not. */
+  /** How the response cache took part (docs/pipeline.md "The cache stage"); absent when it did not. */
   cache?: CacheResult;
   /**
    * Route targets of type `backend`: the backend and the member that served,
-   * and for an agent member the agent that carried it (DESIGN.md §12).
+   * and for an agent member the agent that carried it (docs/pipeline.md
+   * "Backend targets").
    */
   backend?: { backendId: string; memberId: string | null; agentId?: string };
   /** `detailed` and `headers`: the query string with sensitive parameter values redacted. */

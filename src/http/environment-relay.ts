@@ -1,7 +1,8 @@
 /**
- * The environment relay (DESIGN.md §4): an operational request whose caller
- * selected a remote environment is relayed to that environment's management
- * API through its transport, and the answer streams back.
+ * The environment relay (docs/architecture.md "Local and operational routes"):
+ * an operational request whose caller selected a remote environment is relayed
+ * to that environment's management API through its transport, and the answer
+ * streams back.
  *
  * - Blocked states answer before anything leaves the process
  *   (ENVIRONMENT_NOT_FOUND, ENVIRONMENT_DISABLED, ENVIRONMENT_UNTRUSTED,

@@ -1,8 +1,8 @@
 /**
- * Version skew between instances (DESIGN.md §3, §4): which API paths this
- * instance does not know may be relayed to a selected environment (a newer
- * remote's routes), and which stay a local 404 because they lie under this
- * instance's local routes.
+ * Version skew between instances (docs/architecture.md "Local and operational
+ * routes"): which API paths this instance does not know may be relayed to a
+ * selected environment (a newer remote's routes), and which stay a local 404
+ * because they lie under this instance's local routes.
  */
 import { Type } from 'typebox';
 import { errorResponses } from './schemas/common.js';

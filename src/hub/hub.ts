@@ -1,7 +1,7 @@
 /**
  * The hub: the WebSocket endpoint agents connect to (`GET
- * /api/v1/agent/connect`, DESIGN.md §5) and the registry of their live
- * sessions.
+ * /api/v1/agent/connect`, docs/security.md "API tokens and agent credentials")
+ * and the registry of their live sessions.
  *
  * - Authentication happens before the upgrade: `X-P2PStream-Agent-Id` and
  *   `Authorization: Bearer p2pag_…` of an enabled agent, else 401

@@ -1,6 +1,6 @@
 /**
- * The response cache's metrics (DESIGN.md §10, §11), read from its counters
- * when scraped:
+ * The response cache's metrics (docs/operations.md "Metrics", docs/pipeline.md
+ * "The cache stage"), read from its counters when scraped:
  *
  * | metric | labels |
  * | --- | --- |

@@ -8,7 +8,7 @@
 import { AppError } from '../errors.js';
 import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from './envelope.js';
 
-/** Where agents open their WebSocket on the control plane (DESIGN.md §5). */
+/** Where agents open their WebSocket on the control plane (docs/protocol.md). */
 export const AGENT_CONNECT_PATH = '/api/v1/agent/connect';
 /** The upgrade header naming the agent (its token goes in `Authorization: Bearer`). */
 export const AGENT_ID_HEADER = 'x-p2pstream-agent-id';

@@ -1,6 +1,6 @@
 /**
- * Timing across the relay path (DESIGN.md §11): the control plane's own
- * time, the hub (agent link), the target's name resolution, connect, TLS
+ * Timing across the relay path (docs/protocol.md "Timing"): the control plane's
+ * own time, the hub (agent link), the target's name resolution, connect, TLS
  * handshake and time to first byte, and the total, in milliseconds, as the
  * `Server-Timing` header of relayed responses and the environment test's
  * `timing`.

@@ -3,11 +3,12 @@
  * DirectTransport runs the envelope executor in-process; AgentTransport sends
  * the same envelopes to an agent over the hub. Callers cannot tell them apart.
  *
- * Failures reject with an AppError whose code is one of DESIGN.md §6
- * (ENVIRONMENT_UNREACHABLE, ENVIRONMENT_TIMEOUT, CERTIFICATE_CHANGED,
- * CERTIFICATE_EXPIRED, CERTIFICATE_HOSTNAME_MISMATCH, AGENT_OFFLINE, …).
- * Certificate failures carry the certificate actually observed in
- * `details.observedCertificate` (a CertificateInfo) so the caller can record it.
+ * Failures reject with an AppError whose code is one of the public codes
+ * (docs/architecture.md "Errors") (ENVIRONMENT_UNREACHABLE,
+ * ENVIRONMENT_TIMEOUT, CERTIFICATE_CHANGED, CERTIFICATE_EXPIRED,
+ * CERTIFICATE_HOSTNAME_MISMATCH, AGENT_OFFLINE, …). Certificate failures carry
+ * the certificate actually observed in `details.observedCertificate` (a
+ * CertificateInfo) so the caller can record it.
  */
 import type { CertificateInfo } from '../tls/certificates.js';
 

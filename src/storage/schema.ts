@@ -134,7 +134,7 @@ export type RouteTarget =
       templateId?: string | null;
     };
 
-/** How a backend picks a member (DESIGN.md §12). */
+/** How a backend picks a member (docs/pipeline.md "Backend targets"). */
 export type BackendAlgorithm = 'round_robin' | 'weighted_round_robin' | 'least_active' | 'consistent_hash';
 
 /** A member of a backend: an upstream origin the proxy reaches itself, or an app behind an agent. */
@@ -160,7 +160,7 @@ export interface BackendHealthCheckRecord {
   expectStatus: number;
 }
 
-/** A named pool of members a route can target (DESIGN.md §12). */
+/** A named pool of members a route can target (docs/pipeline.md "Backend targets"). */
 export interface BackendRecord {
   id: string;
   name: string;
@@ -211,7 +211,7 @@ export interface RouteRecord {
   updatedAt: string;
 }
 
-/** What a response template is for (DESIGN.md §10). */
+/** What a response template is for (docs/pipeline.md "Response templates"). */
 export type TemplateKind = 'generic' | 'block' | 'rate_limit' | 'error' | 'challenge';
 
 export interface TemplateRecord {
@@ -226,7 +226,7 @@ export interface TemplateRecord {
   updatedAt: string;
 }
 
-/** Cache settings (DESIGN.md §10). */
+/** Cache settings (docs/pipeline.md "The cache stage"). */
 export interface CacheSettingsRecord {
   enabled: boolean;
   memoryMiB: number;
@@ -252,7 +252,7 @@ export interface CacheRuleRecord {
   updatedAt: string;
 }
 
-/** Where a stored certificate comes from (DESIGN.md §8). */
+/** Where a stored certificate comes from (docs/tls.md). */
 export type CertificateSource = 'upload' | 'file' | 'self-signed' | 'acme';
 export type CertificateStatus = 'pending' | 'issuing' | 'ready' | 'renewing' | 'error';
 export type AcmeChallengeType = 'http-01' | 'tls-alpn-01' | 'dns-01';
@@ -329,7 +329,7 @@ export interface WafAutoRecord {
   coolDownSeconds: number;
 }
 
-/** A WAF rule (DESIGN.md §9). */
+/** A WAF rule (docs/pipeline.md "The policy stages"). */
 export interface WafRuleRecord {
   id: string;
   name: string;
@@ -346,7 +346,10 @@ export interface WafRuleRecord {
   updatedAt: string;
 }
 
-/** A rate-limit rule (DESIGN.md §9); windows use `limit` + `windowSeconds`, the bucket `ratePerSecond` + `burst`. */
+/**
+ * A rate-limit rule (docs/pipeline.md "The policy stages"); windows use
+ * `limit` + `windowSeconds`, the bucket `ratePerSecond` + `burst`.
+ */
 export interface RateLimitRuleRecord {
   id: string;
   name: string;
@@ -365,7 +368,7 @@ export interface RateLimitRuleRecord {
   updatedAt: string;
 }
 
-/** A traffic shaper (DESIGN.md §9); a null rate leaves that direction unshaped. */
+/** A traffic shaper (docs/pipeline.md "The policy stages"); a null rate leaves that direction unshaped. */
 export interface ShaperRecord {
   id: string;
   name: string;

@@ -1,6 +1,6 @@
 /**
  * Checks a certificate chain and private key before they are stored or
- * served (DESIGN.md §8, upload and file sources): PEM that parses, the key
+ * served (docs/tls.md, upload and file sources): PEM that parses, the key
  * matching the leaf, the leaf first and each certificate issued by the next,
  * the leaf valid now, and every requested host covered. Each failure is a
  * {@link MaterialError} naming the field and the reason in words.

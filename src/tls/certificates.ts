@@ -12,7 +12,7 @@ x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoPro
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
-/** The public description of a certificate (DESIGN.md §3). */
+/** The public description of a certificate (docs/architecture.md "Local and operational routes"). */
 export interface CertificateInfo {
   fingerprintSha256: string;
   subject: string;
@@ -145,7 +145,10 @@ export function normalizeFingerprint(input: unknown): string | null {
   return hex.match(/.{2}/g)!.join(':');
 }
 
-/** Describes a DER or PEM certificate in the public shape of DESIGN.md §3. */
+/**
+ * Describes a DER or PEM certificate in its public shape (docs/architecture.md,
+ * "Local and operational routes").
+ */
 export function describeCertificate(input: Uint8Array | string | X509Certificate): CertificateInfo {
   const cert =
     input instanceof X509Certificate

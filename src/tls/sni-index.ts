@@ -1,5 +1,5 @@
 /**
- * Certificate selection by SNI name (DESIGN.md §8): a certificate whose
+ * Certificate selection by SNI name (docs/tls.md): a certificate whose
  * hosts hold the exact name, then the one with the longest matching
  * `*.suffix` (a `*.example.com` entry matches any name ending in
  * `.example.com`, like route hosts), else nothing (the listener then uses

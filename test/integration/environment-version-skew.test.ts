@@ -2,8 +2,9 @@
  * Version skew between instances: a remote running a newer version serves API
  * routes this control plane does not know. With an environment selected, any
  * such `/api/v1/...` path is relayed (directly or through an agent), so the
- * newer views stay reachable; without one it stays a local 404, and paths
- * under this instance's local routes (DESIGN.md §3) are never relayed.
+ * newer views stay reachable; without one it stays a local 404, and paths under
+ * this instance's local routes (docs/architecture.md "Local and operational
+ * routes") are never relayed.
  */
 import type { FastifyPluginAsync } from 'fastify';
 import { describe, expect, it } from 'vitest';

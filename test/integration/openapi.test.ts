@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { ERROR_CODES } from '../../src/errors.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 
-/** The error codes of DESIGN.md §6, written out: the document must name each. */
+/** The error codes of docs/architecture.md "Errors", written out: the document must name each. */
 const PUBLIC_ERROR_CODES = [
   'UNAUTHENTICATED',
   'FORBIDDEN',

@@ -1,6 +1,6 @@
 /**
- * Response cache of the selected environment (DESIGN.md §10): its counters,
- * settings, rules (in the order they apply) and purge.
+ * Response cache of the selected environment (docs/pipeline.md "The cache
+ * stage"): its counters, settings, rules (in the order they apply) and purge.
  */
 import type { JSX } from 'preact';
 import { useEffect, useState } from 'preact/hooks';

@@ -1,9 +1,9 @@
 /**
- * Response templates of the selected environment (DESIGN.md §10): the list
- * with who uses each one, and an editor whose live preview is rendered by
- * the instance (`POST /api/v1/templates/preview`, sample values) and shown
- * in a sandboxed iframe (no scripts, no same origin), so a template's markup
- * never runs in the console.
+ * Response templates of the selected environment (docs/pipeline.md "Response
+ * templates"): the list with who uses each one, and an editor whose live
+ * preview is rendered by the instance (`POST /api/v1/templates/preview`, sample
+ * values) and shown in a sandboxed iframe (no scripts, no same origin), so a
+ * template's markup never runs in the console.
  */
 import type { JSX } from 'preact';
 import { useEffect, useState } from 'preact/hooks';

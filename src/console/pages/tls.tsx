@@ -1,5 +1,5 @@
 /**
- * TLS of the selected environment (DESIGN.md §8): the certificate store
+ * TLS of the selected environment (docs/tls.md): the certificate store
  * (hosts, source, issuer, expiry countdown, status with the last error and
  * the next attempt; add by upload / file / self-signed / ACME, renew,
  * delete), ACME accounts and DNS providers. Refreshes itself while an order

@@ -1,5 +1,6 @@
 /**
- * The response cache as the pipeline's `cache` stage (DESIGN.md §9, §10).
+ * The response cache as the pipeline's `cache` stage (docs/pipeline.md "The
+ * cache stage").
  *
  * For a request to an upstream route that a cache rule takes:
  * - bypass (Authorization, Cookie, other methods…): `Cache-Status` is added

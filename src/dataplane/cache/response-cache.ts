@@ -1,10 +1,10 @@
 /**
- * The response cache (DESIGN.md §10): which requests may use it (rules),
- * their keys, and how a cacheable request is answered — from the store,
- * after a conditional request to the origin, or from the origin while the
- * body is stored. HTTP semantics (RFC 9111: freshness, `no-store`,
- * `private`, `Vary`, validators, `stale-while-revalidate`,
- * `stale-if-error`) come from `http-cache-semantics` as a shared cache.
+ * The response cache (docs/pipeline.md "The cache stage"): which requests may
+ * use it (rules), their keys, and how a cacheable request is answered — from
+ * the store, after a conditional request to the origin, or from the origin
+ * while the body is stored. HTTP semantics (RFC 9111: freshness, `no-store`,
+ * `private`, `Vary`, validators, `stale-while-revalidate`, `stale-if-error`)
+ * come from `http-cache-semantics` as a shared cache.
  *
  * - Rules apply in ascending priority, then creation order; the first
  *   enabled rule whose expression matches decides. No rule → the cache
@@ -763,7 +763,7 @@ export function limitsOf(settings: Readonly<CacheSettingsRecord>): CacheStoreLim
   };
 }
 
-/** The variables of a CEL match expression for a request (DESIGN.md §9). */
+/** The variables of a CEL match expression for a request (docs/pipeline.md "The policy stages"). */
 function factsOf(request: CacheRequest): PolicyRequestFacts {
   const query: Record<string, string> = {};
   if (request.query !== '') {

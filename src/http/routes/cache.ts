@@ -1,5 +1,5 @@
 /**
- * Response cache routes (operational, DESIGN.md §10):
+ * Response cache routes (operational, docs/pipeline.md "The cache stage"):
  *
  * - `GET/PUT /api/v1/cache/settings` → the settings;
  * - `GET/POST /api/v1/cache/rules`, `GET/PATCH/DELETE /api/v1/cache/rules/:id`

@@ -1,7 +1,8 @@
 /**
- * Environment registry routes (local: always served by this instance,
- * whatever environment is selected; DESIGN.md §3). Every route requires an
- * authenticated caller (session or API token).
+ * Environment registry routes (local: always served by this instance, whatever
+ * environment is selected; docs/architecture.md "Local and operational
+ * routes"). Every route requires an authenticated caller (session or API
+ * token).
  *
  * - `GET /api/v1/environments` → `{environments}`, the virtual Local first;
  * - `POST /api/v1/environments` → 201 `{environment}`;

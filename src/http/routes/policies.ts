@@ -1,5 +1,5 @@
 /**
- * Traffic policy routes (operational, DESIGN.md §9):
+ * Traffic policy routes (operational, docs/pipeline.md "The policy stages"):
  *
  * - `GET/POST /api/v1/policies/waf`, `GET/PATCH/DELETE /api/v1/policies/waf/:id` → `{rules}` / `{rule}`;
  * - `GET/POST /api/v1/policies/rate-limits`, `…/rate-limits/:id` → `{rules}` / `{rule}`;

@@ -1,5 +1,5 @@
 /**
- * Public proxy configuration routes (operational, DESIGN.md §4):
+ * Public proxy configuration routes (operational, docs/pipeline.md):
  * `GET/POST /api/v1/proxy/listeners`, `GET/PATCH/DELETE /api/v1/proxy/listeners/:id`,
  * and the same for `/api/v1/proxy/routes`. Lists answer `{listeners}` /
  * `{routes}`, single objects `{listener}` / `{route}`; create answers 201,

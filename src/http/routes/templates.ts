@@ -1,5 +1,5 @@
 /**
- * Response template routes (operational, DESIGN.md §10):
+ * Response template routes (operational, docs/pipeline.md "Response templates"):
  *
  * - `GET/POST /api/v1/templates` → `{templates}` / 201 `{template, warnings}`;
  * - `GET/PATCH/DELETE /api/v1/templates/:id` → `{template}` / `{template, warnings}` / 204;

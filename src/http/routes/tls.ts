@@ -1,5 +1,5 @@
 /**
- * Public TLS routes (operational, DESIGN.md §8):
+ * Public TLS routes (operational, docs/tls.md):
  *
  * - `GET/POST /api/v1/tls/certificates` → `{certificates}` / 201 `{certificate}`;
  * - `GET/PATCH/DELETE /api/v1/tls/certificates/:id` → `{certificate}` / 204;

@@ -1,4 +1,7 @@
-/** Schemas of the response cache routes (DESIGN.md §10); the console derives its types from them. */
+/**
+ * Schemas of the response cache routes (docs/pipeline.md "The cache stage");
+ * the console derives its types from them.
+ */
 import { Type } from 'typebox';
 import { Timestamp } from './common.js';
 

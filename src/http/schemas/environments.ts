@@ -104,7 +104,7 @@ export const TestReply = Type.Object({
     },
     {
       description:
-        'Milliseconds per phase, as in relayed responses’ Server-Timing (DESIGN.md §11); null for a step an older agent did not report.',
+        'Milliseconds per phase, as in relayed responses’ Server-Timing (docs/protocol.md, Timing); null for a step an older agent did not report.',
     },
   ),
 });

@@ -158,7 +158,7 @@ export const deleteRouteSchema = {
   response: { 204: NoContent, ...errorResponses },
 };
 
-// --- backends (DESIGN.md §12) ---------------------------------------------------
+// --- backends (docs/pipeline.md "Backend targets") ----------------------------------
 
 export const BackendMember = Type.Union([
   Type.Object({

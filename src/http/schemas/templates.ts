@@ -1,4 +1,7 @@
-/** Schemas of the response template routes (DESIGN.md §10); the console derives its types from them. */
+/**
+ * Schemas of the response template routes (docs/pipeline.md "Response
+ * templates"); the console derives its types from them.
+ */
 import { Type } from 'typebox';
 import { TEMPLATE_KINDS, TEMPLATE_PLACEHOLDERS } from '../../domain/template-types.js';
 import { Timestamp } from './common.js';

@@ -1,5 +1,5 @@
 /**
- * Schemas of the public TLS routes (DESIGN.md §8): certificates, ACME
+ * Schemas of the public TLS routes (docs/tls.md): certificates, ACME
  * accounts and DNS providers, as the API answers them and as clients send
  * them (the services check the inputs in detail).
  */
