@@ -288,6 +288,7 @@ export async function startServer(
     checkIntervalMs: config.tls?.checkIntervalMs,
     retryBaseMs: config.tls?.retryBaseMs,
     filePollMs: config.tls?.filePollMs,
+    replicaId,
   });
   const overview = createOverviewService({
     stats: dataPlane.metrics,
@@ -357,6 +358,7 @@ export async function startServer(
       .map((l) => l.id),
   );
   let proxySync: Promise<void> = Promise.resolve();
+  let tlsSync: Promise<void> = Promise.resolve();
   const unsubscribeStore = store.onExternalChange((keys) => {
     if (keys.has('agents')) hub.revalidate();
     if (keys.has('traffic')) recorder.configure(traffic.settings());
@@ -364,6 +366,13 @@ export async function startServer(
     if (keys.has('policies')) policies.apply();
     if (keys.has('cache')) cache.apply();
     if (keys.has('backends')) backends.apply();
+    if (keys.has('tls') || keys.has('acmeChallenges')) {
+      tlsSync = tlsSync
+        .then(() => certificates.syncExternal())
+        .catch((err: unknown) => {
+          logger.warn({ err }, 'certificates changed by another replica could not be applied');
+        });
+    }
     if (keys.has('proxy')) {
       proxySync = proxySync.then(async () => {
         const proxy = store.read().proxy;
@@ -421,6 +430,7 @@ export async function startServer(
         links?.close();
         await presence?.close();
         await app.close();
+        await tlsSync;
         await certificates.close();
         directTransport.close();
         await proxySync;

@@ -21,6 +21,14 @@
  * at start; one certificate never has two orders running at once. Through
  * every failure the last good certificate keeps serving.
  *
+ * Replicas sharing the database (docs/cluster.md) serve every certificate
+ * any of them stored: `syncExternal` follows the other replicas' writes. An
+ * order takes a lease on its certificate in the store first (refreshed while
+ * it runs, {@link DEFAULT_ORDER_LEASE_MS}), so only one replica orders a
+ * certificate at a time, and publishes its HTTP-01 and TLS-ALPN-01 answers
+ * in the store (`acmeChallenges`), so whichever replica the CA reaches
+ * answers the validation.
+ *
  * Private keys are sealed by the secrets box (file sources keep theirs in
  * their file) and never returned. A certificate that is a listener's
  * default cannot be deleted (409 CONFLICT, `details.usedBy`).
@@ -28,7 +36,13 @@
 import { promises as fs } from 'node:fs';
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import type { AcmeChallengeType, CertificateRecord, CertificateSource, Database } from '../storage/schema.js';
+import type {
+  AcmeChallengeRecord,
+  AcmeChallengeType,
+  CertificateRecord,
+  CertificateSource,
+  Database,
+} from '../storage/schema.js';
 import type { SecretsBox } from '../storage/secrets-box.js';
 import type { Store } from '../storage/store.js';
 import { type CertificateMaterial, checkMaterial, MaterialError } from '../tls/certificate-material.js';
@@ -48,6 +62,15 @@ export const DEFAULT_RETRY_MAX_MS = 6 * 3600_000;
 export const DEFAULT_CHECK_INTERVAL_MS = 60_000;
 /** How often `file` certificates are checked for changes. */
 export const DEFAULT_FILE_POLL_MS = 5000;
+/**
+ * How long an order's lease on its certificate lasts without being refreshed
+ * (it is refreshed every third of this while the order runs): a replica that
+ * died mid-order holds up the others this long at most.
+ */
+export const DEFAULT_ORDER_LEASE_MS = 5 * 60_000;
+/** Challenge answers published by another replica longer ago than this are ignored (it died mid-order). */
+const CHALLENGE_TTL_MS = 3600_000;
+const ALPN_SEAL_KEY = 'acme-alpn-key';
 
 const SEAL_KEY = 'tls-key';
 const SOURCES: readonly CertificateSource[] = ['upload', 'file', 'self-signed', 'acme'];
@@ -91,6 +114,9 @@ export interface CertificateServiceOptions {
   retryMaxMs?: number;
   checkIntervalMs?: number;
   filePollMs?: number;
+  /** This replica's id (order leases and published challenges); default `local`. */
+  replicaId?: string;
+  orderLeaseMs?: number;
 }
 
 const FIELDS = [
@@ -140,6 +166,10 @@ export class CertificateService {
   readonly #retryMaxMs: number;
   readonly #checkIntervalMs: number;
   readonly #filePollMs: number;
+  readonly #replicaId: string;
+  readonly #orderLeaseMs: number;
+  /** Challenge answers of other replicas applied to this data plane, by record id. */
+  readonly #remoteChallenges = new Map<string, AcmeChallengeRecord>();
   /** The material each certificate serves now (the last good one). */
   readonly #live = new Map<string, Live>();
   /** Orders running, per certificate: never two at once. */
@@ -163,6 +193,8 @@ export class CertificateService {
     this.#retryMaxMs = options.retryMaxMs ?? DEFAULT_RETRY_MAX_MS;
     this.#checkIntervalMs = options.checkIntervalMs ?? DEFAULT_CHECK_INTERVAL_MS;
     this.#filePollMs = options.filePollMs ?? DEFAULT_FILE_POLL_MS;
+    this.#replicaId = options.replicaId ?? 'local';
+    this.#orderLeaseMs = options.orderLeaseMs ?? DEFAULT_ORDER_LEASE_MS;
   }
 
   /**
@@ -188,6 +220,13 @@ export class CertificateService {
       }
     }
     this.#publish();
+    // Answers this replica published before it stopped mid-order are stale.
+    if (this.#store.read().acmeChallenges.some((c) => c.replicaId === this.#replicaId)) {
+      await this.#store.update((db) => {
+        db.acmeChallenges = db.acmeChallenges.filter((c) => c.replicaId !== this.#replicaId);
+      });
+    }
+    this.#applyChallenges();
     this.#checkTimer = setInterval(() => this.checkRenewals(), this.#checkIntervalMs);
     this.#checkTimer.unref();
     this.#fileTimer = setInterval(() => void this.#pollFiles(), this.#filePollMs);
@@ -302,6 +341,7 @@ export class CertificateService {
     await this.#store.update((db) => {
       const index = db.tls.certificates.findIndex((c) => c.id === id);
       if (index < 0) throw new AppError('NOT_FOUND', 'no such certificate');
+      next.orderLease = db.tls.certificates[index]!.orderLease ?? null;
       db.tls.certificates[index] = next;
     });
     if (live) this.#live.set(id, live);
@@ -340,7 +380,8 @@ export class CertificateService {
         await this.#loadFile(record, true);
         break;
       case 'self-signed':
-        await this.#runOrder(id);
+        this.#startOrder(id);
+        await this.#orders.get(id);
         break;
       case 'acme':
         this.#startOrder(id);
@@ -361,13 +402,49 @@ export class CertificateService {
     for (const record of this.#records()) {
       if (record.source !== 'acme' && record.source !== 'self-signed') continue;
       if (this.#orders.has(record.id)) continue;
-      const due =
-        record.status === 'pending' ||
-        record.status === 'issuing' ||
-        record.status === 'renewing' ||
-        (record.nextRenewalAt !== null && Date.parse(record.nextRenewalAt) <= now);
-      if (due) this.#startOrder(record.id);
+      if (isDue(record, now)) this.#startOrder(record.id, false);
     }
+  }
+
+  /**
+   * Follows what other replicas wrote (`tls`, `acmeChallenges`): serves the
+   * certificates they stored, issued or renewed, drops deleted ones, and
+   * answers the challenges of their orders. File sources are read from this
+   * replica's own disk.
+   */
+  async syncExternal(): Promise<void> {
+    const present = new Set<string>();
+    for (const record of this.#records()) {
+      present.add(record.id);
+      // An order running here serves its result before writing it.
+      if (this.#orders.has(record.id)) continue;
+      const live = this.#live.get(record.id);
+      if (record.source === 'file') {
+        if (!live || live.fingerprintSha256 !== record.fingerprintSha256) await this.#readFileQuietly(record);
+        continue;
+      }
+      if (record.certificatePem === null || record.privateKeySealed === null) continue;
+      if (live && live.fingerprintSha256 === record.fingerprintSha256) continue;
+      try {
+        this.#live.set(record.id, {
+          certificatePem: record.certificatePem,
+          privateKeyPem: this.#secrets.open(SEAL_KEY, record.id, record.privateKeySealed),
+          fingerprintSha256: record.fingerprintSha256 ?? '',
+        });
+      } catch (err) {
+        this.#logger?.warn(
+          { certificateId: record.id, err },
+          `certificate "${record.name}" could not be loaded`,
+        );
+      }
+    }
+    for (const id of [...this.#live.keys()]) {
+      if (present.has(id)) continue;
+      this.#live.delete(id);
+      this.#fileStamps.delete(id);
+    }
+    this.#publish();
+    this.#applyChallenges();
   }
 
   // --- internals ---------------------------------------------------------------
@@ -502,21 +579,68 @@ export class CertificateService {
     } else record.nextRenewalAt = null;
   }
 
-  #startOrder(id: string): void {
+  /**
+   * Starts an order unless one runs here or on another replica. `forced`
+   * (create, change, renew) orders whatever the schedule says; otherwise the
+   * order starts only if the certificate is still due once its lease is
+   * taken (another replica may have renewed it meanwhile).
+   */
+  #startOrder(id: string, forced = true): void {
     if (this.#orders.has(id) || this.#closed) return;
-    const run = this.#runOrder(id).finally(() => this.#orders.delete(id));
+    if (this.#leasedElsewhere(this.#records().find((c) => c.id === id))) return;
+    const run = this.#runOrder(id, forced).finally(() => this.#orders.delete(id));
     this.#orders.set(id, run);
   }
 
+  /** Whether another replica holds a live order lease on the certificate. */
+  #leasedElsewhere(record: Readonly<CertificateRecord> | undefined): boolean {
+    const lease = record?.orderLease;
+    return (
+      lease !== undefined &&
+      lease !== null &&
+      lease.replicaId !== this.#replicaId &&
+      Date.parse(lease.until) > this.#now()
+    );
+  }
+
   /** One issuance (acme) or regeneration (self-signed); failures become status `error`. */
-  async #runOrder(id: string): Promise<void> {
+  async #runOrder(id: string, forced: boolean): Promise<void> {
     const start = this.#records().find((c) => c.id === id);
     if (!start) return;
-    if (start.source === 'acme') {
-      await this.#patch(id, (r) => {
+    // The lease, taken in one store transaction: no other replica is ordering this certificate.
+    const claimed = await this.#store.update((db) => {
+      const r = db.tls.certificates.find((c) => c.id === id);
+      const now = this.#now();
+      if (!r || this.#leasedElsewhere(r) || (!forced && !isDue(r, now))) return false;
+      r.orderLease = { replicaId: this.#replicaId, until: new Date(now + this.#orderLeaseMs).toISOString() };
+      if (r.source === 'acme') {
         r.status = r.certificatePem === null ? 'issuing' : 'renewing';
-      });
+        r.updatedAt = new Date(now).toISOString();
+      }
+      return true;
+    });
+    if (!claimed) return;
+    const refresh = setInterval(() => {
+      void this.#store
+        .update((db) => {
+          const r = db.tls.certificates.find((c) => c.id === id);
+          if (r?.orderLease?.replicaId === this.#replicaId)
+            r.orderLease = {
+              replicaId: this.#replicaId,
+              until: new Date(this.#now() + this.#orderLeaseMs).toISOString(),
+            };
+        })
+        .catch(() => {});
+    }, this.#orderLeaseMs / 3);
+    refresh.unref();
+    try {
+      await this.#order(id, start.name);
+    } finally {
+      clearInterval(refresh);
     }
+  }
+
+  async #order(id: string, name: string): Promise<void> {
     try {
       const record = { ...this.#find(id), hosts: [...this.#find(id).hosts] };
       let live: Live;
@@ -532,7 +656,7 @@ export class CertificateService {
             account,
             dnsProvider: record.dnsProviderId ? this.#accounts.providerSecrets(record.dnsProviderId) : null,
           },
-          this.#runtime ?? NO_RUNTIME,
+          this.#challengeRuntime(id),
         );
         const material = checkMaterial({ ...result, hosts: record.hosts }, { now: this.#now() });
         let suggested: Date | null = null;
@@ -559,6 +683,7 @@ export class CertificateService {
           lastError: null,
           failures: 0,
           nextRenewalAt: record.nextRenewalAt,
+          orderLease: null,
         });
       });
       if (!saved) {
@@ -579,8 +704,96 @@ export class CertificateService {
         const backoff = Math.min(this.#retryMaxMs, this.#retryBaseMs * 2 ** (r.failures - 1));
         const jittered = backoff * (0.8 + this.#random() * 0.4);
         r.nextRenewalAt = new Date(this.#now() + jittered).toISOString();
+        r.orderLease = null;
       });
-      this.#logger?.warn({ certificateId: id, err }, `certificate "${start.name}": ${message}`);
+      this.#logger?.warn({ certificateId: id, err }, `certificate "${name}": ${message}`);
+    }
+  }
+
+  /**
+   * The runtime an order publishes its challenges through: this data plane
+   * at once, and the store for the other replicas (resolved once written, so
+   * the CA is asked to validate only after every replica can answer).
+   */
+  #challengeRuntime(certificateId: string): TlsRuntime {
+    const local = this.#runtime ?? NO_RUNTIME;
+    return {
+      setCertificates: (certificates) => local.setCertificates(certificates),
+      setHttp01Challenge: async (token, keyAuthorization) => {
+        local.setHttp01Challenge(token, keyAuthorization);
+        await this.#shareChallenge(certificateId, 'http-01', token, (record) => {
+          if (keyAuthorization === null) return false;
+          record.keyAuthorization = keyAuthorization;
+          return true;
+        });
+      },
+      setTlsAlpn01Challenge: async (host, pair) => {
+        local.setTlsAlpn01Challenge(host, pair);
+        await this.#shareChallenge(certificateId, 'tls-alpn-01', host, (record) => {
+          if (pair === null) return false;
+          record.certificatePem = pair.cert;
+          record.privateKeySealed = this.#secrets.seal(ALPN_SEAL_KEY, record.id, pair.key);
+          return true;
+        });
+      },
+    };
+  }
+
+  /** Replaces this replica's published answer for (`type`, `name`); `fill` returns false to withdraw it. */
+  async #shareChallenge(
+    certificateId: string,
+    type: AcmeChallengeRecord['type'],
+    name: string,
+    fill: (record: AcmeChallengeRecord) => boolean,
+  ): Promise<void> {
+    const record: AcmeChallengeRecord = {
+      id: newId(),
+      replicaId: this.#replicaId,
+      certificateId,
+      type,
+      name,
+      keyAuthorization: null,
+      certificatePem: null,
+      privateKeySealed: null,
+      createdAt: new Date(this.#now()).toISOString(),
+    };
+    const publish = fill(record);
+    await this.#store.update((db) => {
+      db.acmeChallenges = db.acmeChallenges.filter(
+        (c) => !(c.replicaId === this.#replicaId && c.type === type && c.name === name),
+      );
+      if (publish) db.acmeChallenges.push(record);
+    });
+  }
+
+  /** Answers the challenges other replicas published (and withdraws those they took back). */
+  #applyChallenges(): void {
+    if (!this.#runtime) return;
+    const now = this.#now();
+    const wanted = new Map<string, AcmeChallengeRecord>();
+    for (const c of this.#store.read().acmeChallenges) {
+      if (c.replicaId !== this.#replicaId && now - Date.parse(c.createdAt) < CHALLENGE_TTL_MS)
+        wanted.set(c.id, c);
+    }
+    for (const [id, c] of this.#remoteChallenges) {
+      if (wanted.has(id)) continue;
+      this.#remoteChallenges.delete(id);
+      if (c.type === 'http-01') this.#runtime.setHttp01Challenge(c.name, null);
+      else this.#runtime.setTlsAlpn01Challenge(c.name, null);
+    }
+    for (const [id, c] of wanted) {
+      if (this.#remoteChallenges.has(id)) continue;
+      try {
+        if (c.type === 'http-01') this.#runtime.setHttp01Challenge(c.name, c.keyAuthorization);
+        else if (c.certificatePem !== null && c.privateKeySealed !== null)
+          this.#runtime.setTlsAlpn01Challenge(c.name, {
+            cert: c.certificatePem,
+            key: this.#secrets.open(ALPN_SEAL_KEY, c.id, c.privateKeySealed),
+          });
+        this.#remoteChallenges.set(id, c);
+      } catch (err) {
+        this.#logger?.warn({ certificateId: c.certificateId, err }, 'a challenge answer could not be opened');
+      }
     }
   }
 
@@ -636,6 +849,24 @@ export class CertificateService {
     await this.#patch(record.id, (r) => this.#applyMaterial(r, material, null));
   }
 
+  /** Reads a file certificate another replica stored or changed; only this replica's serving changes. */
+  async #readFileQuietly(record: Readonly<CertificateRecord>): Promise<void> {
+    try {
+      const files = await this.#readFiles(record);
+      const material = checkMaterial(
+        { ...files, hosts: record.hosts },
+        { now: this.#now(), certificateField: 'certificateFile', keyField: 'privateKeyFile' },
+      );
+      this.#fileStamps.set(record.id, await stampOf(record));
+      this.#live.set(record.id, liveOf(material));
+    } catch (err) {
+      this.#logger?.warn(
+        { certificateId: record.id, err },
+        `certificate "${record.name}" could not be read on this replica`,
+      );
+    }
+  }
+
   async #pollFiles(): Promise<void> {
     for (const record of this.#records()) {
       if (record.source !== 'file' || this.#closed) continue;
@@ -686,6 +917,16 @@ export class CertificateService {
       updatedAt: record.updatedAt,
     };
   }
+}
+
+/** New, interrupted (after a restart), failed past its backoff, or at its renewal time. */
+function isDue(record: Readonly<CertificateRecord>, now: number): boolean {
+  return (
+    record.status === 'pending' ||
+    record.status === 'issuing' ||
+    record.status === 'renewing' ||
+    (record.nextRenewalAt !== null && Date.parse(record.nextRenewalAt) <= now)
+  );
 }
 
 const NO_RUNTIME: TlsRuntime = {

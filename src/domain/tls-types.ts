@@ -14,14 +14,22 @@ export interface ServingCertificate {
   readonly fingerprintSha256: string;
 }
 
-/** Implemented by the data plane; every call applies to the next handshake or request. */
+/**
+ * Implemented by the data plane; every call applies to the next handshake or
+ * request. The challenge setters may return a promise (the certificate store
+ * also publishes challenges to the other replicas); callers await it before
+ * asking the CA to validate.
+ */
 export interface TlsRuntime {
   /** Replaces the set of served certificates (earlier entries win a host claimed twice). */
   setCertificates(certificates: readonly ServingCertificate[]): void;
   /** Answers `GET /.well-known/acme-challenge/TOKEN` with `keyAuthorization`; null withdraws it. */
-  setHttp01Challenge(token: string, keyAuthorization: string | null): void;
+  setHttp01Challenge(token: string, keyAuthorization: string | null): void | Promise<void>;
   /** Presents this certificate to `acme-tls/1` handshakes for `host`; null withdraws it. */
-  setTlsAlpn01Challenge(host: string, certificate: { cert: string; key: string } | null): void;
+  setTlsAlpn01Challenge(
+    host: string,
+    certificate: { cert: string; key: string } | null,
+  ): void | Promise<void>;
 }
 
 export type AcmeChallengeKind = 'http-01' | 'tls-alpn-01' | 'dns-01';

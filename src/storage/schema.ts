@@ -283,8 +283,34 @@ export interface CertificateRecord {
   nextRenewalAt: string | null;
   /** Failed attempts since the last success (drives the retry backoff). */
   failures: number;
+  /**
+   * The replica running an order for this certificate, until when (refreshed
+   * while it runs); absent or null when none is. Replicas sharing the
+   * database never run two orders for one certificate at once.
+   */
+  orderLease?: { replicaId: string; until: string } | null;
   createdAt: string;
   updatedAt: string;
+}
+
+/**
+ * An ACME challenge answer published by the replica running the order, so
+ * every replica's listeners answer the CA's validation (docs/tls.md).
+ */
+export interface AcmeChallengeRecord {
+  id: string;
+  /** The replica that published it (it withdraws it). */
+  replicaId: string;
+  certificateId: string;
+  type: 'http-01' | 'tls-alpn-01';
+  /** The HTTP-01 token, or the TLS-ALPN-01 host name. */
+  name: string;
+  /** HTTP-01: the key authorization answered. */
+  keyAuthorization: string | null;
+  /** TLS-ALPN-01: the challenge certificate and its key, sealed (purpose `acme-alpn-key`). */
+  certificatePem: string | null;
+  privateKeySealed: string | null;
+  createdAt: string;
 }
 
 export interface AcmeAccountRecord {
@@ -408,6 +434,7 @@ export interface Database {
     acmeAccounts: AcmeAccountRecord[];
     dnsProviders: DnsProviderRecord[];
   };
+  acmeChallenges: AcmeChallengeRecord[];
 }
 
 /** Cache settings of a new instance: on (nothing is cached until a rule matches), 64 MiB memory, 1 GiB disk. */
@@ -437,6 +464,7 @@ export function emptyDatabase(instanceId: string, now = new Date()): Database {
     cache: { settings: { ...DEFAULT_CACHE_SETTINGS }, rules: [] },
     policies: { waf: [], rateLimits: [], shapers: [] },
     tls: { certificates: [], acmeAccounts: [], dnsProviders: [] },
+    acmeChallenges: [],
   };
 }
 

@@ -91,14 +91,14 @@ export function createAcmeIssuer(options: AcmeIssuerOptions = {}): AcmeIssuer {
           switch (wanted.challenge) {
             case 'http-01': {
               const token = (challenge as { token: string }).token;
-              runtime.setHttp01Challenge(token, keyAuthorization);
               withdraw = async () => runtime.setHttp01Challenge(token, null);
+              await runtime.setHttp01Challenge(token, keyAuthorization);
               break;
             }
             case 'tls-alpn-01': {
               const [key, cert] = await acme.crypto.createAlpnCertificate(authz, keyAuthorization);
-              runtime.setTlsAlpn01Challenge(name, { cert: cert.toString(), key: key.toString() });
               withdraw = async () => runtime.setTlsAlpn01Challenge(name, null);
+              await runtime.setTlsAlpn01Challenge(name, { cert: cert.toString(), key: key.toString() });
               break;
             }
             case 'dns-01': {
