@@ -13,17 +13,29 @@ export const ENVIRONMENT_HEADER = 'X-P2PStream-Environment';
 /** The virtual environment of the instance serving the console (its type ties it to the API's). */
 export const LOCAL: LocalEnvironmentId = 'local';
 
-/** A failed call: HTTP status (0 when the server could not be reached), stable code, message, field. */
+/**
+ * A failed call: HTTP status (0 when the server could not be reached), stable
+ * code, message, field, and the error's `details` object when it has one
+ * (`usedBy` of a CONFLICT).
+ */
 export class ApiError extends Error {
   readonly status: number;
   readonly code: string;
   readonly field: string | undefined;
+  readonly details: Readonly<Record<string, unknown>> | undefined;
 
-  constructor(status: number, code: string, message: string, field?: string) {
+  constructor(
+    status: number,
+    code: string,
+    message: string,
+    field?: string,
+    details?: Readonly<Record<string, unknown>>,
+  ) {
     super(message);
     this.status = status;
     this.code = code;
     this.field = field;
+    this.details = details;
   }
 }
 
@@ -84,13 +96,18 @@ export async function call<T>(method: string, path: string, options: CallOptions
     json = undefined;
   }
   if (response.ok) return json as T;
-  const error = (json as { error?: { code?: unknown; message?: unknown; field?: unknown } } | undefined)
-    ?.error;
+  const error = (
+    json as { error?: { code?: unknown; message?: unknown; field?: unknown; details?: unknown } } | undefined
+  )?.error;
+  const details = error?.details;
   const failure = new ApiError(
     response.status,
     typeof error?.code === 'string' ? error.code : `HTTP_${response.status}`,
     typeof error?.message === 'string' ? error.message : `HTTP ${response.status}`,
     typeof error?.field === 'string' ? error.field : undefined,
+    details !== null && typeof details === 'object' && !Array.isArray(details)
+      ? (details as Record<string, unknown>)
+      : undefined,
   );
   if (response.status === 401 && failure.code === 'UNAUTHENTICATED' && !options.allow401) unauthenticated?.();
   throw failure;

@@ -34,6 +34,9 @@ import type {
   WafRuleSchema,
 } from '../http/schemas/policies';
 import type {
+  BackendHealth as BackendHealthSchema,
+  BackendMember as BackendMemberSchema,
+  Backend as BackendSchema,
   Listener as ListenerSchema,
   ProxyRoute as ProxyRouteSchema,
   RouteTarget as RouteTargetSchema,
@@ -78,6 +81,10 @@ export type AgentGrant = Static<typeof AgentGrantSchema>;
 export type Listener = Static<typeof ListenerSchema>;
 export type RouteTarget = Static<typeof RouteTargetSchema>;
 export type ProxyRoute = Static<typeof ProxyRouteSchema>;
+export type Backend = Static<typeof BackendSchema>;
+export type BackendMember = Static<typeof BackendMemberSchema>;
+/** One member's state in `GET /api/v1/proxy/backends/:id/health`. */
+export type MemberHealth = Static<typeof BackendHealthSchema>['members'][number];
 export type TraceEvent = Static<typeof TraceEventSchema>;
 export type TraceLevel = Static<typeof TraceLevelSchema>;
 export type TrafficSettings = Static<typeof TrafficSettingsSchema>;

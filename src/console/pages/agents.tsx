@@ -4,6 +4,7 @@
  */
 import { useState } from 'preact/hooks';
 import { clientFor, LOCAL } from '../api';
+import { parseLabels } from '../components/agent-picker';
 import { ConfirmDelete, DataTable, useAction } from '../components/data-table';
 import { FormDialog, useFields } from '../components/form-dialog';
 import {
@@ -233,18 +234,6 @@ function Sessions(props: { agent: Agent }) {
       </ul>
     </details>
   );
-}
-
-function parseLabels(text: string): Record<string, string> {
-  const labels: Record<string, string> = {};
-  for (const line of text.split('\n')) {
-    const trimmed = line.trim();
-    if (!trimmed) continue;
-    const eq = trimmed.indexOf('=');
-    if (eq <= 0) throw new Error(`Labels: “${trimmed}” is not key=value`);
-    labels[trimmed.slice(0, eq).trim()] = trimmed.slice(eq + 1).trim();
-  }
-  return labels;
 }
 
 function CreateAgentDialog(props: {

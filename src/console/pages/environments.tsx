@@ -4,6 +4,7 @@
  */
 import { useState } from 'preact/hooks';
 import { local, messageOf } from '../api';
+import { AgentOptions, defaultAgentId } from '../components/agent-picker';
 import { ConfirmDelete, DataTable } from '../components/data-table';
 import { CheckboxField, FormDialog, numberOr, useFieldError, useFields } from '../components/form-dialog';
 import {
@@ -276,19 +277,6 @@ function LastTestCell(props: { environment: Environment; message: RowMessage | n
   );
 }
 
-function isOnline(agent: Agent): boolean {
-  return agent.enabled && agent.status === 'connected';
-}
-
-/** The agent picker's order: connected agents first, then offline (and disabled) ones, each by name. */
-function groupAgentsForPicker(agents: Agent[]): { label: string; agents: Agent[] }[] {
-  const byName = (a: Agent, b: Agent) => a.name.localeCompare(b.name);
-  return [
-    { label: 'Connected', agents: agents.filter(isOnline).sort(byName) },
-    { label: 'Offline', agents: agents.filter((a) => !isOnline(a)).sort(byName) },
-  ];
-}
-
 function EnvironmentDialog(props: {
   editing: Editing;
   agents: Agent[];
@@ -306,9 +294,8 @@ function EnvironmentDialog(props: {
     enabled: existing?.enabled ?? true,
   });
   const v = form.values;
-  const agentGroups = groupAgentsForPicker(props.agents);
   // Until one is chosen, the first listed (a connected one when there is one), from the latest list.
-  const agentId = v.agentId || (agentGroups.find((g) => g.agents.length > 0)?.agents[0]?.id ?? '');
+  const agentId = v.agentId || defaultAgentId(props.agents);
 
   const save = async () => {
     const body: Record<string, unknown> = {
@@ -353,19 +340,7 @@ function EnvironmentDialog(props: {
           }
         >
           <select {...form.choice('agentId')} value={agentId}>
-            {props.agents.length === 0 ? <option value="">No agents</option> : null}
-            {agentGroups.map((group) =>
-              group.agents.length === 0 ? null : (
-                <optgroup key={group.label} label={group.label}>
-                  {group.agents.map((agent) => (
-                    <option key={agent.id} value={agent.id}>
-                      {agent.name}
-                      {isOnline(agent) ? '' : ` (${agent.enabled ? 'offline' : 'disabled'})`}
-                    </option>
-                  ))}
-                </optgroup>
-              ),
-            )}
+            <AgentOptions agents={props.agents} />
           </select>
         </Field>
       ) : null}

@@ -1,10 +1,11 @@
-/** Proxy configuration of the selected environment: listeners and routes, create / edit / delete. */
+/** Proxy configuration of the selected environment: listeners, routes and backends, create / edit / delete. */
 import { useState } from 'preact/hooks';
-import { type Client, clientFor } from '../api';
+import { ApiError, type Client, clientFor } from '../api';
 import { ConfirmDelete, DataTable } from '../components/data-table';
 import { CheckboxField, FormDialog, numberOr, useFields } from '../components/form-dialog';
 import { Badge, ErrorMessage, Field, SectionHead, useResource } from '../components/ui';
-import type { Listener, ProxyRoute, RouteTarget, TlsCertificate } from '../types';
+import type { Agent, Backend, Listener, ProxyRoute, RouteTarget, TlsCertificate } from '../types';
+import { BackendsSection, backendName } from './proxy-backends';
 
 type Deleting = { kind: 'listener'; item: Listener } | { kind: 'route'; item: ProxyRoute };
 
@@ -18,7 +19,21 @@ export function ProxyPage(props: { environment: string }) {
         api
           .get<{ certificates: TlsCertificate[] }>('/api/v1/tls/certificates')
           .catch(() => ({ certificates: [] })),
-      ]).then(([l, r, c]) => ({ listeners: l.listeners, routes: r.routes, certificates: c.certificates })),
+        // An environment on a version without backends has none.
+        api
+          .get<{ backends: Backend[] }>('/api/v1/proxy/backends')
+          .catch((err: unknown) =>
+            err instanceof ApiError && err.status === 404 ? { backends: [] } : Promise.reject(err),
+          ),
+        // For the agent picker of agent members; a caller who may not list agents still sees ids.
+        api.get<{ agents: Agent[] }>('/api/v1/agents').catch(() => ({ agents: [] })),
+      ]).then(([l, r, c, b, a]) => ({
+        listeners: l.listeners,
+        routes: r.routes,
+        certificates: c.certificates,
+        backends: b.backends,
+        agents: a.agents,
+      })),
     [],
   );
   const [listenerDialog, setListenerDialog] = useState<{ listener: Listener | null } | null>(null);
@@ -26,6 +41,8 @@ export function ProxyPage(props: { environment: string }) {
   const [deleting, setDeleting] = useState<Deleting | null>(null);
   const listeners = data.data?.listeners ?? [];
   const certificates = data.data?.certificates ?? [];
+  const backends = data.data?.backends ?? [];
+  const describe = (target: RouteTarget) => describeTarget(target, backends);
   const routes = [...(data.data?.routes ?? [])].sort(
     (a, b) => a.listenerId.localeCompare(b.listenerId) || b.priority - a.priority,
   );
@@ -106,13 +123,24 @@ export function ProxyPage(props: { environment: string }) {
           { header: 'Host', class: 'mono', cell: (r) => r.host ?? '*' },
           { header: 'Path prefix', class: 'mono', cell: (r) => r.pathPrefix },
           { header: 'Priority', cell: (r) => r.priority },
-          { header: 'Target', class: 'mono break', cell: (r) => describeTarget(r.target) },
+          { header: 'Target', class: 'mono break', cell: (r) => describe(r.target) },
         ]}
         rowName={(r) => `route ${r.pathPrefix}`}
         actions={(route) => [
           { label: 'Edit', onClick: () => setRouteDialog({ route }) },
           { label: 'Delete', danger: true, onClick: () => setDeleting({ kind: 'route', item: route }) },
         ]}
+      />
+
+      <BackendsSection
+        api={api}
+        backends={backends}
+        agents={data.data?.agents ?? []}
+        routes={routes}
+        listeners={listeners}
+        loading={loading}
+        error={data.error}
+        onChanged={data.reload}
       />
 
       {listenerDialog ? (
@@ -132,6 +160,7 @@ export function ProxyPage(props: { environment: string }) {
           api={api}
           route={routeDialog.route}
           listeners={listeners}
+          backends={backends}
           onClose={() => setRouteDialog(null)}
           onSaved={() => {
             setRouteDialog(null);
@@ -159,8 +188,7 @@ export function ProxyPage(props: { environment: string }) {
           name={deleting.item.pathPrefix}
           message={
             <>
-              Delete the route <strong>{deleting.item.pathPrefix}</strong> →{' '}
-              {describeTarget(deleting.item.target)}?
+              Delete the route <strong>{deleting.item.pathPrefix}</strong> → {describe(deleting.item.target)}?
             </>
           }
           onConfirm={() =>
@@ -186,8 +214,8 @@ function ListenerStatus(props: { listener: Listener }) {
   return <Badge tone="ok">{listener.running ? 'running' : 'enabled'}</Badge>;
 }
 
-/** One line for a route target: `→ http://…`, `302 → /x`, `200 text/plain`. */
-export function describeTarget(target: RouteTarget): string {
+/** One line for a route target: `→ http://…`, `302 → /x`, `200 text/plain`, `→ backend web`. */
+export function describeTarget(target: RouteTarget, backends: readonly Backend[] = []): string {
   switch (target.type) {
     case 'upstream':
       return `→ ${target.url}${target.timeoutMs ? ` (timeout ${target.timeoutMs} ms)` : ''}`;
@@ -195,6 +223,8 @@ export function describeTarget(target: RouteTarget): string {
       return `${target.status} → ${target.location}`;
     case 'static':
       return `${target.status} ${target.contentType} (${target.body.length} chars)`;
+    case 'backend':
+      return `→ backend ${backendName(backends, target.backendId)}`;
     default:
       return JSON.stringify(target);
   }
@@ -358,7 +388,15 @@ const ROUTE_FIELDS = [
   'target.status',
   'target.contentType',
   'target.body',
+  'target.backendId',
 ] as const;
+
+const TARGET_NAMES: Record<RouteTarget['type'], string> = {
+  upstream: 'Upstream',
+  backend: 'Backend',
+  redirect: 'Redirect',
+  static: 'Static response',
+};
 
 /** A target field's error, or one about the whole target. */
 const targetError = (name: string) => [`target.${name}`, 'target', 'target.type'];
@@ -367,6 +405,7 @@ function RouteDialog(props: {
   api: Client;
   route: ProxyRoute | null;
   listeners: Listener[];
+  backends: readonly Backend[];
   onClose: () => void;
   onSaved: () => void;
 }) {
@@ -385,6 +424,7 @@ function RouteDialog(props: {
     staticStatus: String(target?.type === 'static' ? target.status : 200),
     contentType: target?.type === 'static' ? target.contentType : 'text/plain',
     body: target?.type === 'static' ? target.body : '',
+    backendId: target?.type === 'backend' ? target.backendId : (props.backends[0]?.id ?? ''),
   });
   const v = form.values;
   const type = v.type;
@@ -397,7 +437,9 @@ function RouteDialog(props: {
           : { type, url: v.url, timeoutMs: numberOr(v.timeoutMs) }
         : type === 'redirect'
           ? { type, location: v.location, status: numberOr(v.redirectStatus) }
-          : { type, status: numberOr(v.staticStatus), contentType: v.contentType, body: v.body };
+          : type === 'backend'
+            ? { type, backendId: v.backendId }
+            : { type, status: numberOr(v.staticStatus), contentType: v.contentType, body: v.body };
     const payload = {
       listenerId: v.listenerId,
       host: v.host.trim() === '' ? null : v.host.trim(),
@@ -440,7 +482,7 @@ function RouteDialog(props: {
       </div>
       <fieldset class="field">
         <legend class="field-label">Target</legend>
-        {(['upstream', 'redirect', 'static'] as const).map((t) => (
+        {(['upstream', 'backend', 'redirect', 'static'] as const).map((t) => (
           <label class="inline" key={t}>
             <input
               type="radio"
@@ -449,10 +491,26 @@ function RouteDialog(props: {
               checked={type === t}
               onChange={() => form.set('type', t)}
             />{' '}
-            {t === 'upstream' ? 'Upstream' : t === 'redirect' ? 'Redirect' : 'Static response'}
+            {TARGET_NAMES[t]}
           </label>
         ))}
       </fieldset>
+      {type === 'backend' ? (
+        <Field
+          label="Backend"
+          name={targetError('backendId')}
+          hint={props.backends.length === 0 ? 'No backends yet: add one under Backends.' : undefined}
+        >
+          <select {...form.choice('backendId')}>
+            {props.backends.length === 0 ? <option value="">No backends</option> : null}
+            {props.backends.map((b) => (
+              <option key={b.id} value={b.id}>
+                {b.name} ({b.members.length} member{b.members.length === 1 ? '' : 's'})
+              </option>
+            ))}
+          </select>
+        </Field>
+      ) : null}
       {type === 'upstream' ? (
         <div class="grid2">
           <Field
