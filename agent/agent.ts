@@ -5,7 +5,8 @@
  * it (hello, limits, keepalive, stream 0, close codes, reconciliation) and
  * hands every stream to the relay's envelope executor (discovery and pinned
  * requests, under the trust metadata each request carries and the optional
- * allowed targets).
+ * allowed targets) or, for tunnel streams (public requests of backends'
+ * agent members), to the tunnel executor, under the same allowed targets.
  *
  * Reconnects with exponential backoff and jitter (1 s → 30 s, reset after a
  * connection that stayed up `stableAfterMs`). A 401 is logged as a
@@ -20,11 +21,18 @@ import type { ConnectionOptions } from 'node:tls';
 import WebSocket from 'ws';
 import type { AppError, ErrorCode } from '../src/errors.js';
 import { createLogger, type Logger } from '../src/logger.js';
-import { DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_STREAMS, type Envelope } from '../src/relay/envelope.js';
+import {
+  DEFAULT_MAX_FRAME_BYTES,
+  DEFAULT_MAX_STREAMS,
+  DEFAULT_MAX_TUNNEL_STREAMS,
+  DEFAULT_TUNNEL_WINDOW_BYTES,
+  type Envelope,
+} from '../src/relay/envelope.js';
 import { connectVerified } from '../src/relay/pinned-tls.js';
 import {
   AGENT_CONNECT_PATH,
   AGENT_ID_HEADER,
+  CAPABILITY,
   CLOSE_CODE,
   END_REASON,
   type VersionRange,
@@ -36,6 +44,7 @@ import {
   type StreamContext,
   type StreamHandler,
 } from '../src/relay/relay-peer.js';
+import { TunnelExecutor, type TunnelExecutorStats } from '../src/relay/tunnel-executor.js';
 import { createWebSocketFrameTransport } from '../src/relay/websocket-frame-transport.js';
 import { VERSION } from '../src/version.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
@@ -121,6 +130,10 @@ export interface StartAgentOptions {
   maxFrameBytes?: number;
   /** Concurrent streams announced in hello; default {@link DEFAULT_MAX_STREAMS}. */
   maxStreams?: number;
+  /** Concurrent tunnel streams announced in hello; default {@link DEFAULT_MAX_TUNNEL_STREAMS}. */
+  maxTunnelStreams?: number;
+  /** Request body bytes per tunnel stream the control plane may send ahead (hello's `tunnel_window_bytes`); default 256 KiB. */
+  tunnelWindowBytes?: number;
   /** Send-queue bound; default {@link DEFAULT_MAX_QUEUED_BYTES}. */
   maxQueuedBytes?: number;
   /** Protocol versions spoken; default this build's window. */
@@ -153,7 +166,7 @@ export interface RunningAgent {
    */
   kill(): Promise<void>;
   /** The live connection's counters: executor memory and the socket's send queue; null when not connected. */
-  stats(): (AgentExecutorStats & { bufferedAmount: number }) | null;
+  stats(): (AgentExecutorStats & { bufferedAmount: number; tunnels: TunnelExecutorStats }) | null;
 }
 
 interface Outcome {
@@ -171,6 +184,7 @@ class Agent implements RunningAgent {
   #socket: WebSocket | null = null;
   #peer: RelayPeer | null = null;
   #executor: EnvelopeHandler | null = null;
+  #tunnels: TunnelExecutor | null = null;
   #wake: (() => void) | null = null;
   #loop: Promise<void> = Promise.resolve();
   readonly #verification: 'ca-file' | 'fingerprint';
@@ -211,12 +225,13 @@ class Agent implements RunningAgent {
     await this.#loop;
   }
 
-  stats(): (AgentExecutorStats & { bufferedAmount: number }) | null {
+  stats(): (AgentExecutorStats & { bufferedAmount: number; tunnels: TunnelExecutorStats }) | null {
     const executor = this.#executor;
     const peer = this.#peer;
     if (!executor || !peer || peer.isClosed) return null;
     const stats = executor.stats?.() ?? { activeStreams: 0, inFlightBytes: 0, bufferedBytes: 0 };
-    return { ...stats, bufferedAmount: peer.stats().bufferedAmount };
+    const tunnels = this.#tunnels?.stats() ?? { activeStreams: 0, inFlightBytes: 0, bufferedBytes: 0 };
+    return { ...stats, bufferedAmount: peer.stats().bufferedAmount, tunnels };
   }
 
   async kill(): Promise<void> {
@@ -416,13 +431,19 @@ class Agent implements RunningAgent {
     let connectedAt: number | null = null;
     let refusal: AppError | undefined;
     const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+    const peerLimits = {
+      maxFrameBytes,
+      maxStreams,
+      maxTunnelStreams: options.maxTunnelStreams ?? DEFAULT_MAX_TUNNEL_STREAMS,
+      tunnelWindowBytes: options.tunnelWindowBytes ?? DEFAULT_TUNNEL_WINDOW_BYTES,
+    };
     const peer = new RelayPeer({
       transport: createWebSocketFrameTransport(socket),
       role: 'initiator',
       logger: this.#logger,
       software: VERSION,
       versions: options.protocolVersions,
-      limits: { maxFrameBytes, maxStreams },
+      limits: peerLimits,
       handshakeTimeoutMs,
       // The control plane pings; the agent listens, and a silence of idleTimeoutMs means a dead link.
       keepalive: { intervalMs: Math.max(1, Math.ceil(idleTimeoutMs / 3)), maxMissed: 3, ping: false },
@@ -440,7 +461,19 @@ class Agent implements RunningAgent {
           isCongested: context.isCongested,
           context,
         });
-        return [this.#executor];
+        if (!context.session.capabilities.has(CAPABILITY.TUNNEL)) return [this.#executor];
+        // Tunnel streams (public requests of backends' agent members), under the same allowed targets.
+        this.#tunnels = new TunnelExecutor({
+          send: context.send,
+          allowedTargets: options.allowedTargets ?? null,
+          maxStreams: peerLimits.maxTunnelStreams,
+          windowBytes: peerLimits.tunnelWindowBytes,
+          defaultWindowBytes: context.session.remote.limits.tunnelWindowBytes,
+          maxChunkBytes: context.session.sendFrameBytes - 1024,
+          isCongested: context.isCongested,
+          logger: this.#logger,
+        });
+        return [this.#executor, this.#tunnels];
       },
       onReady: (session) => {
         connectedAt = Date.now();
@@ -456,6 +489,7 @@ class Agent implements RunningAgent {
       },
       onClosed: (event) => {
         this.#executor = null;
+        this.#tunnels = null;
         // A welcome outside this agent's window is refused on this side.
         if (connectedAt === null && event.endReason === END_REASON.VERSION) refusal ??= event.error;
       },
@@ -529,7 +563,7 @@ class MultiAgent implements RunningAgent {
     await Promise.all(this.#agents.map((agent) => agent.kill()));
   }
 
-  stats(): (AgentExecutorStats & { bufferedAmount: number }) | null {
+  stats(): (AgentExecutorStats & { bufferedAmount: number; tunnels: TunnelExecutorStats }) | null {
     for (const agent of this.#agents) {
       const stats = agent.stats();
       if (stats) return stats;

@@ -68,6 +68,13 @@ export interface ServerConfig {
     /** How long a stopping replica lets the streams through its agents finish (default 10 s). */
     drainGraceMs?: number;
   };
+  /** Agent tunnels (no variables; tests and benches set them): see Hub's options. */
+  tunnels?: {
+    /** Response window per tunnel stream, the hub's memory per stalled client (default 256 KiB). */
+    windowBytes?: number;
+    /** Tunnel streams per agent (default 1024). */
+    maxStreamsPerAgent?: number;
+  };
 }
 
 /** Reads the server settings; throws AppError VALIDATION_FAILED naming the bad variable. */

@@ -202,6 +202,10 @@ export async function startServer(
     logger: logger.child({ component: 'hub' }),
     onAgentConnected: (agentId, sessionId, at) => presence?.agentConnected(agentId, sessionId, at),
     onAgentDisconnected: (agentId, sessionId) => presence?.agentDisconnected(agentId, sessionId),
+    ...(config.tunnels?.windowBytes ? { tunnelWindowBytes: config.tunnels.windowBytes } : {}),
+    ...(config.tunnels?.maxStreamsPerAgent
+      ? { maxTunnelStreamsPerAgent: config.tunnels.maxStreamsPerAgent }
+      : {}),
   });
   hubRef = hub;
   // Calls for an agent another replica holds travel there over NATS, as the same envelopes.
@@ -253,6 +257,8 @@ export async function startServer(
     recorder,
     onRequestDone: publicRequestMetrics(metrics),
     dataDir: config.dataDir,
+    // Backends' agent members tunnel through the agents connected to this replica.
+    agents: hub,
   });
   const templates = new TemplateService({ store, runtime: dataPlane });
   const cache = new CacheService({ store, ...(dataPlane.cache ? { runtime: dataPlane.cache } : {}) });

@@ -196,6 +196,11 @@ export class AgentService {
     return this.#toAgent(this.#find(id));
   }
 
+  /** The agent's current labels (not a copy: do not change them), or null when there is no such agent. */
+  labelsOf(id: string): Readonly<Record<string, string>> | null {
+    return this.#store.read().agents.find((a) => a.id === id)?.labels ?? null;
+  }
+
   /** True when an agent with this id exists (for other services' references). */
   exists(id: string): boolean {
     return isId(id) && this.#store.read().agents.some((a) => a.id === id);

@@ -12,12 +12,13 @@ import type { WebSocket } from 'ws';
 import type { AgentConnection, AgentCredential, AgentService } from '../domain/agent-service.js';
 import { toAppError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import type { Limits } from '../relay/envelope.js';
+import { DEFAULT_MAX_TUNNEL_STREAMS, DEFAULT_TUNNEL_WINDOW_BYTES, type Limits } from '../relay/envelope.js';
 import type { VersionRange } from '../relay/protocol.js';
-import { CLOSE_CODE, END_REASON, SUPPORTED_VERSIONS } from '../relay/protocol.js';
+import { CAPABILITY, CLOSE_CODE, END_REASON, SUPPORTED_VERSIONS } from '../relay/protocol.js';
 import { RelayClient } from '../relay/relay-client.js';
 import { type AdmitResult, type PeerStats, RelayPeer, type RemoteHello } from '../relay/relay-peer.js';
 import type { Transport } from '../relay/transport.js';
+import { TunnelClient, type TunnelClientStats } from '../relay/tunnel-client.js';
 import { createWebSocketFrameTransport } from '../relay/websocket-frame-transport.js';
 import { VERSION } from '../version.js';
 import { AgentStreamBridge } from './agent-stream-bridge.js';
@@ -45,6 +46,10 @@ export interface AgentSessionOptions {
   reconcileIntervalMs?: number | undefined;
   /** Bytes queued towards the agent past which it counts as not reading; default 16 MiB. */
   maxSendBufferBytes?: number | undefined;
+  /** Tunnel streams accepted at once (announced `max_tunnel_streams`); default 1024. */
+  maxTunnelStreams?: number | undefined;
+  /** Response window per tunnel stream (announced `tunnel_window_bytes`); default 256 KiB. */
+  tunnelWindowBytes?: number | undefined;
   /** Called once the session is recorded; false refuses it (the hub is closing or it was revoked). */
   onReady(session: AgentSession): boolean;
   /** Called once when the session ends, whatever the cause. */
@@ -61,6 +66,7 @@ export class AgentSession {
   #record: AgentConnection | null = null;
   #client: RelayClient | null = null;
   #bridge: AgentStreamBridge | null = null;
+  #tunnel: TunnelClient | null = null;
 
   constructor(options: AgentSessionOptions) {
     this.agentId = options.credential.agentId;
@@ -68,7 +74,12 @@ export class AgentSession {
     this.remoteAddress = options.remoteAddress;
     this.#options = options;
     this.#logger = options.logger.child({ agentId: this.agentId });
-    const limits: Limits = { maxFrameBytes: options.maxFrameBytes, maxStreams: options.maxStreams };
+    const limits: Limits = {
+      maxFrameBytes: options.maxFrameBytes,
+      maxStreams: options.maxStreams,
+      ...(options.maxTunnelStreams ? { maxTunnelStreams: options.maxTunnelStreams } : {}),
+      ...(options.tunnelWindowBytes ? { tunnelWindowBytes: options.tunnelWindowBytes } : {}),
+    };
     this.#peer = new RelayPeer({
       transport: createWebSocketFrameTransport(options.socket, { closeGraceMs: options.closeGraceMs }),
       role: 'acceptor',
@@ -91,7 +102,22 @@ export class AgentSession {
           logger: this.#logger,
         });
         this.#bridge = new AgentStreamBridge(context);
-        return [this.#client, this.#bridge];
+        if (!context.session.capabilities.has(CAPABILITY.TUNNEL)) return [this.#client, this.#bridge];
+        const remote = context.session.remote.limits;
+        this.#tunnel = new TunnelClient({
+          send: context.send,
+          nextStreamId: context.nextStreamId,
+          isCongested: context.isCongested,
+          maxStreams: Math.min(
+            options.maxTunnelStreams || DEFAULT_MAX_TUNNEL_STREAMS,
+            remote.maxTunnelStreams,
+          ),
+          windowBytes: options.tunnelWindowBytes || DEFAULT_TUNNEL_WINDOW_BYTES,
+          sendWindowBytes: remote.tunnelWindowBytes,
+          maxChunkBytes: context.session.sendFrameBytes - 1024,
+          logger: this.#logger,
+        });
+        return [this.#client, this.#bridge, this.#tunnel];
       },
       onReady: () => {
         this.#logger.info(
@@ -149,6 +175,18 @@ export class AgentSession {
     return this.#peer.ready ? this.#bridge : null;
   }
 
+  /** The tunnel dispatcher while ready, when the agent announced `tunnel`; else null. */
+  get tunnel(): TunnelClient | null {
+    return this.#peer.ready ? this.#tunnel : null;
+  }
+
+  /** Tunnel streams open and response bytes held for paused clients (zeros without tunnels). */
+  tunnelStats(): TunnelClientStats {
+    return (
+      this.#tunnel?.stats() ?? { activeStreams: 0, bufferedBytes: 0, peakBufferedBytes: 0, windowBytes: 0 }
+    );
+  }
+
   /** The session record (id, start) once started. */
   get record(): AgentConnection | null {
     return this.#record;
@@ -167,8 +205,12 @@ export class AgentSession {
   /** Streams open through this session and response bytes buffered for their consumers. */
   streamStats(): { activeStreams: number; bufferedBytes: number } {
     const stats = this.#client?.stats() ?? { activeStreams: 0, bufferedBytes: 0 };
-    // Streams another replica forwards through this session count too.
-    return { ...stats, activeStreams: stats.activeStreams + (this.#bridge?.activeStreams ?? 0) };
+    // Streams another replica forwards through this session count too, and tunnels.
+    const tunnels = this.#tunnel?.stats() ?? { activeStreams: 0, bufferedBytes: 0 };
+    return {
+      activeStreams: stats.activeStreams + (this.#bridge?.activeStreams ?? 0) + tunnels.activeStreams,
+      bufferedBytes: stats.bufferedBytes + tunnels.bufferedBytes,
+    };
   }
 
   /** The relay peer's counters (streams, leaks, send queue). */

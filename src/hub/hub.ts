@@ -11,6 +11,9 @@
  *   rotate and delete drop the agent's sessions at once.
  * - `transportFor(agentId)` gives the AgentTransport the environment proxy
  *   uses; the streams of a session that ends fail with AGENT_OFFLINE.
+ * - As the data plane's AgentDirectory, `tunnelAgents()` lists the agents
+ *   connected here that announced `tunnel`, with their current labels and
+ *   their tunnel dispatcher (docs/protocol.md, "Tunnel streams").
  */
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -18,6 +21,7 @@ import websocket from '@fastify/websocket';
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify';
 import type { WebSocket } from 'ws';
 import type { AgentCredential, AgentRevocationReason, AgentService } from '../domain/agent-service.js';
+import type { AgentDirectory, TunnelAgent } from '../domain/backend-service.js';
 import { isId } from '../domain/ids.js';
 import { LoginThrottle, type LoginThrottleOptions } from '../domain/login-throttle.js';
 import { AppError } from '../errors.js';
@@ -61,6 +65,14 @@ export interface HubOptions {
   maxSendBufferBytes?: number;
   /** Stream reconciliation interval; default 60 s, 0 = off. */
   reconcileIntervalMs?: number;
+  /** Tunnel streams per agent; default 1024 (DEFAULT_MAX_TUNNEL_STREAMS). */
+  maxTunnelStreamsPerAgent?: number;
+  /**
+   * Response bytes a tunnel stream may have in flight towards the hub; default
+   * 256 KiB. The hub holds at most this much per tunnel stream for a client
+   * that does not read (see TunnelClient).
+   */
+  tunnelWindowBytes?: number;
   /** Default {@link DEFAULT_AGENT_AUTH_THROTTLE}. */
   authThrottle?: LoginThrottleOptions;
   /** Told when an agent's session becomes the active one here (cluster presence). */
@@ -90,7 +102,7 @@ function bearerValue(request: FastifyRequest): string {
   return match?.[1] ?? '';
 }
 
-export class Hub {
+export class Hub implements AgentDirectory {
   readonly #agents: AgentService;
   readonly #logger: Logger;
   readonly #options: HubOptions;
@@ -249,6 +261,29 @@ export class Hub {
     return this.#active.get(agentId)?.bridge ?? null;
   }
 
+  /** Agents connected here that carry tunnels, with their current labels (the data plane's AgentDirectory). */
+  tunnelAgents(): readonly TunnelAgent[] {
+    const out: TunnelAgent[] = [];
+    for (const session of this.#active.values()) {
+      const dispatcher = session.tunnel;
+      if (dispatcher === null) continue;
+      const labels = this.#agents.labelsOf(session.agentId);
+      if (labels === null) continue;
+      out.push({
+        agentId: session.agentId,
+        labels,
+        activeTunnels: () => dispatcher.activeStreams,
+        dispatcher: dispatcher as unknown as TunnelAgent['dispatcher'],
+      });
+    }
+    return out;
+  }
+
+  /** The tunnel counters of the agent's live session (streams, response bytes held), or null. */
+  tunnelStats(agentId: string): ReturnType<AgentSession['tunnelStats']> | null {
+    return this.#active.get(agentId)?.tunnelStats() ?? null;
+  }
+
   /** Counters of the agent's live session, or null. */
   sessionStats(agentId: string): AgentSessionStats | null {
     const session = this.#active.get(agentId);
@@ -326,6 +361,8 @@ export class Hub {
       versions: this.#options.protocolVersions,
       maxFrameBytes: this.#maxFrameBytes,
       maxStreams: this.#maxStreams,
+      maxTunnelStreams: this.#options.maxTunnelStreamsPerAgent,
+      tunnelWindowBytes: this.#options.tunnelWindowBytes,
       ...pick(this.#options, [
         'keepaliveIntervalMs',
         'keepaliveMaxMissed',
