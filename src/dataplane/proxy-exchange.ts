@@ -880,7 +880,7 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     const status = this.status ?? 0;
     const failed =
       status >= 500 || (this.error !== null && this.error !== 'client_aborted' && this.error !== 'no_route');
-    this.#context.metrics.observe(this.durationMs, failed);
+    this.#context.metrics.observe(this.durationMs, failed, this.backend?.agentId !== undefined);
     this.#context.onRequestDone?.(this);
     this.#context.recorder.record(this);
     const stages = this.#pipeline.completeStages;

@@ -1,7 +1,7 @@
 /**
  * Request counts and latency over the last hour, in fixed memory: 10-second
- * buckets (360 of them) each holding a count, an error count and a
- * logarithmic latency histogram (bins 15 % wide, so percentiles are within
+ * buckets (360 of them) each holding a count, an error count, a count of
+ * the requests tunnelled through an agent, and a logarithmic latency histogram (bins 15 % wide, so percentiles are within
  * about ±8 %). Counting is a few array writes per request; summing happens
  * only when someone asks. Independent of tracing: the overview counts every
  * request even when the tracer is off.
@@ -28,24 +28,30 @@ export class RequestMetrics implements RequestStatsSource {
   readonly #period = new Float64Array(BUCKETS).fill(-1);
   readonly #requests = new Uint32Array(BUCKETS);
   readonly #errors = new Uint32Array(BUCKETS);
+  readonly #tunnelled = new Uint32Array(BUCKETS);
   readonly #latency = new Uint32Array(BUCKETS * BINS);
 
   constructor(options: RequestMetricsOptions = {}) {
     this.#now = options.now ?? Date.now;
   }
 
-  /** Counts one finished request (`error`: answered 5xx or failed). */
-  observe(durationMs: number, error: boolean): void {
+  /**
+   * Counts one finished request (`error`: answered 5xx or failed;
+   * `tunnelled`: sent to an agent member of a backend, through that agent).
+   */
+  observe(durationMs: number, error: boolean, tunnelled = false): void {
     const period = Math.floor(this.#now() / METRICS_BUCKET_MS);
     const slot = period % BUCKETS;
     if (this.#period[slot] !== period) {
       this.#period[slot] = period;
       this.#requests[slot] = 0;
       this.#errors[slot] = 0;
+      this.#tunnelled[slot] = 0;
       this.#latency.fill(0, slot * BINS, slot * BINS + BINS);
     }
     this.#requests[slot]! += 1;
     if (error) this.#errors[slot]! += 1;
+    if (tunnelled) this.#tunnelled[slot]! += 1;
     this.#latency[slot * BINS + binOf(durationMs)]! += 1;
   }
 
@@ -56,16 +62,19 @@ export class RequestMetrics implements RequestStatsSource {
     const histogram = new Float64Array(BINS);
     let requests = 0;
     let errors = 0;
+    let tunnelled = 0;
     for (let slot = 0; slot < BUCKETS; slot++) {
       const period = this.#period[slot]!;
       if (period < 0 || period > current || period <= current - periods) continue;
       requests += this.#requests[slot]!;
       errors += this.#errors[slot]!;
+      tunnelled += this.#tunnelled[slot]!;
       for (let bin = 0; bin < BINS; bin++) histogram[bin]! += this.#latency[slot * BINS + bin]!;
     }
     return {
       requests,
       errors,
+      tunnelled,
       p50Ms: quantile(histogram, requests, 0.5),
       p95Ms: quantile(histogram, requests, 0.95),
     };

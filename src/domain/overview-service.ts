@@ -4,6 +4,7 @@
  * ```
  * { requests:  { last5m, last1h },          proxied requests
  *   errors:    { last5m, last1h },          5xx answers and upstream failures
+ *   tunnelled: { last5m, last1h },          requests sent to agent members of backends
  *   latencyMs: { last5m: {p50, p95}, last1h: {p50, p95} }   null without requests
  *   listeners: { running, configured },
  *   agentsConnected, replicas: [{id, uptimeSeconds, agentsConnected, …}],
@@ -22,6 +23,8 @@ export const ONE_HOUR_MS = 60 * 60_000;
 export interface Overview {
   requests: { last5m: number; last1h: number };
   errors: { last5m: number; last1h: number };
+  /** Requests sent to an agent member of a backend, through that agent (README "Load balancing with backends"). */
+  tunnelled: { last5m: number; last1h: number };
   latencyMs: {
     last5m: { p50: number | null; p95: number | null };
     last1h: { p50: number | null; p95: number | null };
@@ -64,6 +67,7 @@ export function createOverviewService(options: OverviewServiceOptions): Overview
       return {
         requests: { last5m: short.requests, last1h: long.requests },
         errors: { last5m: short.errors, last1h: long.errors },
+        tunnelled: { last5m: short.tunnelled, last1h: long.tunnelled },
         latencyMs: {
           last5m: { p50: short.p50Ms, p95: short.p95Ms },
           last1h: { p50: long.p50Ms, p95: long.p95Ms },

@@ -126,6 +126,8 @@ export interface RequestStats {
   requests: number;
   /** Answers with a 5xx status (502/504 for upstream failures) and responses cut by an upstream failure. */
   errors: number;
+  /** Requests sent to an agent member of a backend (through that agent's tunnel). */
+  tunnelled: number;
   /** Latency percentiles in ms (approximate, ±8 %), null when no request. */
   p50Ms: number | null;
   p95Ms: number | null;

@@ -1,8 +1,8 @@
 /**
  * The Backends section of the Proxy page in a real browser: a backend of two
  * upstream members whose health turns healthy, a route pointed at it from
- * the route dialog, traffic spread over both, and the refusal to delete it
- * while in use said in words. Then on a remote environment (relayed): agent
+ * the route dialog, traffic spread over both (named in the traffic view),
+ * and the refusal to delete it while in use said in words. Then on a remote environment (relayed): agent
  * members picked by name (connected agents first, offline ones marked) and
  * by labels, saved on that environment.
  */
@@ -130,6 +130,21 @@ describe('console: backends', () => {
     }
     expect(answers.sort()).toEqual(['a /x', 'a /x', 'b /x', 'b /x']);
     await screenshot(page, 'proxy-backends');
+
+    // The traffic view names the backend and the member that served each request.
+    await page.getByRole('link', { name: 'Traffic', exact: true }).click();
+    const traced = page.getByTestId('traffic-table').locator('tbody tr').filter({ hasText: '/x' });
+    await expect.poll(() => traced.count()).toBe(4);
+    const targets = await traced.getByTestId('trace-backend').allTextContents();
+    expect(targets.filter((t) => t === `backend webmember ${a.url}`)).toHaveLength(2);
+    expect(targets.filter((t) => t === `backend webmember ${b.url}`)).toHaveLength(2);
+    expect(await traced.getByTestId('trace-agent').count()).toBe(0);
+    // The overview counts them, none through an agent.
+    await page.getByRole('link', { name: 'Overview' }).click();
+    const tunnelled = page.locator('.stat').filter({ hasText: 'Through agents, last 5 min' });
+    await tunnelled.waitFor();
+    expect(await tunnelled.locator('.stat-value').textContent()).toBe('0');
+    await page.getByRole('link', { name: 'Proxy' }).click();
 
     // Deleting it while the route targets it: refused, said in words, nothing deleted.
     await table.getByRole('button', { name: 'Delete web' }).click();

@@ -76,6 +76,11 @@ describe('backends', () => {
     const event = recent.json.events[0];
     expect(event.backend.backendId).toBe(backend.id);
     expect(backend.members.map((m: { id: string }) => m.id)).toContain(event.backend.memberId);
+    // Upstream members are not tunnelled: the overview counts the requests, none through an agent.
+    const overview = (await s.request('GET', '/api/v1/overview', { token })).json;
+    expect(overview.requests.last5m).toBe(4);
+    expect(overview.tunnelled).toEqual({ last5m: 0, last1h: 0 });
+    expect(event.backend.agentId).toBeUndefined();
 
     const refused = await s.request('DELETE', `/api/v1/proxy/backends/${backend.id}`, { token });
     expect(refused.status).toBe(409);

@@ -18,7 +18,31 @@ describe('request metrics', () => {
     now += 40 * 60_000;
     expect(metrics.stats(ONE_HOUR_MS)).toMatchObject({ requests: 4, errors: 1 });
     now += 2 * ONE_HOUR_MS;
-    expect(metrics.stats(ONE_HOUR_MS)).toEqual({ requests: 0, errors: 0, p50Ms: null, p95Ms: null });
+    expect(metrics.stats(ONE_HOUR_MS)).toEqual({
+      requests: 0,
+      errors: 0,
+      tunnelled: 0,
+      p50Ms: null,
+      p95Ms: null,
+    });
+  });
+
+  it('counts the requests tunnelled through agents apart, in the same windows', () => {
+    let now = Date.UTC(2026, 0, 1, 12, 0, 0);
+    const metrics = new RequestMetrics({ now: () => now });
+    metrics.observe(5, false, true);
+    metrics.observe(5, true, true);
+    metrics.observe(5, false);
+    now += 30 * 60_000;
+    metrics.observe(5, false, true);
+    expect(metrics.stats(FIVE_MINUTES_MS)).toMatchObject({ requests: 1, errors: 0, tunnelled: 1 });
+    expect(metrics.stats(ONE_HOUR_MS)).toMatchObject({ requests: 4, errors: 1, tunnelled: 3 });
+    now += 40 * 60_000;
+    expect(metrics.stats(ONE_HOUR_MS)).toMatchObject({ requests: 1, tunnelled: 1 });
+    // A slot used again an hour later starts from zero.
+    now += 20 * 60_000;
+    metrics.observe(5, false);
+    expect(metrics.stats(ONE_HOUR_MS)).toMatchObject({ requests: 1, tunnelled: 0 });
   });
 
   it('estimates latency percentiles within a bin (±8 %)', () => {
@@ -48,6 +72,7 @@ describe('overview service', () => {
     const metrics = new RequestMetrics({ now: () => now });
     metrics.observe(10, false);
     metrics.observe(10, true);
+    metrics.observe(10, false, true);
     const overview = createOverviewService({
       stats: metrics,
       listenersRunning: () => 2,
@@ -57,8 +82,9 @@ describe('overview service', () => {
       now: () => now,
     }).overview();
     expect(overview).toMatchObject({
-      requests: { last5m: 2, last1h: 2 },
+      requests: { last5m: 3, last1h: 3 },
       errors: { last5m: 1, last1h: 1 },
+      tunnelled: { last5m: 1, last1h: 1 },
       listeners: { running: 2, configured: 3 },
       agentsConnected: 4,
       traceSubscribers: 1,

@@ -87,6 +87,13 @@ export function OverviewPage(props: { environment: string }) {
               tone={data.listeners.running < data.listeners.configured ? 'warn-text' : undefined}
             />
             <Stat label="Agents connected" value={formatNumber(data.agentsConnected)} />
+            {data.tunnelled ? (
+              <Stat
+                label="Through agents, last 5 min"
+                value={formatNumber(data.tunnelled.last5m)}
+                detail={`${formatNumber(data.tunnelled.last1h)} in the last hour`}
+              />
+            ) : null}
             <Stat label="Trace subscribers" value={formatNumber(data.traceSubscribers)} />
             <Stat
               label="Cache hit ratio"

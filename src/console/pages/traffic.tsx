@@ -1,22 +1,27 @@
 /**
  * Live traffic of the selected environment: newest first, status colours,
  * filters, pause, tracing settings and a requests-per-second sparkline.
+ * A request to a backend shows the backend, the member that served it and,
+ * for an agent member, the agent that carried it, by name (the environment's
+ * backends and agents, loaded again when an event names one not known yet).
  * The page is remounted on environment switch, which closes the old stream
  * and clears everything shown.
  */
 import type { JSX } from 'preact';
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
-import { ApiError, clientFor, messageOf } from '../api';
+import { ApiError, type Client, clientFor, messageOf } from '../api';
 import { formatNumber, Sparkline } from '../components/charts';
 import { DataTable } from '../components/data-table';
 import { ErrorMessage, SectionHead } from '../components/ui';
 import { type StreamState, TrafficStream } from '../traffic-stream';
-import type { TraceEvent, TraceLevel, TrafficSettings } from '../types';
+import type { Agent, Backend, TraceEvent, TraceLevel, TrafficSettings } from '../types';
 
 /** Events kept on screen (older ones fall off the bottom). */
 export const MAX_EVENTS = 500;
 const INITIAL_EVENTS = 100;
 const SPARK_SECONDS = 60;
+/** At most this often, the backends and agents are loaded again for an id not known yet. */
+const NAMES_RELOAD_MS = 5000;
 
 type StatusFilter = 'all' | '2xx' | '3xx' | '4xx' | '5xx' | 'error';
 
@@ -34,6 +39,99 @@ function statusTone(event: TraceEvent): string {
   if (event.status >= 400) return 'warn';
   if (event.status >= 300) return 'info';
   return 'ok';
+}
+
+/** The environment's backends and agents, for naming the ones trace events refer to. */
+interface Names {
+  backends: readonly Backend[];
+  agents: readonly Agent[];
+}
+
+/** `b:ID` for a backend, `a:ID` for an agent: what an event refers to. */
+function namedIn(key: string, names: Names): boolean {
+  const id = key.slice(2);
+  return key.startsWith('b:')
+    ? names.backends.some((b) => b.id === id)
+    : names.agents.some((a) => a.id === id);
+}
+
+/**
+ * Loads the backends and agents of the environment, and again (at most every
+ * {@link NAMES_RELOAD_MS}) while an event names a backend or agent not among
+ * them; one still missing after a load (deleted since) is not asked for again.
+ */
+function useNames(api: Client, events: readonly TraceEvent[]): Names {
+  const [names, setNames] = useState<Names>({ backends: [], agents: [] });
+  const [loads, setLoads] = useState(0);
+  const lastLoad = useRef(0);
+  const missing = useRef(new Set<string>());
+  const refs = new Set<string>();
+  for (const e of events) {
+    if (!e.backend) continue;
+    refs.add(`b:${e.backend.backendId}`);
+    if (e.backend.agentId !== undefined) refs.add(`a:${e.backend.agentId}`);
+  }
+  const wanted = [...refs]
+    .filter((key) => !namedIn(key, names) && !missing.current.has(key))
+    .sort()
+    .join(' ');
+  useEffect(() => {
+    if (loads > 0 && wanted === '') return;
+    let live = true;
+    const timer = window.setTimeout(
+      () => {
+        lastLoad.current = Date.now();
+        Promise.all([
+          api.get<{ backends: Backend[] }>('/api/v1/proxy/backends').catch(() => ({ backends: [] })),
+          api.get<{ agents: Agent[] }>('/api/v1/agents').catch(() => ({ agents: [] })),
+        ]).then(([b, a]) => {
+          if (!live) return;
+          const loaded = { backends: b.backends ?? [], agents: a.agents ?? [] };
+          for (const key of wanted.split(' ')) if (key && !namedIn(key, loaded)) missing.current.add(key);
+          setNames(loaded);
+          setLoads((n) => n + 1);
+        });
+      },
+      loads === 0 ? 0 : Math.max(0, lastLoad.current + NAMES_RELOAD_MS - Date.now()),
+    );
+    return () => {
+      live = false;
+      window.clearTimeout(timer);
+    };
+  }, [api, wanted, loads]);
+  return names;
+}
+
+/** The backend, member and agent of an event, named; the route's target otherwise. */
+function TargetCell(props: { event: TraceEvent; names: Names }) {
+  const { event, names } = props;
+  const via = event.backend;
+  if (!via) return <>{event.target ?? '—'}</>;
+  const backend = names.backends.find((b) => b.id === via.backendId);
+  const member = backend?.members.find((m) => m.id === via.memberId);
+  const agent = via.agentId ? names.agents.find((a) => a.id === via.agentId) : undefined;
+  return (
+    <div data-testid="trace-backend">
+      backend <strong>{backend?.name ?? via.backendId}</strong>
+      <div class="small">
+        {via.memberId === null ? (
+          <span class="bad-text">no usable member</span>
+        ) : (
+          <>
+            member{' '}
+            <span class="mono">
+              {member ? (member.type === 'upstream' ? member.url : member.upstreamUrl) : via.memberId}
+            </span>
+          </>
+        )}
+      </div>
+      {via.agentId ? (
+        <div class="small" data-testid="trace-agent">
+          through agent <strong>{agent?.name ?? via.agentId}</strong>
+        </div>
+      ) : null}
+    </div>
+  );
 }
 
 function formatBytes(n: number | undefined): string {
@@ -131,6 +229,7 @@ export function TrafficPage(props: { environment: string }) {
     if (index >= 0 && index < SPARK_SECONDS) perSecond[index]! += 1;
   }
   const shown = events.filter((e) => matchesFilter(e, statusFilter, pathFilter));
+  const names = useNames(api, events);
 
   return (
     <section>
@@ -214,7 +313,16 @@ export function TrafficPage(props: { environment: string }) {
             class: 'nowrap',
             cell: (event) => `${formatBytes(event.bytesIn)} / ${formatBytes(event.bytesOut)}`,
           },
-          { header: 'Target', class: 'mono break', cell: (event) => event.target ?? '—' },
+          {
+            header: 'Target',
+            class: 'break',
+            cell: (event) =>
+              event.backend ? (
+                <TargetCell event={event} names={names} />
+              ) : (
+                <span class="mono">{event.target ?? '—'}</span>
+              ),
+          },
           { header: 'Client', class: 'mono', cell: (event) => event.clientIp ?? '—' },
         ]}
       />

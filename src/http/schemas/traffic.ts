@@ -71,6 +71,9 @@ const Windowed = Type.Object({ last5m: Type.Integer(), last1h: Type.Integer() })
 export const Overview = Type.Object({
   requests: Windowed,
   errors: Windowed,
+  tunnelled: Type.Object(Windowed.properties, {
+    description: 'Requests sent to an agent member of a backend, through that agent.',
+  }),
   latencyMs: Type.Object({ last5m: Latency, last1h: Latency }),
   listeners: Type.Object({ running: Type.Integer(), configured: Type.Integer() }),
   agentsConnected: Type.Integer(),
