@@ -10,6 +10,14 @@
  * `directoryUrl` with the cause. Account keys, EAB HMAC keys and provider
  * tokens are sealed by the secrets box and never returned.
  *
+ * PATCH changes an account's `name`, `email` (updated at the directory
+ * first: a refusal is a 400 naming `email`), `directoryCaPem`, and `eab`
+ * while it is not registered yet; its `directoryUrl` cannot change (another
+ * directory is another account). A provider's `name`, `apiToken` (omitted:
+ * the stored one is kept) and `apiBaseUrl`; a new `apiBaseUrl` origin needs
+ * `apiToken` in the same request, so a stored token never travels to a host
+ * the admin did not name it for.
+ *
  * Errors: VALIDATION_FAILED, CONFLICT (name taken; deleting one a
  * certificate uses, with `details.usedBy`), NOT_FOUND.
  */
@@ -131,6 +139,53 @@ export class AcmeAccountService {
     return toAccount(record);
   }
 
+  /** Changes an account (see the module comment); answers it as stored. */
+  async updateAccount(id: string, body: unknown): Promise<AcmeAccount> {
+    const input = requireObject(body);
+    rejectUnknownFields(input, [...ACCOUNT_FIELDS, ...READ_ONLY]);
+    const current = this.#findAccount(id);
+    const next: AcmeAccountRecord = { ...current };
+    if (input.name !== undefined) next.name = requireName(input.name);
+    if (input.directoryUrl !== undefined && requireDirectoryUrl(input.directoryUrl) !== current.directoryUrl)
+      throw invalid('directoryUrl', 'cannot change: another directory is another account; create one');
+    if (input.directoryCaPem !== undefined) next.directoryCaPem = requireCaPem(input.directoryCaPem);
+    if (input.eab !== undefined) {
+      const eab = requireEab(input.eab);
+      if (current.accountUrl !== null)
+        throw invalid(
+          'eab',
+          'applies when the account is registered, and this one is; create another account',
+        );
+      next.eabKid = eab?.kid ?? null;
+      next.eabHmacKeySealed = eab ? this.#secrets.seal(SEAL_EAB, id, eab.hmacKey) : null;
+    }
+    if (input.email !== undefined) next.email = requireEmail(input.email);
+    if (next.name !== current.name && this.#accountNameTaken(next.name, id))
+      throw nameTaken('account', next.name);
+    if (next.email !== current.email && this.#issuer?.updateContact && next.accountUrl !== null) {
+      try {
+        await this.#issuer.updateContact(this.#open(next), next.email);
+      } catch (err) {
+        throw new AppError(
+          'VALIDATION_FAILED',
+          `email: the ACME directory refused the new contact or could not be reached: ${messageOf(err)}`,
+          { details: { field: 'email' }, cause: err },
+        );
+      }
+    }
+    next.updatedAt = new Date(this.#now()).toISOString();
+    await this.#store.update((db) => {
+      const accounts = tlsOf(db).acmeAccounts;
+      const index = accounts.findIndex((a) => a.id === id);
+      if (index < 0) throw new AppError('NOT_FOUND', 'no such ACME account');
+      if (accounts.some((a) => a.name === next.name && a.id !== id)) throw nameTaken('account', next.name);
+      // Registered meanwhile (an order): keep the URL the directory gave.
+      next.accountUrl = accounts[index]!.accountUrl;
+      accounts[index] = next;
+    });
+    return toAccount(next);
+  }
+
   /** Deletes an account no certificate uses (409 CONFLICT with `details.usedBy` otherwise). */
   async removeAccount(id: string): Promise<void> {
     this.#findAccount(id);
@@ -153,22 +208,15 @@ export class AcmeAccountService {
     rejectUnknownFields(input, [...PROVIDER_FIELDS, ...READ_ONLY]);
     const name = requireName(input.name);
     if (input.type !== 'cloudflare') throw invalid('type', 'must be cloudflare');
-    if (typeof input.apiToken !== 'string' || input.apiToken.trim() === '' || input.apiToken.length > 1024)
-      throw invalid('apiToken', 'is required');
-    const apiBaseUrl =
-      input.apiBaseUrl === undefined || input.apiBaseUrl === null || input.apiBaseUrl === ''
-        ? null
-        : requireHttpsUrl(input.apiBaseUrl, 'apiBaseUrl');
-    // The token may travel in the clear only to this host (a local stand-in or tunnel).
-    if (apiBaseUrl?.startsWith('http://') && !LOOPBACK.has(new URL(apiBaseUrl).hostname))
-      throw invalid('apiBaseUrl', 'must be https:// (http:// only on a loopback address)');
+    const apiToken = requireApiToken(input.apiToken);
+    const apiBaseUrl = requireApiBaseUrl(input.apiBaseUrl);
     const id = newId();
     const at = new Date(this.#now()).toISOString();
     const record: DnsProviderRecord = {
       id,
       name,
       type: 'cloudflare',
-      apiTokenSealed: this.#secrets.seal(SEAL_DNS_TOKEN, id, input.apiToken.trim()),
+      apiTokenSealed: this.#secrets.seal(SEAL_DNS_TOKEN, id, apiToken),
       apiBaseUrl,
       createdAt: at,
       updatedAt: at,
@@ -178,6 +226,42 @@ export class AcmeAccountService {
       tlsOf(db).dnsProviders.push(record);
     });
     return toProvider(record);
+  }
+
+  /** Changes a provider (see the module comment); answers it as stored, never its token. */
+  async updateProvider(id: string, body: unknown): Promise<DnsProvider> {
+    const input = requireObject(body);
+    rejectUnknownFields(input, [...PROVIDER_FIELDS, ...READ_ONLY]);
+    const current = tlsOf(this.#store.read()).dnsProviders.find((p) => p.id === id);
+    if (!current) throw new AppError('NOT_FOUND', 'no such DNS provider');
+    const next: DnsProviderRecord = { ...current };
+    if (input.name !== undefined) next.name = requireName(input.name);
+    if (input.type !== undefined && input.type !== current.type)
+      throw invalid('type', `cannot change (${current.type}); create another provider`);
+    if (input.apiBaseUrl !== undefined) next.apiBaseUrl = requireApiBaseUrl(input.apiBaseUrl);
+    if (input.apiToken !== undefined) {
+      next.apiTokenSealed = this.#secrets.seal(SEAL_DNS_TOKEN, id, requireApiToken(input.apiToken));
+    } else if (originOf(next.apiBaseUrl) !== originOf(current.apiBaseUrl)) {
+      throw invalid(
+        'apiToken',
+        'is required with a new apiBaseUrl: the stored token is not sent to another host',
+      );
+    }
+    if (
+      next.name !== current.name &&
+      tlsOf(this.#store.read()).dnsProviders.some((p) => p.name === next.name && p.id !== id)
+    )
+      throw nameTaken('DNS provider', next.name);
+    next.updatedAt = new Date(this.#now()).toISOString();
+    await this.#store.update((db) => {
+      const providers = tlsOf(db).dnsProviders;
+      const index = providers.findIndex((p) => p.id === id);
+      if (index < 0) throw new AppError('NOT_FOUND', 'no such DNS provider');
+      if (providers.some((p) => p.name === next.name && p.id !== id))
+        throw nameTaken('DNS provider', next.name);
+      providers[index] = next;
+    });
+    return toProvider(next);
   }
 
   async removeProvider(id: string): Promise<void> {
@@ -248,7 +332,11 @@ export class AcmeAccountService {
   }
 
   #assertNameFree(name: string): void {
-    if (tlsOf(this.#store.read()).acmeAccounts.some((a) => a.name === name)) throw nameTaken('account', name);
+    if (this.#accountNameTaken(name, null)) throw nameTaken('account', name);
+  }
+
+  #accountNameTaken(name: string, exceptId: string | null): boolean {
+    return tlsOf(this.#store.read()).acmeAccounts.some((a) => a.name === name && a.id !== exceptId);
   }
 }
 
@@ -296,6 +384,27 @@ function requireHttpsUrl(value: unknown, field: string): string {
   if (url.protocol !== 'https:' && url.protocol !== 'http:') throw invalid(field, 'must be an https:// URL');
   if (url.username !== '' || url.password !== '') throw invalid(field, 'must not contain credentials');
   return url.toString().replace(/\/$/, '');
+}
+
+function requireApiToken(value: unknown): string {
+  if (typeof value !== 'string' || value.trim() === '' || value.length > 1024)
+    throw invalid('apiToken', 'is required');
+  return value.trim();
+}
+
+/** The provider API's base URL, or null for the provider's own. */
+function requireApiBaseUrl(value: unknown): string | null {
+  if (value === undefined || value === null || value === '') return null;
+  const apiBaseUrl = requireHttpsUrl(value, 'apiBaseUrl');
+  // The token may travel in the clear only to this host (a local stand-in or tunnel).
+  if (apiBaseUrl.startsWith('http://') && !LOOPBACK.has(new URL(apiBaseUrl).hostname))
+    throw invalid('apiBaseUrl', 'must be https:// (http:// only on a loopback address)');
+  return apiBaseUrl;
+}
+
+/** Scheme, host and port of a provider API URL (null: the provider's default). */
+function originOf(url: string | null): string | null {
+  return url === null ? null : new URL(url).origin;
 }
 
 function requireDirectoryUrl(value: unknown): string {

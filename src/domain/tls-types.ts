@@ -75,6 +75,8 @@ export interface AcmeOrderResult {
 export interface AcmeIssuer {
   /** Registers (or finds) the account at its directory; returns the account URL. */
   register(account: AcmeAccountSecrets): Promise<string>;
+  /** Replaces the registered account's contact (`mailto:` the e-mail, or none). */
+  updateContact?(account: AcmeAccountSecrets, email: string | null): Promise<void>;
   /** Runs one order to the end; challenges are published through `runtime` and withdrawn after. */
   issue(request: AcmeOrderRequest, runtime: TlsRuntime): Promise<AcmeOrderResult>;
   /**

@@ -57,6 +57,10 @@ export function createAcmeIssuer(options: AcmeIssuerOptions = {}): AcmeIssuer {
       return client.getAccountUrl();
     },
 
+    async updateContact(account, email) {
+      await clientFor(account).updateAccount({ contact: email ? [`mailto:${email}`] : [] });
+    },
+
     suggestedRenewal: (account, certificatePem) => fetchSuggestedRenewal(account, certificatePem),
 
     async issue(wanted: AcmeOrderRequest, runtime: TlsRuntime): Promise<AcmeOrderResult> {

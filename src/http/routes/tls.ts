@@ -4,8 +4,8 @@
  * - `GET/POST /api/v1/tls/certificates` → `{certificates}` / 201 `{certificate}`;
  * - `GET/PATCH/DELETE /api/v1/tls/certificates/:id` → `{certificate}` / 204;
  * - `POST /api/v1/tls/certificates/:id/renew` → `{certificate}`;
- * - `GET/POST /api/v1/tls/acme/accounts`, `DELETE /api/v1/tls/acme/accounts/:id`;
- * - `GET/POST /api/v1/tls/dns-providers`, `DELETE /api/v1/tls/dns-providers/:id`.
+ * - `GET/POST /api/v1/tls/acme/accounts`, `PATCH/DELETE /api/v1/tls/acme/accounts/:id`;
+ * - `GET/POST /api/v1/tls/dns-providers`, `PATCH/DELETE /api/v1/tls/dns-providers/:id`.
  *
  * Private keys, EAB keys and provider tokens are accepted, never returned.
  * Errors come from CertificateService and AcmeAccountService.
@@ -17,10 +17,12 @@ import type { CertificateService } from '../../domain/certificate-service.js';
 import { errorResponses, IdParams, NoContent } from '../schemas/common.js';
 import {
   AccountInput,
+  AccountPatch,
   AccountSchema,
   CertificateInput,
   CertificateSchema,
   ProviderInput,
+  ProviderPatch,
   ProviderSchema,
 } from '../schemas/tls.js';
 
@@ -90,6 +92,17 @@ export function createTlsPlugin(deps: {
       },
       async (request, reply) => reply.code(201).send({ account: await accounts.createAccount(request.body) }),
     );
+    app.patch<{ Params: { id: string } }>(
+      '/api/v1/tls/acme/accounts/:id',
+      {
+        schema: {
+          params: IdParams,
+          body: AccountPatch,
+          response: { 200: Type.Object({ account: AccountSchema }), ...errorResponses },
+        },
+      },
+      async (request) => ({ account: await accounts.updateAccount(request.params.id, request.body) }),
+    );
     app.delete<{ Params: { id: string } }>(
       '/api/v1/tls/acme/accounts/:id',
       { schema: { params: IdParams, response: { 204: NoContent, ...errorResponses } } },
@@ -118,6 +131,17 @@ export function createTlsPlugin(deps: {
       },
       async (request, reply) =>
         reply.code(201).send({ provider: await accounts.createProvider(request.body) }),
+    );
+    app.patch<{ Params: { id: string } }>(
+      '/api/v1/tls/dns-providers/:id',
+      {
+        schema: {
+          params: IdParams,
+          body: ProviderPatch,
+          response: { 200: Type.Object({ provider: ProviderSchema }), ...errorResponses },
+        },
+      },
+      async (request) => ({ provider: await accounts.updateProvider(request.params.id, request.body) }),
     );
     app.delete<{ Params: { id: string } }>(
       '/api/v1/tls/dns-providers/:id',

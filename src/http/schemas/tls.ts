@@ -74,6 +74,17 @@ export const AccountInput = Type.Object({
   ),
 });
 
+/** PATCH: every field optional; `directoryUrl` may only repeat the stored one. */
+export const AccountPatch = Type.Object({
+  name: Type.Optional(Type.String({ maxLength: 128 })),
+  directoryUrl: Type.Optional(Type.String({ maxLength: 2048 })),
+  email: Type.Optional(Nullable(Type.String({ maxLength: 254 }))),
+  directoryCaPem: Type.Optional(Nullable(Type.String({ maxLength: 64 * 1024 }))),
+  eab: Type.Optional(
+    Nullable(Type.Object({ kid: Type.String({ maxLength: 512 }), hmacKey: Type.String({ maxLength: 512 }) })),
+  ),
+});
+
 export const ProviderSchema = Type.Object({
   id: Type.String(),
   name: Type.String(),
@@ -88,5 +99,13 @@ export const ProviderInput = Type.Object({
   name: Type.String({ maxLength: 128 }),
   type: Type.Literal('cloudflare'),
   apiToken: Type.String({ maxLength: 1024 }),
+  apiBaseUrl: Type.Optional(Nullable(Type.String({ maxLength: 2048 }))),
+});
+
+/** PATCH: every field optional; an omitted `apiToken` keeps the stored one (not with a new apiBaseUrl origin). */
+export const ProviderPatch = Type.Object({
+  name: Type.Optional(Type.String({ maxLength: 128 })),
+  type: Type.Optional(Type.Literal('cloudflare')),
+  apiToken: Type.Optional(Type.String({ maxLength: 1024 })),
   apiBaseUrl: Type.Optional(Nullable(Type.String({ maxLength: 2048 }))),
 });
