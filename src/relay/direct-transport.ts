@@ -6,14 +6,16 @@
  * bookkeeping as the hub and an agent, with every envelope encoded and
  * decoded on the way. Delivery is asynchronous (a microtask per frame, in
  * order), as over a socket, so neither side re-enters the other. There is no
- * keepalive: the pipe cannot go silent.
+ * keepalive: the pipe cannot go silent, and no `batch` capability: the
+ * envelopes of one turn already cross the pipe in one delivery, and packing
+ * them into a batch frame would only copy them.
  */
 import { AppError } from '../errors.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VERSION } from '../version.js';
 import { EnvelopeExecutor, type ExecutorStats } from './envelope-executor.js';
 import { createFramePipe } from './frame-transport.js';
-import { CLOSE_CODE, END_REASON } from './protocol.js';
+import { CAPABILITY, CLOSE_CODE, DEFAULT_CAPABILITIES, END_REASON } from './protocol.js';
 import { RelayClient, type RelayClientStats } from './relay-client.js';
 import { RelayPeer } from './relay-peer.js';
 import type { Resolver } from './target-policy.js';
@@ -57,6 +59,7 @@ export function createDirectTransport(options: DirectTransportOptions = {}): Dir
   const [controlEnd, executorEnd] = createFramePipe();
   let client: RelayClient | null = null;
   let executor: EnvelopeExecutor | null = null;
+  const capabilities = DEFAULT_CAPABILITIES.filter((c) => c !== CAPABILITY.BATCH);
   const limits = {
     ...(options.maxStreams !== undefined ? { maxStreams: options.maxStreams } : {}),
     ...(options.windowBytes !== undefined ? { initialWindowBytes: options.windowBytes } : {}),
@@ -66,6 +69,7 @@ export function createDirectTransport(options: DirectTransportOptions = {}): Dir
     role: 'acceptor',
     logger,
     software: VERSION,
+    capabilities,
     limits,
     keepalive: { intervalMs: 0 },
     offlineCode: 'CANCELLED',
@@ -86,6 +90,7 @@ export function createDirectTransport(options: DirectTransportOptions = {}): Dir
     role: 'initiator',
     logger,
     software: VERSION,
+    capabilities,
     limits,
     keepalive: { intervalMs: 0 },
     offlineCode: 'CANCELLED',

@@ -34,6 +34,12 @@ export interface FrameTransport {
   /** Queues one frame towards the peer; ignored once closed. */
   send(frame: Uint8Array): void;
   /**
+   * Queues several frames, in order, to leave together: one socket write
+   * where the carrier allows it (a corked socket), one delivery in memory.
+   * Optional: without it the frames are sent one by one.
+   */
+  sendMany?(frames: readonly Uint8Array[]): void;
+  /**
    * Ends the transport: a close with `code` and `reason` (at most 123 bytes)
    * towards the peer, or an immediate cut when `code` is
    * {@link CLOSE_CODE.CUT}. The receiver's `closed` still follows. Idempotent.
@@ -97,6 +103,15 @@ class PipeEnd implements FrameTransport {
     const data = this.#copy ? frame.slice() : frame;
     const peer = this.peer;
     queueMicrotask(() => peer.#deliver(data));
+  }
+
+  sendMany(frames: readonly Uint8Array[]): void {
+    if (this.#closed) return;
+    const data = this.#copy ? frames.map((frame) => frame.slice()) : frames;
+    const peer = this.peer;
+    queueMicrotask(() => {
+      for (const frame of data) peer.#deliver(frame);
+    });
   }
 
   onceBelow(_bytes: number, callback: () => void): void {

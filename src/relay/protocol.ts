@@ -43,6 +43,8 @@ export const CAPABILITY = {
   DRAIN: 'drain',
   /** Tunnel streams: `tunnel_request` (public requests an agent makes in its network). */
   TUNNEL: 'tunnel',
+  /** Batch frames: several envelopes of one turn in one frame (`batch`). */
+  BATCH: 'batch',
 } as const;
 
 /** What this build announces by default. */

@@ -23,6 +23,13 @@
  * - Reconciliation (capability `reconcile`): every `reconcileIntervalMs` each
  *   side sends its live stream ids; a local stream missing from two lists in
  *   a row is closed on both ends and counted as leaked.
+ * - Batching: once the handshake is done, the envelopes a side produces in
+ *   one turn of its event loop leave together at the end of it, in one
+ *   socket write (docs/protocol.md, "Batching"): with capability `batch` on
+ *   both sides as one batch frame (or a few, each within the other side's
+ *   frame limit), else as separate frames handed to the transport at once
+ *   ({@link FrameTransport.sendMany}: the WebSocket corks its socket around
+ *   them). A turn that queues {@link FLUSH_BYTES} sends at once.
  * - Drain (capability `drain`): a side going away says so first
  *   ({@link RelayPeer.drain}); the other side opens no new stream on the
  *   connection and its owner connects elsewhere ({@link RelayPeerOptions.onDrain})
@@ -34,7 +41,14 @@
  */
 import { AppError, type ErrorCode, toAppError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import { decodeEnvelope, encodeEnvelope } from './codec.js';
+import {
+  BATCH_FRAME_OVERHEAD,
+  batchEntryBytes,
+  decodeEnvelope,
+  decodeFrame,
+  encodeBatch,
+  encodeEnvelope,
+} from './codec.js';
 import {
   DEFAULT_MAX_FRAME_BYTES,
   DEFAULT_MAX_STREAMS,
@@ -80,6 +94,9 @@ export const DEFAULT_MAX_SEND_BUFFER_BYTES = 16 * 1024 * 1024;
  * errors, pongs) are never held back.
  */
 export const DEFAULT_MAX_QUEUED_BYTES = 4 * 1024 * 1024;
+
+/** Queued envelopes of one turn past which they are sent at once rather than at the turn's end: 256 KiB. */
+export const FLUSH_BYTES = 256 * 1024;
 
 const MAX_STREAM_ID = 0xffff_ffff;
 
@@ -244,6 +261,15 @@ export class RelayPeer {
   readonly #maxSendBuffer: number;
   readonly #maxQueued: number;
   #congested = false;
+  // Encoded envelopes of this turn, sent together at its end (see #flush).
+  #outbox: Uint8Array[] = [];
+  #outboxBytes = 0;
+  #flushScheduled = false;
+  #batch = false;
+  readonly #flushAtTurnEnd = (): void => {
+    this.#flushScheduled = false;
+    this.#flush();
+  };
   #logger: Logger;
   #state: State = 'handshake';
   #session: NegotiatedSession | null = null;
@@ -369,7 +395,7 @@ export class RelayPeer {
       activeStreams,
       leakedStreams: this.#leaked,
       remoteLeakedStreams: this.#remoteLeaked,
-      bufferedAmount: this.#transport.bufferedAmount,
+      bufferedAmount: this.#transport.bufferedAmount + this.#outboxBytes,
     };
   }
 
@@ -385,6 +411,10 @@ export class RelayPeer {
    */
   close(code: number, reason: string, endReason: string = END_REASON.CLOSED, error?: AppError): void {
     if (this.#state === 'closed') return;
+    // What this turn queued (an error envelope, say) goes out before the close; a cut drops it.
+    if (code === CLOSE_CODE.CUT) this.#dropOutbox();
+    else this.#flush();
+    if ((this.#state as State) === 'closed') return;
     this.#finish({ code, reason, endReason, ...(error ? { error } : {}), wasReady: this.#state === 'ready' });
     this.#transport.close(code, reason);
   }
@@ -452,13 +482,37 @@ export class RelayPeer {
   #onFrame(data: Uint8Array): void {
     if (this.#state === 'closed') return;
     this.#keepalive?.heard();
-    let envelope: Envelope;
+    let decoded: Envelope | Uint8Array[];
     try {
-      envelope = decodeEnvelope(data, { maxFrameBytes: this.#limits.maxFrameBytes });
+      decoded = decodeFrame(data, { maxFrameBytes: this.#limits.maxFrameBytes });
     } catch (err) {
       this.#violation(toAppError(err, 'PROTOCOL_ERROR'));
       return;
     }
+    if (!Array.isArray(decoded)) {
+      this.#onEnvelope(decoded);
+      return;
+    }
+    if (this.#state !== 'ready' || !this.#batch) {
+      this.#violation(
+        new AppError('PROTOCOL_ERROR', 'a batch frame from a peer that did not negotiate batch'),
+      );
+      return;
+    }
+    for (const inner of decoded) {
+      let envelope: Envelope;
+      try {
+        envelope = decodeEnvelope(inner, { maxFrameBytes: this.#limits.maxFrameBytes });
+      } catch (err) {
+        this.#violation(toAppError(err, 'PROTOCOL_ERROR'));
+        return;
+      }
+      this.#onEnvelope(envelope);
+      if ((this.#state as State) === 'closed') return;
+    }
+  }
+
+  #onEnvelope(envelope: Envelope): void {
     if (this.#state !== 'ready') {
       this.#onHandshakeEnvelope(envelope);
       return;
@@ -586,6 +640,7 @@ export class RelayPeer {
 
   #becomeReady(session: NegotiatedSession): void {
     this.#session = session;
+    this.#batch = session.capabilities.has(CAPABILITY.BATCH);
     const context: StreamContext = {
       session,
       send: (envelope) => {
@@ -692,8 +747,12 @@ export class RelayPeer {
   }
 
   #isCongested(): boolean {
-    if (this.#congested || this.#transport.bufferedAmount < this.#maxQueued) return this.#congested;
+    if (this.#congested || this.#transport.bufferedAmount + this.#outboxBytes < this.#maxQueued)
+      return this.#congested;
     this.#congested = true;
+    // The transport counts what it holds: hand it this turn's envelopes before waiting on it.
+    this.#flush();
+    if ((this.#state as State) === 'closed') return true;
     this.#transport.onceBelow(this.#maxQueued / 2, () => {
       this.#congested = false;
       if (this.#state !== 'ready') return;
@@ -714,7 +773,67 @@ export class RelayPeer {
 
   #send(envelope: Envelope): void {
     if (this.#state === 'closed') return;
-    this.#transport.send(encodeEnvelope(envelope));
+    const frame = encodeEnvelope(envelope);
+    if (this.#state !== 'ready') {
+      // The handshake goes out at once (nothing else is sent before it ends).
+      this.#transport.send(frame);
+      this.#checkReading();
+      return;
+    }
+    this.#outbox.push(frame);
+    this.#outboxBytes += frame.byteLength;
+    if (this.#outboxBytes >= FLUSH_BYTES) this.#flush();
+    else if (!this.#flushScheduled) {
+      this.#flushScheduled = true;
+      setImmediate(this.#flushAtTurnEnd);
+    }
+  }
+
+  /** Hands the queued envelopes to the transport together: batch frames when negotiated. */
+  #flush(): void {
+    const frames = this.#outbox;
+    if (frames.length === 0) return;
+    this.#outbox = [];
+    this.#outboxBytes = 0;
+    const transport = this.#transport;
+    if (frames.length === 1) transport.send(frames[0] as Uint8Array);
+    else {
+      const out = this.#batch ? this.#packBatches(frames) : frames;
+      if (out.length === 1) transport.send(out[0] as Uint8Array);
+      else if (transport.sendMany) transport.sendMany(out);
+      else for (const frame of out) transport.send(frame);
+    }
+    this.#checkReading();
+  }
+
+  /** Consecutive frames packed into batch frames that fit the other side's limit; a lone frame stays as it is. */
+  #packBatches(frames: Uint8Array[]): Uint8Array[] {
+    const limit = (this.#session?.sendFrameBytes ?? DEFAULT_MAX_FRAME_BYTES) - BATCH_FRAME_OVERHEAD;
+    const out: Uint8Array[] = [];
+    let group: Uint8Array[] = [];
+    let groupBytes = 0;
+    const close = () => {
+      if (group.length === 1) out.push(group[0] as Uint8Array);
+      else if (group.length > 1) out.push(encodeBatch(group));
+      group = [];
+      groupBytes = 0;
+    };
+    for (const frame of frames) {
+      const bytes = batchEntryBytes(frame);
+      if (groupBytes + bytes > limit) close();
+      group.push(frame);
+      groupBytes += bytes;
+    }
+    close();
+    return out;
+  }
+
+  #dropOutbox(): void {
+    this.#outbox = [];
+    this.#outboxBytes = 0;
+  }
+
+  #checkReading(): void {
     if (this.#transport.bufferedAmount > this.#maxSendBuffer) {
       this.#logger.warn(
         { queuedBytes: this.#transport.bufferedAmount },
@@ -746,6 +865,7 @@ export class RelayPeer {
 
   #onTransportClosed(event: TransportClosed): void {
     if (this.#state === 'closed') return;
+    this.#dropOutbox();
     let endReason: string = END_REASON.CLOSED;
     if (event.error) {
       endReason =

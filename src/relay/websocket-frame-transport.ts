@@ -8,6 +8,7 @@
  * that moment, not when the close handshake is over, and a peer that does not
  * answer a close within the grace period is cut.
  */
+import type { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
 import { AppError } from '../errors.js';
 import type { FrameReceiver, FrameTransport, TransportClosed } from './frame-transport.js';
@@ -113,6 +114,18 @@ class WebSocketFrameTransport implements FrameTransport {
     this.#queued += frame.byteLength;
     this.#sizes.push(frame.byteLength);
     this.#socket.send(frame, BINARY, this.#onWritten);
+  }
+
+  /** One binary message per frame, written to the network socket in one go (corked around them). */
+  sendMany(frames: readonly Uint8Array[]): void {
+    if (this.#socket.readyState !== OPEN) return;
+    const raw = (this.#socket as unknown as { _socket?: Duplex | null })._socket;
+    raw?.cork();
+    try {
+      for (const frame of frames) this.send(frame);
+    } finally {
+      raw?.uncork();
+    }
   }
 
   close(code: number, reason: string): void {

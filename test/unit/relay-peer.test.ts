@@ -8,7 +8,7 @@ import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AppError } from '../../src/errors.js';
 import { createLogger } from '../../src/logger.js';
-import { decodeEnvelope, encodeEnvelope } from '../../src/relay/codec.js';
+import { decodeEnvelope, decodeFrame, encodeBatch, encodeEnvelope } from '../../src/relay/codec.js';
 import type { Envelope, EnvelopeCase } from '../../src/relay/envelope.js';
 import {
   createFramePipe,
@@ -16,7 +16,7 @@ import {
   type FrameTransport,
   type TransportClosed,
 } from '../../src/relay/frame-transport.js';
-import { CLOSE_CODE } from '../../src/relay/protocol.js';
+import { CAPABILITY, CLOSE_CODE, DEFAULT_CAPABILITIES } from '../../src/relay/protocol.js';
 import {
   type NegotiatedSession,
   type PeerClosed,
@@ -25,6 +25,7 @@ import {
   type StreamContext,
   type StreamHandler,
 } from '../../src/relay/relay-peer.js';
+import { eventually } from '../helpers/wait.js';
 
 const peers: RelayPeer[] = [];
 afterEach(() => {
@@ -127,7 +128,10 @@ function manualTransport() {
       receiver = r;
     },
     send: (frame) => {
-      if (!closed) sent.push(decodeEnvelope(frame));
+      if (closed) return;
+      const decoded = decodeFrame(frame);
+      if (Array.isArray(decoded)) for (const inner of decoded) sent.push(decodeEnvelope(inner));
+      else sent.push(decoded);
     },
     close: (code, reason) => {
       closed ??= { code, reason };
@@ -151,6 +155,32 @@ function manualTransport() {
     deliver: (envelope: Envelope) => receiver?.frame(encodeEnvelope(envelope)),
     deliverBytes: (bytes: Uint8Array) => receiver?.frame(bytes),
   };
+}
+
+/** Lets the current turn of the event loop end (the peers send what it queued). */
+const endOfTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/** Wraps a transport and records each call that hands it frames: one entry per write. */
+function counted(inner: FrameTransport) {
+  const writes: Uint8Array[][] = [];
+  const transport: FrameTransport = {
+    start: (receiver) => inner.start(receiver),
+    send: (frame) => {
+      writes.push([frame]);
+      inner.send(frame);
+    },
+    sendMany: (frames) => {
+      writes.push([...frames]);
+      inner.sendMany!(frames);
+    },
+    close: (code, reason) => inner.close(code, reason),
+    get bufferedAmount() {
+      return inner.bufferedAmount;
+    },
+    onceBelow: (bytes, callback) => inner.onceBelow(bytes, callback),
+    done: inner.done,
+  };
+  return { transport, writes };
 }
 
 const hello = (value: Partial<Extract<Envelope['payload'], { case: 'hello' }>['value']> = {}): Envelope => ({
@@ -262,9 +292,11 @@ describe('relay peer connection', () => {
     return { ...manual, control, session };
   }
 
-  it('answers a ping with a pong carrying the same nonce', async () => {
+  it('answers a ping with a pong carrying the same nonce (at the end of the turn)', async () => {
     const { deliver, sent } = await ready();
     deliver({ streamId: 0, payload: { case: 'ping', value: { nonce: 42 } } });
+    expect(sent).toEqual([]);
+    await endOfTurn();
     expect(sent).toEqual([{ streamId: 0, payload: { case: 'pong', value: { nonce: 42 } } }]);
   });
 
@@ -452,6 +484,141 @@ describe('relay peer drain', () => {
     manual.deliver(hello({ capabilities: ['discover'] }));
     await control.peer.whenReady;
     manual.deliver({ streamId: 0, payload: { case: 'drain', value: { graceMs: 1 } } });
+    expect(await control.closed).toMatchObject({ code: 1002, endReason: 'protocol-error' });
+  });
+});
+
+describe('relay peer batching', () => {
+  const withoutBatch = DEFAULT_CAPABILITIES.filter((c) => c !== CAPABILITY.BATCH);
+
+  /** A pair over counted pipe ends; `control` opens request streams, `agent` discover streams. */
+  async function countedPair(
+    acceptor: Partial<RelayPeerOptions> = {},
+    initiator: Partial<RelayPeerOptions> = {},
+  ) {
+    const [a, b] = createFramePipe();
+    const up = counted(b);
+    const down = counted(a);
+    const control = side(down.transport, 'acceptor', { opens: ['requestHead'], ...acceptor });
+    const agent = side(up.transport, 'initiator', { opens: ['discoverRequest'], ...initiator });
+    const [session] = await Promise.all([control.peer.whenReady, agent.peer.whenReady]);
+    await endOfTurn();
+    up.writes.length = 0;
+    down.writes.length = 0;
+    return { control, agent, up: up.writes, down: down.writes, session };
+  }
+
+  /** Sends `n` opening envelopes in one turn from `from`; returns their ids. */
+  function burst(from: Side, n: number, kind: 'requestHead' | 'discoverRequest'): number[] {
+    const context = from.handlers[0]!.context;
+    const ids: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const id = context.nextStreamId();
+      ids.push(id);
+      context.send(
+        kind === 'requestHead'
+          ? {
+              streamId: id,
+              payload: { case: 'requestHead', value: { method: 'GET', url: `https://x/${i}` } },
+            }
+          : { streamId: id, payload: { case: 'discoverRequest', value: { url: `https://x:${i + 1}` } } },
+      );
+    }
+    return ids;
+  }
+
+  it('sends a burst of one turn as one batch frame when both sides announce batch, delivered in order', async () => {
+    const { control, agent, up, down, session } = await countedPair();
+    expect(session.capabilities.has(CAPABILITY.BATCH)).toBe(true);
+    const upIds = burst(agent, 20, 'requestHead');
+    const downIds = burst(control, 20, 'discoverRequest');
+    // Nothing leaves before the turn ends; then one write each way.
+    expect(up.length + down.length).toBe(0);
+    await endOfTurn();
+    expect(up.length).toBe(1);
+    expect(down.length).toBe(1);
+    const upFrame = decodeFrame(up[0]![0]!);
+    expect(Array.isArray(upFrame) && upFrame.length).toBe(20);
+    await eventually(() => control.handlers[0]!.received.length === 20);
+    expect(control.handlers[0]!.received.map((e) => e.streamId)).toEqual(upIds);
+    await eventually(() => agent.handlers[0]!.received.length === 20);
+    expect(agent.handlers[0]!.received.map((e) => e.streamId)).toEqual(downIds);
+  });
+
+  it('interoperates with a peer that does not announce batch: separate frames, still one write per turn', async () => {
+    for (const [acceptor, initiator] of [
+      [{}, { capabilities: withoutBatch }],
+      [{ capabilities: withoutBatch }, {}],
+    ] as const) {
+      const { control, agent, up, down, session } = await countedPair(acceptor, initiator);
+      expect(session.capabilities.has(CAPABILITY.BATCH)).toBe(false);
+      const upIds = burst(agent, 12, 'requestHead');
+      const downIds = burst(control, 12, 'discoverRequest');
+      await endOfTurn();
+      expect(up.length).toBe(1);
+      expect(down.length).toBe(1);
+      // Twelve plain envelopes, none of them a batch.
+      for (const writes of [up, down]) {
+        expect(writes[0]!.length).toBe(12);
+        for (const frame of writes[0]!) expect(Array.isArray(decodeFrame(frame))).toBe(false);
+      }
+      await eventually(() => control.handlers[0]!.received.length === 12);
+      expect(control.handlers[0]!.received.map((e) => e.streamId)).toEqual(upIds);
+      await eventually(() => agent.handlers[0]!.received.length === 12);
+      expect(agent.handlers[0]!.received.map((e) => e.streamId)).toEqual(downIds);
+      expect(control.peer.isClosed || agent.peer.isClosed).toBe(false);
+    }
+  });
+
+  it('keeps each batch frame within the frame limit of the other side', async () => {
+    const { control, agent, up } = await countedPair({ limits: { maxFrameBytes: 4096 } });
+    const context = agent.handlers[0]!.context;
+    const [id] = burst(agent, 1, 'requestHead');
+    await endOfTurn();
+    up.length = 0;
+    for (let i = 0; i < 10; i++) {
+      context.send({
+        streamId: id!,
+        payload: { case: 'bodyChunk', value: { data: new Uint8Array(1000).fill(i) } },
+      });
+    }
+    await endOfTurn();
+    expect(up.length).toBe(1);
+    const frames = up[0]!;
+    expect(frames.length).toBeGreaterThan(1);
+    for (const frame of frames) expect(frame.byteLength).toBeLessThanOrEqual(4096);
+    await eventually(() => control.handlers[0]!.received.length === 11);
+    const chunks = control.handlers[0]!.received.slice(1);
+    expect(chunks.map((e) => (e.payload.case === 'bodyChunk' ? e.payload.value.data[0] : -1))).toEqual([
+      0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+    ]);
+    expect(control.peer.isClosed).toBe(false);
+  });
+
+  it('sends what a turn queued before closing, and refuses a batch from a peer that did not negotiate it', async () => {
+    const { control, agent } = await countedPair();
+    burst(agent, 3, 'requestHead');
+    agent.peer.close(CLOSE_CODE.NORMAL, 'done');
+    await eventually(() => control.handlers[0]!.received.length === 3);
+    const manual = manualTransport();
+    const lonely = side(manual.transport, 'acceptor');
+    manual.deliver(hello({ capabilities: withoutBatch }));
+    await lonely.peer.whenReady;
+    const ping = encodeEnvelope({ streamId: 0, payload: { case: 'ping', value: { nonce: 1 } } });
+    manual.deliverBytes(encodeBatch([ping, ping]));
+    expect(await lonely.closed).toMatchObject({ code: 1002, endReason: 'protocol-error' });
+  });
+
+  it('refuses a batch nested in a batch', async () => {
+    const manual = manualTransport();
+    const control = side(manual.transport, 'acceptor');
+    manual.deliver(hello({ capabilities: [CAPABILITY.BATCH] }));
+    await control.peer.whenReady;
+    const ping = encodeEnvelope({ streamId: 0, payload: { case: 'ping', value: { nonce: 7 } } });
+    manual.deliverBytes(encodeBatch([ping, ping]));
+    await endOfTurn();
+    expect(manual.sent.filter((e) => e.payload.case === 'pong').length).toBe(2);
+    manual.deliverBytes(encodeBatch([ping, encodeBatch([ping, ping])]));
     expect(await control.closed).toMatchObject({ code: 1002, endReason: 'protocol-error' });
   });
 });

@@ -62,6 +62,9 @@ export namespace p2pstream {
 
                 /** Envelope tunnelRequest */
                 tunnelRequest?: (p2pstream.relay.v1.ITunnelRequest|null);
+
+                /** Envelope batch */
+                batch?: (p2pstream.relay.v1.IBatch|null);
             }
 
             /** Represents an Envelope. */
@@ -124,8 +127,11 @@ export namespace p2pstream {
                 /** Envelope tunnelRequest. */
                 public tunnelRequest?: (p2pstream.relay.v1.ITunnelRequest|null);
 
+                /** Envelope batch. */
+                public batch?: (p2pstream.relay.v1.IBatch|null);
+
                 /** Envelope payload. */
-                public payload?: ("hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain"|"tunnelRequest");
+                public payload?: ("hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain"|"tunnelRequest"|"batch");
 
                 /**
                  * Encodes the specified Envelope message. Does not implicitly {@link p2pstream.relay.v1.Envelope.verify|verify} messages.
@@ -144,6 +150,44 @@ export namespace p2pstream {
                  * @throws {$protobuf.util.ProtocolError} If required fields are missing
                  */
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.Envelope;
+            }
+
+            /** Properties of a Batch. */
+            interface IBatch {
+
+                /** Batch envelopes */
+                envelopes?: (Uint8Array[]|null);
+            }
+
+            /** Represents a Batch. */
+            class Batch implements IBatch {
+
+                /**
+                 * Constructs a new Batch.
+                 * @param [properties] Properties to set
+                 */
+                constructor(properties?: p2pstream.relay.v1.IBatch);
+
+                /** Batch envelopes. */
+                public envelopes: Uint8Array[];
+
+                /**
+                 * Encodes the specified Batch message. Does not implicitly {@link p2pstream.relay.v1.Batch.verify|verify} messages.
+                 * @param message Batch message or plain object to encode
+                 * @param [writer] Writer to encode to
+                 * @returns Writer
+                 */
+                public static encode(message: p2pstream.relay.v1.IBatch, writer?: $protobuf.Writer): $protobuf.Writer;
+
+                /**
+                 * Decodes a Batch message from the specified reader or buffer.
+                 * @param reader Reader or buffer to decode from
+                 * @param [length] Message length if known beforehand
+                 * @returns Batch
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.Batch;
             }
 
             /** Properties of a Limits. */

@@ -58,6 +58,7 @@ export const p2pstream = $root.p2pstream = (() => {
                  * @property {p2pstream.relay.v1.IStreamSet|null} [streamSet] Envelope streamSet
                  * @property {p2pstream.relay.v1.IDrain|null} [drain] Envelope drain
                  * @property {p2pstream.relay.v1.ITunnelRequest|null} [tunnelRequest] Envelope tunnelRequest
+                 * @property {p2pstream.relay.v1.IBatch|null} [batch] Envelope batch
                  */
 
                 /**
@@ -211,17 +212,25 @@ export const p2pstream = $root.p2pstream = (() => {
                  */
                 Envelope.prototype.tunnelRequest = null;
 
+                /**
+                 * Envelope batch.
+                 * @member {p2pstream.relay.v1.IBatch|null|undefined} batch
+                 * @memberof p2pstream.relay.v1.Envelope
+                 * @instance
+                 */
+                Envelope.prototype.batch = null;
+
                 // OneOf field names bound to virtual getters and setters
                 let $oneOfFields;
 
                 /**
                  * Envelope payload.
-                 * @member {"hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain"|"tunnelRequest"|undefined} payload
+                 * @member {"hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain"|"tunnelRequest"|"batch"|undefined} payload
                  * @memberof p2pstream.relay.v1.Envelope
                  * @instance
                  */
                 Object.defineProperty(Envelope.prototype, "payload", {
-                    get: $util.oneOfGetter($oneOfFields = ["hello", "welcome", "ping", "pong", "discoverRequest", "discoverResult", "requestHead", "responseHead", "bodyChunk", "end", "windowUpdate", "cancel", "error", "streamSet", "drain", "tunnelRequest"]),
+                    get: $util.oneOfGetter($oneOfFields = ["hello", "welcome", "ping", "pong", "discoverRequest", "discoverResult", "requestHead", "responseHead", "bodyChunk", "end", "windowUpdate", "cancel", "error", "streamSet", "drain", "tunnelRequest", "batch"]),
                     set: $util.oneOfSetter($oneOfFields)
                 });
 
@@ -275,6 +284,8 @@ export const p2pstream = $root.p2pstream = (() => {
                         $root.p2pstream.relay.v1.Drain.encode(message.drain, writer.uint32(/* id 16, wireType 2 =*/130).fork(), q + 1).ldelim();
                     if (message.tunnelRequest != null && Object.hasOwnProperty.call(message, "tunnelRequest"))
                         $root.p2pstream.relay.v1.TunnelRequest.encode(message.tunnelRequest, writer.uint32(/* id 17, wireType 2 =*/138).fork(), q + 1).ldelim();
+                    if (message.batch != null && Object.hasOwnProperty.call(message, "batch"))
+                        $root.p2pstream.relay.v1.Batch.encode(message.batch, writer.uint32(/* id 30, wireType 2 =*/242).fork(), q + 1).ldelim();
                     return writer;
                 };
 
@@ -380,6 +391,10 @@ export const p2pstream = $root.p2pstream = (() => {
                                 message.tunnelRequest = $root.p2pstream.relay.v1.TunnelRequest.decode(reader, reader.uint32(), undefined, long + 1);
                                 break;
                             }
+                        case 30: {
+                                message.batch = $root.p2pstream.relay.v1.Batch.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
                         default:
                             reader.skipType(tag & 7, long);
                             break;
@@ -394,6 +409,117 @@ export const p2pstream = $root.p2pstream = (() => {
                 };
 
                 return Envelope;
+            })();
+
+            v1.Batch = (function() {
+
+                /**
+                 * Properties of a Batch.
+                 * @memberof p2pstream.relay.v1
+                 * @interface IBatch
+                 * @property {Array.<Uint8Array>|null} [envelopes] Batch envelopes
+                 */
+
+                /**
+                 * Constructs a new Batch.
+                 * @memberof p2pstream.relay.v1
+                 * @classdesc Represents a Batch.
+                 * @implements IBatch
+                 * @constructor
+                 * @param {p2pstream.relay.v1.IBatch=} [properties] Properties to set
+                 */
+                function Batch(properties) {
+                    this.envelopes = [];
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                /**
+                 * Batch envelopes.
+                 * @member {Array.<Uint8Array>} envelopes
+                 * @memberof p2pstream.relay.v1.Batch
+                 * @instance
+                 */
+                Batch.prototype.envelopes = $util.emptyArray;
+
+                /**
+                 * Encodes the specified Batch message. Does not implicitly {@link p2pstream.relay.v1.Batch.verify|verify} messages.
+                 * @function encode
+                 * @memberof p2pstream.relay.v1.Batch
+                 * @static
+                 * @param {p2pstream.relay.v1.IBatch} message Batch message or plain object to encode
+                 * @param {$protobuf.Writer} [writer] Writer to encode to
+                 * @returns {$protobuf.Writer} Writer
+                 */
+                Batch.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.envelopes != null && message.envelopes.length)
+                        for (let i = 0; i < message.envelopes.length; ++i)
+                            writer.uint32(/* id 1, wireType 2 =*/10).bytes(message.envelopes[i]);
+                    return writer;
+                };
+
+                /**
+                 * Decodes a Batch message from the specified reader or buffer.
+                 * @function decode
+                 * @memberof p2pstream.relay.v1.Batch
+                 * @static
+                 * @param {$protobuf.Reader|Uint8Array} reader Reader or buffer to decode from
+                 * @param {number} [length] Message length if known beforehand
+                 * @returns {p2pstream.relay.v1.Batch} Batch
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                Batch.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.p2pstream.relay.v1.Batch();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                if (!(message.envelopes && message.envelopes.length))
+                                    message.envelopes = [];
+                                message.envelopes.push(reader.bytes());
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                return Batch;
             })();
 
             v1.Limits = (function() {
