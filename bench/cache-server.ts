@@ -6,7 +6,7 @@
  * rule; everything else is proxied uncached.
  *
  * Messages: `{cmd: 'start', upstreamUrl, memoryMiB, diskMiB, hotObjectKiB}` →
- * `{port}`; `{cmd: 'stats'}` → `{rss, heap, cache}` (after a full GC);
+ * `{port}`; `{cmd: 'stats'}` → `{rss, heap, heapTotal, external, cache}` (after a full GC);
  * `{cmd: 'stop'}` → `{}`.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -83,7 +83,13 @@ async function handle(message: Message): Promise<unknown> {
       gc?.();
       gc?.();
       const memory = process.memoryUsage();
-      return { rss: memory.rss, heap: memory.heapUsed, cache: dataPlane?.cache?.stats() ?? null };
+      return {
+        rss: memory.rss,
+        heap: memory.heapUsed,
+        heapTotal: memory.heapTotal,
+        external: memory.external,
+        cache: dataPlane?.cache?.stats() ?? null,
+      };
     }
     case 'stop': {
       await dataPlane?.close();
@@ -95,7 +101,11 @@ async function handle(message: Message): Promise<unknown> {
 
 process.on('message', (message: Message) => {
   handle(message).then(
-    (answer) => process.send?.(answer),
+    (answer) => {
+      // After `stop`, closing the channel lets the process end normally (profiles get written).
+      if (message.cmd === 'stop') process.send?.(answer, () => process.disconnect());
+      else process.send?.(answer);
+    },
     (err: unknown) => process.send?.({ error: String((err as Error)?.stack ?? err) }),
   );
 });

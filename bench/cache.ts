@@ -8,7 +8,10 @@
  *   under wrk (modes interleaved per round) — goal ≥ 3;
  * - memory: growth of the proxy process's RSS (after a full GC) while a
  *   working set 10× `memoryMiB` is fetched twice (128 KiB objects: the memory
- *   tier evicts, the disk tier holds them) ÷ `memoryMiB` — goal ≤ 1.1;
+ *   tier evicts, the disk tier holds them) ÷ `memoryMiB`, measured from after
+ *   the same working set was proxied uncached — goal ≤ 1.1; and the growth of
+ *   what is alive after a full GC (JS heap used + Buffers), which is what
+ *   `memoryMiB` bounds — goal ≤ 1.1;
  * - coalescing: 1,000 concurrent requests for one uncached key whose upstream
  *   answers after 300 ms → requests the upstream saw — goal exactly 1.
  */
@@ -36,6 +39,14 @@ export interface CacheBenchOptions {
   misses?: number;
 }
 
+interface ProxyStats {
+  rss: number;
+  heap: number;
+  heapTotal: number;
+  external: number;
+  cache: { entries: number; memoryBytes: number; hits: number };
+}
+
 function ask<T>(child: ChildProcess, message: unknown): Promise<T> {
   return new Promise((resolve, reject) => {
     const onMessage = (answer: T & { error?: string }) => {
@@ -56,7 +67,8 @@ async function withProxy<T>(
   run: (child: ChildProcess, pool: Pool, port: number) => Promise<T>,
 ): Promise<T> {
   const child = fork(SERVER, [], {
-    execArgv: ['--expose-gc'],
+    // BENCH_NODE_ARGS (e.g. '--cpu-prof --cpu-prof-dir=prof') applies to the proxy process too.
+    execArgv: ['--expose-gc', ...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean)],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   try {
@@ -69,7 +81,13 @@ async function withProxy<T>(
     }
   } finally {
     await ask(child, { cmd: 'stop' }).catch(() => {});
-    child.kill();
+    // The proxy exits by itself once stopped (so a --cpu-prof profile is written); kill it if it does not.
+    if (child.exitCode === null) {
+      const exited = once(child, 'exit');
+      const timer = setTimeout(() => child.kill(), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
   }
 }
 
@@ -163,32 +181,32 @@ export async function benchCache(options: CacheBenchOptions = {}): Promise<Bench
       upstreamUrl,
       { memoryMiB, diskMiB: 20 * memoryMiB, hotObjectKiB: 256 },
       async (child, pool) => {
-        for (let i = 0; i < 300; i++) {
-          const res = await pool.request({ method: 'GET', path: `/p/warm/${i}` });
-          await res.body.dump();
-        }
-        const before = await ask<{ rss: number }>(child, { cmd: 'stats' });
-        let peak = before.rss;
-        for (let pass = 0; pass < 2; pass++) {
+        const stats = () => ask<ProxyStats>(child, { cmd: 'stats' });
+        let peak = 0;
+        const fetchAll = async (prefix: string) => {
           let next = 0;
           await Promise.all(
             Array.from({ length: 16 }, async () => {
               while (next < objects) {
                 const i = next++;
-                const res = await pool.request({ method: 'GET', path: `/c/set/${i}` });
+                const res = await pool.request({ method: 'GET', path: `${prefix}${i}` });
                 await res.body.dump();
-                if (i % 256 === 0)
-                  peak = Math.max(peak, (await ask<{ rss: number }>(child, { cmd: 'stats' })).rss);
+                if (i % 256 === 0) peak = Math.max(peak, (await stats()).rss);
               }
             }),
           );
-        }
-        const after = await ask<{
-          rss: number;
-          cache: { entries: number; memoryBytes: number; hits: number };
-        }>(child, { cmd: 'stats' });
+        };
+        // The same traffic proxied uncached first: the process grows to what serving it takes
+        // (V8's young generation, sockets), so what follows is what the cache adds.
+        const start = await stats();
+        await fetchAll('/p/set/');
+        const before = await stats();
+        peak = before.rss;
+        for (let pass = 0; pass < 2; pass++) await fetchAll('/c/set/');
+        const after = await stats();
         peak = Math.max(peak, after.rss);
         const growth = (after.rss - before.rss) / (memoryMiB * MiB);
+        const mib = (bytes: number) => (bytes / MiB).toFixed(0);
         rows.push({
           group: 'cache',
           metric: `proxy RSS growth with a working set 10× memoryMiB (${memoryMiB} MiB) ÷ memoryMiB`,
@@ -196,7 +214,18 @@ export async function benchCache(options: CacheBenchOptions = {}): Promise<Bench
           unit: '×',
           goal: '≤ 1.1',
           met: growth <= 1.1,
-          note: `RSS ${(before.rss / MiB).toFixed(0)} → ${(after.rss / MiB).toFixed(0)} MiB (peak ${(peak / MiB).toFixed(0)}), ${objects} × 128 KiB fetched twice, ${after.cache.entries} entries, memory tier ${(after.cache.memoryBytes / MiB).toFixed(1)} MiB, ${after.cache.hits} hits`,
+          note: `RSS ${mib(start.rss)} → ${mib(before.rss)} MiB proxying the working set uncached, → ${mib(after.rss)} MiB (peak ${mib(peak)}) after ${objects} × 128 KiB fetched twice through the cache (JS heap committed ${mib(before.heapTotal)} → ${mib(after.heapTotal)} MiB, used ${mib(before.heap)} → ${mib(after.heap)} MiB; Buffers ${mib(before.external)} → ${mib(after.external)} MiB), ${after.cache.entries} entries, memory tier ${(after.cache.memoryBytes / MiB).toFixed(1)} MiB, ${after.cache.hits} hits`,
+        });
+        // What memoryMiB bounds: the bytes the cache keeps alive (bodies and index), after a full GC.
+        const live = (after.heap + after.external - (before.heap + before.external)) / (memoryMiB * MiB);
+        rows.push({
+          group: 'cache',
+          metric: `live JS heap + Buffer growth with a working set 10× memoryMiB (${memoryMiB} MiB) ÷ memoryMiB`,
+          value: spread([live]),
+          unit: '×',
+          goal: '≤ 1.1',
+          met: live <= 1.1,
+          note: `after a full GC; the memory tier counts ${(after.cache.memoryBytes / MiB).toFixed(1)} MiB of ${memoryMiB}`,
         });
       },
     );

@@ -29,7 +29,7 @@ import type { Logger } from '../../logger.js';
 /** Bodies up to this size are read whole and checked before the first byte is sent. */
 export const VERIFY_BEFORE_SERVING_BYTES = 1024 * 1024;
 /** Index overhead counted per entry, beside its metadata JSON. */
-const ENTRY_OVERHEAD_BYTES = 256;
+const ENTRY_OVERHEAD_BYTES = 512;
 const META_SUFFIX = '.m';
 const BODY_SUFFIX = '.b';
 const TMP_DIR = 'tmp';
@@ -61,8 +61,11 @@ export interface CacheEntryMeta {
   status: number;
   /** Response headers to replay (hop-by-hop ones already removed). */
   headers: [string, string][];
-  /** `CachePolicy#toObject()`. */
-  policy: object;
+  /**
+   * `CachePolicy#toObject()`: in the `.m` file only; in memory the entry's
+   * `policy` holds it (one copy of the headers fewer per entry).
+   */
+  policy?: object;
   bodyLength: number;
   bodySha256: string;
   /** Body file name (relative to the cache directory), or null when memory only. */
@@ -80,6 +83,11 @@ export interface CacheEntry {
   readonly indexBytes: number;
   /** Bytes the entry holds on disk (0 when memory only). */
   readonly diskBytes: number;
+  /** The store's use counter when the entry was last moved to the recent end (index / memory tier). */
+  usedAt: number;
+  hotUsedAt: number;
+  /** What the response cache precomputes to answer hits (see response-cache.ts); null until first asked. */
+  hit: unknown;
 }
 
 /** A body being stored: chunks go to a temporary file (and memory while small). */
@@ -122,6 +130,9 @@ export class CacheStore {
   #diskBytes = 0;
   #bodyCounter = 0;
   #evictions = 0;
+  /** Counts moves to the recent end of `#entries` / `#hot` (approximate LRU, see {@link get}). */
+  #uses = 0;
+  #hotUses = 0;
   #loading: Promise<void> | null = null;
   #closed = false;
 
@@ -171,15 +182,25 @@ export class CacheStore {
     return this.#resources.get(primaryKey)?.varyNames ?? [];
   }
 
-  /** The entry with `id`, marked as recently used; undefined when absent. */
+  /**
+   * The entry with `id`, marked as recently used; undefined when absent.
+   * LRU order is kept approximately: an entry already among the most
+   * recently used quarter (fewer moves since its own than a quarter of the
+   * map's size) is not moved again, so a run of hits on a hot set does not
+   * reorder the maps on every request.
+   */
   get(id: string): CacheEntry | undefined {
     const entry = this.#entries.get(id);
     if (!entry) return undefined;
-    this.#entries.delete(id);
-    this.#entries.set(id, entry);
-    if (entry.memory !== null) {
+    if (this.#uses - entry.usedAt > this.#entries.size >> 2) {
+      this.#entries.delete(id);
+      this.#entries.set(id, entry);
+      entry.usedAt = ++this.#uses;
+    }
+    if (entry.memory !== null && this.#hotUses - entry.hotUsedAt > this.#hot.size >> 2) {
       this.#hot.delete(id);
       this.#hot.set(id, entry);
+      entry.hotUsedAt = ++this.#hotUses;
     }
     return entry;
   }
@@ -233,11 +254,11 @@ export class CacheStore {
   /** Replaces an entry's policy and headers after a revalidation (304), keeping its body. */
   async refresh(entry: CacheEntry, policy: CachePolicy, headers: [string, string][]): Promise<void> {
     if (this.#entries.get(entry.meta.id) !== entry) return;
-    const meta: CacheEntryMeta = { ...entry.meta, headers, policy: policy.toObject(), storedAt: this.#now() };
+    const meta: CacheEntryMeta = { ...entry.meta, headers, storedAt: this.#now() };
     const next = this.#makeEntry(meta, policy, entry.memory);
     if (meta.bodyFile !== null) {
       try {
-        await this.#writeMeta(meta);
+        await this.#writeMeta(meta, policy);
       } catch (err) {
         this.#logger.warn({ err }, 'cache: could not rewrite metadata; the entry is dropped');
         this.#remove(entry);
@@ -317,7 +338,6 @@ export class CacheStore {
     const meta: CacheEntryMeta = {
       v: 1,
       ...partial,
-      policy: policy.toObject(),
       bodyLength: body.length,
       bodySha256: body.sha256,
       bodyFile,
@@ -333,7 +353,7 @@ export class CacheStore {
       try {
         await fs.mkdir(path.join(this.dir, partial.id.slice(0, 2)), { recursive: true });
         await fs.rename(body.tmp!, path.join(this.dir, bodyFile));
-        await this.#writeMeta(meta);
+        await this.#writeMeta(meta, policy);
       } catch (err) {
         this.#logger.warn({ err }, 'cache: could not store a response');
         await fs.rm(body.tmp!, { force: true }).catch(() => {});
@@ -352,23 +372,28 @@ export class CacheStore {
   // --- private -----------------------------------------------------------------------
 
   #makeEntry(meta: CacheEntryMeta, policy: CachePolicy, memory: Buffer | null): CacheEntry {
-    const metaBytes = Buffer.byteLength(JSON.stringify(meta));
+    const metaBytes = Buffer.byteLength(metaJson(meta, policy));
     return {
       meta,
       policy,
       memory,
-      indexBytes: metaBytes + ENTRY_OVERHEAD_BYTES,
+      indexBytes: indexBytesOf(metaBytes),
       diskBytes: meta.bodyFile === null ? 0 : meta.bodyLength + metaBytes,
+      usedAt: 0,
+      hotUsedAt: 0,
+      hit: null,
     };
   }
 
   #insert(entry: CacheEntry): void {
     const id = entry.meta.id;
     this.#entries.set(id, entry);
+    entry.usedAt = ++this.#uses;
     this.#memoryBytes += entry.indexBytes;
     this.#diskBytes += entry.diskBytes;
     if (entry.memory !== null) {
       this.#hot.set(id, entry);
+      entry.hotUsedAt = ++this.#hotUses;
       this.#memoryBytes += entry.memory.length;
     }
     let resource = this.#resources.get(entry.meta.primaryKey);
@@ -421,6 +446,7 @@ export class CacheStore {
     if (entry.memory !== null) return;
     entry.memory = body;
     this.#hot.set(entry.meta.id, entry);
+    entry.hotUsedAt = ++this.#hotUses;
     this.#memoryBytes += body.length;
     this.#enforce();
   }
@@ -433,6 +459,7 @@ export class CacheStore {
       this.#hot.delete(entry.meta.id);
       this.#memoryBytes -= entry.memory?.length ?? 0;
       entry.memory = null;
+      entry.hit = null;
       if (entry.meta.bodyFile === null) this.#evict(entry);
     }
     for (const entry of this.#entries.values()) {
@@ -478,10 +505,10 @@ export class CacheStore {
     return path.join(this.dir, id.slice(0, 2), `${id}${META_SUFFIX}`);
   }
 
-  async #writeMeta(meta: CacheEntryMeta): Promise<void> {
+  async #writeMeta(meta: CacheEntryMeta, policy: CachePolicy): Promise<void> {
     const tmp = this.tmpFile();
     await fs.mkdir(path.dirname(this.#metaPath(meta.id)), { recursive: true });
-    await fs.writeFile(tmp, JSON.stringify(meta), { mode: 0o600 });
+    await fs.writeFile(tmp, metaJson(meta, policy), { mode: 0o600 });
     await fs.rename(tmp, this.#metaPath(meta.id));
   }
 
@@ -534,6 +561,7 @@ export class CacheStore {
       )
         throw new Error('unexpected metadata');
       policy = CachePolicy.fromObject(meta.policy as CachePolicy.CachePolicyObject);
+      delete meta.policy;
       const stat = await fs.stat(path.join(this.dir, meta.bodyFile));
       if (stat.size !== meta.bodyLength) throw new Error('the body has the wrong length');
     } catch (err) {
@@ -624,7 +652,7 @@ class DiskWriter implements CacheWriter {
     if (this.#store.diskEnabled && this.#bytes === 0) await this.#open();
     await this.#closeFile();
     if (this.#aborted) return null;
-    const memory = this.#chunks === null ? null : Buffer.concat(this.#chunks, this.#bytes);
+    const memory = this.#chunks === null ? null : ownCopy(this.#chunks, this.#bytes);
     return this.#store.commitEntry({ ...meta, id: this.#id }, policy, {
       tmp: this.#tmp,
       length: this.#bytes,
@@ -663,6 +691,35 @@ class DiskWriter implements CacheWriter {
     this.#file = null;
     if (file) await file.close().catch(() => {});
   }
+}
+
+/**
+ * The body as one allocation of its own: chunks read from a socket are views
+ * into larger read buffers, and `Buffer.concat` takes small results from the
+ * shared 8 KiB pool, either of which would keep more memory alive than the
+ * body (and than the memory tier counts).
+ */
+function ownCopy(chunks: readonly Buffer[], length: number): Buffer {
+  const body = Buffer.allocUnsafeSlow(length);
+  let offset = 0;
+  for (const chunk of chunks) offset += chunk.copy(body, offset);
+  return body;
+}
+
+/** The `.m` file's text: the entry's metadata with its policy. */
+function metaJson(meta: CacheEntryMeta, policy: CachePolicy): string {
+  return JSON.stringify({ ...meta, policy: policy.toObject() });
+}
+
+/**
+ * What one entry of the index costs in memory, counted against `memoryBytes`:
+ * its metadata and its parsed policy hold the stored headers over again in
+ * V8 strings and objects, plus the maps that index it — about three times
+ * its metadata's JSON (measured with the cache bench: JS heap growth per
+ * entry after a full GC, ~3.7 KiB for ~1 KiB of JSON).
+ */
+function indexBytesOf(metaJsonBytes: number): number {
+  return 3 * metaJsonBytes + ENTRY_OVERHEAD_BYTES;
 }
 
 function sha256(body: Buffer): string {
