@@ -526,4 +526,74 @@ describe('response cache', () => {
     });
     expect(ok.json).toMatchObject({ ...before, memoryMiB: 16, cleanupSeconds: 30 });
   });
+  it('refuses invalid TTLs, sizes over the disk and bad rule fields with 400 naming the field, changing nothing', async () => {
+    const { server, token } = await setup(() => {});
+    const kept = await server.request('POST', '/api/v1/cache/rules', {
+      token,
+      body: { name: 'kept', ttl: { mode: 'fixed', seconds: 60 }, maxObjectBytes: 1024 },
+    });
+    expect(kept.status).toBe(201);
+    const id = kept.json.rule.id as string;
+    const readBack = async () => ({
+      settings: (await server.request('GET', '/api/v1/cache/settings', { token })).json,
+      rules: (await server.request('GET', '/api/v1/cache/rules', { token })).json,
+    });
+    const before = await readBack();
+    const refused = async (method: 'POST' | 'PATCH' | 'PUT', url: string, body: unknown, field: string) => {
+      const res = await server.request(method, url, { token, body });
+      expect(res.status, `${method} ${JSON.stringify(body)}: ${res.text}`).toBe(400);
+      expect(res.json.error.code).toBe('VALIDATION_FAILED');
+      expect(res.json.error.details?.field, JSON.stringify(body)).toBe(field);
+      return res.json.error.message as string;
+    };
+    const ruleCases: [Record<string, unknown>, string][] = [
+      [{ ttl: { mode: 'fixed', seconds: 0 } }, 'ttl.seconds'],
+      [{ ttl: { mode: 'fixed', seconds: -5 } }, 'ttl.seconds'],
+      [{ ttl: { mode: 'fixed' } }, 'ttl.seconds'],
+      [{ ttl: { mode: 'origin', seconds: 31_536_001 } }, 'ttl.seconds'],
+      [{ ttl: { mode: 'forever', seconds: 60 } }, 'ttl.mode'],
+      [{ ttl: { mode: 'fixed', seconds: 60, extra: 1 } }, 'ttl.extra'],
+      [{ maxObjectBytes: 0 }, 'maxObjectBytes'],
+      [{ maxObjectBytes: 5 * 1024 * 1024 * 1024 }, 'maxObjectBytes'],
+      // Over the disk tier (diskMiB 1024 by default): more than the cache could ever hold.
+      [{ maxObjectBytes: 2 * 1024 * 1024 * 1024 }, 'maxObjectBytes'],
+      [{ varyHeaders: ['Cookie'] }, 'varyHeaders[0]'],
+      [{ queryMode: 'sometimes' }, 'queryMode'],
+      [{ expression: 'path' }, 'expression'],
+    ];
+    for (const [body, field] of ruleCases) {
+      await refused('POST', '/api/v1/cache/rules', { name: 'new', ...body }, field);
+      await refused('PATCH', `/api/v1/cache/rules/${id}`, body, field);
+    }
+    const taken = await server.request('PATCH', `/api/v1/cache/rules/${id}`, {
+      token,
+      body: { name: 'all' },
+    });
+    expect(taken.status).toBe(409);
+    expect(taken.json.error).toMatchObject({ code: 'CONFLICT', details: { field: 'name' } });
+    // A disk tier larger than the file system can hold.
+    expect(await refused('PUT', '/api/v1/cache/settings', { diskMiB: 16_000_000 }, 'diskMiB')).toMatch(
+      /disk can hold/,
+    );
+    expect(await readBack()).toEqual(before);
+
+    // Memory only: an object must fit in the memory tier's hot objects.
+    const memoryOnly = await server.request('PUT', '/api/v1/cache/settings', {
+      token,
+      body: { diskMiB: 0, hotObjectKiB: 64 },
+    });
+    expect(memoryOnly.status).toBe(200);
+    const after = await readBack();
+    expect(
+      await refused(
+        'POST',
+        '/api/v1/cache/rules',
+        { name: 'big', maxObjectBytes: 65 * 1024 },
+        'maxObjectBytes',
+      ),
+    ).toMatch(/hotObjectKiB 64/);
+    await refused('PATCH', `/api/v1/cache/rules/${id}`, { maxObjectBytes: 65 * 1024 }, 'maxObjectBytes');
+    expect(await readBack()).toEqual(after);
+    expect(after.rules).toEqual(before.rules);
+  });
 });

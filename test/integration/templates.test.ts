@@ -160,6 +160,51 @@ describe('response templates through the API', () => {
     expect((await server.request('GET', '/api/v1/templates', {})).status).toBe(401);
   });
 
+  it('keeps unknown placeholders literally with a warning, and refuses a body over 256 KiB of UTF-8 leaving the template as it was', async () => {
+    const { server, token } = await setup();
+    const kept = await createTemplate(server, token, {
+      name: 'page',
+      kind: 'error',
+      status: 502,
+      contentType: 'text/html; charset=utf-8',
+      body: '<p>{{status}}</p>',
+    });
+    const read = async () => (await server.request('GET', `/api/v1/templates/${kept.id}`, { token })).json;
+    const patched = await server.request('PATCH', `/api/v1/templates/${kept.id}`, {
+      token,
+      body: { body: '<p>{{status}} {{nope}} {{ host }} {{status.code}}</p>' },
+    });
+    expect(patched.status).toBe(200);
+    expect(patched.json.warnings).toHaveLength(2);
+    expect(patched.json.warnings[0]).toContain('{{nope}}');
+    expect(patched.json.warnings[1]).toContain('{{status.code}}');
+    const preview = await server.request('POST', `/api/v1/templates/${kept.id}/preview`, {
+      token,
+      body: { values: { host: 'a.example' } },
+    });
+    expect(preview.json.body).toBe('<p>502 {{nope}} a.example {{status.code}}</p>');
+    expect(preview.json.warnings).toHaveLength(2);
+
+    const before = await read();
+    // 256 KiB is counted in bytes: 87,382 three-byte characters are 262,146 bytes.
+    for (const body of ['x'.repeat(256 * 1024 + 1), '€'.repeat(87_382)]) {
+      const refused = await server.request('PATCH', `/api/v1/templates/${kept.id}`, {
+        token,
+        body: { name: 'renamed', body },
+      });
+      expect(refused.status).toBe(400);
+      expect(refused.json.error).toMatchObject({ code: 'VALIDATION_FAILED', details: { field: 'body' } });
+      expect(refused.json.error.message).toMatch(/256 KiB/);
+    }
+    const exact = 'x'.repeat(256 * 1024);
+    const atLimit = await server.request('POST', '/api/v1/templates', {
+      token,
+      body: { name: 'limit', kind: 'generic', body: exact },
+    });
+    expect(atLimit.status).toBe(201);
+    expect(await read()).toEqual(before);
+  });
+
   it('refuses to delete a template in use with 409 CONFLICT and details.usedBy', async () => {
     const { server, token } = await setup();
     const page = await createTemplate(server, token, { name: 'oops', kind: 'error', body: 'oops' });
