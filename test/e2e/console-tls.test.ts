@@ -2,8 +2,9 @@
  * The TLS page and the listener certificate mapping in a real browser:
  * uploads with field errors, self-signed certificates, an ACME order against
  * a real pebble through the account sub-dialog (and one that fails, with
- * its cause shown), an https listener with its default certificate on the
- * Proxy page, and the same page relayed to a remote environment.
+ * its cause shown), editing an account and a DNS provider, an https
+ * listener with its default certificate on the Proxy page, and the same page
+ * relayed to a remote environment.
  */
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -219,6 +220,72 @@ describe('console: TLS', () => {
       );
       await failing.getByText(/next attempt in/).waitFor();
       await screenshot(page, 'tls-acme');
+      expect(tab.errors).toEqual([]);
+    } finally {
+      await pebble?.close();
+    }
+  }, 90_000);
+
+  it('edits an ACME account and a DNS provider, whose token is kept unless typed and asked for with another API host', async () => {
+    let pebble: Pebble | undefined;
+    try {
+      pebble = await startPebble({ httpPort: await freePort(), tlsPort: await freePort() });
+      await ok(
+        control.request('POST', '/api/v1/tls/acme/accounts', {
+          cookie: controlCookie,
+          body: {
+            name: 'edit-me',
+            directoryUrl: pebble.directoryUrl,
+            directoryCaPem: pebble.directoryCaPem,
+            email: 'first@example.test',
+          },
+        }),
+      );
+      const provider = await ok(
+        control.request('POST', '/api/v1/tls/dns-providers', {
+          cookie: controlCookie,
+          body: {
+            name: 'cf-edit',
+            type: 'cloudflare',
+            apiToken: 'first-token',
+            apiBaseUrl: 'http://127.0.0.1:1234/client/v4',
+          },
+        }),
+      );
+      const { page } = tab;
+      await openTls(page);
+      await page.getByRole('button', { name: 'Edit edit-me' }).click();
+      const account = page.getByRole('dialog', { name: 'Edit ACME account' });
+      expect(await account.getByLabel('E-mail').inputValue()).toBe('first@example.test');
+      await account.getByLabel('Account name').fill('edited');
+      await account.getByLabel('E-mail').fill('second@example.test');
+      await account.getByRole('button', { name: 'Save account' }).click();
+      await account.waitFor({ state: 'detached' });
+      const accounts = page.getByTestId('accounts-table');
+      await accounts.getByText('second@example.test').waitFor();
+      await accounts.getByRole('cell', { name: 'edited', exact: true }).waitFor();
+
+      await page.getByRole('button', { name: 'Edit cf-edit' }).click();
+      const dialog = page.getByRole('dialog', { name: 'Edit DNS provider' });
+      await dialog.getByLabel('API base URL').fill('http://127.0.0.1:5678/client/v4');
+      await dialog.getByRole('button', { name: 'Save provider' }).click();
+      // Another API host: the stored token is not carried there.
+      await dialog
+        .locator('.field.invalid')
+        .filter({ has: page.getByLabel('Cloudflare API token') })
+        .getByText(/another apiBaseUrl|new apiBaseUrl/)
+        .waitFor();
+      await dialog.getByLabel('Cloudflare API token').fill('second-token');
+      await dialog.getByRole('button', { name: 'Save provider' }).click();
+      await dialog.waitFor({ state: 'detached' });
+      await page.getByTestId('providers-table').getByText('http://127.0.0.1:5678/client/v4').waitFor();
+      const providers = await ok(
+        control.request('GET', '/api/v1/tls/dns-providers', { cookie: controlCookie }),
+      );
+      expect(providers.providers).toEqual([
+        expect.objectContaining({ id: provider.provider.id, apiBaseUrl: 'http://127.0.0.1:5678/client/v4' }),
+      ]);
+      expect(JSON.stringify(providers)).not.toContain('second-token');
       expect(tab.errors).toEqual([]);
     } finally {
       await pebble?.close();

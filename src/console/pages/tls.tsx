@@ -2,8 +2,8 @@
  * TLS of the selected environment (docs/tls.md): the certificate store
  * (hosts, source, issuer, expiry countdown, status with the last error and
  * the next attempt; add by upload / file / self-signed / ACME, renew,
- * delete), ACME accounts and DNS providers. Refreshes itself while an order
- * is running.
+ * delete), ACME accounts and DNS providers (add, edit, delete). Refreshes
+ * itself while an order is running.
  */
 import { useEffect, useState } from 'preact/hooks';
 import { type Client, clientFor } from '../api';
@@ -58,8 +58,9 @@ export function TlsPage(props: { environment: string }) {
     [],
   );
   const [adding, setAdding] = useState(false);
-  const [accountDialog, setAccountDialog] = useState(false);
-  const [providerDialog, setProviderDialog] = useState(false);
+  /** true: adding one; an account or provider: editing it. */
+  const [accountDialog, setAccountDialog] = useState<AcmeAccount | boolean>(false);
+  const [providerDialog, setProviderDialog] = useState<DnsProvider | boolean>(false);
   const [deleting, setDeleting] = useState<Deleting | null>(null);
   const action = useAction();
   const certificates = data.data?.certificates ?? [];
@@ -145,6 +146,7 @@ export function TlsPage(props: { environment: string }) {
         ]}
         rowName={(a) => a.name}
         actions={(a) => [
+          { label: 'Edit', onClick: () => setAccountDialog(a) },
           { label: 'Delete', danger: true, onClick: () => setDeleting({ kind: 'account', item: a }) },
         ]}
       />
@@ -167,6 +169,7 @@ export function TlsPage(props: { environment: string }) {
         ]}
         rowName={(p) => p.name}
         actions={(p) => [
+          { label: 'Edit', onClick: () => setProviderDialog(p) },
           { label: 'Delete', danger: true, onClick: () => setDeleting({ kind: 'provider', item: p }) },
         ]}
       />
@@ -187,6 +190,7 @@ export function TlsPage(props: { environment: string }) {
       {accountDialog ? (
         <AccountDialog
           api={api}
+          editing={accountDialog === true ? null : accountDialog}
           onClose={() => setAccountDialog(false)}
           onSaved={() => {
             setAccountDialog(false);
@@ -197,6 +201,7 @@ export function TlsPage(props: { environment: string }) {
       {providerDialog ? (
         <ProviderDialog
           api={api}
+          editing={providerDialog === true ? null : providerDialog}
           onClose={() => setProviderDialog(false)}
           onSaved={() => {
             setProviderDialog(false);
@@ -459,18 +464,38 @@ function CertificateDialog(props: {
   );
 }
 
-function AccountDialog(props: { api: Client; onClose: () => void; onSaved: (account: AcmeAccount) => void }) {
+/**
+ * Adds an account, or edits one (`editing`): its name, e-mail and directory
+ * CA — the directory and EAB belong to the registration.
+ */
+function AccountDialog(props: {
+  api: Client;
+  editing?: AcmeAccount | null;
+  onClose: () => void;
+  onSaved: (account: AcmeAccount) => void;
+}) {
+  const editing = props.editing ?? null;
   const form = useFields({
-    name: '',
+    name: editing?.name ?? '',
     preset: 'letsencrypt-staging',
     directoryUrl: '',
-    email: '',
+    email: editing?.email ?? '',
     directoryCaPem: '',
     eabKid: '',
     eabHmacKey: '',
   });
   const v = form.values;
   const save = async () => {
+    if (editing) {
+      const body: Record<string, unknown> = { name: v.name, email: v.email || null };
+      if (v.directoryCaPem) body.directoryCaPem = v.directoryCaPem;
+      const saved = await props.api.patch<{ account: AcmeAccount }>(
+        `/api/v1/tls/acme/accounts/${encodeURIComponent(editing.id)}`,
+        body,
+      );
+      props.onSaved(saved.account);
+      return;
+    }
     const body: Record<string, unknown> = {
       name: v.name,
       directoryUrl: v.preset === 'custom' ? v.directoryUrl : v.preset,
@@ -481,6 +506,32 @@ function AccountDialog(props: { api: Client; onClose: () => void; onSaved: (acco
     const created = await props.api.post<{ account: AcmeAccount }>('/api/v1/tls/acme/accounts', body);
     props.onSaved(created.account);
   };
+  if (editing) {
+    return (
+      <FormDialog
+        title="Edit ACME account"
+        onClose={props.onClose}
+        onSubmit={save}
+        fields={['name', 'email', 'directoryCaPem']}
+        submitLabel="Save account"
+        noValidate
+      >
+        <Field label="Account name">
+          <input {...form.text('name')} />
+        </Field>
+        <p class="muted mono">{editing.directoryUrl}</p>
+        <Field label="E-mail" hint="Sent to the CA as the account's new contact.">
+          <input type="email" {...form.text('email')} />
+        </Field>
+        <Field
+          label="Directory CA (PEM)"
+          hint={editing.hasDirectoryCa ? 'Leave empty to keep the stored one.' : 'Only for a private CA.'}
+        >
+          <textarea rows={3} class="mono" {...form.text('directoryCaPem')} />
+        </Field>
+      </FormDialog>
+    );
+  }
   return (
     <FormDialog
       title="Add ACME account"
@@ -527,14 +578,27 @@ function AccountDialog(props: { api: Client; onClose: () => void; onSaved: (acco
   );
 }
 
+/** Adds a provider, or edits one (`editing`): an empty token keeps the stored one. */
 function ProviderDialog(props: {
   api: Client;
+  editing?: DnsProvider | null;
   onClose: () => void;
   onSaved: (provider: DnsProvider) => void;
 }) {
-  const form = useFields({ name: '', apiToken: '', apiBaseUrl: '' });
+  const editing = props.editing ?? null;
+  const form = useFields({ name: editing?.name ?? '', apiToken: '', apiBaseUrl: editing?.apiBaseUrl ?? '' });
   const v = form.values;
   const save = async () => {
+    if (editing) {
+      const body: Record<string, unknown> = { name: v.name, apiBaseUrl: v.apiBaseUrl || null };
+      if (v.apiToken) body.apiToken = v.apiToken;
+      const saved = await props.api.patch<{ provider: DnsProvider }>(
+        `/api/v1/tls/dns-providers/${encodeURIComponent(editing.id)}`,
+        body,
+      );
+      props.onSaved(saved.provider);
+      return;
+    }
     const body: Record<string, unknown> = { name: v.name, type: 'cloudflare', apiToken: v.apiToken };
     if (v.apiBaseUrl) body.apiBaseUrl = v.apiBaseUrl;
     const created = await props.api.post<{ provider: DnsProvider }>('/api/v1/tls/dns-providers', body);
@@ -542,7 +606,7 @@ function ProviderDialog(props: {
   };
   return (
     <FormDialog
-      title="Add DNS provider"
+      title={editing ? 'Edit DNS provider' : 'Add DNS provider'}
       onClose={props.onClose}
       onSubmit={save}
       fields={['name', 'apiToken', 'apiBaseUrl']}
@@ -552,7 +616,14 @@ function ProviderDialog(props: {
       <Field label="Provider name">
         <input {...form.text('name')} />
       </Field>
-      <Field label="Cloudflare API token" hint="Zone:DNS:Edit on the zones to be used.">
+      <Field
+        label="Cloudflare API token"
+        hint={
+          editing
+            ? 'Leave empty to keep the stored token (needed again for another API host).'
+            : 'Zone:DNS:Edit on the zones to be used.'
+        }
+      >
         <input type="password" autocomplete="off" {...form.text('apiToken')} />
       </Field>
       <Field label="API base URL" hint="Leave empty for api.cloudflare.com.">
