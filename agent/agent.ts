@@ -16,8 +16,6 @@
  */
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage } from 'node:http';
-import { isIP, type Socket } from 'node:net';
-import type { ConnectionOptions } from 'node:tls';
 import WebSocket from 'ws';
 import type { AppError, ErrorCode } from '../src/errors.js';
 import { createLogger, type Logger } from '../src/logger.js';
@@ -28,10 +26,8 @@ import {
   DEFAULT_TUNNEL_WINDOW_BYTES,
   type Envelope,
 } from '../src/relay/envelope.js';
-import { connectVerified } from '../src/relay/pinned-tls.js';
 import {
   AGENT_CONNECT_PATH,
-  AGENT_ID_HEADER,
   CAPABILITY,
   CLOSE_CODE,
   END_REASON,
@@ -48,6 +44,7 @@ import { TunnelExecutor, type TunnelExecutorStats } from '../src/relay/tunnel-ex
 import { createWebSocketFrameTransport } from '../src/relay/websocket-frame-transport.js';
 import { VERSION } from '../src/version.js';
 import { Backoff, type BackoffOptions } from './backoff.js';
+import { createControlPlaneSocket } from './control-plane-socket.js';
 import { controlPlaneError, controlPlaneTlsOptions } from './control-plane-tls.js';
 
 export { AGENT_CONNECT_PATH };
@@ -178,7 +175,6 @@ class Agent implements RunningAgent {
   readonly #logger: Logger;
   readonly #backoff: Backoff;
   readonly #events = new EventEmitter();
-  readonly #connectUrl: string;
   #state: AgentState = 'connecting';
   #stopped = false;
   #socket: WebSocket | null = null;
@@ -193,7 +189,6 @@ class Agent implements RunningAgent {
     this.#options = options;
     this.#logger = options.logger ?? createLogger('silent');
     this.#backoff = new Backoff(options.backoff);
-    this.#connectUrl = `${options.managementUrl.replace(/\/+$/, '')}${AGENT_CONNECT_PATH}`;
     this.#verification = options.ca ? 'ca-file' : 'fingerprint';
   }
 
@@ -309,44 +304,13 @@ class Agent implements RunningAgent {
     if (this.#stopped) return { delayMs: 0 };
     const maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     const maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
-    const socket = new WebSocket(this.#connectUrl, {
-      headers: {
-        authorization: `Bearer ${options.agentToken}`,
-        [AGENT_ID_HEADER]: options.agentId,
-        'user-agent': `p2pstream-agent/${VERSION}`,
-      },
-      ca: tlsOptions.ca,
-      ...(tlsOptions.checkServerIdentity
-        ? { checkServerIdentity: tlsOptions.checkServerIdentity as unknown as () => boolean }
-        : {}),
-      maxPayload: maxFrameBytes,
-      handshakeTimeout: handshakeTimeoutMs,
-      perMessageDeflate: false,
-      followRedirects: false,
-      // Verified whatever NODE_TLS_REJECT_UNAUTHORIZED says; the upgrade (and the token) is
-      // written only on a socket that passed the handshake check.
-      createConnection: ((
-        connectOptions: ConnectionOptions & { path?: string },
-        callback: (err: Error | null, socket?: Socket) => void,
-      ) => {
-        connectVerified(
-          {
-            ...connectOptions,
-            // ws hands over its request options: `path` is the URL path here, not an IPC socket.
-            path: undefined,
-            servername:
-              connectOptions.servername ??
-              (isIP(connectOptions.host ?? '') === 0 ? (connectOptions.host ?? '') : ''),
-            handshakeTimeoutMs,
-          },
-          callback,
-        );
-        // Nothing returned: the request waits for the callback, so for the verified socket.
-        return undefined;
-      }) as unknown as AgentSocketConnect,
-      // A zero mask: frames go out without the per-byte masking pass (and the hub skips unmasking).
-      // Masking guards plaintext intermediaries against cache poisoning; this link is always TLS.
-      generateMask: zeroMask,
+    const socket = createControlPlaneSocket({
+      managementUrl: options.managementUrl,
+      agentId: options.agentId,
+      agentToken: options.agentToken,
+      tls: tlsOptions,
+      handshakeTimeoutMs,
+      maxFrameBytes,
     });
     this.#socket = socket;
 
@@ -575,10 +539,4 @@ class MultiAgent implements RunningAgent {
   get connections(): number {
     return this.#agents.filter((a) => a.state === 'connected').length;
   }
-}
-
-type AgentSocketConnect = NonNullable<WebSocket.ClientOptions['createConnection']>;
-
-function zeroMask(mask: Buffer): void {
-  mask.fill(0);
 }

@@ -5,6 +5,7 @@
  *
  *   p2pstream server                       management API, console, hub, proxy
  *   p2pstream agent                        the agent daemon
+ *   p2pstream agent check [--json]         checks the agent's settings and links
  *   p2pstream users reset-password USER    offline admin recovery
  */
 import { createInterface } from 'node:readline';
@@ -19,6 +20,7 @@ import { LowdbStore } from './storage/lowdb-store.js';
 const USAGE = `usage:
   p2pstream server                       run the management API, console, hub and proxy
   p2pstream agent                        run the agent daemon
+  p2pstream agent check [--json]         check the agent's settings, control plane and targets (exit 0: all pass)
   p2pstream users reset-password USER    set a new password (reads it from stdin); revokes sessions
 `;
 
@@ -82,6 +84,15 @@ async function main(argv: string[]): Promise<void> {
       if (rest[0] === 'reset-password') return resetPassword(rest[1]);
       break;
     case 'agent': {
+      if (rest[0] === 'check') {
+        const flags = rest.slice(1);
+        if (flags.some((flag) => flag !== '--json')) break;
+        const { runAgentCheckFromEnv } = await import('../agent/main.js');
+        const { exitCode } = await runAgentCheckFromEnv(process.env, { json: flags.includes('--json') });
+        process.exitCode = exitCode;
+        return;
+      }
+      if (rest.length > 0) break;
       const { runAgentFromEnv } = await import('../agent/main.js');
       return runAgentFromEnv(process.env);
     }

@@ -7,6 +7,11 @@
  *
  * Whatever ends the session, its in-flight streams fail at once with
  * AGENT_OFFLINE, and the end reason is recorded in the agent's connections.
+ *
+ * A hello announcing `check` (`p2pstream agent check`) is a check-only
+ * connection: authenticated like any other, welcomed, then closed (1000)
+ * without a session record, so the agent's live session is neither replaced
+ * nor touched, and a version refusal is not recorded on the agent.
  */
 import type { WebSocket } from 'ws';
 import type { AgentConnection, AgentCredential, AgentService } from '../domain/agent-service.js';
@@ -14,7 +19,13 @@ import { toAppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { DEFAULT_MAX_TUNNEL_STREAMS, DEFAULT_TUNNEL_WINDOW_BYTES, type Limits } from '../relay/envelope.js';
 import type { VersionRange } from '../relay/protocol.js';
-import { CAPABILITY, CLOSE_CODE, END_REASON, SUPPORTED_VERSIONS } from '../relay/protocol.js';
+import {
+  CAPABILITY,
+  CLOSE_CODE,
+  DEFAULT_CAPABILITIES,
+  END_REASON,
+  SUPPORTED_VERSIONS,
+} from '../relay/protocol.js';
 import { RelayClient } from '../relay/relay-client.js';
 import { type AdmitResult, type PeerStats, RelayPeer, type RemoteHello } from '../relay/relay-peer.js';
 import type { Transport } from '../relay/transport.js';
@@ -67,6 +78,7 @@ export class AgentSession {
   #client: RelayClient | null = null;
   #bridge: AgentStreamBridge | null = null;
   #tunnel: TunnelClient | null = null;
+  #check = false;
 
   constructor(options: AgentSessionOptions) {
     this.agentId = options.credential.agentId;
@@ -86,6 +98,7 @@ export class AgentSession {
       logger: this.#logger,
       software: VERSION,
       versions: options.versions,
+      capabilities: [...DEFAULT_CAPABILITIES, CAPABILITY.CHECK],
       limits,
       handshakeTimeoutMs: options.helloTimeoutMs,
       keepalive: { intervalMs: options.keepaliveIntervalMs, maxMissed: options.keepaliveMaxMissed },
@@ -120,6 +133,11 @@ export class AgentSession {
         return [this.#client, this.#bridge, this.#tunnel];
       },
       onReady: () => {
+        if (this.#check) {
+          this.#logger.info({ remoteAddress: this.remoteAddress }, 'agent check connection answered');
+          this.#peer.close(CLOSE_CODE.NORMAL, 'check done', END_REASON.CLOSED);
+          return;
+        }
         this.#logger.info(
           { remoteAddress: this.remoteAddress, version: this.#record?.version ?? null },
           'agent connected',
@@ -139,7 +157,11 @@ export class AgentSession {
       },
       onClosed: (event) => {
         const remote = this.#peer.remote;
-        if (event.endReason === END_REASON.VERSION && remote) {
+        if (
+          event.endReason === END_REASON.VERSION &&
+          remote &&
+          !remote.capabilities.includes(CAPABILITY.CHECK)
+        ) {
           options.agents.handshakeRefused(this.agentId, {
             remoteAddress: this.remoteAddress,
             version: remote.software || null,
@@ -229,6 +251,12 @@ export class AgentSession {
   }
 
   async #admit(hello: RemoteHello, protocolVersion: number): Promise<AdmitResult> {
+    if (hello.capabilities.includes(CAPABILITY.CHECK)) {
+      // Check-only: nothing is recorded and the live session stays; the welcome is all it gets.
+      this.#check = true;
+      if (this.#options.agents.isCredentialCurrent(this.credential)) return { ok: true };
+      return { ok: false, code: CLOSE_POLICY, reason: 'agent credentials revoked', endReason: 'revoked' };
+    }
     const version = hello.software || null;
     try {
       this.#record = await this.#options.agents.sessionStarted(this.credential, {

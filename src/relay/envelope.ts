@@ -69,6 +69,8 @@ export interface Welcome {
   maxProtocolVersion?: number;
   /** The control-plane replica that accepted the connection; '' or absent for a single process. */
   replicaId?: string;
+  /** The acceptor's clock at sending (ms since the Unix epoch); 0 or absent = not sent. */
+  serverTimeMs?: number;
 }
 
 /** Keepalive probe on stream 0; answered by a pong with the same nonce. */

@@ -12,8 +12,6 @@ import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from './envelope.js';
 export const AGENT_CONNECT_PATH = '/api/v1/agent/connect';
 /** The upgrade header naming the agent (its token goes in `Authorization: Bearer`). */
 export const AGENT_ID_HEADER = 'x-p2pstream-agent-id';
-/** The upgrade header of `p2pstream agent check`: authenticate, then close without displacing the live session. */
-export const AGENT_CHECK_HEADER = 'x-p2pstream-agent-check';
 
 /** An inclusive range of protocol versions. */
 export interface VersionRange {
@@ -45,10 +43,23 @@ export const CAPABILITY = {
   TUNNEL: 'tunnel',
   /** Batch frames: several envelopes of one turn in one frame (`batch`). */
   BATCH: 'batch',
+  /**
+   * A check-only connection (`p2pstream agent check`): in a hello, the
+   * initiator only tests its link and credentials; the acceptor authenticates
+   * it, welcomes it and closes it (1000) without starting a session, so the
+   * agent's live session stays. In a welcome: the acceptor understands it.
+   */
+  CHECK: 'check',
 } as const;
 
-/** What this build announces by default. */
-export const DEFAULT_CAPABILITIES: readonly string[] = Object.freeze(Object.values(CAPABILITY));
+/**
+ * What this build announces by default: every capability but `check`, which
+ * an initiator announces only on a check-only connection (the acceptor adds
+ * it to say it understands one).
+ */
+export const DEFAULT_CAPABILITIES: readonly string[] = Object.freeze(
+  Object.values(CAPABILITY).filter((capability) => capability !== CAPABILITY.CHECK),
+);
 
 /** `v1–v2` (a single version reads `v1–v1`). */
 export function formatVersionRange(range: VersionRange): string {

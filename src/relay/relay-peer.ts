@@ -115,6 +115,8 @@ export interface RemoteHello {
   limits: PeerLimits;
   /** The accepting control-plane replica (welcome only); '' when it named none. */
   replicaId: string;
+  /** The acceptor's clock when it sent the welcome (ms since the epoch; welcome only); 0 when not sent. */
+  timeMs: number;
 }
 
 /** The outcome of the handshake. */
@@ -588,6 +590,7 @@ export class RelayPeer {
           maxProtocolVersion: this.#versions.max,
           serverVersion: this.#options.software ?? '',
           ...(this.#options.replicaId ? { replicaId: this.#options.replicaId } : {}),
+          serverTimeMs: Date.now(),
           capabilities: [...this.#capabilities],
           limits: { ...this.#limits },
         },
@@ -939,5 +942,9 @@ function remoteHello(
       tunnelWindowBytes: limits.tunnelWindowBytes || DEFAULT_TUNNEL_WINDOW_BYTES,
     },
     replicaId: 'replicaId' in announcement ? (announcement.replicaId ?? '').slice(0, 64) : '',
+    timeMs:
+      'serverTimeMs' in announcement && Number.isFinite(announcement.serverTimeMs)
+        ? Math.max(0, announcement.serverTimeMs ?? 0)
+        : 0,
   };
 }

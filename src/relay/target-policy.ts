@@ -193,3 +193,17 @@ export function parseTargetList(value: string | null | undefined, variable: stri
   }
   return patterns;
 }
+
+/**
+ * The one host and port a pattern names (`app.lan:8081`, `10.0.0.5`,
+ * `[fd00::1]:8443`), or null for a pattern that names none: any host (`*`),
+ * a name suffix (`*.lan`), an address range, or any port (`app.lan:*`).
+ * Throws VALIDATION_FAILED for a malformed pattern. `p2pstream agent check`
+ * dials these.
+ */
+export function namedTargetOf(pattern: string): { host: string; port: number } | null {
+  const parsed = parseTargetPattern(pattern);
+  if (parsed.host === null || parsed.port === null || parsed.range !== undefined) return null;
+  if (parsed.host.startsWith('.')) return null;
+  return { host: parsed.host, port: parsed.port };
+}

@@ -48,6 +48,7 @@ const EVERY_KIND: Record<EnvelopeCase, Envelope> = {
         minProtocolVersion: 1,
         maxProtocolVersion: 3,
         replicaId: 'r-0123456789abcdef',
+        serverTimeMs: 1_796_000_000_123,
       },
     },
   },

@@ -216,6 +216,9 @@ describe('relay peer handshake', () => {
     expect(ag.remote.software).toBe('cp-1');
     expect(cp.remote.limits.maxStreams).toBe(4);
     expect(ag.remote.limits.maxFrameBytes).toBe(512 * 1024);
+    // The welcome carries the acceptor's clock (agent check measures skew with it); a hello does not.
+    expect(Math.abs(ag.remote.timeMs - Date.now())).toBeLessThan(60_000);
+    expect(cp.remote.timeMs).toBe(0);
   });
 
   it('picks the highest version both sides speak', async () => {

@@ -337,6 +337,9 @@ export namespace p2pstream {
 
                 /** Welcome replicaId */
                 replicaId?: (string|null);
+
+                /** Welcome serverTimeMs */
+                serverTimeMs?: (number|null);
             }
 
             /** Represents a Welcome. */
@@ -368,6 +371,9 @@ export namespace p2pstream {
 
                 /** Welcome replicaId. */
                 public replicaId: string;
+
+                /** Welcome serverTimeMs. */
+                public serverTimeMs: number;
 
                 /**
                  * Encodes the specified Welcome message. Does not implicitly {@link p2pstream.relay.v1.Welcome.verify|verify} messages.

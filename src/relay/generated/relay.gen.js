@@ -873,6 +873,7 @@ export const p2pstream = $root.p2pstream = (() => {
                  * @property {number|null} [minProtocolVersion] Welcome minProtocolVersion
                  * @property {number|null} [maxProtocolVersion] Welcome maxProtocolVersion
                  * @property {string|null} [replicaId] Welcome replicaId
+                 * @property {number|null} [serverTimeMs] Welcome serverTimeMs
                  */
 
                 /**
@@ -948,6 +949,14 @@ export const p2pstream = $root.p2pstream = (() => {
                 Welcome.prototype.replicaId = "";
 
                 /**
+                 * Welcome serverTimeMs.
+                 * @member {number} serverTimeMs
+                 * @memberof p2pstream.relay.v1.Welcome
+                 * @instance
+                 */
+                Welcome.prototype.serverTimeMs = 0;
+
+                /**
                  * Encodes the specified Welcome message. Does not implicitly {@link p2pstream.relay.v1.Welcome.verify|verify} messages.
                  * @function encode
                  * @memberof p2pstream.relay.v1.Welcome
@@ -978,6 +987,8 @@ export const p2pstream = $root.p2pstream = (() => {
                         writer.uint32(/* id 6, wireType 0 =*/48).uint32(message.maxProtocolVersion);
                     if (message.replicaId != null && Object.hasOwnProperty.call(message, "replicaId"))
                         writer.uint32(/* id 7, wireType 2 =*/58).string(message.replicaId);
+                    if (message.serverTimeMs != null && Object.hasOwnProperty.call(message, "serverTimeMs"))
+                        writer.uint32(/* id 8, wireType 1 =*/65).double(message.serverTimeMs);
                     return writer;
                 };
 
@@ -1043,6 +1054,10 @@ export const p2pstream = $root.p2pstream = (() => {
                             }
                         case 7: {
                                 message.replicaId = reader.string();
+                                break;
+                            }
+                        case 8: {
+                                message.serverTimeMs = reader.double();
                                 break;
                             }
                         default:
