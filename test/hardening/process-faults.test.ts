@@ -181,10 +181,15 @@ describe('a target instance killed under live trace streams', () => {
     const client = proxyClient();
     cleanups.push(() => client.close());
     // Traffic until both streams have shown an event (each subscribes when its request arrives).
-    for (let i = 0; !readers.every((r) => r.messages.length > 0); i++) {
-      expect((await client.send(proxyPort, `/before-the-kill/${i}`)).status).toBe(200);
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
+    const statuses: number[] = [];
+    await eventually(
+      async () => {
+        statuses.push((await client.send(proxyPort, `/before-the-kill/${statuses.length}`)).status);
+        return readers.every((r) => r.messages.length > 0);
+      },
+      { timeoutMs: 15_000, intervalMs: 20 },
+    );
+    expect(statuses.filter((status) => status !== 200)).toEqual([]);
     expect(control.server.server.hub.sessionStats(agentId)?.activeStreams).toBe(1);
     expect(control.server.server.directStreams()).toBe(1);
 

@@ -138,6 +138,12 @@ export interface RawAgent {
   send(envelope: Envelope): void;
   /** Sends hello and resolves at the welcome. */
   handshake(): Promise<Envelope>;
+  /**
+   * Sends a ping on stream 0 and resolves at its pong: the peer has handled
+   * everything sent before it (frames are handled in order), so a test can
+   * check that something did *not* happen without waiting for a time.
+   */
+  roundTrip(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -156,6 +162,7 @@ export function upgradeAgent(
   });
   const received: Envelope[] = [];
   const listeners = new Set<() => void>();
+  let pings = 0;
   ws.on('message', (data) => {
     const envelope = decodeEnvelope(data as Buffer, { maxFrameBytes: 64 * 1024 * 1024 });
     received.push(envelope);
@@ -205,6 +212,20 @@ export function upgradeAgent(
                 value: { protocolVersion: PROTOCOL_VERSION, agentVersion: 'raw-test' },
               },
             });
+          }),
+        roundTrip: () =>
+          new Promise((resolvePong, rejectPong) => {
+            const nonce = ++pings;
+            const check = () => {
+              const pong = received.some((e) => e.payload.case === 'pong' && e.payload.value.nonce === nonce);
+              if (pong) {
+                listeners.delete(check);
+                resolvePong();
+              }
+            };
+            listeners.add(check);
+            closed.then((c) => rejectPong(new Error(`closed before pong: ${c.code} ${c.reason}`)));
+            socket.send({ streamId: 0, payload: { case: 'ping', value: { nonce } } });
           }),
         close: async () => {
           if (ws.readyState !== WebSocket.CLOSED) ws.terminate();

@@ -3,6 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createTestAgent, serverFingerprint } from '../helpers/agent.js';
 import { BIN, ensureBuilt } from '../helpers/bin.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
+import { eventually } from '../helpers/wait.js';
 
 const children: ChildProcess[] = [];
 
@@ -23,12 +24,10 @@ function runAgent(env: Record<string, string>) {
   return { child, output: () => out, exited };
 }
 
-async function waitForOutput(output: () => string, pattern: RegExp, timeoutMs = 10_000): Promise<void> {
-  const start = Date.now();
-  while (!pattern.test(output())) {
-    if (Date.now() - start > timeoutMs) throw new Error(`not seen in time: ${pattern}\n${output()}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
+function waitForOutput(output: () => string, pattern: RegExp, timeoutMs = 10_000): Promise<void> {
+  return eventually(() => {
+    if (!pattern.test(output())) throw new Error(`not seen in time: ${pattern}\n${output()}`);
+  }, timeoutMs);
 }
 
 describe('p2pstream agent (the built bin)', () => {

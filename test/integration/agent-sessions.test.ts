@@ -12,6 +12,7 @@ import {
   upgradeAgent,
 } from '../helpers/agent.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
+import { eventually } from '../helpers/wait.js';
 
 const servers: TestServer[] = [];
 const agents: TestAgent[] = [];
@@ -42,18 +43,19 @@ async function agentView(server: TestServer, cookie: string, id: string) {
   return res.json.agent;
 }
 
-async function eventually<T>(
-  read: () => Promise<T>,
-  ok: (value: T) => boolean,
-  timeoutMs = 3000,
-): Promise<T> {
-  const start = Date.now();
-  for (;;) {
-    const value = await read();
-    if (ok(value)) return value;
-    if (Date.now() - start > timeoutMs) return value;
-    await new Promise((r) => setTimeout(r, 20));
-  }
+/** Reads the agent's view until `ok` holds, and returns that view. */
+async function agentViewWhen(
+  server: TestServer,
+  cookie: string,
+  id: string,
+  ok: (agent: Awaited<ReturnType<typeof agentView>>) => boolean,
+) {
+  let view!: Awaited<ReturnType<typeof agentView>>;
+  await eventually(async () => {
+    view = await agentView(server, cookie, id);
+    return ok(view);
+  });
+  return view;
 }
 
 describe('agent sessions', () => {
@@ -77,8 +79,10 @@ describe('agent sessions', () => {
     expect(overview.json.agentsConnected).toBe(1);
 
     await agent.close();
-    const after = await eventually(
-      () => agentView(server, cookie, created.id),
+    const after = await agentViewWhen(
+      server,
+      cookie,
+      created.id,
       (a) => a.status === 'offline' && a.connections[0]?.endedAt !== null,
     );
     expect(after).toMatchObject({ status: 'offline', connectedAt: null });
@@ -154,8 +158,10 @@ describe('agent sessions', () => {
     expect(closed.code).toBe(1008);
     expect(closed.reason).toMatch(/replaced/);
     expect(server.server.hub.isConnected(created.id)).toBe(true);
-    const view = await eventually(
-      () => agentView(server, cookie, created.id),
+    const view = await agentViewWhen(
+      server,
+      cookie,
+      created.id,
       (a) => a.connections[0]?.endReason === 'replaced',
     );
     expect(view.status).toBe('connected');
@@ -279,6 +285,7 @@ describe('agent reconnection backoff', () => {
     const delays: number[] = [];
     for (let i = 0; i < 4; i++) {
       await agent.connected();
+      // How long the connection stays up is what is under test (the agent reads its own clock).
       await new Promise((r) => setTimeout(r, upForMs));
       const since = agent.events.length;
       server.server.hub.disconnect(created.id, 'test');

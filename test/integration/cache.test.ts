@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { startTestServer, TEST_PASSWORD, TEST_USERNAME, type TestServer } from '../helpers/server.js';
 import { configureProxy, eventually, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
 
@@ -12,6 +12,7 @@ let client: ReturnType<typeof proxyClient> | undefined;
 const dataDirs: string[] = [];
 
 afterEach(async () => {
+  vi.useRealTimers();
   await client?.close();
   await server?.close();
   await upstream?.close();
@@ -54,8 +55,14 @@ async function login(s: TestServer): Promise<string> {
   return s.createToken(res.headers.get('set-cookie')!.split(';')[0]!);
 }
 
-function sleep(ms: number) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+/**
+ * A clock the test can move: `Date` (what freshness is computed from) runs on
+ * as usual, and `later(ms)` moves it forward at once, so an entry with
+ * `max-age=1` goes stale without the test waiting for it.
+ */
+function movableClock() {
+  vi.useFakeTimers({ toFake: ['Date'], shouldAdvanceTime: true });
+  return { later: (ms: number) => vi.setSystemTime(Date.now() + ms) };
 }
 
 describe('response cache', () => {
@@ -222,8 +229,9 @@ describe('response cache', () => {
       res.writeHead(200, { etag: `"${version}"`, 'cache-control': 'max-age=1' });
       res.end(`content ${version}`);
     });
+    const clock = movableClock();
     await client!.send(port, '/r');
-    await sleep(1100);
+    clock.later(1100);
     const revalidated = await client!.send(port, '/r');
     expect(revalidated.status).toBe(200);
     expect(revalidated.text).toBe('content v1');
@@ -234,7 +242,7 @@ describe('response cache', () => {
     expect(upstream!.seen).toHaveLength(2);
 
     version = 'v2';
-    await sleep(1100);
+    clock.later(1100);
     const changed = await client!.send(port, '/r');
     expect(changed.text).toBe('content v2');
     expect(changed.headers['cache-status']).toBe('p2pstream; fwd=stale; fwd-status=200; stored');
@@ -257,9 +265,10 @@ describe('response cache', () => {
       res.writeHead(200, { 'cache-control': cc });
       res.end(`n${count}`);
     });
+    const clock = movableClock();
     expect((await client!.send(port, '/s')).text).toBe('n1');
     expect((await client!.send(port, '/e')).text).toBe('n2');
-    await sleep(1100);
+    clock.later(1100);
     const stale = await client!.send(port, '/s');
     expect(stale.text).toBe('n1');
     expect(stale.headers['cache-status']).toMatch(
@@ -301,7 +310,8 @@ describe('response cache', () => {
     });
     const many = Array.from({ length: 50 }, () => client!.send(port, '/same'));
     await eventually(() => upstream!.seen.length === 1);
-    await sleep(100);
+    // Kept as a pause: that the other 49 are queued behind the one miss is not observable from outside.
+    await new Promise((resolve) => setTimeout(resolve, 100));
     release();
     const answers = await Promise.all(many);
     expect(answers.every((a) => a.status === 200 && a.text === 'shared')).toBe(true);

@@ -179,7 +179,8 @@ describe('the request pipeline', () => {
     plane.setStage(
       'cache',
       stage('cache', async (r) => {
-        await new Promise((resolve) => setTimeout(resolve, 20));
+        // Decides on a later turn of the event loop, as a disk read would.
+        await new Promise((resolve) => setImmediate(resolve));
         if (r.path === '/cached')
           return { status: 200, body: Readable.from([Buffer.from('from '), 'cache']) };
         if (r.path === '/broken') throw new Error('disk gone');
@@ -307,16 +308,20 @@ describe('the request pipeline', () => {
       release = resolve;
     });
     const oldWaf = stage('waf', () => CONTINUE);
+    let waiting = false;
     plane.setStage(
       'cache',
       stage('cache', async (r): Promise<StageDecision> => {
-        if (r.path === '/slow') await gate;
+        if (r.path === '/slow') {
+          waiting = true;
+          await gate;
+        }
         return CONTINUE;
       }),
     );
     plane.setStage('waf', oldWaf);
     const slow = send(port, '/slow');
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await eventually(() => waiting);
     // A new rule set that blocks everything, and no cache stage at all.
     plane.setStage('cache', null);
     plane.setStage(

@@ -461,10 +461,10 @@ describe('https listeners', () => {
       text += chunk;
     });
     await once(stream, 'response');
-    while (release === undefined) await new Promise((resolve) => setTimeout(resolve, 10));
+    await eventually(() => release !== undefined);
     await plane.stopListener('l1');
     expect(await handshake(port, 'slow.test')).toMatchObject({ error: 'ECONNREFUSED' });
-    release();
+    release!();
     await once(stream, 'end');
     expect(text).toBe('part1 part2');
     session.close();
@@ -590,6 +590,7 @@ describe('https listeners', () => {
     });
     await once(stream, 'response');
     await eventually(() => release !== undefined);
+    // Time passing with the stream open is what is under test: several idle periods, and no GOAWAY.
     await new Promise((resolve) => setTimeout(resolve, 800));
     expect(session.closed).toBe(false);
     release!();

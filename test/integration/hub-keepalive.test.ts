@@ -102,10 +102,7 @@ describe('hub keepalive', () => {
     });
     cleanups.push(() => agent.close());
     agent.onEvent((event) => events.push(event));
-    for (let i = 0; i < 200 && events.filter((e) => e.type === 'connected').length < 2; i++) {
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    expect(events.filter((e) => e.type === 'connected').length).toBeGreaterThanOrEqual(2);
+    await eventually(() => events.filter((e) => e.type === 'connected').length >= 2);
     expect(events.some((e) => e.type === 'disconnected' && e.code === 1006)).toBe(true);
     expect(agents.get(created.agent.id).connections.length).toBeGreaterThanOrEqual(2);
   });

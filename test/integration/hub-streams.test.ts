@@ -184,10 +184,15 @@ describe('relayed streams through an agent', () => {
       peakHubQueue = Math.max(peakHubQueue, hubStats?.bufferedAmount ?? 0);
       peakAgentQueue = Math.max(peakAgentQueue, agentStats?.bufferedAmount ?? 0);
     };
-    for (let i = 0; i < 20; i++) {
+    // Until the flow stalls: a whole window sent by the agent and waiting at the hub.
+    await eventually(() => {
       sample();
-      await new Promise((r) => setTimeout(r, 50));
-    }
+      const stalled = WINDOW_BYTES - 64 * 1024;
+      return (
+        (agent.agent.stats()?.inFlightBytes ?? 0) >= stalled &&
+        (server.server.hub.sessionStats(credentials.id)?.bufferedBytes ?? 0) >= stalled
+      );
+    });
     const writtenWhilePaused = bigWritten;
     const pausedStats = agent.agent.stats()!;
     // One window waits at the hub, nothing more is sent by the agent, and the target is held back by TCP.
@@ -227,7 +232,7 @@ describe('relayed streams through an agent', () => {
       ),
     );
     const pendingHeads = [0, 1, 2].map(() => codeOf(get(transport, '/slow-head')));
-    await new Promise((r) => setTimeout(r, 50));
+    await eventually(() => agent.agent.stats()?.activeStreams === 8);
     await agent.agent.kill();
     // AGENT_OFFLINE (not a timeout code): every stream failed because the agent left.
     const outcomes = await Promise.all([...readers, ...pendingHeads]);
@@ -337,9 +342,7 @@ describe('relayed streams through an agent', () => {
       const transport = server.server.hub.transportFor(credentials.id);
       const pending = get(transport, '/flood');
       // The raw agent answers the head, then sends four windows without waiting for updates.
-      for (let i = 0; i < 50 && !raw.received.some((e) => e.payload.case === 'requestHead'); i++) {
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await eventually(() => raw.received.some((e) => e.payload.case === 'requestHead'));
       const head = raw.received.find((e) => e.payload.case === 'requestHead')!;
       raw.send({ streamId: head.streamId, payload: { case: 'responseHead', value: { status: 200 } } });
       const response = await pending;
@@ -349,12 +352,14 @@ describe('relayed streams through an agent', () => {
       }
       // Nobody reads meanwhile, so no window comes back: past one window the stream is failed and dropped.
       let peakBuffered = 0;
-      for (let i = 0; i < 200; i++) {
-        const live = server.server.hub.sessionStats(credentials.id)!;
-        peakBuffered = Math.max(peakBuffered, live.bufferedBytes);
-        if (live.activeStreams === 0) break;
-        await new Promise((r) => setTimeout(r, 5));
-      }
+      await eventually(
+        () => {
+          const live = server.server.hub.sessionStats(credentials.id)!;
+          peakBuffered = Math.max(peakBuffered, live.bufferedBytes);
+          return live.activeStreams === 0;
+        },
+        { intervalMs: 1 },
+      );
       expect(peakBuffered).toBeLessThanOrEqual(WINDOW_BYTES);
       const outcome = await readAll(response.body).then(
         () => 'completed',
@@ -365,11 +370,8 @@ describe('relayed streams through an agent', () => {
       expect(stats.bufferedBytes).toBeLessThanOrEqual(WINDOW_BYTES);
       expect(stats.activeStreams).toBe(0);
       // The offending stream is cancelled towards the agent.
-      for (let i = 0; i < 50 && !raw.received.some((e) => e.payload.case === 'cancel'); i++) {
-        await new Promise((r) => setTimeout(r, 10));
-      }
-      expect(raw.received.some((e) => e.payload.case === 'cancel' && e.streamId === head.streamId)).toBe(
-        true,
+      await eventually(() =>
+        raw.received.some((e) => e.payload.case === 'cancel' && e.streamId === head.streamId),
       );
     } finally {
       await raw.close();

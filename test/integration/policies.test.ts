@@ -192,14 +192,14 @@ describe('auto-mode WAF rules', () => {
     expect(created.json.rule.state).toEqual({ activeListeners: [], switches: [] });
     // Off until the listener has been busy for a second: requests pass.
     expect((await client.send(port, '/')).status).toBe(200);
-    let blocked = false;
-    const deadline = Date.now() + 15_000;
-    while (!blocked && Date.now() < deadline) {
-      const answers = await Promise.all(Array.from({ length: 10 }, () => client.send(port, '/')));
-      blocked = answers.some((a) => a.status === 503);
-      await new Promise((resolve) => setTimeout(resolve, 200));
-    }
-    expect(blocked).toBe(true);
+    // Keep the listener busy (ten requests per round) until the rule switches on.
+    await eventually(
+      async () => {
+        const answers = await Promise.all(Array.from({ length: 10 }, () => client.send(port, '/')));
+        return answers.some((a) => a.status === 503);
+      },
+      { timeoutMs: 15_000, intervalMs: 200 },
+    );
     const rule = (await api('GET', `/api/v1/policies/waf/${created.json.rule.id}`)).json.rule;
     expect(rule.state.activeListeners).toEqual([listenerId]);
     expect(rule.state.switches).toEqual([

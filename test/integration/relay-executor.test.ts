@@ -1,5 +1,4 @@
 import { createHash } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { AppError } from '../../src/errors.js';
 import { createDirectTransport, type DirectTransport } from '../../src/relay/direct-transport.js';
@@ -13,6 +12,7 @@ import {
   startTlsTarget,
   type TlsTargetOptions,
 } from '../helpers/tls-target.js';
+import { eventually } from '../helpers/wait.js';
 
 const DAY = 24 * 3600 * 1000;
 
@@ -497,7 +497,8 @@ describe('streaming', () => {
       if (received >= nextPause) {
         nextPause += 10 * 1024 * 1024;
         pauses++;
-        await sleep(100);
+        // The reader pauses until the flow stalls: a whole window sent and not yet read.
+        await eventually(() => relay.stats().executor.inFlightBytes >= window - 64 * 1024);
         const { client, executor } = relay.stats();
         expect(executor.inFlightBytes).toBeLessThanOrEqual(window);
         expect(client.bufferedBytes).toBeLessThanOrEqual(window);
@@ -547,8 +548,7 @@ describe('streaming', () => {
     await closed;
     await t.waitForOpenSockets(0);
     expect((await iterator.next()).done).toBe(true);
-    await sleep(20);
-    expect(relay.stats().executor.activeStreams).toBe(0);
+    await eventually(() => relay.stats().executor.activeStreams === 0);
   });
 
   it('cancels end to end when the caller aborts, before or after the head', async () => {

@@ -12,6 +12,7 @@ import { createCertificate } from '../../src/tls/certificates.js';
 import { agentHeaders, createTestAgent, type RawAgent, upgradeAgent } from '../helpers/agent.js';
 import { useCleanups } from '../helpers/cleanup.js';
 import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
+import { eventually } from '../helpers/wait.js';
 import { type Instance, registerEnvironment, startInstance } from './environment-helpers.js';
 
 const cleanups = useCleanups();
@@ -126,13 +127,7 @@ describe('relayed answers are inert', () => {
           expectedHostname: '127.0.0.1',
         },
       });
-      for (
-        let i = 0;
-        i < 200 && !raw.received.slice(before).some((e) => e.payload.case === 'requestHead');
-        i++
-      ) {
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await eventually(() => raw.received.slice(before).some((e) => e.payload.case === 'requestHead'));
       const head = raw.received.slice(before).find((e) => e.payload.case === 'requestHead');
       if (!head) throw new Error('no request head reached the agent');
       raw.send({ streamId: head.streamId, payload: { case: 'responseHead', value: { status } } });

@@ -9,6 +9,7 @@ import { PROTOCOL_VERSION } from '../../src/relay/envelope.js';
 import { agentHeaders, upgradeAgent } from '../helpers/agent.js';
 import { useCleanups } from '../helpers/cleanup.js';
 import { startBareHub } from '../helpers/hub.js';
+import { eventually } from '../helpers/wait.js';
 
 const cleanups = useCleanups();
 
@@ -32,9 +33,7 @@ describe('stream reconciliation', () => {
         value: { protocolVersion: PROTOCOL_VERSION, agentVersion: 'forgetful', capabilities: ['reconcile'] },
       },
     });
-    for (let i = 0; i < 200 && !raw.received.some((e) => e.payload.case === 'welcome'); i++) {
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    await eventually(() => raw.received.some((e) => e.payload.case === 'welcome'));
     // The hub opens a stream; this agent takes the head and then behaves as if it had never seen it.
     const pending = bare.hub
       .transportFor(created.agent.id)
@@ -49,15 +48,14 @@ describe('stream reconciliation', () => {
         () => null,
         (err: unknown) => err as AppError,
       );
-    for (let i = 0; i < 200 && !raw.received.some((e) => e.payload.case === 'requestHead'); i++) {
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    await eventually(() => raw.received.some((e) => e.payload.case === 'requestHead'));
     const head = raw.received.find((e) => e.payload.case === 'requestHead');
     expect(head?.streamId).toBe(2);
     const sendList = () =>
       raw.send({ streamId: 0, payload: { case: 'streamSet', value: { streamIds: [], leakedTotal: 0 } } });
     sendList();
-    await new Promise((r) => setTimeout(r, 20));
+    // One list that lacks the stream is not enough: handled (the pong comes after it), the stream lives.
+    await raw.roundTrip();
     expect(bare.hub.sessionStats(created.agent.id)?.activeStreams).toBe(1);
     sendList();
     const err = await pending;
@@ -65,29 +63,16 @@ describe('stream reconciliation', () => {
     expect(err?.code).toBe('PROTOCOL_ERROR');
     expect(bare.hub.sessionStats(created.agent.id)?.activeStreams).toBe(0);
     // The agent side is told: a cancel on that stream.
-    for (
-      let i = 0;
-      i < 100 && !raw.received.some((e) => e.streamId === 2 && e.payload.case === 'cancel');
-      i++
-    ) {
-      await new Promise((r) => setTimeout(r, 5));
-    }
-    expect(raw.received.some((e) => e.streamId === 2 && e.payload.case === 'cancel')).toBe(true);
+    await eventually(() => raw.received.some((e) => e.streamId === 2 && e.payload.case === 'cancel'));
     // The hub sends its own lists too (with its count once it has one), and the count is on the agent and its session.
     const hubList = () => raw.received.filter((e) => e.payload.case === 'streamSet').at(-1)?.payload;
-    for (let i = 0; i < 200 && (hubList()?.value as { leakedTotal?: number })?.leakedTotal !== 1; i++) {
-      await new Promise((r) => setTimeout(r, 5));
-    }
-    expect(hubList()).toMatchObject({ value: { streamIds: [], leakedTotal: 1 } });
+    await eventually(() => expect(hubList()).toMatchObject({ value: { streamIds: [], leakedTotal: 1 } }));
     const view = bare.agents.get(created.agent.id);
     expect(view.leakedStreams).toBe(1);
     expect(view.connections[0]?.leakedStreams).toBe(1);
     // The agent's own count (reported in its lists) adds to it.
     raw.send({ streamId: 0, payload: { case: 'streamSet', value: { streamIds: [], leakedTotal: 2 } } });
-    for (let i = 0; i < 100 && bare.agents.get(created.agent.id).leakedStreams !== 3; i++) {
-      await new Promise((r) => setTimeout(r, 5));
-    }
-    expect(bare.agents.get(created.agent.id).leakedStreams).toBe(3);
+    await eventually(() => bare.agents.get(created.agent.id).leakedStreams === 3);
     expect(bare.hub.isConnected(created.agent.id)).toBe(true);
   });
 });

@@ -13,6 +13,7 @@ import type { VersionRange } from '../../src/relay/protocol.js';
 import { agentHeaders, upgradeAgent } from '../helpers/agent.js';
 import { useCleanups } from '../helpers/cleanup.js';
 import { startBareHub } from '../helpers/hub.js';
+import { eventually } from '../helpers/wait.js';
 
 const cleanups = useCleanups();
 
@@ -45,13 +46,10 @@ async function agentOf(bare: Awaited<ReturnType<typeof hub>>, versions?: Version
   });
   agent.onEvent((event) => events.push(event));
   cleanups.push(() => agent.close());
-  const waitFor = async (predicate: (e: AgentEvent) => boolean) => {
-    for (let i = 0; i < 500; i++) {
-      if (events.some(predicate)) return;
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    throw new Error(`event not seen: ${JSON.stringify(events)}`);
-  };
+  const waitFor = (predicate: (e: AgentEvent) => boolean) =>
+    eventually(() => {
+      if (!events.some(predicate)) throw new Error(`event not seen: ${JSON.stringify(events)}`);
+    });
   return { id: created.agent.id, token: created.token, agent, events, logs, waitFor };
 }
 
@@ -72,9 +70,7 @@ describe('protocol version window', () => {
     const retry = edge.events.find((e) => e.type === 'retrying');
     expect(retry && 'delayMs' in retry ? retry.delayMs : 0).toBeGreaterThanOrEqual(48_000);
     // The agent's view says why, and no session was started.
-    for (let i = 0; i < 100 && bare.agents.get(edge.id).protocol === null; i++) {
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await eventually(() => bare.agents.get(edge.id).protocol !== null);
     const view = bare.agents.get(edge.id);
     expect(view.status).toBe('offline');
     expect(view.connections).toEqual([]);

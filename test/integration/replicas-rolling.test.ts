@@ -13,6 +13,7 @@ import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { freePort } from '../helpers/processes.js';
 import { type ReplicaSet, startReplicas } from '../helpers/replicas.js';
 import type { TestServer } from '../helpers/server.js';
+import { eventually } from '../helpers/wait.js';
 import { type Instance, registerEnvironment, startInstance } from './environment-helpers.js';
 
 let postgres: TestPostgres;
@@ -42,19 +43,6 @@ afterAll(async () => {
   await Promise.all([nats?.close(), postgres?.close()]);
 });
 
-async function eventually(check: () => Promise<void> | void, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      await check();
-      return;
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
-}
-
 describe('a rolling restart of every replica', () => {
   it('fails no relayed call while each replica in turn drains, stops and comes back', async () => {
     const live: Array<TestServer | null> = [...set.replicas];
@@ -65,7 +53,7 @@ describe('a rolling restart of every replica', () => {
     await eventually(() => {
       for (const replica of live)
         expect(replica!.server.store.read().agents.some((a) => a.id === credentials.id)).toBe(true);
-    });
+    }, 10_000);
     // Two connections: replicas 0 and 1; replica 2 reaches the agent only through them.
     const agent = startTestAgent(first, credentials, {
       managementUrls: [live[0]!.url, live[1]!.url],
@@ -75,7 +63,7 @@ describe('a rolling restart of every replica', () => {
       await eventually(() => {
         expect(live[0]!.server.hub.isConnected(credentials.id)).toBe(true);
         expect(live[1]!.server.hub.isConnected(credentials.id)).toBe(true);
-      });
+      }, 10_000);
       const environmentId = await registerEnvironment(
         { server: live[2]!, cookie, token },
         { url: target.server.url, accessToken: target.token },
@@ -121,7 +109,7 @@ describe('a rolling restart of every replica', () => {
         }, 20_000);
         stopping = -1;
         // Calls kept flowing during this replica's restart.
-        await eventually(() => expect(calls).toBeGreaterThan(before + 20));
+        await eventually(() => expect(calls).toBeGreaterThan(before + 20), 10_000);
       }
       running = false;
       await Promise.all(workers);

@@ -201,9 +201,18 @@ describe.each(BACKENDS)('the $name store', (backend) => {
     store.updateSoon((db) => {
       db.instance.createdAt = 'by-the-timer';
     });
-    await new Promise((resolve) => setTimeout(resolve, DEFERRED_WRITE_MS + 300));
-    const later = track(await backend.open(where));
-    expect(later.read().instance.createdAt).toBe('by-the-timer');
+    // Written by the timer (no flush, no close): seen by another open of the same place.
+    await eventually(
+      async () => {
+        const later = await backend.open(where);
+        try {
+          expect(later.read().instance.createdAt).toBe('by-the-timer');
+        } finally {
+          await later.close();
+        }
+      },
+      { timeoutMs: DEFERRED_WRITE_MS + 5000, intervalMs: 100 },
+    );
     await store.close();
   });
 

@@ -5,6 +5,7 @@ import CachePolicy from 'http-cache-semantics';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CacheStore, type CacheStoreLimits } from '../../src/dataplane/cache/cache-store.js';
 import { createLogger } from '../../src/logger.js';
+import { eventually } from '../helpers/wait.js';
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -83,9 +84,11 @@ describe('cache store', () => {
     expect(store.stats().entries).toBe(2);
     expect(store.get(id(2))).toBeUndefined();
     expect(store.stats().evictions).toBe(2);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    const files = (await readdir(path.join(dir, '00'))).sort();
-    expect(files.filter((f) => f.endsWith('.m'))).toEqual([`${id(3)}.m`, `${id(4)}.m`]);
+    // The evicted entries' files are deleted in the background.
+    await eventually(async () => {
+      const files = (await readdir(path.join(dir, '00'))).sort();
+      expect(files.filter((f) => f.endsWith('.m'))).toEqual([`${id(3)}.m`, `${id(4)}.m`]);
+    });
   });
 
   it('refuses a body larger than the disk tier, and with diskBytes 0 keeps only hot bodies in memory', async () => {

@@ -12,6 +12,7 @@ import { emptyDatabase } from '../../src/storage/schema.js';
 import { createSecretsBox } from '../../src/storage/secrets-box.js';
 import { MemoryStore } from '../../src/storage/store.js';
 import { createCertificate } from '../../src/tls/certificates.js';
+import { eventually } from '../helpers/wait.js';
 
 /** An issuer whose orders finish when the test says so. */
 function controlledIssuer() {
@@ -27,12 +28,6 @@ function controlledIssuer() {
     },
   };
   return { issuer, calls, pending };
-}
-
-/** Lets started orders reach the issuer. */
-async function until(check: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !check(); i++) await new Promise((resolve) => setTimeout(resolve, 5));
-  expect(check()).toBe(true);
 }
 
 async function setUp(random = () => 0.5) {
@@ -87,10 +82,11 @@ describe('certificate service', () => {
       acmeAccountId: t.account.id,
       challenge: 'http-01',
     });
-    await until(() => t.calls.length === 1);
+    await eventually(() => t.calls.length === 1);
     await t.service.renew(cert.id);
     await t.service.renew(cert.id);
     t.service.checkRenewals();
+    // Nothing may start: an absence, so a pause rather than a condition.
     await new Promise((resolve) => setTimeout(resolve, 50));
     expect(t.calls).toHaveLength(1);
     expect(t.service.get(cert.id).status).toBe('issuing');
@@ -99,7 +95,7 @@ describe('certificate service', () => {
     expect(t.service.get(cert.id).status).toBe('ready');
     expect(t.served().map((s) => s.id)).toEqual([cert.id]);
     await t.service.renew(cert.id);
-    await until(() => t.calls.length === 2);
+    await eventually(() => t.calls.length === 2);
     expect(t.service.get(cert.id).status).toBe('renewing');
     t.pending[1]!.resolve();
     await t.service.settled();
@@ -114,14 +110,14 @@ describe('certificate service', () => {
       acmeAccountId: t.account.id,
       challenge: 'tls-alpn-01',
     });
-    await until(() => t.calls.length === 1);
+    await eventually(() => t.calls.length === 1);
     t.pending[0]!.resolve();
     await t.service.settled();
     const good = t.service.get(cert.id).fingerprintSha256;
     const delays: number[] = [];
     for (let i = 1; i <= 5; i++) {
       await t.service.renew(cert.id);
-      await until(() => t.calls.length === i + 1);
+      await eventually(() => t.calls.length === i + 1);
       t.pending[i]!.reject(new Error(`the directory said no (${i})`));
       await t.service.settled();
       const after = t.service.get(cert.id);
@@ -136,11 +132,12 @@ describe('certificate service', () => {
     expect(t.served()[0]!.fingerprintSha256).toBe(good);
     // Not due yet: nothing starts; due: the retry starts by itself.
     t.service.checkRenewals();
+    // Nothing may start: an absence, so a pause rather than a condition.
     await new Promise((resolve) => setTimeout(resolve, 50));
     expect(t.calls).toHaveLength(6);
     t.advance(9600);
     t.service.checkRenewals();
-    await until(() => t.calls.length === 7);
+    await eventually(() => t.calls.length === 7);
     t.pending[6]!.resolve();
     await t.service.settled();
     expect(t.service.get(cert.id)).toMatchObject({ status: 'ready', lastError: null });
@@ -157,7 +154,7 @@ describe('certificate service', () => {
       acmeAccountId: t.account.id,
       challenge: 'http-01',
     });
-    await until(() => t.calls.length === 1);
+    await eventually(() => t.calls.length === 1);
     t.pending[0]!.resolve();
     await t.service.settled();
     expect(t.service.get(cert.id)).toMatchObject({ status: 'ready', nextRenewalAt: suggested.toISOString() });

@@ -5,7 +5,7 @@
  * socket in the way.
  */
 import { Writable } from 'node:stream';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AppError } from '../../src/errors.js';
 import { createLogger } from '../../src/logger.js';
 import { decodeEnvelope, decodeFrame, encodeBatch, encodeEnvelope } from '../../src/relay/codec.js';
@@ -29,8 +29,18 @@ import { eventually } from '../helpers/wait.js';
 
 const peers: RelayPeer[] = [];
 afterEach(() => {
+  vi.useRealTimers();
   for (const peer of peers.splice(0)) peer.close(CLOSE_CODE.NORMAL, 'test over');
 });
+
+/**
+ * Lets what was sent arrive, and the answers to it: a peer writes what it
+ * produced in one event-loop turn at the turn's end, and the in-memory pipe
+ * delivers as microtasks, so a few turns carry a frame and its replies.
+ */
+async function delivered(): Promise<void> {
+  for (let turn = 0; turn < 5; turn++) await new Promise<void>((resolve) => setImmediate(resolve));
+}
 
 /** A stream handler that records what it gets and keeps streams until told otherwise. */
 class RecordingHandler implements StreamHandler {
@@ -123,6 +133,7 @@ function manualTransport() {
   let receiver: FrameReceiver | null = null;
   let closed: TransportClosed | null = null;
   let buffered = 0;
+  const belowWaiters: Array<{ bytes: number; callback: () => void }> = [];
   const transport: FrameTransport = {
     start: (r) => {
       receiver = r;
@@ -140,8 +151,8 @@ function manualTransport() {
       return buffered;
     },
     onceBelow: (bytes, callback) => {
-      const check = () => (buffered <= bytes ? callback() : setTimeout(check, 1));
-      check();
+      if (buffered <= bytes) callback();
+      else belowWaiters.push({ bytes, callback });
     },
     done: Promise.resolve(),
   };
@@ -151,6 +162,10 @@ function manualTransport() {
     closedWith: () => closed,
     setBuffered: (bytes: number) => {
       buffered = bytes;
+      for (const waiter of belowWaiters.filter((w) => buffered <= w.bytes)) {
+        belowWaiters.splice(belowWaiters.indexOf(waiter), 1);
+        waiter.callback();
+      }
     },
     deliver: (envelope: Envelope) => receiver?.frame(encodeEnvelope(envelope)),
     deliverBytes: (bytes: Uint8Array) => receiver?.frame(bytes),
@@ -356,15 +371,17 @@ describe('relay peer connection', () => {
   });
 
   it('cuts the connection when nothing is heard for the keepalive, and pings only on the accepting side', async () => {
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'] });
     const { control, agent } = pair(
       { keepalive: { intervalMs: 20, maxMissed: 2 } },
       { keepalive: { intervalMs: 20, maxMissed: 2 } },
     );
     await Promise.all([control.peer.whenReady, agent.peer.whenReady]);
-    // Both alive: the acceptor's pings keep both sides hearing something.
-    await new Promise((r) => setTimeout(r, 150));
+    // Both alive: the acceptor's pings keep both sides hearing something, for many intervals.
+    await vi.advanceTimersByTimeAsync(200);
     expect(control.peer.isClosed).toBe(false);
     expect(agent.peer.isClosed).toBe(false);
+    vi.useRealTimers();
     const silent = manualTransport();
     const lonely = side(silent.transport, 'acceptor', { keepalive: { intervalMs: 20, maxMissed: 2 } });
     silent.deliver(hello());
@@ -392,14 +409,14 @@ describe('relay peer reconciliation', () => {
         payload: { case: 'requestHead', value: { method: 'GET', url: 'https://x' } },
       });
     }
-    await new Promise((r) => setTimeout(r, 5));
+    await delivered();
     expect([...executor.streams]).toEqual([2, 4]);
     // The agent forgets stream 4 (a bug on its side).
     executor.streams.delete(4);
     const round = async () => {
       agent.peer.reconcileNow();
       control.peer.reconcileNow();
-      await new Promise((r) => setTimeout(r, 5));
+      await delivered();
     };
     await round();
     // One missing list may be a race with an opening in flight: nothing closed yet.
@@ -410,7 +427,7 @@ describe('relay peer reconciliation', () => {
     expect(control.peer.stats()).toMatchObject({ leakedStreams: 1, activeStreams: 1 });
     expect(leaks).toEqual([1]);
     // The other side was told (a cancel, dropped there: it no longer has the stream), and learns the count.
-    await new Promise((r) => setTimeout(r, 5));
+    await delivered();
     expect(agent.logs.some((l) => l.streamId === 4 && l.kind === 'cancel')).toBe(true);
     await round();
     expect(agent.peer.stats().remoteLeakedStreams).toBe(1);
@@ -418,22 +435,29 @@ describe('relay peer reconciliation', () => {
   });
 
   it('sends no stream list to a peer that did not announce reconcile', async () => {
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'] });
     const manual = manualTransport();
     const control = side(manual.transport, 'acceptor', { reconcileIntervalMs: 10 });
     manual.deliver(hello({ capabilities: ['discover'] }));
     await control.peer.whenReady;
     control.peer.reconcileNow();
-    await new Promise((r) => setTimeout(r, 40));
+    // Neither asked nor on its own, over several intervals.
+    await vi.advanceTimersByTimeAsync(40);
     expect(manual.sent.filter((e) => e.payload.case === 'streamSet')).toEqual([]);
   });
 
   it('exchanges stream lists on its own every interval', async () => {
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'setTimeout', 'clearTimeout'] });
     const manual = manualTransport();
     const control = side(manual.transport, 'acceptor', { reconcileIntervalMs: 10 });
     manual.deliver(hello({ capabilities: ['reconcile'] }));
     await control.peer.whenReady;
-    await new Promise((r) => setTimeout(r, 60));
-    expect(manual.sent.filter((e) => e.payload.case === 'streamSet').length).toBeGreaterThanOrEqual(2);
+    const lists = () => manual.sent.filter((e) => e.payload.case === 'streamSet').length;
+    expect(lists()).toBe(0);
+    await vi.advanceTimersByTimeAsync(10);
+    expect(lists()).toBe(1);
+    await vi.advanceTimersByTimeAsync(20);
+    expect(lists()).toBe(3);
   });
 });
 
@@ -451,7 +475,7 @@ describe('relay peer drain', () => {
     expect(control.peer.drain(5000, 'the replica is stopping')).toBe(true);
     // Said once, however often the owner asks.
     expect(control.peer.drain(5000, 'again')).toBe(true);
-    await new Promise((r) => setTimeout(r, 5));
+    await delivered();
     expect(drains).toEqual([{ graceMs: 5000, reason: 'the replica is stopping' }]);
     expect(agent.peer.draining && agent.peer.drainReceived).toBe(true);
     expect(agent.handlers[0]!.context.isDraining()).toBe(true);
@@ -463,7 +487,7 @@ describe('relay peer drain', () => {
       streamId: id,
       payload: { case: 'discoverRequest', value: { url: 'https://x:1' } },
     });
-    await new Promise((r) => setTimeout(r, 5));
+    await delivered();
     expect(agent.handlers[0]!.received.map((e) => e.payload.case)).toEqual(['discoverRequest']);
     expect(agent.peer.isClosed).toBe(false);
     control.peer.close(CLOSE_CODE.GOING_AWAY, 'stopping', 'drained');

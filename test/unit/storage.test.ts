@@ -11,6 +11,7 @@ import {
 import { type Database, emptyDatabase, SCHEMA_VERSION } from '../../src/storage/schema.js';
 import { createSecretsBox, loadSecretsBox, SECRETS_KEY_FILE_NAME } from '../../src/storage/secrets-box.js';
 import { DEFERRED_WRITE_MS } from '../../src/storage/store.js';
+import { eventually } from '../helpers/wait.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -99,8 +100,10 @@ describe('LowdbStore', () => {
     store.updateSoon((db) => {
       db.instance.createdAt = 'by-the-timer';
     });
-    await new Promise((resolve) => setTimeout(resolve, DEFERRED_WRITE_MS + 200));
-    expect(await readFile(file, 'utf8')).toContain('"by-the-timer"');
+    // Written by the timer, without a flush.
+    await eventually(async () => expect(await readFile(file, 'utf8')).toContain('"by-the-timer"'), {
+      timeoutMs: DEFERRED_WRITE_MS + 5000,
+    });
     await store.close();
   });
 
