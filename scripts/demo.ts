@@ -6,14 +6,21 @@
  * the control plane. On the second instance it creates an API token for the
  * control plane and a small public proxy with some live traffic. On the
  * control plane it registers the second instance twice, once direct and once
- * through the agent, discovers, trusts and tests both. Then it prints the
- * console URL and the login, and runs until Ctrl-C (which removes the temp
- * data dirs).
+ * through the agent, discovers, trusts and tests both.
+ *
+ * It also publishes a private app through the agent (README "Publishing a
+ * private service through an agent"): a small HTTP app on the second site,
+ * bound on loopback, that the agent may reach (AGENT_ALLOWED_TARGETS names it
+ * and the second instance, nothing else); on the control plane a backend whose
+ * member is that agent and the app's URL, and a route to it on the control
+ * plane's public listener. Then it prints the console URL, the login and the
+ * app's public URL, and runs until Ctrl-C (which removes the temp data dirs).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,6 +31,7 @@ import { createLogger } from '../src/logger.js';
 import { type RunningServer, startServer } from '../src/server.js';
 
 const USERNAME = 'admin';
+const AGENT_CONNECT_TIMEOUT_MS = 30_000;
 const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli.js');
 
 interface Instance {
@@ -88,8 +96,14 @@ async function startInstance(name: string, password: string): Promise<Instance> 
   return { name, server, dataDir, api, dispatcher };
 }
 
-/** Runs `p2pstream agent` as a child process; resolves once the control plane sees it connected. */
-async function startAgentProcess(control: Instance): Promise<{ id: string; child: ChildProcess }> {
+/**
+ * Runs `p2pstream agent` as a child process, allowed to reach `allowedTargets`
+ * (`host:port`) only; resolves once the control plane sees it connected.
+ */
+async function startAgentProcess(
+  control: Instance,
+  allowedTargets: string[],
+): Promise<{ id: string; child: ChildProcess }> {
   const created = await control.api('POST', '/api/v1/agents', {
     name: 'demo-agent',
     labels: { site: 'loopback' },
@@ -101,17 +115,81 @@ async function startAgentProcess(control: Instance): Promise<{ id: string; child
       AGENT_ID: id,
       AGENT_TOKEN: created.json.token as string,
       MANAGEMENT_FINGERPRINT: new X509Certificate(control.server.certificate).fingerprint256,
+      AGENT_ALLOWED_TARGETS: allowedTargets.join(','),
       LOG_LEVEL: 'warn',
     },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
+  // A busy machine can take a while to start a Node process.
+  const deadline = Date.now() + AGENT_CONNECT_TIMEOUT_MS;
+  try {
+    for (;;) {
+      const agent = await control.api('GET', `/api/v1/agents/${id}`);
+      if (agent.json.agent.status === 'connected') return { id, child };
+      if (child.exitCode !== null) throw new Error(`the agent exited with code ${child.exitCode}`);
+      if (Date.now() > deadline)
+        throw new Error(`the agent did not connect within ${AGENT_CONNECT_TIMEOUT_MS / 1000} s`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  } catch (err) {
+    // Not handed to the caller's cleanups yet: stop it here, or it would outlive the demo.
+    if (child.exitCode === null) child.kill('SIGTERM');
+    throw err;
+  }
+}
+
+/** The private app of the second site: answers who it is and the path asked, on 127.0.0.1 (any free port). */
+async function startPrivateApp(): Promise<{ server: Server; port: number }> {
+  const server = createHttpServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8' });
+    res.end(`hello from the private app of the second site: ${req.method} ${req.url}\n`);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { server, port: (server.address() as { port: number }).port };
+}
+
+/**
+ * Publishes the private app on the control plane's public listener `port`:
+ * a backend whose one member is the agent and the app's URL in its network,
+ * and a route to it. Resolves once a request through it is answered (the agent
+ * announced tunnels), with the public URL.
+ */
+async function publishThroughAgent(
+  control: Instance,
+  agentId: string,
+  appPort: number,
+  port: number,
+): Promise<string> {
+  const listener = await control.api('POST', '/api/v1/proxy/listeners', {
+    name: 'demo-public',
+    bindAddress: '127.0.0.1',
+    port,
+  });
+  const backend = await control.api('POST', '/api/v1/proxy/backends', {
+    name: 'private-app',
+    members: [{ type: 'agent', agentId, upstreamUrl: `http://127.0.0.1:${appPort}` }],
+  });
+  await control.api('POST', '/api/v1/proxy/routes', {
+    listenerId: listener.json.listener.id,
+    pathPrefix: '/',
+    target: { type: 'backend', backendId: backend.json.backend.id },
+  });
+  const url = `http://127.0.0.1:${port}/`;
   const deadline = Date.now() + 15_000;
-  for (;;) {
-    const agent = await control.api('GET', `/api/v1/agents/${id}`);
-    if (agent.json.agent.status === 'connected') return { id, child };
-    if (child.exitCode !== null) throw new Error(`the agent exited with code ${child.exitCode}`);
-    if (Date.now() > deadline) throw new Error('the agent did not connect within 15 s');
-    await new Promise((resolve) => setTimeout(resolve, 100));
+  const client = new Agent();
+  try {
+    for (;;) {
+      const res = await fetch(url, { dispatcher: client }).catch(() => null);
+      const ok = res?.status === 200;
+      await res?.arrayBuffer();
+      if (ok) return url;
+      if (Date.now() > deadline)
+        throw new Error(`the private app did not answer through the agent within 15 s`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  } finally {
+    await client.close();
   }
 }
 
@@ -197,7 +275,13 @@ async function main(): Promise<void> {
       .token as string;
     step('API token for the control plane created on the second instance');
 
-    const agent = await startAgentProcess(control);
+    const app = await startPrivateApp();
+    cleanups.push(() => new Promise<void>((resolve) => app.server.close(() => resolve())));
+    cleanups.push(() => app.server.closeAllConnections());
+    step(`private app of the second site on 127.0.0.1:${app.port} (the agent may reach it)`);
+
+    const secondAddress = new URL(second.server.url).host;
+    const agent = await startAgentProcess(control, [secondAddress, `127.0.0.1:${app.port}`]);
     cleanups.push(async () => {
       if (agent.child.exitCode !== null) return;
       const exited = once(agent.child, 'exit');
@@ -222,6 +306,9 @@ async function main(): Promise<void> {
     });
     step(`environment "Second (via agent)" trusted and tested (${viaAgent.latencyMs} ms)`);
 
+    const publicUrl = await publishThroughAgent(control, agent.id, app.port, await freePort());
+    step(`private app published through the agent: backend "private-app", route / on ${publicUrl}`);
+
     const consoleUrl = control.server.url.replace('127.0.0.1', 'localhost');
     process.stdout.write(
       [
@@ -234,6 +321,10 @@ async function main(): Promise<void> {
         'Pick "Second (direct)" or "Second (via agent)" in the environment switcher: tokens, proxy,',
         "traffic and overview are then the second instance's, relayed with its pinned certificate.",
         `Second instance's own certificate: SHA-256 ${direct.fingerprint}`,
+        '',
+        `Private app:  ${publicUrl}`,
+        "              the second site's app, published on the control plane's public listener through",
+        '              the agent (backend "private-app" on the Proxy page of Local; Traffic names the agent).',
         '',
         'Ctrl-C stops everything and removes the temporary data dirs.',
         '',

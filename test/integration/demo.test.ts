@@ -1,7 +1,8 @@
 /**
  * `npm run demo` as a new user meets it: one process brings up a control
  * plane, a second instance and an agent, and prints a console URL and a login
- * that work, with both environments trusted and operating the second instance.
+ * that work, with both environments trusted and operating the second instance,
+ * and the public URL of a private app published through the agent.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -37,16 +38,16 @@ function waitFor(proc: ChildProcess, pattern: RegExp): Promise<RegExpExecArray> 
 }
 
 describe('npm run demo', () => {
-  it('prints a working login, with both environments trusted and relaying to the second instance', async () => {
+  it('prints a working login, both environments trusted and relaying, and a private app served through the agent', async () => {
     child = spawn(process.execPath, [DEMO], {
       env: { PATH: process.env.PATH ?? '' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const output = waitFor(
       child,
-      /Console: +(https:\/\/\S+)\/\nLogin: +(\S+) \/ (\S+)\n[\s\S]*?\n {11}(\S+management-cert\.pem)\n/,
+      /Console: +(https:\/\/\S+)\/\nLogin: +(\S+) \/ (\S+)\n[\s\S]*?\n {11}(\S+management-cert\.pem)\n[\s\S]*?\nPrivate app: +(http:\/\/\S+)\n/,
     );
-    const [, consoleUrl, username, password, certFile] = await output;
+    const [, consoleUrl, username, password, certFile, privateAppUrl] = await output;
     const { readFile } = await import('node:fs/promises');
     dispatcher = new Agent({ connect: { ca: await readFile(certFile!, 'utf8'), servername: 'localhost' } });
     const url = consoleUrl!.replace('localhost', '127.0.0.1');
@@ -85,10 +86,25 @@ describe('npm run demo', () => {
       expect(info.json.instanceId).not.toBe(local.json.instanceId);
     }
 
+    // The private app answers on the control plane's public listener, through the agent.
+    const published = await fetch(`${privateAppUrl}hello?x=1`);
+    expect(published.status).toBe(200);
+    expect(await published.text()).toBe('hello from the private app of the second site: GET /hello?x=1\n');
+    const agents = (await get('/api/v1/agents')).json.agents;
+    expect(agents).toHaveLength(1);
+    const traced = (await get('/api/v1/traffic/recent')).json.events.filter(
+      (e: { path: string }) => e.path === '/hello',
+    );
+    expect(traced).toHaveLength(1);
+    expect(traced[0].status).toBe(200);
+    expect(traced[0].backend.agentId).toBe(agents[0].id);
+    const overview = (await get('/api/v1/overview')).json;
+    expect(overview.tunnelled.last5m).toBeGreaterThanOrEqual(2);
+
     const exited = new Promise<number | null>((resolve) => child!.on('exit', resolve));
     child.kill('SIGINT');
     expect(await exited).toBe(0);
     // The temporary data dirs are removed on the way out.
     expect(existsSync(path.dirname(certFile!))).toBe(false);
-  }, 60_000);
+  }, 120_000);
 });
