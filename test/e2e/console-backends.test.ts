@@ -4,7 +4,8 @@
  * the route dialog, traffic spread over both (named in the traffic view),
  * and the refusal to delete it while in use said in words. Then on a remote environment (relayed): agent
  * members picked by name (connected agents first, offline ones marked) and
- * by labels, saved on that environment.
+ * by labels, saved on that environment. Last, a real agent tunnel: the
+ * traffic view names the agent that carried a request, the overview counts it.
  */
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -17,7 +18,7 @@ import {
   screenshot,
 } from '../helpers/browser.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import { freePort, startUpstream, type Upstream } from '../integration/proxy-helpers.js';
+import { eventually, freePort, startUpstream, type Upstream } from '../integration/proxy-helpers.js';
 
 let browser: Browser;
 const servers: TestServer[] = [];
@@ -288,6 +289,61 @@ describe('console: backends', () => {
         [saved.members[1].id, false],
       ]);
     await row.getByText('draining').waitFor();
+    expect(tab.errors).toEqual([]);
+  });
+  it('names the agent that carried a request in the traffic view, and the overview counts it', {
+    timeout: 120_000,
+  }, async () => {
+    const { s, cookie } = await server();
+    const app = await namedUpstream('private');
+    const created = await createTestAgent(s, cookie, 'home-lab');
+    const running = startTestAgent(s, created, { allowedTargets: [`127.0.0.1:${app.port}`] });
+    agents.push(running);
+    await running.connected();
+    await eventually(() => s.server.hub.tunnelAgents().some((a) => a.agentId === created.id));
+    const backend = await s.request('POST', '/api/v1/proxy/backends', {
+      cookie,
+      body: { name: 'home', members: [{ type: 'agent', agentId: created.id, upstreamUrl: app.url }] },
+    });
+    expect(backend.status).toBe(201);
+    const port = await freePort();
+    const listener = await s.request('POST', '/api/v1/proxy/listeners', {
+      cookie,
+      body: { name: 'public', bindAddress: '127.0.0.1', port },
+    });
+    const route = await s.request('POST', '/api/v1/proxy/routes', {
+      cookie,
+      body: {
+        listenerId: listener.json.listener.id,
+        pathPrefix: '/',
+        target: { type: 'backend', backendId: backend.json.backend.id },
+      },
+    });
+    expect(route.status).toBe(201);
+
+    tab = await openConsole(browser, s.url, { session: cookie });
+    const { page } = tab;
+    await page.goto('/traffic');
+    await page.getByTestId('stream-status').getByText('Live').waitFor();
+    const res = await fetch(`http://127.0.0.1:${port}/through`);
+    expect(await res.text()).toBe('private /through');
+    const row = page.getByTestId('traffic-table').locator('tbody tr').filter({ hasText: '/through' });
+    await row.getByTestId('trace-agent').getByText('through agent home-lab').waitFor();
+    expect(await row.getByTestId('trace-backend').textContent()).toBe(
+      `backend homemember ${app.url}through agent home-lab`,
+    );
+    await screenshot(page, 'traffic-agent');
+
+    await page.getByRole('link', { name: 'Overview' }).click();
+    const tunnelled = page.locator('.stat').filter({ hasText: 'Through agents, last 5 min' });
+    await expect.poll(() => tunnelled.locator('.stat-value').textContent()).toBe('1');
+
+    // The member reads healthy once a request went through the agent.
+    await page.getByRole('link', { name: 'Proxy' }).click();
+    await expect
+      .poll(() => members(page, 'home').evaluateAll((els) => els.map((e) => e.getAttribute('data-state'))))
+      .toEqual(['healthy']);
+    await page.getByTestId('backends-table').getByText('agent home-lab').waitFor();
     expect(tab.errors).toEqual([]);
   });
 });
