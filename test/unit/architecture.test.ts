@@ -56,6 +56,13 @@ const RELAY_FILES: Record<string, readonly string[]> = {
     'src/relay/target-policy.ts',
   ],
   'direct-transport.ts': ['src/relay/'],
+  'tunnel-client.ts': ['src/relay/envelope.ts', 'src/relay/relay-peer.ts'],
+  'tunnel-executor.ts': [
+    'src/relay/envelope.ts',
+    'src/relay/relay-peer.ts',
+    'src/relay/target-policy.ts',
+    'src/relay/transport.ts',
+  ],
 };
 
 const SCOPES: Scope[] = [
