@@ -455,6 +455,32 @@ describe('relay checks', () => {
     expect(await codeOf(() => environments.prepareRelay(id))).toBe('CERTIFICATE_EXPIRED');
   });
 
+  it('derives the token, URL and pin once, and again as soon as any of them changes', async () => {
+    const { environments, current } = setup();
+    const { id } = await environments.create({ ...valid, url: 'https://target.example' });
+    current.cert = good;
+    await environments.discover(id);
+    await environments.trust(id, { fingerprintSha256: good.fingerprintSha256 });
+    const first = environments.prepareRelay(id);
+    // Unchanged inputs: the same derived trust, not a fresh decrypt and decode.
+    expect(environments.prepareRelay(id).trust).toBe(first.trust);
+    expect(Object.isFrozen(first.trust)).toBe(true);
+    await environments.update(id, { accessToken: 'p2pat_rotated-access-token-0123456789abcdefghijklmn' });
+    expect(environments.prepareRelay(id).accessToken).toBe(
+      'p2pat_rotated-access-token-0123456789abcdefghijklmn',
+    );
+    await environments.update(id, { url: 'https://target.example:8443', accessToken: TOKEN });
+    current.cert = other;
+    await environments.discover(id);
+    await environments.trust(id, { fingerprintSha256: other.fingerprintSha256 });
+    const moved = environments.prepareRelay(id);
+    expect(moved).toMatchObject({
+      origin: 'https://target.example:8443',
+      trust: { fingerprintSha256: other.fingerprintSha256, expectedHostname: 'target.example' },
+    });
+    expect(Buffer.from(moved.trust.certificateDer!).equals(other.der)).toBe(true);
+  });
+
   it('does not record errors that are not about certificates', async () => {
     const { environments } = setup();
     const { id } = await environments.create(valid);
