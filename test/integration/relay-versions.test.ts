@@ -119,4 +119,49 @@ describe('protocol version window', () => {
     });
     expect(bare.agents.get(created.agent.id).protocol?.version).toBe(1);
   });
+
+  it('answers a check-only hello and closes it without recording a session or a refusal', async () => {
+    const bare = await hub({ protocolVersions: { min: 1, max: 2 } });
+    const created = await bare.agents.create({ name: 'checked' });
+    const hello = (min: number, max: number) => ({
+      streamId: 0,
+      payload: {
+        case: 'hello' as const,
+        value: {
+          protocolVersion: max,
+          minProtocolVersion: min,
+          agentVersion: 'check',
+          capabilities: ['check'],
+        },
+      },
+    });
+    const inWindow = await upgradeAgent(bare.target, agentHeaders(created.agent.id, created.token));
+    if (!inWindow.ok) throw new Error(`refused: ${inWindow.status}`);
+    cleanups.push(() => inWindow.socket.close());
+    inWindow.socket.send(hello(1, 1));
+    expect(await inWindow.socket.closed).toEqual({ code: 1000, reason: 'check done' });
+    const welcome = inWindow.socket.received.find((e) => e.payload.case === 'welcome');
+    expect(welcome?.payload.value).toMatchObject({
+      protocolVersion: 1,
+      capabilities: expect.arrayContaining(['check']),
+    });
+    expect(
+      Math.abs(((welcome?.payload.value as { serverTimeMs?: number }).serverTimeMs ?? 0) - Date.now()),
+    ).toBeLessThan(60_000);
+
+    const outside = await upgradeAgent(bare.target, agentHeaders(created.agent.id, created.token));
+    if (!outside.ok) throw new Error(`refused: ${outside.status}`);
+    cleanups.push(() => outside.socket.close());
+    outside.socket.send(hello(3, 4));
+    const closed = await outside.socket.closed;
+    expect(closed.code).toBe(1002);
+    expect(closed.reason).toContain('the agent speaks v3–v4, the control plane v1–v2');
+
+    // A refusal would be recorded before the close frame leaves (the peer ends, then closes the socket).
+    const view = bare.agents.get(created.agent.id);
+    expect(view.connections).toEqual([]);
+    expect(view.protocol).toBeNull();
+    expect(view.lastSeenAt).toBeNull();
+    expect(bare.hub.isConnected(created.agent.id)).toBe(false);
+  });
 });
