@@ -99,7 +99,12 @@ export type EnvelopeHandlerFactory = (options: {
 export interface StartAgentOptions {
   /** `https://` base URL of the control plane. */
   managementUrl: string;
-  /** Several replicas of the control plane: a connection to each of the first two (default [managementUrl]). */
+  /**
+   * Several replicas of the control plane (default [managementUrl]): the
+   * agent keeps two connections, to two different ones. One URL behind a load
+   * balancer works too: once a welcome names a replica, a second connection
+   * is opened until it lands on another replica (docs/cluster.md).
+   */
   managementUrls?: string[];
   agentId: string;
   agentToken: string;
@@ -145,7 +150,10 @@ export type AgentState = 'connecting' | 'connected' | 'waiting' | 'closed';
 
 /** What happened to the agent's connection (for logs, tests and the demo). */
 export type AgentEvent =
-  | { type: 'connected' }
+  /** `replicaId`: the control-plane replica that accepted it ('' for a single process). */
+  | { type: 'connected'; replicaId: string; url: string }
+  /** The replica is stopping: this connection takes no new calls and ends within `graceMs`. */
+  | { type: 'draining'; replicaId: string; graceMs: number }
   | { type: 'disconnected'; code: number; reason: string }
   | { type: 'refused'; status: number }
   | { type: 'failed'; code: ErrorCode; message: string }
@@ -164,19 +172,54 @@ export interface RunningAgent {
   kill(): Promise<void>;
   /** The live connection's counters: executor memory and the socket's send queue; null when not connected. */
   stats(): (AgentExecutorStats & { bufferedAmount: number; tunnels: TunnelExecutorStats }) | null;
+  /** Its connections now (two to a control plane of several replicas, plus any being drained). */
+  connections(): AgentConnectionInfo[];
+}
+
+/** One of the agent's connections. */
+export interface AgentConnectionInfo {
+  /** The URL of its current (or last) attempt. */
+  url: string;
+  state: AgentState;
+  /** The replica it is connected to ('' for a single process), null while not connected. */
+  replicaId: string | null;
+  /** Its replica announced a drain: it ends once its streams are done, and is not made again. */
+  draining: boolean;
 }
 
 interface Outcome {
   delayMs: number;
+  /** The attempt ended before a session was up. */
+  failed?: boolean;
 }
 
-class Agent implements RunningAgent {
+/** How a connection of several is placed (the agent's connection pool, {@link startAgent}). */
+interface ConnectionHooks {
+  /** False while this connection should not try (one URL: another is reaching an unknown replica). */
+  mayAttempt(connection: Agent): boolean;
+  /** The URL of the next attempt (`failed`: the last attempt did not get a session). */
+  pickUrl(connection: Agent, failed: boolean): string;
+  /** Replica ids the agent's other connections are on (sent so that one is not reached twice). */
+  elsewhere(connection: Agent): string[];
+  /** The connection is up, on `replicaId` ('' for a single process). */
+  onConnected(connection: Agent, replicaId: string): void;
+  /** Its replica announced a drain: this connection will not reconnect. */
+  onDrain(connection: Agent, graceMs: number): void;
+}
+
+/** One connection's reconnect loop. */
+class Agent {
   readonly #options: StartAgentOptions;
   readonly #logger: Logger;
   readonly #backoff: Backoff;
   readonly #events = new EventEmitter();
+  readonly #hooks: ConnectionHooks | null;
+  #url: string;
   #state: AgentState = 'connecting';
   #stopped = false;
+  /** Drained by its replica: ends with the current connection, no reconnect. */
+  #retiring = false;
+  #replicaId: string | null = null;
   #socket: WebSocket | null = null;
   #peer: RelayPeer | null = null;
   #executor: EnvelopeHandler | null = null;
@@ -185,8 +228,10 @@ class Agent implements RunningAgent {
   #loop: Promise<void> = Promise.resolve();
   readonly #verification: 'ca-file' | 'fingerprint';
 
-  constructor(options: StartAgentOptions) {
+  constructor(options: StartAgentOptions, hooks: ConnectionHooks | null = null) {
     this.#options = options;
+    this.#hooks = hooks;
+    this.#url = options.managementUrl;
     this.#logger = options.logger ?? createLogger('silent');
     this.#backoff = new Backoff(options.backoff);
     this.#verification = options.ca ? 'ca-file' : 'fingerprint';
@@ -194,6 +239,26 @@ class Agent implements RunningAgent {
 
   get state(): AgentState {
     return this.#state;
+  }
+
+  /** The URL of the current (or last) attempt. */
+  get url(): string {
+    return this.#url;
+  }
+
+  /** The replica the live connection is on ('' for a single process), null while not connected. */
+  get replicaId(): string | null {
+    return this.#replicaId;
+  }
+
+  /** True once its replica announced a drain (the connection ends, and is not made again). */
+  get retiring(): boolean {
+    return this.#retiring;
+  }
+
+  /** Resolves when the reconnect loop has ended (closed, or drained and disconnected). */
+  get ended(): Promise<void> {
+    return this.#loop;
   }
 
   start(): void {
@@ -251,27 +316,41 @@ class Agent implements RunningAgent {
   }
 
   async #run(): Promise<void> {
+    let failed = false;
     while (!this.#stopped) {
+      if (this.#hooks && !this.#hooks.mayAttempt(this)) {
+        // Another connection of this agent is on its way to an unknown replica: wait for it.
+        this.#state = 'waiting';
+        await this.#sleep(Math.min(1000, this.#options.backoff?.initialMs ?? 1000));
+        continue;
+      }
       this.#state = 'connecting';
+      if (this.#hooks) this.#url = this.#hooks.pickUrl(this, failed);
       let outcome: Outcome;
       try {
         outcome = await this.#connectOnce();
       } catch (err) {
-        outcome = { delayMs: this.#failed(controlPlaneError(err, this.#verification)) };
+        outcome = { delayMs: this.#failed(controlPlaneError(err, this.#verification)), failed: true };
       }
-      if (this.#stopped) break;
+      this.#replicaId = null;
+      failed = outcome.failed === true;
+      if (this.#stopped || this.#retiring) break;
       this.#state = 'waiting';
       this.#emit({ type: 'retrying', delayMs: outcome.delayMs });
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, outcome.delayMs);
-        this.#wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      this.#wake = null;
+      await this.#sleep(outcome.delayMs);
     }
     this.#state = 'closed';
+  }
+
+  async #sleep(ms: number): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.#wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+    this.#wake = null;
   }
 
   // Logs a failed attempt clearly and returns the delay before the next one.
@@ -295,8 +374,9 @@ class Agent implements RunningAgent {
   async #connectOnce(): Promise<Outcome> {
     const options = this.#options;
     const handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    const url = this.#url;
     const tlsOptions = await controlPlaneTlsOptions({
-      managementUrl: options.managementUrl,
+      managementUrl: url,
       ca: options.ca ?? null,
       fingerprint: options.fingerprint ?? null,
       timeoutMs: handshakeTimeoutMs,
@@ -304,8 +384,10 @@ class Agent implements RunningAgent {
     if (this.#stopped) return { delayMs: 0 };
     const maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     const maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
+    const elsewhere = this.#hooks?.elsewhere(this) ?? [];
     const socket = createControlPlaneSocket({
-      managementUrl: options.managementUrl,
+      managementUrl: url,
+      elsewhere,
       agentId: options.agentId,
       agentToken: options.agentToken,
       tls: tlsOptions,
@@ -314,7 +396,7 @@ class Agent implements RunningAgent {
     });
     this.#socket = socket;
 
-    return new Promise<Outcome>((resolve) => {
+    return new Promise<Outcome>((resolveOutcome) => {
       let settled: Outcome | null = null;
       let lastError: AppError | null = null;
       const settle = (outcome: Outcome) => {
@@ -331,6 +413,14 @@ class Agent implements RunningAgent {
           this.#logger.error(
             { status, agentId: options.agentId, retryInMs: delayMs },
             'the control plane refused the agent credentials (401): check AGENT_ID and AGENT_TOKEN (was the token rotated or the agent disabled or deleted?)',
+          );
+          settle({ delayMs });
+        } else if (status === 409) {
+          // Reached, through a load balancer, a replica another connection of this agent is on.
+          const delayMs = this.#backoff.next();
+          this.#logger.info(
+            { status, url, retryInMs: delayMs },
+            'reached a replica this agent is already connected to; trying again for another one',
           );
           settle({ delayMs });
         } else if (status === 429) {
@@ -355,6 +445,7 @@ class Agent implements RunningAgent {
 
       const finished = (connectedAt: number | null, code: number, reason: string, refusal?: AppError) => {
         if (this.#socket === socket) this.#socket = null;
+        const resolve = (outcome: Outcome) => resolveOutcome({ ...outcome, failed: connectedAt === null });
         if (connectedAt === null && refusal && !settled) {
           // Refused at the handshake (versions that do not meet): retrying soon cannot help.
           const base = options.unauthorizedRetryMs ?? DEFAULT_UNAUTHORIZED_RETRY_MS;
@@ -442,11 +533,26 @@ class Agent implements RunningAgent {
       onReady: (session) => {
         connectedAt = Date.now();
         this.#state = 'connected';
+        const replicaId = session.remote.replicaId;
+        this.#replicaId = replicaId;
         this.#logger.info(
-          { url: options.managementUrl, protocolVersion: session.version },
+          { url: this.#url, protocolVersion: session.version, ...(replicaId ? { replicaId } : {}) },
           'connected to the control plane',
         );
-        this.#emit({ type: 'connected' });
+        this.#emit({ type: 'connected', replicaId, url: this.#url });
+        this.#hooks?.onConnected(this, replicaId);
+      },
+      onDrain: ({ graceMs, reason }) => {
+        // The replica is stopping: it sends new calls another way and closes once the open
+        // streams are done; this connection is not made again (another one takes its place).
+        this.#retiring = this.#hooks !== null;
+        const replicaId = this.#replicaId ?? '';
+        this.#logger.info(
+          { url: this.#url, replicaId, graceMs, reason },
+          'the control-plane replica is draining',
+        );
+        this.#emit({ type: 'draining', replicaId, graceMs });
+        this.#hooks?.onDrain(this, graceMs);
       },
       onRemoteError: (error) => {
         if (connectedAt === null) refusal = error;
@@ -474,69 +580,149 @@ class Agent implements RunningAgent {
  * until `close()`. Configuration errors are the caller's (see loadAgentConfig).
  */
 export function startAgent(options: StartAgentOptions): RunningAgent {
-  const urls = options.managementUrls ?? [options.managementUrl];
-  if (urls.length <= 1) {
-    const agent = new Agent(options);
-    agent.start();
-    return agent;
-  }
-  return new MultiAgent(
-    urls.slice(0, MAX_CONNECTIONS).map((managementUrl) => {
-      const agent = new Agent({ ...options, managementUrl, managementUrls: [managementUrl] });
-      agent.start();
-      return agent;
-    }),
-  );
+  return new AgentConnections(options);
 }
 
-/** Connections an agent keeps at most when given several URLs (one per replica). */
+/** Connections an agent keeps to a control plane of several replicas (one per replica). */
 export const MAX_CONNECTIONS = 2;
+/** The longest a drained connection's replacement waits (jittered) before connecting. */
+export const MAX_DRAIN_REPLACEMENT_DELAY_MS = 5000;
 
 /**
- * An agent given several control-plane replicas: one connection loop per
- * replica (each with its own backoff), so that a replica stopping or
- * restarting leaves the agent reachable through the other. Connected while
- * either connection is.
+ * The agent's connections (docs/cluster.md). One to a single control plane.
+ * To replicas of one (several URLs, or one URL whose welcome names a
+ * replica): two, to different replicas, each its own reconnect loop and
+ * backoff, so that a replica stopping or restarting leaves the agent
+ * reachable through the other. A connection tells the replica the other
+ * connections are on (`X-P2PStream-Agent-Elsewhere`), which refuses it (409)
+ * rather than replacing them: behind a load balancer the second connection
+ * retries, with backoff, until it lands elsewhere. A replica that drains a
+ * connection gets it replaced, after a jittered delay, by a new connection to
+ * another replica, while the drained one finishes its streams. Connected
+ * while any connection is.
  */
-class MultiAgent implements RunningAgent {
-  readonly #agents: Agent[];
+class AgentConnections implements RunningAgent {
+  readonly #options: StartAgentOptions;
+  readonly #urls: string[];
+  readonly #events = new EventEmitter();
+  readonly #connections = new Set<Agent>();
+  readonly #timers = new Set<ReturnType<typeof setTimeout>>();
+  /** A welcome named a replica: the control plane is several. */
+  #replicated = false;
+  #stopped = false;
 
-  constructor(agents: Agent[]) {
-    this.#agents = agents;
+  constructor(options: StartAgentOptions) {
+    this.#options = options;
+    this.#urls = options.managementUrls?.length ? options.managementUrls : [options.managementUrl];
+    this.#topUp();
   }
 
   get state(): AgentState {
-    const states = this.#agents.map((a) => a.state);
+    const states = [...this.#connections].map((a) => a.state);
     for (const state of ['connected', 'connecting', 'waiting'] as const)
       if (states.includes(state)) return state;
     return 'closed';
   }
 
   onEvent(listener: (event: AgentEvent) => void): () => void {
-    const unsubscribe = this.#agents.map((agent) => agent.onEvent(listener));
-    return () => {
-      for (const off of unsubscribe) off();
-    };
+    this.#events.on('event', listener);
+    return () => this.#events.off('event', listener);
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.#agents.map((agent) => agent.close()));
+    this.#stop();
+    await Promise.all([...this.#connections].map((agent) => agent.close()));
   }
 
   async kill(): Promise<void> {
-    await Promise.all(this.#agents.map((agent) => agent.kill()));
+    this.#stop();
+    await Promise.all([...this.#connections].map((agent) => agent.kill()));
   }
 
   stats(): (AgentExecutorStats & { bufferedAmount: number; tunnels: TunnelExecutorStats }) | null {
-    for (const agent of this.#agents) {
+    for (const agent of this.#connections) {
       const stats = agent.stats();
       if (stats) return stats;
     }
     return null;
   }
 
-  /** Connections up now. */
-  get connections(): number {
-    return this.#agents.filter((a) => a.state === 'connected').length;
+  connections(): AgentConnectionInfo[] {
+    return [...this.#connections].map((agent) => ({
+      url: agent.url,
+      state: agent.state,
+      replicaId: agent.replicaId,
+      draining: agent.retiring,
+    }));
   }
+
+  #stop(): void {
+    this.#stopped = true;
+    for (const timer of this.#timers) clearTimeout(timer);
+    this.#timers.clear();
+  }
+
+  /** Connections wanted: two to a control plane of several replicas, else one. */
+  get #target(): number {
+    return this.#urls.length > 1 || this.#replicated ? MAX_CONNECTIONS : 1;
+  }
+
+  /** Opens connections until as many as wanted are not draining. */
+  #topUp(): void {
+    while (!this.#stopped && [...this.#connections].filter((a) => !a.retiring).length < this.#target) {
+      const agent = new Agent({ ...this.#options, managementUrl: this.#urls[0]! }, this.#hooks);
+      this.#connections.add(agent);
+      agent.onEvent((event) => this.#events.emit('event', event));
+      agent.start();
+      void agent.ended.then(() => this.#connections.delete(agent));
+    }
+  }
+
+  readonly #hooks: ConnectionHooks = {
+    mayAttempt: (agent) => {
+      if (this.#urls.length > 1) return true;
+      // Behind one URL, a connection cannot choose its replica, only name the replicas of the
+      // others so that they refuse it: of the connections not on a replica, only the oldest tries,
+      // so two never land on the same replica unknowingly (the second would replace the first).
+      for (const other of this.#connections) {
+        if (other === agent) return true;
+        if (!other.retiring && !other.replicaId) return false;
+      }
+      return true;
+    },
+    pickUrl: (agent, failed) => {
+      const urls = this.#urls;
+      if (urls.length === 1) return urls[0]!;
+      const others = [...this.#connections].filter((a) => a !== agent);
+      const taken = new Set(others.filter((a) => !a.retiring).map((a) => a.url));
+      const draining = new Set(others.filter((a) => a.retiring).map((a) => a.url));
+      // A URL no other connection uses, not one being drained; failing that, the drained one's
+      // (it is back after its restart); failing that, any.
+      let candidates = urls.filter((u) => !taken.has(u) && !draining.has(u));
+      if (candidates.length === 0) candidates = urls.filter((u) => !taken.has(u));
+      if (candidates.length === 0) candidates = urls;
+      const current = urls.indexOf(agent.url);
+      if (!failed && candidates.includes(agent.url)) return agent.url;
+      return candidates.find((u) => urls.indexOf(u) > current) ?? candidates[0]!;
+    },
+    elsewhere: (agent) => {
+      const ids = new Set<string>();
+      for (const other of this.#connections) if (other !== agent && other.replicaId) ids.add(other.replicaId);
+      return [...ids];
+    },
+    onConnected: (_agent, replicaId) => {
+      if (replicaId === '' || this.#replicated) return;
+      this.#replicated = true;
+      this.#topUp();
+    },
+    onDrain: (_agent, graceMs) => {
+      // Jittered, so that the agents of a stopping replica do not all reconnect at once.
+      const delayMs = Math.random() * Math.min(graceMs / 2, MAX_DRAIN_REPLACEMENT_DELAY_MS);
+      const timer = setTimeout(() => {
+        this.#timers.delete(timer);
+        this.#topUp();
+      }, delayMs);
+      this.#timers.add(timer);
+    },
+  };
 }

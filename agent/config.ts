@@ -5,7 +5,8 @@
  * - `MANAGEMENT_URL` (required): the control plane, `https://` only — an
  *   `http://` URL is refused, the agent token must never travel in clear;
  *   several comma-separated URLs (replicas of one control plane): the agent
- *   keeps a connection to each of the first two and is reachable through either;
+ *   keeps two connections, to two different replicas, and is reachable through
+ *   either (one URL behind a load balancer does the same, docs/cluster.md);
  * - `AGENT_ID`, `AGENT_TOKEN` (required): the credentials issued by the
  *   control plane;
  * - `MANAGEMENT_CA_FILE` or `MANAGEMENT_FINGERPRINT` (exactly one): how the

@@ -10,7 +10,7 @@ import { isIP, type Socket } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import WebSocket from 'ws';
 import { connectVerified } from '../src/relay/pinned-tls.js';
-import { AGENT_CONNECT_PATH, AGENT_ID_HEADER } from '../src/relay/protocol.js';
+import { AGENT_CONNECT_PATH, AGENT_ELSEWHERE_HEADER, AGENT_ID_HEADER } from '../src/relay/protocol.js';
 import { VERSION } from '../src/version.js';
 import type { ControlPlaneTlsOptions } from './control-plane-tls.js';
 
@@ -26,6 +26,11 @@ export interface ControlPlaneSocketOptions {
   handshakeTimeoutMs: number;
   /** Largest frame accepted from the control plane. */
   maxFrameBytes: number;
+  /**
+   * Replica ids the agent's other connections are on (`X-P2PStream-Agent-Elsewhere`):
+   * those replicas refuse this one (409) rather than replace them (docs/cluster.md).
+   */
+  elsewhere?: string[];
 }
 
 /** Starts the upgrade to `MANAGEMENT_URL` + /api/v1/agent/connect; the caller listens for its events. */
@@ -36,6 +41,7 @@ export function createControlPlaneSocket(options: ControlPlaneSocketOptions): We
       authorization: `Bearer ${options.agentToken}`,
       [AGENT_ID_HEADER]: options.agentId,
       'user-agent': `p2pstream-agent/${VERSION}`,
+      ...(options.elsewhere?.length ? { [AGENT_ELSEWHERE_HEADER]: options.elsewhere.join(',') } : {}),
     },
     ca: tls.ca,
     ...(tls.checkServerIdentity

@@ -200,6 +200,7 @@ export async function startServer(
   const hub = new Hub({
     agents,
     logger: logger.child({ component: 'hub' }),
+    ...(presence ? { replicaId } : {}),
     onAgentConnected: (agentId, sessionId, at) => presence?.agentConnected(agentId, sessionId, at),
     onAgentDisconnected: (agentId, sessionId) => presence?.agentDisconnected(agentId, sessionId),
     ...(config.tunnels?.windowBytes ? { tunnelWindowBytes: config.tunnels.windowBytes } : {}),

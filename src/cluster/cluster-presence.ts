@@ -175,13 +175,17 @@ export class ClusterPresence {
   }
 
   /**
-   * A live replica holding the agent, null when none: this one when it does,
-   * else one that is not draining (a draining one as a last resort).
+   * A live replica holding the agent, null when none: this one when it does
+   * (unless it is draining and another holds the agent too), else one that is
+   * not draining (a draining one as a last resort).
    */
   holderOf(agentId: string, exclude?: ReadonlySet<string>): AgentHolder | null {
-    const own = this.#held.get(agentId);
-    if (own) return { replicaId: this.replicaId, sessionId: own.sessionId, connectedAt: own.connectedAt };
-    let fallback: AgentHolder | null = null;
+    const held = this.#held.get(agentId);
+    const own = held
+      ? { replicaId: this.replicaId, sessionId: held.sessionId, connectedAt: held.connectedAt }
+      : null;
+    if (own && !this.#draining) return own;
+    let fallback: AgentHolder | null = own;
     for (const holder of this.#agents.get(agentId)?.values() ?? []) {
       if (holder.replicaId === this.replicaId || !this.isAlive(holder.replicaId)) continue;
       if (exclude?.has(holder.replicaId)) continue;

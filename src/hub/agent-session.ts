@@ -61,6 +61,8 @@ export interface AgentSessionOptions {
   maxTunnelStreams?: number | undefined;
   /** Response window per tunnel stream (announced `tunnel_window_bytes`); default 256 KiB. */
   tunnelWindowBytes?: number | undefined;
+  /** This control-plane replica's id, announced in the welcome (absent for a single process). */
+  replicaId?: string | undefined;
   /** Called once the session is recorded; false refuses it (the hub is closing or it was revoked). */
   onReady(session: AgentSession): boolean;
   /** Called once when the session ends, whatever the cause. */
@@ -79,6 +81,7 @@ export class AgentSession {
   #bridge: AgentStreamBridge | null = null;
   #tunnel: TunnelClient | null = null;
   #check = false;
+  #drained = false;
 
   constructor(options: AgentSessionOptions) {
     this.agentId = options.credential.agentId;
@@ -104,6 +107,7 @@ export class AgentSession {
       keepalive: { intervalMs: options.keepaliveIntervalMs, maxMissed: options.keepaliveMaxMissed },
       reconcileIntervalMs: options.reconcileIntervalMs,
       maxSendBufferBytes: options.maxSendBufferBytes,
+      replicaId: options.replicaId,
       admit: (hello, version) => this.#admit(hello, version),
       streams: (context) => {
         this.#client = new RelayClient({
@@ -238,6 +242,22 @@ export class AgentSession {
   /** The relay peer's counters (streams, leaks, send queue). */
   peerStats(): PeerStats {
     return this.#peer.stats();
+  }
+
+  /**
+   * Tells the agent this replica is stopping (a drain envelope, when the
+   * agent announced the capability): it connects elsewhere and the hub sends
+   * new calls another way; the open streams may run `graceMs` more. True when
+   * the envelope was sent.
+   */
+  drain(graceMs: number, reason: string): boolean {
+    this.#drained = true;
+    return this.#peer.drain(graceMs, reason);
+  }
+
+  /** True once {@link drain} was called. */
+  get drained(): boolean {
+    return this.#drained;
   }
 
   /**

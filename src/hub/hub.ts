@@ -28,7 +28,13 @@ import { AppError } from '../errors.js';
 import { agentConnectSchema } from '../http/schemas/agent-connect.js';
 import type { Logger } from '../logger.js';
 import { DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_STREAMS } from '../relay/envelope.js';
-import { AGENT_CONNECT_PATH, AGENT_ID_HEADER, type VersionRange } from '../relay/protocol.js';
+import {
+  AGENT_CONNECT_PATH,
+  AGENT_ELSEWHERE_HEADER,
+  AGENT_ID_HEADER,
+  END_REASON,
+  type VersionRange,
+} from '../relay/protocol.js';
 import type { Transport } from '../relay/transport.js';
 import { DEFAULT_CLOSE_GRACE_MS } from '../relay/websocket-frame-transport.js';
 import { AgentSession, CLOSE_GOING_AWAY, CLOSE_POLICY } from './agent-session.js';
@@ -75,6 +81,12 @@ export interface HubOptions {
   tunnelWindowBytes?: number;
   /** Default {@link DEFAULT_AGENT_AUTH_THROTTLE}. */
   authThrottle?: LoginThrottleOptions;
+  /**
+   * This control-plane replica's id (several replicas, docs/cluster.md): sent
+   * in the welcome, and an upgrade whose `X-P2PStream-Agent-Elsewhere` names
+   * it is refused with 409 CONFLICT (the agent already has a connection here).
+   */
+  replicaId?: string;
   /** Told when an agent's session becomes the active one here (cluster presence). */
   onAgentConnected?: (agentId: string, sessionId: string, connectedAt: string) => void;
   /** Told when the active session of an agent here ends. */
@@ -95,6 +107,14 @@ export interface AgentSessionStats {
 function headerValue(request: FastifyRequest, name: string): string {
   const value = request.headers[name];
   return (Array.isArray(value) ? value[0] : value)?.trim() ?? '';
+}
+
+/** The replica ids of `X-P2PStream-Agent-Elsewhere` (comma-separated). */
+function elsewhere(request: FastifyRequest): string[] {
+  return headerValue(request, AGENT_ELSEWHERE_HEADER)
+    .split(',')
+    .map((id) => id.trim())
+    .filter(Boolean);
 }
 
 function bearerValue(request: FastifyRequest): string {
@@ -118,6 +138,7 @@ export class Hub implements AgentDirectory {
   readonly #unsubscribe: () => void;
   #closing: Promise<void> | null = null;
   #paused: string | null = null;
+  #draining = false;
   #forwarder: ((agentId: string) => Transport | null) | null = null;
 
   constructor(options: HubOptions) {
@@ -182,7 +203,11 @@ export class Hub implements AgentDirectory {
   transportFor(agentId: string): Transport {
     return new AgentTransport({
       agentId,
-      current: () => this.#active.get(agentId)?.client ?? this.#forwarder?.(agentId) ?? null,
+      current: () => {
+        // Stopping: new calls go through another replica holding the agent when there is one.
+        const forwarded = this.#draining ? this.#forwarder?.(agentId) : null;
+        return forwarded ?? this.#active.get(agentId)?.client ?? this.#forwarder?.(agentId) ?? null;
+      },
       exists: () => this.#agents.exists(agentId),
     });
   }
@@ -223,12 +248,17 @@ export class Hub implements AgentDirectory {
 
   /**
    * The first step of a graceful stop: takes no new agents (503
-   * REPLICA_UNAVAILABLE) and waits, at most `graceMs`, until no stream is
-   * open through any agent session (calls of this replica's own, and calls
-   * other replicas forward here). Sessions stay up meanwhile.
+   * REPLICA_UNAVAILABLE), tells every agent to move (a drain envelope: it
+   * opens a connection to another replica), sends new calls through another
+   * replica holding the agent where there is one, and waits, at most
+   * `graceMs`, until no stream is open through any agent session (calls of
+   * this replica's own, and calls other replicas forward here). Sessions stay
+   * up meanwhile; {@link close} ends them (end reason `drained`).
    */
   async drain(graceMs: number): Promise<void> {
     this.#paused ??= 'this control-plane replica is stopping; connect to another one';
+    this.#draining = true;
+    for (const session of this.#sessions) session.drain(graceMs, 'this control-plane replica is stopping');
     const deadline = Date.now() + graceMs;
     while (Date.now() < deadline) {
       let open = 0;
@@ -315,8 +345,10 @@ export class Hub implements AgentDirectory {
     this.#closing ??= (async () => {
       this.#unsubscribe();
       const sessions = [...this.#sessions];
-      for (const session of sessions)
-        session.close(CLOSE_GOING_AWAY, 'the control plane is shutting down', 'shutdown');
+      for (const session of sessions) {
+        const endReason = session.drained ? END_REASON.DRAINED : END_REASON.SHUTDOWN;
+        session.close(CLOSE_GOING_AWAY, 'the control plane is shutting down', endReason);
+      }
       await Promise.all(sessions.map((s) => s.closed));
     })();
     return this.#closing;
@@ -340,6 +372,14 @@ export class Hub implements AgentDirectory {
     }
     if (!request.ws) {
       throw new AppError('VALIDATION_FAILED', 'this endpoint only accepts a WebSocket upgrade');
+    }
+    const replicaId = this.#options.replicaId;
+    if (replicaId && elsewhere(request).includes(replicaId)) {
+      // A second connection of an agent that reached, through a load balancer, the replica its
+      // first one is on: refused rather than replacing that one, so the agent tries again.
+      throw new AppError('CONFLICT', 'this agent already has a connection to this control-plane replica', {
+        details: { replicaId },
+      });
     }
     this.#credentials.set(request, result.credential);
   }
@@ -370,6 +410,7 @@ export class Hub implements AgentDirectory {
         'closeGraceMs',
         'maxSendBufferBytes',
         'reconcileIntervalMs',
+        'replicaId',
       ]),
       onReady: (ready) => this.#onReady(ready),
       onClosed: (closed) => this.#onClosed(closed),

@@ -12,6 +12,12 @@ import { MIN_PROTOCOL_VERSION, PROTOCOL_VERSION } from './envelope.js';
 export const AGENT_CONNECT_PATH = '/api/v1/agent/connect';
 /** The upgrade header naming the agent (its token goes in `Authorization: Bearer`). */
 export const AGENT_ID_HEADER = 'x-p2pstream-agent-id';
+/**
+ * The upgrade header of an agent keeping two connections: the replica ids it
+ * is already connected to. A replica named there refuses the upgrade (409
+ * CONFLICT) instead of replacing the agent's session (docs/cluster.md).
+ */
+export const AGENT_ELSEWHERE_HEADER = 'x-p2pstream-agent-elsewhere';
 
 /** An inclusive range of protocol versions. */
 export interface VersionRange {

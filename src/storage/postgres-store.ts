@@ -802,26 +802,62 @@ function orderOf(ids: string[], known: Map<string, KnownRow>): number[] {
 
 /**
  * Another replica's version of a record that this replica changed too and has
- * not written yet (bookkeeping from `updateSoon`): a three-way merge by
- * top-level field. A field this replica left as stored takes the other's
- * value; one it changed keeps its own, and is written with the next write.
- * Without local changes, the other's version as it is.
+ * not written yet (bookkeeping from `updateSoon`): a three-way merge. A field
+ * this replica left as stored takes the other's value; one it changed keeps
+ * its own (merged again inside objects, and inside arrays of records with ids,
+ * such as an agent's `connections`, element by id: an element added or changed
+ * on either side is kept), and is written with the next write. Without local
+ * changes, the other's version as it is.
  */
 function mergeUnsaved(storedJson: string | undefined, local: unknown, incomingJson: string): unknown {
   const incoming = JSON.parse(incomingJson) as unknown;
   if (storedJson === undefined || local === undefined) return incoming;
   if (JSON.stringify(local) === storedJson) return incoming;
-  const stored = JSON.parse(storedJson) as unknown;
-  const isRecord = (v: unknown): v is Record<string, unknown> =>
-    v !== null && typeof v === 'object' && !Array.isArray(v);
-  if (!isRecord(stored) || !isRecord(local) || !isRecord(incoming)) return incoming;
-  const merged: Record<string, unknown> = { ...incoming };
-  for (const key of new Set([...Object.keys(local), ...Object.keys(stored)])) {
-    if (JSON.stringify(local[key]) === JSON.stringify(stored[key])) continue;
-    if (key in local) merged[key] = local[key];
-    else delete merged[key];
+  return mergeValue(JSON.parse(storedJson) as unknown, local, incoming);
+}
+
+function mergeValue(stored: unknown, local: unknown, incoming: unknown): unknown {
+  if (JSON.stringify(local) === JSON.stringify(stored)) return incoming;
+  if (isPlainRecord(stored) && isPlainRecord(local) && isPlainRecord(incoming)) {
+    const merged: Record<string, unknown> = { ...incoming };
+    for (const key of new Set([...Object.keys(local), ...Object.keys(stored)])) {
+      if (JSON.stringify(local[key]) === JSON.stringify(stored[key])) continue;
+      if (!(key in local)) delete merged[key];
+      else
+        merged[key] =
+          key in stored && key in incoming ? mergeValue(stored[key], local[key], incoming[key]) : local[key];
+    }
+    return merged;
   }
-  return merged;
+  if (isIdArray(stored) && isIdArray(local) && isIdArray(incoming)) {
+    const storedById = new Map(stored.map((e) => [e.id, e]));
+    const localById = new Map(local.map((e) => [e.id, e]));
+    const incomingIds = new Set(incoming.map((e) => e.id));
+    const merged: unknown[] = [];
+    for (const element of incoming) {
+      const mine = localById.get(element.id);
+      const before = storedById.get(element.id);
+      if (mine === undefined) {
+        // Removed here (trimmed, deleted): stays removed; added there: kept.
+        if (before === undefined) merged.push(element);
+      } else {
+        merged.push(before === undefined ? mine : mergeValue(before, mine, element));
+      }
+    }
+    for (const element of local) {
+      if (!storedById.has(element.id) && !incomingIds.has(element.id)) merged.push(element);
+    }
+    return merged;
+  }
+  return local;
+}
+
+function isPlainRecord(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+function isIdArray(value: unknown): value is Array<Record<string, unknown> & { id: string }> {
+  return Array.isArray(value) && value.every((e) => isPlainRecord(e) && typeof e.id === 'string');
 }
 
 function touchedSlots(diff: { upserts: RowUpsert[]; deletes: RowDelete[] }): Set<string> {

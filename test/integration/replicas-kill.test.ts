@@ -8,7 +8,6 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { copyFile, mkdtemp, readFile, rm } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Agent, fetch } from 'undici';
@@ -19,7 +18,7 @@ import { createTestAgent, startTestAgent, type TestAgent } from '../helpers/agen
 import { ensureBuilt, ROOT } from '../helpers/bin.js';
 import { startNats, type TestNats } from '../helpers/nats.js';
 import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
-import { freePort } from '../helpers/processes.js';
+import { freePort, startTcpBalancer } from '../helpers/processes.js';
 import type { TestServer } from '../helpers/server.js';
 import { eventually } from '../helpers/wait.js';
 import { type Instance, registerEnvironment, startInstance } from './environment-helpers.js';
@@ -76,41 +75,6 @@ async function startReplica(env: Record<string, string>, template: string | null
   child.stdout!.resume();
   child.stderr!.resume();
   return { url: `https://127.0.0.1:${port}`, port, dataDir, child };
-}
-
-/** A TCP load balancer: each connection goes to the first replica port that accepts it. */
-async function startBalancer(ports: number[]): Promise<{ port: number; close(): Promise<void> }> {
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((client) => {
-    sockets.add(client);
-    client.on('close', () => sockets.delete(client));
-    client.on('error', () => client.destroy());
-    const attempt = (i: number): void => {
-      if (i >= ports.length) {
-        client.destroy();
-        return;
-      }
-      const upstream = net.connect({ host: '127.0.0.1', port: ports[i]! });
-      upstream.once('error', () => attempt(i + 1));
-      upstream.once('connect', () => {
-        sockets.add(upstream);
-        upstream.removeAllListeners('error');
-        upstream.on('error', () => client.destroy());
-        upstream.on('close', () => client.destroy());
-        client.on('close', () => upstream.destroy());
-        client.pipe(upstream).pipe(client);
-      });
-    };
-    attempt(0);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    async close() {
-      for (const socket of sockets) socket.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
 }
 
 /** A TestServer-shaped handle on a replica process, for the agent helpers. */
@@ -188,7 +152,8 @@ describe('kill -9 of a replica', () => {
     const token = (await call(r0, 'POST', '/api/v1/tokens', { cookie, body: { name: 'kill-test' } })).json
       .token as string;
     const agents: TestAgent[] = [];
-    const balancer = await startBalancer([r0.port, r2.port]);
+    // Every connection to r0 while it accepts them, else to r2.
+    const balancer = await startTcpBalancer([r0.port, r2.port], [0]);
     try {
       // One agent with connections to r0 and r1; one that reaches r0 through the balancer.
       const both = await createTestAgent(s0, cookie, 'two-connections');
@@ -221,6 +186,9 @@ describe('kill -9 of a replica', () => {
           if (!res) return;
         }
       })();
+
+      // r0 has acknowledged a write before the calls start (a loaded machine can be slow to).
+      await eventually(() => expect(acknowledged.length).toBeGreaterThan(0));
 
       // 200 concurrent relayed calls through the survivors, r0 killed while they run.
       const relayed = (replica: ReplicaProcess) =>

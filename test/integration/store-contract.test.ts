@@ -340,6 +340,40 @@ describe('several PostgreSQL stores on one database (replicas)', () => {
     );
   });
 
+  it("merges a list of records with ids element by element (an agent's sessions on two replicas)", async () => {
+    const {
+      stores: [a, b],
+    } = await replicas(2);
+    const session = (id: string) => ({ id, endedAt: null as string | null });
+    await a!.update((db) => {
+      db.apiTokens.push({ ...token('shared'), sessions: [session('old'), session('on-b')] } as never);
+    });
+    await eventually(() => expect(b!.read().apiTokens).toHaveLength(1), 1000);
+    type WithSessions = { sessions: Array<ReturnType<typeof session>> };
+    // b ends its session (deferred bookkeeping) while a starts another one and drops the oldest.
+    b!.updateSoon((db) => {
+      (db.apiTokens[0] as unknown as WithSessions).sessions[1]!.endedAt = 'ended-on-b';
+    });
+    await a!.update((db) => {
+      const sessions = (db.apiTokens[0] as unknown as WithSessions).sessions;
+      sessions.push(session('on-a'));
+      sessions.shift();
+    });
+    const expected = [
+      { id: 'on-b', endedAt: 'ended-on-b' },
+      { id: 'on-a', endedAt: null },
+    ];
+    await eventually(
+      () => expect((b!.read().apiTokens[0] as unknown as WithSessions).sessions).toEqual(expected),
+      1000,
+    );
+    await b!.flush();
+    await eventually(
+      () => expect((a!.read().apiTokens[0] as unknown as WithSessions).sessions).toEqual(expected),
+      1000,
+    );
+  });
+
   it('fails an update while PostgreSQL is unreachable and keeps the document as stored', async () => {
     const url = await postgres.createDatabase();
     const store = track(await PostgresStore.open({ url }));

@@ -11,6 +11,13 @@ export const agentConnectSchema = {
   security: [],
   headers: Type.Object({
     'x-p2pstream-agent-id': Type.Optional(Type.String({ description: "The agent's id." })),
+    'x-p2pstream-agent-elsewhere': Type.Optional(
+      Type.String({
+        description:
+          'Replica ids (comma-separated) the agent already has a connection to; a replica named here ' +
+          'answers 409 CONFLICT instead of replacing that connection (docs/cluster.md).',
+      }),
+    ),
   }),
   response: {
     101: Type.Null({ description: 'Switching Protocols: the WebSocket is open.' }),
