@@ -134,6 +134,8 @@ export class CacheStore {
   #uses = 0;
   #hotUses = 0;
   #loading: Promise<void> | null = null;
+  /** Subdirectories known to exist (forgotten after any failed store, then made again). */
+  readonly #madeDirs = new Set<string>();
   #closed = false;
 
   constructor(options: CacheStoreOptions) {
@@ -260,6 +262,7 @@ export class CacheStore {
       try {
         await this.#writeMeta(meta, policy);
       } catch (err) {
+        this.#madeDirs.clear();
         this.#logger.warn({ err }, 'cache: could not rewrite metadata; the entry is dropped');
         this.#remove(entry);
         return;
@@ -351,10 +354,11 @@ export class CacheStore {
     if (bodyFile === null && body.memory === null) return null;
     if (bodyFile !== null) {
       try {
-        await fs.mkdir(path.join(this.dir, partial.id.slice(0, 2)), { recursive: true });
+        await this.#ensureDir(partial.id.slice(0, 2));
         await fs.rename(body.tmp!, path.join(this.dir, bodyFile));
         await this.#writeMeta(meta, policy);
       } catch (err) {
+        this.#madeDirs.clear();
         this.#logger.warn({ err }, 'cache: could not store a response');
         await fs.rm(body.tmp!, { force: true }).catch(() => {});
         if (bodyFile) await fs.rm(path.join(this.dir, bodyFile), { force: true }).catch(() => {});
@@ -505,9 +509,16 @@ export class CacheStore {
     return path.join(this.dir, id.slice(0, 2), `${id}${META_SUFFIX}`);
   }
 
+  /** Creates a subdirectory once (not on every store: two syscalls per miss otherwise). */
+  async #ensureDir(sub: string): Promise<void> {
+    if (this.#madeDirs.has(sub)) return;
+    await fs.mkdir(path.join(this.dir, sub), { recursive: true });
+    this.#madeDirs.add(sub);
+  }
+
   async #writeMeta(meta: CacheEntryMeta, policy: CachePolicy): Promise<void> {
     const tmp = this.tmpFile();
-    await fs.mkdir(path.dirname(this.#metaPath(meta.id)), { recursive: true });
+    await this.#ensureDir(meta.id.slice(0, 2));
     await fs.writeFile(tmp, metaJson(meta, policy), { mode: 0o600 });
     await fs.rename(tmp, this.#metaPath(meta.id));
   }
