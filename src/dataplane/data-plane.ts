@@ -20,6 +20,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { type AddressInfo, BlockList, isIP, type Server as NetServer } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { rootCertificates, type SecureContext } from 'node:tls';
 import { Agent } from 'undici';
 import type { AgentDirectory } from '../domain/backend-service.js';
@@ -48,7 +49,12 @@ import {
   type Stage,
   type StageSlot,
 } from './pipeline.js';
-import { type ExchangeContext, type ExchangeOptions, handleExchange } from './proxy-exchange.js';
+import {
+  type ExchangeContext,
+  type ExchangeOptions,
+  handleExchange,
+  handleUpgrade,
+} from './proxy-exchange.js';
 import { RequestMetrics } from './request-metrics.js';
 import { compileRoutes } from './route-table.js';
 import { type TraceInput, TraceRecorder } from './trace-recorder.js';
@@ -326,6 +332,10 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
           handleExchange(this.#context, running.info, this.#pipeline, req, res, running.options);
         },
       );
+      // WebSocket (and other) upgrades: through an agent tunnel they become a byte pipe.
+      server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+        handleUpgrade(this.#context, running.info, this.#pipeline, req, socket, head, running.options);
+      });
       server.on('clientError', (_err, socket) => {
         if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
         else socket.destroy();

@@ -31,11 +31,11 @@
  */
 
 import { randomUUID } from 'node:crypto';
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import { type IncomingHttpHeaders, type IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
-import { type BlockList, isIP } from 'node:net';
+import { type BlockList, isIP, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { Readable } from 'node:stream';
+import { type Duplex, Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { Dispatcher } from 'undici';
 import { CACHE_NOTE, type CacheResult, UPSTREAM_MS_NOTE } from '../domain/cache-types.js';
@@ -112,6 +112,16 @@ const MEMBER_FAILURES: ReadonlySet<TraceErrorKind> = new Set([
   'upstream_timeout',
   'upstream_connect_timeout',
 ]);
+
+/** The byte pipe of an upgraded tunnel (relay/tunnel-client.ts TunnelSocket). */
+interface TunnelPipe {
+  write(data: Buffer): Promise<boolean>;
+  end(): void;
+  destroy(): void;
+  read(onData: (chunk: Buffer) => void, onEnd: () => void): void;
+  pause(): void;
+  resume(): void;
+}
 
 /** One year; sent when a listener has `hsts`. */
 export const HSTS_VALUE = 'max-age=31536000';
@@ -196,6 +206,35 @@ export function handleExchange(
 
 const NO_OPTIONS: ExchangeOptions = {};
 
+/**
+ * Handles an HTTP/1.1 upgrade request (WebSocket) on a plain listener: the
+ * same pipeline and route as any request; through an agent member's tunnel
+ * a 101 from the app turns the connection into a byte pipe both ways. Any
+ * other answer (a stage's, a refusal, another target's) is written on the
+ * connection, which then closes.
+ */
+export function handleUpgrade(
+  context: ExchangeContext,
+  listener: PipelineListener,
+  pipeline: Pipeline,
+  req: IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+  options: ExchangeOptions = NO_OPTIONS,
+): void {
+  const res = new ServerResponse(req);
+  res.shouldKeepAlive = false;
+  res.assignSocket(socket as Socket);
+  res.once('finish', () => {
+    res.detachSocket(socket as Socket);
+    socket.end();
+  });
+  socket.on('error', () => socket.destroy());
+  const exchange = new ProxyExchange(context, listener, pipeline, req, res, options);
+  exchange.upgradeFrom(socket, head);
+  exchange.run();
+}
+
 const STAGE_FAILED: StageAnswer = {
   status: 500,
   headers: ['content-type', TEXT_PLAIN],
@@ -247,6 +286,10 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
   #upstreamDone = false;
   #id: string | null = null;
   #route: CompiledRoute | null = null;
+  /** An upgrade request's connection and the bytes read past its head; null for other requests. */
+  #upgrade: { socket: Duplex; head: Buffer } | null = null;
+  /** True once a 101 made the connection a byte pipe. */
+  #piped = false;
 
   // Both request kinds are driven through the HTTP/1 types: node:http2's compatibility objects
   // offer the same members this class uses (headers, rawHeaders, url, socket, streaming, writeHead
@@ -274,6 +317,11 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     this.#secure = socket.encrypted === true;
     this.tls = this.#secure && context.recorder.level !== 'basic' ? tlsOf(socket) : null;
     res.once('close', this.#onClose);
+  }
+
+  /** Marks the request as an upgrade arriving on `socket` (see handleUpgrade). */
+  upgradeFrom(socket: Duplex, head: Buffer): void {
+    this.#upgrade = { socket, head };
   }
 
   /** The request id: the trace event's `id` and a template's `{{requestId}}`. */
@@ -485,7 +533,7 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     // An agent member: the same forwarding, through the agent's tunnel.
     this.backend.agentId = lease.agentId;
     this.target = `${route.label} agent ${lease.agentId} ${lease.origin}${lease.basePath}`;
-    this.#forward(lease.origin, lease.basePath, null, lease.dispatcher as unknown as Dispatcher);
+    this.#forward(lease.origin, lease.basePath, null, lease.dispatcher as unknown as Dispatcher, true);
   }
 
   /** Splits the request target into path and query; normalizes the path (route-table.ts). */
@@ -517,6 +565,7 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     basePath: string,
     timeoutMs: number | null,
     dispatcher: Dispatcher = this.#context.dispatcher,
+    tunnel = false,
   ): void {
     if (this.method === 'CONNECT') {
       this.#respond(405, 'method not allowed\n');
@@ -542,6 +591,10 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
           body: body as unknown as Readable | null,
           headersTimeout: timeout,
           bodyTimeout: timeout,
+          // Upgrades pass through agent tunnels; other targets get the request without its Upgrade.
+          ...(tunnel && this.#upgrade !== null && typeof this.#req.headers.upgrade === 'string'
+            ? { upgrade: this.#req.headers.upgrade }
+            : {}),
         },
         this,
       );
@@ -644,6 +697,66 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     }
   }
 
+  /** A 101 through a tunnel: the head goes out as is, then bytes flow both ways until either side closes. */
+  onRequestUpgrade(
+    _controller: Dispatcher.DispatchController,
+    statusCode: number,
+    headers: IncomingHttpHeaders,
+    socket: Duplex,
+  ): void {
+    // Only tunnels are asked for upgrades: what they hand over is their byte pipe.
+    const pipe = socket as unknown as TunnelPipe;
+    const upgrade = this.#upgrade;
+    if (upgrade === null || this.#clientGone) {
+      pipe.destroy();
+      return;
+    }
+    this.upstreamMs = performance.now() - this.#t0;
+    this.#upstreamDone = true;
+    this.#piped = true;
+    const client = upgrade.socket;
+    const lines = [`HTTP/1.1 ${statusCode} Switching Protocols`, 'connection: Upgrade'];
+    const list: string[] = ['connection', 'Upgrade'];
+    const named = connectionTokens(headers);
+    for (const name in headers) {
+      if (
+        name === 'connection' ||
+        (name !== 'upgrade' && (RESPONSE_HEADERS_DROPPED.has(name) || named?.has(name)))
+      )
+        continue;
+      const value = headers[name];
+      for (const v of Array.isArray(value) ? value : value === undefined ? [] : [value]) {
+        if (/[\r\n]/.test(v)) continue;
+        lines.push(`${name}: ${v}`);
+        list.push(name, v);
+      }
+    }
+    this.responseHeaders = list;
+    client.write(`${lines.join('\r\n')}\r\n\r\n`);
+    pipe.read(
+      (chunk) => {
+        this.bytesOut += chunk.length;
+        if (!client.write(chunk)) {
+          pipe.pause();
+          client.once('drain', () => pipe.resume());
+        }
+      },
+      () => client.end(),
+    );
+    const send = (chunk: Buffer) => {
+      this.bytesIn += chunk.length;
+      client.pause();
+      void pipe.write(chunk).then((open) => {
+        if (open) client.resume();
+        else client.destroy();
+      });
+    };
+    if (upgrade.head.length > 0) send(upgrade.head);
+    client.on('data', send);
+    client.once('end', () => pipe.end());
+    client.once('close', () => pipe.destroy());
+  }
+
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (this.#clientGone) return;
     const sink = this.#sink;
@@ -670,6 +783,8 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
 
   onResponseError(_controller: Dispatcher.DispatchController | null, err: Error): void {
     this.#upstreamDone = true;
+    // A byte pipe ends with its connection; nothing is left to answer.
+    if (this.#piped) return;
     if (this.#clientGone) {
       this.error ??= 'client_aborted';
       return;
@@ -865,13 +980,13 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
     if (this.#finished) return;
     this.#finished = true;
     const res = this.#res;
-    if (!res.writableFinished) {
+    if (!res.writableFinished && !this.#piped) {
       this.#clientGone = true;
       if (!this.#upstreamDone) this.#controller?.abort(new Error('the client went away'));
       this.#sink?.abort(new Error('the client went away'));
       this.error ??= 'client_aborted';
     }
-    this.status = res.headersSent ? res.statusCode : null;
+    this.status = this.#piped ? 101 : res.headersSent ? res.statusCode : null;
     this.durationMs = performance.now() - this.#t0;
     this.#lease?.release(this.error === null || !MEMBER_FAILURES.has(this.error));
     // A stage that asked the upstream itself (the cache) leaves the time to its answer in the notes.

@@ -340,6 +340,7 @@ class TunnelStream implements TunnelController {
     const body = options.body ?? null;
     const hasBody = body !== null && !(typeof body === 'string' && body.length === 0);
     const origin = typeof options.origin === 'string' ? options.origin : options.origin.origin;
+    const upgrade = typeof options.upgrade === 'string' && options.upgrade !== '';
     const sent = this.#client.send({
       streamId: id,
       payload: {
@@ -347,11 +348,13 @@ class TunnelStream implements TunnelController {
         value: {
           method: options.method,
           url: origin.replace(/\/$/, '') + options.path,
-          headers: headerPairs(options.headers),
+          headers: upgrade
+            ? [...headerPairs(options.headers), { name: 'upgrade', value: String(options.upgrade) }]
+            : headerPairs(options.headers),
           timeoutMs,
           hasBody,
           initialWindowBytes: this.#client.window,
-          upgrade: options.upgrade !== undefined && options.upgrade !== null && options.upgrade !== '',
+          upgrade,
         },
       },
     });
@@ -547,6 +550,8 @@ class TunnelStream implements TunnelController {
       }
       if (this.#ended && this.#queue.length === 0 && this.#state !== 'done') {
         const pipe = this.#state === 'pipe';
+        // The app closed its side of a pipe: the agent lets its socket go too.
+        if (pipe) this.#client.send({ streamId: this.#id, payload: { case: 'cancel', value: {} } });
         this.#finish();
         if (pipe) this.#pipeEnd?.();
         else this.#handler.onResponseEnd?.(this, {});
@@ -599,7 +604,7 @@ class TunnelStream implements TunnelController {
 /**
  * The byte pipe of an upgraded tunnel, as a minimal duplex the data plane
  * joins to the client's socket: `write` towards the app, `onData` from it.
- * Filled in with the WebSocket upgrade support.
+ * The data plane joins it to the client's connection after a 101.
  */
 export class TunnelSocket {
   readonly #stream: TunnelStream;

@@ -10,6 +10,7 @@ import net from 'node:net';
 import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
+import WebSocket, { WebSocketServer } from 'ws';
 import { startTestAgent, type TestAgent } from '../helpers/agent.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { configureProxy, eventually, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
@@ -346,5 +347,52 @@ describe('agent tunnels', () => {
     const second = await configureProxy(s, token, { type: 'backend', backendId: other.backendId });
     expect((await c.send(second.port, '/')).status).toBe(200);
     expect((await lastEvent(s, token)).backend.agentId).toBe(lab.id);
+  });
+
+  it('passes a WebSocket upgrade through the tunnel: frames both ways, then both sides close', async () => {
+    const { s, token } = await setup();
+    const u = await app((_req, res) => res.end('plain'));
+    const wss = new WebSocketServer({ server: u.server });
+    let appSocketClosed = false;
+    let sawForwardedHost: string | undefined;
+    wss.on('connection', (socket, req) => {
+      sawForwardedHost = req.headers['x-forwarded-host'] as string | undefined;
+      socket.on('message', (data, isBinary) =>
+        socket.send(isBinary ? data : `echo ${data}`, { binary: isBinary }),
+      );
+      socket.on('close', () => {
+        appSocketClosed = true;
+      });
+    });
+    const { id } = await agentWith(s, token, {}, [`127.0.0.1:${u.port}`]);
+    const { backendId } = await backendTo(s, token, [{ type: 'agent', agentId: id, upstreamUrl: u.url }]);
+    const { port } = await configureProxy(s, token, { type: 'backend', backendId });
+
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/socket`, { headers: { host: 'chat.example' } });
+    const messages: string[] = [];
+    ws.on('message', (data) => messages.push(String(data)));
+    await once(ws, 'open');
+    expect(sawForwardedHost).toBe('chat.example');
+    ws.send('hello');
+    ws.send('world');
+    // A larger binary frame crosses several tunnel windows both ways.
+    const big = randomBytes(1024 * 1024);
+    const echoed = new Promise<Buffer>((resolve) =>
+      ws.on('message', (data, isBinary) => {
+        if (isBinary) resolve(data as Buffer);
+      }),
+    );
+    ws.send(big);
+    expect(sha256(await echoed)).toBe(sha256(big));
+    await eventually(() => messages.includes('echo hello') && messages.includes('echo world'));
+    expect(s.server.hub.tunnelStats(id)?.activeStreams).toBe(1);
+    ws.close(1000, 'bye');
+    await once(ws, 'close');
+    await eventually(() => appSocketClosed);
+    await eventually(() => s.server.hub.tunnelStats(id)?.activeStreams === 0);
+    const event = await lastEvent(s, token);
+    expect(event.status).toBe(101);
+    expect(event.backend.agentId).toBe(id);
+    wss.close();
   });
 });
