@@ -141,13 +141,12 @@ describe('protocol version window', () => {
     inWindow.socket.send(hello(1, 1));
     expect(await inWindow.socket.closed).toEqual({ code: 1000, reason: 'check done' });
     const welcome = inWindow.socket.received.find((e) => e.payload.case === 'welcome');
-    expect(welcome?.payload.value).toMatchObject({
+    if (welcome?.payload.case !== 'welcome') throw new Error('no welcome');
+    expect(welcome.payload.value).toMatchObject({
       protocolVersion: 1,
       capabilities: expect.arrayContaining(['check']),
     });
-    expect(
-      Math.abs(((welcome?.payload.value as { serverTimeMs?: number }).serverTimeMs ?? 0) - Date.now()),
-    ).toBeLessThan(60_000);
+    expect(Math.abs((welcome.payload.value.serverTimeMs ?? 0) - Date.now())).toBeLessThan(60_000);
 
     const outside = await upgradeAgent(bare.target, agentHeaders(created.agent.id, created.token));
     if (!outside.ok) throw new Error(`refused: ${outside.status}`);
