@@ -605,7 +605,7 @@ function MemberEditor(props: {
       </div>
       {member.type === 'upstream' ? (
         <Field label="URL" name={path('url')} hint="http:// or https:// origin, optionally a base path.">
-          <input type="url" name={path('url')} placeholder="http://10.0.0.5:8080" {...text('url')} />
+          <input type="url" name={path('url')} placeholder="http://127.0.0.1:8080" {...text('url')} />
         </Field>
       ) : (
         <>
