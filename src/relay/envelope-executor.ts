@@ -40,6 +40,7 @@ import {
   MAX_REQUEST_BODY_BYTES,
   observedCertificateDetails,
   type RequestHead,
+  takeWithinWindow,
   type UpstreamTiming,
 } from './envelope.js';
 import {
@@ -586,20 +587,9 @@ export class EnvelopeExecutor implements StreamHandler {
   #pump(stream: RequestStream): void {
     const congested = this.#isCongested;
     while (stream.pending.length > 0 && stream.credit > 0 && !congested()) {
-      const first = stream.pending[0] as Buffer;
-      const size = Math.min(first.length, stream.credit, this.#maxChunkBytes);
-      let piece: Buffer;
-      if (size === first.length) {
-        piece = first;
-        stream.pending.shift();
-      } else {
-        piece = first.subarray(0, size);
-        stream.pending[0] = first.subarray(size);
-      }
-      stream.pendingBytes -= size;
-      this.#buffered -= size;
-      stream.credit -= size;
-      this.#inFlight += size;
+      const piece = takeWithinWindow(stream, this.#maxChunkBytes);
+      this.#buffered -= piece.length;
+      this.#inFlight += piece.length;
       if (this.#inFlight > this.#peakInFlight) this.#peakInFlight = this.#inFlight;
       if (!this.#emit({ streamId: stream.id, payload: { case: 'bodyChunk', value: { data: piece } } })) {
         this.#abort(stream);

@@ -22,6 +22,32 @@ export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
 export const MAX_CHUNK_BYTES = 64 * 1024;
 /** Response bytes in flight per stream before a window update is needed: 256 KiB. */
 export const DEFAULT_WINDOW_BYTES = 256 * 1024;
+
+/** A stream's body bytes waiting for window credit (the executors' send side). */
+export interface PendingBody {
+  pending: Buffer[];
+  pendingBytes: number;
+  credit: number;
+}
+
+/**
+ * Takes the next body chunk the window allows from `stream.pending`: at most
+ * `maxChunkBytes` and the stream's credit, splitting the first buffer without
+ * copying. Call only while something is pending and credit is left.
+ */
+export function takeWithinWindow(stream: PendingBody, maxChunkBytes: number): Buffer {
+  const first = stream.pending[0] as Buffer;
+  const size = Math.min(first.length, stream.credit, maxChunkBytes);
+  let piece = first;
+  if (size === first.length) stream.pending.shift();
+  else {
+    piece = first.subarray(0, size);
+    stream.pending[0] = first.subarray(size);
+  }
+  stream.pendingBytes -= size;
+  stream.credit -= size;
+  return piece;
+}
 /** Largest request body relayed: 1 MiB (management API bodies). */
 export const MAX_REQUEST_BODY_BYTES = 1024 * 1024;
 /** Concurrent streams per connection, on both sides, by default. */

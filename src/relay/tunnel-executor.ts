@@ -40,6 +40,7 @@ import {
   type Header,
   MAX_CHUNK_BYTES,
   type TunnelRequest,
+  takeWithinWindow,
 } from './envelope.js';
 import type { StreamHandler } from './relay-peer.js';
 import { createTargetPolicy, type Resolver, type TargetPolicy } from './target-policy.js';
@@ -423,20 +424,9 @@ export class TunnelExecutor implements StreamHandler {
   #pump(stream: Stream): void {
     if (stream.state === 'done') return;
     while (stream.pending.length > 0 && stream.credit > 0 && !this.#isCongested()) {
-      const first = stream.pending[0] as Buffer;
-      const size = Math.min(first.length, stream.credit, this.#chunkBytes);
-      let piece: Buffer;
-      if (size === first.length) {
-        piece = first;
-        stream.pending.shift();
-      } else {
-        piece = first.subarray(0, size);
-        stream.pending[0] = first.subarray(size);
-      }
-      stream.pendingBytes -= size;
-      this.#buffered -= size;
-      stream.credit -= size;
-      this.#inFlight += size;
+      const piece = takeWithinWindow(stream, this.#chunkBytes);
+      this.#buffered -= piece.length;
+      this.#inFlight += piece.length;
       if (!this.#emit({ streamId: stream.id, payload: { case: 'bodyChunk', value: { data: piece } } })) {
         this.#finish(stream, true);
         return;
