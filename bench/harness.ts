@@ -71,6 +71,18 @@ export async function repeat<T>(
   return results;
 }
 
+/**
+ * The order of `items` in round `round` of an interleaved measurement: even
+ * rounds rotate the list, odd rounds also reverse it. Rotation alone keeps
+ * every item behind the same neighbour (a run that always follows a busy or
+ * an idle one carries that bias into its ratio); reversing every other round
+ * gives each item other neighbours, on both sides.
+ */
+export function roundOrder<T>(items: readonly T[], round: number): T[] {
+  const rotated = items.map((_, i) => items[(round + i) % items.length]!);
+  return round % 2 === 1 ? rotated.reverse() : rotated;
+}
+
 /** Nanosecond-resolution timer in milliseconds. */
 export function nowMs(): number {
   return Number(process.hrtime.bigint()) / 1e6;

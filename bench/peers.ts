@@ -14,7 +14,8 @@
  *   p2pstream's peak RSS meanwhile;
  * - rss (its own group, minutes long): p2pstream's RSS over a run at full load.
  *
- * Every run of a round is interleaved with the others in a rotating order, so
+ * Every run of a round is interleaved with the others (bench/harness.ts
+ * `roundOrder`: rotated, every other round reversed), so
  * drift on this shared machine hits them alike; each figure is a ratio within
  * one round. Absolute figures, the tools' versions, the CPU each process used
  * and the load average go into the rows' notes.
@@ -23,7 +24,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createCertificate, type GeneratedCertificate } from '../src/tls/certificates.js';
-import { type BenchRow, type Spread, spread } from './harness.js';
+import { type BenchRow, roundOrder, type Spread, spread } from './harness.js';
 import { forkEntry, type Instance, sampleProcess, startInstance, watchPeakRss } from './instances.js';
 import type { MinimalProxyReady } from './minimal-proxy.js';
 import {
@@ -245,8 +246,7 @@ export async function benchPeers(options: PeersBenchOptions = {}): Promise<Bench
     }
     const results = new Map<string, Measured[]>(runs.map((r) => [r.id, []]));
     for (let round = 0; round < rounds; round++) {
-      for (let i = 0; i < runs.length; i++) {
-        const run = runs[(i + round) % runs.length]!;
+      for (const run of roundOrder(runs, round)) {
         results.get(run.id)!.push(await measure(tools, run.target, run.connections, seconds));
       }
     }

@@ -26,7 +26,7 @@ import net, { type AddressInfo } from 'node:net';
 import os from 'node:os';
 import { Pool } from 'undici';
 import type { BulkOriginReady } from './bulk-origin.js';
-import { type BenchRow, nowMs, percentile, type Spread, spread } from './harness.js';
+import { type BenchRow, nowMs, percentile, roundOrder, type Spread, spread } from './harness.js';
 import {
   type AgentProcess,
   forkEntry,
@@ -83,7 +83,7 @@ async function call(caller: Caller, path = '/api/v1/system/info'): Promise<void>
   if (res.statusCode !== 200) throw new Error(`GET ${path} answered ${res.statusCode}`);
 }
 
-/** Runs `rounds` rounds; in round r the modes run in rotated order, so each mode leads in turn. */
+/** Runs `rounds` rounds, the modes in {@link roundOrder}: each leads in turn and follows each other. */
 async function interleaved<M extends string, R>(
   modes: readonly M[],
   rounds: number,
@@ -91,10 +91,7 @@ async function interleaved<M extends string, R>(
 ): Promise<Record<M, R[]>> {
   const results = Object.fromEntries(modes.map((m) => [m, [] as R[]])) as Record<M, R[]>;
   for (let round = 0; round < rounds; round++) {
-    for (let i = 0; i < modes.length; i++) {
-      const mode = modes[(round + i) % modes.length]!;
-      results[mode].push(await run(mode));
-    }
+    for (const mode of roundOrder(modes, round)) results[mode].push(await run(mode));
   }
   return results;
 }
