@@ -158,8 +158,15 @@ async function treeCpuMs(pid: number): Promise<number> {
   return samples.reduce((sum, s) => sum + s.cpuMs, 0);
 }
 
+/**
+ * One measured wrk run of `target`, after an unrecorded second at the same
+ * load: every target is measured in its steady state, not in its first second
+ * after sitting idle through the other targets' runs (a process that idled for
+ * a while pays for a cold connection pool and a heap its runtime shrank).
+ */
 async function measure(tools: PeerTools, target: Target, connections: number, seconds: number) {
   await target.before?.();
+  await runWrk(tools, target.url, connections, 1);
   const cpuBefore = await treeCpuMs(target.pid);
   const started = performance.now();
   const result = await runWrk(tools, target.url, connections, seconds);
