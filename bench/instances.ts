@@ -243,8 +243,15 @@ export interface AgentProcess {
   stop(): Promise<void>;
 }
 
-/** Creates an agent on `control`, starts `p2pstream agent` and waits until it is connected. */
-export async function startAgentProcess(control: Instance): Promise<AgentProcess> {
+/**
+ * Creates an agent on `control`, starts `p2pstream agent` (with `env` added
+ * to its environment, e.g. AGENT_ALLOWED_TARGETS) and waits until it is
+ * connected.
+ */
+export async function startAgentProcess(
+  control: Instance,
+  env: Readonly<Record<string, string>> = {},
+): Promise<AgentProcess> {
   const created = await control.api('POST', '/api/v1/agents', {
     name: `bench-${randomBytes(3).toString('hex')}`,
   });
@@ -254,6 +261,7 @@ export async function startAgentProcess(control: Instance): Promise<AgentProcess
     AGENT_ID: id,
     AGENT_TOKEN: created.json.token as string,
     MANAGEMENT_FINGERPRINT: new X509Certificate(control.certificate).fingerprint256,
+    ...env,
   });
   child.stdout!.resume();
   child.stderr!.resume();

@@ -17,12 +17,14 @@ import { promisify } from 'node:util';
 const run = promisify(execFile);
 
 /** Debian packages the peers benchmark needs, by the command each provides. */
-export const PEER_PACKAGES: Readonly<Record<string, string>> = {
+export const PEER_PACKAGES = {
   nginx: 'nginx',
   caddy: 'caddy',
   wrk: 'wrk',
   curl: 'curl',
-};
+} as const;
+
+export type PeerCommand = keyof typeof PEER_PACKAGES;
 
 /** Absolute paths of the peer tools and the versions installed. */
 export interface PeerTools {
@@ -55,17 +57,24 @@ async function which(command: string): Promise<string | null> {
  * (as root, or through sudo) and throws naming them when that is impossible.
  */
 export async function ensurePeerTools(log: (line: string) => void = () => {}): Promise<PeerTools> {
-  const commands = Object.keys(PEER_PACKAGES);
-  let missing: string[] = [];
+  return ensureTools(['nginx', 'caddy', 'wrk', 'curl'], log);
+}
+
+/** {@link ensurePeerTools} for some of the tools only (e.g. the load generators wrk and curl). */
+export async function ensureTools<C extends PeerCommand>(
+  commands: readonly C[],
+  log: (line: string) => void = () => {},
+): Promise<Record<C, string> & { versions: string }> {
+  let missing: C[] = [];
   for (const command of commands) if ((await which(command)) === null) missing.push(command);
   if (missing.length > 0) {
-    const packages = missing.map((c) => PEER_PACKAGES[c]!);
+    const packages = missing.map((c) => PEER_PACKAGES[c]);
     const apt = await which('apt-get');
     const sudo = process.getuid?.() === 0 ? null : await which('sudo');
     if (apt === null || (process.getuid?.() !== 0 && sudo === null)) {
-      throw new Error(`the peers benchmark needs ${packages.join(', ')} (Debian packages); install them`);
+      throw new Error(`the benchmark needs ${packages.join(', ')} (Debian packages); install them`);
     }
-    log(`peers: installing ${packages.join(' ')} with apt-get`);
+    log(`installing ${packages.join(' ')} with apt-get`);
     const prefix = sudo === null ? [] : [sudo];
     const aptRun = async (args: string[]) => {
       const [file, ...rest] = [...prefix, apt, ...args];
@@ -82,21 +91,15 @@ export async function ensurePeerTools(log: (line: string) => void = () => {}): P
   }
   const tools = Object.fromEntries(
     await Promise.all(commands.map(async (c) => [c, (await which(c))!] as const)),
-  ) as Record<string, string>;
-  const versions = await Promise.all(commands.map(async (c) => `${c} ${await packageVersion(c, tools[c]!)}`));
-  return {
-    nginx: tools.nginx!,
-    caddy: tools.caddy!,
-    wrk: tools.wrk!,
-    curl: tools.curl!,
-    versions: versions.join(', '),
-  };
+  ) as Record<C, string>;
+  const versions = await Promise.all(commands.map(async (c) => `${c} ${await packageVersion(c, tools[c])}`));
+  return { ...tools, versions: versions.join(', ') };
 }
 
 /** The Debian package version when dpkg knows the command's package, else the tool's own. */
-async function packageVersion(command: string, file: string): Promise<string> {
+async function packageVersion(command: PeerCommand, file: string): Promise<string> {
   try {
-    const { stdout } = await run('dpkg-query', ['-W', `-f=\${Version}`, PEER_PACKAGES[command]!]);
+    const { stdout } = await run('dpkg-query', ['-W', `-f=\${Version}`, PEER_PACKAGES[command]]);
     if (stdout.trim() !== '') return stdout.trim();
   } catch {
     // not a dpkg system
@@ -354,7 +357,7 @@ export interface WrkResult {
  * its report. Throws when wrk fails or saw no request.
  */
 export async function runWrk(
-  tools: PeerTools,
+  tools: Pick<PeerTools, 'wrk'>,
   url: string,
   connections: number,
   seconds: number,
@@ -393,7 +396,7 @@ export interface DownloadResult {
 
 /** Downloads `url` with curl into /dev/null; throws when the size is not `expectedBytes`. */
 export async function curlDownload(
-  tools: PeerTools,
+  tools: Pick<PeerTools, 'curl'>,
   url: string,
   expectedBytes: number,
   options: { ca?: string } = {},
