@@ -10,8 +10,9 @@
  *   npm run bench -- --only=peers-rss --rss-minutes=10   a longer RSS run
  *
  * Groups: latency, throughput, streaming, trace-delivery, hub-scale, codec,
- * tracing, tls, policies, cache, peers, cluster, peers-rss (5 minutes at full load: left out of a quick run
- * unless named with --only).
+ * tracing, tls, policies, cache, peers, cluster, tunnel (public traffic through
+ * an agent against proxying straight), peers-rss (5 minutes at full load: left
+ * out of a quick run unless named with --only).
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -26,6 +27,7 @@ import { benchPolicies } from './policies.js';
 import { benchRelay } from './relay.js';
 import { benchTls } from './tls.js';
 import { benchTracing, tracingRows } from './tracing.js';
+import { benchTunnel } from './tunnel.js';
 
 export const GROUPS = [
   'latency',
@@ -41,6 +43,7 @@ export const GROUPS = [
   'peers',
   'peers-rss',
   'cluster',
+  'tunnel',
 ] as const;
 const RELAY_GROUPS = ['latency', 'throughput', 'streaming', 'trace-delivery'];
 
@@ -112,6 +115,14 @@ export async function runBenchmarks(options: RunOptions = {}): Promise<BenchRow[
   }
   if (only.includes('cluster')) {
     rows.push(...(await benchCluster(quick ? { calls: 50, repetitions: 1 } : { repetitions })));
+  }
+  if (only.includes('tunnel')) {
+    rows.push(
+      ...(await benchTunnel({
+        log,
+        ...(quick ? { seconds: 1, rounds: 1, downloadMegabytes: 20 } : { rounds: repetitions }),
+      })),
+    );
   }
   if (only.includes('peers-rss')) {
     rows.push(...(await benchPeersRss({ log, minutes: options.rssMinutes ?? (quick ? 0.25 : 5) })));

@@ -71,6 +71,25 @@ describe('npm run bench -- --quick', () => {
     expect(typeof rows[0]!.met).toBe('boolean');
   }, 120_000);
 
+  it('measures public traffic through an agent tunnel against proxying straight, as four ratios with goals', async () => {
+    const rows = await runBenchmarks({ quick: true, only: ['tunnel'] });
+    expect(rows.map((r) => r.metric)).toEqual([
+      'GET req/s tunnelled through an agent ÷ proxied straight to the same upstream (32 conns)',
+      '20 MB download MB/s through the tunnel ÷ one plain TLS stream',
+      'GET p50 tunnelled ÷ proxied straight (1 conn, sequential)',
+      'peak RSS while tunnelling 20 MB ÷ 5 MB (worse of hub, agent)',
+    ]);
+    for (const row of rows) {
+      expect(row.group).toBe('tunnel');
+      for (const v of [row.value.min, row.value.median, row.value.max]) {
+        expect(Number.isFinite(v)).toBe(true);
+        expect(v).toBeGreaterThan(0);
+      }
+      expect(typeof row.met).toBe('boolean');
+      expect(row.note).toMatch(/\d/);
+    }
+  }, 180_000);
+
   it('runs p2pstream next to Caddy, nginx and a minimal Node proxy under wrk and reports ratios, and its RSS over a run', async () => {
     const rows = await runBenchmarks({ quick: true, only: ['peers', 'peers-rss'], rssMinutes: 0.1 });
     expect(new Set(rows.map((r) => r.group))).toEqual(new Set(['peers', 'peers rss']));
