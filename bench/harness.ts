@@ -83,6 +83,19 @@ export function roundOrder<T>(items: readonly T[], round: number): T[] {
   return round % 2 === 1 ? rotated.reverse() : rotated;
 }
 
+/** Runs `rounds` rounds, the modes in {@link roundOrder}: each leads in turn and follows each other. */
+export async function interleaved<M extends string, R>(
+  modes: readonly M[],
+  rounds: number,
+  run: (mode: M) => Promise<R>,
+): Promise<Record<M, R[]>> {
+  const results = Object.fromEntries(modes.map((m) => [m, [] as R[]])) as Record<M, R[]>;
+  for (let round = 0; round < rounds; round++) {
+    for (const mode of roundOrder(modes, round)) results[mode].push(await run(mode));
+  }
+  return results;
+}
+
 /** Nanosecond-resolution timer in milliseconds. */
 export function nowMs(): number {
   return Number(process.hrtime.bigint()) / 1e6;

@@ -18,7 +18,7 @@
  *   bench process; events/s reaching an event-stream reader through the agent
  *   environment vs on the target.
  *
- * Modes are interleaved in each repetition (rotating order) so drift hits them
+ * Modes are interleaved in each repetition (harness roundOrder) so drift hits them
  * alike; each figure is a ratio within one repetition.
  */
 import { once } from 'node:events';
@@ -26,7 +26,7 @@ import net, { type AddressInfo } from 'node:net';
 import os from 'node:os';
 import { Pool } from 'undici';
 import type { BulkOriginReady } from './bulk-origin.js';
-import { type BenchRow, nowMs, percentile, roundOrder, type Spread, spread } from './harness.js';
+import { type BenchRow, interleaved, nowMs, percentile, type Spread, spread } from './harness.js';
 import {
   type AgentProcess,
   forkEntry,
@@ -81,19 +81,6 @@ async function call(caller: Caller, path = '/api/v1/system/info'): Promise<void>
   const res = await caller.pool.request({ method: 'GET', path, headers: caller.headers });
   await res.body.dump();
   if (res.statusCode !== 200) throw new Error(`GET ${path} answered ${res.statusCode}`);
-}
-
-/** Runs `rounds` rounds, the modes in {@link roundOrder}: each leads in turn and follows each other. */
-async function interleaved<M extends string, R>(
-  modes: readonly M[],
-  rounds: number,
-  run: (mode: M) => Promise<R>,
-): Promise<Record<M, R[]>> {
-  const results = Object.fromEntries(modes.map((m) => [m, [] as R[]])) as Record<M, R[]>;
-  for (let round = 0; round < rounds; round++) {
-    for (const mode of roundOrder(modes, round)) results[mode].push(await run(mode));
-  }
-  return results;
 }
 
 const ratios = (a: number[], b: number[]): Spread => spread(a.map((v, i) => v / b[i]!));

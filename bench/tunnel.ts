@@ -17,15 +17,15 @@
  * - RSS: the hub's and the agent's peak while tunnelling 200 MB against their
  *   peak while tunnelling 50 MB before.
  *
- * Modes are interleaved in each round (rotating order) so drift on a shared
- * machine hits them alike; each figure is a ratio within one round.
+ * Modes are interleaved in each round (harness roundOrder) so drift on a
+ * shared machine hits them alike; each figure is a ratio within one round.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createCertificate } from '../src/tls/certificates.js';
 import type { BulkOriginReady } from './bulk-origin.js';
-import { type BenchRow, type Spread, spread } from './harness.js';
+import { type BenchRow, interleaved, type Spread, spread } from './harness.js';
 import {
   type AgentProcess,
   forkEntry,
@@ -149,22 +149,6 @@ function loadAverage(): string {
     .loadavg()
     .map((n) => n.toFixed(2))
     .join(' ');
-}
-
-/** Rounds of `modes` in rotating order (each leads in turn); every mode's results in round order. */
-async function interleaved<M extends string, R>(
-  modes: readonly M[],
-  rounds: number,
-  run: (mode: M) => Promise<R>,
-): Promise<Record<M, R[]>> {
-  const results = Object.fromEntries(modes.map((m) => [m, [] as R[]])) as Record<M, R[]>;
-  for (let round = 0; round < rounds; round++) {
-    for (let i = 0; i < modes.length; i++) {
-      const mode = modes[(round + i) % modes.length]!;
-      results[mode].push(await run(mode));
-    }
-  }
-  return results;
 }
 
 interface WrkRun extends WrkResult {
