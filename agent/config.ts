@@ -16,12 +16,16 @@
  *   patterns (port 443 when omitted; `*` any host or port; `*.example.com`
  *   any name below it; `10.0.0.0/8:8081` any address in the range, a name
  *   resolved once and that address dialled); any other target is refused;
+ * - `AGENT_RECONCILE_SECONDS` (default 60; 0 = never, else 1–86400): how
+ *   often the agent sends the ids of its live streams (docs/protocol.md
+ *   "Reconciliation");
  * - `LOG_LEVEL` (default `info`).
  *
  * Errors: AppError VALIDATION_FAILED naming the variable.
  */
 import { readFileSync } from 'node:fs';
 import { AppError } from '../src/errors.js';
+import { parseReconcileSeconds } from '../src/relay/protocol.js';
 import { parseTargetList } from '../src/relay/target-policy.js';
 import { normalizeFingerprint } from '../src/tls/certificates.js';
 
@@ -42,6 +46,8 @@ export interface AgentConfig {
   /** Null = every target the control plane asks for. */
   allowedTargets: string[] | null;
   logLevel: AgentLogLevel;
+  /** `AGENT_RECONCILE_SECONDS`, in ms: how often the agent sends its live stream ids; 0 = never. */
+  reconcileIntervalMs: number;
 }
 
 function fail(message: string): never {
@@ -138,5 +144,6 @@ export function loadAgentConfig(
     fingerprint,
     allowedTargets: parseAllowedTargets(nonEmpty(env.AGENT_ALLOWED_TARGETS)),
     logLevel,
+    reconcileIntervalMs: parseReconcileSeconds(env.AGENT_RECONCILE_SECONDS, 'AGENT_RECONCILE_SECONDS'),
   });
 }

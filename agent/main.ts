@@ -51,6 +51,7 @@ export async function runAgentFromEnv(env: NodeJS.ProcessEnv): Promise<void> {
     ca: config.ca,
     fingerprint: config.fingerprint,
     allowedTargets: config.allowedTargets,
+    reconcileIntervalMs: config.reconcileIntervalMs,
     logger,
     createExecutor: createAgentExecutor,
   });

@@ -5,6 +5,7 @@
  */
 import path from 'node:path';
 import { AppError } from './errors.js';
+import { parseReconcileSeconds } from './relay/protocol.js';
 import { parseTargetList } from './relay/target-policy.js';
 
 export const DEFAULT_DATA_DIR = './data';
@@ -57,6 +58,12 @@ export interface ServerConfig {
    * null/absent = any.
    */
   directAllowedTargets?: string[] | null;
+  /**
+   * `P2PSTREAM_RECONCILE_SECONDS`: how often the hub sends each agent the ids
+   * of its live streams (docs/protocol.md "Reconciliation"), in ms; 0 = never
+   * from this side. Default 60 s.
+   */
+  reconcileIntervalMs?: number;
   /** scrypt cost of new password hashes (no variable; tests lower it); default N=2^17, r=8, p=1. */
   passwordCost?: { N: number; r: number; p: number };
   /** Cluster timings (no variables; tests shorten them). */
@@ -142,6 +149,10 @@ export function loadConfig(env: NodeJS.ProcessEnv): Readonly<ServerConfig> {
     databaseUrl,
     natsUrl,
     directAllowedTargets: parseTargetList(nonEmpty(env.DIRECT_ALLOWED_TARGETS), 'DIRECT_ALLOWED_TARGETS'),
+    reconcileIntervalMs: parseReconcileSeconds(
+      env.P2PSTREAM_RECONCILE_SECONDS,
+      'P2PSTREAM_RECONCILE_SECONDS',
+    ),
   });
 }
 

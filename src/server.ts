@@ -203,6 +203,7 @@ export async function startServer(
     ...(presence ? { replicaId } : {}),
     onAgentConnected: (agentId, sessionId, at) => presence?.agentConnected(agentId, sessionId, at),
     onAgentDisconnected: (agentId, sessionId) => presence?.agentDisconnected(agentId, sessionId),
+    ...(config.reconcileIntervalMs !== undefined ? { reconcileIntervalMs: config.reconcileIntervalMs } : {}),
     ...(config.tunnels?.windowBytes ? { tunnelWindowBytes: config.tunnels.windowBytes } : {}),
     ...(config.tunnels?.maxStreamsPerAgent
       ? { maxTunnelStreamsPerAgent: config.tunnels.maxStreamsPerAgent }

@@ -67,6 +67,34 @@ export const DEFAULT_CAPABILITIES: readonly string[] = Object.freeze(
   Object.values(CAPABILITY).filter((capability) => capability !== CAPABILITY.CHECK),
 );
 
+/** Seconds between stream lists (capability `reconcile`) unless a variable says otherwise. */
+export const DEFAULT_RECONCILE_SECONDS = 60;
+/** The shortest accepted interval: a list is a few bytes per live stream. */
+export const MIN_RECONCILE_SECONDS = 1;
+/** The longest accepted interval (a day). */
+export const MAX_RECONCILE_SECONDS = 86_400;
+
+/**
+ * Reads a reconciliation interval variable (`P2PSTREAM_RECONCILE_SECONDS` on
+ * the control plane, `AGENT_RECONCILE_SECONDS` on the agent): whole seconds
+ * from {@link MIN_RECONCILE_SECONDS} to {@link MAX_RECONCILE_SECONDS}, or 0
+ * for none from this side. Unset or empty: the default. Returns milliseconds;
+ * throws VALIDATION_FAILED naming the variable.
+ */
+export function parseReconcileSeconds(value: string | undefined, variable: string): number {
+  const text = value?.trim() ?? '';
+  if (text === '') return DEFAULT_RECONCILE_SECONDS * 1000;
+  const seconds = /^\d+$/.test(text) ? Number(text) : Number.NaN;
+  if (seconds !== 0 && !(seconds >= MIN_RECONCILE_SECONDS && seconds <= MAX_RECONCILE_SECONDS)) {
+    throw new AppError(
+      'VALIDATION_FAILED',
+      `${variable} must be 0 (off) or whole seconds from ${MIN_RECONCILE_SECONDS} to ${MAX_RECONCILE_SECONDS}`,
+      { details: { field: variable } },
+    );
+  }
+  return seconds * 1000;
+}
+
 /** `v1–v2` (a single version reads `v1–v1`). */
 export function formatVersionRange(range: VersionRange): string {
   return `v${range.min}–v${range.max}`;

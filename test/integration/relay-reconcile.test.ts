@@ -6,9 +6,10 @@
 import { describe, expect, it } from 'vitest';
 import { AppError } from '../../src/errors.js';
 import { PROTOCOL_VERSION } from '../../src/relay/envelope.js';
-import { agentHeaders, upgradeAgent } from '../helpers/agent.js';
+import { agentHeaders, createTestAgent, upgradeAgent } from '../helpers/agent.js';
 import { useCleanups } from '../helpers/cleanup.js';
 import { startBareHub } from '../helpers/hub.js';
+import { startTestServer } from '../helpers/server.js';
 import { eventually } from '../helpers/wait.js';
 
 const cleanups = useCleanups();
@@ -74,5 +75,37 @@ describe('stream reconciliation', () => {
     raw.send({ streamId: 0, payload: { case: 'streamSet', value: { streamIds: [], leakedTotal: 2 } } });
     await eventually(() => bare.agents.get(created.agent.id).leakedStreams === 3);
     expect(bare.hub.isConnected(created.agent.id)).toBe(true);
+  });
+
+  it('runs at the interval P2PSTREAM_RECONCILE_SECONDS sets, and not at all with 0', async () => {
+    const listsFrom = async (seconds: string) => {
+      const server = await startTestServer({ env: { P2PSTREAM_RECONCILE_SECONDS: seconds } });
+      cleanups.push(() => server.close());
+      const created = await createTestAgent(server, await server.setupAdmin());
+      const upgraded = await upgradeAgent(server, agentHeaders(created.id, created.token), {
+        answerPings: true,
+      });
+      if (!upgraded.ok) throw new Error(`refused: ${upgraded.status}`);
+      const raw = upgraded.socket;
+      cleanups.push(() => raw.close());
+      raw.send({
+        streamId: 0,
+        payload: {
+          case: 'hello',
+          value: { protocolVersion: PROTOCOL_VERSION, agentVersion: 'listener', capabilities: ['reconcile'] },
+        },
+      });
+      await eventually(() => raw.received.some((e) => e.payload.case === 'welcome'));
+      return { raw, lists: () => raw.received.filter((e) => e.payload.case === 'streamSet').length };
+    };
+    // Every second: two lists arrive well within the default wait (60 s would send none).
+    const often = await listsFrom('1');
+    await eventually(() => expect(often.lists()).toBeGreaterThanOrEqual(2), { timeoutMs: 10_000 });
+    // Off on the control plane's side: by the time the other server has sent two, this one sent none.
+    const never = await listsFrom('0');
+    const before = often.lists();
+    await eventually(() => expect(often.lists()).toBeGreaterThanOrEqual(before + 2), { timeoutMs: 10_000 });
+    await never.raw.roundTrip();
+    expect(never.lists()).toBe(0);
   });
 });

@@ -33,7 +33,18 @@ describe('loadAgentConfig', () => {
       fingerprint: FINGERPRINT.toUpperCase().match(/.{2}/g)!.join(':'),
       allowedTargets: ['app.lan:8081', '*.internal:*'],
       logLevel: 'info',
+      reconcileIntervalMs: 60_000,
     });
+  });
+
+  it('reads AGENT_RECONCILE_SECONDS: whole seconds from 1 to a day, or 0 for none', () => {
+    expect(loadAgentConfig({ ...BASE, AGENT_RECONCILE_SECONDS: '15' }).reconcileIntervalMs).toBe(15_000);
+    expect(loadAgentConfig({ ...BASE, AGENT_RECONCILE_SECONDS: '0' }).reconcileIntervalMs).toBe(0);
+    for (const bad of ['-1', '1.5', '86401', 'soon']) {
+      expect(messageOf({ ...BASE, AGENT_RECONCILE_SECONDS: bad })).toMatch(
+        /^AGENT_RECONCILE_SECONDS must be 0/,
+      );
+    }
   });
 
   it('takes several comma-separated URLs (replicas of one control plane), each checked', () => {

@@ -48,3 +48,16 @@ describe('cluster settings', () => {
     expect(err.details).toEqual({ field: 'P2PSTREAM_DATABASE_URL' });
   });
 });
+
+describe('reconciliation interval', () => {
+  it('is 60 s unless P2PSTREAM_RECONCILE_SECONDS says otherwise, and refuses what is not whole seconds', () => {
+    expect(loadConfig({}).reconcileIntervalMs).toBe(60_000);
+    expect(loadConfig({ P2PSTREAM_RECONCILE_SECONDS: '5' }).reconcileIntervalMs).toBe(5000);
+    expect(loadConfig({ P2PSTREAM_RECONCILE_SECONDS: '0' }).reconcileIntervalMs).toBe(0);
+    for (const bad of ['-5', '2.5', '100000', 'hourly']) {
+      const err = refusal({ P2PSTREAM_RECONCILE_SECONDS: bad });
+      expect(err.code).toBe('VALIDATION_FAILED');
+      expect(err.details).toEqual({ field: 'P2PSTREAM_RECONCILE_SECONDS' });
+    }
+  });
+});
