@@ -197,6 +197,45 @@ export interface TunnelRequest {
   upgrade?: boolean;
 }
 
+/** One check an agent runs (capability `health`): GET `url` every `intervalMs`, healthy on `expectStatus`. */
+export interface HealthCheck {
+  /** The client's name for the check; its results carry it. */
+  id: string;
+  /** Absolute `http://` or `https://` URL. */
+  url: string;
+  /** At least {@link MIN_HEALTH_INTERVAL_MS}. */
+  intervalMs: number;
+  /** Bounds the whole check; 0 = {@link DEFAULT_TIMEOUT_MS}. */
+  timeoutMs?: number;
+  expectStatus: number;
+}
+
+/**
+ * Opens a health stream (capability `health`), or on the stream already open
+ * replaces its whole set of checks (empty: none run).
+ */
+export interface HealthWatch {
+  checks: HealthCheck[];
+}
+
+/** The result of one run of a check. */
+export interface HealthResult {
+  id: string;
+  ok: boolean;
+  /** Why not (`status 503, expected 200`, `timed out`, `ECONNREFUSED`, `TARGET_NOT_ALLOWED`…); '' when ok. */
+  error?: string;
+}
+
+/** Check results, on a health stream. */
+export interface HealthReport {
+  results: HealthResult[];
+}
+
+/** The shortest interval between two runs of a health check an agent accepts: 1 s. */
+export const MIN_HEALTH_INTERVAL_MS = 1000;
+/** The most checks one health watch may name. */
+export const MAX_HEALTH_CHECKS = 1024;
+
 /** The client consumed `bytes` more of the response: the executor may send that much more. */
 export interface WindowUpdate {
   bytes: number;
@@ -249,7 +288,9 @@ export type EnvelopePayload =
   | { case: 'error'; value: RelayError }
   | { case: 'streamSet'; value: StreamSet }
   | { case: 'drain'; value: Drain }
-  | { case: 'tunnelRequest'; value: TunnelRequest };
+  | { case: 'tunnelRequest'; value: TunnelRequest }
+  | { case: 'healthWatch'; value: HealthWatch }
+  | { case: 'healthReport'; value: HealthReport };
 
 /** The kinds of payload, in proto field order. */
 export type EnvelopeCase = EnvelopePayload['case'];

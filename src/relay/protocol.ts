@@ -47,6 +47,11 @@ export const CAPABILITY = {
   DRAIN: 'drain',
   /** Tunnel streams: `tunnel_request` (public requests an agent makes in its network). */
   TUNNEL: 'tunnel',
+  /**
+   * Agent-run health checks: `health_watch` / `health_report` (the agent
+   * checks the backend members it serves, in its network, and reports).
+   */
+  HEALTH: 'health',
   /** Batch frames: several envelopes of one turn in one frame (`batch`). */
   BATCH: 'batch',
   /**

@@ -175,6 +175,73 @@ export class TunnelExecutor implements StreamHandler {
     }
   }
 
+  /**
+   * One health check of an app (capability `health`, health-check-executor.ts):
+   * GET `rawUrl` as a tunnel request would go, under the allowed-targets
+   * policy, with the same TLS handling (default CAs) and connection pools,
+   * redirects not followed; `timeoutMs` bounds it until the response head.
+   * Resolves null when the status is `expect`, else what went wrong:
+   * `status 503, expected 200`, `timed out`, the system or TLS error code
+   * (ECONNREFUSED, DEPTH_ZERO_SELF_SIGNED_CERT…), TARGET_NOT_ALLOWED,
+   * VALIDATION_FAILED. Never rejects.
+   */
+  probe(rawUrl: string, timeoutMs: number, expect: number): Promise<string | null> {
+    if (this.#closed) return Promise.resolve('AGENT_OFFLINE');
+    let url: URL;
+    let lookup: ReturnType<TargetPolicy['lookupFor']>;
+    try {
+      url = targetUrl(rawUrl);
+      const host = url.hostname.replace(/^\[|\]$/g, '');
+      const port = url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port);
+      if (!this.#policy.allows(host, port)) return Promise.resolve('TARGET_NOT_ALLOWED');
+      lookup = this.#policy.lookupFor(host, port);
+    } catch (err) {
+      return Promise.resolve(toAppError(err).code);
+    }
+    const secure = url.protocol === 'https:';
+    return new Promise((resolve) => {
+      let settled = false;
+      const settle = (result: string | null): void => {
+        if (settled) return;
+        settled = true;
+        resolve(result);
+      };
+      const req = (secure ? https : http).request({
+        agent: secure ? this.#httpsAgent : this.#httpAgent,
+        protocol: url.protocol,
+        hostname: url.hostname.replace(/^\[|\]$/g, ''),
+        port: url.port === '' ? undefined : Number(url.port),
+        method: 'GET',
+        path: `${url.pathname}${url.search}`,
+        headers: { 'user-agent': 'p2pstream-agent health check' },
+        ...(lookup ? { lookup } : {}),
+      });
+      // Bounds the answer; a body still coming then is cut too (only its status mattered).
+      const timer = setTimeout(() => {
+        settle('timed out');
+        req.destroy();
+      }, boundTimeout(timeoutMs));
+      timer.unref();
+      req.on('response', (res) => {
+        const status = res.statusCode ?? 0;
+        settle(status === expect ? null : `status ${status}, expected ${expect}`);
+        // Read the body away so the connection serves again; a large one is not worth it.
+        let read = 0;
+        res.on('data', (chunk: Buffer) => {
+          read += chunk.length;
+          if (read > PROBE_BODY_BYTES) req.destroy();
+        });
+        res.on('close', () => clearTimeout(timer));
+        res.on('error', () => {});
+      });
+      req.on('error', (err) => {
+        clearTimeout(timer);
+        settle(probeError(err));
+      });
+      req.end();
+    });
+  }
+
   receive(envelope: Envelope): void {
     if (this.#closed) return;
     try {
@@ -513,6 +580,16 @@ function targetUrl(raw: string): URL {
   if (url.username !== '' || url.password !== '')
     throw new AppError('VALIDATION_FAILED', 'the target URL must not carry credentials');
   return url;
+}
+
+/** Body bytes a health check reads away before it closes the connection instead: 64 KiB. */
+const PROBE_BODY_BYTES = 64 * 1024;
+
+/** A failed check in a word: the system or TLS error code (ECONNREFUSED, CERT_HAS_EXPIRED…), else the message. */
+function probeError(err: unknown): string {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  if (typeof e?.code === 'string' && /^[A-Z][A-Z0-9_]+$/.test(e.code)) return e.code;
+  return typeof e?.message === 'string' && e.message !== '' ? e.message.slice(0, 200) : 'check failed';
 }
 
 /** The system error code behind a failure (ECONNREFUSED, …), if any. */

@@ -57,6 +57,8 @@ const RELAY_FILES: Record<string, readonly string[]> = {
   ],
   'direct-transport.ts': ['src/relay/'],
   'tunnel-client.ts': ['src/relay/envelope.ts', 'src/relay/relay-peer.ts'],
+  'health-watch-client.ts': ['src/relay/envelope.ts', 'src/relay/relay-peer.ts'],
+  'health-check-executor.ts': ['src/relay/envelope.ts', 'src/relay/relay-peer.ts'],
   'tunnel-executor.ts': [
     'src/relay/envelope.ts',
     'src/relay/relay-peer.ts',

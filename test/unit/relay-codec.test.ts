@@ -143,6 +143,30 @@ const EVERY_KIND: Record<EnvelopeCase, Envelope> = {
       },
     },
   },
+  healthWatch: {
+    streamId: 8,
+    payload: {
+      case: 'healthWatch',
+      value: {
+        checks: [
+          {
+            id: 'bk_1/mb_1',
+            url: 'https://app.internal:8443/healthz',
+            intervalMs: 5000,
+            timeoutMs: 2000,
+            expectStatus: 200,
+          },
+        ],
+      },
+    },
+  },
+  healthReport: {
+    streamId: 8,
+    payload: {
+      case: 'healthReport',
+      value: { results: [{ id: 'bk_1/mb_1', ok: false, error: 'status 503, expected 200' }] },
+    },
+  },
 };
 
 /** Compares a decoded envelope with the original, bytes as bytes (decoded bytes are Buffers). */

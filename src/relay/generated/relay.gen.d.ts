@@ -63,6 +63,12 @@ export namespace p2pstream {
                 /** Envelope tunnelRequest */
                 tunnelRequest?: (p2pstream.relay.v1.ITunnelRequest|null);
 
+                /** Envelope healthWatch */
+                healthWatch?: (p2pstream.relay.v1.IHealthWatch|null);
+
+                /** Envelope healthReport */
+                healthReport?: (p2pstream.relay.v1.IHealthReport|null);
+
                 /** Envelope batch */
                 batch?: (p2pstream.relay.v1.IBatch|null);
             }
@@ -127,11 +133,17 @@ export namespace p2pstream {
                 /** Envelope tunnelRequest. */
                 public tunnelRequest?: (p2pstream.relay.v1.ITunnelRequest|null);
 
+                /** Envelope healthWatch. */
+                public healthWatch?: (p2pstream.relay.v1.IHealthWatch|null);
+
+                /** Envelope healthReport. */
+                public healthReport?: (p2pstream.relay.v1.IHealthReport|null);
+
                 /** Envelope batch. */
                 public batch?: (p2pstream.relay.v1.IBatch|null);
 
                 /** Envelope payload. */
-                public payload?: ("hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain"|"tunnelRequest"|"batch");
+                public payload?: ("hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain"|"tunnelRequest"|"healthWatch"|"healthReport"|"batch");
 
                 /**
                  * Encodes the specified Envelope message. Does not implicitly {@link p2pstream.relay.v1.Envelope.verify|verify} messages.
@@ -1274,6 +1286,194 @@ export namespace p2pstream {
                  * @throws {$protobuf.util.ProtocolError} If required fields are missing
                  */
                 public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.TunnelRequest;
+            }
+
+            /** Properties of a HealthWatch. */
+            interface IHealthWatch {
+
+                /** HealthWatch checks */
+                checks?: (p2pstream.relay.v1.IHealthCheck[]|null);
+            }
+
+            /** Represents a HealthWatch. */
+            class HealthWatch implements IHealthWatch {
+
+                /**
+                 * Constructs a new HealthWatch.
+                 * @param [properties] Properties to set
+                 */
+                constructor(properties?: p2pstream.relay.v1.IHealthWatch);
+
+                /** HealthWatch checks. */
+                public checks: p2pstream.relay.v1.IHealthCheck[];
+
+                /**
+                 * Encodes the specified HealthWatch message. Does not implicitly {@link p2pstream.relay.v1.HealthWatch.verify|verify} messages.
+                 * @param message HealthWatch message or plain object to encode
+                 * @param [writer] Writer to encode to
+                 * @returns Writer
+                 */
+                public static encode(message: p2pstream.relay.v1.IHealthWatch, writer?: $protobuf.Writer): $protobuf.Writer;
+
+                /**
+                 * Decodes a HealthWatch message from the specified reader or buffer.
+                 * @param reader Reader or buffer to decode from
+                 * @param [length] Message length if known beforehand
+                 * @returns HealthWatch
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.HealthWatch;
+            }
+
+            /** Properties of a HealthCheck. */
+            interface IHealthCheck {
+
+                /** HealthCheck id */
+                id?: (string|null);
+
+                /** HealthCheck url */
+                url?: (string|null);
+
+                /** HealthCheck intervalMs */
+                intervalMs?: (number|null);
+
+                /** HealthCheck timeoutMs */
+                timeoutMs?: (number|null);
+
+                /** HealthCheck expectStatus */
+                expectStatus?: (number|null);
+            }
+
+            /** Represents a HealthCheck. */
+            class HealthCheck implements IHealthCheck {
+
+                /**
+                 * Constructs a new HealthCheck.
+                 * @param [properties] Properties to set
+                 */
+                constructor(properties?: p2pstream.relay.v1.IHealthCheck);
+
+                /** HealthCheck id. */
+                public id: string;
+
+                /** HealthCheck url. */
+                public url: string;
+
+                /** HealthCheck intervalMs. */
+                public intervalMs: number;
+
+                /** HealthCheck timeoutMs. */
+                public timeoutMs: number;
+
+                /** HealthCheck expectStatus. */
+                public expectStatus: number;
+
+                /**
+                 * Encodes the specified HealthCheck message. Does not implicitly {@link p2pstream.relay.v1.HealthCheck.verify|verify} messages.
+                 * @param message HealthCheck message or plain object to encode
+                 * @param [writer] Writer to encode to
+                 * @returns Writer
+                 */
+                public static encode(message: p2pstream.relay.v1.IHealthCheck, writer?: $protobuf.Writer): $protobuf.Writer;
+
+                /**
+                 * Decodes a HealthCheck message from the specified reader or buffer.
+                 * @param reader Reader or buffer to decode from
+                 * @param [length] Message length if known beforehand
+                 * @returns HealthCheck
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.HealthCheck;
+            }
+
+            /** Properties of a HealthReport. */
+            interface IHealthReport {
+
+                /** HealthReport results */
+                results?: (p2pstream.relay.v1.IHealthResult[]|null);
+            }
+
+            /** Represents a HealthReport. */
+            class HealthReport implements IHealthReport {
+
+                /**
+                 * Constructs a new HealthReport.
+                 * @param [properties] Properties to set
+                 */
+                constructor(properties?: p2pstream.relay.v1.IHealthReport);
+
+                /** HealthReport results. */
+                public results: p2pstream.relay.v1.IHealthResult[];
+
+                /**
+                 * Encodes the specified HealthReport message. Does not implicitly {@link p2pstream.relay.v1.HealthReport.verify|verify} messages.
+                 * @param message HealthReport message or plain object to encode
+                 * @param [writer] Writer to encode to
+                 * @returns Writer
+                 */
+                public static encode(message: p2pstream.relay.v1.IHealthReport, writer?: $protobuf.Writer): $protobuf.Writer;
+
+                /**
+                 * Decodes a HealthReport message from the specified reader or buffer.
+                 * @param reader Reader or buffer to decode from
+                 * @param [length] Message length if known beforehand
+                 * @returns HealthReport
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.HealthReport;
+            }
+
+            /** Properties of a HealthResult. */
+            interface IHealthResult {
+
+                /** HealthResult id */
+                id?: (string|null);
+
+                /** HealthResult ok */
+                ok?: (boolean|null);
+
+                /** HealthResult error */
+                error?: (string|null);
+            }
+
+            /** Represents a HealthResult. */
+            class HealthResult implements IHealthResult {
+
+                /**
+                 * Constructs a new HealthResult.
+                 * @param [properties] Properties to set
+                 */
+                constructor(properties?: p2pstream.relay.v1.IHealthResult);
+
+                /** HealthResult id. */
+                public id: string;
+
+                /** HealthResult ok. */
+                public ok: boolean;
+
+                /** HealthResult error. */
+                public error: string;
+
+                /**
+                 * Encodes the specified HealthResult message. Does not implicitly {@link p2pstream.relay.v1.HealthResult.verify|verify} messages.
+                 * @param message HealthResult message or plain object to encode
+                 * @param [writer] Writer to encode to
+                 * @returns Writer
+                 */
+                public static encode(message: p2pstream.relay.v1.IHealthResult, writer?: $protobuf.Writer): $protobuf.Writer;
+
+                /**
+                 * Decodes a HealthResult message from the specified reader or buffer.
+                 * @param reader Reader or buffer to decode from
+                 * @param [length] Message length if known beforehand
+                 * @returns HealthResult
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                public static decode(reader: ($protobuf.Reader|Uint8Array), length?: number): p2pstream.relay.v1.HealthResult;
             }
         }
     }

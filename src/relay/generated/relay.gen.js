@@ -58,6 +58,8 @@ export const p2pstream = $root.p2pstream = (() => {
                  * @property {p2pstream.relay.v1.IStreamSet|null} [streamSet] Envelope streamSet
                  * @property {p2pstream.relay.v1.IDrain|null} [drain] Envelope drain
                  * @property {p2pstream.relay.v1.ITunnelRequest|null} [tunnelRequest] Envelope tunnelRequest
+                 * @property {p2pstream.relay.v1.IHealthWatch|null} [healthWatch] Envelope healthWatch
+                 * @property {p2pstream.relay.v1.IHealthReport|null} [healthReport] Envelope healthReport
                  * @property {p2pstream.relay.v1.IBatch|null} [batch] Envelope batch
                  */
 
@@ -213,6 +215,22 @@ export const p2pstream = $root.p2pstream = (() => {
                 Envelope.prototype.tunnelRequest = null;
 
                 /**
+                 * Envelope healthWatch.
+                 * @member {p2pstream.relay.v1.IHealthWatch|null|undefined} healthWatch
+                 * @memberof p2pstream.relay.v1.Envelope
+                 * @instance
+                 */
+                Envelope.prototype.healthWatch = null;
+
+                /**
+                 * Envelope healthReport.
+                 * @member {p2pstream.relay.v1.IHealthReport|null|undefined} healthReport
+                 * @memberof p2pstream.relay.v1.Envelope
+                 * @instance
+                 */
+                Envelope.prototype.healthReport = null;
+
+                /**
                  * Envelope batch.
                  * @member {p2pstream.relay.v1.IBatch|null|undefined} batch
                  * @memberof p2pstream.relay.v1.Envelope
@@ -225,12 +243,12 @@ export const p2pstream = $root.p2pstream = (() => {
 
                 /**
                  * Envelope payload.
-                 * @member {"hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain"|"tunnelRequest"|"batch"|undefined} payload
+                 * @member {"hello"|"welcome"|"ping"|"pong"|"discoverRequest"|"discoverResult"|"requestHead"|"responseHead"|"bodyChunk"|"end"|"windowUpdate"|"cancel"|"error"|"streamSet"|"drain"|"tunnelRequest"|"healthWatch"|"healthReport"|"batch"|undefined} payload
                  * @memberof p2pstream.relay.v1.Envelope
                  * @instance
                  */
                 Object.defineProperty(Envelope.prototype, "payload", {
-                    get: $util.oneOfGetter($oneOfFields = ["hello", "welcome", "ping", "pong", "discoverRequest", "discoverResult", "requestHead", "responseHead", "bodyChunk", "end", "windowUpdate", "cancel", "error", "streamSet", "drain", "tunnelRequest", "batch"]),
+                    get: $util.oneOfGetter($oneOfFields = ["hello", "welcome", "ping", "pong", "discoverRequest", "discoverResult", "requestHead", "responseHead", "bodyChunk", "end", "windowUpdate", "cancel", "error", "streamSet", "drain", "tunnelRequest", "healthWatch", "healthReport", "batch"]),
                     set: $util.oneOfSetter($oneOfFields)
                 });
 
@@ -284,6 +302,10 @@ export const p2pstream = $root.p2pstream = (() => {
                         $root.p2pstream.relay.v1.Drain.encode(message.drain, writer.uint32(/* id 16, wireType 2 =*/130).fork(), q + 1).ldelim();
                     if (message.tunnelRequest != null && Object.hasOwnProperty.call(message, "tunnelRequest"))
                         $root.p2pstream.relay.v1.TunnelRequest.encode(message.tunnelRequest, writer.uint32(/* id 17, wireType 2 =*/138).fork(), q + 1).ldelim();
+                    if (message.healthWatch != null && Object.hasOwnProperty.call(message, "healthWatch"))
+                        $root.p2pstream.relay.v1.HealthWatch.encode(message.healthWatch, writer.uint32(/* id 18, wireType 2 =*/146).fork(), q + 1).ldelim();
+                    if (message.healthReport != null && Object.hasOwnProperty.call(message, "healthReport"))
+                        $root.p2pstream.relay.v1.HealthReport.encode(message.healthReport, writer.uint32(/* id 19, wireType 2 =*/154).fork(), q + 1).ldelim();
                     if (message.batch != null && Object.hasOwnProperty.call(message, "batch"))
                         $root.p2pstream.relay.v1.Batch.encode(message.batch, writer.uint32(/* id 30, wireType 2 =*/242).fork(), q + 1).ldelim();
                     return writer;
@@ -389,6 +411,14 @@ export const p2pstream = $root.p2pstream = (() => {
                             }
                         case 17: {
                                 message.tunnelRequest = $root.p2pstream.relay.v1.TunnelRequest.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
+                        case 18: {
+                                message.healthWatch = $root.p2pstream.relay.v1.HealthWatch.decode(reader, reader.uint32(), undefined, long + 1);
+                                break;
+                            }
+                        case 19: {
+                                message.healthReport = $root.p2pstream.relay.v1.HealthReport.decode(reader, reader.uint32(), undefined, long + 1);
                                 break;
                             }
                         case 30: {
@@ -3533,6 +3563,532 @@ export const p2pstream = $root.p2pstream = (() => {
                 };
 
                 return TunnelRequest;
+            })();
+
+            v1.HealthWatch = (function() {
+
+                /**
+                 * Properties of a HealthWatch.
+                 * @memberof p2pstream.relay.v1
+                 * @interface IHealthWatch
+                 * @property {Array.<p2pstream.relay.v1.IHealthCheck>|null} [checks] HealthWatch checks
+                 */
+
+                /**
+                 * Constructs a new HealthWatch.
+                 * @memberof p2pstream.relay.v1
+                 * @classdesc Represents a HealthWatch.
+                 * @implements IHealthWatch
+                 * @constructor
+                 * @param {p2pstream.relay.v1.IHealthWatch=} [properties] Properties to set
+                 */
+                function HealthWatch(properties) {
+                    this.checks = [];
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                /**
+                 * HealthWatch checks.
+                 * @member {Array.<p2pstream.relay.v1.IHealthCheck>} checks
+                 * @memberof p2pstream.relay.v1.HealthWatch
+                 * @instance
+                 */
+                HealthWatch.prototype.checks = $util.emptyArray;
+
+                /**
+                 * Encodes the specified HealthWatch message. Does not implicitly {@link p2pstream.relay.v1.HealthWatch.verify|verify} messages.
+                 * @function encode
+                 * @memberof p2pstream.relay.v1.HealthWatch
+                 * @static
+                 * @param {p2pstream.relay.v1.IHealthWatch} message HealthWatch message or plain object to encode
+                 * @param {$protobuf.Writer} [writer] Writer to encode to
+                 * @returns {$protobuf.Writer} Writer
+                 */
+                HealthWatch.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.checks != null && message.checks.length)
+                        for (let i = 0; i < message.checks.length; ++i)
+                            $root.p2pstream.relay.v1.HealthCheck.encode(message.checks[i], writer.uint32(/* id 1, wireType 2 =*/10).fork(), q + 1).ldelim();
+                    return writer;
+                };
+
+                /**
+                 * Decodes a HealthWatch message from the specified reader or buffer.
+                 * @function decode
+                 * @memberof p2pstream.relay.v1.HealthWatch
+                 * @static
+                 * @param {$protobuf.Reader|Uint8Array} reader Reader or buffer to decode from
+                 * @param {number} [length] Message length if known beforehand
+                 * @returns {p2pstream.relay.v1.HealthWatch} HealthWatch
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                HealthWatch.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.p2pstream.relay.v1.HealthWatch();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                if (!(message.checks && message.checks.length))
+                                    message.checks = [];
+                                message.checks.push($root.p2pstream.relay.v1.HealthCheck.decode(reader, reader.uint32(), undefined, long + 1));
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                return HealthWatch;
+            })();
+
+            v1.HealthCheck = (function() {
+
+                /**
+                 * Properties of a HealthCheck.
+                 * @memberof p2pstream.relay.v1
+                 * @interface IHealthCheck
+                 * @property {string|null} [id] HealthCheck id
+                 * @property {string|null} [url] HealthCheck url
+                 * @property {number|null} [intervalMs] HealthCheck intervalMs
+                 * @property {number|null} [timeoutMs] HealthCheck timeoutMs
+                 * @property {number|null} [expectStatus] HealthCheck expectStatus
+                 */
+
+                /**
+                 * Constructs a new HealthCheck.
+                 * @memberof p2pstream.relay.v1
+                 * @classdesc Represents a HealthCheck.
+                 * @implements IHealthCheck
+                 * @constructor
+                 * @param {p2pstream.relay.v1.IHealthCheck=} [properties] Properties to set
+                 */
+                function HealthCheck(properties) {
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                /**
+                 * HealthCheck id.
+                 * @member {string} id
+                 * @memberof p2pstream.relay.v1.HealthCheck
+                 * @instance
+                 */
+                HealthCheck.prototype.id = "";
+
+                /**
+                 * HealthCheck url.
+                 * @member {string} url
+                 * @memberof p2pstream.relay.v1.HealthCheck
+                 * @instance
+                 */
+                HealthCheck.prototype.url = "";
+
+                /**
+                 * HealthCheck intervalMs.
+                 * @member {number} intervalMs
+                 * @memberof p2pstream.relay.v1.HealthCheck
+                 * @instance
+                 */
+                HealthCheck.prototype.intervalMs = 0;
+
+                /**
+                 * HealthCheck timeoutMs.
+                 * @member {number} timeoutMs
+                 * @memberof p2pstream.relay.v1.HealthCheck
+                 * @instance
+                 */
+                HealthCheck.prototype.timeoutMs = 0;
+
+                /**
+                 * HealthCheck expectStatus.
+                 * @member {number} expectStatus
+                 * @memberof p2pstream.relay.v1.HealthCheck
+                 * @instance
+                 */
+                HealthCheck.prototype.expectStatus = 0;
+
+                /**
+                 * Encodes the specified HealthCheck message. Does not implicitly {@link p2pstream.relay.v1.HealthCheck.verify|verify} messages.
+                 * @function encode
+                 * @memberof p2pstream.relay.v1.HealthCheck
+                 * @static
+                 * @param {p2pstream.relay.v1.IHealthCheck} message HealthCheck message or plain object to encode
+                 * @param {$protobuf.Writer} [writer] Writer to encode to
+                 * @returns {$protobuf.Writer} Writer
+                 */
+                HealthCheck.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.id != null && Object.hasOwnProperty.call(message, "id"))
+                        writer.uint32(/* id 1, wireType 2 =*/10).string(message.id);
+                    if (message.url != null && Object.hasOwnProperty.call(message, "url"))
+                        writer.uint32(/* id 2, wireType 2 =*/18).string(message.url);
+                    if (message.intervalMs != null && Object.hasOwnProperty.call(message, "intervalMs"))
+                        writer.uint32(/* id 3, wireType 0 =*/24).uint32(message.intervalMs);
+                    if (message.timeoutMs != null && Object.hasOwnProperty.call(message, "timeoutMs"))
+                        writer.uint32(/* id 4, wireType 0 =*/32).uint32(message.timeoutMs);
+                    if (message.expectStatus != null && Object.hasOwnProperty.call(message, "expectStatus"))
+                        writer.uint32(/* id 5, wireType 0 =*/40).uint32(message.expectStatus);
+                    return writer;
+                };
+
+                /**
+                 * Decodes a HealthCheck message from the specified reader or buffer.
+                 * @function decode
+                 * @memberof p2pstream.relay.v1.HealthCheck
+                 * @static
+                 * @param {$protobuf.Reader|Uint8Array} reader Reader or buffer to decode from
+                 * @param {number} [length] Message length if known beforehand
+                 * @returns {p2pstream.relay.v1.HealthCheck} HealthCheck
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                HealthCheck.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.p2pstream.relay.v1.HealthCheck();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.id = reader.string();
+                                break;
+                            }
+                        case 2: {
+                                message.url = reader.string();
+                                break;
+                            }
+                        case 3: {
+                                message.intervalMs = reader.uint32();
+                                break;
+                            }
+                        case 4: {
+                                message.timeoutMs = reader.uint32();
+                                break;
+                            }
+                        case 5: {
+                                message.expectStatus = reader.uint32();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                return HealthCheck;
+            })();
+
+            v1.HealthReport = (function() {
+
+                /**
+                 * Properties of a HealthReport.
+                 * @memberof p2pstream.relay.v1
+                 * @interface IHealthReport
+                 * @property {Array.<p2pstream.relay.v1.IHealthResult>|null} [results] HealthReport results
+                 */
+
+                /**
+                 * Constructs a new HealthReport.
+                 * @memberof p2pstream.relay.v1
+                 * @classdesc Represents a HealthReport.
+                 * @implements IHealthReport
+                 * @constructor
+                 * @param {p2pstream.relay.v1.IHealthReport=} [properties] Properties to set
+                 */
+                function HealthReport(properties) {
+                    this.results = [];
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                /**
+                 * HealthReport results.
+                 * @member {Array.<p2pstream.relay.v1.IHealthResult>} results
+                 * @memberof p2pstream.relay.v1.HealthReport
+                 * @instance
+                 */
+                HealthReport.prototype.results = $util.emptyArray;
+
+                /**
+                 * Encodes the specified HealthReport message. Does not implicitly {@link p2pstream.relay.v1.HealthReport.verify|verify} messages.
+                 * @function encode
+                 * @memberof p2pstream.relay.v1.HealthReport
+                 * @static
+                 * @param {p2pstream.relay.v1.IHealthReport} message HealthReport message or plain object to encode
+                 * @param {$protobuf.Writer} [writer] Writer to encode to
+                 * @returns {$protobuf.Writer} Writer
+                 */
+                HealthReport.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.results != null && message.results.length)
+                        for (let i = 0; i < message.results.length; ++i)
+                            $root.p2pstream.relay.v1.HealthResult.encode(message.results[i], writer.uint32(/* id 1, wireType 2 =*/10).fork(), q + 1).ldelim();
+                    return writer;
+                };
+
+                /**
+                 * Decodes a HealthReport message from the specified reader or buffer.
+                 * @function decode
+                 * @memberof p2pstream.relay.v1.HealthReport
+                 * @static
+                 * @param {$protobuf.Reader|Uint8Array} reader Reader or buffer to decode from
+                 * @param {number} [length] Message length if known beforehand
+                 * @returns {p2pstream.relay.v1.HealthReport} HealthReport
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                HealthReport.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.p2pstream.relay.v1.HealthReport();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                if (!(message.results && message.results.length))
+                                    message.results = [];
+                                message.results.push($root.p2pstream.relay.v1.HealthResult.decode(reader, reader.uint32(), undefined, long + 1));
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                return HealthReport;
+            })();
+
+            v1.HealthResult = (function() {
+
+                /**
+                 * Properties of a HealthResult.
+                 * @memberof p2pstream.relay.v1
+                 * @interface IHealthResult
+                 * @property {string|null} [id] HealthResult id
+                 * @property {boolean|null} [ok] HealthResult ok
+                 * @property {string|null} [error] HealthResult error
+                 */
+
+                /**
+                 * Constructs a new HealthResult.
+                 * @memberof p2pstream.relay.v1
+                 * @classdesc Represents a HealthResult.
+                 * @implements IHealthResult
+                 * @constructor
+                 * @param {p2pstream.relay.v1.IHealthResult=} [properties] Properties to set
+                 */
+                function HealthResult(properties) {
+                    if (properties)
+                        for (let keys = Object.keys(properties), i = 0; i < keys.length; ++i)
+                            if (properties[keys[i]] != null && keys[i] !== "__proto__")
+                                this[keys[i]] = properties[keys[i]];
+                }
+
+                /**
+                 * HealthResult id.
+                 * @member {string} id
+                 * @memberof p2pstream.relay.v1.HealthResult
+                 * @instance
+                 */
+                HealthResult.prototype.id = "";
+
+                /**
+                 * HealthResult ok.
+                 * @member {boolean} ok
+                 * @memberof p2pstream.relay.v1.HealthResult
+                 * @instance
+                 */
+                HealthResult.prototype.ok = false;
+
+                /**
+                 * HealthResult error.
+                 * @member {string} error
+                 * @memberof p2pstream.relay.v1.HealthResult
+                 * @instance
+                 */
+                HealthResult.prototype.error = "";
+
+                /**
+                 * Encodes the specified HealthResult message. Does not implicitly {@link p2pstream.relay.v1.HealthResult.verify|verify} messages.
+                 * @function encode
+                 * @memberof p2pstream.relay.v1.HealthResult
+                 * @static
+                 * @param {p2pstream.relay.v1.IHealthResult} message HealthResult message or plain object to encode
+                 * @param {$protobuf.Writer} [writer] Writer to encode to
+                 * @returns {$protobuf.Writer} Writer
+                 */
+                HealthResult.encode = function encode(message, writer, q) {
+                    if (!writer)
+                        writer = $Writer.create();
+                    if (q === undefined)
+                        q = 0;
+                    if (q > $util.recursionLimit)
+                        throw Error("max depth exceeded");
+                    if (message.id != null && Object.hasOwnProperty.call(message, "id"))
+                        writer.uint32(/* id 1, wireType 2 =*/10).string(message.id);
+                    if (message.ok != null && Object.hasOwnProperty.call(message, "ok"))
+                        writer.uint32(/* id 2, wireType 0 =*/16).bool(message.ok);
+                    if (message.error != null && Object.hasOwnProperty.call(message, "error"))
+                        writer.uint32(/* id 3, wireType 2 =*/26).string(message.error);
+                    return writer;
+                };
+
+                /**
+                 * Decodes a HealthResult message from the specified reader or buffer.
+                 * @function decode
+                 * @memberof p2pstream.relay.v1.HealthResult
+                 * @static
+                 * @param {$protobuf.Reader|Uint8Array} reader Reader or buffer to decode from
+                 * @param {number} [length] Message length if known beforehand
+                 * @returns {p2pstream.relay.v1.HealthResult} HealthResult
+                 * @throws {Error} If the payload is not a reader or valid buffer
+                 * @throws {$protobuf.util.ProtocolError} If required fields are missing
+                 */
+                HealthResult.decode = function decode(reader, length, error, long) {
+                    if (!(reader instanceof $Reader))
+                        reader = $Reader.create(reader);
+                    if (long === undefined)
+                        long = 0;
+                    if (long > $Reader.recursionLimit)
+                        throw Error("maximum nesting depth exceeded");
+                    let end, message;
+                    if (length === undefined)
+                        end = reader.len;
+                    else {
+                        end = reader.pos + length;
+                        if (end > reader.len)
+                            throw RangeError("index out of range");
+                        length = reader.len;
+                        reader.len = end;
+                    }
+                    message = new $root.p2pstream.relay.v1.HealthResult();
+                    while (reader.pos < end) {
+                        let tag = reader.uint32();
+                        if (tag === error)
+                            break;
+                        switch (tag >>> 3) {
+                        case 1: {
+                                message.id = reader.string();
+                                break;
+                            }
+                        case 2: {
+                                message.ok = reader.bool();
+                                break;
+                            }
+                        case 3: {
+                                message.error = reader.string();
+                                break;
+                            }
+                        default:
+                            reader.skipType(tag & 7, long);
+                            break;
+                        }
+                    }
+                    if (length !== undefined) {
+                        if (reader.pos !== end)
+                            throw RangeError("index out of range");
+                        reader.len = length;
+                    }
+                    return message;
+                };
+
+                return HealthResult;
             })();
 
             return v1;
