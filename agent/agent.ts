@@ -26,6 +26,7 @@ import {
   DEFAULT_TUNNEL_WINDOW_BYTES,
   type Envelope,
 } from '../src/relay/envelope.js';
+import { HealthCheckExecutor } from '../src/relay/health-check-executor.js';
 import {
   AGENT_CONNECT_PATH,
   CAPABILITY,
@@ -144,6 +145,8 @@ export interface StartAgentOptions {
   maxSendBufferBytes?: number;
   /** Stream reconciliation interval; default 60 s, 0 = off. */
   reconcileIntervalMs?: number;
+  /** Capabilities announced in hello; default this build's (DEFAULT_CAPABILITIES). Fewer = an older build. */
+  capabilities?: readonly string[];
 }
 
 export type AgentState = 'connecting' | 'connected' | 'waiting' | 'closed';
@@ -171,10 +174,18 @@ export interface RunningAgent {
    */
   kill(): Promise<void>;
   /** The live connection's counters: executor memory and the socket's send queue; null when not connected. */
-  stats(): (AgentExecutorStats & { bufferedAmount: number; tunnels: TunnelExecutorStats }) | null;
+  stats(): AgentStats | null;
   /** Its connections now (two to a control plane of several replicas, plus any being drained). */
   connections(): AgentConnectionInfo[];
 }
+
+/** Counters of the agent's live connection. */
+export type AgentStats = AgentExecutorStats & {
+  bufferedAmount: number;
+  tunnels: TunnelExecutorStats;
+  /** Health checks the control plane has this agent run now. */
+  healthChecks: number;
+};
 
 /** One of the agent's connections. */
 export interface AgentConnectionInfo {
@@ -224,6 +235,7 @@ class Agent {
   #peer: RelayPeer | null = null;
   #executor: EnvelopeHandler | null = null;
   #tunnels: TunnelExecutor | null = null;
+  #health: HealthCheckExecutor | null = null;
   #wake: (() => void) | null = null;
   #loop: Promise<void> = Promise.resolve();
   readonly #verification: 'ca-file' | 'fingerprint';
@@ -285,13 +297,18 @@ class Agent {
     await this.#loop;
   }
 
-  stats(): (AgentExecutorStats & { bufferedAmount: number; tunnels: TunnelExecutorStats }) | null {
+  stats(): AgentStats | null {
     const executor = this.#executor;
     const peer = this.#peer;
     if (!executor || !peer || peer.isClosed) return null;
     const stats = executor.stats?.() ?? { activeStreams: 0, inFlightBytes: 0, bufferedBytes: 0 };
     const tunnels = this.#tunnels?.stats() ?? { activeStreams: 0, inFlightBytes: 0, bufferedBytes: 0 };
-    return { ...stats, bufferedAmount: peer.stats().bufferedAmount, tunnels };
+    return {
+      ...stats,
+      bufferedAmount: peer.stats().bufferedAmount,
+      tunnels,
+      healthChecks: this.#health?.activeChecks ?? 0,
+    };
   }
 
   async kill(): Promise<void> {
@@ -498,6 +515,7 @@ class Agent {
       logger: this.#logger,
       software: VERSION,
       versions: options.protocolVersions,
+      capabilities: options.capabilities,
       limits: peerLimits,
       handshakeTimeoutMs,
       // The control plane pings; the agent listens, and a silence of idleTimeoutMs means a dead link.
@@ -518,7 +536,7 @@ class Agent {
         });
         if (!context.session.capabilities.has(CAPABILITY.TUNNEL)) return [this.#executor];
         // Tunnel streams (public requests of backends' agent members), under the same allowed targets.
-        this.#tunnels = new TunnelExecutor({
+        const tunnels = new TunnelExecutor({
           send: context.send,
           allowedTargets: options.allowedTargets ?? null,
           maxStreams: peerLimits.maxTunnelStreams,
@@ -528,7 +546,16 @@ class Agent {
           isCongested: context.isCongested,
           logger: this.#logger,
         });
-        return [this.#executor, this.#tunnels];
+        this.#tunnels = tunnels;
+        if (!context.session.capabilities.has(CAPABILITY.HEALTH)) return [this.#executor, tunnels];
+        // Health checks of the members this agent serves: probes made as its tunnel requests are.
+        const health = new HealthCheckExecutor({
+          send: context.send,
+          probe: (url, timeoutMs, expectStatus) => tunnels.probe(url, timeoutMs, expectStatus),
+          logger: this.#logger,
+        });
+        this.#health = health;
+        return [this.#executor, tunnels, health];
       },
       onReady: (session) => {
         connectedAt = Date.now();
@@ -560,6 +587,7 @@ class Agent {
       onClosed: (event) => {
         this.#executor = null;
         this.#tunnels = null;
+        this.#health = null;
         // A welcome outside this agent's window is refused on this side.
         if (connectedAt === null && event.endReason === END_REASON.VERSION) refusal ??= event.error;
       },
@@ -639,7 +667,7 @@ class AgentConnections implements RunningAgent {
     await Promise.all([...this.#connections].map((agent) => agent.kill()));
   }
 
-  stats(): (AgentExecutorStats & { bufferedAmount: number; tunnels: TunnelExecutorStats }) | null {
+  stats(): AgentStats | null {
     for (const agent of this.#connections) {
       const stats = agent.stats();
       if (stats) return stats;

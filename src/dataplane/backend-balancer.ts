@@ -25,7 +25,19 @@
  * agent). The lease then names the agent and its tunnel dispatcher. With no
  * matching agent connected the member reads `unhealthy` ("no connected agent
  * matches") and is skipped; a backend with nothing usable answers 503.
- * Active checks are the control plane's for upstream members only.
+ *
+ * Active checks of agent members are the agents' (capability `health`): every
+ * matching agent that runs checks is told to GET the member's `upstreamUrl` +
+ * `healthCheck.path` in its network (the set is pushed on every
+ * configuration change and every {@link AGENT_CHECK_SYNC_MS}, so a
+ * reconnected or relabelled agent gets its checks too) and reports each
+ * result. The thresholds apply per agent: an agent whose checks say
+ * `unhealthy` is skipped for that member, and the member is usable while at
+ * least one matching agent is not (an agent that runs no checks, an older
+ * build, is usable as before). In `/health` the member reads `healthy` when
+ * one of its agents checks healthy, `unhealthy` when all of them check
+ * unhealthy (`lastError` names the agent), its latest check time, and
+ * transitions are logged per agent (`agentId`).
  *
  * Active checks go through the data plane's own upstream dispatcher, so an
  * https member is verified exactly as the requests it serves are (the same
@@ -41,6 +53,8 @@ import { createHash } from 'node:crypto';
 import { type Dispatcher, getGlobalDispatcher } from 'undici';
 import {
   type AgentDirectory,
+  type AgentHealthChecks,
+  type AgentHealthResult,
   agentMatches,
   type MemberHealth,
   type MemberState,
@@ -69,6 +83,9 @@ export interface MemberLease {
 /** The `lastError` of an agent member while no matching agent is connected. */
 export const NO_AGENT = 'no connected agent matches';
 
+/** How often the checks agents run are pushed again (reconnected or relabelled agents): 1 s. */
+export const AGENT_CHECK_SYNC_MS = 1000;
+
 /** What a consistent hash needs of a request. */
 export interface HashSource {
   readonly clientIp: string;
@@ -81,15 +98,32 @@ export interface HashSource {
  * the member keeps its id and target, and shared with the leases of its
  * requests in flight (so they count down the live `active`).
  */
-interface MemberRuntime {
+interface CheckState {
   /** The checked (or passively learned) state; `draining` is the record's, never stored here. */
   state: Exclude<MemberState, 'draining'>;
   lastCheckAt: string | null;
   lastError: string | null;
+  /** Consecutive good (> 0) or failed (< 0) checks. */
+  checkStreak: number;
+}
+
+/** What one agent's checks of an agent member say; kept for the agent's connection (`source`) only. */
+interface AgentCheckState extends CheckState {
+  readonly source: AgentHealthChecks;
+}
+
+interface MemberRuntime extends CheckState {
   active: number;
   consecutiveFailures: number;
   ejectedUntil: number;
-  checkStreak: number;
+  /** Agent members: each checking agent's view, by agent id. */
+  agentChecks: Map<string, AgentCheckState>;
+}
+
+/** The state of `agent`'s checks of `runtime`'s member, if it runs them on its current connection. */
+function agentCheck(runtime: MemberRuntime, agent: TunnelAgent): AgentCheckState | null {
+  const state = runtime.agentChecks.get(agent.agentId);
+  return state !== undefined && state.source === agent.health ? state : null;
 }
 
 class Member {
@@ -116,6 +150,7 @@ class Member {
       consecutiveFailures: 0,
       ejectedUntil: 0,
       checkStreak: 0,
+      agentChecks: new Map(),
     };
     const raw = record.type === 'upstream' ? record.url : record.upstreamUrl;
     if (URL.canParse(raw)) {
@@ -132,12 +167,17 @@ class Member {
     return this.runtime.active;
   }
 
-  /** Usable now; an agent member also needs a matching agent (`agents` is refreshed as a side effect). */
-  usable(now: number, directory: AgentDirectory | undefined): boolean {
+  /**
+   * Usable now; an agent member also needs a matching agent whose checks (if
+   * `checked` and it runs them) do not say unhealthy. `agents` is refreshed
+   * as a side effect.
+   */
+  usable(now: number, directory: AgentDirectory | undefined, checked: boolean): boolean {
     const r = this.runtime;
     if (this.origin === '' || this.draining || r.state === 'unhealthy' || now < r.ejectedUntil) return false;
     if (this.record.type === 'upstream') return true;
-    this.agents = matchingAgents(this.record, directory);
+    const agents = matchingAgents(this.record, directory);
+    this.agents = checked ? agents.filter((agent) => agentCheck(r, agent)?.state !== 'unhealthy') : agents;
     return this.agents.length > 0;
   }
 
@@ -185,10 +225,13 @@ class Pool {
       const old = previous?.members.find((o) => o.record.id === m.id && sameTarget(o.record, m));
       return new Member(m, old?.runtime);
     });
+    // Without checks, what agents checked before says nothing any more.
+    if (record.healthCheck === null) for (const m of this.members) m.runtime.agentChecks.clear();
   }
 
   pick(source: HashSource, now: number, directory: AgentDirectory | undefined): Member | null {
-    const usable = this.members.filter((m) => m.usable(now, directory));
+    const checked = this.record.healthCheck !== null;
+    const usable = this.members.filter((m) => m.usable(now, directory, checked));
     if (usable.length === 0) return null;
     switch (this.record.algorithm) {
       case 'round_robin': {
@@ -282,6 +325,7 @@ export class BackendBalancer {
   readonly #agents: AgentDirectory | undefined;
   readonly #dispatcher: Dispatcher | undefined;
   #checkTimers = new Map<string, NodeJS.Timeout>();
+  #syncTimer: NodeJS.Timeout | null = null;
   #checking = false;
 
   constructor(options: BackendBalancerOptions = {}) {
@@ -295,7 +339,10 @@ export class BackendBalancer {
     const next = new Map<string, Pool>();
     for (const record of records) next.set(record.id, new Pool(record, this.#pools.get(record.id)));
     this.#pools = next;
-    if (this.#checking) this.#scheduleChecks();
+    if (this.#checking) {
+      this.#scheduleChecks();
+      this.#syncAgentChecks();
+    }
   }
 
   /** A usable member of the backend for this request, or null (none: the caller answers 503). */
@@ -336,16 +383,23 @@ export class BackendBalancer {
     const pool = this.#pools.get(backendId);
     if (!pool) return null;
     const now = this.#now();
+    const checked = pool.record.healthCheck !== null;
     return pool.members.map((m) => {
-      // An agent member with no matching agent connected cannot serve, whatever it last did.
-      const noAgent = m.record.type === 'agent' && matchingAgents(m.record, this.#agents).length === 0;
       const r = m.runtime;
+      let view: Pick<CheckState, 'state' | 'lastCheckAt' | 'lastError'> = r;
+      if (m.record.type === 'agent') {
+        const agents = matchingAgents(m.record, this.#agents);
+        // No matching agent connected: it cannot serve, whatever it last did.
+        if (agents.length === 0)
+          view = { state: 'unhealthy', lastCheckAt: r.lastCheckAt, lastError: NO_AGENT };
+        else if (checked) view = agentView(r, agents);
+      }
       return {
         id: m.record.id,
         // Draining shows first; an ejected member reads unhealthy until its ejection ends.
-        state: m.draining ? 'draining' : now < r.ejectedUntil || noAgent ? 'unhealthy' : r.state,
-        lastCheckAt: r.lastCheckAt,
-        lastError: noAgent ? NO_AGENT : r.lastError,
+        state: m.draining ? 'draining' : now < r.ejectedUntil ? 'unhealthy' : view.state,
+        lastCheckAt: view.lastCheckAt,
+        lastError: view.lastError,
         activeRequests: r.active,
       };
     });
@@ -355,14 +409,86 @@ export class BackendBalancer {
   startChecks(): void {
     this.#checking = true;
     this.#scheduleChecks();
+    this.#syncAgentChecks();
+    if (this.#agents !== undefined && this.#syncTimer === null) {
+      this.#syncTimer = setInterval(() => this.#syncAgentChecks(), AGENT_CHECK_SYNC_MS);
+      this.#syncTimer.unref();
+    }
   }
 
   stopChecks(): void {
     this.#checking = false;
     for (const timer of this.#checkTimers.values()) clearInterval(timer);
     this.#checkTimers.clear();
+    if (this.#syncTimer !== null) clearInterval(this.#syncTimer);
+    this.#syncTimer = null;
+    // The agents stop checking too.
+    this.#syncAgentChecks();
   }
 
+  /**
+   * Tells every connected agent that runs checks which agent members to
+   * check (those it matches, of backends with a `healthCheck`; none once
+   * checks stopped), and forgets the views of agents no longer matching.
+   */
+  #syncAgentChecks(): void {
+    const directory = this.#agents;
+    if (directory === undefined) return;
+    const agents = directory.tunnelAgents();
+    for (const agent of agents) {
+      const health = agent.health;
+      if (health === null) continue;
+      const checks = [];
+      if (this.#checking) {
+        for (const pool of this.#pools.values()) {
+          const check = pool.record.healthCheck;
+          if (check === null) continue;
+          for (const m of pool.members) {
+            if (m.record.type !== 'agent' || m.origin === '' || !agentMatches(m.record, agent)) continue;
+            checks.push({
+              id: `${pool.record.id}/${m.record.id}`,
+              url: m.origin + m.basePath + check.path,
+              intervalMs: check.intervalSeconds * 1000,
+              timeoutMs: check.timeoutMs,
+              expectStatus: check.expectStatus,
+            });
+          }
+        }
+      }
+      health.watch(checks, (result) => this.#agentResult(agent.agentId, health, result));
+    }
+    for (const pool of this.#pools.values()) {
+      for (const m of pool.members) {
+        const views = m.runtime.agentChecks;
+        if (m.record.type !== 'agent' || views.size === 0) continue;
+        const record = m.record;
+        for (const [agentId, view] of views) {
+          const live = agents.find((a) => a.agentId === agentId);
+          if (live === undefined || live.health !== view.source || !agentMatches(record, live))
+            views.delete(agentId);
+        }
+      }
+    }
+  }
+
+  /** A result of `agentId`'s check (`backendId/memberId`): the thresholds apply to that agent's view. */
+  #agentResult(agentId: string, source: AgentHealthChecks, result: AgentHealthResult): void {
+    const slash = result.id.indexOf('/');
+    const pool = this.#pools.get(result.id.slice(0, slash));
+    const check = pool?.record.healthCheck;
+    if (pool === undefined || check == null || slash < 0) return;
+    const member = pool.members.find((m) => m.record.id === result.id.slice(slash + 1));
+    if (member === undefined || member.record.type !== 'agent') return;
+    const views = member.runtime.agentChecks;
+    let view = views.get(agentId);
+    if (view === undefined || view.source !== source) {
+      view = { source, state: 'unknown', lastCheckAt: null, lastError: null, checkStreak: 0 };
+      views.set(agentId, view);
+    }
+    const error = result.ok ? null : result.error || 'check failed';
+    const to = this.#applyCheck(view, check, error);
+    if (to !== null) this.#logTransition(pool, member, view, to, error, agentId);
+  }
   #scheduleChecks(): void {
     for (const timer of this.#checkTimers.values()) clearInterval(timer);
     this.#checkTimers.clear();
@@ -395,18 +521,28 @@ export class BackendBalancer {
     // The pool may have been replaced while the check ran: only the live one counts.
     if (this.#pools.get(pool.record.id) !== pool) return;
     const r = member.runtime;
-    r.lastCheckAt = new Date(this.#now()).toISOString();
-    const ok = error === null;
-    if (!ok) r.lastError = error;
-    if (ok) r.checkStreak = r.checkStreak > 0 ? r.checkStreak + 1 : 1;
-    else r.checkStreak = r.checkStreak < 0 ? r.checkStreak - 1 : -1;
-    if (ok && r.state !== 'healthy' && r.checkStreak >= check.healthyThreshold) {
-      this.#transition(pool, member, 'healthy', null);
+    const to = this.#applyCheck(r, check, error);
+    if (to === 'healthy') {
       r.consecutiveFailures = 0;
       r.ejectedUntil = 0;
-    } else if (!ok && r.state !== 'unhealthy' && -r.checkStreak >= check.unhealthyThreshold) {
-      this.#transition(pool, member, 'unhealthy', error);
     }
+    if (to !== null) this.#logTransition(pool, member, r, to, error, null);
+  }
+
+  /** One check result (`error` null: good) against the thresholds; the state it moved to, or null. */
+  #applyCheck(
+    s: CheckState,
+    check: NonNullable<BackendRecord['healthCheck']>,
+    error: string | null,
+  ): 'healthy' | 'unhealthy' | null {
+    s.lastCheckAt = new Date(this.#now()).toISOString();
+    const ok = error === null;
+    if (!ok) s.lastError = error;
+    if (ok) s.checkStreak = s.checkStreak > 0 ? s.checkStreak + 1 : 1;
+    else s.checkStreak = s.checkStreak < 0 ? s.checkStreak - 1 : -1;
+    if (ok && s.state !== 'healthy' && s.checkStreak >= check.healthyThreshold) return 'healthy';
+    if (!ok && s.state !== 'unhealthy' && -s.checkStreak >= check.unhealthyThreshold) return 'unhealthy';
+    return null;
   }
 
   #passive(pool: Pool, member: Member, ok: boolean): void {
@@ -429,13 +565,58 @@ export class BackendBalancer {
     }
   }
 
-  #transition(pool: Pool, member: Member, state: 'healthy' | 'unhealthy', error: string | null): void {
-    const from = member.runtime.state;
-    member.runtime.state = state;
-    const log = { backendId: pool.record.id, memberId: member.record.id, from, to: state, error };
+  /** Moves `s` (a member's state, or one agent's view of it) to `state` and logs it. */
+  #logTransition(
+    pool: Pool,
+    member: Member,
+    s: CheckState,
+    state: 'healthy' | 'unhealthy',
+    error: string | null,
+    agentId: string | null,
+  ): void {
+    const from = s.state;
+    s.state = state;
+    const log = {
+      backendId: pool.record.id,
+      memberId: member.record.id,
+      ...(agentId === null ? {} : { agentId }),
+      from,
+      to: state,
+      error,
+    };
     if (state === 'unhealthy') this.#logger?.warn(log, 'backend member unhealthy');
     else this.#logger?.info(log, 'backend member healthy');
   }
+}
+
+/**
+ * An agent member's state from its matching agents' checks: healthy when one
+ * of them checks healthy, unhealthy when every one checks unhealthy, else
+ * what the member learned itself (unknown until it served, or an agent runs
+ * no checks); the latest check time, and the latest failure with its agent.
+ */
+function agentView(
+  r: MemberRuntime,
+  agents: readonly TunnelAgent[],
+): Pick<CheckState, 'state' | 'lastCheckAt' | 'lastError'> {
+  let healthy = false;
+  let allUnhealthy = true;
+  let lastCheckAt: string | null = null;
+  let lastError: string | null = null;
+  let lastErrorAt = '';
+  for (const agent of agents) {
+    const view = agentCheck(r, agent);
+    if (view?.state === 'healthy') healthy = true;
+    if (view?.state !== 'unhealthy') allUnhealthy = false;
+    if (view?.lastCheckAt == null) continue;
+    if (lastCheckAt === null || view.lastCheckAt > lastCheckAt) lastCheckAt = view.lastCheckAt;
+    if (view.lastError !== null && view.lastCheckAt >= lastErrorAt) {
+      lastError = `agent ${agent.agentId}: ${view.lastError}`;
+      lastErrorAt = view.lastCheckAt;
+    }
+  }
+  const state = healthy ? 'healthy' : allUnhealthy ? 'unhealthy' : r.state;
+  return { state, lastCheckAt, lastError };
 }
 
 /**

@@ -75,6 +75,30 @@ export interface TunnelAgent {
   /** Tunnel streams open through it now (the least busy matching agent is picked). */
   activeTunnels(): number;
   readonly dispatcher: TunnelDispatcher;
+  /** Its active checks of the members it serves (it announced `health`); null = it runs none. */
+  readonly health: AgentHealthChecks | null;
+}
+
+/** A check an agent runs in its network: GET `url` every `intervalMs`, healthy on `expectStatus`. */
+export interface AgentHealthCheck {
+  readonly id: string;
+  readonly url: string;
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+  readonly expectStatus: number;
+}
+
+/** One run of an agent's check: `error` says why not ok. */
+export interface AgentHealthResult {
+  readonly id: string;
+  readonly ok: boolean;
+  readonly error?: string | undefined;
+}
+
+/** The checks one connected agent runs (one object per connection). */
+export interface AgentHealthChecks {
+  /** Replaces the agent's checks (an unchanged set sends nothing); every result goes to `onResult`. */
+  watch(checks: readonly AgentHealthCheck[], onResult: (result: AgentHealthResult) => void): void;
 }
 
 /** Where the balancer finds the agents agent members may use (the hub, in the server). */

@@ -18,6 +18,7 @@ import type { AgentConnection, AgentCredential, AgentService } from '../domain/a
 import { toAppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { DEFAULT_MAX_TUNNEL_STREAMS, DEFAULT_TUNNEL_WINDOW_BYTES, type Limits } from '../relay/envelope.js';
+import { HealthWatchClient } from '../relay/health-watch-client.js';
 import type { VersionRange } from '../relay/protocol.js';
 import {
   CAPABILITY,
@@ -80,6 +81,7 @@ export class AgentSession {
   #client: RelayClient | null = null;
   #bridge: AgentStreamBridge | null = null;
   #tunnel: TunnelClient | null = null;
+  #health: HealthWatchClient | null = null;
   #check = false;
   #drained = false;
 
@@ -134,7 +136,15 @@ export class AgentSession {
           maxChunkBytes: context.session.sendFrameBytes - 1024,
           logger: this.#logger,
         });
-        return [this.#client, this.#bridge, this.#tunnel];
+        if (!context.session.capabilities.has(CAPABILITY.HEALTH))
+          return [this.#client, this.#bridge, this.#tunnel];
+        // The agent checks the backend members it serves and reports here.
+        this.#health = new HealthWatchClient({
+          send: context.send,
+          nextStreamId: context.nextStreamId,
+          logger: this.#logger,
+        });
+        return [this.#client, this.#bridge, this.#tunnel, this.#health];
       },
       onReady: () => {
         if (this.#check) {
@@ -204,6 +214,11 @@ export class AgentSession {
   /** The tunnel dispatcher while ready, when the agent announced `tunnel`; else null. */
   get tunnel(): TunnelClient | null {
     return this.#peer.ready ? this.#tunnel : null;
+  }
+
+  /** The agent's health checks while ready, when it announced `health` (and `tunnel`); else null. */
+  get health(): HealthWatchClient | null {
+    return this.#peer.ready ? this.#health : null;
   }
 
   /** Tunnel streams open and response bytes held for paused clients (zeros without tunnels). */

@@ -13,7 +13,8 @@
  *   uses; the streams of a session that ends fail with AGENT_OFFLINE.
  * - As the data plane's AgentDirectory, `tunnelAgents()` lists the agents
  *   connected here that announced `tunnel`, with their current labels and
- *   their tunnel dispatcher (docs/protocol.md, "Tunnel streams").
+ *   their tunnel dispatcher (docs/protocol.md, "Tunnel streams") and, when
+ *   they announced `health`, their health checks ("Health streams").
  */
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -304,6 +305,7 @@ export class Hub implements AgentDirectory {
         labels,
         activeTunnels: () => dispatcher.activeStreams,
         dispatcher: dispatcher as unknown as TunnelAgent['dispatcher'],
+        health: session.health,
       });
     }
     return out;

@@ -281,6 +281,7 @@ function fakeDirectory(agents: { agentId: string; labels: Record<string, string>
       return this.active;
     },
     dispatcher: { dispatch: () => true },
+    health: null,
   }));
   return { agents: list, tunnelAgents: () => list };
 }
