@@ -157,7 +157,7 @@ function TemplateEditor(props: {
   }, [v.kind, v.status, v.contentType, v.body]);
   // A new template takes the usual status of the kind chosen.
   const chooseKind = (e: JSX.TargetedEvent<HTMLSelectElement>) => {
-    const kind = e.currentTarget.value;
+    const kind = e.currentTarget.value as (typeof KINDS)[number];
     form.set('kind', kind);
     if (template === null) form.set('status', String(DEFAULT_STATUS[kind] ?? v.status));
   };

@@ -2,13 +2,12 @@
  * `GET /metrics` (local, never relayed; an API token or a session): this
  * instance's metrics in the Prometheus text format (docs/operations.md).
  */
-import type { FastifyPluginAsync } from 'fastify';
-import { Type } from 'typebox';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { AuthService } from '../../domain/auth-service.js';
 import type { TokenService } from '../../domain/token-service.js';
 import type { MetricsRegistry } from '../../metrics/metrics-registry.js';
 import { requireAuth } from '../auth.js';
-import { errorResponses } from '../schemas/common.js';
+import { metricsSchema } from '../schemas/system.js';
 
 export const METRICS_PATH = '/metrics';
 
@@ -16,18 +15,13 @@ export function createMetricsPlugin(deps: {
   metrics: MetricsRegistry;
   auth: AuthService;
   tokens: TokenService;
-}): FastifyPluginAsync {
+}): FastifyPluginAsyncTypebox {
   return async (app) => {
     app.get(
       METRICS_PATH,
       {
         onRequest: requireAuth(deps.auth, deps.tokens),
-        schema: {
-          summary: 'Prometheus metrics of this instance (text exposition format 0.0.4)',
-          tags: ['metrics'],
-          produces: ['text/plain'],
-          response: { 200: Type.String({ description: 'Prometheus text format' }), ...errorResponses },
-        },
+        schema: metricsSchema,
       },
       async (_request, reply) => {
         const text = await deps.metrics.text();

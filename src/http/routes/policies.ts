@@ -11,27 +11,19 @@
  * Errors come from PolicyService: VALIDATION_FAILED (with `details.field`,
  * and `position`/`line`/`column` for expressions), CONFLICT, NOT_FOUND.
  */
-import type { FastifyPluginAsync } from 'fastify';
-import { type TSchema, Type } from 'typebox';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { PolicyService } from '../../domain/policy-service.js';
-import { errorResponses, IdParams, NoContent, Nullable } from '../schemas/common.js';
 import {
-  RateLimitInput,
-  RateLimitSchema,
-  ShaperInput,
-  ShaperSchema,
-  TestInput,
-  TestResult,
-  WafInput,
-  WafRuleSchema,
+  rateLimitSchemas,
+  shaperSchemas,
+  testPoliciesSchema,
+  validateExpressionSchema,
+  wafSchemas,
 } from '../schemas/policies.js';
 
 interface Crud {
   path: string;
-  list: string;
-  single: string;
-  schema: TSchema;
-  input: TSchema;
+  schemas: typeof wafSchemas;
   ops: {
     list(): unknown[];
     get(id: string): unknown;
@@ -41,15 +33,12 @@ interface Crud {
   };
 }
 
-export function createPoliciesPlugin(deps: { policies: PolicyService }): FastifyPluginAsync {
+export function createPoliciesPlugin(deps: { policies: PolicyService }): FastifyPluginAsyncTypebox {
   const { policies } = deps;
   const kinds: Crud[] = [
     {
       path: '/api/v1/policies/waf',
-      list: 'rules',
-      single: 'rule',
-      schema: WafRuleSchema,
-      input: WafInput,
+      schemas: wafSchemas,
       ops: {
         list: () => policies.listWaf(),
         get: (id) => policies.getWaf(id),
@@ -60,10 +49,7 @@ export function createPoliciesPlugin(deps: { policies: PolicyService }): Fastify
     },
     {
       path: '/api/v1/policies/rate-limits',
-      list: 'rules',
-      single: 'rule',
-      schema: RateLimitSchema,
-      input: RateLimitInput,
+      schemas: rateLimitSchemas,
       ops: {
         list: () => policies.listRateLimits(),
         get: (id) => policies.getRateLimit(id),
@@ -74,10 +60,7 @@ export function createPoliciesPlugin(deps: { policies: PolicyService }): Fastify
     },
     {
       path: '/api/v1/policies/shapers',
-      list: 'shapers',
-      single: 'shaper',
-      schema: ShaperSchema,
-      input: ShaperInput,
+      schemas: shaperSchemas,
       ops: {
         list: () => policies.listShapers(),
         get: (id) => policies.getShaper(id),
@@ -88,69 +71,28 @@ export function createPoliciesPlugin(deps: { policies: PolicyService }): Fastify
     },
   ];
   return async (app) => {
-    for (const kind of kinds) {
-      const one = Type.Object({ [kind.single]: kind.schema });
-      app.get(
-        kind.path,
-        {
-          schema: {
-            response: { 200: Type.Object({ [kind.list]: Type.Array(kind.schema) }), ...errorResponses },
-          },
-        },
-        async () => ({ [kind.list]: kind.ops.list() }),
+    for (const { path, schemas, ops } of kinds) {
+      const { list, single } = schemas.names;
+      app.get(path, { schema: schemas.list }, async () => ({ [list]: ops.list() }));
+      app.post(path, { schema: schemas.create }, async (request, reply) =>
+        reply.code(201).send({ [single]: await ops.create(request.body) }),
       );
-      app.post(
-        kind.path,
-        { schema: { body: kind.input, response: { 201: one, ...errorResponses } } },
-        async (request, reply) =>
-          reply.code(201).send({ [kind.single]: await kind.ops.create(request.body) }),
-      );
-      app.get<{ Params: { id: string } }>(
-        `${kind.path}/:id`,
-        { schema: { params: IdParams, response: { 200: one, ...errorResponses } } },
-        async (request) => ({ [kind.single]: kind.ops.get(request.params.id) }),
-      );
-      app.patch<{ Params: { id: string } }>(
-        `${kind.path}/:id`,
-        { schema: { params: IdParams, body: kind.input, response: { 200: one, ...errorResponses } } },
-        async (request) => ({ [kind.single]: await kind.ops.update(request.params.id, request.body) }),
-      );
-      app.delete<{ Params: { id: string } }>(
-        `${kind.path}/:id`,
-        { schema: { params: IdParams, response: { 204: NoContent, ...errorResponses } } },
-        async (request, reply) => {
-          await kind.ops.remove(request.params.id);
-          return reply.code(204).send();
-        },
-      );
+      app.get(`${path}/:id`, { schema: schemas.get }, async (request) => ({
+        [single]: ops.get(request.params.id),
+      }));
+      app.patch(`${path}/:id`, { schema: schemas.update }, async (request) => ({
+        [single]: await ops.update(request.params.id, request.body),
+      }));
+      app.delete(`${path}/:id`, { schema: schemas.remove }, async (request, reply) => {
+        await ops.remove(request.params.id);
+        return reply.code(204).send(null);
+      });
     }
-    app.post(
-      '/api/v1/policies/validate',
-      {
-        schema: {
-          body: Type.Object({ expression: Nullable(Type.String()) }, { additionalProperties: false }),
-          response: {
-            200: Type.Object({
-              valid: Type.Boolean(),
-              error: Nullable(
-                Type.Object({
-                  message: Type.String(),
-                  position: Type.Integer(),
-                  line: Type.Integer(),
-                  column: Type.Integer(),
-                }),
-              ),
-            }),
-            ...errorResponses,
-          },
-        },
-      },
-      async (request) => policies.validateExpression(request.body),
+    app.post('/api/v1/policies/validate', { schema: validateExpressionSchema }, async (request) =>
+      policies.validateExpression(request.body),
     );
-    app.post(
-      '/api/v1/policies/test',
-      { schema: { body: TestInput, response: { 200: TestResult, ...errorResponses } } },
-      async (request) => policies.test(request.body),
+    app.post('/api/v1/policies/test', { schema: testPoliciesSchema }, async (request) =>
+      policies.test(request.body),
     );
   };
 }

@@ -11,84 +11,47 @@
  * TemplateService: VALIDATION_FAILED, CONFLICT (name taken; delete of a
  * template in use, with `details.usedBy`), NOT_FOUND.
  */
-import type { FastifyPluginAsync } from 'fastify';
-import { Type } from 'typebox';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { TemplateService } from '../../domain/template-service.js';
-import { errorResponses, IdParams, NoContent } from '../schemas/common.js';
-import { Preview, TemplateInput, TemplateSchema, Values, Warnings } from '../schemas/templates.js';
+import {
+  createTemplateSchema,
+  deleteTemplateSchema,
+  getTemplateSchema,
+  listTemplatesSchema,
+  previewDraftSchema,
+  previewTemplateSchema,
+  updateTemplateSchema,
+} from '../schemas/templates.js';
 
-export function createTemplatesPlugin(deps: { templates: TemplateService }): FastifyPluginAsync {
+export function createTemplatesPlugin(deps: { templates: TemplateService }): FastifyPluginAsyncTypebox {
   const { templates } = deps;
   return async (app) => {
-    app.get(
-      '/api/v1/templates',
-      {
-        schema: {
-          response: { 200: Type.Object({ templates: Type.Array(TemplateSchema) }), ...errorResponses },
-        },
-      },
-      async () => ({ templates: templates.list() }),
+    app.get('/api/v1/templates', { schema: listTemplatesSchema }, async () => ({
+      templates: templates.list(),
+    }));
+    app.post('/api/v1/templates', { schema: createTemplateSchema }, async (request, reply) =>
+      reply.code(201).send(await templates.create(request.body)),
     );
+    app.post('/api/v1/templates/preview', { schema: previewDraftSchema }, async (request) =>
+      templates.previewDraft(request.body),
+    );
+    app.get('/api/v1/templates/:id', { schema: getTemplateSchema }, async (request) => ({
+      template: templates.get(request.params.id),
+    }));
+    app.patch('/api/v1/templates/:id', { schema: updateTemplateSchema }, async (request) =>
+      templates.update(request.params.id, request.body),
+    );
+    app.delete('/api/v1/templates/:id', { schema: deleteTemplateSchema }, async (request, reply) => {
+      await templates.remove(request.params.id);
+      return reply.code(204).send(null);
+    });
     app.post(
-      '/api/v1/templates',
-      {
-        schema: {
-          body: TemplateInput,
-          response: { 201: Type.Object({ template: TemplateSchema, warnings: Warnings }), ...errorResponses },
-        },
-      },
-      async (request, reply) => reply.code(201).send(await templates.create(request.body)),
-    );
-    app.post(
-      '/api/v1/templates/preview',
-      {
-        schema: {
-          body: Type.Object({ ...TemplateInput.properties, values: Type.Optional(Values) }),
-          response: { 200: Preview, ...errorResponses },
-        },
-      },
-      async (request) => templates.previewDraft(request.body),
-    );
-    app.get<{ Params: { id: string } }>(
-      '/api/v1/templates/:id',
-      {
-        schema: {
-          params: IdParams,
-          response: { 200: Type.Object({ template: TemplateSchema }), ...errorResponses },
-        },
-      },
-      async (request) => ({ template: templates.get(request.params.id) }),
-    );
-    app.patch<{ Params: { id: string } }>(
-      '/api/v1/templates/:id',
-      {
-        schema: {
-          params: IdParams,
-          body: TemplateInput,
-          response: { 200: Type.Object({ template: TemplateSchema, warnings: Warnings }), ...errorResponses },
-        },
-      },
-      async (request) => templates.update(request.params.id, request.body),
-    );
-    app.delete<{ Params: { id: string } }>(
-      '/api/v1/templates/:id',
-      { schema: { params: IdParams, response: { 204: NoContent, ...errorResponses } } },
-      async (request, reply) => {
-        await templates.remove(request.params.id);
-        return reply.code(204).send();
-      },
-    );
-    app.post<{ Params: { id: string } }>(
       '/api/v1/templates/:id/preview',
       {
+        schema: previewTemplateSchema,
         // `{values?}` may be left out entirely: sample values only.
         preValidation: async (request) => {
           request.body ??= {};
-        },
-        schema: {
-          params: IdParams,
-          body: Type.Object({ values: Type.Optional(Values) }),
-          response: { 200: Preview, ...errorResponses },
         },
       },
       async (request) => templates.preview(request.params.id, request.body),

@@ -3,7 +3,7 @@
  * the console derives its types from them.
  */
 import { Type } from 'typebox';
-import { Timestamp } from './common.js';
+import { errorResponses, IdParams, NoContent, Timestamp } from './common.js';
 
 export const Settings = Type.Object({
   enabled: Type.Boolean(),
@@ -82,3 +82,49 @@ export const PurgeInput = Type.Object({
   pathPrefix: Type.Optional(Type.String()),
   ruleId: Type.Optional(Type.String()),
 });
+
+const RuleReply = Type.Object({ rule: Rule });
+
+export const getCacheSettingsSchema = {
+  summary: 'The cache settings',
+  response: { 200: Settings, ...errorResponses },
+};
+export const updateCacheSettingsSchema = {
+  summary: 'Change the cache settings (sizes apply at once)',
+  body: SettingsInput,
+  response: { 200: Settings, ...errorResponses },
+};
+export const listCacheRulesSchema = {
+  summary: 'List cache rules',
+  response: { 200: Type.Object({ rules: Type.Array(Rule) }), ...errorResponses },
+};
+export const createCacheRuleSchema = {
+  summary: 'Create a cache rule',
+  body: RuleInput,
+  response: { 201: RuleReply, ...errorResponses },
+};
+export const getCacheRuleSchema = {
+  summary: 'One cache rule',
+  params: IdParams,
+  response: { 200: RuleReply, ...errorResponses },
+};
+export const updateCacheRuleSchema = {
+  summary: 'Change a cache rule',
+  params: IdParams,
+  body: RuleInput,
+  response: { 200: RuleReply, ...errorResponses },
+};
+export const deleteCacheRuleSchema = {
+  summary: 'Delete a cache rule (its entries are purged)',
+  params: IdParams,
+  response: { 204: NoContent, ...errorResponses },
+};
+export const purgeCacheSchema = {
+  summary: 'Purge cached responses (all, or by host, path prefix or rule)',
+  body: PurgeInput,
+  response: { 200: Type.Object({ purged: Type.Integer() }), ...errorResponses },
+};
+export const cacheStatsSchema = {
+  summary: 'Cache statistics',
+  response: { 200: Stats, ...errorResponses },
+};

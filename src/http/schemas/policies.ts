@@ -1,7 +1,7 @@
 /** Schemas of the traffic policy routes (docs/pipeline.md; README "Traffic policies"). */
-import { Type } from 'typebox';
+import { type TSchema, Type } from 'typebox';
 import { RATE_LIMIT_ALGORITHMS, WAF_ACTIONS } from '../../domain/policy-types.js';
-import { Nullable } from './common.js';
+import { errorResponses, IdParams, NoContent, Nullable } from './common.js';
 
 const Common = {
   id: Type.String(),
@@ -145,3 +145,59 @@ export const TestResult = Type.Object({
     }),
   ),
 });
+
+/**
+ * The five route schemas of one policy kind (list, create, one, change,
+ * delete): replies are `{<list>: [...]}` and `{<single>: {...}}` (`names`).
+ */
+function crudSchemas(what: string, list: string, single: string, item: TSchema, input: TSchema) {
+  const one = Type.Object({ [single]: item });
+  return {
+    names: { list, single },
+    list: {
+      summary: `List ${what}s`,
+      response: { 200: Type.Object({ [list]: Type.Array(item) }), ...errorResponses },
+    },
+    create: { summary: `Create a ${what}`, body: input, response: { 201: one, ...errorResponses } },
+    get: { summary: `One ${what}`, params: IdParams, response: { 200: one, ...errorResponses } },
+    update: {
+      summary: `Change a ${what}`,
+      params: IdParams,
+      body: input,
+      response: { 200: one, ...errorResponses },
+    },
+    remove: {
+      summary: `Delete a ${what}`,
+      params: IdParams,
+      response: { 204: NoContent, ...errorResponses },
+    },
+  };
+}
+
+export const wafSchemas = crudSchemas('WAF rule', 'rules', 'rule', WafRuleSchema, WafInput);
+export const rateLimitSchemas = crudSchemas('rate limit', 'rules', 'rule', RateLimitSchema, RateLimitInput);
+export const shaperSchemas = crudSchemas('bandwidth shaper', 'shapers', 'shaper', ShaperSchema, ShaperInput);
+
+export const validateExpressionSchema = {
+  summary: 'Check a match expression without saving it',
+  body: Type.Object({ expression: Nullable(Type.String()) }, { additionalProperties: false }),
+  response: {
+    200: Type.Object({
+      valid: Type.Boolean(),
+      error: Nullable(
+        Type.Object({
+          message: Type.String(),
+          position: Type.Integer(),
+          line: Type.Integer(),
+          column: Type.Integer(),
+        }),
+      ),
+    }),
+    ...errorResponses,
+  },
+};
+export const testPoliciesSchema = {
+  summary: 'Try a request against the policies: which stage would act, and how',
+  body: TestInput,
+  response: { 200: TestResult, ...errorResponses },
+};

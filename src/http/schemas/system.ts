@@ -1,4 +1,4 @@
-/** Schema of `GET /api/v1/system/info`. */
+/** Schemas of `GET /api/v1/system/info` and `GET /metrics`. */
 import { Type } from 'typebox';
 import { errorResponses } from './common.js';
 
@@ -32,4 +32,11 @@ export const SystemInfo = Type.Object({
 export const systemInfoSchema = {
   summary: 'What this instance is',
   response: { 200: SystemInfo, ...errorResponses },
+};
+
+export const metricsSchema = {
+  summary: 'Prometheus metrics of this instance (text exposition format 0.0.4)',
+  tags: ['metrics'],
+  produces: ['text/plain'],
+  response: { 200: Type.String({ description: 'Prometheus text format' }), ...errorResponses },
 };

@@ -4,9 +4,9 @@
  */
 import { Type } from 'typebox';
 import { TEMPLATE_KINDS, TEMPLATE_PLACEHOLDERS } from '../../domain/template-types.js';
-import { Timestamp } from './common.js';
+import { errorResponses, IdParams, NoContent, Timestamp } from './common.js';
 
-export const Kind = Type.Union(TEMPLATE_KINDS.map((k) => Type.Literal(k)));
+export const Kind = Type.Enum([...TEMPLATE_KINDS]);
 
 export const Usage = Type.Object({ type: Type.String(), id: Type.String(), name: Type.String() });
 
@@ -45,3 +45,42 @@ export const Preview = Type.Object({
   body: Type.String(),
   warnings: Warnings,
 });
+
+const Saved = Type.Object({ template: TemplateSchema, warnings: Warnings });
+
+export const listTemplatesSchema = {
+  summary: 'List response templates',
+  response: { 200: Type.Object({ templates: Type.Array(TemplateSchema) }), ...errorResponses },
+};
+export const createTemplateSchema = {
+  summary: 'Create a response template',
+  body: TemplateInput,
+  response: { 201: Saved, ...errorResponses },
+};
+export const previewDraftSchema = {
+  summary: 'Render an unsaved template with sample or given values',
+  body: Type.Object({ ...TemplateInput.properties, values: Type.Optional(Values) }),
+  response: { 200: Preview, ...errorResponses },
+};
+export const getTemplateSchema = {
+  summary: 'One response template',
+  params: IdParams,
+  response: { 200: Type.Object({ template: TemplateSchema }), ...errorResponses },
+};
+export const updateTemplateSchema = {
+  summary: 'Change a response template',
+  params: IdParams,
+  body: TemplateInput,
+  response: { 200: Saved, ...errorResponses },
+};
+export const deleteTemplateSchema = {
+  summary: 'Delete a response template (refused while in use)',
+  params: IdParams,
+  response: { 204: NoContent, ...errorResponses },
+};
+export const previewTemplateSchema = {
+  summary: 'Render a saved template with sample or given values',
+  params: IdParams,
+  body: Type.Object({ values: Type.Optional(Values) }),
+  response: { 200: Preview, ...errorResponses },
+};

@@ -4,7 +4,7 @@
  * them (the services check the inputs in detail).
  */
 import { Type } from 'typebox';
-import { Nullable } from './common.js';
+import { errorResponses, IdParams, NoContent, Nullable } from './common.js';
 
 export const CertificateStatus = Type.Enum(['pending', 'issuing', 'ready', 'renewing', 'error']);
 export const CertificateSource = Type.Enum(['upload', 'file', 'self-signed', 'acme']);
@@ -109,3 +109,67 @@ export const ProviderPatch = Type.Object({
   apiToken: Type.Optional(Type.String({ maxLength: 1024 })),
   apiBaseUrl: Type.Optional(Nullable(Type.String({ maxLength: 2048 }))),
 });
+
+const CertificateReply = Type.Object({ certificate: CertificateSchema });
+const AccountReply = Type.Object({ account: AccountSchema });
+const ProviderReply = Type.Object({ provider: ProviderSchema });
+const Deleted = { params: IdParams, response: { 204: NoContent, ...errorResponses } };
+
+export const listCertificatesSchema = {
+  summary: 'List public TLS certificates',
+  response: { 200: Type.Object({ certificates: Type.Array(CertificateSchema) }), ...errorResponses },
+};
+export const createCertificateSchema = {
+  summary: 'Add a certificate (uploaded, from files, self-signed or ACME)',
+  body: CertificateInput,
+  response: { 201: CertificateReply, ...errorResponses },
+};
+export const getCertificateSchema = {
+  summary: 'One certificate',
+  params: IdParams,
+  response: { 200: CertificateReply, ...errorResponses },
+};
+export const updateCertificateSchema = {
+  summary: 'Change a certificate',
+  params: IdParams,
+  body: CertificateInput,
+  response: { 200: CertificateReply, ...errorResponses },
+};
+export const deleteCertificateSchema = { summary: 'Delete a certificate', ...Deleted };
+export const renewCertificateSchema = {
+  summary: 'Renew a certificate now',
+  params: IdParams,
+  response: { 200: CertificateReply, ...errorResponses },
+};
+export const listAccountsSchema = {
+  summary: 'List ACME accounts',
+  response: { 200: Type.Object({ accounts: Type.Array(AccountSchema) }), ...errorResponses },
+};
+export const createAccountSchema = {
+  summary: 'Add an ACME account',
+  body: AccountInput,
+  response: { 201: AccountReply, ...errorResponses },
+};
+export const updateAccountSchema = {
+  summary: 'Change an ACME account',
+  params: IdParams,
+  body: AccountPatch,
+  response: { 200: AccountReply, ...errorResponses },
+};
+export const deleteAccountSchema = { summary: 'Delete an ACME account', ...Deleted };
+export const listProvidersSchema = {
+  summary: 'List DNS providers (for dns-01)',
+  response: { 200: Type.Object({ providers: Type.Array(ProviderSchema) }), ...errorResponses },
+};
+export const createProviderSchema = {
+  summary: 'Add a DNS provider',
+  body: ProviderInput,
+  response: { 201: ProviderReply, ...errorResponses },
+};
+export const updateProviderSchema = {
+  summary: 'Change a DNS provider',
+  params: IdParams,
+  body: ProviderPatch,
+  response: { 200: ProviderReply, ...errorResponses },
+};
+export const deleteProviderSchema = { summary: 'Delete a DNS provider', ...Deleted };
