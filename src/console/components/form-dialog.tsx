@@ -57,15 +57,23 @@ export interface FormDialogProps {
  * A form that sends itself once at a time: `onSubmit` runs on submit, its
  * rejection is sorted into field errors (shown by each `Field`) and a form
  * error (shown before `actions`); `actions` gets whether it is being sent.
+ * A form in a dialog stays busy after a success (the dialog closes); one on a
+ * page (`repeatable`) can be sent again.
  */
 export function Form(props: {
-  onSubmit: () => Promise<unknown>;
+  /** Sends the form; it gets the form element (what a control shows before the next render). */
+  onSubmit: (form: HTMLFormElement) => Promise<unknown>;
   fields: readonly string[];
   sortErrors?: ((err: unknown, fields: readonly string[]) => FormErrors) | undefined;
   noValidate?: boolean | undefined;
   class?: string | undefined;
   labelledBy?: string;
-  actions: (busy: boolean) => ComponentChildren;
+  testId?: string;
+  /** The form stays on the page after a success and can be sent again. */
+  repeatable?: boolean;
+  /** Every change of a control sends the form (settings that apply as they are chosen). */
+  submitOnChange?: boolean;
+  actions?: (busy: boolean) => ComponentChildren;
   children: ComponentChildren;
 }) {
   const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
@@ -77,7 +85,8 @@ export function Form(props: {
     setBusy(true);
     setErrors(NO_ERRORS);
     try {
-      await props.onSubmit();
+      await props.onSubmit(event.currentTarget);
+      if (props.repeatable) setBusy(false);
     } catch (err) {
       setErrors((props.sortErrors ?? formErrors)(err, props.fields));
       setBusy(false);
@@ -86,13 +95,15 @@ export function Form(props: {
   return (
     <form
       onSubmit={submit}
+      onChange={props.submitOnChange ? (event) => event.currentTarget.requestSubmit() : undefined}
       noValidate={props.noValidate}
       class={props.class}
       aria-labelledby={props.labelledBy}
+      data-testid={props.testId}
     >
       <FormErrorsContext.Provider value={errors}>{props.children}</FormErrorsContext.Provider>
       <ErrorMessage error={errors.form} />
-      {props.actions(busy)}
+      {props.actions?.(busy)}
     </form>
   );
 }

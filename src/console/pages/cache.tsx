@@ -2,23 +2,12 @@
  * Response cache of the selected environment (docs/pipeline.md "The cache
  * stage"): its counters, settings, rules (in the order they apply) and purge.
  */
-import type { JSX } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
 import { type Client, clientFor } from '../api';
 import { formatNumber } from '../components/charts';
 import { ConfirmDelete, RowActions } from '../components/data-table';
-import { FormDialog, useFields } from '../components/form-dialog';
-import {
-  Badge,
-  ErrorMessage,
-  Field,
-  type FormErrors,
-  formErrors,
-  LoadState,
-  NO_ERRORS,
-  SectionHead,
-  useResource,
-} from '../components/ui';
+import { Form, FormDialog, useFields } from '../components/form-dialog';
+import { Badge, ErrorMessage, Field, LoadState, SectionHead, useResource } from '../components/ui';
 import type { CacheRule, CacheSettings, CacheStats } from '../types';
 
 function bytes(n: number): string {
@@ -79,77 +68,69 @@ function Stat(props: { label: string; value: string; detail?: string }) {
   );
 }
 
-const SETTING_FIELDS: [keyof CacheSettings, string, string][] = [
+type SettingKey = Exclude<keyof CacheSettings, 'enabled'>;
+
+const SETTING_FIELDS: [SettingKey, string, string][] = [
   ['memoryMiB', 'Memory (MiB)', 'Hot bodies and the index.'],
   ['diskMiB', 'Disk (MiB)', '0 = memory only; in the data dir.'],
   ['hotObjectKiB', 'Hot object size (KiB)', 'Bodies up to this size also stay in memory.'],
   ['maxEntries', 'Max entries', ''],
   ['cleanupSeconds', 'Cleanup every (s)', 'Expired entries are removed.'],
 ];
+const SETTING_NAMES = ['enabled', ...SETTING_FIELDS.map(([k]) => k)];
+
+/** The settings as the form edits them: numbers as typed. */
+function settingValues(d: CacheSettings): { enabled: boolean } & Record<SettingKey, string> {
+  return {
+    enabled: d.enabled,
+    ...(Object.fromEntries(SETTING_FIELDS.map(([k]) => [k, String(d[k])])) as Record<SettingKey, string>),
+  };
+}
 
 function SettingsCard(props: { api: Client }) {
   const settings = useResource(() => props.api.get<CacheSettings>('/api/v1/cache/settings'), []);
-  const [values, setValues] = useState<Record<string, string> | null>(null);
-  const [enabled, setEnabled] = useState(true);
-  const [errors, setErrors] = useState<FormErrors>(NO_ERRORS);
-  const [saved, setSaved] = useState(false);
-  useEffect(() => {
-    const d = settings.data;
-    if (!d) return;
-    setEnabled(d.enabled);
-    setValues(Object.fromEntries(SETTING_FIELDS.map(([k]) => [k, String(d[k])])));
-  }, [settings.data]);
-  if (!values)
+  if (!settings.data)
     return <LoadState loading={settings.loading} error={settings.error} empty={false} what="settings" />;
-  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
-    event.preventDefault();
-    setErrors(NO_ERRORS);
+  return <SettingsForm api={props.api} settings={settings.data} />;
+}
+
+function SettingsForm(props: { api: Client; settings: CacheSettings }) {
+  const form = useFields(settingValues(props.settings));
+  const [saved, setSaved] = useState(false);
+  const submit = async () => {
     setSaved(false);
-    try {
-      const body: Record<string, unknown> = { enabled };
-      for (const [k] of SETTING_FIELDS) body[k] = Number(values[k]);
-      await props.api.put('/api/v1/cache/settings', body);
-      setSaved(true);
-      settings.reload();
-    } catch (err) {
-      setErrors(
-        formErrors(
-          err,
-          SETTING_FIELDS.map(([k]) => k),
-        ),
-      );
-    }
+    const body: Record<string, unknown> = { enabled: form.values.enabled };
+    for (const [k] of SETTING_FIELDS) body[k] = Number(form.values[k]);
+    const next = await props.api.put<CacheSettings>('/api/v1/cache/settings', body);
+    for (const [k, v] of Object.entries(settingValues(next))) form.set(k as SettingKey, v as string);
+    setSaved(true);
   };
   return (
-    <form class="card settings-card" onSubmit={submit} data-testid="cache-settings">
+    <Form
+      class="card settings-card"
+      testId="cache-settings"
+      onSubmit={submit}
+      fields={SETTING_NAMES}
+      repeatable
+      actions={(busy) => (
+        <div class="actions">
+          {saved ? <span class="ok-text">Saved.</span> : null}
+          <button type="submit" class="primary" disabled={busy}>
+            Save settings
+          </button>
+        </div>
+      )}
+    >
       <SectionHead title="Settings" level={2} />
       <label>
-        <input
-          type="checkbox"
-          name="enabled"
-          checked={enabled}
-          onChange={(e) => setEnabled(e.currentTarget.checked)}
-        />{' '}
-        Cache enabled
+        <input {...form.check('enabled')} /> Cache enabled
       </label>
       {SETTING_FIELDS.map(([name, label, hint]) => (
-        <Field key={name} label={label} error={errors.field[name]} hint={hint || undefined}>
-          <input
-            name={name}
-            type="number"
-            value={values[name]}
-            onInput={(e) => setValues({ ...values, [name]: e.currentTarget.value })}
-          />
+        <Field key={name} label={label} hint={hint || undefined}>
+          <input type="number" {...form.text(name)} />
         </Field>
       ))}
-      <ErrorMessage error={errors.form} />
-      <div class="actions">
-        {saved ? <span class="ok-text">Saved.</span> : null}
-        <button type="submit" class="primary">
-          Save settings
-        </button>
-      </div>
-    </form>
+    </Form>
   );
 }
 
@@ -346,29 +327,42 @@ function RuleEditor(props: {
   );
 }
 
+const PURGE_KINDS = ['all', 'host', 'pathPrefix', 'ruleId'] as const;
+
 function PurgeCard(props: { api: Client; rules: CacheRule[]; onPurged: () => void }) {
-  const [what, setWhat] = useState<'all' | 'host' | 'pathPrefix' | 'ruleId'>('all');
-  const [value, setValue] = useState('');
+  const form = useFields({ purgeWhat: 'all', purgeValue: '' });
   const [result, setResult] = useState<string | null>(null);
-  const [error, setError] = useState<unknown>(null);
-  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
-    event.preventDefault();
-    setError(null);
+  const what = form.values.purgeWhat as (typeof PURGE_KINDS)[number];
+  const submit = async () => {
     setResult(null);
-    try {
-      const body = what === 'all' ? { all: true } : { [what]: value };
-      const { purged } = await props.api.post<{ purged: number }>('/api/v1/cache/purge', body);
-      setResult(`Purged ${purged} ${purged === 1 ? 'entry' : 'entries'}.`);
-      props.onPurged();
-    } catch (err) {
-      setError(err);
-    }
+    const body = what === 'all' ? { all: true } : { [what]: form.values.purgeValue };
+    const { purged } = await props.api.post<{ purged: number }>('/api/v1/cache/purge', body);
+    setResult(`Purged ${purged} ${purged === 1 ? 'entry' : 'entries'}.`);
+    props.onPurged();
   };
   return (
-    <form class="card settings-card" onSubmit={submit} data-testid="cache-purge">
+    <Form
+      class="card settings-card"
+      testId="cache-purge"
+      onSubmit={submit}
+      fields={PURGE_KINDS}
+      repeatable
+      actions={(busy) => (
+        <div class="actions">
+          {result ? (
+            <span class="ok-text" role="status">
+              {result}
+            </span>
+          ) : null}
+          <button type="submit" class="danger" disabled={busy}>
+            Purge
+          </button>
+        </div>
+      )}
+    >
       <SectionHead title="Purge" level={2} />
-      <Field label="Purge">
-        <select name="purgeWhat" value={what} onChange={(e) => setWhat(e.currentTarget.value as typeof what)}>
+      <Field label="Purge" name="all">
+        <select {...form.choice('purgeWhat')}>
           <option value="all">everything</option>
           <option value="host">one host</option>
           <option value="pathPrefix">a path prefix</option>
@@ -376,8 +370,8 @@ function PurgeCard(props: { api: Client; rules: CacheRule[]; onPurged: () => voi
         </select>
       </Field>
       {what === 'ruleId' ? (
-        <Field label="Rule">
-          <select name="purgeValue" value={value} onChange={(e) => setValue(e.currentTarget.value)}>
+        <Field label="Rule" name="ruleId">
+          <select {...form.choice('purgeValue')}>
             <option value="">Choose a rule</option>
             {props.rules.map((r) => (
               <option key={r.id} value={r.id}>
@@ -387,21 +381,10 @@ function PurgeCard(props: { api: Client; rules: CacheRule[]; onPurged: () => voi
           </select>
         </Field>
       ) : what !== 'all' ? (
-        <Field label={what === 'host' ? 'Host' : 'Path prefix'}>
-          <input name="purgeValue" value={value} onInput={(e) => setValue(e.currentTarget.value)} />
+        <Field label={what === 'host' ? 'Host' : 'Path prefix'} name={what}>
+          <input {...form.text('purgeValue')} />
         </Field>
       ) : null}
-      <ErrorMessage error={error} />
-      <div class="actions">
-        {result ? (
-          <span class="ok-text" role="status">
-            {result}
-          </span>
-        ) : null}
-        <button type="submit" class="danger">
-          Purge
-        </button>
-      </div>
-    </form>
+    </Form>
   );
 }

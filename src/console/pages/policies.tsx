@@ -4,11 +4,10 @@
  * toggles, editors whose expression field is checked as the admin types, and
  * a "try a request" panel that asks the instance what each stage would do.
  */
-import type { JSX } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
 import { type Client, clientFor } from '../api';
 import { ConfirmDelete, RowActions, useAction } from '../components/data-table';
-import { FormDialog, useFieldError, useFields } from '../components/form-dialog';
+import { Form, FormDialog, useFieldError, useFields } from '../components/form-dialog';
 import {
   Badge,
   ErrorMessage,
@@ -473,8 +472,10 @@ function RuleEditor(props: {
   );
 }
 
+const TRY_FIELDS = ['method', 'host', 'path', 'ip', 'headers'];
+
 function TryRequest(props: { api: Client }) {
-  const [values, setValues] = useState({
+  const form = useFields({
     method: 'GET',
     host: 'www.example.com',
     path: '/',
@@ -482,57 +483,55 @@ function TryRequest(props: { api: Client }) {
     headers: '',
   });
   const [stages, setStages] = useState<PolicyTestStage[] | null>(null);
-  const [error, setError] = useState<unknown>(null);
-  const set = (name: keyof typeof values) => (e: JSX.TargetedEvent<HTMLInputElement | HTMLTextAreaElement>) =>
-    setValues({ ...values, [name]: e.currentTarget.value });
-  const submit = async (event: JSX.TargetedEvent<HTMLFormElement>) => {
-    event.preventDefault();
-    setError(null);
+  const submit = async () => {
+    const { method, host, path, ip } = form.values;
     const headers: Record<string, string> = {};
-    for (const line of values.headers.split('\n')) {
+    for (const line of form.values.headers.split('\n')) {
       const colon = line.indexOf(':');
       if (colon > 0) headers[line.slice(0, colon).trim()] = line.slice(colon + 1).trim();
     }
-    try {
-      const result = await props.api.post<{ stages: PolicyTestStage[] }>('/api/v1/policies/test', {
-        method: values.method,
-        host: values.host,
-        path: values.path,
-        ip: values.ip,
-        headers,
-      });
-      setStages(result.stages);
-    } catch (err) {
-      setError(err);
-      setStages(null);
-    }
+    setStages(null);
+    const result = await props.api.post<{ stages: PolicyTestStage[] }>('/api/v1/policies/test', {
+      method,
+      host,
+      path,
+      ip,
+      headers,
+    });
+    setStages(result.stages);
   };
   return (
     <div class="card" data-testid="try-request">
       <SectionHead title="Try a request" level={2} />
-      <form onSubmit={submit} class="try-form">
+      <Form
+        class="try-form"
+        onSubmit={submit}
+        fields={TRY_FIELDS}
+        repeatable
+        actions={(busy) => (
+          <div class="actions">
+            <button type="submit" class="primary" disabled={busy}>
+              Try
+            </button>
+          </div>
+        )}
+      >
         <Field label="Method">
-          <input name="method" value={values.method} onInput={set('method')} />
+          <input {...form.text('method')} />
         </Field>
         <Field label="Host">
-          <input name="host" value={values.host} onInput={set('host')} />
+          <input {...form.text('host')} />
         </Field>
         <Field label="Path">
-          <input name="path" value={values.path} onInput={set('path')} />
+          <input {...form.text('path')} />
         </Field>
         <Field label="Client address">
-          <input name="ip" value={values.ip} onInput={set('ip')} />
+          <input {...form.text('ip')} />
         </Field>
         <Field label="Headers" hint="One per line: Name: value">
-          <textarea name="headers" rows={2} value={values.headers} onInput={set('headers')} />
+          <textarea rows={2} {...form.text('headers')} />
         </Field>
-        <div class="actions">
-          <button type="submit" class="primary">
-            Try
-          </button>
-        </div>
-      </form>
-      <ErrorMessage error={error} />
+      </Form>
       {stages ? (
         <table data-testid="try-result">
           <thead>

@@ -7,14 +7,14 @@
  * The page is remounted on environment switch, which closes the old stream
  * and clears everything shown.
  */
-import type { JSX } from 'preact';
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { ApiError, type Client, clientFor, messageOf } from '../api';
 import { formatNumber, Sparkline } from '../components/charts';
 import { DataTable } from '../components/data-table';
+import { Form } from '../components/form-dialog';
 import { ErrorMessage, SectionHead } from '../components/ui';
 import { type StreamState, TrafficStream } from '../traffic-stream';
-import type { Agent, Backend, TraceEvent, TraceLevel, TrafficSettings } from '../types';
+import type { Agent, Backend, TraceEvent, TrafficSettings } from '../types';
 
 /** Events kept on screen (older ones fall off the bottom). */
 export const MAX_EVENTS = 500;
@@ -401,40 +401,26 @@ function TraceSettings(props: { environment: string; dropped: number; live: bool
     const timer = window.setInterval(load, 10_000);
     return () => window.clearInterval(timer);
   }, [props.live]);
-  const save = async (change: Partial<Pick<TrafficSettings, 'enabled' | 'level'>>) => {
-    if (!settings) return;
-    try {
-      const next = await api.put<TrafficSettings>('/api/v1/traffic/settings', {
-        enabled: change.enabled ?? settings.enabled,
-        level: change.level ?? settings.level,
-      });
-      setSettings((s) => ({ ...s, ...next }));
-      setError(null);
-    } catch (err) {
-      setError(err);
-    }
+  // The controls apply as they are chosen: what they show is read from the form.
+  const save = async (form: HTMLFormElement) => {
+    const control = (name: string) => form.elements.namedItem(name) as HTMLInputElement | HTMLSelectElement;
+    const next = await api.put<TrafficSettings>('/api/v1/traffic/settings', {
+      enabled: (control('tracingEnabled') as HTMLInputElement).checked,
+      level: control('level').value,
+    });
+    setSettings((s) => ({ ...s, ...next }));
   };
   return (
-    <form class="card settings-card" onSubmit={(e: JSX.TargetedEvent<HTMLFormElement>) => e.preventDefault()}>
+    <Form class="card settings-card" onSubmit={save} fields={[]} repeatable submitOnChange>
       <div class="muted small">Tracing</div>
       {settings ? (
         <>
           <label class="inline">
-            <input
-              type="checkbox"
-              name="tracingEnabled"
-              checked={settings.enabled}
-              onChange={(e) => save({ enabled: e.currentTarget.checked })}
-            />{' '}
-            Enabled
+            <input type="checkbox" name="tracingEnabled" checked={settings.enabled} /> Enabled
           </label>
           <label class="inline">
             Level{' '}
-            <select
-              name="level"
-              value={settings.level}
-              onChange={(e) => save({ level: e.currentTarget.value as TraceLevel })}
-            >
+            <select name="level" value={settings.level}>
               <option value="basic">basic</option>
               <option value="detailed">detailed</option>
               <option value="headers">headers (redacted)</option>
@@ -450,6 +436,6 @@ function TraceSettings(props: { environment: string; dropped: number; live: bool
         <span class="muted small">Loading…</span>
       )}
       <ErrorMessage error={error} />
-    </form>
+    </Form>
   );
 }
