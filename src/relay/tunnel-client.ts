@@ -37,6 +37,7 @@ import {
   MAX_CHUNK_BYTES,
 } from './envelope.js';
 import type { StreamHandler } from './relay-peer.js';
+import { boundTimeout } from './transport.js';
 
 /** How long after a request's own timeout the hub gives up if the agent has not answered the head. */
 export const TUNNEL_TIMEOUT_GRACE_MS = 5000;
@@ -51,8 +52,12 @@ export interface TunnelDispatchOptions {
   /** Flat `[name, value, …]`, or an object of names to values. */
   headers?: readonly string[] | Readonly<Record<string, string | readonly string[] | undefined>> | null;
   body?: AsyncIterable<Uint8Array | string> | Uint8Array | string | null;
-  /** Bounds the wait for the response head (the agent's connect included); default 10 s. */
+  /** Bounds the wait for the response head (the agent's connect included); default 10 s, at most 300 s. */
   headersTimeout?: number;
+  /**
+   * As undici's: the longest the response body may go without a chunk while
+   * its handler is not paused (0 = none); UND_ERR_BODY_TIMEOUT after it.
+   */
   bodyTimeout?: number;
   /** `websocket` (or any token): the request asks for an upgrade; a 101 makes the stream a byte pipe. */
   upgrade?: string | null;
@@ -127,17 +132,19 @@ export class TunnelError extends Error {
   readonly code: string;
   readonly relayCode: ErrorCode;
   readonly systemCause: string | null;
-  constructor(relayCode: ErrorCode, message: string, systemCause: string | null) {
+  /** `code`: undici's code for a failure the hub itself saw (UND_ERR_BODY_TIMEOUT), else derived. */
+  constructor(relayCode: ErrorCode, message: string, systemCause: string | null, code?: string) {
     super(message);
     this.name = 'TunnelError';
     this.relayCode = relayCode;
     this.systemCause = systemCause;
     this.code =
-      systemCause !== null && systemCause !== ''
+      code ??
+      (systemCause !== null && systemCause !== ''
         ? systemCause
         : relayCode === 'ENVIRONMENT_TIMEOUT'
           ? 'UND_ERR_HEADERS_TIMEOUT'
-          : relayCode;
+          : relayCode);
   }
 }
 
@@ -329,14 +336,43 @@ class TunnelStream implements TunnelController {
   resume(): void {
     if (!this.#paused) return;
     this.#paused = false;
+    this.#armBodyTimer();
     this.#deliver();
+  }
+
+  /**
+   * (Re)starts the body timeout of a response under way, as undici's: the
+   * time since the last chunk, or since a paused handler resumed.
+   */
+  #armBodyTimer(): void {
+    const bodyTimeout = this.#options.bodyTimeout ?? 0;
+    if (this.#state !== 'body' || this.#ended || !(bodyTimeout > 0)) return;
+    if (this.#timer) {
+      this.#timer.refresh();
+      return;
+    }
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      // A paused handler is not the app's silence: the timer starts again when it resumes.
+      if (this.#paused || this.#state !== 'body' || this.#ended) return;
+      this.fail(
+        new TunnelError(
+          'ENVIRONMENT_TIMEOUT',
+          'the app sent no response body within the body timeout',
+          null,
+          'UND_ERR_BODY_TIMEOUT',
+        ),
+        true,
+      );
+    }, bodyTimeout);
   }
 
   open(id: number): void {
     this.#id = id;
     this.#state = 'head';
     const options = this.#options;
-    const timeoutMs = Math.max(1, Math.round(options.headersTimeout ?? DEFAULT_TIMEOUT_MS));
+    // The relay's one clamp (as the agent applies it to `timeout_ms`), so both sides give up together.
+    const timeoutMs = boundTimeout(Math.round(options.headersTimeout ?? DEFAULT_TIMEOUT_MS));
     const body = options.body ?? null;
     const hasBody = body !== null && !(typeof body === 'string' && body.length === 0);
     const origin = typeof options.origin === 'string' ? options.origin : options.origin.origin;
@@ -392,6 +428,7 @@ class TunnelStream implements TunnelController {
           return;
         }
         this.#state = 'body';
+        this.#armBodyTimer();
         this.#handler.onResponseStart?.(this, status, headers, '');
         return;
       }
@@ -407,6 +444,7 @@ class TunnelStream implements TunnelController {
           return;
         }
         if (data.byteLength === 0) return;
+        this.#armBodyTimer();
         const chunk = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
         this.#queue.push(chunk);
         this.#queuedBytes += chunk.length;
@@ -419,6 +457,7 @@ class TunnelStream implements TunnelController {
       case 'end':
         if (this.#state !== 'body' && this.#state !== 'pipe') break;
         this.#ended = true;
+        this.#clearTimer();
         this.#deliver();
         return;
       case 'windowUpdate': {
