@@ -45,7 +45,13 @@ import {
   renderTemplateResponse,
   type TemplateValues,
 } from '../domain/template-render.js';
-import type { PolicyDecision, PolicyStageName, TraceErrorKind, TraceTls } from '../domain/traffic-types.js';
+import type {
+  PolicyDecision,
+  PolicyStageName,
+  TraceBackend,
+  TraceErrorKind,
+  TraceTls,
+} from '../domain/traffic-types.js';
 import { HOP_BY_HOP_HEADERS, hopByHopAnd } from '../http-headers.js';
 import type { BackendBalancer, MemberLease } from './backend-balancer.js';
 import {
@@ -207,7 +213,7 @@ export function handleExchange(
 const NO_OPTIONS: ExchangeOptions = {};
 
 /**
- * Handles an HTTP/1.1 upgrade request (WebSocket) on a plain listener: the
+ * Handles an HTTP/1.1 upgrade request (WebSocket) on a plain or https listener: the
  * same pipeline and route as any request; through an agent member's tunnel
  * a 101 from the app turns the connection into a byte pipe both ways. Any
  * other answer (a stage's, a refusal, another target's) is written on the
@@ -264,7 +270,7 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
   readonly tls: TraceTls | null;
   policy: PolicyDecision[] | null = null;
   /** A `backend` target's backend, member and (agent members) agent (trace `backend`). */
-  backend: { backendId: string; memberId: string | null; agentId?: string } | null = null;
+  backend: TraceBackend | null = null;
   #lease: MemberLease | null = null;
 
   readonly #context: ExchangeContext;
@@ -790,6 +796,12 @@ class ProxyExchange implements TraceInput, PipelineRequest, Dispatcher.DispatchH
       return;
     }
     const failure = classifyUpstreamError(err);
+    // Through an agent: what the agent reported (or the hub saw) goes in the trace.
+    const relayCode = (err as { relayCode?: unknown }).relayCode;
+    if (this.backend?.agentId !== undefined && typeof relayCode === 'string') {
+      const cause = (err as { systemCause?: unknown }).systemCause;
+      this.backend.agentError = { code: relayCode, cause: typeof cause === 'string' ? cause : null };
+    }
     if (this.#res.headersSent) {
       // The answer had started: the client sees a cut connection, never a truncated "success".
       this.error = failure.kind === 'upstream_body_timeout' ? failure.kind : 'upstream_aborted';

@@ -11,6 +11,7 @@ import { randomUUID } from 'node:crypto';
 import type { CacheResult } from '../domain/cache-types.js';
 import type {
   PolicyDecision,
+  TraceBackend,
   TraceCounters,
   TraceErrorKind,
   TraceEvent,
@@ -60,7 +61,7 @@ export interface TraceInput {
   /** The response cache's part, when it took one. */
   cache?: CacheResult | null;
   /** The backend and member of a `backend` target, and the agent of an agent member. */
-  backend?: { backendId: string; memberId: string | null; agentId?: string } | null;
+  backend?: TraceBackend | null;
 }
 
 /** A live subscriber: receives each event's sequence number and JSON. Must never block. */

@@ -60,6 +60,21 @@ export interface PolicyDecision {
 /** Header values as traced at level `headers` (sensitive values already redacted). */
 export type TracedHeaders = Record<string, string | string[]>;
 
+/**
+ * A `backend` target's part of a trace event: the backend, the member that
+ * served (null: none usable), and for an agent member the agent that carried
+ * it and, when the agent could not make the request, what it reported:
+ * the relay error code (TARGET_NOT_ALLOWED, ENVIRONMENT_UNREACHABLE,
+ * ENVIRONMENT_TIMEOUT, AGENT_OFFLINE…) and the system or TLS error behind it
+ * (ECONNREFUSED, DEPTH_ZERO_SELF_SIGNED_CERT), or null.
+ */
+export interface TraceBackend {
+  backendId: string;
+  memberId: string | null;
+  agentId?: string;
+  agentError?: { code: string; cause: string | null };
+}
+
 /** One traced request (docs/pipeline.md "Trace events"). Optional fields appear at the levels named. */
 export interface TraceEvent {
   /** Monotonic per process, from 1. */
@@ -94,7 +109,7 @@ export interface TraceEvent {
    * and for an agent member the agent that carried it (docs/pipeline.md
    * "Backend targets").
    */
-  backend?: { backendId: string; memberId: string | null; agentId?: string };
+  backend?: TraceBackend;
   /** `detailed` and `headers`: the query string with sensitive parameter values redacted. */
   query?: string | null;
   /** `detailed` and `headers`. */

@@ -352,10 +352,11 @@ export class TunnelExecutor implements StreamHandler {
     this.#streams.set(id, stream);
     stream.timer = setTimeout(
       () =>
+        // ETIMEDOUT only while still connecting: a connected app that is slow to answer is no connect timeout.
         this.#fail(
           stream,
           new AppError('ENVIRONMENT_TIMEOUT', 'the app did not answer in time'),
-          'ETIMEDOUT',
+          req.socket === null || req.socket.connecting ? 'ETIMEDOUT' : undefined,
         ),
       boundTimeout(request.timeoutMs),
     );
@@ -592,10 +593,15 @@ function probeError(err: unknown): string {
   return typeof e?.message === 'string' && e.message !== '' ? e.message.slice(0, 200) : 'check failed';
 }
 
-/** The system error code behind a failure (ECONNREFUSED, …), if any. */
+/**
+ * The system or TLS error code behind a failure (ECONNREFUSED,
+ * UNABLE_TO_VERIFY_LEAF_SIGNATURE, ERR_TLS_CERT_ALTNAME_INVALID…), if any;
+ * never one of the error table's own codes (an AppError raised here).
+ */
 function systemCode(err: unknown): string | undefined {
+  if (err instanceof AppError) return undefined;
   const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && /^E[A-Z0-9_]+$/.test(code) ? code : undefined;
+  return typeof code === 'string' && /^[A-Z][A-Z0-9_]+$/.test(code) ? code : undefined;
 }
 
 /** Wire headers → Node's: hop-by-hop (and Connection-named) and Host dropped (Node sets Host from the URL); an upgrade keeps `upgrade`. */

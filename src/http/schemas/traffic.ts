@@ -51,6 +51,16 @@ export const TraceEvent = Type.Object({
         backendId: Type.String(),
         memberId: Nullable(Type.String()),
         agentId: Type.Optional(Type.String({ description: 'An agent member: the agent that carried it.' })),
+        agentError: Type.Optional(
+          Type.Object(
+            { code: Type.String(), cause: Nullable(Type.String()) },
+            {
+              description:
+                'An agent member the agent could not reach: its error code (TARGET_NOT_ALLOWED, ' +
+                'ENVIRONMENT_UNREACHABLE, ENVIRONMENT_TIMEOUT…) and the system or TLS error behind it.',
+            },
+          ),
+        ),
       },
       { description: 'A `backend` target: the backend and the member that served (null: none usable).' },
     ),
