@@ -315,6 +315,10 @@ export class DataPlane implements ProxyRuntime, TemplateRuntime, TlsRuntime {
         onRequest: (req, res) => {
           handleExchange(this.#context, running.info, this.#pipeline, req, res, running.options);
         },
+        // WebSocket upgrades over HTTP/1.1 on TLS, as on plain listeners.
+        onUpgrade: (req, socket, head) => {
+          handleUpgrade(this.#context, running.info, this.#pipeline, req, socket, head, running.options);
+        },
       });
       running = {
         record: listener,

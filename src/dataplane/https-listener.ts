@@ -12,7 +12,9 @@
  *   (ALPN `h2` and `http/1.1`), whose SNI callback picks the certificate at
  *   handshake time. Certificates are looked up per handshake, so a swapped
  *   certificate serves the next handshake while open connections keep the
- *   one they negotiated.
+ *   one they negotiated. An HTTP/1.1 upgrade request (WebSocket) goes to
+ *   `onUpgrade`, and its connection leaves the HTTP/1 bookkeeping: from then
+ *   on it is the handler's (a byte pipe), cut only by `close` after its grace.
  *
  * Slow or silent clients are cut: the ClientHello must arrive within
  * `helloTimeoutMs`, the rest of the handshake within `handshakeTimeoutMs`, a
@@ -25,6 +27,7 @@
  * their streams (GOAWAY) and HTTP/1 requests in flight complete, and cuts
  * whatever remains after the grace period.
  */
+import type { IncomingMessage } from 'node:http';
 import type { Http2SecureServer, Http2ServerRequest, Http2ServerResponse, Http2Session } from 'node:http2';
 import { createSecureServer } from 'node:http2';
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
@@ -70,6 +73,8 @@ export interface HttpsCertificates {
 export interface HttpsListenerOptions {
   certificates: HttpsCertificates;
   onRequest(req: Http2ServerRequest, res: Http2ServerResponse): void;
+  /** An HTTP/1.1 request with `Upgrade` (the socket is the handler's); absent: such connections are closed. */
+  onUpgrade?(req: IncomingMessage, socket: TLSSocket, head: Buffer): void;
   helloTimeoutMs?: number;
   handshakeTimeoutMs?: number;
   firstRequestTimeoutMs?: number;
@@ -130,7 +135,23 @@ export class HttpsListener {
         this.#http1.delete(socket);
       });
     });
+    // node:http's HTTP/1 handling on this server emits upgrades here.
+    this.#h2.on('upgrade', (req: IncomingMessage, socket: TLSSocket, head: Buffer) =>
+      this.#onUpgrade(req, socket, head),
+    );
     this.server = createNetServer((socket) => this.#onConnection(socket));
+  }
+
+  #onUpgrade(req: IncomingMessage, socket: TLSSocket, head: Buffer): void {
+    const connection = this.#http1.get(socket);
+    if (connection?.timer) clearTimeout(connection.timer);
+    this.#http1.delete(socket);
+    const onUpgrade = this.#options.onUpgrade;
+    if (onUpgrade === undefined || this.#closing) {
+      socket.destroy();
+      return;
+    }
+    onUpgrade(req, socket, head);
   }
 
   /** The certificate served when the name matches none (or no name was sent); null for none. */
