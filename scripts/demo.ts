@@ -21,7 +21,6 @@ import { randomBytes, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer as createHttpServer, type Server } from 'node:http';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,6 +28,7 @@ import { Agent, fetch } from 'undici';
 import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/logger.js';
 import { type RunningServer, startServer } from '../src/server.js';
+import { freePort } from './local-services.js';
 
 const USERNAME = 'admin';
 const AGENT_CONNECT_TIMEOUT_MS = 30_000;
@@ -46,15 +46,6 @@ interface Instance {
 
 function step(message: string): void {
   process.stdout.write(`  • ${message}\n`);
-}
-
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  probe.listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const { port } = probe.address() as { port: number };
-  await new Promise<void>((resolve) => probe.close(() => resolve()));
-  return port;
 }
 
 /** Starts an instance on 127.0.0.1 (any free port) and creates its admin. */

@@ -14,11 +14,11 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
-import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import { type Instance, registerEnvironment, sampleProcess, startInstance } from '../bench/instances.js';
+import { freePort } from './local-services.js';
 
 const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli.js');
 const SAMPLE_EVERY_MS = 30_000;
@@ -31,14 +31,6 @@ function arg(name: string, fallback: number): number {
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function freePort(): Promise<number> {
-  const probe = net.createServer().listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const { port } = probe.address() as AddressInfo;
-  await new Promise<void>((resolve) => probe.close(() => resolve()));
-  return port;
-}
 
 /** The agent daemon, restartable with the same credentials. */
 function agentDaemon(control: Instance, id: string, token: string) {

@@ -5,7 +5,6 @@
  * operate on the remote, watch its traffic; when the agent goes offline the
  * environment can no longer be selected.
  */
-import { createServer } from 'node:net';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { describeCertificate } from '../../src/tls/certificates.js';
@@ -17,6 +16,7 @@ import {
   openConsole,
   screenshot,
 } from '../helpers/browser.js';
+import { freePort } from '../helpers/processes.js';
 import { startTestServer, TEST_PASSWORD, TEST_USERNAME, type TestServer } from '../helpers/server.js';
 
 let browser: Browser;
@@ -61,17 +61,6 @@ async function logIn(page: Page) {
   await page.getByLabel('Password').fill(TEST_PASSWORD);
   await page.getByRole('button', { name: 'Log in' }).click();
   await page.getByTestId('current-user').waitFor();
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-  });
 }
 
 function switcher(page: Page) {

@@ -17,8 +17,9 @@ import {
   openConsole,
   screenshot,
 } from '../helpers/browser.js';
+import { freePort } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import { eventually, freePort, startUpstream, type Upstream } from '../integration/proxy-helpers.js';
+import { eventually, startUpstream, type Upstream } from '../integration/proxy-helpers.js';
 
 let browser: Browser;
 const servers: TestServer[] = [];

@@ -4,7 +4,6 @@
  * restarts), the overview, and the agent registry with its setup snippet.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
@@ -16,6 +15,7 @@ import {
   openConsole,
   screenshot,
 } from '../helpers/browser.js';
+import { freePort } from '../helpers/processes.js';
 import { startTestServer, TEST_PASSWORD, TEST_USERNAME, type TestServer } from '../helpers/server.js';
 
 let browser: Browser;
@@ -53,17 +53,6 @@ async function logIn(page: Page, next = '/') {
   await page.getByLabel('Password').fill(TEST_PASSWORD);
   await page.getByRole('button', { name: 'Log in' }).click();
   await page.getByTestId('current-user').waitFor();
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-  });
 }
 
 /** A listener on 127.0.0.1 with one static route, through the API. */

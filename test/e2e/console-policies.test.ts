@@ -13,8 +13,8 @@ import {
   openConsole,
   screenshot,
 } from '../helpers/browser.js';
+import { freePort } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import { freePort } from './net.js';
 
 let browser: Browser;
 let control: TestServer;

@@ -17,8 +17,8 @@ import {
   screenshot,
 } from '../helpers/browser.js';
 import { type Pebble, startPebble } from '../helpers/pebble.js';
+import { freePort } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import { freePort } from '../integration/proxy-helpers.js';
 
 let browser: Browser;
 let control: TestServer;

@@ -1,21 +1,10 @@
 /**
- * Network helpers for the browser tests: a free loopback port, and a TCP link
- * in front of a server that a test can cut (a network drop the browser sees,
- * with the server untouched) and restore.
+ * Network helpers for the browser tests: a TCP link in front of a server that
+ * a test can cut (a network drop the browser sees, with the server untouched)
+ * and restore.
  */
 import { once } from 'node:events';
 import net from 'node:net';
-
-/** A port on 127.0.0.1 that was free a moment ago (bound, then released). */
-export async function freePort(): Promise<number> {
-  const probe = net.createServer();
-  probe.listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const { port } = probe.address() as net.AddressInfo;
-  probe.close();
-  await once(probe, 'close');
-  return port;
-}
 
 export interface CuttableLink {
   /** `https://127.0.0.1:PORT`: the server, reached through the link. */

@@ -19,13 +19,14 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
 import { createTestAgent, serverFingerprint, startTestAgent, type TestAgent } from '../helpers/agent.js';
 import { BIN, type BinServer, ensureBuilt, startBinServer } from '../helpers/bin.js';
+import { freePort } from '../helpers/processes.js';
 import {
   eventually,
   type Instance,
   registerEnvironment,
   startInstance,
 } from '../integration/environment-helpers.js';
-import { freePort, openSse, proxyClient } from '../integration/proxy-helpers.js';
+import { openSse, proxyClient } from '../integration/proxy-helpers.js';
 
 const MiB = 1024 * 1024;
 const BULK_TARGET = path.join(import.meta.dirname, 'fixtures', 'bulk-target.mjs');

@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Agent, request } from 'undici';
 import { createCertificate } from '../../src/tls/certificates.js';
-import { freePort } from '../integration/proxy-helpers.js';
+import { freePort } from './processes.js';
 
 export interface PebbleOptions {
   /** Port HTTP-01 validations connect to (an http listener of the test). */

@@ -16,15 +16,9 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createCertificate } from '../../src/tls/certificates.js';
 import { startTestAgent, type TestAgent } from '../helpers/agent.js';
+import { freePort } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import {
-  configureProxy,
-  eventually,
-  freePort,
-  proxyClient,
-  startUpstream,
-  type Upstream,
-} from './proxy-helpers.js';
+import { configureProxy, eventually, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
 
 let server: TestServer | undefined;
 let client: ReturnType<typeof proxyClient> | undefined;

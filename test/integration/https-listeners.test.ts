@@ -10,8 +10,9 @@ import type { ServingCertificate } from '../../src/domain/tls-types.js';
 import { createLogger } from '../../src/logger.js';
 import type { ListenerRecord, RouteRecord } from '../../src/storage/schema.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
+import { freePort } from '../helpers/processes.js';
 import { eventually } from '../helpers/wait.js';
-import { freePort, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
+import { proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
 
 const NOW = new Date().toISOString();
 const planes: DataPlane[] = [];

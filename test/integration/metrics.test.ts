@@ -8,9 +8,10 @@
 import { describe, expect, it } from 'vitest';
 import { createTestAgent, startTestAgent } from '../helpers/agent.js';
 import { useCleanups } from '../helpers/cleanup.js';
+import { freePort } from '../helpers/processes.js';
 import { type Exposition, parsePrometheus } from '../helpers/prometheus.js';
 import { eventually, type Instance, registerEnvironment, startInstance } from './environment-helpers.js';
-import { configureProxy, freePort, proxyClient, startUpstream } from './proxy-helpers.js';
+import { configureProxy, proxyClient, startUpstream } from './proxy-helpers.js';
 
 const cleanups = useCleanups();
 

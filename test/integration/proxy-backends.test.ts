@@ -1,13 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { freePort } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import {
-  configureProxy,
-  eventually,
-  freePort,
-  proxyClient,
-  startUpstream,
-  type Upstream,
-} from './proxy-helpers.js';
+import { configureProxy, eventually, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
 
 let server: TestServer | undefined;
 let client: ReturnType<typeof proxyClient> | undefined;

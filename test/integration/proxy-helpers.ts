@@ -1,5 +1,5 @@
 /**
- * Helpers for the proxy and traffic tests: free ports, plain-HTTP upstreams
+ * Helpers for the proxy and traffic tests: plain-HTTP upstreams
  * whose close() waits for every socket, a proxy client, and an SSE reader
  * over real HTTPS that can be paused.
  */
@@ -8,31 +8,12 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { request as httpsRequest } from 'node:https';
 import { createServer as createNetServer, type Socket } from 'node:net';
 import { Agent, request } from 'undici';
+import { freePort } from '../helpers/processes.js';
 import type { TestServer } from '../helpers/server.js';
 import { eventually } from '../helpers/wait.js';
 
-/** A port that was free a moment ago on 127.0.0.1. */
-export async function freePort(): Promise<number> {
-  const server = createNetServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as { port: number }).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
-/** True when something accepts TCP connections on 127.0.0.1:port. */
-export async function accepts(port: number): Promise<boolean> {
-  const { connect } = await import('node:net');
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}
+/** The one free-port probe, here too for the tests that import their helpers from this file. */
+export { freePort };
 
 /** True when 127.0.0.1:port can be bound right now. */
 export async function canBind(port: number): Promise<boolean> {

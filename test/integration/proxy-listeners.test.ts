@@ -3,16 +3,9 @@ import { createServer as createNetServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { freePort, portAccepts } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import {
-  accepts,
-  canBind,
-  configureProxy,
-  freePort,
-  proxyClient,
-  startUpstream,
-  type Upstream,
-} from './proxy-helpers.js';
+import { canBind, configureProxy, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
 
 let server: TestServer | undefined;
 let upstream: Upstream | undefined;
@@ -77,7 +70,7 @@ describe('proxy listeners', () => {
     expect(disabled.json.listener).toMatchObject({ enabled: false, running: false });
     await client.close();
     client = proxyClient();
-    expect(await accepts(port)).toBe(false);
+    expect(await portAccepts(port)).toBe(false);
 
     const enabled = await server.request('PATCH', `/api/v1/proxy/listeners/${id}`, {
       token,
@@ -259,7 +252,7 @@ describe('proxy listeners', () => {
     server = undefined;
     await client.close();
     client = proxyClient();
-    expect(await accepts(port)).toBe(false);
+    expect(await portAccepts(port)).toBe(false);
 
     server = await startTestServer({ dataDir });
     const again = await client.send(port, '/');

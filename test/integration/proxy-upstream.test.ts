@@ -2,15 +2,9 @@ import { once } from 'node:events';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
+import { freePort } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import {
-  configureProxy,
-  eventually,
-  freePort,
-  proxyClient,
-  startUpstream,
-  type Upstream,
-} from './proxy-helpers.js';
+import { configureProxy, eventually, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
 
 let server: TestServer | undefined;
 let upstream: Upstream | undefined;

@@ -4,8 +4,9 @@ import { request as httpRequest, type IncomingMessage } from 'node:http';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DATABASE_FILE_NAME } from '../../src/storage/lowdb-store.js';
+import { freePort } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import { configureProxy, freePort, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
+import { configureProxy, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
 
 let server: TestServer | undefined;
 let upstream: Upstream | undefined;

@@ -9,8 +9,8 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadSecretsBox } from '../../src/storage/secrets-box.js';
 import { type Pebble, startPebble } from '../helpers/pebble.js';
+import { freePort } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import { freePort } from './proxy-helpers.js';
 
 const servers: TestServer[] = [];
 let pebble: Pebble | undefined;

@@ -6,8 +6,9 @@ import path from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Pebble, startPebble } from '../helpers/pebble.js';
+import { freePort } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import { eventually, freePort } from './proxy-helpers.js';
+import { eventually } from './proxy-helpers.js';
 
 const servers: TestServer[] = [];
 let pebble: Pebble | undefined;

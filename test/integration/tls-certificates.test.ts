@@ -5,8 +5,9 @@ import path from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
+import { freePort } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import { eventually, freePort } from './proxy-helpers.js';
+import { eventually } from './proxy-helpers.js';
 
 let server: TestServer | undefined;
 const dirs: string[] = [];
