@@ -77,7 +77,7 @@ export interface ServerConfig {
   };
   /** Agent tunnels (no variables; tests and benches set them): see Hub's options. */
   tunnels?: {
-    /** Response window per tunnel stream, the hub's memory per stalled client (default 256 KiB). */
+    /** Response window per tunnel stream, the hub's memory per stalled client (default 256 KiB; see Hub's options). */
     windowBytes?: number;
     /** Tunnel streams per agent (default 1024). */
     maxStreamsPerAgent?: number;

@@ -224,7 +224,15 @@ export class AgentSession {
   /** Tunnel streams open and response bytes held for paused clients (zeros without tunnels). */
   tunnelStats(): TunnelClientStats {
     return (
-      this.#tunnel?.stats() ?? { activeStreams: 0, bufferedBytes: 0, peakBufferedBytes: 0, windowBytes: 0 }
+      this.#tunnel?.stats() ?? {
+        activeStreams: 0,
+        bufferedBytes: 0,
+        peakBufferedBytes: 0,
+        windowBytes: 0,
+        largeWindowBytes: 0,
+        largeWindowBudgetBytes: 0,
+        largeWindowsInUse: 0,
+      }
     );
   }
 

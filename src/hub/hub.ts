@@ -77,7 +77,8 @@ export interface HubOptions {
   /**
    * Response bytes a tunnel stream may have in flight towards the hub; default
    * 256 KiB. The hub holds at most this much per tunnel stream for a client
-   * that does not read (see TunnelClient).
+   * that does not read, plus 64× it per agent for the 8× windows the first
+   * streams get (see TunnelClient).
    */
   tunnelWindowBytes?: number;
   /** Default {@link DEFAULT_AGENT_AUTH_THROTTLE}. */

@@ -14,11 +14,17 @@
  *   returns window as its upstream takes the bytes), and no body chunk while
  *   the connection's send queue is congested;
  * - response body: each stream grants the agent `windowBytes` (the hub's own
- *   `tunnel_window_bytes`). A handler that calls `controller.pause()` (its
- *   client does not drain) stops the window updates, so the agent pauses the
- *   app; chunks that arrive meanwhile wait here, at most one window per stream.
- *   Hence the hub's memory bound: `open streams × windowBytes` of response
- *   bytes, whatever the clients do ({@link TunnelClient.stats} counts them).
+ *   `tunnel_window_bytes`), or a large window (`largeWindowBytes`, 8× by
+ *   default) while the large windows of the connection's open streams stay
+ *   within `largeWindowBudgetBytes` (64× by default): a download then needs
+ *   an eighth of the window updates (each one its own socket write here and
+ *   a wake-up at the agent) and rides out a slow turn of either process.
+ *   A handler that calls `controller.pause()` (its client does not drain)
+ *   stops the window updates, so the agent pauses the app; chunks that arrive
+ *   meanwhile wait here, at most one window per stream. Hence the hub's
+ *   memory bound: `open streams × windowBytes + largeWindowBudgetBytes` of
+ *   response bytes, whatever the clients do ({@link TunnelClient.stats}
+ *   counts them).
  *
  * `controller.abort()` (the client left) sends a cancel: the agent aborts the
  * upstream request at once. The connection ending fails every stream with
@@ -38,6 +44,9 @@ import {
 } from './envelope.js';
 import type { StreamHandler } from './relay-peer.js';
 import { boundTimeout } from './transport.js';
+
+/** The largest response window an agent takes (its MAX_TUNNEL_WINDOW_BYTES): 16 MiB. */
+const LARGEST_WINDOW_BYTES = 16 * 1024 * 1024;
 
 /** How long after a request's own timeout the hub gives up if the agent has not answered the head. */
 export const TUNNEL_TIMEOUT_GRACE_MS = 5000;
@@ -103,6 +112,10 @@ export interface TunnelClientOptions {
   maxStreams?: number;
   /** Response window granted to the agent per stream (this side's `tunnel_window_bytes`). */
   windowBytes?: number;
+  /** A stream's window while the budget allows (default 8 × `windowBytes`). */
+  largeWindowBytes?: number;
+  /** Large windows' bytes open streams may hold at once (default 64 × `windowBytes`); 0 = none. */
+  largeWindowBudgetBytes?: number;
   /** Request body bytes the agent accepts ahead of its window updates (its `tunnel_window_bytes`). */
   sendWindowBytes?: number;
   /** Largest body chunk sent (the agent's frame limit, less room for the envelope). */
@@ -118,8 +131,14 @@ export interface TunnelClientStats {
   bufferedBytes: number;
   /** The largest `bufferedBytes` seen. */
   peakBufferedBytes: number;
-  /** `activeStreams × windowBytes` at most: what `bufferedBytes` can never pass. */
+  /** The window of a stream opened without a large one. */
   windowBytes: number;
+  /** The window of a stream opened while the budget allowed. */
+  largeWindowBytes: number;
+  /** What `bufferedBytes` can never pass: `activeStreams × windowBytes + largeWindowBudgetBytes`. */
+  largeWindowBudgetBytes: number;
+  /** Large windows held by open streams now. */
+  largeWindowsInUse: number;
 }
 
 /**
@@ -155,17 +174,25 @@ export class TunnelClient implements StreamHandler {
   readonly #streams = new Map<number, TunnelStream>();
   readonly #maxStreams: number;
   readonly window: number;
+  readonly largeWindow: number;
+  readonly largeWindowBudget: number;
   readonly sendWindow: number;
   readonly chunkBytes: number;
   readonly graceMs: number;
   readonly counters = { buffered: 0, peak: 0 };
   #closed: AppError | null = null;
   #resumeFrom = 0;
+  #largeInUse = 0;
 
   constructor(options: TunnelClientOptions) {
     this.#options = options;
     this.#maxStreams = options.maxStreams ?? DEFAULT_MAX_TUNNEL_STREAMS;
     this.window = Math.max(1024, options.windowBytes ?? DEFAULT_TUNNEL_WINDOW_BYTES);
+    this.largeWindow = Math.min(
+      LARGEST_WINDOW_BYTES,
+      Math.max(this.window, options.largeWindowBytes ?? 8 * this.window),
+    );
+    this.largeWindowBudget = Math.max(0, options.largeWindowBudgetBytes ?? 64 * this.window);
     this.sendWindow = Math.max(1024, options.sendWindowBytes ?? DEFAULT_TUNNEL_WINDOW_BYTES);
     this.chunkBytes = Math.max(1024, Math.min(MAX_CHUNK_BYTES, options.maxChunkBytes ?? MAX_CHUNK_BYTES));
     this.graceMs = options.timeoutGraceMs ?? TUNNEL_TIMEOUT_GRACE_MS;
@@ -186,7 +213,23 @@ export class TunnelClient implements StreamHandler {
       bufferedBytes: this.counters.buffered,
       peakBufferedBytes: this.counters.peak,
       windowBytes: this.window,
+      largeWindowBytes: this.largeWindow,
+      largeWindowBudgetBytes: this.largeWindowBudget,
+      largeWindowsInUse: this.#largeInUse / this.largeWindow,
     };
+  }
+
+  /** The response window of a stream being opened: a large one while the budget has room. */
+  takeWindow(): number {
+    if (this.largeWindow === this.window || this.#largeInUse + this.largeWindow > this.largeWindowBudget)
+      return this.window;
+    this.#largeInUse += this.largeWindow;
+    return this.largeWindow;
+  }
+
+  /** A stream that held `window` is over. */
+  returnWindow(window: number): void {
+    if (window === this.largeWindow && window !== this.window) this.#largeInUse -= window;
   }
 
   /**
@@ -290,6 +333,8 @@ class TunnelStream implements TunnelController {
   #paused = false;
   #reason: Error | null = null;
   #timer: NodeJS.Timeout | null = null;
+  /** Response window granted to the agent (set when the stream opens). */
+  #window = 0;
   /** Request body bytes the agent still accepts. */
   #sendCredit: number;
   #sendWaiter: (() => void) | null = null;
@@ -370,6 +415,7 @@ class TunnelStream implements TunnelController {
   open(id: number): void {
     this.#id = id;
     this.#state = 'head';
+    this.#window = this.#client.takeWindow();
     const options = this.#options;
     // The relay's one clamp (as the agent applies it to `timeout_ms`), so both sides give up together.
     const timeoutMs = boundTimeout(Math.round(options.headersTimeout ?? DEFAULT_TIMEOUT_MS));
@@ -389,7 +435,7 @@ class TunnelStream implements TunnelController {
             : headerPairs(options.headers),
           timeoutMs,
           hasBody,
-          initialWindowBytes: this.#client.window,
+          initialWindowBytes: this.#window,
           upgrade,
         },
       },
@@ -436,7 +482,7 @@ class TunnelStream implements TunnelController {
         if (this.#state !== 'body' && this.#state !== 'pipe') break;
         const data = payload.value.data;
         this.#unacknowledged += data.byteLength;
-        if (this.#unacknowledged > this.#client.window) {
+        if (this.#unacknowledged > this.#window) {
           this.fail(
             new TunnelError('PROTOCOL_ERROR', 'the agent sent more than the tunnel window', null),
             true,
@@ -603,7 +649,7 @@ class TunnelStream implements TunnelController {
   /** Window goes back in quarter-window batches. */
   #returnWindow(bytes: number): void {
     this.#consumed += bytes;
-    if (this.#consumed < this.#client.window / 4) return;
+    if (this.#consumed < this.#window / 4) return;
     const update = this.#consumed;
     this.#consumed = 0;
     this.#unacknowledged -= update;
@@ -633,6 +679,8 @@ class TunnelStream implements TunnelController {
     this.#queue = [];
     this.#queuedBytes = 0;
     if (this.#id !== 0) this.#client.release(this.#id, this);
+    this.#client.returnWindow(this.#window);
+    this.#window = 0;
     this.wake();
     const iterator = this.#bodyIterator;
     this.#bodyIterator = null;
