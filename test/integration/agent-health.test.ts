@@ -5,9 +5,11 @@
  */
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CAPABILITY, DEFAULT_CAPABILITIES } from '../../src/relay/protocol.js';
+import { createCertificate } from '../../src/tls/certificates.js';
 import { startTestAgent, type TestAgent, type TestAgentOptions } from '../helpers/agent.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { configureProxy, eventually, proxyClient } from './proxy-helpers.js';
@@ -81,6 +83,11 @@ async function app(name: string): Promise<App> {
   await self.start();
   apps.push(self);
   return self;
+}
+
+async function closeServer(server: ReturnType<typeof createHttpsServer>): Promise<void> {
+  server.closeAllConnections();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
 }
 
 async function agentWith(
@@ -252,6 +259,26 @@ describe('agent-run health checks', () => {
       await s.request('DELETE', `/api/v1/proxy/routes/${route.id}`, { token });
     expect((await s.request('DELETE', `/api/v1/proxy/backends/${backendId}`, { token })).status).toBe(204);
     await eventually(() => again.agent.stats()?.healthChecks === 0);
+  });
+
+  it('checks an https member as the agent tunnels to it: a certificate the agent does not trust fails the check', async () => {
+    const ca = await createCertificate({ commonName: 'private CA', altNames: ['private-ca'], isCa: true });
+    const leaf = await createCertificate({ altNames: ['127.0.0.1'], issuer: ca });
+    const secure = createHttpsServer({ key: leaf.key, cert: leaf.cert }, (_req, res) => res.end('ok'));
+    secure.listen(0, '127.0.0.1');
+    await once(secure, 'listening');
+    const securePort = (secure.address() as { port: number }).port;
+    try {
+      const a = await agentWith({}, [`127.0.0.1:${securePort}`]);
+      const { backendId, port } = await backend([
+        { type: 'agent', agentId: a.id, upstreamUrl: `https://127.0.0.1:${securePort}` },
+      ]);
+      await eventually(async () => (await health(backendId))[0]?.state === 'unhealthy');
+      expect((await health(backendId))[0]?.lastError).toBe(`agent ${a.id}: UNABLE_TO_VERIFY_LEAF_SIGNATURE`);
+      expect((await client.send(port, '/x')).status).toBe(503);
+    } finally {
+      await closeServer(secure);
+    }
   });
 
   it('an agent without the capability keeps serving as before: no checks, its member usable', async () => {
