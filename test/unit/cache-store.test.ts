@@ -37,9 +37,9 @@ const policy = new CachePolicy(
   { status: 200, headers: { 'cache-control': 'max-age=60' } },
 );
 
-async function put(store: CacheStore, id: string, size: number) {
+async function put(store: CacheStore, id: string, size: number, fill = 1) {
   const writer = store.beginWrite(id);
-  await writer.write(Buffer.alloc(size, 1));
+  await writer.write(Buffer.alloc(size, fill));
   return writer.commit(
     {
       id,
@@ -60,19 +60,57 @@ async function put(store: CacheStore, id: string, size: number) {
 const id = (n: number) => n.toString(16).padStart(64, '0');
 
 describe('cache store', () => {
-  it('keeps small bodies in memory and evicts the least recently used hot body past the memory bound', async () => {
-    const { store } = await openStore({ memoryBytes: 80 * KiB, hotObjectBytes: 40 * KiB });
-    await put(store, id(1), 30 * KiB);
-    await put(store, id(2), 30 * KiB);
-    store.get(id(1)); // 1 is now more recent than 2
-    await put(store, id(3), 30 * KiB);
-    expect(store.get(id(1))?.memory).not.toBeNull();
-    expect(store.get(id(2))?.memory).toBeNull(); // left memory, still on disk
+  it('keeps hot bodies in fixed segments counted whole, reusing the oldest when full and moving what is read', async () => {
+    // 128 KiB segments (an eighth of the tier): two 60 KiB bodies each, seven fit beside the index.
+    const limit = 1024 * KiB;
+    const { store } = await openStore({ memoryBytes: limit, hotObjectBytes: 64 * KiB });
+    for (let n = 1; n <= 14; n++) await put(store, id(n), 60 * KiB, n);
+    expect(store.stats()).toMatchObject({ entries: 14, memorySegments: 7 });
+    // What is counted is the segments whole plus the index, within the bound.
+    expect(store.stats().memoryBytes).toBeGreaterThan(7 * 128 * KiB);
+    expect(store.stats().memoryBytes).toBeLessThanOrEqual(limit);
+    // Reading a body of the oldest segment moves it to the newest, which reuses the next oldest.
+    const first = store.get(id(1))!;
+    expect(first.memory?.equals(Buffer.alloc(60 * KiB, 1))).toBe(true);
+    expect(store.get(id(3))?.memory).toBeNull(); // left memory, still on disk
+    expect(store.get(id(4))?.memory).toBeNull();
+    expect(store.get(id(5))?.memory).not.toBeNull();
+    // More bodies reuse segments; the count never grows past the bound.
+    for (let n = 15; n <= 30; n++) await put(store, id(n), 60 * KiB, n);
+    expect(store.stats()).toMatchObject({ entries: 30, memorySegments: 7 });
+    expect(store.stats().memoryBytes).toBeLessThanOrEqual(limit);
+    expect(store.get(id(30))?.memory?.equals(Buffer.alloc(60 * KiB, 30))).toBe(true);
+    // A body that left memory comes back from disk, intact.
+    const read = await store.readBody(store.get(id(3))!);
+    expect(read.kind === 'memory' && read.body.equals(Buffer.alloc(60 * KiB, 3))).toBe(true);
     expect(store.get(id(3))?.memory).not.toBeNull();
-    expect(store.stats().entries).toBe(3);
-    expect(store.stats().memoryBytes).toBeLessThanOrEqual(80 * KiB);
-    const read = await store.readBody(store.get(id(2))!);
-    expect(read.kind).toBe('memory');
+    // A smaller bound (here with smaller segments) gives the segments back at once; new ones stay within it.
+    store.setLimits({ ...store.limits, memoryBytes: 512 * KiB });
+    expect(store.stats().memorySegments).toBe(0);
+    for (let n = 31; n <= 40; n++) await put(store, id(n), 60 * KiB, n);
+    expect(store.stats().memorySegments).toBeGreaterThan(0);
+    expect(store.stats().memoryBytes).toBeLessThanOrEqual(512 * KiB);
+    expect(store.get(id(40))?.memory?.equals(Buffer.alloc(60 * KiB, 40))).toBe(true);
+  });
+
+  it('does not reuse a segment whose body an answer is still writing', async () => {
+    // 32 KiB segments, one body each; seven fit in 256 KiB beside the index.
+    const { store } = await openStore({ memoryBytes: 256 * KiB, hotObjectBytes: 32 * KiB });
+    const first = (await put(store, id(1), 32 * KiB, 1))!;
+    const view = first.memory!;
+    const release = store.pin(first);
+    for (let n = 2; n <= 8; n++) await put(store, id(n), 32 * KiB, n);
+    // The eighth body reused the second's segment, not the pinned first.
+    expect(store.stats().memorySegments).toBe(7);
+    expect(first.memory).toBe(view);
+    expect(view.equals(Buffer.alloc(32 * KiB, 1))).toBe(true);
+    expect(store.get(id(2))?.memory).toBeNull();
+    expect(store.get(id(8))?.memory?.equals(Buffer.alloc(32 * KiB, 8))).toBe(true);
+    release();
+    release(); // once is enough; more is harmless
+    await put(store, id(9), 32 * KiB, 9);
+    expect(first.memory).toBeNull();
+    expect(store.stats().memoryBytes).toBeLessThanOrEqual(256 * KiB);
   });
 
   it('evicts whole entries past maxEntries and past the disk bound, oldest first, and deletes their files', async () => {

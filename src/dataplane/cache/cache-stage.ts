@@ -65,7 +65,7 @@ export function createCacheStage(options: CacheStageOptions): Stage | null {
         note(request, lookup.rule.record.name, 'BYPASS');
         return CONTINUE;
       }
-      const fresh = cache.hitNow(lookup);
+      const fresh = cache.hitNow(lookup, (release) => hold(request, release));
       if (fresh !== null) {
         note(request, lookup.rule.record.name, 'HIT');
         return fresh;
@@ -88,12 +88,15 @@ export function createCacheStage(options: CacheStageOptions): Stage | null {
       };
       return new Promise<StageDecision>((resolve) => {
         let answered = false;
-        const { client, body } = streamingClient((status, headers, info) => {
-          answered = true;
-          note(request, lookup.rule.record.name, info.result);
-          if (info.upstreamMs !== null) request.notes.set(UPSTREAM_MS_NOTE, info.upstreamMs);
-          resolve({ status, headers, body });
-        });
+        const { client, body } = streamingClient(
+          (status, headers, info) => {
+            answered = true;
+            note(request, lookup.rule.record.name, info.result);
+            if (info.upstreamMs !== null) request.notes.set(UPSTREAM_MS_NOTE, info.upstreamMs);
+            resolve({ status, headers, body });
+          },
+          (release) => hold(request, release),
+        );
         void cache.serve(lookup, origin, client).then((outcome) => {
           if (answered) return;
           note(request, lookup.rule.record.name, outcome.result);
@@ -101,7 +104,23 @@ export function createCacheStage(options: CacheStageOptions): Stage | null {
         });
       });
     },
+    complete(done) {
+      const held = done.request.notes.get(HELD_NOTE) as (() => void) | (() => void)[] | undefined;
+      if (held === undefined) return;
+      if (typeof held === 'function') held();
+      else for (const release of held) release();
+    },
   };
+}
+
+/** Releases of memory-tier bodies an answer writes, called when the exchange is over. */
+const HELD_NOTE = 'cache.held';
+
+function hold(request: PipelineRequest, release: () => void): void {
+  const held = request.notes.get(HELD_NOTE) as (() => void) | (() => void)[] | undefined;
+  if (held === undefined) request.notes.set(HELD_NOTE, release);
+  else if (typeof held === 'function') request.notes.set(HELD_NOTE, [held, release]);
+  else held.push(release);
 }
 
 function note(request: PipelineRequest, rule: string, result: CacheResult): void {
@@ -128,7 +147,10 @@ function failureAnswer(request: PipelineRequest, error: unknown, options: CacheS
  * while the stream's reader (the exchange, the client) does not take more,
  * and stop when it is destroyed (the client went away).
  */
-function streamingClient(onHead: CacheClient['head']): { client: CacheClient; body: Readable } {
+function streamingClient(
+  onHead: CacheClient['head'],
+  onHold: CacheClient['hold'],
+): { client: CacheClient; body: Readable } {
   let wake: (() => void) | null = null;
   const release = () => {
     const resume = wake;
@@ -157,6 +179,7 @@ function streamingClient(onHead: CacheClient['head']): { client: CacheClient; bo
     abort(err) {
       body.destroy(err);
     },
+    hold: onHold,
     get gone() {
       return body.destroyed;
     },

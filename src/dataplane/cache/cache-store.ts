@@ -16,8 +16,12 @@
  * file system lost.
  *
  * Bounds: `maxEntries` entries, `diskBytes` of bodies + metadata on disk,
- * `memoryBytes` for hot bodies and the index; the least recently used entry
- * goes first. With `diskBytes` 0 the cache is memory only.
+ * `memoryBytes` for the index and the memory tier's segments (body-ring.ts:
+ * counted whole, so the bound is what the process holds for them); the
+ * least recently used entry goes first. The memory tier reuses its oldest
+ * segment when full, so it keeps the most recently stored or read bodies:
+ * a body read from an old segment is moved to the newest one. With
+ * `diskBytes` 0 the cache is memory only.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
@@ -25,6 +29,7 @@ import path from 'node:path';
 import CachePolicy from 'http-cache-semantics';
 import type { CachePurgeFilter } from '../../domain/cache-types.js';
 import type { Logger } from '../../logger.js';
+import { BodyRing, type RingSegment } from './body-ring.js';
 
 /** Bodies up to this size are read whole and checked before the first byte is sent. */
 export const VERIFY_BEFORE_SERVING_BYTES = 1024 * 1024;
@@ -77,15 +82,16 @@ export interface CacheEntryMeta {
 export interface CacheEntry {
   readonly meta: CacheEntryMeta;
   policy: CachePolicy;
-  /** The body when it is in the memory tier. */
+  /** The body when it is in the memory tier (a view into one of its segments). */
   memory: Buffer | null;
+  /** The memory tier's segment holding `memory`. */
+  segment: RingSegment<CacheEntry> | null;
   /** Bytes the entry's index record counts in memory. */
   readonly indexBytes: number;
   /** Bytes the entry holds on disk (0 when memory only). */
   readonly diskBytes: number;
-  /** The store's use counter when the entry was last moved to the recent end (index / memory tier). */
+  /** The store's use counter when the entry was last moved to the recent end of the index. */
   usedAt: number;
-  hotUsedAt: number;
   /** What the response cache precomputes to answer hits (see response-cache.ts); null until first asked. */
   hit: unknown;
 }
@@ -122,17 +128,17 @@ export class CacheStore {
   #limits: CacheStoreLimits;
   /** Every entry, least recently used first. */
   readonly #entries = new Map<string, CacheEntry>();
-  /** Entries whose body is in memory, least recently used first. */
-  readonly #hot = new Map<string, CacheEntry>();
+  /** The memory tier: hot bodies. */
+  #ring: BodyRing<CacheEntry>;
   /** Per resource: the Vary names of its last stored response and its variants. */
   readonly #resources = new Map<string, { varyNames: string[]; ids: Set<string> }>();
-  #memoryBytes = 0;
+  /** Bytes of the index (the memory tier's segments come on top). */
+  #indexBytes = 0;
   #diskBytes = 0;
   #bodyCounter = 0;
   #evictions = 0;
-  /** Counts moves to the recent end of `#entries` / `#hot` (approximate LRU, see {@link get}). */
+  /** Counts moves to the recent end of `#entries` (approximate LRU, see {@link get}). */
   #uses = 0;
-  #hotUses = 0;
   #loading: Promise<void> | null = null;
   /** Subdirectories known to exist (forgotten after any failed store, then made again). */
   readonly #madeDirs = new Set<string>();
@@ -143,6 +149,7 @@ export class CacheStore {
     this.#logger = options.logger;
     this.#now = options.now ?? Date.now;
     this.#limits = { ...options.limits };
+    this.#ring = this.#newRing();
   }
 
   /**
@@ -163,6 +170,10 @@ export class CacheStore {
   /** Applies new bounds; entries over them are evicted at once. */
   setLimits(limits: CacheStoreLimits): void {
     this.#limits = { ...limits };
+    if (BodyRing.segmentBytesFor(limits.memoryBytes, limits.hotObjectBytes) !== this.#ring.segmentBytes) {
+      this.#ring.clear();
+      this.#ring = this.#newRing();
+    }
     if (limits.diskBytes === 0) {
       // Memory only from now on: disk copies are dropped.
       for (const entry of [...this.#entries.values()]) if (entry.meta.bodyFile !== null) this.#remove(entry);
@@ -170,10 +181,17 @@ export class CacheStore {
     this.#enforce();
   }
 
-  stats(): { entries: number; memoryBytes: number; diskBytes: number; evictions: number } {
+  stats(): {
+    entries: number;
+    memoryBytes: number;
+    memorySegments: number;
+    diskBytes: number;
+    evictions: number;
+  } {
     return {
       entries: this.#entries.size,
       memoryBytes: this.#memoryBytes,
+      memorySegments: this.#ring.segmentCount,
       diskBytes: this.#diskBytes,
       evictions: this.#evictions,
     };
@@ -189,7 +207,8 @@ export class CacheStore {
    * LRU order is kept approximately: an entry already among the most
    * recently used quarter (fewer moves since its own than a quarter of the
    * map's size) is not moved again, so a run of hits on a hot set does not
-   * reorder the maps on every request.
+   * reorder the map on every request. A body in the memory tier's oldest
+   * segment (the next to be reused) is moved to the newest one.
    */
   get(id: string): CacheEntry | undefined {
     const entry = this.#entries.get(id);
@@ -199,12 +218,32 @@ export class CacheStore {
       this.#entries.set(id, entry);
       entry.usedAt = ++this.#uses;
     }
-    if (entry.memory !== null && this.#hotUses - entry.hotUsedAt > this.#hot.size >> 2) {
-      this.#hot.delete(id);
-      this.#hot.set(id, entry);
-      entry.hotUsedAt = ++this.#hotUses;
+    const segment = entry.segment;
+    if (segment !== null && entry.memory !== null && this.#ring.isOldest(segment)) {
+      const body = entry.memory;
+      const slot = this.#ring.add(entry, [body], body.length, this.#mayGrow(), segment);
+      if (slot !== null) {
+        segment.owners.delete(entry);
+        entry.memory = slot.body;
+        entry.segment = slot.segment;
+        entry.hit = null;
+      }
     }
     return entry;
+  }
+
+  /**
+   * Keeps the memory tier from reusing the space of `entry`'s body until the
+   * returned function is called: for an answer writing that body (a view,
+   * not a copy) to a client. Call it once the answer is over.
+   */
+  pin(entry: CacheEntry): () => void {
+    return entry.segment === null ? NOOP : this.#ring.pin(entry.segment);
+  }
+
+  /** Bytes of the memory tier (index and segments) — what `memoryBytes` bounds. */
+  get #memoryBytes(): number {
+    return this.#indexBytes + this.#ring.allocatedBytes;
   }
 
   /**
@@ -232,7 +271,7 @@ export class CacheStore {
         this.#dropCorrupt(entry, 'the body does not match its checksum');
         return { kind: 'corrupt' };
       }
-      this.#promote(entry, body);
+      this.#keepInMemory(entry, [body], body.length);
       return { kind: 'memory', body };
     }
     try {
@@ -257,7 +296,7 @@ export class CacheStore {
   async refresh(entry: CacheEntry, policy: CachePolicy, headers: [string, string][]): Promise<void> {
     if (this.#entries.get(entry.meta.id) !== entry) return;
     const meta: CacheEntryMeta = { ...entry.meta, headers, storedAt: this.#now() };
-    const next = this.#makeEntry(meta, policy, entry.memory);
+    const next = this.#makeEntry(meta, policy);
     if (meta.bodyFile !== null) {
       try {
         await this.#writeMeta(meta, policy);
@@ -269,6 +308,15 @@ export class CacheStore {
       }
     }
     if (this.#entries.get(entry.meta.id) !== entry) return;
+    // The body stays where it is, now the new entry's.
+    if (entry.segment !== null && entry.memory !== null) {
+      entry.segment.owners.delete(entry);
+      entry.segment.owners.add(next);
+      next.memory = entry.memory;
+      next.segment = entry.segment;
+      entry.memory = null;
+      entry.segment = null;
+    }
     this.#replace(entry, next);
   }
 
@@ -328,7 +376,7 @@ export class CacheStore {
   async commitEntry(
     partial: Omit<CacheEntryMeta, 'v' | 'policy' | 'bodyLength' | 'bodySha256' | 'bodyFile' | 'storedAt'>,
     policy: CachePolicy,
-    body: { tmp: string | null; length: number; sha256: string; memory: Buffer | null },
+    body: { tmp: string | null; length: number; sha256: string; chunks: readonly Buffer[] | null },
   ): Promise<CacheEntry | null> {
     if (this.#closed) return null;
     let bodyFile: string | null = null;
@@ -346,12 +394,12 @@ export class CacheStore {
       bodyFile,
       storedAt: this.#now(),
     };
-    const entry = this.#makeEntry(meta, policy, body.memory);
+    const entry = this.#makeEntry(meta, policy);
     if (entry.diskBytes > this.#limits.diskBytes && bodyFile !== null) {
       await fs.rm(body.tmp!, { force: true });
       return null;
     }
-    if (bodyFile === null && body.memory === null) return null;
+    if (bodyFile === null && body.chunks === null) return null;
     if (bodyFile !== null) {
       try {
         await this.#ensureDir(partial.id.slice(0, 2));
@@ -369,37 +417,67 @@ export class CacheStore {
     const previous = this.#entries.get(meta.id);
     if (previous) this.#remove(previous, meta.bodyFile);
     this.#insert(entry);
+    if (body.chunks !== null) this.#keepInMemory(entry, body.chunks, body.length);
+    if (bodyFile === null && entry.memory === null) {
+      this.#remove(entry);
+      return null;
+    }
     this.#enforce();
     return this.#entries.get(meta.id) === entry ? entry : null;
   }
 
   // --- private -----------------------------------------------------------------------
 
-  #makeEntry(meta: CacheEntryMeta, policy: CachePolicy, memory: Buffer | null): CacheEntry {
+  #makeEntry(meta: CacheEntryMeta, policy: CachePolicy): CacheEntry {
     const metaBytes = Buffer.byteLength(metaJson(meta, policy));
     return {
       meta,
       policy,
-      memory,
+      memory: null,
+      segment: null,
       indexBytes: indexBytesOf(metaBytes),
       diskBytes: meta.bodyFile === null ? 0 : meta.bodyLength + metaBytes,
       usedAt: 0,
-      hotUsedAt: 0,
       hit: null,
     };
+  }
+
+  #newRing(): BodyRing<CacheEntry> {
+    const limits = this.#limits;
+    return new BodyRing(BodyRing.segmentBytesFor(limits.memoryBytes, limits.hotObjectBytes), (entry) =>
+      this.#leaveMemory(entry),
+    );
+  }
+
+  /** Whether the memory tier may take one more segment. */
+  #mayGrow(): boolean {
+    return this.#memoryBytes + this.#ring.segmentBytes <= this.#limits.memoryBytes;
+  }
+
+  /** Copies a body of an indexed entry into the memory tier (when it is hot and there is room). */
+  #keepInMemory(entry: CacheEntry, chunks: readonly Buffer[], length: number): void {
+    if (length > this.#limits.hotObjectBytes || this.#entries.get(entry.meta.id) !== entry) return;
+    if (entry.memory !== null) return;
+    const slot = this.#ring.add(entry, chunks, length, this.#mayGrow());
+    if (slot === null) return;
+    entry.memory = slot.body;
+    entry.segment = slot.segment;
+  }
+
+  /** A body leaves memory (its segment is reused or dropped); an entry without a disk copy goes. */
+  #leaveMemory(entry: CacheEntry): void {
+    entry.memory = null;
+    entry.segment = null;
+    entry.hit = null;
+    if (entry.meta.bodyFile === null && this.#entries.get(entry.meta.id) === entry) this.#evict(entry);
   }
 
   #insert(entry: CacheEntry): void {
     const id = entry.meta.id;
     this.#entries.set(id, entry);
     entry.usedAt = ++this.#uses;
-    this.#memoryBytes += entry.indexBytes;
+    this.#indexBytes += entry.indexBytes;
     this.#diskBytes += entry.diskBytes;
-    if (entry.memory !== null) {
-      this.#hot.set(id, entry);
-      entry.hotUsedAt = ++this.#hotUses;
-      this.#memoryBytes += entry.memory.length;
-    }
     let resource = this.#resources.get(entry.meta.primaryKey);
     if (!resource) {
       resource = { varyNames: entry.meta.varyNames, ids: new Set() };
@@ -420,12 +498,13 @@ export class CacheStore {
     const id = entry.meta.id;
     if (this.#entries.get(id) !== entry) return;
     this.#entries.delete(id);
-    this.#memoryBytes -= entry.indexBytes;
+    this.#indexBytes -= entry.indexBytes;
     this.#diskBytes -= entry.diskBytes;
-    if (this.#hot.get(id) === entry) {
-      this.#hot.delete(id);
-      this.#memoryBytes -= entry.memory?.length ?? 0;
-    }
+    // Its body's space in the memory tier is taken again when the segment is reused.
+    entry.segment?.owners.delete(entry);
+    entry.segment = null;
+    entry.memory = null;
+    entry.hit = null;
     const resource = this.#resources.get(entry.meta.primaryKey);
     if (resource) {
       resource.ids.delete(id);
@@ -445,27 +524,10 @@ export class CacheStore {
     }
   }
 
-  #promote(entry: CacheEntry, body: Buffer): void {
-    if (body.length > this.#limits.hotObjectBytes || this.#entries.get(entry.meta.id) !== entry) return;
-    if (entry.memory !== null) return;
-    entry.memory = body;
-    this.#hot.set(entry.meta.id, entry);
-    entry.hotUsedAt = ++this.#hotUses;
-    this.#memoryBytes += body.length;
-    this.#enforce();
-  }
-
   #enforce(): void {
     const limits = this.#limits;
-    // Hot bodies leave memory first (their disk copy stays); then whole entries.
-    for (const entry of this.#hot.values()) {
-      if (this.#memoryBytes <= limits.memoryBytes) break;
-      this.#hot.delete(entry.meta.id);
-      this.#memoryBytes -= entry.memory?.length ?? 0;
-      entry.memory = null;
-      entry.hit = null;
-      if (entry.meta.bodyFile === null) this.#evict(entry);
-    }
+    // Memory tier segments go first (their bodies' disk copies stay); then whole entries.
+    while (this.#memoryBytes > limits.memoryBytes && this.#ring.shrink()) {}
     for (const entry of this.#entries.values()) {
       if (
         this.#entries.size <= limits.maxEntries &&
@@ -545,7 +607,7 @@ export class CacheStore {
     found.sort((a, b) => a.meta.storedAt - b.meta.storedAt);
     for (const { meta, policy } of found) {
       if (this.#closed || this.#entries.has(meta.id)) continue;
-      this.#insert(this.#makeEntry(meta, policy, null));
+      this.#insert(this.#makeEntry(meta, policy));
     }
     this.#enforce();
     await this.#sweepFiles();
@@ -621,6 +683,7 @@ class DiskWriter implements CacheWriter {
   #file: fs.FileHandle | null = null;
   #opening: Promise<fs.FileHandle | null> | null = null;
   #tmp: string | null = null;
+  /** The body's chunks while it may be hot (copied into memory at commit); null once it is not. */
   #chunks: Buffer[] | null = [];
   #bytes = 0;
   #aborted = false;
@@ -663,12 +726,12 @@ class DiskWriter implements CacheWriter {
     if (this.#store.diskEnabled && this.#bytes === 0) await this.#open();
     await this.#closeFile();
     if (this.#aborted) return null;
-    const memory = this.#chunks === null ? null : ownCopy(this.#chunks, this.#bytes);
+    // The chunks are copied into the memory tier's segment (no allocation of the body's own).
     return this.#store.commitEntry({ ...meta, id: this.#id }, policy, {
       tmp: this.#tmp,
       length: this.#bytes,
       sha256: this.#hash.digest('hex'),
-      memory,
+      chunks: this.#chunks,
     });
   }
 
@@ -704,18 +767,7 @@ class DiskWriter implements CacheWriter {
   }
 }
 
-/**
- * The body as one allocation of its own: chunks read from a socket are views
- * into larger read buffers, and `Buffer.concat` takes small results from the
- * shared 8 KiB pool, either of which would keep more memory alive than the
- * body (and than the memory tier counts).
- */
-function ownCopy(chunks: readonly Buffer[], length: number): Buffer {
-  const body = Buffer.allocUnsafeSlow(length);
-  let offset = 0;
-  for (const chunk of chunks) offset += chunk.copy(body, offset);
-  return body;
-}
+const NOOP = (): void => {};
 
 /** The `.m` file's text: the entry's metadata with its policy. */
 function metaJson(meta: CacheEntryMeta, policy: CachePolicy): string {

@@ -95,6 +95,12 @@ export interface CacheClient {
   end(): void;
   /** Cuts the connection: the answer cannot be completed. */
   abort(err: Error): void;
+  /**
+   * Calls `release` once the answer is over (every chunk written is sent or
+   * dropped): the body written is a view into the memory tier, whose space
+   * may not be reused before.
+   */
+  hold(release: () => void): void;
   readonly gone: boolean;
 }
 
@@ -200,6 +206,7 @@ const BACKGROUND: CacheClient = {
   write: async () => {},
   end: () => {},
   abort: () => {},
+  hold: (release) => release(),
   gone: true,
 };
 
@@ -356,9 +363,14 @@ export class ResponseCache implements CacheRuntime {
    * answer (status, header list with `Age` and `Cache-Status`, the stored
    * body itself, never copied) and rebuilds it only when the whole seconds of
    * `Age` or of the remaining freshness change. Null otherwise: use
-   * {@link serve}.
+   * {@link serve}. The body is a view into the memory tier: `hold` gets a
+   * function to call once the answer is over (until then that space is not
+   * reused).
    */
-  hitNow(lookup: Extract<CacheLookup, { kind: 'cacheable' }>): HitAnswer | null {
+  hitNow(
+    lookup: Extract<CacheLookup, { kind: 'cacheable' }>,
+    hold: (release: () => void) => void,
+  ): HitAnswer | null {
     const h = lookup.request.headers;
     if (
       h['cache-control'] !== undefined ||
@@ -399,6 +411,7 @@ export class ResponseCache implements CacheRuntime {
       hit.ttlSeconds = ttlSeconds;
     }
     this.#hits++;
+    hold(this.#store.pin(entry));
     return answer;
   }
 
@@ -492,7 +505,15 @@ export class ResponseCache implements CacheRuntime {
   ): Promise<CacheOutcome | null> {
     const head = request.method === 'HEAD';
     const notModified = entry.meta.status === 200 && conditionalMatches(request.headers, entry);
+    // A body in memory is a view into the memory tier: its space is held (before reading, so it
+    // cannot be reused meanwhile) until the answer is over.
+    const inMemory = head || notModified ? null : entry.memory;
+    const release = inMemory === null ? null : this.#store.pin(entry);
     const body = head || notModified ? null : await this.#store.readBody(entry);
+    if (release !== null) {
+      if (body?.kind === 'memory' && body.body === inMemory) client.hold(release);
+      else release();
+    }
     if (body?.kind === 'corrupt') return null;
     const headers: string[] = [];
     for (const [name, value] of entry.meta.headers) {
