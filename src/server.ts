@@ -79,6 +79,8 @@ export interface RunningServer {
   dataPlanePort(listenerId: string): number | null;
   /** Streams open through the in-process (direct) transport (the hub counts those through agents). */
   directStreams(): number;
+  /** Requests waiting for another request's origin answer for the same cache key (coalesced misses). */
+  cacheWaiting(): number;
   /** Password hashing under way and refused (the login flood guard). */
   hashingStats(): HashingStats;
   /** Stops accepting, finishes in-flight requests, flushes the store. */
@@ -422,6 +424,7 @@ export async function startServer(
     dataPlanePort: (id) => dataPlane.boundPort(id),
     hashingStats: () => auth.hashingStats(),
     directStreams: () => directTransport.stats().client.activeStreams,
+    cacheWaiting: () => dataPlane.cache?.waiting ?? 0,
     close() {
       closing ??= (async () => {
         unsubscribeStore();

@@ -218,6 +218,8 @@ export class ResponseCache implements CacheRuntime {
   #settings: Readonly<CacheSettingsRecord>;
   #rules: readonly CompiledCacheRule[] = [];
   readonly #inflight = new Map<string, Inflight>();
+  /** Requests waiting on an entry of `#inflight` (see {@link waiting}). */
+  #waiting = 0;
   #cleanupTimer: ReturnType<typeof setInterval> | null = null;
   #hits = 0;
   #misses = 0;
@@ -473,10 +475,24 @@ export class ResponseCache implements CacheRuntime {
     if (request.method === 'HEAD') return this.#forwardHead(origin, client);
     const waiting = this.#inflight.get(primaryKey);
     if (waiting && !collapsed) {
-      await waiting;
+      await this.#waitFor(waiting);
       return this.#serve(lookup, origin, client, true);
     }
     return this.#fetchAndStore(lookup, origin, client, 'MISS', {}, collapsed);
+  }
+
+  /** Requests waiting right now for another request's origin answer for their key (coalesced). */
+  get waiting(): number {
+    return this.#waiting;
+  }
+
+  async #waitFor(inflight: Inflight): Promise<void> {
+    this.#waiting++;
+    try {
+      await inflight;
+    } finally {
+      this.#waiting--;
+    }
   }
 
   #hitStatus(entry: CacheEntry, collapsed: boolean): string {
@@ -554,7 +570,7 @@ export class ResponseCache implements CacheRuntime {
     const waiting = this.#inflight.get(lookup.primaryKey);
     if (waiting) {
       // Someone is already asking the origin about this key: use what they get.
-      await waiting;
+      await this.#waitFor(waiting);
       const fresh = this.#find(lookup.primaryKey, lookup.request.headers);
       if (
         fresh &&
