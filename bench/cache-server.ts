@@ -6,9 +6,12 @@
  * rule; everything else is proxied uncached.
  *
  * Messages: `{cmd: 'start', upstreamUrl, memoryMiB, diskMiB, hotObjectKiB}` →
- * `{port}`; `{cmd: 'stats'}` → `{rss, heap, heapTotal, external, cache}` (after a full GC);
+ * `{port}`; `{cmd: 'stats'}` → `{rss, heap, heapTotal, external, brk, cache}` (after a full GC;
+ * `brk`: resident bytes of the malloc heap); `{cmd: 'waiting'}` → `{waiting}` (requests
+ * waiting for another's origin answer);
  * `{cmd: 'stop'}` → `{}`.
  */
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -20,6 +23,7 @@ import type { CacheRuleRecord, ListenerRecord, RouteRecord } from '../src/storag
 type Message =
   | { cmd: 'start'; upstreamUrl: string; memoryMiB: number; diskMiB: number; hotObjectKiB: number }
   | { cmd: 'stats' }
+  | { cmd: 'waiting' }
   | { cmd: 'stop' };
 
 const gc = (globalThis as { gc?: () => void }).gc;
@@ -85,12 +89,15 @@ async function handle(message: Message): Promise<unknown> {
       const memory = process.memoryUsage();
       return {
         rss: memory.rss,
+        brk: mallocHeapRss(),
         heap: memory.heapUsed,
         heapTotal: memory.heapTotal,
         external: memory.external,
         cache: dataPlane?.cache?.stats() ?? null,
       };
     }
+    case 'waiting':
+      return { waiting: dataPlane?.cache?.waiting ?? 0 };
     case 'stop': {
       await dataPlane?.close();
       if (dataDir) await rm(dataDir, { recursive: true, force: true });
@@ -109,3 +116,16 @@ process.on('message', (message: Message) => {
     (err: unknown) => process.send?.({ error: String((err as Error)?.stack ?? err) }),
   );
 });
+
+/** Resident bytes of the malloc heap (`[heap]` in smaps, Linux), where Buffers' memory mostly lives. */
+function mallocHeapRss(): number | null {
+  try {
+    const smaps = readFileSync('/proc/self/smaps', 'utf8');
+    const start = smaps.indexOf('[heap]');
+    if (start < 0) return 0;
+    const rss = /\nRss:\s+(\d+) kB/.exec(smaps.slice(start));
+    return rss ? Number(rss[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
+}

@@ -332,8 +332,7 @@ describe('response cache', () => {
       (_req, res) => {
         res.writeHead(200, { 'cache-control': 'max-age=60' });
         // No content-length: the size is only known while streaming.
-        res.write(big.subarray(0, 100_000));
-        setTimeout(() => res.end(big.subarray(100_000)), 20);
+        res.write(big.subarray(0, 100_000), () => res.end(big.subarray(100_000)));
       },
       { maxObjectBytes: 200_000 },
     );
