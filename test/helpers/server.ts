@@ -1,6 +1,7 @@
 /**
  * Starts a real p2pstream server on 127.0.0.1 (port 0) with its own temp data
  * dir, and an HTTPS client that trusts exactly its generated certificate.
+ * Given the file's `useCleanups()`, the server is closed after the test.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -10,6 +11,7 @@ import { Agent, fetch } from 'undici';
 import { loadConfig, type ServerConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
 import { type RunningServer, type StartServerOptions, startServer } from '../../src/server.js';
+import type { Cleanups } from './cleanup.js';
 
 export const TEST_SETUP_TOKEN = 'test-setup-code-123';
 export const TEST_USERNAME = 'admin';
@@ -63,7 +65,10 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-export async function startTestServer(options: TestServerOptions = {}): Promise<TestServer> {
+export async function startTestServer(
+  options: TestServerOptions = {},
+  cleanups?: Cleanups,
+): Promise<TestServer> {
   const dataDir = options.dataDir ?? (await mkdtemp(path.join(os.tmpdir(), 'p2pstream-test-')));
   const loaded = loadConfig({
     P2PSTREAM_DATA_DIR: dataDir,
@@ -149,6 +154,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
       return closing;
     },
   };
+  cleanups?.push(() => testServer.close());
   return testServer;
 }
 

@@ -4,36 +4,23 @@
  * refused without touching the running rule set.
  */
 import { runInNewContext } from 'node:vm';
-import { afterEach, describe, expect, it } from 'vitest';
-import { startTestServer, type TestServer } from '../helpers/server.js';
-import { configureProxy, eventually, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
+import { describe, expect, it } from 'vitest';
+import { useCleanups } from '../helpers/cleanup.js';
+import type { TestServer } from '../helpers/server.js';
+import { configureProxy, eventually, startProxyTest, startUpstream } from './proxy-helpers.js';
 
-let server: TestServer | undefined;
-let upstream: Upstream | undefined;
-let client: ReturnType<typeof proxyClient> | undefined;
-
-afterEach(async () => {
-  await client?.close();
-  await server?.close();
-  await upstream?.close();
-  client = undefined;
-  server = undefined;
-  upstream = undefined;
-});
+const cleanups = useCleanups();
 
 async function setup() {
-  server = await startTestServer();
-  const token = await server.createToken(await server.setupAdmin());
-  upstream = await startUpstream((req, res) => {
+  const { server, token, client } = await startProxyTest(cleanups);
+  const upstream = await startUpstream((req, res) => {
     res.writeHead(200, { 'content-type': 'text/plain' });
     res.end(`upstream ${req.url}`);
-  });
-  client = proxyClient();
+  }, cleanups);
   const proxy = await configureProxy(server, token, { type: 'upstream', url: upstream.url });
-  const s = server;
   const api = async (method: string, path: string, body?: unknown) =>
-    s.request(method, path, { token, ...(body === undefined ? {} : { body }) });
-  return { server: s, token, api, port: proxy.port, listenerId: proxy.listenerId, client };
+    server.request(method, path, { token, ...(body === undefined ? {} : { body }) });
+  return { server, token, api, port: proxy.port, listenerId: proxy.listenerId, client, upstream };
 }
 
 async function lastEvents(s: TestServer, token: string, n: number) {
@@ -267,10 +254,10 @@ describe('rate limits', () => {
 
 describe('shapers', () => {
   it('holds downloads and uploads to the rate by backpressure, sharing one key fairly', async () => {
-    const { api, client, server, token } = await setup();
+    const { api, client, server, token, upstream: first } = await setup();
     const KiB = 1024;
-    await upstream?.close();
-    upstream = await startUpstream((req, res) => {
+    await first.close();
+    const upstream = await startUpstream((req, res) => {
       let received = 0;
       req.on('data', (c: Buffer) => {
         received += c.length;
@@ -279,7 +266,7 @@ describe('shapers', () => {
         res.writeHead(200, { 'content-type': 'application/octet-stream' });
         res.end(req.method === 'POST' ? `received ${received}` : Buffer.alloc(256 * KiB, 1));
       });
-    });
+    }, cleanups);
     const proxy = await configureProxy(server, token, { type: 'upstream', url: upstream.url });
     const created = await api('POST', '/api/v1/policies/shapers', {
       name: 'downloads',

@@ -1,26 +1,9 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { useCleanups } from '../helpers/cleanup.js';
 import { freePort } from '../helpers/processes.js';
-import { startTestServer, type TestServer } from '../helpers/server.js';
-import { configureProxy, eventually, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
+import { configureProxy, eventually, startProxyTest, startUpstream, type Upstream } from './proxy-helpers.js';
 
-let server: TestServer | undefined;
-let client: ReturnType<typeof proxyClient> | undefined;
-const upstreams: Upstream[] = [];
-
-afterEach(async () => {
-  await client?.close();
-  await server?.close();
-  for (const u of upstreams.splice(0)) await u.close();
-  client = undefined;
-  server = undefined;
-});
-
-async function setup(): Promise<{ s: TestServer; token: string; c: ReturnType<typeof proxyClient> }> {
-  server = await startTestServer();
-  const token = await server.createToken(await server.setupAdmin());
-  client = proxyClient();
-  return { s: server, token, c: client };
-}
+const cleanups = useCleanups();
 
 /** An upstream answering its name; `/health` answers `health()`'s status. */
 async function namedUpstream(name: string, health: () => number = () => 200): Promise<Upstream> {
@@ -30,14 +13,13 @@ async function namedUpstream(name: string, health: () => number = () => 200): Pr
       return;
     }
     res.end(`${name} ${req.url}`);
-  });
-  upstreams.push(u);
+  }, cleanups);
   return u;
 }
 
 describe('backends', () => {
   it('balances a route over upstream members, traces backend and member, refuses deleting it in use', async () => {
-    const { s, token, c } = await setup();
+    const { server: s, token, client: c } = await startProxyTest(cleanups);
     const a = await namedUpstream('a');
     const b = await namedUpstream('b');
     const created = await s.request('POST', '/api/v1/proxy/backends', {
@@ -91,7 +73,7 @@ describe('backends', () => {
   });
 
   it('rejects bad backends and routes to unknown backends with the field named', async () => {
-    const { s, token } = await setup();
+    const { server: s, token } = await startProxyTest(cleanups);
     const cases: [Record<string, unknown>, string][] = [
       [{ name: 'x', algorithm: 'random', members: [] }, 'algorithm'],
       [{ name: 'x', hashKey: 'cookie', members: [] }, 'hashKey'],
@@ -154,7 +136,7 @@ describe('backends', () => {
   });
 
   it('active checks take an unhealthy member out and back, log the transitions; none healthy → 503', async () => {
-    const { s, token, c } = await setup();
+    const { server: s, token, client: c } = await startProxyTest(cleanups);
     let bStatus = 500;
     const a = await namedUpstream('a');
     const b = await namedUpstream('b', () => bStatus);
@@ -208,7 +190,7 @@ describe('backends', () => {
   });
 
   it('passive ejection: a member refusing connections is left out after consecutive failures', async () => {
-    const { s, token, c } = await setup();
+    const { server: s, token, client: c } = await startProxyTest(cleanups);
     const a = await namedUpstream('a');
     const deadPort = await freePort();
     const created = await s.request('POST', '/api/v1/proxy/backends', {
@@ -252,7 +234,7 @@ describe('backends', () => {
   });
 
   it('a member set draining takes no new requests while one in flight finishes; /health shows it', async () => {
-    const { s, token, c } = await setup();
+    const { server: s, token, client: c } = await startProxyTest(cleanups);
     let finishSlow: () => void = () => {};
     let slowArrived: () => void = () => {};
     const arrived = new Promise<void>((resolve) => {
@@ -265,8 +247,7 @@ describe('backends', () => {
       }
       finishSlow = () => res.end('a slow');
       slowArrived();
-    });
-    upstreams.push(a);
+    }, cleanups);
     const b = await namedUpstream('b');
     const created = await s.request('POST', '/api/v1/proxy/backends', {
       token,

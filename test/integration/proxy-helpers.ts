@@ -8,8 +8,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { request as httpsRequest } from 'node:https';
 import { createServer as createNetServer, type Socket } from 'node:net';
 import { Agent, request } from 'undici';
+import type { Cleanups } from '../helpers/cleanup.js';
 import { freePort } from '../helpers/processes.js';
-import type { TestServer } from '../helpers/server.js';
+import { startTestServer, type TestServer, type TestServerOptions } from '../helpers/server.js';
 import { eventually } from '../helpers/wait.js';
 
 /** The one free-port probe, here too for the tests that import their helpers from this file. */
@@ -33,9 +34,13 @@ export interface Upstream {
   close(): Promise<void>;
 }
 
-/** A plain-HTTP upstream on 127.0.0.1:0; close() destroys every socket and waits. */
+/**
+ * A plain-HTTP upstream on 127.0.0.1:0; close() destroys every socket and
+ * waits. Given `cleanups`, it is closed after the test, after everything else.
+ */
 export async function startUpstream(
   handler: (req: IncomingMessage, res: ServerResponse) => void,
+  cleanups?: Cleanups,
 ): Promise<Upstream> {
   const seen: IncomingMessage[] = [];
   const sockets = new Set<Socket>();
@@ -50,7 +55,7 @@ export async function startUpstream(
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const port = (server.address() as { port: number }).port;
-  return {
+  const upstream: Upstream = {
     server,
     port,
     url: `http://127.0.0.1:${port}`,
@@ -61,6 +66,8 @@ export async function startUpstream(
       await closed;
     },
   };
+  cleanups?.unshift(() => upstream.close());
+  return upstream;
 }
 
 export interface ProxyResponse {
@@ -93,6 +100,30 @@ export function proxyClient() {
     },
     close: () => dispatcher.close(),
   };
+}
+
+export type ProxyClient = ReturnType<typeof proxyClient>;
+
+export interface ProxyTest {
+  server: TestServer;
+  /** An API token of the server's admin. */
+  token: string;
+  client: ProxyClient;
+}
+
+/**
+ * What most proxy tests start with: a server with an admin API token and a
+ * proxy client, closed after the test (client first, then the server).
+ */
+export async function startProxyTest(
+  cleanups: Cleanups,
+  options: TestServerOptions = {},
+): Promise<ProxyTest> {
+  const server = await startTestServer(options, cleanups);
+  const token = await server.createToken(await server.setupAdmin());
+  const client = proxyClient();
+  cleanups.push(() => client.close());
+  return { server, token, client };
 }
 
 /** Creates a listener and an upstream route through the API; returns both. */

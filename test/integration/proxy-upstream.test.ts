@@ -1,30 +1,13 @@
 import { once } from 'node:events';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { useCleanups } from '../helpers/cleanup.js';
 import { freePort } from '../helpers/processes.js';
-import { startTestServer, type TestServer } from '../helpers/server.js';
-import { configureProxy, eventually, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
+import type { TestServer } from '../helpers/server.js';
+import { configureProxy, eventually, startProxyTest, startUpstream } from './proxy-helpers.js';
 
-let server: TestServer | undefined;
-let upstream: Upstream | undefined;
-let client: ReturnType<typeof proxyClient> | undefined;
-
-afterEach(async () => {
-  await client?.close();
-  await server?.close();
-  await upstream?.close();
-  client = undefined;
-  server = undefined;
-  upstream = undefined;
-});
-
-async function setup(): Promise<{ server: TestServer; token: string }> {
-  server = await startTestServer();
-  const token = await server.createToken(await server.setupAdmin());
-  client = proxyClient();
-  return { server, token };
-}
+const cleanups = useCleanups();
 
 async function lastEvent(s: TestServer, token: string) {
   const res = await s.request('GET', '/api/v1/traffic/recent?limit=1', { token });
@@ -69,8 +52,8 @@ const MB = 1024 * 1024;
 
 describe('proxying to an upstream', () => {
   it('forwards method, path, query and body with X-Forwarded-* and without hop-by-hop headers, both ways', async () => {
-    const { server, token } = await setup();
-    upstream = await startUpstream(async (req, res) => {
+    const { server, token } = await startProxyTest(cleanups);
+    const upstream = await startUpstream(async (req, res) => {
       let body = '';
       for await (const chunk of req) body += chunk;
       res.setHeader('connection', 'keep-alive, x-upstream-hop');
@@ -78,7 +61,7 @@ describe('proxying to an upstream', () => {
       res.setHeader('x-upstream-kept', 'yes');
       res.setHeader('set-cookie', ['a=1', 'b=2']);
       res.end(JSON.stringify({ method: req.method, url: req.url, headers: req.headers, body }));
-    });
+    }, cleanups);
     const { port } = await configureProxy(server, token, { type: 'upstream', url: `${upstream.url}/base` });
     const req = httpRequest({
       host: '127.0.0.1',
@@ -133,20 +116,20 @@ describe('proxying to an upstream', () => {
   });
 
   it('keeps upstream connections alive across requests', async () => {
-    const { server, token } = await setup();
-    upstream = await startUpstream((_req, res) => res.end('ok'));
+    const { server, token, client } = await startProxyTest(cleanups);
+    const upstream = await startUpstream((_req, res) => res.end('ok'), cleanups);
     let connections = 0;
     upstream.server.on('connection', () => {
       connections += 1;
     });
     const { port } = await configureProxy(server, token, { type: 'upstream', url: upstream.url });
-    for (let i = 0; i < 10; i++) expect((await client!.send(port, `/${i}`)).text).toBe('ok');
+    for (let i = 0; i < 10; i++) expect((await client.send(port, `/${i}`)).text).toBe('ok');
     expect(connections).toBe(1);
   });
 
   it('resolves dot segments before routing, and refuses those that would change the route', async () => {
-    const { server, token } = await setup();
-    upstream = await startUpstream((req, res) => res.end(`upstream ${req.url}`));
+    const { server, token } = await startProxyTest(cleanups);
+    const upstream = await startUpstream((req, res) => res.end(`upstream ${req.url}`), cleanups);
     const { port, listenerId } = await configureProxy(
       server,
       token,
@@ -173,18 +156,18 @@ describe('proxying to an upstream', () => {
   });
 
   it('streams a 100 MB response end to end: a paused reader holds the upstream back', async () => {
-    const { server, token } = await setup();
+    const { server, token } = await startProxyTest(cleanups);
     const total = 100 * MB;
     const chunk = Buffer.alloc(64 * 1024, 7);
     let written = 0;
-    upstream = await startUpstream(async (_req, res) => {
+    const upstream = await startUpstream(async (_req, res) => {
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(total) });
       while (written < total) {
         written += chunk.length;
         if (!res.write(chunk)) await once(res, 'drain');
       }
       res.end();
-    });
+    }, cleanups);
     const { port } = await configureProxy(server, token, { type: 'upstream', url: upstream.url });
     const res = await rawGet(port, '/big');
     let received = 0;
@@ -205,18 +188,18 @@ describe('proxying to an upstream', () => {
   });
 
   it('streams a 100 MB request body end to end: a paused upstream holds the client back', async () => {
-    const { server, token } = await setup();
+    const { server, token } = await startProxyTest(cleanups);
     const total = 100 * MB;
     let upstreamRead = 0;
     let upstreamReq: IncomingMessage | undefined;
-    upstream = await startUpstream((req, res) => {
+    const upstream = await startUpstream((req, res) => {
       upstreamReq = req;
       req.pause();
       req.on('data', (c: Buffer) => {
         upstreamRead += c.length;
       });
       req.on('end', () => res.end(String(upstreamRead)));
-    });
+    }, cleanups);
     const { port } = await configureProxy(server, token, { type: 'upstream', url: upstream.url });
     const req = httpRequest({
       host: '127.0.0.1',
@@ -250,22 +233,22 @@ describe('proxying to an upstream', () => {
   });
 
   it('answers 502 for a refused or reset upstream and 504 for a silent one, each traced with its kind', async () => {
-    const { server, token } = await setup();
+    const { server, token, client } = await startProxyTest(cleanups);
     const silent: Socket[] = [];
-    upstream = await startUpstream((req, res) => {
+    const upstream = await startUpstream((req, res) => {
       if (req.url === '/reset') req.socket.destroy();
       else if (req.url === '/cut') {
         res.writeHead(200, { 'content-length': '1000' });
         res.write('partial');
         setTimeout(() => req.socket.destroy(), 20);
       } else silent.push(req.socket);
-    });
+    }, cleanups);
     const refusedPort = await freePort();
     const refused = await configureProxy(server, token, {
       type: 'upstream',
       url: `http://127.0.0.1:${refusedPort}`,
     });
-    const res502 = await client!.send(refused.port, '/x');
+    const res502 = await client.send(refused.port, '/x');
     expect(res502.status).toBe(502);
     expect(await lastEvent(server, token)).toMatchObject({
       status: 502,
@@ -278,13 +261,13 @@ describe('proxying to an upstream', () => {
       url: upstream.url,
       timeoutMs: 300,
     });
-    const res504 = await client!.send(timing.port, '/slow');
+    const res504 = await client.send(timing.port, '/slow');
     expect(res504.status).toBe(504);
     const timedOut = await lastEvent(server, token);
     expect(timedOut).toMatchObject({ status: 504, error: 'upstream_timeout' });
     expect(timedOut.durationMs).toBeGreaterThanOrEqual(250);
 
-    const reset = await client!.send(timing.port, '/reset');
+    const reset = await client.send(timing.port, '/reset');
     expect(reset.status).toBe(502);
     expect(await lastEvent(server, token)).toMatchObject({ status: 502, error: 'upstream_reset' });
 
@@ -301,16 +284,16 @@ describe('proxying to an upstream', () => {
   });
 
   it('cancels the upstream exchange when the client goes away', async () => {
-    const { server, token } = await setup();
+    const { server, token } = await startProxyTest(cleanups);
     let upstreamClosed = false;
-    upstream = await startUpstream((_req, res) => {
+    const upstream = await startUpstream((_req, res) => {
       res.writeHead(200);
       const timer = setInterval(() => res.write('tick\n'), 10);
       res.on('close', () => {
         clearInterval(timer);
         upstreamClosed = true;
       });
-    });
+    }, cleanups);
     const { port } = await configureProxy(server, token, { type: 'upstream', url: upstream.url });
     const res = await rawGet(port, '/forever');
     await once(res, 'data');
