@@ -399,10 +399,11 @@ export async function curlDownload(
   tools: Pick<PeerTools, 'curl'>,
   url: string,
   expectedBytes: number,
-  options: { ca?: string } = {},
+  options: { ca?: string; http1?: boolean } = {},
 ): Promise<DownloadResult> {
   const args = ['-sS', '--fail', '-o', '/dev/null', '-w', '%{size_download} %{time_total}'];
   if (options.ca) args.push('--cacert', options.ca);
+  if (options.http1) args.push('--http1.1');
   const { stdout } = await run(tools.curl, [...args, url]);
   const [size, seconds] = stdout.trim().split(' ').map(Number) as [number, number];
   if (size !== expectedBytes) throw new Error(`download of ${url} gave ${size} bytes, not ${expectedBytes}`);
