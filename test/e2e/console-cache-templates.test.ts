@@ -8,19 +8,12 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Browser } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import {
-  buildConsoleOnce,
-  type ConsolePage,
-  launchBrowser,
-  openConsole,
-  screenshot,
-} from '../helpers/browser.js';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { type ConsolePage, screenshot, useConsoleBrowser } from '../helpers/browser.js';
 import { freePort } from '../helpers/processes.js';
-import { startTestServer, type TestServer } from '../helpers/server.js';
+import { ok, startTestServer, type TestServer } from '../helpers/server.js';
 
-let browser: Browser;
+const consoleBrowser = useConsoleBrowser();
 let control: TestServer;
 let remote: TestServer;
 let controlCookie: string;
@@ -29,13 +22,6 @@ let origin: Server;
 let originUrl: string;
 let originHits = 0;
 let tab: ConsolePage;
-
-// biome-ignore lint/suspicious/noExplicitAny: test responses are inspected freely
-async function ok(response: Promise<{ status: number; text: string; json: any }>): Promise<any> {
-  const res = await response;
-  if (res.status < 200 || res.status > 299) throw new Error(`${res.status} ${res.text}`);
-  return res.json;
-}
 
 /** A listener routing everything to the test origin; answers its port and route id. */
 async function publicListener(server: TestServer, cookie: string, name: string) {
@@ -72,24 +58,18 @@ beforeAll(async () => {
   });
   await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
   originUrl = `http://127.0.0.1:${(origin.address() as AddressInfo).port}`;
-  [browser] = await Promise.all([launchBrowser(), buildConsoleOnce()]);
   [control, remote] = await Promise.all([startTestServer(), startTestServer()]);
   [controlCookie, remoteCookie] = await Promise.all([control.setupAdmin(), remote.setupAdmin()]);
 });
 
 afterAll(async () => {
   await Promise.all([control?.close(), remote?.close()]);
-  await browser?.close();
   origin?.closeAllConnections();
   await new Promise<void>((resolve) => origin?.close(() => resolve()));
 });
 
 beforeEach(async () => {
-  tab = await openConsole(browser, control.url, { session: controlCookie });
-});
-
-afterEach(async () => {
-  await tab?.context.close();
+  tab = await consoleBrowser.open(control.url, { session: controlCookie });
 });
 
 describe('console: templates and cache', () => {

@@ -7,21 +7,15 @@
  * selected; a changed certificate is shown next to the trusted one; the remote
  * traffic streams live and switching back to Local clears it.
  */
-import type { Browser, Page, Request } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { Page, Request } from 'playwright-core';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createCertificate, describeCertificate } from '../../src/tls/certificates.js';
-import {
-  buildConsoleOnce,
-  type ConsolePage,
-  launchBrowser,
-  openConsole,
-  screenshot,
-} from '../helpers/browser.js';
+import { type ConsolePage, screenshot, useConsoleBrowser } from '../helpers/browser.js';
 import { freePort } from '../helpers/processes.js';
-import { startTestServer, type TestServer } from '../helpers/server.js';
+import { ok, startTestServer, type TestServer } from '../helpers/server.js';
 import { startTlsTarget } from '../helpers/tls-target.js';
 
-let browser: Browser;
+const consoleBrowser = useConsoleBrowser();
 let control: TestServer;
 let remote: TestServer;
 let controlCookie: string;
@@ -32,8 +26,6 @@ let remotePort: number;
 let tab: ConsolePage;
 
 beforeAll(async () => {
-  // The servers read the built console when they start: build first.
-  [browser] = await Promise.all([launchBrowser(), buildConsoleOnce()]);
   [control, remote] = await Promise.all([startTestServer(), startTestServer()]);
   [controlCookie, remoteCookie] = await Promise.all([control.setupAdmin(), remote.setupAdmin()]);
   await control.createToken(controlCookie, 'only-on-control');
@@ -65,24 +57,11 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all([control?.close(), remote?.close()]);
-  await browser?.close();
 });
 
 beforeEach(async () => {
-  tab = await openConsole(browser, control.url, { session: controlCookie });
+  tab = await consoleBrowser.open(control.url, { session: controlCookie });
 });
-
-afterEach(async () => {
-  await tab?.context.close();
-});
-
-/** The JSON of a 2xx answer; anything else fails the test with the answer. */
-// biome-ignore lint/suspicious/noExplicitAny: test responses are inspected freely
-async function ok(response: Promise<{ status: number; text: string; json: any }>): Promise<any> {
-  const res = await response;
-  if (res.status < 200 || res.status > 299) throw new Error(`${res.status} ${res.text}`);
-  return res.json;
-}
 
 /** Registers a direct environment to `url` (default: the remote) through the control plane's API. */
 async function registerEnvironment(name: string, url = remote.url): Promise<{ id: string }> {

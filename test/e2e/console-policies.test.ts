@@ -4,32 +4,19 @@
  * in the trace, toggled, tried with the "try a request" panel — on Local and
  * on a remote environment reached through the control plane.
  */
-import type { Browser, Page } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import {
-  buildConsoleOnce,
-  type ConsolePage,
-  launchBrowser,
-  openConsole,
-  screenshot,
-} from '../helpers/browser.js';
+import type { Page } from 'playwright-core';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { type ConsolePage, screenshot, useConsoleBrowser } from '../helpers/browser.js';
 import { freePort } from '../helpers/processes.js';
-import { startTestServer, type TestServer } from '../helpers/server.js';
+import { ok, startTestServer, type TestServer } from '../helpers/server.js';
 
-let browser: Browser;
+const consoleBrowser = useConsoleBrowser();
 let control: TestServer;
 let remote: TestServer;
 let controlCookie: string;
 let remoteCookie: string;
 let localPort: number;
 let tab: ConsolePage;
-
-// biome-ignore lint/suspicious/noExplicitAny: test responses are inspected freely
-async function ok(response: Promise<{ status: number; text: string; json: any }>): Promise<any> {
-  const res = await response;
-  if (res.status < 200 || res.status > 299) throw new Error(`${res.status} ${res.text}`);
-  return res.json;
-}
 
 async function publicListener(server: TestServer, cookie: string, name: string): Promise<number> {
   const port = await freePort();
@@ -49,7 +36,6 @@ async function publicListener(server: TestServer, cookie: string, name: string):
 }
 
 beforeAll(async () => {
-  [browser] = await Promise.all([launchBrowser(), buildConsoleOnce()]);
   [control, remote] = await Promise.all([startTestServer(), startTestServer()]);
   [controlCookie, remoteCookie] = await Promise.all([control.setupAdmin(), remote.setupAdmin()]);
   localPort = await publicListener(control, controlCookie, 'public');
@@ -57,15 +43,10 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all([control?.close(), remote?.close()]);
-  await browser?.close();
 });
 
 beforeEach(async () => {
-  tab = await openConsole(browser, control.url, { session: controlCookie });
-});
-
-afterEach(async () => {
-  await tab?.context.close();
+  tab = await consoleBrowser.open(control.url, { session: controlCookie });
 });
 
 async function status(port: number, pathname: string): Promise<number> {

@@ -6,21 +6,15 @@
  * listener with its default certificate on the Proxy page, and the same page
  * relayed to a remote environment.
  */
-import type { Browser, Page } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { Page } from 'playwright-core';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createCertificate } from '../../src/tls/certificates.js';
-import {
-  buildConsoleOnce,
-  type ConsolePage,
-  launchBrowser,
-  openConsole,
-  screenshot,
-} from '../helpers/browser.js';
+import { type ConsolePage, screenshot, useConsoleBrowser } from '../helpers/browser.js';
 import { type Pebble, startPebble } from '../helpers/pebble.js';
 import { freePort } from '../helpers/processes.js';
-import { startTestServer, type TestServer } from '../helpers/server.js';
+import { ok, startTestServer, type TestServer } from '../helpers/server.js';
 
-let browser: Browser;
+const consoleBrowser = useConsoleBrowser();
 let control: TestServer;
 let remote: TestServer;
 let controlCookie: string;
@@ -28,7 +22,6 @@ let remoteCookie: string;
 let tab: ConsolePage;
 
 beforeAll(async () => {
-  [browser] = await Promise.all([launchBrowser(), buildConsoleOnce()]);
   const tls = { checkIntervalMs: 100, retryBaseMs: 60_000, dnsPropagationMs: 0 };
   [control, remote] = await Promise.all([
     startTestServer({ config: { tls } }),
@@ -39,23 +32,11 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all([control?.close(), remote?.close()]);
-  await browser?.close();
 });
 
 beforeEach(async () => {
-  tab = await openConsole(browser, control.url, { session: controlCookie });
+  tab = await consoleBrowser.open(control.url, { session: controlCookie });
 });
-
-afterEach(async () => {
-  await tab?.context.close();
-});
-
-// biome-ignore lint/suspicious/noExplicitAny: test responses are inspected freely
-async function ok(response: Promise<{ status: number; text: string; json: any }>): Promise<any> {
-  const res = await response;
-  if (res.status < 200 || res.status > 299) throw new Error(`${res.status} ${res.text}`);
-  return res.json;
-}
 
 async function openTls(page: Page): Promise<void> {
   await page.goto('/');

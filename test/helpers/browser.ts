@@ -2,6 +2,7 @@
  * Browser test helpers: build the console once per test process, launch
  * Debian's Chromium headless through playwright-core, open a console page
  * that records page errors, and save screenshots under test-results/.
+ * `useConsoleBrowser()` is the setup of a console test file in one call.
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -9,6 +10,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
+import { afterAll, afterEach, beforeAll } from 'vitest';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 /** Where the browser tests expect Chromium (`apt-get install -y chromium`); `CHROMIUM_PATH` overrides. */
@@ -112,4 +114,42 @@ export async function screenshot(page: Page, name: string): Promise<string> {
   const file = path.join(SCREENSHOT_DIR, `${name}.png`);
   await page.screenshot({ path: file, fullPage: true });
   return file;
+}
+
+export interface ConsoleBrowser {
+  /** The browser (launched before the file's tests). */
+  readonly browser: Browser;
+  /** A console tab (see {@link openConsole}), closed after the test. */
+  open(baseURL: string, options?: OpenConsoleOptions): Promise<ConsolePage>;
+}
+
+/**
+ * A console test file's browser: call it first at the top of the file. Before
+ * the file's tests (and so before the servers it starts, which read the built
+ * console when they start) Chromium is launched and the console built; the
+ * tabs a test opens are closed after it, the browser after the file.
+ */
+export function useConsoleBrowser(): ConsoleBrowser {
+  let browser: Browser | undefined;
+  const tabs: ConsolePage[] = [];
+  beforeAll(async () => {
+    [browser] = await Promise.all([launchBrowser(), buildConsoleOnce()]);
+  });
+  afterEach(async () => {
+    for (const tab of tabs.splice(0)) await tab.context.close();
+  });
+  afterAll(async () => {
+    await browser?.close();
+  });
+  return {
+    get browser() {
+      if (!browser) throw new Error('the browser starts in beforeAll');
+      return browser;
+    },
+    async open(baseURL, options) {
+      const tab = await openConsole(this.browser, baseURL, options);
+      tabs.push(tab);
+      return tab;
+    },
+  };
 }

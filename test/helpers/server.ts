@@ -158,6 +158,14 @@ export async function startTestServer(
   return testServer;
 }
 
+/** The JSON of a 2xx answer; anything else fails the test with the answer. */
+// biome-ignore lint/suspicious/noExplicitAny: test responses are inspected freely
+export async function ok(response: Promise<{ status: number; text: string; json: any }>): Promise<any> {
+  const res = await response;
+  if (res.status < 200 || res.status > 299) throw new Error(`${res.status} ${res.text}`);
+  return res.json;
+}
+
 /** The `name=value` part of a response's Set-Cookie header. */
 export function cookieOf(res: TestResponse): string {
   const header = res.headers.get('set-cookie');
