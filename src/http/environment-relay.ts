@@ -298,17 +298,39 @@ export function createEnvironmentRelay(options: EnvironmentRelayOptions): Enviro
           remoteTiming === undefined
             ? serverTimingHeader(timing)
             : [serverTimingHeader(timing), ...(Array.isArray(remoteTiming) ? remoteTiming : [remoteTiming])];
+        // The head leaves with the first chunk, and with what the relay already holds (a small
+        // answer whole) in the same socket write: the socket stays corked to the end of this
+        // turn (or the end). Each chunk still leaves in the turn it came: an event stream
+        // never waits in a buffer.
+        res.cork();
+        let corked = true;
+        const uncork = () => {
+          if (!corked) return;
+          corked = false;
+          res.uncork();
+        };
+        process.nextTick(uncork);
         res.writeHead(response.status, headers);
-        res.flushHeaders();
         for await (const chunk of response.body) {
           if (callerGone()) break;
-          // Written at once: an event stream must not sit in a buffer.
-          if (!res.write(chunk)) await drained(res);
+          if (!res.write(chunk)) {
+            uncork();
+            await drained(res);
+          } else if (!corked) {
+            res.cork();
+            corked = true;
+            process.nextTick(uncork);
+          }
         }
         if (callerGone()) {
+          uncork();
           outcome = 'cancelled';
           response.cancel();
-        } else res.end();
+        } else {
+          // end() uncorks: the last chunk and the end leave together.
+          corked = false;
+          res.end();
+        }
       } catch (err) {
         // The head is gone: the only honest signal left is a cut connection.
         outcome = callerGone() ? 'cancelled' : 'failed';
