@@ -180,6 +180,7 @@ export class EnvelopeExecutor implements StreamHandler {
   readonly #streams = new Map<number, Stream>();
   // Insertion order doubles as least-recently-used order.
   readonly #pools = new Map<string, PoolEntry>();
+  readonly #trusted: TrustCache = new Map();
   #closed = false;
   #resumeFrom = 0;
   #inFlight = 0;
@@ -414,7 +415,7 @@ export class EnvelopeExecutor implements StreamHandler {
     let trust: PinnedTrust;
     try {
       target = this.#target(head.url);
-      trust = pinnedTrust(head, target);
+      trust = pinnedTrust(head, target, this.#trusted);
       if (typeof head.method !== 'string' || !/^[A-Z]{1,16}$/.test(head.method)) {
         throw new AppError('VALIDATION_FAILED', 'invalid request method');
       }
@@ -767,20 +768,42 @@ function upstreamTiming(stream: RequestStream): UpstreamTiming {
   };
 }
 
-/** The trust metadata of a head, checked and normalised. Throws VALIDATION_FAILED. */
-function pinnedTrust(head: RequestHead, target: Target): PinnedTrust {
+/** Pins checked before, by the fingerprint as a head sent it (see {@link pinnedTrust}). */
+type TrustCache = Map<string, { fingerprintSha256: string; certificateDer: Buffer | undefined }>;
+
+/** Pins remembered per executor; past this the cache starts over. */
+const MAX_CACHED_PINS = 64;
+
+/**
+ * The trust metadata of a head, checked and normalised. Throws
+ * VALIDATION_FAILED. A pin seen before skips the normalising and, when the
+ * head carries the same certificate byte for byte, the hash of it: every
+ * request of an environment carries the same ~1 KB certificate.
+ */
+function pinnedTrust(head: RequestHead, target: Target, cache: TrustCache): PinnedTrust {
   const trust = head.trust;
   if (!trust) throw new AppError('VALIDATION_FAILED', 'a relayed request needs trust metadata');
-  const fingerprintSha256 = normalizeFingerprint(trust.fingerprintSha256);
-  if (fingerprintSha256 === null) throw new AppError('VALIDATION_FAILED', 'invalid pinned fingerprint');
+  let known = cache.get(trust.fingerprintSha256);
+  if (known === undefined) {
+    const fingerprintSha256 = normalizeFingerprint(trust.fingerprintSha256);
+    if (fingerprintSha256 === null) throw new AppError('VALIDATION_FAILED', 'invalid pinned fingerprint');
+    if (cache.size >= MAX_CACHED_PINS) cache.clear();
+    known = { fingerprintSha256, certificateDer: undefined };
+    cache.set(trust.fingerprintSha256, known);
+  }
+  const { fingerprintSha256 } = known;
   const expectedHostname = trust.expectedHostname || target.host;
   const der = trust.certificateDer;
   if (der === undefined || der.length === 0) return { fingerprintSha256, expectedHostname };
-  // A DER that is not a certificate fails the handshake later, before any request byte.
-  if (fingerprintOf(der) !== fingerprintSha256) {
-    throw new AppError('VALIDATION_FAILED', 'the pinned certificate does not match the pinned fingerprint');
+  if (known.certificateDer === undefined || !known.certificateDer.equals(der)) {
+    // A DER that is not a certificate fails the handshake later, before any request byte.
+    if (fingerprintOf(der) !== fingerprintSha256) {
+      throw new AppError('VALIDATION_FAILED', 'the pinned certificate does not match the pinned fingerprint');
+    }
+    // A copy: the received frame it points into is not kept alive by the cache.
+    known.certificateDer = Buffer.from(der);
   }
-  return { fingerprintSha256, expectedHostname, certificateDer: der };
+  return { fingerprintSha256, expectedHostname, certificateDer: known.certificateDer };
 }
 
 /** Header list → Node headers: hop-by-hop, Host and Content-Length dropped (Node sets them). */
