@@ -68,26 +68,26 @@ export function checkPinnedPeer(trust: PinnedTrust, der: Uint8Array): AppError |
       cause: err,
     });
   }
-  const details = observedCertificateDetails(der);
+  // The observed certificate's details are only worked out for a refusal (each handshake checks).
   if (info.fingerprintSha256 !== trust.fingerprintSha256) {
     return new AppError(
       'CERTIFICATE_CHANGED',
       'the target presented a certificate other than the pinned one',
       {
-        details,
+        details: observedCertificateDetails(der),
       },
     );
   }
   if (!isCurrentlyValid(info)) {
     return new AppError('CERTIFICATE_EXPIRED', 'the pinned certificate is outside its validity period', {
-      details,
+      details: observedCertificateDetails(der),
     });
   }
   if (!matchesHostname(x509, trust.expectedHostname)) {
     return new AppError(
       'CERTIFICATE_HOSTNAME_MISMATCH',
       `the pinned certificate is not valid for ${trust.expectedHostname}`,
-      { details },
+      { details: observedCertificateDetails(der) },
     );
   }
   return null;
@@ -363,9 +363,14 @@ export class PinnedAgent extends https.Agent {
       rejectUnauthorized: true,
       minVersion: MIN_TLS_VERSION,
       servername: options.servername,
-      ...(anchored
-        ? { ca: [derToPem(trust.certificateDer as Uint8Array)], allowPartialTrustChain: true }
-        : {}),
+      // One secure context for the pool's connections (tls.connect would build one per
+      // connection from these options, parsing the pinned certificate each time).
+      secureContext: tls.createSecureContext({
+        minVersion: MIN_TLS_VERSION,
+        ...(anchored
+          ? { ca: [derToPem(trust.certificateDer as Uint8Array)], allowPartialTrustChain: true }
+          : {}),
+      }),
       checkServerIdentity: (_hostname, cert) => checkPinnedPeer(trust, cert.raw) ?? undefined,
     });
     this.trust = trust;
