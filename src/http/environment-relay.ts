@@ -55,6 +55,13 @@ export const RELAYED_REQUEST_HEADERS: ReadonlySet<string> = new Set([
   'last-event-id',
 ]);
 
+/**
+ * Response bytes the relay lets wait in the caller's socket before it stops
+ * taking chunks from the environment (and so holds back the environment's
+ * window): 256 KiB, one default window.
+ */
+const RELAY_WRITE_AHEAD_BYTES = 256 * 1024;
+
 /** Response headers that never come back from the environment. */
 const DROPPED_RESPONSE_HEADERS: ReadonlySet<string> = hopByHopAnd(
   'set-cookie',
@@ -313,7 +320,9 @@ export function createEnvironmentRelay(options: EnvironmentRelayOptions): Enviro
         res.writeHead(response.status, headers);
         for await (const chunk of response.body) {
           if (callerGone()) break;
-          if (!res.write(chunk)) {
+          // Chunks that arrived together (one agent frame holds several) join one write, up to
+          // RELAY_WRITE_AHEAD_BYTES held for a slow caller; past it the relay waits for the socket.
+          if (!res.write(chunk) && res.writableLength >= RELAY_WRITE_AHEAD_BYTES) {
             uncork();
             await drained(res);
           } else if (!corked) {
