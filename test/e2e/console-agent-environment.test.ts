@@ -5,21 +5,15 @@
  * operate on the remote, watch its traffic; when the agent goes offline the
  * environment can no longer be selected.
  */
-import type { Browser, Page } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { Page } from 'playwright-core';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { describeCertificate } from '../../src/tls/certificates.js';
 import { createTestAgent, startTestAgent, type TestAgent } from '../helpers/agent.js';
-import {
-  buildConsoleOnce,
-  type ConsolePage,
-  launchBrowser,
-  openConsole,
-  screenshot,
-} from '../helpers/browser.js';
+import { type ConsolePage, screenshot, useConsoleBrowser } from '../helpers/browser.js';
 import { freePort } from '../helpers/processes.js';
 import { startTestServer, TEST_PASSWORD, TEST_USERNAME, type TestServer } from '../helpers/server.js';
 
-let browser: Browser;
+const consoleBrowser = useConsoleBrowser();
 let control: TestServer;
 let remote: TestServer;
 let agent: TestAgent | null;
@@ -27,15 +21,6 @@ let remoteCookie: string;
 let controlCookie: string;
 let remoteAccessToken: string;
 let tab: ConsolePage;
-
-beforeAll(async () => {
-  await buildConsoleOnce();
-  browser = await launchBrowser();
-});
-
-afterAll(async () => {
-  await browser?.close();
-});
 
 beforeEach(async () => {
   [control, remote] = await Promise.all([startTestServer(), startTestServer()]);
@@ -45,12 +30,11 @@ beforeEach(async () => {
   await remote.createToken(remoteCookie, 'only-on-remote');
   agent = startTestAgent(control, await createTestAgent(control, controlCookie, 'edge'));
   await agent.connected();
-  tab = await openConsole(browser, control.url);
+  tab = await consoleBrowser.open(control.url);
   await logIn(tab.page);
 });
 
 afterEach(async () => {
-  await tab?.context.close();
   await agent?.close();
   await Promise.all([control?.close(), remote?.close()]);
 });

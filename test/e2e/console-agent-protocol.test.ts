@@ -4,8 +4,7 @@
  * its row, and an agent whose streams leaked shows the count on its row and
  * in its recent sessions (the API's agent details carry the same).
  */
-import type { Browser } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PROTOCOL_VERSION } from '../../src/relay/envelope.js';
 import {
   agentHeaders,
@@ -15,31 +14,16 @@ import {
   type TestAgent,
   upgradeAgent,
 } from '../helpers/agent.js';
-import {
-  buildConsoleOnce,
-  type ConsolePage,
-  launchBrowser,
-  openConsole,
-  screenshot,
-} from '../helpers/browser.js';
+import { type ConsolePage, screenshot, useConsoleBrowser } from '../helpers/browser.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { eventually } from '../helpers/wait.js';
 
-let browser: Browser;
+const consoleBrowser = useConsoleBrowser();
 let server: TestServer;
 let cookie: string;
 let tab: ConsolePage | null = null;
 let agent: TestAgent | null = null;
 let raw: RawAgent | null = null;
-
-beforeAll(async () => {
-  await buildConsoleOnce();
-  browser = await launchBrowser();
-});
-
-afterAll(async () => {
-  await browser?.close();
-});
 
 beforeEach(async () => {
   server = await startTestServer();
@@ -47,7 +31,6 @@ beforeEach(async () => {
 });
 
 afterEach(async () => {
-  await tab?.context.close();
   await agent?.close();
   await raw?.close();
   tab = null;
@@ -74,7 +57,7 @@ describe('console: the agent link’s protocol on the Agents page', () => {
       expect(view.protocol?.refusal).toContain('the agent speaks v3–v4, the control plane v1–v1');
     });
 
-    tab = await openConsole(browser, server.url, { session: cookie });
+    tab = await consoleBrowser.open(server.url, { session: cookie });
     const { page } = tab;
     await page.goto('/');
     await page.getByRole('link', { name: 'Agents' }).click();
@@ -115,7 +98,7 @@ describe('console: the agent link’s protocol on the Agents page', () => {
       expect(view.connections.at(-1)?.leakedStreams).toBe(2);
     });
 
-    tab = await openConsole(browser, server.url, { session: cookie });
+    tab = await consoleBrowser.open(server.url, { session: cookie });
     const { page } = tab;
     await page.goto('/');
     await page.getByRole('link', { name: 'Agents' }).click();

@@ -2,15 +2,8 @@
  * The console in a real browser against a real server: first-run setup,
  * login and logout, API tokens, and a session that expires mid-use.
  */
-import type { Browser } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import {
-  buildConsoleOnce,
-  type ConsolePage,
-  launchBrowser,
-  openConsole,
-  screenshot,
-} from '../helpers/browser.js';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { type ConsolePage, screenshot, useConsoleBrowser } from '../helpers/browser.js';
 import {
   startTestServer,
   TEST_PASSWORD,
@@ -19,26 +12,16 @@ import {
   type TestServer,
 } from '../helpers/server.js';
 
-let browser: Browser;
+const consoleBrowser = useConsoleBrowser();
 let server: TestServer;
 let tab: ConsolePage;
 
-beforeAll(async () => {
-  await buildConsoleOnce();
-  browser = await launchBrowser();
-});
-
-afterAll(async () => {
-  await browser?.close();
-});
-
 beforeEach(async () => {
   server = await startTestServer();
-  tab = await openConsole(browser, server.url);
+  tab = await consoleBrowser.open(server.url);
 });
 
 afterEach(async () => {
-  await tab?.context.close();
   await server?.close();
 });
 
@@ -164,7 +147,7 @@ describe('console: setup, login, tokens', () => {
 
   it('is readable in dark mode', async () => {
     await server.setupAdmin();
-    const dark = await openConsole(browser, server.url, { colorScheme: 'dark' });
+    const dark = await consoleBrowser.open(server.url, { colorScheme: 'dark' });
     try {
       await dark.page.goto('/login');
       await dark.page.getByRole('heading', { name: 'Log in' }).waitFor();

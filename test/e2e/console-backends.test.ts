@@ -7,36 +7,21 @@
  * by labels, saved on that environment. Last, a real agent tunnel: the
  * traffic view names the agent that carried a request, the overview counts it.
  */
-import type { Browser, Page } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Page } from 'playwright-core';
+import { afterEach, describe, expect, it } from 'vitest';
 import { createTestAgent, startTestAgent, type TestAgent } from '../helpers/agent.js';
-import {
-  buildConsoleOnce,
-  type ConsolePage,
-  launchBrowser,
-  openConsole,
-  screenshot,
-} from '../helpers/browser.js';
+import { type ConsolePage, screenshot, useConsoleBrowser } from '../helpers/browser.js';
 import { freePort } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { eventually, startUpstream, type Upstream } from '../integration/proxy-helpers.js';
 
-let browser: Browser;
+const consoleBrowser = useConsoleBrowser();
 const servers: TestServer[] = [];
 const upstreams: Upstream[] = [];
 const agents: TestAgent[] = [];
 let tab: ConsolePage | undefined;
 
-beforeAll(async () => {
-  [browser] = await Promise.all([launchBrowser(), buildConsoleOnce()]);
-});
-
-afterAll(async () => {
-  await browser?.close();
-});
-
 afterEach(async () => {
-  await tab?.context.close();
   tab = undefined;
   for (const a of agents.splice(0)) await a.close();
   for (const s of servers.splice(0)) await s.close();
@@ -78,7 +63,7 @@ describe('console: backends', () => {
     });
     expect(listener.status).toBe(201);
 
-    tab = await openConsole(browser, s.url, { session: cookie });
+    tab = await consoleBrowser.open(s.url, { session: cookie });
     const { page } = tab;
     await page.goto('/proxy');
     await page.getByRole('button', { name: 'Add backend' }).click();
@@ -200,7 +185,7 @@ describe('console: backends', () => {
     });
     expect(trusted.status).toBe(200);
 
-    tab = await openConsole(browser, control.s.url, { session: control.cookie });
+    tab = await consoleBrowser.open(control.s.url, { session: control.cookie });
     const { page } = tab;
     await page.goto('/proxy');
     await page.getByLabel('Environment', { exact: true }).selectOption(envId);
@@ -322,7 +307,7 @@ describe('console: backends', () => {
     });
     expect(route.status).toBe(201);
 
-    tab = await openConsole(browser, s.url, { session: cookie });
+    tab = await consoleBrowser.open(s.url, { session: cookie });
     const { page } = tab;
     await page.goto('/traffic');
     await page.getByTestId('stream-status').getByText('Live').waitFor();

@@ -6,43 +6,27 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Browser, Page } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import {
-  buildConsoleOnce,
-  type ConsolePage,
-  launchBrowser,
-  openConsole,
-  screenshot,
-} from '../helpers/browser.js';
+import type { Page } from 'playwright-core';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { type ConsolePage, screenshot, useConsoleBrowser } from '../helpers/browser.js';
 import { freePort } from '../helpers/processes.js';
 import { startTestServer, TEST_PASSWORD, TEST_USERNAME, type TestServer } from '../helpers/server.js';
 
-let browser: Browser;
+const consoleBrowser = useConsoleBrowser();
 let server: TestServer;
 let cookie: string;
 let dataDir: string;
 let tab: ConsolePage;
 
-beforeAll(async () => {
-  await buildConsoleOnce();
-  browser = await launchBrowser();
-});
-
-afterAll(async () => {
-  await browser?.close();
-});
-
 beforeEach(async () => {
   dataDir = await mkdtemp(path.join(os.tmpdir(), 'p2pstream-console-'));
   server = await startTestServer({ dataDir });
   cookie = await server.setupAdmin();
-  tab = await openConsole(browser, server.url);
+  tab = await consoleBrowser.open(server.url);
   await logIn(tab.page);
 });
 
 afterEach(async () => {
-  await tab?.context.close();
   await server?.close();
   await rm(dataDir, { recursive: true, force: true });
 });

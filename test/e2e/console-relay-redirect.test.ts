@@ -4,20 +4,19 @@
  * (`/api/v1/auth/logout`) shows up as an error naming that target, the
  * browser sends nothing there, and the admin's session stays valid.
  */
-import type { Browser, Request } from 'playwright-core';
+import type { Request } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCertificate } from '../../src/tls/certificates.js';
-import { buildConsoleOnce, launchBrowser, openConsole, screenshot } from '../helpers/browser.js';
+import { screenshot, useConsoleBrowser } from '../helpers/browser.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 
-let browser: Browser;
+const consoleBrowser = useConsoleBrowser();
 let control: TestServer;
 let cookie: string;
 let remote: TlsTarget;
 
 beforeAll(async () => {
-  [browser] = await Promise.all([launchBrowser(), buildConsoleOnce()]);
   control = await startTestServer();
   cookie = await control.setupAdmin();
   const cert = await createCertificate({ altNames: ['127.0.0.1'] });
@@ -36,7 +35,6 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await browser?.close();
   await control?.close();
   await remote?.close();
 });
@@ -56,7 +54,7 @@ describe('console: relayed redirects', () => {
     });
     expect(trusted.status).toBe(200);
 
-    const tab = await openConsole(browser, control.url, { session: cookie });
+    const tab = await consoleBrowser.open(control.url, { session: cookie });
     try {
       const { page } = tab;
       const requests: Request[] = [];

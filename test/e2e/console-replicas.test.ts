@@ -3,22 +3,21 @@
  * with its uptime and agent count, and the agents page names the replica
  * holding each connected agent.
  */
-import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestAgent, startTestAgent } from '../helpers/agent.js';
-import { buildConsoleOnce, launchBrowser, openConsole, screenshot } from '../helpers/browser.js';
+import { buildConsoleOnce, screenshot, useConsoleBrowser } from '../helpers/browser.js';
 import { startNats, type TestNats } from '../helpers/nats.js';
 import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { type ReplicaSet, startReplicas } from '../helpers/replicas.js';
 
-let browser: Browser;
+const consoleBrowser = useConsoleBrowser();
 let postgres: TestPostgres;
 let nats: TestNats;
 let set: ReplicaSet;
 
 beforeAll(async () => {
   await buildConsoleOnce();
-  [browser, postgres, nats] = await Promise.all([launchBrowser(), startPostgres(), startNats()]);
+  [postgres, nats] = await Promise.all([startPostgres(), startNats()]);
   set = await startReplicas(2, {
     databaseUrl: await postgres.createDatabase(),
     natsUrl: nats.url,
@@ -27,7 +26,6 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(async () => {
-  await browser?.close();
   await set?.close();
   await Promise.all([nats?.close(), postgres?.close()]);
 });
@@ -38,7 +36,7 @@ describe('console on a replica of several', () => {
     const session = await a!.setupAdmin();
     const credentials = await createTestAgent(a!, session, 'console-replica-agent');
     const agent = startTestAgent(b!, credentials);
-    const tab = await openConsole(browser, a!.url, { session });
+    const tab = await consoleBrowser.open(a!.url, { session });
     try {
       await agent.connected();
       const { page } = tab;
