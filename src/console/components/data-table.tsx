@@ -6,7 +6,7 @@
  */
 import type { ComponentChildren } from 'preact';
 import { useState } from 'preact/hooks';
-import { ConfirmDialog, LoadState } from './ui';
+import { Badge, ConfirmDialog, LoadState } from './ui';
 
 /** One column: its heading and what a row shows in it. */
 export interface Column<T> {
@@ -199,4 +199,47 @@ export function useAction(): { error: unknown; run: (action: () => Promise<unkno
     }
   };
   return { error, run };
+}
+
+/** What a rule list shows of each rule (cache rules, policy rules). */
+export interface ListedRule {
+  id: string;
+  name: string;
+  priority: number;
+  enabled: boolean;
+  expression: string;
+}
+
+/**
+ * Rules in the order they apply: priority, name (and "disabled"), badges and
+ * a summary of what the rule does, its match expression, its row buttons.
+ */
+export function RuleList<R extends ListedRule>(props: {
+  rules: readonly R[];
+  summary: (rule: R) => ComponentChildren;
+  actions: (rule: R) => readonly (RowAction | null | false)[];
+  /** Shown after the name (e.g. an automatic mode's state). */
+  badge?: (rule: R) => ComponentChildren;
+}) {
+  if (props.rules.length === 0) return null;
+  return (
+    <ol class="policy-list">
+      {props.rules.map((rule) => (
+        <li key={rule.id} data-rule={rule.name}>
+          <div class="policy-line">
+            <span class="muted" title="priority">
+              {rule.priority}
+            </span>{' '}
+            <strong>{rule.name}</strong> {rule.enabled ? null : <Badge tone="muted">disabled</Badge>}
+            {props.badge?.(rule)}
+            <span class="policy-summary">{props.summary(rule)}</span>
+          </div>
+          <code class="mono break">{rule.expression === '' ? '(every request)' : rule.expression}</code>
+          <div class="row-actions">
+            <RowActions name={rule.name} actions={props.actions(rule)} />
+          </div>
+        </li>
+      ))}
+    </ol>
+  );
 }

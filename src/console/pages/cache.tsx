@@ -5,9 +5,9 @@
 import { useEffect, useState } from 'preact/hooks';
 import { type Client, clientFor } from '../api';
 import { formatNumber } from '../components/charts';
-import { ConfirmDelete, RowActions } from '../components/data-table';
+import { ConfirmDelete, RuleList } from '../components/data-table';
 import { Form, FormDialog, useFields } from '../components/form-dialog';
-import { Badge, ErrorMessage, Field, LoadState, SectionHead, useResource } from '../components/ui';
+import { ErrorMessage, Field, LoadState, SectionHead, useResource } from '../components/ui';
 import type { CacheRule, CacheSettings, CacheStats } from '../types';
 
 function bytes(n: number): string {
@@ -157,34 +157,19 @@ function RulesCard(props: { api: Client; rules: ReturnType<typeof useResource<{ 
         empty={list.length === 0}
         what="cache rules"
       />
-      {list.length > 0 ? (
-        <ol class="policy-list">
-          {list.map((rule) => (
-            <li key={rule.id} data-rule={rule.name}>
-              <div class="policy-line">
-                <span class="muted" title="priority">
-                  {rule.priority}
-                </span>{' '}
-                <strong>{rule.name}</strong> {rule.enabled ? null : <Badge tone="muted">disabled</Badge>}
-                <span class="policy-summary">
-                  {ttlText(rule)} · query {rule.queryMode} · up to {bytes(rule.maxObjectBytes)}
-                  {rule.varyHeaders.length > 0 ? ` · vary ${rule.varyHeaders.join(', ')}` : ''}
-                </span>
-              </div>
-              <code class="mono break">{rule.expression === '' ? '(every request)' : rule.expression}</code>
-              <div class="row-actions">
-                <RowActions
-                  name={rule.name}
-                  actions={[
-                    { label: 'Edit', onClick: () => setEditing(rule) },
-                    { label: 'Delete', danger: true, onClick: () => setDeleting(rule) },
-                  ]}
-                />
-              </div>
-            </li>
-          ))}
-        </ol>
-      ) : null}
+      <RuleList
+        rules={list}
+        summary={(rule) => (
+          <>
+            {ttlText(rule)} · query {rule.queryMode} · up to {bytes(rule.maxObjectBytes)}
+            {rule.varyHeaders.length > 0 ? ` · vary ${rule.varyHeaders.join(', ')}` : ''}
+          </>
+        )}
+        actions={(rule) => [
+          { label: 'Edit', onClick: () => setEditing(rule) },
+          { label: 'Delete', danger: true, onClick: () => setDeleting(rule) },
+        ]}
+      />
       {editing ? (
         <RuleEditor
           api={api}

@@ -6,7 +6,7 @@
  */
 import { useEffect, useState } from 'preact/hooks';
 import { type Client, clientFor } from '../api';
-import { ConfirmDelete, RowActions, useAction } from '../components/data-table';
+import { ConfirmDelete, RuleList, useAction } from '../components/data-table';
 import { Form, FormDialog, useFieldError, useFields } from '../components/form-dialog';
 import {
   Badge,
@@ -111,33 +111,16 @@ function PolicyCard(props: { kind: Kind; api: Client; templates: ResponseTemplat
         empty={list.length === 0}
         what="rules"
       />
-      {list.length > 0 ? (
-        <ol class="policy-list">
-          {list.map((rule) => (
-            <li key={rule.id} data-rule={rule.name}>
-              <div class="policy-line">
-                <span class="muted" title="priority">
-                  {rule.priority}
-                </span>{' '}
-                <strong>{rule.name}</strong> {rule.enabled ? null : <Badge tone="muted">disabled</Badge>}
-                <AutoBadge kind={kind} rule={rule} />
-                <span class="policy-summary">{summary(kind, rule)}</span>
-              </div>
-              <code class="mono break">{rule.expression === '' ? '(every request)' : rule.expression}</code>
-              <div class="row-actions">
-                <RowActions
-                  name={rule.name}
-                  actions={[
-                    { label: rule.enabled ? 'Disable' : 'Enable', onClick: () => toggle(rule) },
-                    { label: 'Edit', onClick: () => setEditing(rule) },
-                    { label: 'Delete', danger: true, onClick: () => setDeleting(rule) },
-                  ]}
-                />
-              </div>
-            </li>
-          ))}
-        </ol>
-      ) : null}
+      <RuleList
+        rules={list}
+        badge={(rule) => <AutoBadge kind={kind} rule={rule} />}
+        summary={(rule) => summary(kind, rule)}
+        actions={(rule) => [
+          { label: rule.enabled ? 'Disable' : 'Enable', onClick: () => toggle(rule) },
+          { label: 'Edit', onClick: () => setEditing(rule) },
+          { label: 'Delete', danger: true, onClick: () => setDeleting(rule) },
+        ]}
+      />
       {editing ? (
         <RuleEditor
           kind={kind}
