@@ -12,6 +12,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { type ConsolePage, screenshot, useConsoleBrowser } from '../helpers/browser.js';
 import { freePort } from '../helpers/processes.js';
 import { ok, startTestServer, type TestServer } from '../helpers/server.js';
+import { registerEnvironment } from '../integration/environment-helpers.js';
 
 const consoleBrowser = useConsoleBrowser();
 let control: TestServer;
@@ -184,22 +185,10 @@ describe('console: templates and cache', () => {
   it('manages the cache and templates of a remote environment through the control plane', async () => {
     const { port } = await publicListener(remote, remoteCookie, 'remote-public');
     const accessToken = await remote.createToken(remoteCookie, 'control-plane');
-    const env = (
-      await ok(
-        control.request('POST', '/api/v1/environments', {
-          cookie: controlCookie,
-          body: { name: 'remote', url: remote.url, transport: 'direct', accessToken },
-        }),
-      )
-    ).environment;
-    const discovered = await ok(
-      control.request('POST', `/api/v1/environments/${env.id}/discover`, { cookie: controlCookie }),
-    );
-    await ok(
-      control.request('POST', `/api/v1/environments/${env.id}/trust`, {
-        cookie: controlCookie,
-        body: { fingerprintSha256: discovered.certificate.fingerprintSha256 },
-      }),
+    await registerEnvironment(
+      { server: control, cookie: controlCookie },
+      { url: remote.url, accessToken: accessToken },
+      { name: 'remote' },
     );
     const { page } = tab;
     await page.goto('/cache');

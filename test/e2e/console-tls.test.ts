@@ -13,6 +13,7 @@ import { type ConsolePage, screenshot, useConsoleBrowser } from '../helpers/brow
 import { type Pebble, startPebble } from '../helpers/pebble.js';
 import { freePort } from '../helpers/processes.js';
 import { ok, startTestServer, type TestServer } from '../helpers/server.js';
+import { registerEnvironment } from '../integration/environment-helpers.js';
 
 const consoleBrowser = useConsoleBrowser();
 let control: TestServer;
@@ -281,22 +282,10 @@ describe('console: TLS', () => {
         body: { name: 'only-on-remote', source: 'self-signed', hosts: ['remote.test'] },
       }),
     );
-    const env = (
-      await ok(
-        control.request('POST', '/api/v1/environments', {
-          cookie: controlCookie,
-          body: { name: 'remote-tls', url: remote.url, transport: 'direct', accessToken: remoteToken },
-        }),
-      )
-    ).environment;
-    const discovered = await ok(
-      control.request('POST', `/api/v1/environments/${env.id}/discover`, { cookie: controlCookie }),
-    );
-    await ok(
-      control.request('POST', `/api/v1/environments/${env.id}/trust`, {
-        cookie: controlCookie,
-        body: { fingerprintSha256: discovered.certificate.fingerprintSha256 },
-      }),
+    await registerEnvironment(
+      { server: control, cookie: controlCookie },
+      { url: remote.url, accessToken: remoteToken },
+      { name: 'remote-tls' },
     );
     const { page } = tab;
     await page.goto('/');

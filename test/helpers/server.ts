@@ -11,7 +11,7 @@ import { Agent, fetch } from 'undici';
 import { loadConfig, type ServerConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
 import { type RunningServer, type StartServerOptions, startServer } from '../../src/server.js';
-import type { Cleanups } from './cleanup.js';
+import type { Cleanup, Cleanups } from './cleanup.js';
 
 export const TEST_SETUP_TOKEN = 'test-setup-code-123';
 export const TEST_USERNAME = 'admin';
@@ -67,7 +67,7 @@ export interface TestServer {
 
 export async function startTestServer(
   options: TestServerOptions = {},
-  cleanups?: Cleanups,
+  cleanups?: Pick<Cleanups, 'push'> | Cleanup[],
 ): Promise<TestServer> {
   const dataDir = options.dataDir ?? (await mkdtemp(path.join(os.tmpdir(), 'p2pstream-test-')));
   const loaded = loadConfig({

@@ -30,8 +30,7 @@ export async function startInstance(
   options: Parameters<typeof startTestServer>[0] = {},
   cleanups?: Pick<Cleanups, 'push'> | Cleanup[],
 ): Promise<Instance> {
-  const server = await startTestServer(options);
-  cleanups?.push(() => server.close());
+  const server = await startTestServer(options, cleanups);
   const cookie = await server.setupAdmin();
   const token = await server.createToken(cookie, 'admin-token');
   return { server, cookie, token };
@@ -53,14 +52,21 @@ export interface RegisterOptions {
   trust?: boolean;
 }
 
-/** Registers `target` on `control` (token of the control's admin); returns the environment id. */
+/** An instance's admin as the registration helpers act: by API token, else by session cookie. */
+export type Admin = { server: TestServer } & ({ token: string } | { cookie: string });
+
+function credentials(admin: Admin): { token: string } | { cookie: string } {
+  return 'token' in admin ? { token: admin.token } : { cookie: admin.cookie };
+}
+
+/** Registers `target` on `control` (as the control's admin); returns the environment id. */
 export async function registerEnvironment(
-  control: Instance,
+  control: Admin,
   target: { url: string; accessToken: string },
   options: RegisterOptions = {},
 ): Promise<string> {
   const created = await control.server.request('POST', '/api/v1/environments', {
-    token: control.token,
+    ...credentials(control),
     body: {
       name: options.name ?? `env-${Math.random().toString(36).slice(2)}`,
       url: options.url ?? target.url,
@@ -77,14 +83,14 @@ export async function registerEnvironment(
 }
 
 /** Discovers the environment's certificate and trusts it. */
-export async function discoverAndTrust(control: Instance, id: string): Promise<string> {
+export async function discoverAndTrust(control: Admin, id: string): Promise<string> {
   const discovered = await control.server.request('POST', `/api/v1/environments/${id}/discover`, {
-    token: control.token,
+    ...credentials(control),
   });
   if (discovered.status !== 200) throw new Error(`discover failed: ${discovered.status} ${discovered.text}`);
   const fingerprint = discovered.json.certificate.fingerprintSha256 as string;
   const trusted = await control.server.request('POST', `/api/v1/environments/${id}/trust`, {
-    token: control.token,
+    ...credentials(control),
     body: { fingerprintSha256: fingerprint },
   });
   if (trusted.status !== 200) throw new Error(`trust failed: ${trusted.status} ${trusted.text}`);
