@@ -3,54 +3,39 @@ import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import Fastify from 'fastify';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { TraceRecorder } from '../../src/dataplane/trace-recorder.js';
 import { TrafficSettingsService } from '../../src/domain/traffic-settings-service.js';
 import { createTrafficPlugin } from '../../src/http/routes/traffic.js';
 import { emptyDatabase } from '../../src/storage/schema.js';
 import { MemoryStore } from '../../src/storage/store.js';
-import { startTestServer, type TestServer } from '../helpers/server.js';
+import { useCleanups } from '../helpers/cleanup.js';
+import type { TestServer } from '../helpers/server.js';
 import {
   configureProxy,
   eventually,
   openSse,
-  proxyClient,
   type SseReader,
+  startProxyTest,
   startUpstream,
-  type Upstream,
 } from './proxy-helpers.js';
 
-let server: TestServer | undefined;
-let upstream: Upstream | undefined;
-let client: ReturnType<typeof proxyClient> | undefined;
-const readers: SseReader[] = [];
+const cleanups = useCleanups();
 
-afterEach(async () => {
-  for (const reader of readers.splice(0)) reader.close();
-  await client?.close();
-  await server?.close();
-  await upstream?.close();
-  client = undefined;
-  server = undefined;
-  upstream = undefined;
-});
-
-async function setup(): Promise<{ server: TestServer; token: string; port: number }> {
-  server = await startTestServer();
-  const token = await server.createToken(await server.setupAdmin());
-  client = proxyClient();
+async function setup() {
+  const { server, token, client } = await startProxyTest(cleanups);
   const { port } = await configureProxy(server, token, {
     type: 'static',
     status: 200,
     contentType: 'text/plain',
     body: 'ok',
   });
-  return { server, token, port };
+  return { server, token, port, client };
 }
 
 async function open(s: TestServer, path: string, token: string): Promise<SseReader> {
   const reader = await openSse(s, path, token);
-  readers.push(reader);
+  cleanups.push(() => reader.close());
   return reader;
 }
 
@@ -63,8 +48,8 @@ const seqs = (reader: SseReader) =>
 
 describe('traffic stream', () => {
   it('replays retained events after a sequence, then streams each new event as it happens', async () => {
-    const { server, token, port } = await setup();
-    for (const path of ['/a', '/b', '/c']) await client!.send(port, path);
+    const { server, token, port, client } = await setup();
+    for (const path of ['/a', '/b', '/c']) await client.send(port, path);
     const reader = await open(server, '/api/v1/traffic/stream?after=1', token);
     expect(reader.status).toBe(200);
     expect(reader.headers['content-type']).toMatch(/^text\/event-stream/);
@@ -75,22 +60,22 @@ describe('traffic stream', () => {
     expect((await settings(server, token)).subscribers).toBe(1);
 
     // Each live event is flushed on its own: it arrives while the stream stays open.
-    await client!.send(port, '/live');
+    await client.send(port, '/live');
     await reader.until(() => seqs(reader).includes(4));
     expect(JSON.parse(reader.messages.at(-1)!.data)).toMatchObject({ seq: 4, path: '/live' });
-    await client!.send(port, '/live2');
+    await client.send(port, '/live2');
     await reader.until(() => seqs(reader).includes(5));
 
     // Without a resume point a stream starts with live events only.
     const liveOnly = await open(server, '/api/v1/traffic/stream', token);
-    await client!.send(port, '/live3');
+    await client.send(port, '/live3');
     await liveOnly.until(() => seqs(liveOnly).length > 0);
     expect(seqs(liveOnly)).toEqual([6]);
   });
 
   it('resumes from a Last-Event-ID header and refuses a bad resume point', async () => {
-    const { server, token, port } = await setup();
-    for (const path of ['/a', '/b']) await client!.send(port, path);
+    const { server, token, port, client } = await setup();
+    for (const path of ['/a', '/b']) await client.send(port, path);
     const req = httpsRequest(new URL('/api/v1/traffic/stream', server.url), {
       ca: server.server.certificate,
       servername: 'localhost',
@@ -136,13 +121,12 @@ describe('traffic stream', () => {
     const { server: running, token } = await setup();
     const reader = await open(running, '/api/v1/traffic/stream', token);
     await eventually(async () => (await settings(running, token)).subscribers === 1);
-    server = undefined;
     await running.close();
     await reader.ended;
   });
 
   it('lets a slow subscriber lose events, counted and reported, while the proxy keeps serving', async () => {
-    const { server, token, port } = await setup();
+    const { server, token, port, client } = await setup();
     // Large events fill the socket buffers quickly.
     await server.request('PUT', '/api/v1/traffic/settings', { token, body: { level: 'headers' } });
     const padding = 'p'.repeat(12_000);
@@ -153,7 +137,7 @@ describe('traffic stream', () => {
     for (let batch = 0; batch < 100 && dropped === 0; batch++) {
       const answers = await Promise.all(
         Array.from({ length: 50 }, (_, i) =>
-          client!.send(port, `/req/${batch}/${i}`, { headers: { 'x-padding': padding } }),
+          client.send(port, `/req/${batch}/${i}`, { headers: { 'x-padding': padding } }),
         ),
       );
       for (const answer of answers) expect(answer.status).toBe(200);
@@ -170,7 +154,7 @@ describe('traffic stream', () => {
     await slow.until((messages) => messages.some((m) => m.event === 'dropped'), 10_000);
     const report = JSON.parse(slow.messages.find((m) => m.event === 'dropped')!.data);
     expect(report.dropped).toBeGreaterThan(0);
-    await client!.send(port, '/after');
+    await client.send(port, '/after');
     await slow.until(
       () => slow.messages.some((m) => m.event === 'message' && JSON.parse(m.data).path === '/after'),
       10_000,
@@ -181,14 +165,12 @@ describe('traffic stream', () => {
   });
 
   it('redacts secret header values at level headers', async () => {
-    server = await startTestServer();
-    const token = await server.createToken(await server.setupAdmin());
-    client = proxyClient();
-    upstream = await startUpstream((_req, res) => {
+    const { server, token, client } = await startProxyTest(cleanups);
+    const upstream = await startUpstream((_req, res) => {
       res.setHeader('set-cookie', 'session=upstream-secret-1');
       res.setHeader('x-request-id', 'visible-1');
       res.end('ok');
-    });
+    }, cleanups);
     const { port } = await configureProxy(server, token, { type: 'upstream', url: upstream.url });
     const put = await server.request('PUT', '/api/v1/traffic/settings', {
       token,
@@ -223,7 +205,7 @@ describe('traffic stream', () => {
   });
 
   it('records nothing while tracing is off, but the overview still counts requests', async () => {
-    const { server, token, port } = await setup();
+    const { server, token, port, client } = await setup();
     const off = await server.request('PUT', '/api/v1/traffic/settings', { token, body: { enabled: false } });
     expect(off.json).toMatchObject({ enabled: false, level: 'basic', emittedEvents: 0 });
     const bad = await server.request('PUT', '/api/v1/traffic/settings', {
@@ -231,7 +213,7 @@ describe('traffic stream', () => {
       body: { level: 'everything' },
     });
     expect(bad.status).toBe(400);
-    for (let i = 0; i < 3; i++) expect((await client!.send(port, '/')).status).toBe(200);
+    for (let i = 0; i < 3; i++) expect((await client.send(port, '/')).status).toBe(200);
     expect((await server.request('GET', '/api/v1/traffic/recent', { token })).json.events).toEqual([]);
     const overview = (await server.request('GET', '/api/v1/overview', { token })).json;
     expect(overview).toMatchObject({
@@ -243,7 +225,7 @@ describe('traffic stream', () => {
     });
     expect(overview.latencyMs.last5m.p50).toBeGreaterThan(0);
     await server.request('PUT', '/api/v1/traffic/settings', { token, body: { enabled: true } });
-    await client!.send(port, '/on');
+    await client.send(port, '/on');
     const events = (await server.request('GET', '/api/v1/traffic/recent', { token })).json.events;
     expect(events.map((e: { path: string }) => e.path)).toEqual(['/on']);
   });
