@@ -611,6 +611,32 @@ export function startAgent(options: StartAgentOptions): RunningAgent {
   return new AgentConnections(options);
 }
 
+/**
+ * The URL a connection tries next, of several: one no other connection of the
+ * agent uses (`taken`), not one being drained; failing that, the drained one's
+ * (it is back after its restart); failing that, any. After a connection that
+ * was up (`failed` false) it stays on its URL when that is allowed; after a
+ * failed attempt it moves on to the next allowed URL, in the given order.
+ */
+export function pickManagementUrl(options: {
+  urls: readonly string[];
+  current: string;
+  failed: boolean;
+  taken: readonly string[];
+  draining: readonly string[];
+}): string {
+  const { urls, current, failed } = options;
+  if (urls.length === 1) return urls[0]!;
+  const taken = new Set(options.taken);
+  const draining = new Set(options.draining);
+  let candidates = urls.filter((u) => !taken.has(u) && !draining.has(u));
+  if (candidates.length === 0) candidates = urls.filter((u) => !taken.has(u));
+  if (candidates.length === 0) candidates = [...urls];
+  const index = urls.indexOf(current);
+  if (!failed && candidates.includes(current)) return current;
+  return candidates.find((u) => urls.indexOf(u) > index) ?? candidates[0]!;
+}
+
 /** Connections an agent keeps to a control plane of several replicas (one per replica). */
 export const MAX_CONNECTIONS = 2;
 /** The longest a drained connection's replacement waits (jittered) before connecting. */
@@ -719,19 +745,14 @@ class AgentConnections implements RunningAgent {
       return true;
     },
     pickUrl: (agent, failed) => {
-      const urls = this.#urls;
-      if (urls.length === 1) return urls[0]!;
       const others = [...this.#connections].filter((a) => a !== agent);
-      const taken = new Set(others.filter((a) => !a.retiring).map((a) => a.url));
-      const draining = new Set(others.filter((a) => a.retiring).map((a) => a.url));
-      // A URL no other connection uses, not one being drained; failing that, the drained one's
-      // (it is back after its restart); failing that, any.
-      let candidates = urls.filter((u) => !taken.has(u) && !draining.has(u));
-      if (candidates.length === 0) candidates = urls.filter((u) => !taken.has(u));
-      if (candidates.length === 0) candidates = urls;
-      const current = urls.indexOf(agent.url);
-      if (!failed && candidates.includes(agent.url)) return agent.url;
-      return candidates.find((u) => urls.indexOf(u) > current) ?? candidates[0]!;
+      return pickManagementUrl({
+        urls: this.#urls,
+        current: agent.url,
+        failed,
+        taken: others.filter((a) => !a.retiring).map((a) => a.url),
+        draining: others.filter((a) => a.retiring).map((a) => a.url),
+      });
     },
     elsewhere: (agent) => {
       const ids = new Set<string>();
