@@ -7,10 +7,17 @@
  *   parent (creating 10,000 through the API would measure the registry, not
  *   the hub);
  * - `bare`: a bare `ws` WebSocketServer on an https server with the same kind
- *   of certificate (ECDSA P-256), the baseline.
+ *   of certificate (ECDSA P-256), the baseline;
+ * - `replica` (the cluster bench): a control plane on the PostgreSQL database
+ *   and NATS server it is given, in the data dir the parent made (the parent
+ *   writes the agents into the database and copies the first replica's secrets
+ *   key and certificate to the others); answered once it takes agents.
  *
- * Messages from the parent: `{cmd: 'start', kind, agents}`, `{cmd: 'stats'}`,
+ * Messages from the parent: `{cmd: 'start', kind, agents}` (`{cmd: 'start',
+ * kind: 'replica', dataDir, databaseUrl, natsUrl}`), `{cmd: 'stats'}`,
  * `{cmd: 'discoverEach', url}` (hub only: one discovery through each agent),
+ * `{cmd: 'sample'}` (from now on, the connected agents every 100 ms),
+ * `{cmd: 'samples'}` (those samples, `[ms since the epoch, count]`),
  * `{cmd: 'stop'}`. Every answer is one message back.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -20,15 +27,17 @@ import os from 'node:os';
 import path from 'node:path';
 import { WebSocketServer } from 'ws';
 import { loadConfig } from '../src/config.js';
-import { AGENT_TOKEN_PREFIX } from '../src/domain/agent-service.js';
-import { hashSecret, newId, newSecret } from '../src/domain/ids.js';
 import { createLogger } from '../src/logger.js';
 import { type RunningServer, startServer } from '../src/server.js';
 import { LowdbStore } from '../src/storage/lowdb-store.js';
 import { createCertificate } from '../src/tls/certificates.js';
+import { newAgentRecords } from './light-agents.js';
 
 type Message =
   | { cmd: 'start'; kind: 'hub' | 'bare'; agents: number }
+  | { cmd: 'start'; kind: 'replica'; dataDir: string; databaseUrl: string; natsUrl: string }
+  | { cmd: 'sample' }
+  | { cmd: 'samples' }
   | { cmd: 'stats' }
   | { cmd: 'discoverEach'; url: string }
   | { cmd: 'stop' };
@@ -46,29 +55,9 @@ function reply(message: unknown): void {
 async function startHub(count: number): Promise<unknown> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'p2pstream-bench-hub-'));
   const store = await LowdbStore.open(dataDir);
-  const now = new Date().toISOString();
-  const agents = Array.from({ length: count }, (_, i) => ({
-    id: newId(),
-    token: newSecret(AGENT_TOKEN_PREFIX),
-    name: `scale-${i}`,
-  }));
+  const { records, credentials } = newAgentRecords(count);
   await store.update((db) => {
-    for (const a of agents) {
-      db.agents.push({
-        id: a.id,
-        name: a.name,
-        enabled: true,
-        labels: {},
-        tokenHash: hashSecret(a.token),
-        tokenGeneration: 1,
-        lastSeenAt: null,
-        remoteAddress: null,
-        version: null,
-        connections: [],
-        createdAt: now,
-        updatedAt: now,
-      });
-    }
+    db.agents.push(...records);
   });
   await store.close();
   const config = loadConfig({
@@ -78,17 +67,42 @@ async function startHub(count: number): Promise<unknown> {
   });
   const running = await startServer(config, createLogger('error'));
   server = running;
-  agentIds = agents.map((a) => a.id);
+  agentIds = credentials.map((a) => a.id);
   connections = () => running.hub.connectedCount();
   stop = async () => {
     await running.close();
     await rm(dataDir, { recursive: true, force: true });
   };
-  return {
-    url: running.url,
-    ca: running.certificate,
-    agents: agents.map(({ id, token }) => ({ id, token })),
-  };
+  return { url: running.url, ca: running.certificate, agents: credentials };
+}
+
+async function startReplica(dataDir: string, databaseUrl: string, natsUrl: string): Promise<unknown> {
+  const config = loadConfig({
+    P2PSTREAM_DATA_DIR: dataDir,
+    P2PSTREAM_DATABASE_URL: databaseUrl,
+    P2PSTREAM_NATS_URL: natsUrl,
+    MANAGEMENT_ADDR: '127.0.0.1',
+    MANAGEMENT_PORT: '0',
+  });
+  const running = await startServer(config, createLogger('error'));
+  server = running;
+  connections = () => running.hub.connectedCount();
+  stop = () => running.close();
+  const deadline = Date.now() + 30_000;
+  while (!running.hub.acceptingAgents) {
+    if (Date.now() > deadline) throw new Error('the replica did not take agents within 30 s');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return { url: running.url, ca: running.certificate, replicaId: running.replicaId, agents: [] };
+}
+
+let samples: Array<[number, number]> = [];
+let sampler: ReturnType<typeof setInterval> | null = null;
+
+function startSampling(): void {
+  samples = [[Date.now(), connections()]];
+  if (sampler) clearInterval(sampler);
+  sampler = setInterval(() => samples.push([Date.now(), connections()]), 100);
 }
 
 async function startBare(): Promise<unknown> {
@@ -136,7 +150,15 @@ process.on('message', (message: Message) => {
   const answer = async (): Promise<unknown> => {
     switch (message.cmd) {
       case 'start':
+        if (message.kind === 'replica')
+          return startReplica(message.dataDir, message.databaseUrl, message.natsUrl);
         return message.kind === 'hub' ? startHub(message.agents) : startBare();
+      case 'sample':
+        startSampling();
+        return {};
+      case 'samples':
+        samples.push([Date.now(), connections()]);
+        return { samples };
       case 'stats':
         gc?.();
         gc?.();
@@ -147,6 +169,7 @@ process.on('message', (message: Message) => {
       case 'discoverEach':
         return discoverEach(message.url);
       case 'stop':
+        if (sampler) clearInterval(sampler);
         await stop();
         return {};
     }

@@ -3,7 +3,7 @@
  * number of bare `ws` connections over TLS to a bare `ws` server, in the same
  * run. The servers run in a child process each (bench/hub-scale-server.ts) so
  * their RSS is theirs alone; the clients are light in-process agents here that
- * speak the real envelopes (hello, pong, discover results).
+ * speak the real envelopes (hello, pong, discover results): bench/light-agents.ts.
  *
  * Reported per N: memory per connection hub ÷ bare (the goal), connect time
  * hub ÷ bare, and the time for one discovery through every agent.
@@ -11,14 +11,15 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import path from 'node:path';
-import WebSocket from 'ws';
-import { decodeEnvelope, encodeEnvelope } from '../src/relay/codec.js';
-import { PROTOCOL_VERSION } from '../src/relay/envelope.js';
+import type WebSocket from 'ws';
 import { type BenchRow, nowMs, spread } from './harness.js';
 import { DIST } from './instances.js';
+import { type LightCredentials, openLightConnection } from './light-agents.js';
 
-const SERVER = path.join(DIST, 'bench', 'hub-scale-server.js');
-const IN_FLIGHT = 128;
+export const SCALE_SERVER = path.join(DIST, 'bench', 'hub-scale-server.js');
+export const IN_FLIGHT = 128;
+/** Generous: connecting thousands at once measures the total time, not each handshake. */
+export const CONNECT_TIMEOUT_MS = 60_000;
 
 export interface HubScaleOptions {
   /** Agent counts (default 1,000, 5,000 and 10,000; quick: 200). */
@@ -31,7 +32,7 @@ export interface HubScaleOptions {
 interface Started {
   url: string;
   ca: string;
-  agents: Array<{ id: string; token: string }>;
+  agents: LightCredentials[];
 }
 
 interface Measured {
@@ -43,7 +44,7 @@ interface Measured {
   failed: number;
 }
 
-function ask<T>(child: ChildProcess, message: unknown): Promise<T> {
+export function ask<T>(child: ChildProcess, message: unknown): Promise<T> {
   return new Promise((resolve, reject) => {
     const onMessage = (answer: T & { error?: string }) => {
       child.off('exit', onExit);
@@ -57,70 +58,8 @@ function ask<T>(child: ChildProcess, message: unknown): Promise<T> {
   });
 }
 
-/** Opens one client; for the hub, an agent that says hello and answers pings and discoveries. */
-function connect(started: Started, index: number, kind: 'hub' | 'bare', der: Uint8Array): Promise<WebSocket> {
-  const agent = started.agents[index];
-  const url =
-    kind === 'hub'
-      ? `${started.url.replace(/^https/, 'wss')}/api/v1/agent/connect`
-      : started.url.replace(/^https/, 'wss');
-  const ws = new WebSocket(url, {
-    ca: started.ca,
-    perMessageDeflate: false,
-    ...(agent
-      ? { headers: { 'x-p2pstream-agent-id': agent.id, authorization: `Bearer ${agent.token}` } }
-      : {}),
-  });
-  return new Promise((resolve, reject) => {
-    ws.once('error', reject);
-    ws.once('unexpected-response', (_req, res) =>
-      reject(new Error(`upgrade refused with ${res.statusCode}`)),
-    );
-    if (kind === 'bare') {
-      ws.once('open', () => resolve(ws));
-      return;
-    }
-    ws.once('open', () => {
-      ws.send(
-        encodeEnvelope({
-          streamId: 0,
-          payload: { case: 'hello', value: { protocolVersion: PROTOCOL_VERSION, agentVersion: 'bench' } },
-        }),
-      );
-    });
-    ws.on('message', (data: Buffer) => {
-      const envelope = decodeEnvelope(data);
-      switch (envelope.payload.case) {
-        case 'welcome':
-          resolve(ws);
-          break;
-        case 'ping':
-          ws.send(
-            encodeEnvelope({
-              streamId: 0,
-              payload: { case: 'pong', value: { nonce: envelope.payload.value.nonce ?? 0 } },
-            }),
-          );
-          break;
-        case 'discoverRequest':
-          ws.send(
-            encodeEnvelope({
-              streamId: envelope.streamId,
-              payload: {
-                case: 'discoverResult',
-                value: { chain: [der], expired: false, hostnameMatches: true },
-              },
-            }),
-          );
-          break;
-        default:
-      }
-    });
-  });
-}
-
 async function measureOnce(kind: 'hub' | 'bare', count: number): Promise<Measured> {
-  const child = fork(SERVER, [], {
+  const child = fork(SCALE_SERVER, [], {
     execArgv: ['--expose-gc'],
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
@@ -135,7 +74,15 @@ async function measureOnce(kind: 'hub' | 'bare', count: number): Promise<Measure
       Array.from({ length: IN_FLIGHT }, async () => {
         while (next < count) {
           const index = next++;
-          clients.push(await connect(started, index, kind, der));
+          const agent = kind === 'hub' ? started.agents[index] : undefined;
+          const { ws } = await openLightConnection({
+            url: started.url,
+            ca: started.ca,
+            der,
+            handshakeTimeoutMs: CONNECT_TIMEOUT_MS,
+            ...(agent ? { agent } : {}),
+          });
+          clients.push(ws);
         }
       }),
     );
