@@ -114,7 +114,13 @@ export async function runBenchmarks(options: RunOptions = {}): Promise<BenchRow[
     );
   }
   if (only.includes('cluster')) {
-    rows.push(...(await benchCluster(quick ? { calls: 50, repetitions: 1 } : { repetitions })));
+    rows.push(
+      ...(await benchCluster(
+        quick
+          ? { calls: 50, repetitions: 1, agentsPerReplica: 300, settleAgents: 300, log }
+          : { repetitions, log },
+      )),
+    );
   }
   if (only.includes('tunnel')) {
     rows.push(
