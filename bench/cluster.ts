@@ -47,7 +47,8 @@ import { SECRETS_KEY_FILE_NAME } from '../src/storage/secrets-box.js';
 import { GENERATED_CERT_FILE, GENERATED_KEY_FILE } from '../src/tls/management-certificate.js';
 import { type BenchRow, percentile, repeat, spread } from './harness.js';
 import { ask, CONNECT_TIMEOUT_MS, IN_FLIGHT, SCALE_SERVER } from './hub-scale.js';
-import { LightAgent, type LightCredentials, newAgentRecords, openLightConnection } from './light-agents.js';
+import { DIST } from './instances.js';
+import { type LightCredentials, newAgentRecords, openLightConnection } from './light-agents.js';
 
 export interface ClusterBenchOptions {
   /** Calls per measurement on each replica (default 300). */
@@ -143,6 +144,9 @@ export async function benchCluster(options: ClusterBenchOptions = {}): Promise<B
       await benchMemory(postgres, options.agentsPerReplica ?? 5000, log),
       ...(await benchSettle(postgres, options.settleAgents ?? 10_000, log)),
     ];
+  } catch (err) {
+    log(`cluster: failed: ${err instanceof Error ? err.message : String(err)}`);
+    throw err;
   } finally {
     await postgres.close();
   }
@@ -273,6 +277,9 @@ async function runCleanups(cleanups: Cleanups): Promise<void> {
 const REPLICAS = 3;
 /** The time an agent gets to settle before the run says it did not. */
 const SETTLE_TIMEOUT_MS = 120_000;
+const AGENTS_HOST = path.join(DIST, 'bench', 'light-agents-host.js');
+/** Agents in one host process: two sockets each, well within a process's usual 20,000 open files. */
+const AGENTS_PER_HOST = 4000;
 
 interface Stats {
   rss: number;
@@ -378,7 +385,12 @@ async function inPool(
   let next = 0;
   await Promise.all(
     Array.from({ length: Math.min(width, count) }, async () => {
-      while (next < count) await open(next++);
+      try {
+        while (next < count) await open(next++);
+      } catch (err) {
+        next = count; // the others stop too
+        throw err;
+      }
     }),
   );
 }
@@ -558,37 +570,31 @@ async function benchSettle(
   count: number,
   log: (line: string) => void,
 ): Promise<BenchRow[]> {
-  const agents: LightAgent[] = [];
   const cleanups: Cleanups = [];
   try {
     const { replicas, credentials } = await startCluster(postgres, count, cleanups, log);
     const urls = replicas.map((r) => r.url);
-    const der = new Uint8Array(new X509Certificate(replicas[0]!.ca).raw);
-    let counting = false;
-    let attempts = 0;
-    let failures = 0;
+    // Two sockets per agent: the agents run in host processes of at most AGENTS_PER_HOST each.
+    const hosts = Array.from({ length: Math.ceil(count / AGENTS_PER_HOST) }, () => {
+      const child = fork(AGENTS_HOST, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      cleanups.push(async () => {
+        if (child.connected) await ask(child, { cmd: 'stop' }).catch(() => {});
+        child.kill();
+      });
+      return child;
+    });
     // Each agent lists the replicas in another order (as agents configured differently or one
     // load balancer would spread them): the agent takes the first two URLs of its list.
-    await inPool(
-      count,
-      async (i) => {
-        const agent = new LightAgent({
-          urls: urls.map((_, k) => urls[(i + k) % urls.length]!),
+    await Promise.all(
+      hosts.map((host, h) =>
+        ask(host, {
+          cmd: 'start',
           ca: replicas[0]!.ca,
-          der,
-          agent: credentials[i]!,
-          onAttempt: () => {
-            if (counting) attempts++;
-          },
-          onFailure: () => {
-            if (counting) failures++;
-          },
-        });
-        agents.push(agent);
-        agent.start();
-        while (!agent.settled) await new Promise((resolve) => setTimeout(resolve, 20));
-      },
-      IN_FLIGHT / 2,
+          agents: credentials
+            .map((agent, i) => ({ urls: urls.map((_, k) => urls[(i + k) % urls.length]!), agent }))
+            .filter((_, i) => i % hosts.length === h),
+        }),
+      ),
     );
     log(
       `cluster: ${count} agents hold two connections each; killing a replica in ${DEFAULT_STABLE_AFTER_MS / 1000 + 1} s`,
@@ -596,28 +602,39 @@ async function benchSettle(
     // Connections up this long reset their backoff when they drop, as the agent's do.
     await new Promise((resolve) => setTimeout(resolve, DEFAULT_STABLE_AFTER_MS + 1000));
     const [victim, ...survivors] = replicas;
-    const lost = agents.flatMap((a) =>
-      a
-        .connections()
-        .filter((c) => c.replicaId === victim!.replicaId)
-        .map((c) => ({ urls: a.options.urls, url: c.url, otherUrl: c.otherUrl })),
-    );
+    const lost = (
+      await Promise.all(
+        hosts.map((host) =>
+          ask<{ lost: Array<{ urls: string[]; url: string; otherUrl: string | null }> }>(host, {
+            cmd: 'lost',
+            replicaId: victim!.replicaId,
+          }),
+        ),
+      )
+    ).flatMap((answer) => answer.lost);
     await Promise.all(survivors.map((r) => ask(r.child, { cmd: 'sample' })));
-    counting = true;
     const exited = new Promise((resolve) => victim!.child.once('exit', resolve));
     const killedAt = Date.now();
     victim!.child.killHard();
     await exited;
-    const settledNow = () =>
-      agents.filter((a) => a.settled && a.connections().every((c) => c.replicaId !== victim!.replicaId))
-        .length;
-    let settled = settledNow();
+    const status = async () => {
+      const answers = await Promise.all(
+        hosts.map((host) =>
+          ask<{ settled: number; attempts: number; failures: number }>(host, {
+            cmd: 'settled',
+            replicaId: victim!.replicaId,
+          }),
+        ),
+      );
+      const sum = (key: 'settled' | 'attempts' | 'failures') => answers.reduce((n, a) => n + a[key], 0);
+      return { settled: sum('settled'), attempts: sum('attempts'), failures: sum('failures') };
+    };
+    let { settled, attempts, failures } = await status();
     while (settled < count && Date.now() - killedAt < SETTLE_TIMEOUT_MS) {
       await new Promise((resolve) => setTimeout(resolve, 100));
-      settled = settledNow();
+      ({ settled, attempts, failures } = await status());
     }
     const settleSeconds = (Date.now() - killedAt) / 1000;
-    counting = false;
     const timelines = await Promise.all(
       survivors.map((r) => ask<{ samples: Array<[number, number]> }>(r.child, { cmd: 'samples' })),
     );
@@ -651,7 +668,6 @@ async function benchSettle(
       },
     ];
   } finally {
-    await Promise.all(agents.map((a) => a.close()));
     await runCleanups(cleanups);
   }
 }
