@@ -21,9 +21,11 @@
  *
  * For the last two, each replica (and the one process) runs in a child
  * process of its own (bench/hub-scale-server.ts), so its RSS is its own and
- * a kill is a real process dying; the agents are light WebSocket clients in
- * this process (bench/light-agents.ts). PostgreSQL and nats-server run as
- * their own processes (Debian's, in temp dirs).
+ * a kill is a real process dying; the agents are light WebSocket clients
+ * (bench/light-agents.ts) in this process for the memory, and in host
+ * processes of their own (bench/light-agents-host.ts) for the kill.
+ * PostgreSQL and nats-server run as their own processes (Debian's, in temp
+ * dirs).
  */
 import { type ChildProcess, fork } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
