@@ -409,6 +409,23 @@ async function statsWhenHolding(child: ChildProcess, count: number): Promise<Sta
   }
 }
 
+/** One connection, tried again with the agent's backoff when refused or reset (at most 5 times), as an agent would. */
+async function connectRetrying(
+  options: Parameters<typeof openLightConnection>[0],
+  retried: () => void,
+): Promise<WebSocket> {
+  const backoff = new Backoff();
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return (await openLightConnection(options)).ws;
+    } catch (err) {
+      if (attempt >= 5) throw err;
+      retried();
+      await new Promise((resolve) => setTimeout(resolve, backoff.next()));
+    }
+  }
+}
+
 /** Memory per agent: 3 replicas holding `perReplica` each against one process holding `perReplica`. */
 async function benchMemory(
   postgres: TestPostgres,
@@ -427,15 +444,23 @@ async function benchMemory(
     });
     const der = new Uint8Array(new X509Certificate(started.ca).raw);
     const singleBefore = await ask<Stats>(single, { cmd: 'stats' });
+    let retries = 0;
+    const retried = () => {
+      retries++;
+    };
     await inPool(perReplica, async (i) => {
-      const { ws } = await openLightConnection({
-        url: started.url,
-        ca: started.ca,
-        der,
-        agent: started.agents[i]!,
-        handshakeTimeoutMs: CONNECT_TIMEOUT_MS,
-      });
-      clients.push(ws);
+      clients.push(
+        await connectRetrying(
+          {
+            url: started.url,
+            ca: started.ca,
+            der,
+            agent: started.agents[i]!,
+            handshakeTimeoutMs: CONNECT_TIMEOUT_MS,
+          },
+          retried,
+        ),
+      );
     });
     const singleAfter = await statsWhenHolding(single, perReplica);
     log(`cluster: one process holds ${perReplica} agents`);
@@ -451,14 +476,18 @@ async function benchMemory(
     const before = await Promise.all(replicas.map((r) => ask<Stats>(r.child, { cmd: 'stats' })));
     await inPool(total, async (i) => {
       const replica = replicas[i % REPLICAS]!;
-      const { ws } = await openLightConnection({
-        url: replica.url,
-        ca: replica.ca,
-        der: clusterDer,
-        agent: credentials[i]!,
-        handshakeTimeoutMs: CONNECT_TIMEOUT_MS,
-      });
-      clients.push(ws);
+      clients.push(
+        await connectRetrying(
+          {
+            url: replica.url,
+            ca: replica.ca,
+            der: clusterDer,
+            agent: credentials[i]!,
+            handshakeTimeoutMs: CONNECT_TIMEOUT_MS,
+          },
+          retried,
+        ),
+      );
     });
     await Promise.all(replicas.map((r) => statsWhenHolding(r.child, perReplica)));
     log(`cluster: ${REPLICAS} replicas hold ${perReplica} agents each`);
@@ -488,7 +517,7 @@ async function benchMemory(
       unit: '×',
       goal: '≤ 1.1',
       met: ratio.median <= 1.1,
-      note: `RSS growth per agent: replicas ${perAgent.map(kb).join(', ')} KB (JS heap and buffers ${heapPerAgent.map(kb).join(', ')} KB), one process ${kb(singlePerAgent)} KB (${kb(singleHeapPerAgent)} KB); min/max are the replicas. A replica also keeps every other replica's agents in its presence picture and store document; one connection per agent here; each process measured after two GCs, so allocator slack and the heap's growth steps move the figure by a few KB at small counts`,
+      note: `RSS growth per agent: replicas ${perAgent.map(kb).join(', ')} KB (JS heap and buffers ${heapPerAgent.map(kb).join(', ')} KB), one process ${kb(singlePerAgent)} KB (${kb(singleHeapPerAgent)} KB); min/max are the replicas. A replica also keeps every other replica's agents in its presence picture and store document; one connection per agent here, ${retries} connects retried; each process measured after two GCs, so allocator slack and the heap's growth steps move the figure by a few KB at small counts`,
     };
   } finally {
     for (const ws of clients.splice(0)) ws.terminate();
