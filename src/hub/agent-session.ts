@@ -118,6 +118,9 @@ export class AgentSession {
           maxStreams: context.session.maxStreams,
           maxFrameBytes: context.session.sendFrameBytes,
           windowBytes: context.session.initialWindowBytes,
+          // Request streams get 8x windows while those stay within 64 windows per agent (docs/protocol.md).
+          largeWindowBytes: 8 * context.session.initialWindowBytes,
+          largeWindowBudgetBytes: 64 * context.session.initialWindowBytes,
           logger: this.#logger,
         });
         this.#bridge = new AgentStreamBridge(context);

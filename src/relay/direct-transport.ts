@@ -41,7 +41,14 @@ export interface DirectTransport extends Transport {
   stats(): { client: RelayClientStats; executor: ExecutorStats };
 }
 
-const NO_CLIENT_STATS: RelayClientStats = { activeStreams: 0, bufferedBytes: 0 };
+const NO_CLIENT_STATS: RelayClientStats = {
+  activeStreams: 0,
+  bufferedBytes: 0,
+  windowBytes: 0,
+  largeWindowBytes: 0,
+  largeWindowBudgetBytes: 0,
+  largeWindowsInUse: 0,
+};
 const NO_EXECUTOR_STATS: ExecutorStats = {
   activeStreams: 0,
   inFlightBytes: 0,

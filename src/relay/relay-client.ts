@@ -10,6 +10,16 @@
  * consumer takes chunks. A consumer that stops reading stops the executor,
  * which pauses the target; the client never holds more than one window per
  * stream (a peer that sends more is a PROTOCOL_ERROR).
+ *
+ * A stream's window is `windowBytes`, or `largeWindowBytes` while the large
+ * windows of the streams holding one stay within `largeWindowBudgetBytes`
+ * (the hub asks for 8× and 64×): a large body then needs fewer window updates
+ * and keeps the executor sending through a slow turn of either side. The
+ * executor takes any initial window up to 16 MiB, so only the head's
+ * `initial_window_bytes` changes. The client's memory bound is therefore
+ * `open streams × windowBytes + largeWindowBudgetBytes` of response bytes; a
+ * large window is given back once its stream is over and its bytes are read
+ * or dropped.
  */
 import { AppError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../logger.js';
@@ -44,6 +54,9 @@ export const DEFAULT_TIMEOUT_GRACE_MS = 5000;
 
 const MAX_STREAM_ID = 0xffff_ffff;
 
+/** The largest response window an executor takes (its MAX_WINDOW_BYTES): 16 MiB. */
+const LARGEST_WINDOW_BYTES = 16 * 1024 * 1024;
+
 /** Options of {@link RelayClient}; only `send` is required (matches the hub's stream client factory). */
 export interface RelayClientOptions {
   /** Delivers an envelope to the executor side. A throw fails the call that sent it. */
@@ -52,6 +65,10 @@ export interface RelayClientOptions {
   maxStreams?: number | undefined;
   /** Response window per stream (bytes buffered before the executor waits); default 256 KiB. */
   windowBytes?: number | undefined;
+  /** A stream's window while the budget allows; default `windowBytes` (no large windows). */
+  largeWindowBytes?: number | undefined;
+  /** Large windows' bytes open streams may hold at once; default 0 (none). */
+  largeWindowBudgetBytes?: number | undefined;
   /**
    * Largest frame the executor side accepts; default 1 MiB. A request head that
    * would not fit is refused here with PAYLOAD_TOO_LARGE instead of breaking
@@ -70,6 +87,14 @@ export interface RelayClientStats {
   activeStreams: number;
   /** Response bytes received and not yet taken by consumers. */
   bufferedBytes: number;
+  /** The window of a stream opened without a large one. */
+  windowBytes: number;
+  /** The window of a stream opened while the budget allowed. */
+  largeWindowBytes: number;
+  /** With `activeStreams × windowBytes`, what `bufferedBytes` can never pass. */
+  largeWindowBudgetBytes: number;
+  /** Large windows held by streams now. */
+  largeWindowsInUse: number;
 }
 
 interface DiscoverStream {
@@ -93,6 +118,9 @@ export class RelayClient implements Transport, StreamHandler {
   readonly #send: (envelope: Envelope) => void;
   readonly #maxStreams: number;
   readonly #window: number;
+  readonly #largeWindow: number;
+  readonly #largeWindowBudget: number;
+  #largeInUse = 0;
   readonly #graceMs: number;
   readonly #maxFrameBytes: number;
   readonly #logger: Pick<Logger, 'debug' | 'warn'> | undefined;
@@ -105,6 +133,8 @@ export class RelayClient implements Transport, StreamHandler {
     this.#send = options.send;
     this.#maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
     this.#window = Math.max(MAX_CHUNK_BYTES, options.windowBytes ?? DEFAULT_WINDOW_BYTES);
+    this.#largeWindow = Math.min(LARGEST_WINDOW_BYTES, Math.max(this.#window, options.largeWindowBytes ?? 0));
+    this.#largeWindowBudget = Math.max(0, options.largeWindowBudgetBytes ?? 0);
     this.#graceMs = options.timeoutGraceMs ?? DEFAULT_TIMEOUT_GRACE_MS;
     this.#maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.#logger = options.logger;
@@ -145,7 +175,27 @@ export class RelayClient implements Transport, StreamHandler {
   }
 
   stats(): RelayClientStats {
-    return { activeStreams: this.#streams.size, bufferedBytes: this.#buffered.bytes };
+    return {
+      activeStreams: this.#streams.size,
+      bufferedBytes: this.#buffered.bytes,
+      windowBytes: this.#window,
+      largeWindowBytes: this.#largeWindow,
+      largeWindowBudgetBytes: this.#largeWindowBudget,
+      largeWindowsInUse: this.#largeInUse / this.#largeWindow,
+    };
+  }
+
+  /** The response window of a stream being opened: a large one while the budget has room. */
+  #takeWindow(): number {
+    if (this.#largeWindow === this.#window || this.#largeInUse + this.#largeWindow > this.#largeWindowBudget)
+      return this.#window;
+    this.#largeInUse += this.#largeWindow;
+    return this.#largeWindow;
+  }
+
+  /** A stream that held `window` is over and its bytes are read or dropped. */
+  #returnWindow(window: number): void {
+    if (window === this.#largeWindow && window !== this.#window) this.#largeInUse -= window;
   }
 
   /** TLS handshake only, through the executor; see Transport.discover. */
@@ -207,9 +257,10 @@ export class RelayClient implements Transport, StreamHandler {
     } catch (err) {
       return Promise.reject(err);
     }
+    const window = this.#takeWindow();
     const stream = new BodyStream({
       id,
-      window: this.#window,
+      window,
       graceMs: this.#graceMs,
       timeoutMs: boundTimeout(request.timeoutMs),
       signal: request.signal,
@@ -217,6 +268,7 @@ export class RelayClient implements Transport, StreamHandler {
       release: () => {
         if (this.#streams.get(id) === stream) this.#streams.delete(id);
       },
+      returnWindow: () => this.#returnWindow(window),
       buffered: this.#buffered,
     });
     this.#streams.set(id, stream);
@@ -237,7 +289,7 @@ export class RelayClient implements Transport, StreamHandler {
               expectedHostname: request.trust.expectedHostname,
               certificateDer: request.trust.certificateDer ?? new Uint8Array(0),
             },
-            initialWindowBytes: this.#window,
+            initialWindowBytes: window,
           },
         },
       });
@@ -393,6 +445,8 @@ interface BodyStreamOptions {
   signal: AbortSignal | undefined;
   send(envelope: Envelope): void;
   release(): void;
+  /** The stream is over and holds no bytes: its window may go to another stream. Called once. */
+  returnWindow(): void;
   buffered: { bytes: number };
 }
 
@@ -414,6 +468,7 @@ class BodyStream {
   /** Bytes consumed since the last window update. */
   #consumed = 0;
   #ended = false;
+  #windowReturned = false;
   #error: AppError | undefined;
   #waiter: (() => void) | undefined;
   readonly #timer: NodeJS.Timeout;
@@ -532,6 +587,7 @@ class BodyStream {
         this.#queuedBytes -= chunk.byteLength;
         this.#options.buffered.bytes -= chunk.byteLength;
         this.#returnWindow(chunk.byteLength);
+        this.#giveBackWindow();
         return { done: false, value: chunk };
       }
       if (this.#error) throw this.#error;
@@ -566,6 +622,14 @@ class BodyStream {
     clearTimeout(this.#timer);
     this.#options.signal?.removeEventListener('abort', this.#onAbort);
     this.#options.release();
+    this.#giveBackWindow();
+  }
+
+  /** Once the stream is over and none of its bytes wait here, its window goes back to the client. */
+  #giveBackWindow(): void {
+    if (this.#windowReturned || this.#state !== 'done' || this.#queuedBytes > 0) return;
+    this.#windowReturned = true;
+    this.#options.returnWindow();
   }
 
   /** Forgets queued chunks (after a cancel or an error nobody will read them). */
@@ -573,5 +637,6 @@ class BodyStream {
     this.#options.buffered.bytes -= this.#queuedBytes;
     this.#queue = [];
     this.#queuedBytes = 0;
+    this.#giveBackWindow();
   }
 }

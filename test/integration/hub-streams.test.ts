@@ -25,6 +25,8 @@ import { eventually } from '../helpers/wait.js';
 const MiB = 1024 * 1024;
 const BIG_BODY_BYTES = 50 * MiB;
 const WINDOW_BYTES = 256 * 1024;
+/** The window a stream gets while the agent's large windows stay within 64 windows (docs/protocol.md). */
+const LARGE_WINDOW_BYTES = 8 * WINDOW_BYTES;
 
 /** Deterministic content: chunk i is filled with byte i % 251. */
 function bigChunk(index: number, size: number): Buffer {
@@ -184,10 +186,10 @@ describe('relayed streams through an agent', () => {
       peakHubQueue = Math.max(peakHubQueue, hubStats?.bufferedAmount ?? 0);
       peakAgentQueue = Math.max(peakAgentQueue, agentStats?.bufferedAmount ?? 0);
     };
-    // Until the flow stalls: a whole window sent by the agent and waiting at the hub.
+    // Until the flow stalls: a whole window (a large one: the only stream) sent by the agent and waiting at the hub.
     await eventually(() => {
       sample();
-      const stalled = WINDOW_BYTES - 64 * 1024;
+      const stalled = LARGE_WINDOW_BYTES - 64 * 1024;
       return (
         (agent.agent.stats()?.inFlightBytes ?? 0) >= stalled &&
         (server.server.hub.sessionStats(credentials.id)?.bufferedBytes ?? 0) >= stalled
@@ -196,8 +198,10 @@ describe('relayed streams through an agent', () => {
     const writtenWhilePaused = bigWritten;
     const pausedStats = agent.agent.stats()!;
     // One window waits at the hub, nothing more is sent by the agent, and the target is held back by TCP.
-    expect(server.server.hub.sessionStats(credentials.id)!.bufferedBytes).toBeLessThanOrEqual(WINDOW_BYTES);
-    expect(pausedStats.inFlightBytes).toBeLessThanOrEqual(WINDOW_BYTES);
+    expect(server.server.hub.sessionStats(credentials.id)!.bufferedBytes).toBeLessThanOrEqual(
+      LARGE_WINDOW_BYTES,
+    );
+    expect(pausedStats.inFlightBytes).toBeLessThanOrEqual(LARGE_WINDOW_BYTES);
     expect(writtenWhilePaused).toBeLessThan(16 * MiB);
 
     // Now read it all, checking content and sampling memory on the way.
@@ -215,11 +219,11 @@ describe('relayed streams through an agent', () => {
     expect(hash.digest('hex')).toBe(expected.digest('hex'));
 
     const finalStats = agent.agent.stats()!;
-    expect(peakHubBuffered).toBeLessThanOrEqual(WINDOW_BYTES);
-    expect(finalStats.peakInFlightBytes).toBeLessThanOrEqual(WINDOW_BYTES);
+    expect(peakHubBuffered).toBeLessThanOrEqual(LARGE_WINDOW_BYTES);
+    expect(finalStats.peakInFlightBytes).toBeLessThanOrEqual(LARGE_WINDOW_BYTES);
     expect(finalStats.peakBufferedBytes).toBeLessThanOrEqual(MiB);
     expect(peakHubQueue).toBeLessThan(MiB);
-    expect(peakAgentQueue).toBeLessThanOrEqual(WINDOW_BYTES + 64 * 1024);
+    expect(peakAgentQueue).toBeLessThanOrEqual(LARGE_WINDOW_BYTES + 64 * 1024);
   });
 
   it('fails the in-flight streams of a killed agent at once with AGENT_OFFLINE', async () => {
@@ -341,13 +345,16 @@ describe('relayed streams through an agent', () => {
       await raw.handshake();
       const transport = server.server.hub.transportFor(credentials.id);
       const pending = get(transport, '/flood');
-      // The raw agent answers the head, then sends four windows without waiting for updates.
+      // The raw agent answers the head, then sends two of the stream's (large) windows without waiting for updates.
       await eventually(() => raw.received.some((e) => e.payload.case === 'requestHead'));
       const head = raw.received.find((e) => e.payload.case === 'requestHead')!;
+      expect(head.payload.case === 'requestHead' && head.payload.value.initialWindowBytes).toBe(
+        LARGE_WINDOW_BYTES,
+      );
       raw.send({ streamId: head.streamId, payload: { case: 'responseHead', value: { status: 200 } } });
       const response = await pending;
       const chunk = new Uint8Array(64 * 1024);
-      for (let i = 0; i < 16; i++) {
+      for (let i = 0; i < (2 * LARGE_WINDOW_BYTES) / chunk.byteLength; i++) {
         raw.send({ streamId: head.streamId, payload: { case: 'bodyChunk', value: { data: chunk } } });
       }
       // Nobody reads meanwhile, so no window comes back: past one window the stream is failed and dropped.
@@ -360,14 +367,14 @@ describe('relayed streams through an agent', () => {
         },
         { intervalMs: 1 },
       );
-      expect(peakBuffered).toBeLessThanOrEqual(WINDOW_BYTES);
+      expect(peakBuffered).toBeLessThanOrEqual(LARGE_WINDOW_BYTES);
       const outcome = await readAll(response.body).then(
         () => 'completed',
         (err: AppError) => err.code,
       );
       expect(outcome).toBe('PROTOCOL_ERROR');
       const stats = server.server.hub.sessionStats(credentials.id)!;
-      expect(stats.bufferedBytes).toBeLessThanOrEqual(WINDOW_BYTES);
+      expect(stats.bufferedBytes).toBeLessThanOrEqual(LARGE_WINDOW_BYTES);
       expect(stats.activeStreams).toBe(0);
       // The offending stream is cancelled towards the agent.
       await eventually(() =>

@@ -127,6 +127,42 @@ describe('relay client', () => {
     await expectCode(iterator.next(), 'PROTOCOL_ERROR');
   });
 
+  it('asks for large windows while their budget has room, polices and returns each stream’s own window', async () => {
+    const KiB = 1024;
+    const { client, reply, ofCase } = setup({
+      windowBytes: 64 * KiB,
+      largeWindowBytes: 512 * KiB,
+      largeWindowBudgetBytes: 1024 * KiB,
+    });
+    const pending = [1, 2, 3].map(() => client.request(request()));
+    // Two large windows fit the budget; the third stream gets the base window.
+    expect(
+      ofCase('requestHead').map(
+        (e) => e.payload.case === 'requestHead' && e.payload.value.initialWindowBytes,
+      ),
+    ).toEqual([512 * KiB, 512 * KiB, 64 * KiB]);
+    expect(client.stats()).toMatchObject({ largeWindowsInUse: 2, largeWindowBudgetBytes: 1024 * KiB });
+    for (const id of [1, 2, 3]) reply(id, { case: 'responseHead', value: { status: 200 } });
+    const [large, other, small] = await Promise.all(pending);
+    // A whole large window is fine on stream 1; one byte past the base window fails stream 3.
+    for (let i = 0; i < 8; i++) reply(1, { case: 'bodyChunk', value: { data: new Uint8Array(64 * KiB) } });
+    reply(3, { case: 'bodyChunk', value: { data: new Uint8Array(64 * KiB + 1) } });
+    await expectCode(small!.body[Symbol.asyncIterator]().next(), 'PROTOCOL_ERROR');
+    // Window goes back in quarters of the stream's own window.
+    const iterator = large!.body[Symbol.asyncIterator]();
+    for (let i = 0; i < 2; i++) await iterator.next();
+    expect(ofCase('windowUpdate').map((e) => e.payload.value)).toEqual([{ bytes: 128 * KiB }]);
+    // An ended stream keeps its large window until its bytes are read; a cancelled one gives it back at once.
+    reply(1, { case: 'end', value: {} });
+    expect(client.stats().largeWindowsInUse).toBe(2);
+    other!.cancel();
+    expect(client.stats().largeWindowsInUse).toBe(1);
+    for (let i = 0; i < 6; i++) await iterator.next();
+    expect(client.stats().largeWindowsInUse).toBe(0);
+    expect((await iterator.next()).done).toBe(true);
+    expect(client.stats()).toMatchObject({ activeStreams: 0, bufferedBytes: 0, largeWindowsInUse: 0 });
+  });
+
   it('carries the executor error code, with the observed certificate described', async () => {
     const cert = await createCertificate({ altNames: ['impostor.example'] });
     const { client, reply } = setup();
