@@ -13,6 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
+import { freePort } from '../scripts/local-services.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 /** The repository's dist/, whether this module runs compiled (dist/bench/) or from source (bench/). */
@@ -297,4 +298,27 @@ export async function registerEnvironment(
     fingerprintSha256: discovered.json.certificate.fingerprintSha256,
   });
   return id;
+}
+
+/**
+ * Creates an enabled listener on 127.0.0.1 (a free port) through `instance`'s
+ * API; with `certificateId` an https one serving that certificate by default.
+ */
+export async function addListener(
+  instance: Instance,
+  name: string,
+  certificateId?: string,
+): Promise<{ id: string; url: string }> {
+  const port = await freePort();
+  const created = await instance.api('POST', '/api/v1/proxy/listeners', {
+    name,
+    bindAddress: '127.0.0.1',
+    port,
+    enabled: true,
+    ...(certificateId ? { protocol: 'https', defaultCertificateId: certificateId } : {}),
+  });
+  return {
+    id: created.json.listener.id as string,
+    url: `${certificateId ? 'https' : 'http'}://127.0.0.1:${port}`,
+  };
 }

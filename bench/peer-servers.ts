@@ -13,6 +13,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { freePort } from '../scripts/local-services.js';
 
 const run = promisify(execFile);
 
@@ -110,15 +111,8 @@ async function packageVersion(command: PeerCommand, file: string): Promise<strin
   return /\d+\.\d+(\.\d+)?/.exec(text)?.[0] ?? 'unknown';
 }
 
-/** A free TCP port on 127.0.0.1 (bound and released; the peers bind it right after). */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
+/** A free TCP port on 127.0.0.1: the one the project's scripts and tests use. */
+export { freePort };
 
 /** Resolves once something accepts connections on 127.0.0.1:port; rejects after `timeoutMs`. */
 export async function waitForPort(port: number, child: ChildProcess, timeoutMs = 10_000): Promise<void> {

@@ -25,13 +25,19 @@ import os from 'node:os';
 import path from 'node:path';
 import { createCertificate, type GeneratedCertificate } from '../src/tls/certificates.js';
 import { type BenchRow, roundOrder, type Spread, spread } from './harness.js';
-import { forkEntry, type Instance, sampleProcess, startInstance, watchPeakRss } from './instances.js';
+import {
+  addListener,
+  forkEntry,
+  type Instance,
+  sampleProcess,
+  startInstance,
+  watchPeakRss,
+} from './instances.js';
 import type { MinimalProxyReady } from './minimal-proxy.js';
 import {
   type CaddyPeer,
   curlDownload,
   ensurePeerTools,
-  freePort,
   type PeerServer,
   type PeerTools,
   peersDir,
@@ -84,23 +90,9 @@ async function startP2pstream(origin: string, tls: GeneratedCertificate): Promis
       certificatePem: tls.cert,
       privateKeyPem: tls.key,
     });
-    const listener = async (name: string, https = false) => {
-      const port = await freePort();
-      const created = await instance.api('POST', '/api/v1/proxy/listeners', {
-        name,
-        bindAddress: '127.0.0.1',
-        port,
-        enabled: true,
-        ...(https ? { protocol: 'https', defaultCertificateId: uploaded.json.certificate.id } : {}),
-      });
-      return {
-        id: created.json.listener.id as string,
-        url: `${https ? 'https' : 'http'}://127.0.0.1:${port}`,
-      };
-    };
-    const proxy = await listener('bench-proxy');
-    const answer = await listener('bench-static');
-    const secure = await listener('bench-https', true);
+    const proxy = await addListener(instance, 'bench-proxy');
+    const answer = await addListener(instance, 'bench-static');
+    const secure = await addListener(instance, 'bench-https', uploaded.json.certificate.id);
     for (const listenerId of [proxy.id, secure.id]) {
       await instance.api('POST', '/api/v1/proxy/routes', {
         listenerId,

@@ -21,10 +21,9 @@
  * Modes are interleaved in each repetition (harness roundOrder) so drift hits them
  * alike; each figure is a ratio within one repetition.
  */
-import { once } from 'node:events';
-import net, { type AddressInfo } from 'node:net';
 import os from 'node:os';
 import { Pool } from 'undici';
+import { freePort } from '../scripts/local-services.js';
 import type { BulkOriginReady } from './bulk-origin.js';
 import { type BenchRow, interleaved, nowMs, percentile, type Spread, spread } from './harness.js';
 import {
@@ -277,14 +276,6 @@ async function streaming(setup: Setup, megabytes: number, repetitions: number): 
   } finally {
     await origin.stop();
   }
-}
-
-async function freePort(): Promise<number> {
-  const probe = net.createServer().listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const { port } = probe.address() as AddressInfo;
-  await new Promise<void>((resolve) => probe.close(() => resolve()));
-  return port;
 }
 
 /** Counts trace events (`id:` lines) on an event stream until `expected` arrived or it stays quiet. */

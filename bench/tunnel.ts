@@ -28,6 +28,7 @@ import type { BulkOriginReady } from './bulk-origin.js';
 import { type BenchRow, interleaved, type Spread, spread } from './harness.js';
 import {
   type AgentProcess,
+  addListener,
   forkEntry,
   type Instance,
   sampleProcess,
@@ -35,7 +36,7 @@ import {
   startInstance,
   watchPeakRss,
 } from './instances.js';
-import { curlDownload, ensureTools, freePort, runWrk, type WrkResult } from './peer-servers.js';
+import { curlDownload, ensureTools, runWrk, type WrkResult } from './peer-servers.js';
 
 export interface TunnelBenchOptions {
   /** Seconds per wrk run (default 8). */
@@ -90,20 +91,6 @@ async function setUp(dir: string): Promise<{ setup: Setup; stops: (() => Promise
       certificatePem: tls.cert,
       privateKeyPem: tls.key,
     });
-    const listener = async (name: string, https: boolean) => {
-      const port = await freePort();
-      const created = await control.api('POST', '/api/v1/proxy/listeners', {
-        name,
-        bindAddress: '127.0.0.1',
-        port,
-        enabled: true,
-        ...(https ? { protocol: 'https', defaultCertificateId: uploaded.json.certificate.id } : {}),
-      });
-      return {
-        id: created.json.listener.id as string,
-        url: `${https ? 'https' : 'http'}://127.0.0.1:${port}`,
-      };
-    };
     const backend = async (name: string, upstreamUrl: string) =>
       (
         await control.api('POST', '/api/v1/proxy/backends', {
@@ -114,8 +101,8 @@ async function setUp(dir: string): Promise<{ setup: Setup; stops: (() => Promise
       ).json.backend.id as string;
     const route = (listenerId: string, pathPrefix: string, target: unknown) =>
       control.api('POST', '/api/v1/proxy/routes', { listenerId, pathPrefix, target });
-    const plain = await listener('bench-tunnel-http', false);
-    const secure = await listener('bench-tunnel-https', true);
+    const plain = await addListener(control, 'bench-tunnel-http');
+    const secure = await addListener(control, 'bench-tunnel-https', uploaded.json.certificate.id);
     await route(plain.id, '/straight/', { type: 'upstream', url: origin.ready.httpUrl });
     await route(plain.id, '/tunnel/', {
       type: 'backend',

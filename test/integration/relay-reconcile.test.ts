@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { AppError } from '../../src/errors.js';
 import { PROTOCOL_VERSION } from '../../src/relay/envelope.js';
-import { agentHeaders, createTestAgent, upgradeAgent } from '../helpers/agent.js';
+import { agentHeaders, createTestAgent, type RawAgent, upgradeAgent } from '../helpers/agent.js';
 import { useCleanups } from '../helpers/cleanup.js';
 import { startBareHub } from '../helpers/hub.js';
 import { startTestServer } from '../helpers/server.js';
@@ -16,25 +16,34 @@ const cleanups = useCleanups();
 
 const PIN = Array(32).fill('AB').join(':');
 
+/** A raw agent that answered pings and said hello with only `reconcile`, welcomed by the hub. */
+async function reconcilingAgent(
+  target: Parameters<typeof upgradeAgent>[0],
+  agentId: string,
+  token: string,
+  agentVersion: string,
+): Promise<RawAgent> {
+  const upgraded = await upgradeAgent(target, agentHeaders(agentId, token), { answerPings: true });
+  if (!upgraded.ok) throw new Error(`refused: ${upgraded.status}`);
+  const raw = upgraded.socket;
+  cleanups.push(() => raw.close());
+  raw.send({
+    streamId: 0,
+    payload: {
+      case: 'hello',
+      value: { protocolVersion: PROTOCOL_VERSION, agentVersion, capabilities: ['reconcile'] },
+    },
+  });
+  await eventually(() => raw.received.some((e) => e.payload.case === 'welcome'));
+  return raw;
+}
+
 describe('stream reconciliation', () => {
   it('closes a stream the agent forgot, fails its caller and counts the leak', async () => {
     const bare = await startBareHub({ reconcileIntervalMs: 40 });
     cleanups.push(() => bare.close());
     const created = await bare.agents.create({ name: 'forgetful' });
-    const upgraded = await upgradeAgent(bare.target, agentHeaders(created.agent.id, created.token), {
-      answerPings: true,
-    });
-    if (!upgraded.ok) throw new Error(`refused: ${upgraded.status}`);
-    const raw = upgraded.socket;
-    cleanups.push(() => raw.close());
-    raw.send({
-      streamId: 0,
-      payload: {
-        case: 'hello',
-        value: { protocolVersion: PROTOCOL_VERSION, agentVersion: 'forgetful', capabilities: ['reconcile'] },
-      },
-    });
-    await eventually(() => raw.received.some((e) => e.payload.case === 'welcome'));
+    const raw = await reconcilingAgent(bare.target, created.agent.id, created.token, 'forgetful');
     // The hub opens a stream; this agent takes the head and then behaves as if it had never seen it.
     const pending = bare.hub
       .transportFor(created.agent.id)
@@ -82,20 +91,7 @@ describe('stream reconciliation', () => {
       const server = await startTestServer({ env: { P2PSTREAM_RECONCILE_SECONDS: seconds } });
       cleanups.push(() => server.close());
       const created = await createTestAgent(server, await server.setupAdmin());
-      const upgraded = await upgradeAgent(server, agentHeaders(created.id, created.token), {
-        answerPings: true,
-      });
-      if (!upgraded.ok) throw new Error(`refused: ${upgraded.status}`);
-      const raw = upgraded.socket;
-      cleanups.push(() => raw.close());
-      raw.send({
-        streamId: 0,
-        payload: {
-          case: 'hello',
-          value: { protocolVersion: PROTOCOL_VERSION, agentVersion: 'listener', capabilities: ['reconcile'] },
-        },
-      });
-      await eventually(() => raw.received.some((e) => e.payload.case === 'welcome'));
+      const raw = await reconcilingAgent(server, created.id, created.token, 'listener');
       return { raw, lists: () => raw.received.filter((e) => e.payload.case === 'streamSet').length };
     };
     // Every second: two lists arrive well within the default wait (60 s would send none).
