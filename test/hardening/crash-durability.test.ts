@@ -95,7 +95,7 @@ describe('kill -9 in the middle of writes', () => {
     expect(acknowledged.size).toBeGreaterThan(0);
     final.child.kill('SIGTERM');
     expect(await final.exited).toBe(0);
-  }, 60_000);
+  }, 180_000);
 
   it('keeps the last acknowledged environment update across repeated hard kills', async () => {
     const envDir = await mkdtemp(path.join(os.tmpdir(), 'p2pstream-crash-env-'));
@@ -168,5 +168,5 @@ describe('kill -9 in the middle of writes', () => {
     );
     final.child.kill('SIGTERM');
     expect(await final.exited).toBe(0);
-  }, 60_000);
+  }, 180_000);
 });

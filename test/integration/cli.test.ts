@@ -109,7 +109,7 @@ describe('the p2pstream bin', () => {
     const oldCookie = (setup.headers.get('set-cookie') ?? '').split(';')[0]!;
     const me = await fetch(`${url2}/api/v1/auth/me`, { dispatcher, headers: { cookie: oldCookie } });
     expect(me.status).toBe(401);
-  });
+  }, 120_000);
 
   it('exits non-zero with a clear message on a bad setting and an unknown command', () => {
     const bad = spawnSync(process.execPath, [BIN, 'server'], {

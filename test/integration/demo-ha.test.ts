@@ -18,7 +18,15 @@ let dispatcher: Agent | undefined;
 beforeAll(() => ensureBuilt(), 120_000);
 
 afterEach(async () => {
-  if (child && child.exitCode === null) child.kill('SIGKILL');
+  // The demo runs in its own process group, so a test that failed or timed out
+  // stops its replicas, PostgreSQL, NATS and agent too, not only the demo.
+  if (child?.pid && child.exitCode === null && child.signalCode === null) {
+    try {
+      process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      // Already gone.
+    }
+  }
   await dispatcher?.close();
 });
 
@@ -35,6 +43,7 @@ describe('npm run demo:ha', () => {
   it('prints a login that works on both replicas, which list each other, and cleans up on Ctrl-C', async () => {
     child = spawn(process.execPath, [DEMO], {
       env: { PATH: process.env.PATH ?? '' },
+      detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
@@ -90,5 +99,5 @@ describe('npm run demo:ha', () => {
     expect(alive(Number(pidA))).toBe(false);
     expect(alive(Number(pidB))).toBe(false);
     for (const dir of dirs) expect(existsSync(dir)).toBe(false);
-  });
+  }, 180_000);
 });
