@@ -544,6 +544,7 @@ class Agent {
           defaultWindowBytes: context.session.remote.limits.tunnelWindowBytes,
           maxChunkBytes: context.session.sendFrameBytes - 1024,
           isCongested: context.isCongested,
+          atTurnEnd: context.atTurnEnd,
           logger: this.#logger,
         });
         this.#tunnels = tunnels;

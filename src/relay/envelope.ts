@@ -32,20 +32,34 @@ export interface PendingBody {
 
 /**
  * Takes the next body chunk the window allows from `stream.pending`: at most
- * `maxChunkBytes` and the stream's credit, splitting the first buffer without
- * copying. Call only while something is pending and credit is left.
+ * `maxChunkBytes` and the stream's credit. A piece within the first buffer is
+ * a view of it (no copy); one that spans several buffers (small reads queued
+ * in one turn) is copied into one, so it leaves as one envelope rather than
+ * one per read. Call only while something is pending and credit is left.
  */
 export function takeWithinWindow(stream: PendingBody, maxChunkBytes: number): Buffer {
   const first = stream.pending[0] as Buffer;
-  const size = Math.min(first.length, stream.credit, maxChunkBytes);
-  let piece = first;
-  if (size === first.length) stream.pending.shift();
-  else {
-    piece = first.subarray(0, size);
-    stream.pending[0] = first.subarray(size);
-  }
+  const size = Math.min(stream.pendingBytes, stream.credit, maxChunkBytes);
   stream.pendingBytes -= size;
   stream.credit -= size;
+  if (size <= first.length) {
+    if (size === first.length) {
+      stream.pending.shift();
+      return first;
+    }
+    stream.pending[0] = first.subarray(size);
+    return first.subarray(0, size);
+  }
+  const piece = Buffer.allocUnsafe(size);
+  let at = 0;
+  while (at < size) {
+    const next = stream.pending[0] as Buffer;
+    const take = Math.min(next.length, size - at);
+    next.copy(piece, at, 0, take);
+    at += take;
+    if (take === next.length) stream.pending.shift();
+    else stream.pending[0] = next.subarray(take);
+  }
   return piece;
 }
 /** Largest request body relayed: 1 MiB (management API bodies). */

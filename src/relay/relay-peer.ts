@@ -29,7 +29,10 @@
  *   both sides as one batch frame (or a few, each within the other side's
  *   frame limit), else as separate frames handed to the transport at once
  *   ({@link FrameTransport.sendMany}: the WebSocket corks its socket around
- *   them). A turn that queues {@link FLUSH_BYTES} sends at once.
+ *   them). A turn that queues {@link FLUSH_BYTES} sends at once. Handlers
+ *   may ask to run at the end of the turn, just before its envelopes leave
+ *   ({@link StreamContext.atTurnEnd}): the small reads of one turn then go
+ *   as one body chunk rather than one each.
  * - Drain (capability `drain`): a side going away says so first
  *   ({@link RelayPeer.drain}); the other side opens no new stream on the
  *   connection and its owner connects elsewhere ({@link RelayPeerOptions.onDrain})
@@ -150,6 +153,12 @@ export interface StreamContext {
   isCongested(): boolean;
   /** True once either side announced a drain: open no new stream on this connection. */
   isDraining(): boolean;
+  /**
+   * Runs `callback` once at the end of this turn of the event loop, before
+   * the envelopes queued in it leave (what it sends leaves with them);
+   * ignored once the connection is closed.
+   */
+  atTurnEnd(callback: () => void): void;
   readonly logger: Logger;
 }
 
@@ -268,9 +277,14 @@ export class RelayPeer {
   #outboxBytes = 0;
   #flushScheduled = false;
   #batch = false;
+  // Handlers' end-of-turn callbacks (StreamContext.atTurnEnd), run before the flush.
+  #turnEnd: (() => void)[] = [];
   readonly #flushAtTurnEnd = (): void => {
+    this.#runTurnEnd();
     this.#flushScheduled = false;
     this.#flush();
+    // A callback that asked again (its stream still has bytes) runs at the end of the next turn.
+    if (this.#turnEnd.length > 0) this.#scheduleFlush();
   };
   #logger: Logger;
   #state: State = 'handshake';
@@ -415,7 +429,10 @@ export class RelayPeer {
     if (this.#state === 'closed') return;
     // What this turn queued (an error envelope, say) goes out before the close; a cut drops it.
     if (code === CLOSE_CODE.CUT) this.#dropOutbox();
-    else this.#flush();
+    else {
+      this.#runTurnEnd();
+      this.#flush();
+    }
     if ((this.#state as State) === 'closed') return;
     this.#finish({ code, reason, endReason, ...(error ? { error } : {}), wasReady: this.#state === 'ready' });
     this.#transport.close(code, reason);
@@ -654,6 +671,11 @@ export class RelayPeer {
       nextStreamId: () => this.#allocateStreamId(),
       isCongested: () => this.#isCongested(),
       isDraining: () => this.#drainSent || this.#drainReceived,
+      atTurnEnd: (callback) => {
+        if (this.#state === 'closed') return;
+        this.#turnEnd.push(callback);
+        this.#scheduleFlush();
+      },
       logger: this.#logger,
     };
     this.#handlers = this.#options.streams(context);
@@ -786,9 +808,27 @@ export class RelayPeer {
     this.#outbox.push(frame);
     this.#outboxBytes += frame.byteLength;
     if (this.#outboxBytes >= FLUSH_BYTES) this.#flush();
-    else if (!this.#flushScheduled) {
-      this.#flushScheduled = true;
-      setImmediate(this.#flushAtTurnEnd);
+    else this.#scheduleFlush();
+  }
+
+  #scheduleFlush(): void {
+    if (this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    setImmediate(this.#flushAtTurnEnd);
+  }
+
+  /** The handlers' end-of-turn callbacks, each once; one that throws is logged and the rest still run. */
+  #runTurnEnd(): void {
+    const callbacks = this.#turnEnd;
+    if (callbacks.length === 0) return;
+    this.#turnEnd = [];
+    for (const callback of callbacks) {
+      if (this.#state === 'closed') return;
+      try {
+        callback();
+      } catch (err) {
+        this.#logger.warn({ err }, 'a stream handler failed at the end of a turn');
+      }
     }
   }
 
@@ -834,6 +874,7 @@ export class RelayPeer {
   #dropOutbox(): void {
     this.#outbox = [];
     this.#outboxBytes = 0;
+    this.#turnEnd = [];
   }
 
   #checkReading(): void {
@@ -904,6 +945,7 @@ export class RelayPeer {
     if (this.#state === 'closed') return;
     this.#state = 'closed';
     this.#closedEvent = event;
+    this.#turnEnd = [];
     this.#clearHandshakeTimer();
     this.#keepalive?.stop();
     if (this.#reconcileTimer) clearInterval(this.#reconcileTimer);

@@ -11,7 +11,11 @@
  *   bytes, so a slow app slows the client's upload and nothing piles up here;
  * - response body: sent under the stream's window (`initial_window_bytes` of
  *   the request); a spent window, or a congested connection, pauses the
- *   upstream response (TCP backpressure reaches the app).
+ *   upstream response (TCP backpressure reaches the app). The reads of one
+ *   turn (a TLS upstream hands over one 16 KiB record each) leave together
+ *   at its end, merged into body chunks of up to the chunk size: a download
+ *   costs both sides a quarter of the envelopes, and the control plane a
+ *   quarter of the writes to its client.
  *
  * A cancel (the public client left, or the control plane gave up) destroys
  * the upstream request at once. Failures become an error envelope with a
@@ -63,6 +67,8 @@ export interface TunnelExecutorOptions {
   /** Largest body chunk sent. */
   maxChunkBytes?: number | undefined;
   isCongested?: (() => boolean) | undefined;
+  /** Runs a callback at the end of this turn, before its envelopes leave (the peer's; default setImmediate). */
+  atTurnEnd?: ((callback: () => void) => void) | undefined;
   logger?: Pick<Logger, 'debug' | 'warn'> | undefined;
 }
 
@@ -89,6 +95,8 @@ interface Stream {
   pendingBytes: number;
   paused: boolean;
   upstreamEnded: boolean;
+  /** The response's `end` went out (a pipe stays open for the other way after it). */
+  endSent: boolean;
   /** Request body bytes received and not yet returned by a window update. */
   outstanding: number;
   /** Request bytes the upstream took since the last window update. */
@@ -107,6 +115,16 @@ export class TunnelExecutor implements StreamHandler {
   readonly #defaultWindow: number;
   readonly #chunkBytes: number;
   readonly #isCongested: () => boolean;
+  readonly #atTurnEnd: (callback: () => void) => void;
+  /** Streams with response bytes held for the end of the turn. */
+  readonly #due = new Set<Stream>();
+  #turnEndAsked = false;
+  readonly #sendDue = (): void => {
+    this.#turnEndAsked = false;
+    const due = [...this.#due];
+    this.#due.clear();
+    for (const stream of due) this.#pump(stream);
+  };
   readonly #logger: Pick<Logger, 'debug' | 'warn'> | undefined;
   readonly #streams = new Map<number, Stream>();
   readonly #httpAgent = new http.Agent({ keepAlive: true, timeout: 4000 });
@@ -128,6 +146,7 @@ export class TunnelExecutor implements StreamHandler {
     );
     this.#chunkBytes = Math.max(1024, Math.min(MAX_CHUNK_BYTES, options.maxChunkBytes ?? MAX_CHUNK_BYTES));
     this.#isCongested = options.isCongested ?? (() => false);
+    this.#atTurnEnd = options.atTurnEnd ?? ((callback) => setImmediate(callback));
     this.#logger = options.logger;
   }
 
@@ -344,6 +363,7 @@ export class TunnelExecutor implements StreamHandler {
       pendingBytes: 0,
       paused: false,
       upstreamEnded: false,
+      endSent: false,
       outstanding: 0,
       taken: 0,
       writesPending: 0,
@@ -480,18 +500,36 @@ export class TunnelExecutor implements StreamHandler {
     });
   }
 
+  /** Full chunks leave at once; what is left of the turn's reads waits for its end, to leave merged. */
   #onData(stream: Stream, chunk: Buffer): void {
     if (stream.state === 'done') return;
     stream.pending.push(chunk);
     stream.pendingBytes += chunk.length;
     this.#buffered += chunk.length;
-    this.#pump(stream);
+    if (stream.pendingBytes >= this.#chunkBytes) this.#pump(stream, true);
+    else if (!stream.paused) this.#sendAtTurnEnd(stream);
   }
 
-  /** Sends what the window allows, then pauses or resumes the app's response. */
-  #pump(stream: Stream): void {
+  #sendAtTurnEnd(stream: Stream): void {
+    this.#due.add(stream);
+    if (this.#turnEndAsked) return;
+    this.#turnEndAsked = true;
+    this.#atTurnEnd(this.#sendDue);
+  }
+
+  /**
+   * Sends what the window allows (with `fullOnly`, only whole chunks, the
+   * rest held for the end of the turn), then pauses or resumes the app's
+   * response.
+   */
+  #pump(stream: Stream, fullOnly = false): void {
     if (stream.state === 'done') return;
-    while (stream.pending.length > 0 && stream.credit > 0 && !this.#isCongested()) {
+    while (
+      stream.pending.length > 0 &&
+      stream.credit > 0 &&
+      !(fullOnly && stream.pendingBytes < this.#chunkBytes) &&
+      !this.#isCongested()
+    ) {
       const piece = takeWithinWindow(stream, this.#chunkBytes);
       this.#buffered -= piece.length;
       this.#inFlight += piece.length;
@@ -501,13 +539,20 @@ export class TunnelExecutor implements StreamHandler {
       }
     }
     if (stream.pending.length === 0 && stream.upstreamEnded) {
+      if (stream.endSent) return;
+      stream.endSent = true;
       this.#emit({ streamId: stream.id, payload: { case: 'end', value: {} } });
       // A pipe stays open for the other way until the control plane ends it too or cancels.
       if (stream.state !== 'pipe' || stream.socket?.writableEnded === true) this.#finish(stream, false);
       return;
     }
     const source = stream.res ?? stream.socket;
-    const hold = stream.pending.length > 0 || stream.credit <= 0 || this.#isCongested();
+    // A part chunk held for the end of the turn does not stop the reads; a spent window or a full queue does.
+    const hold =
+      stream.credit <= 0 ||
+      this.#isCongested() ||
+      (stream.pending.length > 0 && !(fullOnly && stream.pendingBytes < this.#chunkBytes));
+    if (fullOnly && stream.pending.length > 0 && !hold) this.#sendAtTurnEnd(stream);
     if (hold && !stream.paused) {
       stream.paused = true;
       source?.pause();
@@ -541,6 +586,7 @@ export class TunnelExecutor implements StreamHandler {
     if (stream.state === 'done') return;
     stream.state = 'done';
     if (this.#streams.get(stream.id) === stream) this.#streams.delete(stream.id);
+    this.#due.delete(stream);
     clearTimeout(stream.timer);
     this.#inFlight -= stream.window - stream.credit;
     this.#buffered -= stream.pendingBytes;

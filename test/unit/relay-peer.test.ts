@@ -622,6 +622,37 @@ describe('relay peer batching', () => {
     expect(control.peer.isClosed).toBe(false);
   });
 
+  it('runs end-of-turn callbacks once, before the turn’s envelopes leave, and sends what they queue with them', async () => {
+    const { control, agent, up } = await countedPair();
+    const context = agent.handlers[0]!.context;
+    const [id] = burst(agent, 1, 'requestHead');
+    let runs = 0;
+    const chunk = () => {
+      runs += 1;
+      context.send({ streamId: id!, payload: { case: 'bodyChunk', value: { data: new Uint8Array(10) } } });
+    };
+    context.atTurnEnd(chunk);
+    context.atTurnEnd(() => context.atTurnEnd(chunk));
+    expect(up.length).toBe(0);
+    await endOfTurn();
+    // The head and the first chunk in one write; the callback asked for during the flush runs a turn later.
+    expect(runs).toBe(1);
+    expect(up.length).toBe(1);
+    const frame = decodeFrame(up[0]![0]!);
+    expect(Array.isArray(frame) && frame.length).toBe(2);
+    await eventually(() => runs === 2 && up.length === 2);
+    await eventually(() => control.handlers[0]!.received.length === 3);
+    expect(control.handlers[0]!.received.map((e) => e.payload.case)).toEqual([
+      'requestHead',
+      'bodyChunk',
+      'bodyChunk',
+    ]);
+    agent.peer.close(CLOSE_CODE.NORMAL, 'done');
+    context.atTurnEnd(chunk);
+    await endOfTurn();
+    expect(runs).toBe(2);
+  });
+
   it('sends what a turn queued before closing, and refuses a batch from a peer that did not negotiate it', async () => {
     const { control, agent } = await countedPair();
     burst(agent, 3, 'requestHead');
