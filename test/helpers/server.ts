@@ -2,6 +2,7 @@
  * Starts a real p2pstream server on 127.0.0.1 (port 0) with its own temp data
  * dir, and an HTTPS client that trusts exactly its generated certificate.
  * Given the file's `useCleanups()`, the server is closed after the test.
+ * `restart()` starts it again on the same data dir.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -62,12 +63,35 @@ export interface TestServer {
   setupAdmin(): Promise<string>;
   /** Creates an API token as the admin and returns its raw value. */
   createToken(cookie: string, name?: string): Promise<string>;
+  /**
+   * Closes the server and keeps its data dir, for a test that changes what is
+   * on disk (or takes a port) before `restart()`.
+   */
+  stop(): Promise<void>;
+  /**
+   * Stops the server (unless `stop()` did) and starts a new one on the same
+   * data dir, with the same options and `options` over them. The new server
+   * goes to the same cleanups, and takes the data dir with it: it is removed
+   * when the new server closes, as it would have been with this one.
+   */
+  restart(options?: Omit<TestServerOptions, 'dataDir'>): Promise<TestServer>;
+  /** Stops the server and removes its data dir if the helper made it (and `keepDataDir` is not set). */
   close(): Promise<void>;
 }
 
+type CleanupList = Pick<Cleanups, 'push'> | Cleanup[];
+
 export async function startTestServer(
   options: TestServerOptions = {},
-  cleanups?: Pick<Cleanups, 'push'> | Cleanup[],
+  cleanups?: CleanupList,
+): Promise<TestServer> {
+  return launch(options, cleanups, !options.dataDir && !options.keepDataDir);
+}
+
+async function launch(
+  options: TestServerOptions,
+  cleanups: CleanupList | undefined,
+  removeDataDir: boolean,
 ): Promise<TestServer> {
   const dataDir = options.dataDir ?? (await mkdtemp(path.join(os.tmpdir(), 'p2pstream-test-')));
   const loaded = loadConfig({
@@ -125,7 +149,15 @@ export async function startTestServer(
     return { status: res.status, headers: res.headers as unknown as Headers, text, json };
   };
 
-  let closing: Promise<void> | undefined;
+  let stopping: Promise<void> | undefined;
+  let handedOn = false;
+  const stop = () => {
+    stopping ??= (async () => {
+      await server.close();
+      await dispatcher.close();
+    })();
+    return stopping;
+  };
   const testServer: TestServer = {
     server,
     url: server.url,
@@ -145,13 +177,15 @@ export async function startTestServer(
       if (res.status !== 201) throw new Error(`token create failed: ${res.status} ${res.text}`);
       return res.json.token as string;
     },
-    close() {
-      closing ??= (async () => {
-        await server.close();
-        await dispatcher.close();
-        if (!options.keepDataDir && !options.dataDir) await rm(dataDir, { recursive: true, force: true });
-      })();
-      return closing;
+    stop,
+    async restart(more = {}) {
+      await stop();
+      handedOn = true;
+      return launch({ ...options, ...more, dataDir }, cleanups, removeDataDir);
+    },
+    async close() {
+      await stop();
+      if (removeDataDir && !handedOn) await rm(dataDir, { recursive: true, force: true });
     },
   };
   cleanups?.push(() => testServer.close());

@@ -1,43 +1,27 @@
 import { createHash } from 'node:crypto';
-import { readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { readdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
-import { afterEach, describe, expect, it, vi } from 'vitest';
-import { startTestServer, TEST_PASSWORD, TEST_USERNAME, type TestServer } from '../helpers/server.js';
-import { configureProxy, eventually, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
+import { describe, expect, it, vi } from 'vitest';
+import { useCleanups } from '../helpers/cleanup.js';
+import { TEST_PASSWORD, TEST_USERNAME, type TestServer } from '../helpers/server.js';
+import { configureProxy, eventually, proxyClient, startProxyTest, startUpstream } from './proxy-helpers.js';
 
-let server: TestServer | undefined;
-let upstream: Upstream | undefined;
-let client: ReturnType<typeof proxyClient> | undefined;
-const dataDirs: string[] = [];
-
-afterEach(async () => {
-  vi.useRealTimers();
-  await client?.close();
-  await server?.close();
-  await upstream?.close();
-  for (const dir of dataDirs.splice(0)) await rm(dir, { recursive: true, force: true });
-  client = undefined;
-  server = undefined;
-  upstream = undefined;
-});
+const cleanups = useCleanups();
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
 /** A server with an admin token, an upstream, a listener routing to it and a match-all cache rule. */
 async function setup(handler: Handler, rule: Record<string, unknown> = {}) {
-  server = await startTestServer({ keepDataDir: true });
-  dataDirs.push(server.dataDir);
-  const token = await server.createToken(await server.setupAdmin());
-  upstream = await startUpstream(handler);
-  client = proxyClient();
+  const { server, token, client } = await startProxyTest(cleanups);
+  const upstream = await startUpstream(handler, cleanups);
   const { port } = await configureProxy(server, token, { type: 'upstream', url: upstream.url });
   const created = await server.request('POST', '/api/v1/cache/rules', {
     token,
     body: { name: 'all', ...rule },
   });
   expect(created.status, created.text).toBe(201);
-  return { server, token, port, ruleId: created.json.rule.id as string };
+  return { server, token, client, upstream, port, ruleId: created.json.rule.id as string };
 }
 
 async function lastEvents(s: TestServer, token: string, n: number) {
@@ -62,25 +46,26 @@ async function login(s: TestServer): Promise<string> {
  */
 function movableClock() {
   vi.useFakeTimers({ toFake: ['Date'], shouldAdvanceTime: true });
+  cleanups.push(() => void vi.useRealTimers());
   return { later: (ms: number) => vi.setSystemTime(Date.now() + ms) };
 }
 
 describe('response cache', () => {
   it('serves a second request from the cache with Cache-Status and traces HIT', async () => {
-    const { server, token, port } = await setup((req, res) => {
+    const { server, token, port, client, upstream } = await setup((req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=60', etag: '"v1"' });
       res.end(`hello ${req.url}`);
     });
-    const first = await client!.send(port, '/page');
+    const first = await client.send(port, '/page');
     expect(first.status).toBe(200);
     expect(first.text).toBe('hello /page');
     expect(first.headers['cache-status']).toBe('p2pstream; fwd=miss; fwd-status=200; stored');
-    const second = await client!.send(port, '/page');
+    const second = await client.send(port, '/page');
     expect(second.text).toBe('hello /page');
     expect(second.headers['cache-status']).toMatch(/^p2pstream; hit; ttl=(59|60)$/);
     expect(second.headers['content-length']).toBe('11');
     expect(Number(second.headers.age)).toBeGreaterThanOrEqual(0);
-    expect(upstream!.seen).toHaveLength(1);
+    expect(upstream.seen).toHaveLength(1);
     const events = await lastEvents(server, token, 2);
     expect(events.map((e: { cache: string }) => e.cache)).toEqual(['MISS', 'HIT']);
     expect(events[1].status).toBe(200);
@@ -95,33 +80,33 @@ describe('response cache', () => {
     expect(metrics).toContain('p2pstream_cache_entries 1');
     expect(metrics).toMatch(/p2pstream_cache_bytes\{tier="disk"\} \d+/);
     // The query is part of the key by default.
-    expect((await client!.send(port, '/page?x=1')).headers['cache-status']).toContain('fwd=miss');
+    expect((await client.send(port, '/page?x=1')).headers['cache-status']).toContain('fwd=miss');
     // A conditional request for what is stored gets a 304 from the cache.
-    const conditional = await client!.send(port, '/page', { headers: { 'if-none-match': '"v1"' } });
+    const conditional = await client.send(port, '/page', { headers: { 'if-none-match': '"v1"' } });
     expect(conditional.status).toBe(304);
     expect(conditional.headers.etag).toBe('"v1"');
-    expect(upstream!.seen).toHaveLength(2);
+    expect(upstream.seen).toHaveLength(2);
   });
 
   it('answers HEAD from a stored GET and does not store a HEAD miss', async () => {
-    const { port } = await setup((req, res) => {
+    const { port, client, upstream } = await setup((req, res) => {
       res.writeHead(200, { 'cache-control': 'max-age=60', 'content-length': '5' });
       res.end(req.method === 'HEAD' ? undefined : 'hello');
     });
-    const headMiss = await client!.send(port, '/h', { method: 'HEAD' });
+    const headMiss = await client.send(port, '/h', { method: 'HEAD' });
     expect(headMiss.headers['cache-status']).toContain('fwd=miss');
     expect(headMiss.headers['content-length']).toBe('5');
-    await client!.send(port, '/h');
-    const headHit = await client!.send(port, '/h', { method: 'HEAD' });
+    await client.send(port, '/h');
+    const headHit = await client.send(port, '/h', { method: 'HEAD' });
     expect(headHit.status).toBe(200);
     expect(headHit.text).toBe('');
     expect(headHit.headers['cache-status'], String(headHit.headers['cache-status'])).toContain('hit');
     expect(headHit.headers['content-length']).toBe('5');
-    expect(upstream!.seen.map((r) => r.method)).toEqual(['HEAD', 'GET']);
+    expect(upstream.seen.map((r) => r.method)).toEqual(['HEAD', 'GET']);
   });
 
   it('never stores no-store, private or Set-Cookie answers and bypasses Authorization and Cookie requests', async () => {
-    const { server, token, port } = await setup((req, res) => {
+    const { server, token, port, client, upstream } = await setup((req, res) => {
       const headers: Record<string, string> = { 'cache-control': 'max-age=60' };
       if (req.url === '/no-store') headers['cache-control'] = 'no-store';
       if (req.url === '/private') headers['cache-control'] = 'private, max-age=60';
@@ -130,31 +115,31 @@ describe('response cache', () => {
       res.end(`body ${req.url} ${req.headers.authorization ?? ''}`);
     });
     for (const url of ['/no-store', '/private', '/cookie']) {
-      const a = await client!.send(port, url);
-      const b = await client!.send(port, url);
+      const a = await client.send(port, url);
+      const b = await client.send(port, url);
       expect(b.headers['cache-status'], url).toContain('fwd=miss');
       expect(a.headers['cache-status'], url).not.toContain('stored');
     }
-    expect((await client!.send(port, '/no-store')).headers['cache-status']).toContain('detail=no-store');
-    expect((await client!.send(port, '/private')).headers['cache-status']).toContain('detail=private');
-    expect((await client!.send(port, '/cookie')).headers['set-cookie']).toBe('session=abc');
-    expect(upstream!.seen).toHaveLength(9);
+    expect((await client.send(port, '/no-store')).headers['cache-status']).toContain('detail=no-store');
+    expect((await client.send(port, '/private')).headers['cache-status']).toContain('detail=private');
+    expect((await client.send(port, '/cookie')).headers['set-cookie']).toBe('session=abc');
+    expect(upstream.seen).toHaveLength(9);
 
-    await client!.send(port, '/public');
-    const withAuth = await client!.send(port, '/public', { headers: { authorization: 'Bearer alice' } });
+    await client.send(port, '/public');
+    const withAuth = await client.send(port, '/public', { headers: { authorization: 'Bearer alice' } });
     expect(withAuth.text).toBe('body /public Bearer alice');
     expect(withAuth.headers['cache-status']).toBe('p2pstream; fwd=bypass; detail=authorization');
-    const withCookie = await client!.send(port, '/public', { headers: { cookie: 'a=b' } });
+    const withCookie = await client.send(port, '/public', { headers: { cookie: 'a=b' } });
     expect(withCookie.headers['cache-status']).toBe('p2pstream; fwd=bypass; detail=cookie');
-    const post = await client!.send(port, '/public', { method: 'POST', body: 'x' });
+    const post = await client.send(port, '/public', { method: 'POST', body: 'x' });
     expect(post.headers['cache-status']).toBe('p2pstream; fwd=bypass; detail=method');
-    expect((await client!.send(port, '/public')).headers['cache-status']).toContain('hit');
+    expect((await client.send(port, '/public')).headers['cache-status']).toContain('hit');
     const events = await lastEvents(server, token, 4);
     expect(events.map((e: { cache: string }) => e.cache)).toEqual(['BYPASS', 'BYPASS', 'BYPASS', 'HIT']);
   });
 
   it('caches only what the rule expression matches, in priority order, and records the rule in the trace', async () => {
-    const { server, token, port } = await setup(
+    const { server, token, port, client } = await setup(
       (req, res) => {
         res.writeHead(200, { 'cache-control': 'max-age=60' });
         res.end(`at ${req.url}`);
@@ -171,12 +156,12 @@ describe('response cache', () => {
       },
     });
     expect(second.status, second.text).toBe(201);
-    await client!.send(port, '/assets/app.js');
-    expect((await client!.send(port, '/assets/app.js')).headers['cache-status']).toContain('hit');
-    const page = await client!.send(port, '/page');
+    await client.send(port, '/assets/app.js');
+    expect((await client.send(port, '/assets/app.js')).headers['cache-status']).toContain('hit');
+    const page = await client.send(port, '/page');
     expect(page.headers['cache-status']).toBeUndefined();
-    await client!.send(port, '/assets/logo.png');
-    const png = await client!.send(port, '/assets/logo.png');
+    await client.send(port, '/assets/logo.png');
+    const png = await client.send(port, '/assets/logo.png');
     // The lower priority wins: the fixed 5 s of "images", not the origin's 60.
     expect(png.headers['cache-status']).toMatch(/^p2pstream; hit; ttl=[45]$/);
     const events = await lastEvents(server, token, 5);
@@ -197,7 +182,7 @@ describe('response cache', () => {
   });
 
   it('keeps one entry per Vary variant and adds the rule vary headers to the key', async () => {
-    const { port } = await setup(
+    const { port, client, upstream } = await setup(
       (req, res) => {
         res.writeHead(200, { 'cache-control': 'max-age=60', vary: 'Accept-Language' });
         res.end(`${req.headers['accept-language']}/${req.headers['x-tenant']}`);
@@ -205,22 +190,22 @@ describe('response cache', () => {
       { varyHeaders: ['X-Tenant'] },
     );
     const get = (lang: string, tenant: string) =>
-      client!.send(port, '/v', { headers: { 'accept-language': lang, 'x-tenant': tenant } });
+      client.send(port, '/v', { headers: { 'accept-language': lang, 'x-tenant': tenant } });
     expect((await get('en', 'a')).text).toBe('en/a');
     expect((await get('de', 'a')).text).toBe('de/a');
     expect((await get('en', 'b')).text).toBe('en/b');
-    expect(upstream!.seen).toHaveLength(3);
+    expect(upstream.seen).toHaveLength(3);
     const en = await get('en', 'a');
     expect(en.text).toBe('en/a');
     expect(en.headers['cache-status']).toContain('hit');
     expect((await get('de', 'a')).text).toBe('de/a');
     expect((await get('en', 'b')).text).toBe('en/b');
-    expect(upstream!.seen).toHaveLength(3);
+    expect(upstream.seen).toHaveLength(3);
   });
 
   it('revalidates a stale entry with its validators; a 304 refreshes it', async () => {
     let version = 'v1';
-    const { server, token, port } = await setup((req, res) => {
+    const { server, token, port, client, upstream } = await setup((req, res) => {
       if (req.headers['if-none-match'] === `"${version}"`) {
         res.writeHead(304, { etag: `"${version}"`, 'cache-control': 'max-age=1' });
         res.end();
@@ -230,20 +215,20 @@ describe('response cache', () => {
       res.end(`content ${version}`);
     });
     const clock = movableClock();
-    await client!.send(port, '/r');
+    await client.send(port, '/r');
     clock.later(1100);
-    const revalidated = await client!.send(port, '/r');
+    const revalidated = await client.send(port, '/r');
     expect(revalidated.status).toBe(200);
     expect(revalidated.text).toBe('content v1');
     expect(revalidated.headers['cache-status']).toMatch(/^p2pstream; fwd=stale; fwd-status=304; ttl=/);
-    expect(upstream!.seen[1]!.headers['if-none-match']).toBe('"v1"');
+    expect(upstream.seen[1]!.headers['if-none-match']).toBe('"v1"');
     // Refreshed: fresh again without asking.
-    expect((await client!.send(port, '/r')).headers['cache-status']).toContain('hit');
-    expect(upstream!.seen).toHaveLength(2);
+    expect((await client.send(port, '/r')).headers['cache-status']).toContain('hit');
+    expect(upstream.seen).toHaveLength(2);
 
     version = 'v2';
     clock.later(1100);
-    const changed = await client!.send(port, '/r');
+    const changed = await client.send(port, '/r');
     expect(changed.text).toBe('content v2');
     expect(changed.headers['cache-status']).toBe('p2pstream; fwd=stale; fwd-status=200; stored');
     const events = await lastEvents(server, token, 4);
@@ -254,7 +239,7 @@ describe('response cache', () => {
   it('serves stale while revalidating in the background, and stale if the origin fails', async () => {
     let count = 0;
     let failing = false;
-    const { server, token, port } = await setup((req, res) => {
+    const { server, token, port, client, upstream } = await setup((req, res) => {
       count++;
       if (failing) {
         res.writeHead(503);
@@ -266,28 +251,28 @@ describe('response cache', () => {
       res.end(`n${count}`);
     });
     const clock = movableClock();
-    expect((await client!.send(port, '/s')).text).toBe('n1');
-    expect((await client!.send(port, '/e')).text).toBe('n2');
+    expect((await client.send(port, '/s')).text).toBe('n1');
+    expect((await client.send(port, '/e')).text).toBe('n2');
     clock.later(1100);
-    const stale = await client!.send(port, '/s');
+    const stale = await client.send(port, '/s');
     expect(stale.text).toBe('n1');
     expect(stale.headers['cache-status']).toMatch(
       /^p2pstream; hit; ttl=-\d+; detail=stale-while-revalidate$/,
     );
     await eventually(() => count === 3);
-    await eventually(async () => (await client!.send(port, '/s')).text === 'n3');
+    await eventually(async () => (await client.send(port, '/s')).text === 'n3');
 
     // /e has no stale-while-revalidate: a synchronous revalidation; the origin fails; the stale copy answers.
     failing = true;
-    const fallback = await client!.send(port, '/e');
+    const fallback = await client.send(port, '/e');
     expect(fallback.status).toBe(200);
     expect(fallback.text).toBe('n2');
     expect(fallback.headers['cache-status']).toBe(
       'p2pstream; fwd=stale; fwd-status=503; detail=stale-if-error',
     );
     // The origin cannot be reached at all: the same.
-    await upstream!.close();
-    const unreachable = await client!.send(port, '/e');
+    await upstream.close();
+    const unreachable = await client.send(port, '/e');
     expect(unreachable.text).toBe('n2');
     expect(unreachable.headers['cache-status']).toBe('p2pstream; fwd=stale; detail=stale-if-error');
     const events = await lastEvents(server, token, 2);
@@ -295,7 +280,6 @@ describe('response cache', () => {
       ['STALE', null],
       ['STALE', null],
     ]);
-    upstream = undefined;
   });
 
   it('makes one upstream request for concurrent misses of one key', async () => {
@@ -303,19 +287,19 @@ describe('response cache', () => {
     const gate = new Promise<void>((resolve) => {
       release = resolve;
     });
-    const { server, token, port } = await setup(async (_req, res) => {
+    const { server, token, port, client, upstream } = await setup(async (_req, res) => {
       await gate;
       res.writeHead(200, { 'cache-control': 'max-age=60' });
       res.end('shared');
     });
-    const many = Array.from({ length: 50 }, () => client!.send(port, '/same'));
+    const many = Array.from({ length: 50 }, () => client.send(port, '/same'));
     // The one miss is at the upstream and the other 49 wait for it in the proxy.
-    await eventually(() => upstream!.seen.length === 1 && server.server.cacheWaiting() === 49);
-    expect(upstream!.seen).toHaveLength(1);
+    await eventually(() => upstream.seen.length === 1 && server.server.cacheWaiting() === 49);
+    expect(upstream.seen).toHaveLength(1);
     release();
     const answers = await Promise.all(many);
     expect(answers.every((a) => a.status === 200 && a.text === 'shared')).toBe(true);
-    expect(upstream!.seen).toHaveLength(1);
+    expect(upstream.seen).toHaveLength(1);
     // The waiters answer from the one stored response. None went to the upstream.
     const statuses = answers.map((a) => String(a.headers['cache-status'])).sort();
     expect(statuses).toEqual([
@@ -328,7 +312,7 @@ describe('response cache', () => {
 
   it('streams an object over maxObjectBytes through without storing it', async () => {
     const big = Buffer.alloc(300_000, 7);
-    const { server, token, port } = await setup(
+    const { server, token, port, client, upstream } = await setup(
       (_req, res) => {
         res.writeHead(200, { 'cache-control': 'max-age=60' });
         // No content-length: the size is only known while streaming.
@@ -336,12 +320,12 @@ describe('response cache', () => {
       },
       { maxObjectBytes: 200_000 },
     );
-    const first = await client!.send(port, '/big');
+    const first = await client.send(port, '/big');
     expect(first.text.length).toBe(300_000);
-    const second = await client!.send(port, '/big');
+    const second = await client.send(port, '/big');
     expect(second.text.length).toBe(300_000);
     expect(second.headers['cache-status']).toContain('fwd=miss');
-    expect(upstream!.seen).toHaveLength(2);
+    expect(upstream.seen).toHaveLength(2);
     expect((await stats(server, token)).entries).toBe(0);
   });
 
@@ -349,13 +333,13 @@ describe('response cache', () => {
     const body = Buffer.alloc(3 * 1024 * 1024);
     for (let i = 0; i < body.length; i++) body[i] = (i * 31) & 0xff;
     const digest = createHash('sha256').update(body).digest('hex');
-    const { server, token, port } = await setup((_req, res) => {
+    const { server, token, port, client } = await setup((_req, res) => {
       res.writeHead(200, { 'cache-control': 'max-age=60', 'content-length': String(body.length) });
       res.end(body);
     });
     const { request } = await import('undici');
     const fetchBody = async () => {
-      const res = await request(`http://127.0.0.1:${port}/large`, { dispatcher: client!.dispatcher });
+      const res = await request(`http://127.0.0.1:${port}/large`, { dispatcher: client.dispatcher });
       const chunks: Buffer[] = [];
       for await (const chunk of res.body) chunks.push(chunk as Buffer);
       return { status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) };
@@ -378,13 +362,12 @@ describe('response cache', () => {
       res.writeHead(200, { 'cache-control': 'max-age=600' });
       res.end(req.url === '/large' ? large : `${small}${req.url}`);
     });
-    for (const p of ['/a', '/b', '/c', '/large']) await client!.send(first.port, p);
+    for (const p of ['/a', '/b', '/c', '/large']) await first.client.send(first.port, p);
     expect((await stats(first.server, first.token)).entries).toBe(4);
     const dataDir = first.server.dataDir;
     const port = first.port;
-    await client!.close();
-    await first.server.close();
-    server = undefined;
+    await first.client.close();
+    await first.server.stop();
 
     // Damage two entries on disk: flip a byte of /b's body, truncate /c's.
     const cacheDir = path.join(dataDir, 'cache');
@@ -407,14 +390,13 @@ describe('response cache', () => {
     largeBody[largeBody.length - 5] = 0;
     await writeFile(bodyOf('/large'), largeBody);
 
-    await upstream!.close();
-    upstream = await startUpstream((req, res) => {
+    await first.upstream.close();
+    const upstream = await startUpstream((req, res) => {
       res.writeHead(200, { 'cache-control': 'max-age=600' });
       res.end(`fresh ${req.url}`);
-    });
-    server = await startTestServer({ dataDir });
-    const restarted = { server };
-    client = proxyClient();
+    }, cleanups);
+    const server = await first.server.restart();
+    const client = proxyClient(cleanups);
     const token = await login(server);
     // The route still points at the old upstream's port: point it at the new one (entries are keyed by route, not URL).
     const routes = (await server.request('GET', '/api/v1/proxy/routes', { token })).json.routes;
@@ -423,23 +405,23 @@ describe('response cache', () => {
       body: { target: { type: 'upstream', url: upstream.url } },
     });
     // The truncated entry is dropped at load; the others are back.
-    await eventually(async () => (await stats(restarted.server, token)).entries === 3);
-    const a = await client!.send(port, '/a');
+    await eventually(async () => (await stats(server, token)).entries === 3);
+    const a = await client.send(port, '/a');
     expect(a.text).toBe(`${small}/a`);
     expect(a.headers['cache-status']).toContain('hit');
     // The flipped byte is caught before anything is sent: answered from the origin instead.
-    const bAnswer = await client!.send(port, '/b');
+    const bAnswer = await client.send(port, '/b');
     expect(bAnswer.text).toBe('fresh /b');
-    expect((await client!.send(port, '/c')).text).toBe('fresh /c');
+    expect((await client.send(port, '/c')).text).toBe('fresh /c');
     // A large body streams; its checksum fails at the end and the connection is cut before the last bytes.
-    await expect(client!.send(port, '/large')).rejects.toThrow();
-    expect((await client!.send(port, '/large')).text).toBe('fresh /large');
+    await expect(client.send(port, '/large')).rejects.toThrow();
+    expect((await client.send(port, '/large')).text).toBe('fresh /large');
     expect(upstream.seen.map((r) => r.url)).toEqual(['/b', '/c', '/large']);
     expect((await stat(path.join(dataDir, 'p2pstream.json'))).isFile()).toBe(true);
   });
 
   it('answers an unreachable upstream with the error template, as the target would', async () => {
-    const { server, token, port } = await setup((_req, res) => {
+    const { server, token, port, client, upstream } = await setup((_req, res) => {
       res.end('never used');
     });
     const page = await server.request('POST', '/api/v1/templates', {
@@ -451,9 +433,8 @@ describe('response cache', () => {
       token,
       body: { errorTemplateId: page.json.template.id },
     });
-    await upstream!.close();
-    upstream = undefined;
-    const res = await client!.send(port, '/gone');
+    await upstream.close();
+    const res = await client.send(port, '/gone');
     expect(res.status).toBe(502);
     expect(res.text).toBe('down 502');
     const [event] = await lastEvents(server, token, 1);
@@ -461,13 +442,13 @@ describe('response cache', () => {
   });
 
   it('purges all, by host, by path prefix and by rule', async () => {
-    const { server, token, port, ruleId } = await setup((req, res) => {
+    const { server, token, port, ruleId, client } = await setup((req, res) => {
       res.writeHead(200, { 'cache-control': 'max-age=600' });
       res.end(`${req.headers.host}${req.url}`);
     });
     const fill = async () => {
       for (const host of ['a.example', 'b.example'])
-        for (const p of ['/x/1', '/x/2', '/y']) await client!.send(port, p, { headers: { host } });
+        for (const p of ['/x/1', '/x/2', '/y']) await client.send(port, p, { headers: { host } });
     };
     await fill();
     expect((await stats(server, token)).entries).toBe(6);
@@ -479,7 +460,7 @@ describe('response cache', () => {
     await fill();
     expect((await purge({ all: true })).json).toEqual({ purged: 6 });
     expect(
-      (await client!.send(port, '/y', { headers: { host: 'a.example' } })).headers['cache-status'],
+      (await client.send(port, '/y', { headers: { host: 'a.example' } })).headers['cache-status'],
     ).toContain('fwd=miss');
     for (const bad of [{}, { all: false }, { all: true, host: 'a' }, { pathPrefix: 'x' }, { nope: 1 }]) {
       const res = await purge(bad);

@@ -76,9 +76,18 @@ export interface ProxyResponse {
   text: string;
 }
 
-/** A client for the public proxy (own keep-alive pool; close it in afterEach). */
-export function proxyClient() {
+/**
+ * A client for the public proxy (own keep-alive pool). Given `cleanups`, it
+ * is closed after the test; else close it yourself.
+ */
+export function proxyClient(cleanups?: Pick<Cleanups, 'push'>) {
   const dispatcher = new Agent({ keepAliveTimeout: 1000 });
+  let closing: Promise<void> | undefined;
+  const close = () => {
+    closing ??= dispatcher.close();
+    return closing;
+  };
+  cleanups?.push(close);
   return {
     dispatcher,
     async send(
@@ -98,7 +107,8 @@ export function proxyClient() {
         text: await res.body.text(),
       };
     },
-    close: () => dispatcher.close(),
+    /** Closes the pool (once; a second call waits for the first). */
+    close,
   };
 }
 
@@ -121,8 +131,7 @@ export async function startProxyTest(
 ): Promise<ProxyTest> {
   const server = await startTestServer(options, cleanups);
   const token = await server.createToken(await server.setupAdmin());
-  const client = proxyClient();
-  cleanups.push(() => client.close());
+  const client = proxyClient(cleanups);
   return { server, token, client };
 }
 

@@ -1,35 +1,17 @@
 import { once } from 'node:events';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DATABASE_FILE_NAME } from '../../src/storage/lowdb-store.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { freePort } from '../helpers/processes.js';
-import { startTestServer, type TestServer } from '../helpers/server.js';
-import { configureProxy, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
+import type { TestServer } from '../helpers/server.js';
+import { configureProxy, proxyClient, startProxyTest, startUpstream } from './proxy-helpers.js';
 
-let server: TestServer | undefined;
-let upstream: Upstream | undefined;
-let client: ReturnType<typeof proxyClient> | undefined;
-const dataDirs: string[] = [];
+const cleanups = useCleanups();
 
-afterEach(async () => {
-  await client?.close();
-  await server?.close();
-  await upstream?.close();
-  for (const dir of dataDirs.splice(0)) await rm(dir, { recursive: true, force: true });
-  client = undefined;
-  server = undefined;
-  upstream = undefined;
-});
-
-async function setup(options: { dataDir?: string; keepDataDir?: boolean } = {}) {
-  server = await startTestServer(options);
-  const cookie = options.dataDir ? null : await server.setupAdmin();
-  const token = cookie ? await server.createToken(cookie) : '';
-  client = proxyClient();
-  return { server, token };
-}
+const setup = () => startProxyTest(cleanups);
 
 /** A GET through node:http, which sends the path as written (undici would percent-encode `<`). */
 async function rawGet(port: number, pathname: string, headers: Record<string, string> = {}) {
@@ -237,7 +219,7 @@ describe('response templates through the API', () => {
 
 describe('templates in the data plane', () => {
   it('serves a static route target from a template with the request values, HTML-escaped', async () => {
-    const { server, token } = await setup();
+    const { server, token, client } = await setup();
     const page = await createTemplate(server, token, {
       name: 'closed',
       kind: 'generic',
@@ -260,11 +242,11 @@ describe('templates in the data plane', () => {
       token,
       body: { body: 'now {{status}}' },
     });
-    expect((await client!.send(port, '/')).text).toBe('now 503');
+    expect((await client.send(port, '/')).text).toBe('now 503');
   });
 
   it('answers upstream failures with the route error template, else the listener one, else plain text', async () => {
-    const { server, token } = await setup();
+    const { server, token, client } = await setup();
     const routePage = await createTemplate(server, token, {
       name: 'route-page',
       kind: 'error',
@@ -293,7 +275,7 @@ describe('templates in the data plane', () => {
     });
     expect(other.status).toBe(201);
 
-    const plain = await client!.send(port, '/app/x');
+    const plain = await client.send(port, '/app/x');
     expect(plain.status).toBe(502);
     expect(plain.text).toBe('bad gateway\n');
 
@@ -309,16 +291,16 @@ describe('templates in the data plane', () => {
     expect(fromRoute.status).toBe(502);
     expect(fromRoute.headers['content-type']).toBe('text/html; charset=utf-8');
     expect(fromRoute.text).toBe('<h1>route 502 /app/&lt;x&gt;</h1>');
-    const fromListener = await client!.send(port, '/other');
+    const fromListener = await client.send(port, '/other');
     expect(fromListener.status).toBe(502);
     expect(fromListener.text).toBe('listener 502');
   });
 
   it('answers a 504 with the error template when the upstream is too slow', async () => {
-    const { server, token } = await setup();
-    upstream = await startUpstream(() => {
+    const { server, token, client } = await setup();
+    const upstream = await startUpstream(() => {
       // never answers
-    });
+    }, cleanups);
     const page = await createTemplate(server, token, {
       name: 'slow',
       kind: 'error',
@@ -334,43 +316,41 @@ describe('templates in the data plane', () => {
       token,
       body: { errorTemplateId: page.id },
     });
-    const res = await client!.send(port, '/');
+    const res = await client.send(port, '/');
     expect(res.status).toBe(504);
     expect(res.text).toBe('timed out: 504');
   });
 
   it('falls back to the plain built-in page when a stored template cannot be rendered', async () => {
-    const first = await setup({ keepDataDir: true });
-    const page = await createTemplate(first.server, first.token, { name: 'p', kind: 'error', body: 'fine' });
+    const { server, token, client } = await setup();
+    const page = await createTemplate(server, token, { name: 'p', kind: 'error', body: 'fine' });
     const dead = await freePort();
-    const { routeId, port } = await configureProxy(first.server, first.token, {
+    const { routeId, port } = await configureProxy(server, token, {
       type: 'upstream',
       url: `http://127.0.0.1:${dead}`,
     });
-    await first.server.request('PATCH', `/api/v1/proxy/routes/${routeId}`, {
-      token: first.token,
+    await server.request('PATCH', `/api/v1/proxy/routes/${routeId}`, {
+      token,
       body: { errorTemplateId: page.id },
     });
-    expect((await client!.send(port, '/')).text).toBe('fine');
-    const dataDir = first.server.dataDir;
-    dataDirs.push(dataDir);
-    await client!.close();
-    await first.server.close();
-    server = undefined;
+    expect((await client.send(port, '/')).text).toBe('fine');
+    await client.close();
+    await server.stop();
 
     // A hand-edited database: the template's body is no longer text.
-    const file = path.join(dataDir, DATABASE_FILE_NAME);
+    const file = path.join(server.dataDir, DATABASE_FILE_NAME);
     const doc = JSON.parse(await readFile(file, 'utf8'));
     doc.templates[0].body = { broken: true };
     await writeFile(file, JSON.stringify(doc));
 
-    const second = await setup({ dataDir });
-    const res = await client!.send(port, '/');
+    const restarted = await server.restart();
+    const again = proxyClient(cleanups);
+    const res = await again.send(port, '/');
     expect(res.status).toBe(502);
     expect(res.headers['content-type']).toBe('text/plain; charset=utf-8');
     expect(res.text).toMatch(/^502 Bad Gateway\nrequest id: [0-9a-f-]{36}\n$/);
     // The process stays up and keeps answering.
-    expect((await client!.send(port, '/')).status).toBe(502);
-    expect(second.server.dataDir).toBe(dataDir);
+    expect((await again.send(port, '/')).status).toBe(502);
+    expect(restarted.dataDir).toBe(server.dataDir);
   });
 });
