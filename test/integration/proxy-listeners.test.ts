@@ -1,36 +1,15 @@
-import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer as createNetServer } from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { useCleanups } from '../helpers/cleanup.js';
 import { freePort, portAccepts } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import { canBind, configureProxy, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
+import { canBind, configureProxy, proxyClient, startProxyTest, startUpstream } from './proxy-helpers.js';
 
-let server: TestServer | undefined;
-let upstream: Upstream | undefined;
-let client: ReturnType<typeof proxyClient> | undefined;
-const dirs: string[] = [];
-
-afterEach(async () => {
-  await client?.close();
-  await server?.close();
-  await upstream?.close();
-  client = undefined;
-  server = undefined;
-  upstream = undefined;
-  for (const dir of dirs.splice(0)) await rm(dir, { recursive: true, force: true });
-});
-
-async function adminToken(s: TestServer): Promise<string> {
-  return s.createToken(await s.setupAdmin());
-}
+const cleanups = useCleanups();
 
 describe('proxy listeners', () => {
   it('serves as soon as created, refuses connections once disabled, and frees the port when deleted', async () => {
-    server = await startTestServer();
-    const token = await adminToken(server);
-    client = proxyClient();
+    const { server, token, client } = await startProxyTest(cleanups);
     const port = await freePort();
     const created = await server.request('POST', '/api/v1/proxy/listeners', {
       token,
@@ -69,7 +48,7 @@ describe('proxy listeners', () => {
     expect(disabled.status).toBe(200);
     expect(disabled.json.listener).toMatchObject({ enabled: false, running: false });
     await client.close();
-    client = proxyClient();
+    const again = proxyClient(cleanups);
     expect(await portAccepts(port)).toBe(false);
 
     const enabled = await server.request('PATCH', `/api/v1/proxy/listeners/${id}`, {
@@ -77,7 +56,7 @@ describe('proxy listeners', () => {
       body: { enabled: true },
     });
     expect(enabled.json.listener.running).toBe(true);
-    expect((await client.send(port, '/')).text).toBe('hello');
+    expect((await again.send(port, '/')).text).toBe('hello');
 
     const deleted = await server.request('DELETE', `/api/v1/proxy/listeners/${id}`, { token });
     expect(deleted.status).toBe(204);
@@ -88,9 +67,7 @@ describe('proxy listeners', () => {
   });
 
   it('moves a listener to a new port: the new one serves, the old one is freed', async () => {
-    server = await startTestServer();
-    const token = await adminToken(server);
-    client = proxyClient();
+    const { server, token, client } = await startProxyTest(cleanups);
     const { listenerId, port } = await configureProxy(server, token, {
       type: 'static',
       status: 200,
@@ -108,9 +85,8 @@ describe('proxy listeners', () => {
   });
 
   it('refuses a port in use, a port configured twice, a bad address and a taken name', async () => {
-    server = await startTestServer();
-    const token = await adminToken(server);
-    const post = (body: unknown) => server!.request('POST', '/api/v1/proxy/listeners', { token, body });
+    const { server, token } = await startProxyTest(cleanups);
+    const post = (body: unknown) => server.request('POST', '/api/v1/proxy/listeners', { token, body });
 
     // In use by another process-level socket (the management listener).
     const inUse = await post({ name: 'a', bindAddress: '127.0.0.1', port: server.server.port });
@@ -149,14 +125,13 @@ describe('proxy listeners', () => {
   });
 
   it('refuses bad routes: bad URL, unknown listener, duplicate route, bad host and prefix', async () => {
-    server = await startTestServer();
-    const token = await adminToken(server);
+    const { server, token } = await startProxyTest(cleanups);
     const { listenerId } = await configureProxy(server, token, {
       type: 'upstream',
       url: 'http://127.0.0.1:9',
     });
     const post = (body: Record<string, unknown>) =>
-      server!.request('POST', '/api/v1/proxy/routes', { token, body: { listenerId, ...body } });
+      server.request('POST', '/api/v1/proxy/routes', { token, body: { listenerId, ...body } });
     const cases: [Record<string, unknown>, string][] = [
       [{ target: { type: 'upstream', url: 'ftp://example.com' } }, 'target.url'],
       [{ target: { type: 'upstream', url: 'not a url' } }, 'target.url'],
@@ -202,10 +177,8 @@ describe('proxy listeners', () => {
   });
 
   it('applies a route change to the next request', async () => {
-    server = await startTestServer();
-    const token = await adminToken(server);
-    client = proxyClient();
-    upstream = await startUpstream((req, res) => res.end(`upstream saw ${req.url}`));
+    const { server, token, client } = await startProxyTest(cleanups);
+    const upstream = await startUpstream((req, res) => res.end(`upstream saw ${req.url}`), cleanups);
     const { routeId, port } = await configureProxy(server, token, {
       type: 'static',
       status: 200,
@@ -236,11 +209,7 @@ describe('proxy listeners', () => {
   });
 
   it('restores listeners and routes when the server restarts on the same data dir', async () => {
-    const dataDir = await mkdtemp(path.join(os.tmpdir(), 'p2pstream-proxy-'));
-    dirs.push(dataDir);
-    server = await startTestServer({ dataDir });
-    const token = await adminToken(server);
-    client = proxyClient();
+    const { server, token, client } = await startProxyTest(cleanups);
     const { port } = await configureProxy(server, token, {
       type: 'static',
       status: 203,
@@ -248,36 +217,31 @@ describe('proxy listeners', () => {
       body: 'persisted',
     });
     expect((await client.send(port, '/')).status).toBe(203);
-    await server.close();
-    server = undefined;
+    await server.stop();
     await client.close();
-    client = proxyClient();
+    const again = proxyClient(cleanups);
     expect(await portAccepts(port)).toBe(false);
 
-    server = await startTestServer({ dataDir });
-    const again = await client.send(port, '/');
-    expect(again.status).toBe(203);
-    expect(again.text).toBe('persisted');
-    const list = await server.request('GET', '/api/v1/proxy/listeners', { token });
+    const restarted = await server.restart();
+    const answer = await again.send(port, '/');
+    expect(answer.status).toBe(203);
+    expect(answer.text).toBe('persisted');
+    const list = await restarted.request('GET', '/api/v1/proxy/listeners', { token });
     expect(list.json.listeners).toHaveLength(1);
     expect(list.json.listeners[0]).toMatchObject({ port, running: true, error: null });
   });
 
   it('reports a listener that cannot bind at start and keeps the others serving', async () => {
-    const dataDir = await mkdtemp(path.join(os.tmpdir(), 'p2pstream-proxy-'));
-    dirs.push(dataDir);
-    server = await startTestServer({ dataDir });
-    const token = await adminToken(server);
-    const first = await configureProxy(server, token, { type: 'static', body: 'one' });
-    const second = await configureProxy(server, token, { type: 'static', body: 'two' });
-    await server.close();
-    server = undefined;
+    const { server: original, token, client } = await startProxyTest(cleanups);
+    const first = await configureProxy(original, token, { type: 'static', body: 'one' });
+    const second = await configureProxy(original, token, { type: 'static', body: 'two' });
+    await original.stop();
     // Someone else takes the first port while the server is down.
     const squatter = createNetServer();
     await new Promise<void>((resolve) => squatter.listen(first.port, '127.0.0.1', resolve));
+    let server: TestServer;
     try {
-      server = await startTestServer({ dataDir });
-      client = proxyClient();
+      server = await original.restart();
       expect((await client.send(second.port, '/')).text).toBe('two');
       const listed = await server.request('GET', `/api/v1/proxy/listeners/${first.listenerId}`, { token });
       expect(listed.json.listener).toMatchObject({ enabled: true, running: false });
@@ -295,7 +259,7 @@ describe('proxy listeners', () => {
   });
 
   it('needs authentication', async () => {
-    server = await startTestServer();
+    const server = await startTestServer({}, cleanups);
     await server.setupAdmin();
     const res = await server.request('GET', '/api/v1/proxy/listeners');
     expect(res.status).toBe(401);
