@@ -13,7 +13,9 @@ import { createAgentExecutor } from '../../agent/main.js';
 import { createLogger } from '../../src/logger.js';
 import { decodeEnvelope, encodeEnvelope } from '../../src/relay/codec.js';
 import { type Envelope, PROTOCOL_VERSION } from '../../src/relay/envelope.js';
+import type { Cleanups } from './cleanup.js';
 import type { TestServer } from './server.js';
+import { eventually } from './wait.js';
 
 export interface CreatedAgent {
   id: string;
@@ -125,6 +127,36 @@ export function startTestAgent(
     },
     close: () => agent.close(),
   };
+}
+
+export interface TunnelAgentOptions extends TestAgentOptions {
+  /** The agent's labels, as created. */
+  labels?: Record<string, string>;
+}
+
+/**
+ * Creates an agent through the API (admin API token), starts it and resolves
+ * once it is connected and the hub has its tunnel. Given `cleanups`, the
+ * agent is closed after the test.
+ */
+export async function startTunnelAgent(
+  server: TestServer,
+  token: string,
+  options: TunnelAgentOptions = {},
+  cleanups?: Pick<Cleanups, 'push'>,
+): Promise<CreatedAgent & { agent: TestAgent }> {
+  const { labels, ...agentOptions } = options;
+  const res = await server.request('POST', '/api/v1/agents', {
+    token,
+    body: { name: `agent-${Math.random().toString(36).slice(2)}`, ...(labels ? { labels } : {}) },
+  });
+  if (res.status !== 201) throw new Error(`agent create failed: ${res.status} ${res.text}`);
+  const credentials: CreatedAgent = { id: res.json.agent.id, token: res.json.token };
+  const agent = startTestAgent(server, credentials, agentOptions);
+  cleanups?.push(() => agent.close());
+  await agent.connected();
+  await eventually(() => server.server.hub.tunnelAgents().some((a) => a.agentId === credentials.id));
+  return { ...credentials, agent };
 }
 
 export type UpgradeResult = { ok: true; socket: RawAgent } | { ok: false; status: number; body: string };

@@ -7,29 +7,25 @@ import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CAPABILITY, DEFAULT_CAPABILITIES } from '../../src/relay/protocol.js';
 import { createCertificate } from '../../src/tls/certificates.js';
-import { startTestAgent, type TestAgent, type TestAgentOptions } from '../helpers/agent.js';
+import { startTestAgent, startTunnelAgent, type TestAgentOptions } from '../helpers/agent.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { configureProxy, eventually, proxyClient } from './proxy-helpers.js';
 
 let s: TestServer;
 let token: string;
 let client: ReturnType<typeof proxyClient>;
-const agents: TestAgent[] = [];
-const apps: App[] = [];
+/** What one test started: its agents and apps. */
+const cleanups = useCleanups();
 
 beforeAll(async () => {
   s = await startTestServer();
   const cookie = await s.setupAdmin();
   token = await s.createToken(cookie);
   client = proxyClient();
-});
-
-afterEach(async () => {
-  for (const a of agents.splice(0)) await a.close();
-  for (const app of apps.splice(0)) await app.stop();
 });
 
 afterAll(async () => {
@@ -81,7 +77,7 @@ async function app(name: string): Promise<App> {
     },
   };
   await self.start();
-  apps.push(self);
+  cleanups.unshift(() => self.stop());
   return self;
 }
 
@@ -90,24 +86,8 @@ async function closeServer(server: ReturnType<typeof createHttpsServer>): Promis
   await new Promise<void>((resolve) => server.close(() => resolve()));
 }
 
-async function agentWith(
-  labels: Record<string, string>,
-  allowed: string[],
-  options: TestAgentOptions = {},
-): Promise<{ id: string; token: string; agent: TestAgent }> {
-  const created = await s.request('POST', '/api/v1/agents', {
-    token,
-    body: { name: `agent-${Math.random().toString(36).slice(2)}`, labels },
-  });
-  expect(created.status).toBe(201);
-  const id = created.json.agent.id as string;
-  const credentials = { id, token: created.json.token as string };
-  const agent = startTestAgent(s, credentials, { allowedTargets: allowed, ...options });
-  agents.push(agent);
-  await agent.connected();
-  await eventually(() => s.server.hub.tunnelAgents().some((a) => a.agentId === id));
-  return { ...credentials, agent };
-}
+const agentWith = (labels: Record<string, string>, allowed: string[], options: TestAgentOptions = {}) =>
+  startTunnelAgent(s, token, { labels, allowedTargets: allowed, ...options }, cleanups);
 
 const CHECK = {
   path: '/healthz',
@@ -212,7 +192,6 @@ describe('agent-run health checks', () => {
 
     // The agent that can reach it goes away: every matching agent checks unhealthy.
     await good.agent.close();
-    agents.splice(agents.indexOf(good.agent), 1);
     await eventually(async () => (await health(backendId))[0]?.state === 'unhealthy');
     expect((await health(backendId))[0]?.lastError).toBe(`agent ${blind.id}: TARGET_NOT_ALLOWED`);
     expect((await client.send(port, '/none')).status).toBe(503);
@@ -234,13 +213,12 @@ describe('agent-run health checks', () => {
 
     // The agent reconnects (the same agent, a new connection): it gets its checks again.
     await a.agent.close();
-    agents.splice(agents.indexOf(a.agent), 1);
     const again = startTestAgent(
       s,
       { id: a.id, token: a.token },
       { allowedTargets: [`127.0.0.1:${only.port}`] },
     );
-    agents.push(again);
+    cleanups.push(() => again.close());
     await again.connected();
     await eventually(() => again.agent.stats()?.healthChecks === 1);
     await eventually(

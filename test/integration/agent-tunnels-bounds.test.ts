@@ -10,53 +10,29 @@
  */
 
 import type { ServerResponse } from 'node:http';
-import http2, { type ClientHttp2Session } from 'node:http2';
+import http2 from 'node:http2';
 import { performance } from 'node:perf_hooks';
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createCertificate } from '../../src/tls/certificates.js';
-import { startTestAgent, type TestAgent } from '../helpers/agent.js';
+import { startTunnelAgent } from '../helpers/agent.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { freePort } from '../helpers/processes.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import { configureProxy, eventually, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
+import {
+  configureProxy,
+  eventually,
+  proxyClient,
+  startProxyTest,
+  startUpstream,
+  type Upstream,
+} from './proxy-helpers.js';
 
-let server: TestServer | undefined;
-let client: ReturnType<typeof proxyClient> | undefined;
-const agents: TestAgent[] = [];
-const apps: Upstream[] = [];
-const sessions: ClientHttp2Session[] = [];
+const cleanups = useCleanups();
 
-afterEach(async () => {
-  for (const session of sessions.splice(0)) session.destroy();
-  await client?.close();
-  for (const a of agents.splice(0)) await a.close();
-  await server?.close();
-  for (const u of apps.splice(0)) await u.close();
-  client = undefined;
-  server = undefined;
-});
-
-async function agentFor(
-  s: TestServer,
-  token: string,
-  app: Upstream,
-): Promise<{ id: string; agent: TestAgent }> {
-  const created = await s.request('POST', '/api/v1/agents', {
-    token,
-    body: { name: `agent-${Math.random().toString(36).slice(2)}` },
-  });
-  expect(created.status).toBe(201);
-  const id = created.json.agent.id as string;
-  const agent = startTestAgent(
-    s,
-    { id, token: created.json.token },
-    { allowedTargets: [`127.0.0.1:${app.port}`] },
-  );
-  agents.push(agent);
-  await agent.connected();
-  await eventually(() => s.server.hub.tunnelAgents().some((a) => a.agentId === id));
-  return { id, agent };
-}
+/** An agent allowed to reach `app` only, closed after the test. */
+const agentFor = (s: TestServer, token: string, app: Upstream) =>
+  startTunnelAgent(s, token, { allowedTargets: [`127.0.0.1:${app.port}`] }, cleanups);
 
 async function routeThrough(s: TestServer, token: string, agentId: string, app: Upstream): Promise<number> {
   const backend = await s.request('POST', '/api/v1/proxy/backends', {
@@ -100,16 +76,12 @@ function streamZeros(
 
 describe('agent tunnels under load', () => {
   it('a flooded agent does not hold back the requests of another agent', async () => {
-    server = await startTestServer();
-    const s = server;
-    const token = await s.createToken(await s.setupAdmin());
-    client = proxyClient();
+    const { server: s, token, client } = await startProxyTest(cleanups);
     const written = { bytes: 0 };
     let stop = false;
     // The flood lasts until the test ends it, so the quiet agent's requests all overlap it.
-    const bulk = await startUpstream((_req, res) => streamZeros(res, 0, written, () => stop));
-    const small = await startUpstream((_req, res) => res.end('pong'));
-    apps.push(bulk, small);
+    const bulk = await startUpstream((_req, res) => streamZeros(res, 0, written, () => stop), cleanups);
+    const small = await startUpstream((_req, res) => res.end('pong'), cleanups);
     const flooded = await agentFor(s, token, bulk);
     const quiet = await agentFor(s, token, small);
     const floodPort = await routeThrough(s, token, flooded.id, bulk);
@@ -117,7 +89,7 @@ describe('agent tunnels under load', () => {
 
     const timeSmall = async (): Promise<number> => {
       const t0 = performance.now();
-      const res = await request(`http://127.0.0.1:${quietPort}/ping`, { dispatcher: client!.dispatcher });
+      const res = await request(`http://127.0.0.1:${quietPort}/ping`, { dispatcher: client.dispatcher });
       expect(await res.body.text()).toBe('pong');
       return performance.now() - t0;
     };
@@ -125,7 +97,7 @@ describe('agent tunnels under load', () => {
     for (let i = 0; i < 20; i++) baseline.push(await timeSmall());
 
     // One client floods the other agent with 32 concurrent endless downloads, read as fast as it can.
-    const flood = proxyClient();
+    const flood = proxyClient(cleanups);
     const floodBytes = { bytes: 0 };
     const floods = Array.from({ length: 32 }, async () => {
       const res = await request(`http://127.0.0.1:${floodPort}/bulk`, { dispatcher: flood.dispatcher });
@@ -158,8 +130,7 @@ describe('agent tunnels under load', () => {
 
   it('1,000 concurrent slow downloads through one agent: the hub holds at most one window per tunnel and the large windows’ budget', async () => {
     const windowBytes = 16 * 1024;
-    server = await startTestServer({ config: { tunnels: { windowBytes } } });
-    const s = server;
+    const s = await startTestServer({ config: { tunnels: { windowBytes } } }, cleanups);
     const token = await s.createToken(await s.setupAdmin());
     const size = 256 * 1024;
     const written = { bytes: 0 };
@@ -167,8 +138,7 @@ describe('agent tunnels under load', () => {
     const app = await startUpstream((_req, res) => {
       started += 1;
       streamZeros(res, size, written);
-    });
-    apps.push(app);
+    }, cleanups);
     // A thousand connections arrive at once: room for all of them in the accept queue.
     await new Promise<void>((resolve) => app.server.close(() => resolve()));
     await new Promise<void>((resolve) =>
@@ -210,6 +180,7 @@ describe('agent tunnels under load', () => {
     expect(route.status).toBe(201);
 
     const count = 1000;
+    const sessions: http2.ClientHttp2Session[] = [];
     const perSession = 100;
     const received = new Array<number>(count).fill(0);
     const statuses = new Array<number>(count).fill(0);
@@ -221,6 +192,7 @@ describe('agent tunnels under load', () => {
         settings: { initialWindowSize: 0 },
       });
       session.on('error', () => {});
+      cleanups.push(() => void session.destroy());
       sessions.push(session);
       for (let j = 0; j < perSession; j++) {
         const i = k * perSession + j;

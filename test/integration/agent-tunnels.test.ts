@@ -9,60 +9,23 @@ import type { IncomingMessage } from 'node:http';
 import net from 'node:net';
 import { Readable } from 'node:stream';
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
-import { startTestAgent, type TestAgent } from '../helpers/agent.js';
-import { startTestServer, type TestServer } from '../helpers/server.js';
-import { configureProxy, eventually, proxyClient, startUpstream, type Upstream } from './proxy-helpers.js';
+import { startTunnelAgent } from '../helpers/agent.js';
+import { useCleanups } from '../helpers/cleanup.js';
+import type { TestServer } from '../helpers/server.js';
+import { configureProxy, eventually, startProxyTest, startUpstream } from './proxy-helpers.js';
 
-let server: TestServer | undefined;
-let client: ReturnType<typeof proxyClient> | undefined;
-const agents: TestAgent[] = [];
-const apps: Upstream[] = [];
+const cleanups = useCleanups();
 
-afterEach(async () => {
-  await client?.close();
-  for (const a of agents.splice(0)) await a.close();
-  await server?.close();
-  for (const u of apps.splice(0)) await u.close();
-  client = undefined;
-  server = undefined;
-});
-
-interface Setup {
-  s: TestServer;
-  token: string;
-  cookie: string;
-  c: ReturnType<typeof proxyClient>;
-}
-
-async function setup(config: Parameters<typeof startTestServer>[0] = {}): Promise<Setup> {
-  server = await startTestServer(config);
-  const cookie = await server.setupAdmin();
-  const token = await server.createToken(cookie);
-  client = proxyClient();
-  return { s: server, token, cookie, c: client };
+async function setup() {
+  const { server: s, token, client: c } = await startProxyTest(cleanups);
+  return { s, token, c };
 }
 
 /** Creates an agent with `labels` and starts it, allowed to reach `allowed` only. */
-async function agentWith(
-  s: TestServer,
-  token: string,
-  labels: Record<string, string>,
-  allowed: string[],
-): Promise<{ id: string; agent: TestAgent }> {
-  const created = await s.request('POST', '/api/v1/agents', {
-    token,
-    body: { name: `agent-${Math.random().toString(36).slice(2)}`, labels },
-  });
-  expect(created.status).toBe(201);
-  const id = created.json.agent.id as string;
-  const agent = startTestAgent(s, { id, token: created.json.token }, { allowedTargets: allowed });
-  agents.push(agent);
-  await agent.connected();
-  await eventually(() => s.server.hub.tunnelAgents().some((a) => a.agentId === id));
-  return { id, agent };
-}
+const agentWith = (s: TestServer, token: string, labels: Record<string, string>, allowed: string[]) =>
+  startTunnelAgent(s, token, { labels, allowedTargets: allowed }, cleanups);
 
 async function backendTo(
   s: TestServer,
@@ -80,11 +43,7 @@ async function backendTo(
   };
 }
 
-async function app(handler: Parameters<typeof startUpstream>[0]): Promise<Upstream> {
-  const u = await startUpstream(handler);
-  apps.push(u);
-  return u;
-}
+const app = (handler: Parameters<typeof startUpstream>[0]) => startUpstream(handler, cleanups);
 
 function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
@@ -314,7 +273,6 @@ describe('agent tunnels', () => {
     const deadUrl = u.url;
     const port0 = u.port;
     await u.close();
-    apps.splice(apps.indexOf(u), 1);
     const { id } = await agentWith(s, token, {}, [`127.0.0.1:${port0}`]);
     const { backendId } = await backendTo(s, token, [{ type: 'agent', agentId: id, upstreamUrl: deadUrl }]);
     const { port } = await configureProxy(s, token, { type: 'backend', backendId });
