@@ -12,7 +12,7 @@ import path from 'node:path';
 import type { Adapter } from 'lowdb';
 import { Low } from 'lowdb';
 import { type Database, emptyDatabase, migrate } from './schema.js';
-import { DEFERRED_WRITE_MS, type Store } from './store.js';
+import { DeferredWrite, type Store } from './store.js';
 
 export const DATABASE_FILE_NAME = 'p2pstream.json';
 
@@ -80,7 +80,8 @@ export class LowdbStore implements Store {
   readonly #low: Low<Database>;
   #closed = false;
   #inFlight: Promise<void> | null = null;
-  #deferred: ReturnType<typeof setTimeout> | null = null;
+  // A failed bookkeeping write is retried by the next write of the document.
+  readonly #deferred = new DeferredWrite(() => void this.#persist().catch(() => {}));
   #queued: Promise<void> | null = null;
   /** The failure of the last write, cleared by the next write that succeeds. */
   #writeError: unknown = null;
@@ -175,22 +176,13 @@ export class LowdbStore implements Store {
   updateSoon<T>(mutate: (db: Database) => T): T {
     if (this.#closed) throw new Error('the store is closed');
     const result = mutate(this.#low.data);
-    if (this.#deferred === null) {
-      this.#deferred = setTimeout(() => {
-        this.#deferred = null;
-        // A failed bookkeeping write is retried by the next write of the document.
-        this.#persist().catch(() => {});
-      }, DEFERRED_WRITE_MS);
-      this.#deferred.unref();
-    }
+    this.#deferred.schedule();
     return result;
   }
 
   /** Waits for every pending write; throws DatabaseWriteError when the last one failed. */
   async flush(): Promise<void> {
-    if (this.#deferred !== null) {
-      clearTimeout(this.#deferred);
-      this.#deferred = null;
+    if (this.#deferred.cancel()) {
       // Its failure is kept in #writeError and reported below.
       await this.#persist().catch(() => {});
     }

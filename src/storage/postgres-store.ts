@@ -32,7 +32,7 @@ import pg from 'pg';
 import type { Logger } from '../logger.js';
 import { documentLayout, getAt, type LayoutSlot, recordIds, setAt, WHOLE_ROW_ID } from './document-layout.js';
 import { type Database, emptyDatabase, migrate } from './schema.js';
-import { DEFERRED_WRITE_MS, type ExternalChangeListener, type Store } from './store.js';
+import { DeferredWrite, type ExternalChangeListener, type Store } from './store.js';
 
 /** The channel replicas notify each other on. */
 export const CHANGES_CHANNEL = 'p2pstream_changes';
@@ -136,7 +136,7 @@ export class PostgresStore implements Store {
   #chain: Promise<void> = Promise.resolve();
   #pending: PendingUpdate[] = [];
   #cycle: Promise<void> | null = null;
-  #deferred: ReturnType<typeof setTimeout> | null = null;
+  readonly #deferred = new DeferredWrite(() => void this.#scheduleCycle().catch(() => {}));
   #poll: ReturnType<typeof setInterval> | null = null;
   #reconnect: ReturnType<typeof setTimeout> | null = null;
   #reconnectDelayMs = 100;
@@ -212,22 +212,13 @@ export class PostgresStore implements Store {
   updateSoon<T>(mutate: (db: Database) => T): T {
     if (this.#closed) throw new Error('the store is closed');
     const result = mutate(this.#db);
-    if (this.#deferred === null) {
-      this.#deferred = setTimeout(() => {
-        this.#deferred = null;
-        this.#scheduleCycle().catch(() => {});
-      }, DEFERRED_WRITE_MS);
-      this.#deferred.unref();
-    }
+    this.#deferred.schedule();
     return result;
   }
 
   /** Writes every pending change; throws StoreUnavailableError when that write fails. */
   async flush(): Promise<void> {
-    if (this.#deferred !== null) {
-      clearTimeout(this.#deferred);
-      this.#deferred = null;
-    }
+    this.#deferred.cancel();
     try {
       await this.#scheduleCycle();
     } catch (err) {
@@ -274,10 +265,7 @@ export class PostgresStore implements Store {
 
   async #runCycle(): Promise<void> {
     const ops = this.#pending.splice(0);
-    if (this.#deferred !== null) {
-      clearTimeout(this.#deferred);
-      this.#deferred = null;
-    }
+    this.#deferred.cancel();
     let client: pg.Client;
     try {
       client = await this.#connectWriter();

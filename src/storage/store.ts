@@ -15,6 +15,39 @@ export type ExternalChangeListener = (keys: ReadonlySet<string>) => void;
 /** Longest delay of a deferred write ({@link Store.updateSoon}). */
 export const DEFERRED_WRITE_MS = 1000;
 
+/**
+ * The timer behind a store's `updateSoon`: the first deferred change arms it,
+ * changes until it fires share it, and a write that runs anyway (a flush, an
+ * acknowledged update) disarms it, since it carries those changes too.
+ */
+export class DeferredWrite {
+  #timer: ReturnType<typeof setTimeout> | null = null;
+  readonly #write: () => void;
+
+  /** `write` starts the store's write and handles its failure itself. */
+  constructor(write: () => void) {
+    this.#write = write;
+  }
+
+  /** Arms the timer (within {@link DEFERRED_WRITE_MS}) unless it is armed already. */
+  schedule(): void {
+    if (this.#timer !== null) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.#write();
+    }, DEFERRED_WRITE_MS);
+    this.#timer.unref();
+  }
+
+  /** Disarms the timer; true when a deferred write was due. */
+  cancel(): boolean {
+    if (this.#timer === null) return false;
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    return true;
+  }
+}
+
 export interface Store {
   /** The current document. Treat as read-only; change it through `update`. */
   read(): Readonly<Database>;
