@@ -101,6 +101,13 @@ export const DEFAULT_MAX_QUEUED_BYTES = 4 * 1024 * 1024;
 /** Queued envelopes of one turn past which they are sent at once rather than at the turn's end: 256 KiB. */
 export const FLUSH_BYTES = 256 * 1024;
 
+/**
+ * An envelope this large (a body chunk) leaves as its own frame, beside the
+ * batches, in the same write: copying it into a batch would cost more than
+ * the frame it saves. 16 KiB.
+ */
+export const LONE_FRAME_BYTES = 16 * 1024;
+
 const MAX_STREAM_ID = 0xffff_ffff;
 
 /** Which side of the handshake this peer is. */
@@ -849,7 +856,10 @@ export class RelayPeer {
     this.#checkReading();
   }
 
-  /** Consecutive frames packed into batch frames that fit the other side's limit; a lone frame stays as it is. */
+  /**
+   * Consecutive frames packed into batch frames that fit the other side's
+   * limit; a lone frame, and one of {@link LONE_FRAME_BYTES} or more, stays as it is.
+   */
   #packBatches(frames: Uint8Array[]): Uint8Array[] {
     const limit = (this.#session?.sendFrameBytes ?? DEFAULT_MAX_FRAME_BYTES) - BATCH_FRAME_OVERHEAD;
     const out: Uint8Array[] = [];
@@ -862,6 +872,11 @@ export class RelayPeer {
       groupBytes = 0;
     };
     for (const frame of frames) {
+      if (frame.byteLength >= LONE_FRAME_BYTES) {
+        close();
+        out.push(frame);
+        continue;
+      }
       const bytes = batchEntryBytes(frame);
       if (groupBytes + bytes > limit) close();
       group.push(frame);

@@ -18,6 +18,7 @@ import {
 } from '../../src/relay/frame-transport.js';
 import { CAPABILITY, CLOSE_CODE, DEFAULT_CAPABILITIES } from '../../src/relay/protocol.js';
 import {
+  LONE_FRAME_BYTES,
   type NegotiatedSession,
   type PeerClosed,
   RelayPeer,
@@ -620,6 +621,39 @@ describe('relay peer batching', () => {
       0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
     ]);
     expect(control.peer.isClosed).toBe(false);
+  });
+
+  it('sends an envelope of 16 KiB or more as its own frame beside the batches, in the same write and order', async () => {
+    const { control, agent, up } = await countedPair();
+    const context = agent.handlers[0]!.context;
+    const [id] = burst(agent, 1, 'requestHead');
+    await endOfTurn();
+    up.length = 0;
+    const chunk = (bytes: number, mark: number) =>
+      context.send({
+        streamId: id!,
+        payload: { case: 'bodyChunk', value: { data: new Uint8Array(bytes).fill(mark) } },
+      });
+    chunk(100, 0);
+    chunk(100, 1);
+    chunk(LONE_FRAME_BYTES, 2);
+    chunk(100, 3);
+    chunk(64 * 1024, 4);
+    await endOfTurn();
+    expect(up.length).toBe(1);
+    const frames = up[0]!.map((frame) => decodeFrame(frame));
+    expect(frames.map((f) => (Array.isArray(f) ? `batch ${f.length}` : f.payload.case))).toEqual([
+      'batch 2',
+      'bodyChunk',
+      'bodyChunk',
+      'bodyChunk',
+    ]);
+    await eventually(() => control.handlers[0]!.received.length === 6);
+    expect(
+      control.handlers[0]!.received.slice(1).map((e) =>
+        e.payload.case === 'bodyChunk' ? e.payload.value.data[0] : -1,
+      ),
+    ).toEqual([0, 1, 2, 3, 4]);
   });
 
   it('runs end-of-turn callbacks once, before the turn’s envelopes leave, and sends what they queue with them', async () => {
