@@ -24,7 +24,7 @@ import { AppError, isErrorCode } from '../errors.js';
 import type { AgentStreamBridge, BridgedStream } from '../hub/agent-stream-bridge.js';
 import type { Logger } from '../logger.js';
 import { type Envelope, type EnvelopeCase, errorEnvelope } from '../relay/envelope.js';
-import { CLOSE_CODE, END_REASON } from '../relay/protocol.js';
+import { CAPABILITY, CLOSE_CODE, DEFAULT_CAPABILITIES, END_REASON } from '../relay/protocol.js';
 import { RelayClient } from '../relay/relay-client.js';
 import { RelayPeer, type StreamContext, type StreamHandler } from '../relay/relay-peer.js';
 import type {
@@ -347,6 +347,8 @@ export class ReplicaLinks {
       role: 'initiator',
       logger,
       software: VERSION,
+      // Heads pass unchanged to the agent's connection: a certificate named by fingerprint would not be kept there.
+      capabilities: DEFAULT_CAPABILITIES.filter((c) => c !== CAPABILITY.PIN_ONCE),
       limits: { maxFrameBytes: LINK_MAX_FRAME_BYTES },
       keepalive: { intervalMs: this.#options.keepaliveMs ?? DEFAULT_LINK_KEEPALIVE_MS, maxMissed: 2 },
       offlineCode: 'AGENT_OFFLINE',

@@ -121,6 +121,7 @@ export class AgentSession {
           // Request streams get 8x windows while those stay within 64 windows per agent (docs/protocol.md).
           largeWindowBytes: 8 * context.session.initialWindowBytes,
           largeWindowBudgetBytes: 64 * context.session.initialWindowBytes,
+          pinOnce: context.session.capabilities.has(CAPABILITY.PIN_ONCE),
           logger: this.#logger,
         });
         this.#bridge = new AgentStreamBridge(context);

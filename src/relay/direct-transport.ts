@@ -87,6 +87,7 @@ export function createDirectTransport(options: DirectTransportOptions = {}): Dir
         maxStreams: context.session.maxStreams,
         maxFrameBytes: context.session.sendFrameBytes,
         windowBytes: options.windowBytes,
+        pinOnce: context.session.capabilities.has(CAPABILITY.PIN_ONCE),
         logger,
       });
       return [client];

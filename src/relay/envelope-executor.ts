@@ -37,6 +37,7 @@ import {
   errorEnvelope,
   type Header,
   MAX_CHUNK_BYTES,
+  MAX_KEPT_CERTIFICATES,
   MAX_REQUEST_BODY_BYTES,
   observedCertificateDetails,
   type RequestHead,
@@ -181,6 +182,7 @@ export class EnvelopeExecutor implements StreamHandler {
   // Insertion order doubles as least-recently-used order.
   readonly #pools = new Map<string, PoolEntry>();
   readonly #trusted: TrustCache = new Map();
+  readonly #kept: KeptCertificates = new Map();
   #closed = false;
   #resumeFrom = 0;
   #inFlight = 0;
@@ -279,6 +281,8 @@ export class EnvelopeExecutor implements StreamHandler {
         if (this.#admit(streamId)) this.#openDiscover(streamId, payload.value);
         return;
       case 'requestHead':
+        // Kept before any check: the client counts every head it sent asking for it.
+        if (payload.value.trust?.keepCertificate === true) keepCertificate(payload.value.trust, this.#kept);
         if (this.#admit(streamId)) this.#openRequest(streamId, payload.value);
         return;
       case 'bodyChunk':
@@ -415,7 +419,7 @@ export class EnvelopeExecutor implements StreamHandler {
     let trust: PinnedTrust;
     try {
       target = this.#target(head.url);
-      trust = pinnedTrust(head, target, this.#trusted);
+      trust = pinnedTrust(head, target, this.#trusted, this.#kept);
       if (typeof head.method !== 'string' || !/^[A-Z]{1,16}$/.test(head.method)) {
         throw new AppError('VALIDATION_FAILED', 'invalid request method');
       }
@@ -775,12 +779,36 @@ type TrustCache = Map<string, { fingerprintSha256: string; certificateDer: Buffe
 const MAX_CACHED_PINS = 64;
 
 /**
+ * Certificates kept for the connection (capability `pin-once`), by the
+ * fingerprint as the head sent it; null for one that does not match it.
+ */
+type KeptCertificates = Map<string, Buffer | null>;
+
+/** Keeps a head's certificate, checked against its fingerprint once; counted as the client counts. */
+function keepCertificate(trust: NonNullable<RequestHead['trust']>, kept: KeptCertificates): void {
+  const der = trust.certificateDer;
+  if (der === undefined || der.length === 0) return;
+  const key = trust.fingerprintSha256;
+  const before = kept.get(key);
+  if (before?.equals(der)) return;
+  if (before === undefined && kept.size >= MAX_KEPT_CERTIFICATES) kept.clear();
+  const fingerprint = normalizeFingerprint(key);
+  // A copy: the received frame it points into is not kept alive.
+  kept.set(key, fingerprint !== null && fingerprintOf(der) === fingerprint ? Buffer.from(der) : null);
+}
+
+/**
  * The trust metadata of a head, checked and normalised. Throws
  * VALIDATION_FAILED. A pin seen before skips the normalising and, when the
  * head carries the same certificate byte for byte, the hash of it: every
  * request of an environment carries the same ~1 KB certificate.
  */
-function pinnedTrust(head: RequestHead, target: Target, cache: TrustCache): PinnedTrust {
+function pinnedTrust(
+  head: RequestHead,
+  target: Target,
+  cache: TrustCache,
+  kept: KeptCertificates,
+): PinnedTrust {
   const trust = head.trust;
   if (!trust) throw new AppError('VALIDATION_FAILED', 'a relayed request needs trust metadata');
   let known = cache.get(trust.fingerprintSha256);
@@ -793,6 +821,16 @@ function pinnedTrust(head: RequestHead, target: Target, cache: TrustCache): Pinn
   }
   const { fingerprintSha256 } = known;
   const expectedHostname = trust.expectedHostname || target.host;
+  if (trust.keepCertificate === true || trust.useKeptCertificate === true) {
+    const certificateDer = kept.get(trust.fingerprintSha256);
+    if (certificateDer === undefined) {
+      throw new AppError('PROTOCOL_ERROR', 'no certificate is kept for this fingerprint on this connection');
+    }
+    if (certificateDer === null) {
+      throw new AppError('VALIDATION_FAILED', 'the pinned certificate does not match the pinned fingerprint');
+    }
+    return { fingerprintSha256, expectedHostname, certificateDer };
+  }
   const der = trust.certificateDer;
   if (der === undefined || der.length === 0) return { fingerprintSha256, expectedHostname };
   if (known.certificateDer === undefined || !known.certificateDer.equals(der)) {

@@ -152,7 +152,17 @@ export interface TrustMetadata {
   expectedHostname: string;
   /** DER of the pinned leaf; empty = verify against the default roots, then the pin. */
   certificateDer?: Uint8Array;
+  /** Capability `pin-once`: the executor keeps `certificateDer` for later heads of the connection. */
+  keepCertificate?: boolean;
+  /** Capability `pin-once`: no `certificateDer`; the one kept for the fingerprint is meant. */
+  useKeptCertificate?: boolean;
 }
+
+/**
+ * Certificates kept per connection under capability `pin-once`: keeping one
+ * more starts the set over, on the client and the executor alike.
+ */
+export const MAX_KEPT_CERTIFICATES = 64;
 
 /** Opens a request stream; with `hasBody`, body chunks and an end follow. */
 export interface RequestHead {

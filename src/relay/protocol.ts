@@ -61,6 +61,12 @@ export const CAPABILITY = {
    * agent's live session stays. In a welcome: the acceptor understands it.
    */
   CHECK: 'check',
+  /**
+   * A pinned certificate crosses a connection once: later request heads name
+   * it by fingerprint (`keep_certificate`, `use_kept_certificate`). A side
+   * that forwards heads unchanged to another connection must not announce it.
+   */
+  PIN_ONCE: 'pin-once',
 } as const;
 
 /**

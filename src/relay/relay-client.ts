@@ -33,13 +33,16 @@ import {
   type EnvelopeCase,
   type Header,
   MAX_CHUNK_BYTES,
+  MAX_KEPT_CERTIFICATES,
   MAX_REQUEST_BODY_BYTES,
   type UpstreamTiming,
   type DiscoverResult as WireDiscoverResult,
+  type TrustMetadata as WireTrust,
 } from './envelope.js';
 import type { StreamHandler } from './relay-peer.js';
 import {
   boundTimeout,
+  type CancelSignal,
   type DiscoverOptions,
   type DiscoverResult,
   type HeaderList,
@@ -79,6 +82,12 @@ export interface RelayClientOptions {
   timeoutGraceMs?: number | undefined;
   /** Hands out stream ids (the relay peer's, so they never collide with another handler's); default 1, 2, 3, … */
   nextStreamId?: (() => number) | undefined;
+  /**
+   * Capability `pin-once` negotiated: a pinned certificate goes with the
+   * first head of the connection that needs it, later heads name it by
+   * fingerprint. Default false (every head carries it).
+   */
+  pinOnce?: boolean | undefined;
   logger?: Pick<Logger, 'debug' | 'warn'> | undefined;
 }
 
@@ -125,6 +134,9 @@ export class RelayClient implements Transport, StreamHandler {
   readonly #maxFrameBytes: number;
   readonly #logger: Pick<Logger, 'debug' | 'warn'> | undefined;
   readonly #nextStreamId: (() => number) | undefined;
+  readonly #pinOnce: boolean;
+  /** Certificates the executor keeps for this connection (capability `pin-once`), by fingerprint as sent. */
+  readonly #kept = new Map<string, Uint8Array>();
   readonly #streams = new Map<number, DiscoverStream | BodyStream>();
   #nextId = 1;
   #buffered = { bytes: 0 };
@@ -139,6 +151,7 @@ export class RelayClient implements Transport, StreamHandler {
     this.#maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.#logger = options.logger;
     this.#nextStreamId = options.nextStreamId;
+    this.#pinOnce = options.pinOnce === true;
   }
 
   /** Whether `streamId` is one of the client's open streams. */
@@ -273,6 +286,7 @@ export class RelayClient implements Transport, StreamHandler {
     });
     this.#streams.set(id, stream);
     const hasBody = body !== undefined && body.byteLength > 0;
+    const trust = this.#wireTrust(request.trust);
     try {
       this.#send({
         streamId: id,
@@ -284,15 +298,12 @@ export class RelayClient implements Transport, StreamHandler {
             headers: request.headers.map(([name, value]) => ({ name, value })),
             timeoutMs: stream.timeoutMs,
             hasBody,
-            trust: {
-              fingerprintSha256: request.trust.fingerprintSha256,
-              expectedHostname: request.trust.expectedHostname,
-              certificateDer: request.trust.certificateDer ?? new Uint8Array(0),
-            },
+            trust,
             initialWindowBytes: window,
           },
         },
       });
+      if (trust.keepCertificate === true) this.#keep(trust.fingerprintSha256, request.trust.certificateDer!);
       if (hasBody) {
         for (let offset = 0; offset < body.byteLength; offset += MAX_CHUNK_BYTES) {
           const data = body.subarray(offset, Math.min(offset + MAX_CHUNK_BYTES, body.byteLength));
@@ -364,6 +375,30 @@ export class RelayClient implements Transport, StreamHandler {
     }
   }
 
+  /**
+   * The head's trust metadata: with `pin-once`, a certificate the executor
+   * already keeps for this connection is named, not sent; one it does not
+   * keep yet is sent with the request to keep it.
+   */
+  #wireTrust(trust: RelayRequest['trust']): WireTrust {
+    const { fingerprintSha256, expectedHostname } = trust;
+    const der = trust.certificateDer;
+    if (der === undefined || der.byteLength === 0)
+      return { fingerprintSha256, expectedHostname, certificateDer: NO_BYTES };
+    if (!this.#pinOnce) return { fingerprintSha256, expectedHostname, certificateDer: der };
+    const kept = this.#kept.get(fingerprintSha256);
+    if (kept !== undefined && (kept === der || Buffer.compare(kept, der) === 0)) {
+      return { fingerprintSha256, expectedHostname, certificateDer: NO_BYTES, useKeptCertificate: true };
+    }
+    return { fingerprintSha256, expectedHostname, certificateDer: der, keepCertificate: true };
+  }
+
+  /** The executor keeps `der` once the head asking for it is sent; it counts the same way (MAX_KEPT_CERTIFICATES). */
+  #keep(fingerprint: string, der: Uint8Array): void {
+    if (!this.#kept.has(fingerprint) && this.#kept.size >= MAX_KEPT_CERTIFICATES) this.#kept.clear();
+    this.#kept.set(fingerprint, der);
+  }
+
   #allocate(): number {
     if (this.#streams.size >= this.#maxStreams) {
       throw new AppError('TOO_MANY_STREAMS', `at most ${this.#maxStreams} concurrent relayed requests`);
@@ -383,6 +418,8 @@ export class RelayClient implements Transport, StreamHandler {
     }
   }
 }
+
+const NO_BYTES = new Uint8Array(0);
 
 // Room for field tags, lengths and the numeric fields of a head.
 const HEAD_OVERHEAD_BYTES = 1024;
@@ -442,7 +479,7 @@ interface BodyStreamOptions {
   window: number;
   graceMs: number;
   timeoutMs: number;
-  signal: AbortSignal | undefined;
+  signal: CancelSignal | undefined;
   send(envelope: Envelope): void;
   release(): void;
   /** The stream is over and holds no bytes: its window may go to another stream. Called once. */

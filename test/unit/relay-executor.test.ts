@@ -86,6 +86,35 @@ describe('envelope executor handlers', () => {
     executor.close();
   });
 
+  it('keeps certificates asked to be kept (pin-once), also from a refused head, and names a missing one', async () => {
+    const [certificate, other] = await Promise.all([
+      createCertificate({ altNames: ['127.0.0.1'] }),
+      createCertificate({ altNames: ['127.0.0.1'] }),
+    ]);
+    const { send, errors } = setup({ maxStreams: 1 });
+    const trust = (keep: 'keep' | 'use', der = certificate.der) => ({
+      fingerprintSha256: certificate.fingerprintSha256,
+      expectedHostname: '127.0.0.1',
+      ...(keep === 'keep' ? { certificateDer: der, keepCertificate: true } : { useKeptCertificate: true }),
+    });
+    send(1, head({ trust: trust('use') }));
+    send(3, head());
+    // Refused (one stream at most), yet kept: the client counts it as sent.
+    send(5, head({ trust: trust('keep') }));
+    send(3, { case: 'cancel', value: {} });
+    send(7, head({ trust: trust('use') }));
+    send(7, { case: 'cancel', value: {} });
+    // A certificate that does not match its fingerprint is kept as such: every head naming it fails.
+    send(9, head({ trust: trust('keep', other.der) }));
+    send(11, head({ trust: trust('use') }));
+    expect(errors()).toEqual([
+      [1, 'PROTOCOL_ERROR'],
+      [5, 'TOO_MANY_STREAMS'],
+      [9, 'VALIDATION_FAILED'],
+      [11, 'VALIDATION_FAILED'],
+    ]);
+  });
+
   it('refuses a request body over 1 MiB with PAYLOAD_TOO_LARGE', () => {
     const { send, errors, executor } = setup();
     send(1, head());

@@ -755,6 +755,12 @@ export namespace p2pstream {
 
                 /** TrustMetadata certificateDer */
                 certificateDer?: (Uint8Array|null);
+
+                /** TrustMetadata keepCertificate */
+                keepCertificate?: (boolean|null);
+
+                /** TrustMetadata useKeptCertificate */
+                useKeptCertificate?: (boolean|null);
             }
 
             /** Represents a TrustMetadata. */
@@ -774,6 +780,12 @@ export namespace p2pstream {
 
                 /** TrustMetadata certificateDer. */
                 public certificateDer: Uint8Array;
+
+                /** TrustMetadata keepCertificate. */
+                public keepCertificate: boolean;
+
+                /** TrustMetadata useKeptCertificate. */
+                public useKeptCertificate: boolean;
 
                 /**
                  * Encodes the specified TrustMetadata message. Does not implicitly {@link p2pstream.relay.v1.TrustMetadata.verify|verify} messages.

@@ -2070,6 +2070,8 @@ export const p2pstream = $root.p2pstream = (() => {
                  * @property {string|null} [fingerprintSha256] TrustMetadata fingerprintSha256
                  * @property {string|null} [expectedHostname] TrustMetadata expectedHostname
                  * @property {Uint8Array|null} [certificateDer] TrustMetadata certificateDer
+                 * @property {boolean|null} [keepCertificate] TrustMetadata keepCertificate
+                 * @property {boolean|null} [useKeptCertificate] TrustMetadata useKeptCertificate
                  */
 
                 /**
@@ -2112,6 +2114,22 @@ export const p2pstream = $root.p2pstream = (() => {
                 TrustMetadata.prototype.certificateDer = $util.newBuffer([]);
 
                 /**
+                 * TrustMetadata keepCertificate.
+                 * @member {boolean} keepCertificate
+                 * @memberof p2pstream.relay.v1.TrustMetadata
+                 * @instance
+                 */
+                TrustMetadata.prototype.keepCertificate = false;
+
+                /**
+                 * TrustMetadata useKeptCertificate.
+                 * @member {boolean} useKeptCertificate
+                 * @memberof p2pstream.relay.v1.TrustMetadata
+                 * @instance
+                 */
+                TrustMetadata.prototype.useKeptCertificate = false;
+
+                /**
                  * Encodes the specified TrustMetadata message. Does not implicitly {@link p2pstream.relay.v1.TrustMetadata.verify|verify} messages.
                  * @function encode
                  * @memberof p2pstream.relay.v1.TrustMetadata
@@ -2133,6 +2151,10 @@ export const p2pstream = $root.p2pstream = (() => {
                         writer.uint32(/* id 2, wireType 2 =*/18).string(message.expectedHostname);
                     if (message.certificateDer != null && Object.hasOwnProperty.call(message, "certificateDer"))
                         writer.uint32(/* id 3, wireType 2 =*/26).bytes(message.certificateDer);
+                    if (message.keepCertificate != null && Object.hasOwnProperty.call(message, "keepCertificate"))
+                        writer.uint32(/* id 4, wireType 0 =*/32).bool(message.keepCertificate);
+                    if (message.useKeptCertificate != null && Object.hasOwnProperty.call(message, "useKeptCertificate"))
+                        writer.uint32(/* id 5, wireType 0 =*/40).bool(message.useKeptCertificate);
                     return writer;
                 };
 
@@ -2180,6 +2202,14 @@ export const p2pstream = $root.p2pstream = (() => {
                             }
                         case 3: {
                                 message.certificateDer = reader.bytes();
+                                break;
+                            }
+                        case 4: {
+                                message.keepCertificate = reader.bool();
+                                break;
+                            }
+                        case 5: {
+                                message.useKeptCertificate = reader.bool();
                                 break;
                             }
                         default:
