@@ -38,7 +38,7 @@ import { AppError, toAppError } from '../errors.js';
 import { hopByHopAnd } from '../http-headers.js';
 import type { Logger } from '../logger.js';
 import { pathTiming, serverTimingHeader } from '../relay/timing.js';
-import type { HeaderList, RelayResponse, Transport } from '../relay/transport.js';
+import { Cancellation, type HeaderList, type RelayResponse, type Transport } from '../relay/transport.js';
 
 /** Request headers relayed to the environment (everything else stays here). */
 export const RELAYED_REQUEST_HEADERS: ReadonlySet<string> = new Set([
@@ -223,15 +223,15 @@ export function createEnvironmentRelay(options: EnvironmentRelayOptions): Enviro
         throw new AppError('VALIDATION_FAILED', 'the request path is malformed');
 
       const res = reply.raw;
-      const controller = new AbortController();
+      const cancellation = new Cancellation();
       let response: RelayResponse | null = null;
       const onClose = () => {
         if (res.writableFinished) return;
-        controller.abort();
+        cancellation.abort();
         response?.cancel();
       };
       res.once('close', onClose);
-      const callerGone = () => controller.signal.aborted || res.destroyed;
+      const callerGone = () => cancellation.aborted || res.destroyed;
 
       let body: Buffer | undefined;
       try {
@@ -247,7 +247,7 @@ export function createEnvironmentRelay(options: EnvironmentRelayOptions): Enviro
             : {}),
           timeoutMs: target.timeoutMs,
           trust: target.trust,
-          signal: controller.signal,
+          signal: cancellation,
         });
       } catch (err) {
         res.off('close', onClose);
