@@ -124,16 +124,20 @@ export async function buildApp(deps: AppDeps, options: AppOptions = {}): Promise
       reply.header('cache-control', 'no-store');
     return payload;
   });
+  // One line per request; a relayed one also names its environment (src/http/environment-relay.ts).
+  app.decorateRequest('relayedTo', null);
   app.addHook('onResponse', async (request, reply) => {
-    request.log.info(
-      {
-        method: request.method,
-        route: request.routeOptions.url ?? 'unmatched',
-        status: reply.statusCode,
-        ms: Math.round(reply.elapsedTime),
-      },
-      'request',
-    );
+    const route = request.routeOptions.url ?? 'unmatched';
+    const ms = Math.round(reply.elapsedTime);
+    const environmentId = request.relayedTo;
+    if (environmentId === null) {
+      request.log.info({ method: request.method, route, status: reply.statusCode, ms }, 'request');
+    } else {
+      request.log.info(
+        { environmentId, method: request.method, route, status: reply.statusCode, outcome: 'complete', ms },
+        'relayed request',
+      );
+    }
   });
 
   // Before any route: the OpenAPI document is built from every route registered after it.

@@ -40,6 +40,13 @@ import type { Logger } from '../logger.js';
 import { pathTiming, serverTimingHeader } from '../relay/timing.js';
 import { Cancellation, type HeaderList, type RelayResponse, type Transport } from '../relay/transport.js';
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The environment a completed relayed call went to (its log line says so); null otherwise. */
+    relayedTo: string | null;
+  }
+}
+
 /** Request headers relayed to the environment (everything else stays here). */
 export const RELAYED_REQUEST_HEADERS: ReadonlySet<string> = new Set([
   'accept',
@@ -350,6 +357,12 @@ export function createEnvironmentRelay(options: EnvironmentRelayOptions): Enviro
       } finally {
         res.off('close', onClose);
       }
+      if (outcome === 'complete') {
+        // The request's one log line (the app's, when the response is finished) names the environment.
+        request.relayedTo = environmentId;
+        return;
+      }
+      // A response cut short never finishes: no other line would tell of it.
       request.log.info(
         {
           environmentId,

@@ -98,6 +98,33 @@ describe('environment relay', () => {
     expect([invalid.status, invalid.json.error.code]).toEqual([400, 'VALIDATION_FAILED']);
   });
 
+  it('logs one line per relayed request, naming the environment, and one per local request', async () => {
+    const control = await instance();
+    const { id } = await recordingEnvironment(control, (_req, res) => res.end('{}'));
+    const relayed = await control.server.request('GET', '/api/v1/system/info', {
+      token: control.token,
+      headers: selected(id),
+    });
+    expect(relayed.status).toBe(200);
+    const local = await control.server.request('GET', '/api/v1/system/info', { token: control.token });
+    expect(local.status).toBe(200);
+    const lines = () =>
+      control.server.logs
+        .map((line) => JSON.parse(line) as Record<string, unknown>)
+        .filter((entry) => entry.route === '/api/v1/system/info');
+    await eventually(() => expect(lines()).toHaveLength(2));
+    expect(lines()).toEqual([
+      expect.objectContaining({
+        msg: 'relayed request',
+        environmentId: id,
+        status: 200,
+        outcome: 'complete',
+      }),
+      expect.objectContaining({ msg: 'request', status: 200 }),
+    ]);
+    expect(lines()[1]).not.toHaveProperty('environmentId');
+  });
+
   it('carries Server-Timing on relayed responses and the same breakdown as the test timing, without hub', async () => {
     const { control, id } = await pair();
     const relayed = await control.server.request('GET', '/api/v1/system/info', {
