@@ -8,7 +8,7 @@
  *   own token (a), through the direct environment (b), through the agent
  *   environment (c); p50 and p99 ratios.
  * - throughput: 64 concurrent callers, through the agent vs on the target;
- *   the control plane's CPU per relayed request.
+ *   the control plane's and the agent's CPU per relayed request.
  * - streaming: a large body from a TLS origin in its own process
  *   (bench/bulk-origin.ts) registered as an agent environment (caller →
  *   control plane → agent → origin: three TLS legs) vs the same body over one
@@ -139,7 +139,7 @@ async function throughput(
   const c = callers(setup, concurrency);
   const byMode = { onTarget: c.onTarget, viaAgent: c.viaAgent };
   const measure = async (mode: 'onTarget' | 'viaAgent', durationMs = seconds * 1000) => {
-    const before = await sampleProcess(setup.control.pid);
+    const before = await Promise.all([sampleProcess(setup.control.pid), sampleProcess(setup.agent.pid)]);
     let done = 0;
     const end = nowMs() + durationMs;
     const start = nowMs();
@@ -152,14 +152,19 @@ async function throughput(
       }),
     );
     const elapsed = nowMs() - start;
-    const after = await sampleProcess(setup.control.pid);
-    return { rps: (done / elapsed) * 1000, controlCpuMsPerRequest: (after.cpuMs - before.cpuMs) / done };
+    const after = await Promise.all([sampleProcess(setup.control.pid), sampleProcess(setup.agent.pid)]);
+    return {
+      rps: (done / elapsed) * 1000,
+      controlCpuMsPerRequest: (after[0].cpuMs - before[0].cpuMs) / done,
+      agentCpuMsPerRequest: (after[1].cpuMs - before[1].cpuMs) / done,
+    };
   };
   await measure('onTarget', 1000);
   await measure('viaAgent', 1000);
   const r = await interleaved(['onTarget', 'viaAgent'] as const, repetitions, (m) => measure(m));
   const rps = (m: 'onTarget' | 'viaAgent') => r[m].map((x) => x.rps);
   const cpu = spread(r.viaAgent.map((x) => x.controlCpuMsPerRequest * 1000));
+  const agentCpu = spread(r.viaAgent.map((x) => x.agentCpuMsPerRequest * 1000));
   const share = ratios(rps('viaAgent'), rps('onTarget'));
   return [
     {
@@ -179,6 +184,13 @@ async function throughput(
       value: cpu,
       unit: 'µs',
       note: 'user+system time of the control plane process ÷ requests',
+    },
+    {
+      group: 'throughput',
+      metric: 'agent CPU per relayed request',
+      value: agentCpu,
+      unit: 'µs',
+      note: 'user+system time of the agent process ÷ requests',
     },
   ];
 }
