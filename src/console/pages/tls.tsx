@@ -274,20 +274,6 @@ function tlsFormErrors(err: unknown, fields: readonly string[]): FormErrors {
   return { field, form: errors.form };
 }
 
-const CERTIFICATE_FIELDS = [
-  'name',
-  'hosts',
-  'source',
-  'certificatePem',
-  'privateKeyPem',
-  'certificateFile',
-  'privateKeyFile',
-  'validDays',
-  'acmeAccountId',
-  'challenge',
-  'dnsProviderId',
-] as const;
-
 function CertificateDialog(props: {
   api: Client;
   accounts: AcmeAccount[];
@@ -338,7 +324,7 @@ function CertificateDialog(props: {
       title="Add certificate"
       onClose={props.onClose}
       onSubmit={save}
-      fields={CERTIFICATE_FIELDS}
+      fields={Object.keys(v)}
       sortErrors={tlsFormErrors}
       submitLabel={source === 'acme' ? 'Order certificate' : 'Save'}
       noValidate
