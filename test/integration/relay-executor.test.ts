@@ -66,6 +66,24 @@ function pin(certificate: GeneratedCertificate, expectedHostname = '127.0.0.1'):
   };
 }
 
+/** What a caller sends that must never reach an impostor. */
+const SECRET: [string, string][] = [['authorization', 'Bearer secret-token']];
+
+/** A GET of `url` pinned to `trust`, through `relay` (a new transport by default). */
+function pinnedGet(
+  url: string,
+  trust: TrustMetadata,
+  options: {
+    relay?: DirectTransport;
+    headers?: [string, string][];
+    timeoutMs?: number;
+    signal?: AbortSignal;
+  } = {},
+): Promise<RelayResponse> {
+  const { relay = transport(), headers = [], timeoutMs = 5000, signal } = options;
+  return relay.request({ url, method: 'GET', headers, timeoutMs, trust, ...(signal ? { signal } : {}) });
+}
+
 async function readAll(response: RelayResponse): Promise<Buffer> {
   const chunks: Uint8Array[] = [];
   for await (const chunk of response.body) chunks.push(chunk);
@@ -194,12 +212,9 @@ describe('pinned requests', () => {
 
   it('accept a pin given in lower case without colons', async () => {
     const t = await target();
-    const response = await transport().request({
-      url: t.url,
-      method: 'GET',
-      headers: [],
-      timeoutMs: 5000,
-      trust: { ...pin(good), fingerprintSha256: good.fingerprintSha256.replace(/:/g, '').toLowerCase() },
+    const response = await pinnedGet(t.url, {
+      ...pin(good),
+      fingerprintSha256: good.fingerprintSha256.replace(/:/g, '').toLowerCase(),
     });
     expect((await readAll(response)).toString()).toBe('ok');
   });
@@ -207,13 +222,7 @@ describe('pinned requests', () => {
   it('refuse an impostor certificate inside the handshake: CERTIFICATE_CHANGED, zero bytes sent', async () => {
     const t = await target({ certificate: impostor });
     const err = await expectCode(
-      transport().request({
-        url: `${t.url}/api/v1/system/info`,
-        method: 'GET',
-        headers: [['authorization', 'Bearer secret-token']],
-        timeoutMs: 5000,
-        trust: pin(good),
-      }),
+      pinnedGet(`${t.url}/api/v1/system/info`, pin(good), { headers: SECRET }),
       'CERTIFICATE_CHANGED',
     );
     expect(err.details?.observedCertificate).toMatchObject({ fingerprintSha256: impostor.fingerprintSha256 });
@@ -227,17 +236,11 @@ describe('pinned requests', () => {
     const t = await target();
     const garbage = Buffer.from('this is not a DER certificate at all');
     const err = await expectCode(
-      transport().request({
-        url: t.url,
-        method: 'GET',
-        headers: [['authorization', 'Bearer secret-token']],
-        timeoutMs: 5000,
-        trust: {
-          fingerprintSha256: fingerprintOf(garbage),
-          expectedHostname: '127.0.0.1',
-          certificateDer: garbage,
-        },
-      }),
+      pinnedGet(
+        t.url,
+        { fingerprintSha256: fingerprintOf(garbage), expectedHostname: '127.0.0.1', certificateDer: garbage },
+        { headers: SECRET },
+      ),
       'CERTIFICATE_CHANGED',
     );
     expect(err).toBeInstanceOf(AppError);
@@ -246,16 +249,7 @@ describe('pinned requests', () => {
 
   it('refuse an expired pinned certificate: CERTIFICATE_EXPIRED, zero bytes sent', async () => {
     const t = await target({ certificate: expired });
-    const err = await expectCode(
-      transport().request({
-        url: t.url,
-        method: 'GET',
-        headers: [['authorization', 'Bearer secret-token']],
-        timeoutMs: 5000,
-        trust: pin(expired),
-      }),
-      'CERTIFICATE_EXPIRED',
-    );
+    const err = await expectCode(pinnedGet(t.url, pin(expired), { headers: SECRET }), 'CERTIFICATE_EXPIRED');
     expect(err.details?.observedCertificate).toMatchObject({ fingerprintSha256: expired.fingerprintSha256 });
     expect(t.receivedBytes).toBe(0);
   });
@@ -263,13 +257,7 @@ describe('pinned requests', () => {
   it('refuse a pinned certificate not valid for the host: CERTIFICATE_HOSTNAME_MISMATCH, zero bytes', async () => {
     const t = await target({ certificate: otherHost });
     const err = await expectCode(
-      transport().request({
-        url: t.url,
-        method: 'GET',
-        headers: [['authorization', 'Bearer secret-token']],
-        timeoutMs: 5000,
-        trust: pin(otherHost, '127.0.0.1'),
-      }),
+      pinnedGet(t.url, pin(otherHost, '127.0.0.1'), { headers: SECRET }),
       'CERTIFICATE_HOSTNAME_MISMATCH',
     );
     expect(err.details?.observedCertificate).toMatchObject({
@@ -280,29 +268,17 @@ describe('pinned requests', () => {
 
   it('prefer CERTIFICATE_CHANGED when an impostor is also expired', async () => {
     const t = await target({ certificate: expired });
-    await expectCode(
-      transport().request({ url: t.url, method: 'GET', headers: [], timeoutMs: 5000, trust: pin(good) }),
-      'CERTIFICATE_CHANGED',
-    );
+    await expectCode(pinnedGet(t.url, pin(good)), 'CERTIFICATE_CHANGED');
     expect(t.receivedBytes).toBe(0);
   });
 
   it('anchor on a pinned CA-issued leaf and refuse another leaf of the same CA', async () => {
     const real = await target({ certificate: caLeaf, cert: `${caLeaf.cert}\n${ca.cert}` });
     const relay = transport();
-    const ok = await relay.request({
-      url: real.url,
-      method: 'GET',
-      headers: [],
-      timeoutMs: 5000,
-      trust: pin(caLeaf),
-    });
+    const ok = await pinnedGet(real.url, pin(caLeaf), { relay });
     expect((await readAll(ok)).toString()).toBe('ok');
     const sibling = await target({ certificate: caImpostor, cert: `${caImpostor.cert}\n${ca.cert}` });
-    await expectCode(
-      relay.request({ url: sibling.url, method: 'GET', headers: [], timeoutMs: 5000, trust: pin(caLeaf) }),
-      'CERTIFICATE_CHANGED',
-    );
+    await expectCode(pinnedGet(sibling.url, pin(caLeaf), { relay }), 'CERTIFICATE_CHANGED');
     expect(sibling.receivedBytes).toBe(0);
   });
 
@@ -315,13 +291,7 @@ describe('pinned requests', () => {
         res.end();
       },
     });
-    const response = await transport().request({
-      url: `${t.url}/start`,
-      method: 'GET',
-      headers: [],
-      timeoutMs: 5000,
-      trust: pin(good),
-    });
+    const response = await pinnedGet(`${t.url}/start`, pin(good));
     expect(response.status).toBe(302);
     expect(response.headers).toContainEqual(['location', '/elsewhere']);
     expect((await readAll(response)).length).toBe(0);
@@ -332,13 +302,7 @@ describe('pinned requests', () => {
     const t = await target();
     const relay = transport();
     for (let i = 0; i < 3; i++) {
-      const response = await relay.request({
-        url: t.url,
-        method: 'GET',
-        headers: [],
-        timeoutMs: 5000,
-        trust: pin(good),
-      });
+      const response = await pinnedGet(t.url, pin(good), { relay });
       await readAll(response);
     }
     expect(t.handshakes).toBe(1);
@@ -371,32 +335,20 @@ describe('pinned requests', () => {
   it('time out against a target that never answers the handshake, closing the socket', async () => {
     const silent = await startSilentTarget();
     cleanups.push(() => silent.close());
-    await expectCode(
-      transport().request({ url: silent.url, method: 'GET', headers: [], timeoutMs: 300, trust: pin(good) }),
-      'ENVIRONMENT_TIMEOUT',
-    );
+    await expectCode(pinnedGet(silent.url, pin(good), { timeoutMs: 300 }), 'ENVIRONMENT_TIMEOUT');
     await silent.waitForOpenSockets(0);
   });
 
   it('time out when the response head does not come', async () => {
     const t = await target({ handler: () => undefined });
-    await expectCode(
-      transport().request({ url: t.url, method: 'GET', headers: [], timeoutMs: 300, trust: pin(good) }),
-      'ENVIRONMENT_TIMEOUT',
-    );
+    await expectCode(pinnedGet(t.url, pin(good), { timeoutMs: 300 }), 'ENVIRONMENT_TIMEOUT');
     await t.waitForOpenSockets(0);
   });
 
   it('report a closed port as unreachable', async () => {
     const port = await closedPort();
     await expectCode(
-      transport().request({
-        url: `https://127.0.0.1:${port}`,
-        method: 'GET',
-        headers: [],
-        timeoutMs: 2000,
-        trust: pin(good),
-      }),
+      pinnedGet(`https://127.0.0.1:${port}`, pin(good), { timeoutMs: 2000 }),
       'ENVIRONMENT_UNREACHABLE',
     );
   });
@@ -404,25 +356,17 @@ describe('pinned requests', () => {
   it('refuse http:// targets and targets outside the allowed list before connecting', async () => {
     const t = await target();
     await expectCode(
-      transport().request({
-        url: `http://127.0.0.1:${t.port}`,
-        method: 'GET',
-        headers: [],
-        timeoutMs: 2000,
-        trust: pin(good),
-      }),
+      pinnedGet(`http://127.0.0.1:${t.port}`, pin(good), { timeoutMs: 2000 }),
       'VALIDATION_FAILED',
     );
     const restricted = transport({ allowedTargets: ['*.internal:443', '10.0.0.5:8081'] });
     await expectCode(
-      restricted.request({ url: t.url, method: 'GET', headers: [], timeoutMs: 2000, trust: pin(good) }),
+      pinnedGet(t.url, pin(good), { relay: restricted, timeoutMs: 2000 }),
       'TARGET_NOT_ALLOWED',
     );
     await expectCode(restricted.discover({ url: t.url, timeoutMs: 2000 }), 'TARGET_NOT_ALLOWED');
     const allowed = transport({ allowedTargets: [`127.0.0.1:${t.port}`] });
-    await readAll(
-      await allowed.request({ url: t.url, method: 'GET', headers: [], timeoutMs: 2000, trust: pin(good) }),
-    );
+    await readAll(await pinnedGet(t.url, pin(good), { relay: allowed, timeoutMs: 2000 }));
     expect(t.connections).toBe(1);
   });
 
@@ -477,13 +421,7 @@ describe('streaming', () => {
     });
     const window = 256 * 1024;
     const relay = transport({ windowBytes: window });
-    const response = await relay.request({
-      url: t.url,
-      method: 'GET',
-      headers: [],
-      timeoutMs: 5000,
-      trust: pin(good),
-    });
+    const response = await pinnedGet(t.url, pin(good), { relay });
     const expected = createHash('sha256');
     for (let i = 0; i < total / block.length; i++) expected.update(block);
     const hash = createHash('sha256');
@@ -534,13 +472,7 @@ describe('streaming', () => {
       },
     });
     const relay = transport();
-    const response = await relay.request({
-      url: t.url,
-      method: 'GET',
-      headers: [],
-      timeoutMs: 5000,
-      trust: pin(good),
-    });
+    const response = await pinnedGet(t.url, pin(good), { relay });
     const iterator = response.body[Symbol.asyncIterator]();
     const first = await iterator.next();
     expect(first.done).toBe(false);
@@ -562,26 +494,12 @@ describe('streaming', () => {
     });
     const relay = transport();
     const controller = new AbortController();
-    const response = await relay.request({
-      url: t.url,
-      method: 'GET',
-      headers: [],
-      timeoutMs: 5000,
-      trust: pin(good),
-      signal: controller.signal,
-    });
+    const response = await pinnedGet(t.url, pin(good), { relay, signal: controller.signal });
     controller.abort();
     await expectCode(readAll(response), 'CANCELLED');
     await t.waitForOpenSockets(0);
     const early = new AbortController();
-    const pending = relay.request({
-      url: t.url,
-      method: 'GET',
-      headers: [],
-      timeoutMs: 5000,
-      trust: pin(good),
-      signal: early.signal,
-    });
+    const pending = pinnedGet(t.url, pin(good), { relay, signal: early.signal });
     early.abort();
     await expectCode(pending, 'CANCELLED');
     await t.waitForOpenSockets(0);
@@ -597,13 +515,7 @@ describe('streaming', () => {
     const relay = transport();
     const results = await Promise.all(
       Array.from({ length: 100 }, async (_, i) => {
-        const response = await relay.request({
-          url: `${t.url}/n/${i}`,
-          method: 'GET',
-          headers: [],
-          timeoutMs: 10_000,
-          trust: pin(good),
-        });
+        const response = await pinnedGet(`${t.url}/n/${i}`, pin(good), { relay, timeoutMs: 10_000 });
         return (await readAll(response)).toString();
       }),
     );
@@ -619,22 +531,10 @@ describe('streaming', () => {
       },
     });
     const relay = transport();
-    const stalled = await relay.request({
-      url: `${t.url}/big`,
-      method: 'GET',
-      headers: [],
-      timeoutMs: 5000,
-      trust: pin(good),
-    });
+    const stalled = await pinnedGet(`${t.url}/big`, pin(good), { relay });
     // Nobody reads `stalled`; the others still complete.
     for (let i = 0; i < 5; i++) {
-      const response = await relay.request({
-        url: `${t.url}/small`,
-        method: 'GET',
-        headers: [],
-        timeoutMs: 5000,
-        trust: pin(good),
-      });
+      const response = await pinnedGet(`${t.url}/small`, pin(good), { relay });
       expect((await readAll(response)).toString()).toBe('small');
     }
     expect((await readAll(stalled)).length).toBe(4 * 1024 * 1024);
