@@ -12,20 +12,20 @@
 import { chmod, mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { REDACTED, redactQuery } from '../../src/dataplane/redact.js';
-import { startTestServer, TEST_PASSWORD, TEST_USERNAME, type TestServer } from '../helpers/server.js';
+import { useCleanups } from '../helpers/cleanup.js';
+import {
+  startTestServer,
+  TEST_PASSWORD,
+  TEST_USERNAME,
+  type TestServer,
+  type TestServerOptions,
+} from '../helpers/server.js';
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
-async function server(options: Parameters<typeof startTestServer>[0] = {}): Promise<TestServer> {
-  const started = await startTestServer(options);
-  cleanups.push(() => started.close());
-  return started;
-}
+const server = (options: TestServerOptions = {}): Promise<TestServer> => startTestServer(options, cleanups);
 
 const HOUR = 3600_000;
 

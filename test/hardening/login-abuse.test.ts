@@ -14,29 +14,24 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Agent, fetch } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { DEFAULT_MAX_CONCURRENT_HASHES, DEFAULT_SCRYPT, hashPassword } from '../../src/domain/passwords.js';
 import { AppError } from '../../src/errors.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import {
   startTestServer,
   TEST_PASSWORD,
   TEST_SETUP_TOKEN,
   TEST_USERNAME,
   type TestServer,
+  type TestServerOptions,
 } from '../helpers/server.js';
 import { registerEnvironment, startInstance } from '../integration/environment-helpers.js';
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const cleanups = useCleanups();
 
-async function server(options: Parameters<typeof startTestServer>[0] = {}): Promise<TestServer> {
-  const started = await startTestServer(options);
-  cleanups.push(() => started.close());
-  return started;
-}
+const server = (options: TestServerOptions = {}): Promise<TestServer> => startTestServer(options, cleanups);
 
 /** Posts JSON to `server` from a given loopback address (127.0.0.0/8 all reaches the server). */
 function client(target: TestServer) {
