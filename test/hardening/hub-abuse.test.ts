@@ -13,10 +13,7 @@ import type http from 'node:http';
 import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startAgent } from '../../agent/agent.js';
-import { createAgentExecutor } from '../../agent/main.js';
 import type { AppError } from '../../src/errors.js';
-import { createLogger } from '../../src/logger.js';
 import type { RelayRequest, Transport } from '../../src/relay/transport.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
 import {
@@ -27,9 +24,9 @@ import {
   upgradeAgent,
 } from '../helpers/agent.js';
 import { useCleanups } from '../helpers/cleanup.js';
-import { type BareHub, startBareHub } from '../helpers/hub.js';
+import { type BareHub, startBareHub, startHubAgent } from '../helpers/hub.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
+import { pinTo, startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 import { eventually, openSse } from '../integration/proxy-helpers.js';
 
 /**
@@ -119,11 +116,7 @@ function relayRequest(extra: Partial<RelayRequest> = {}): RelayRequest {
     method: 'GET',
     headers: [],
     timeoutMs: 5000,
-    trust: {
-      fingerprintSha256: cert.fingerprintSha256,
-      expectedHostname: '127.0.0.1',
-      certificateDer: cert.der,
-    },
+    trust: pinTo(cert),
     ...extra,
   };
 }
@@ -137,19 +130,9 @@ async function relayOk(transport: Transport): Promise<boolean> {
 
 /** A real in-process agent on the hub, and its transport. */
 async function goodAgent(bare: BareHub) {
-  const created = await bare.agents.create({ name: `good-${Math.random().toString(36).slice(2)}` });
-  const agent = startAgent({
-    managementUrl: bare.target.url,
-    agentId: created.agent.id,
-    agentToken: created.token,
-    ca: bare.target.ca,
-    createExecutor: createAgentExecutor,
-    backoff: { initialMs: 20, maxMs: 100 },
-    logger: createLogger('silent'),
-  });
-  cleanups.push(() => agent.close());
-  await eventually(() => bare.hub.isConnected(created.agent.id));
-  return { id: created.agent.id, transport: bare.hub.transportFor(created.agent.id) };
+  const { id } = await startHubAgent(bare, { name: `good-${Math.random().toString(36).slice(2)}` }, cleanups);
+  await eventually(() => bare.hub.isConnected(id));
+  return { id, transport: bare.hub.transportFor(id) };
 }
 
 async function codeOf(promise: Promise<unknown>): Promise<string> {

@@ -14,17 +14,15 @@ import { once } from 'node:events';
 import type http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type AgentEvent, startAgent } from '../../agent/agent.js';
-import { createAgentExecutor } from '../../agent/main.js';
+import type { AgentEvent } from '../../agent/agent.js';
 import type { AppError } from '../../src/errors.js';
-import { createLogger } from '../../src/logger.js';
 import type { RelayResponse, Transport } from '../../src/relay/transport.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
 import { createTestAgent, serverFingerprint } from '../helpers/agent.js';
 import { BIN, ensureBuilt } from '../helpers/bin.js';
 import { useCleanups } from '../helpers/cleanup.js';
-import { startBareHub } from '../helpers/hub.js';
-import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
+import { startBareHub, startHubAgent } from '../helpers/hub.js';
+import { pinTo, startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 import { eventually, registerEnvironment, startInstance } from '../integration/environment-helpers.js';
 import { configureProxy, openSse, proxyClient } from '../integration/proxy-helpers.js';
 
@@ -124,20 +122,14 @@ describe('relay path faults (hub with a short keepalive, in-process agent, TLS t
 
   async function setup() {
     const bare = await startBareHub({ keepaliveIntervalMs: KEEPALIVE_MS, keepaliveMaxMissed: 2 });
-    const { hub, agents } = bare;
+    const { hub } = bare;
     const relay = await startLinkRelay(bare.port);
-    const created = await agents.create({ name: 'edge' });
     const events: AgentEvent[] = [];
-    const agent = startAgent({
+    const { id, agent } = await startHubAgent(bare, {
+      name: 'edge',
       managementUrl: `https://127.0.0.1:${relay.port}`,
-      agentId: created.agent.id,
-      agentToken: created.token,
-      ca: bare.target.ca,
-      createExecutor: createAgentExecutor,
       // The agent notices a silent control plane on its own as well.
       idleTimeoutMs: 4 * KEEPALIVE_MS,
-      backoff: { initialMs: 20, maxMs: 100 },
-      logger: createLogger('silent'),
     });
     agent.onEvent((event) => events.push(event));
     cleanups.push(async () => {
@@ -145,7 +137,6 @@ describe('relay path faults (hub with a short keepalive, in-process agent, TLS t
       await relay.close();
       await bare.close();
     });
-    const id = created.agent.id;
     await eventually(() => hub.isConnected(id));
     const transport: Transport = hub.transportFor(id);
     const request = (path: string) =>
@@ -154,11 +145,7 @@ describe('relay path faults (hub with a short keepalive, in-process agent, TLS t
         method: 'GET',
         headers: [],
         timeoutMs: 5000,
-        trust: {
-          fingerprintSha256: cert.fingerprintSha256,
-          expectedHostname: '127.0.0.1',
-          certificateDer: cert.der,
-        },
+        trust: pinTo(cert),
       });
     return { hub, id, relay, events, request };
   }

@@ -14,6 +14,8 @@ import type http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import type { TrustMetadata } from '../../src/relay/transport.js';
+import type { GeneratedCertificate } from '../../src/tls/certificates.js';
 
 export interface TlsTargetOptions {
   /** PEM certificate (or chain, leaf first) and key the target presents. */
@@ -99,6 +101,15 @@ async function closeTracked(server: net.Server, tracker: SocketTracker, graceMs:
     throw new Error(`the target still had ${open} open socket(s) ${graceMs} ms after close()`);
   }
   await closed;
+}
+
+/** The trust of a relayed request pinned to `certificate` (what a trusted environment holds). */
+export function pinTo(certificate: GeneratedCertificate, expectedHostname = '127.0.0.1'): TrustMetadata {
+  return {
+    fingerprintSha256: certificate.fingerprintSha256,
+    expectedHostname,
+    certificateDer: certificate.der,
+  };
 }
 
 /** Starts an HTTPS target; see {@link TlsTarget}. */

@@ -19,7 +19,7 @@ import {
   upgradeAgent,
 } from '../helpers/agent.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
-import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
+import { pinTo, startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 import { eventually } from '../helpers/wait.js';
 
 const MiB = 1024 * 1024;
@@ -94,13 +94,7 @@ describe('relayed streams through an agent', () => {
     res.end('ok');
   };
 
-  function trust(): RelayRequest['trust'] {
-    return {
-      fingerprintSha256: cert.fingerprintSha256,
-      expectedHostname: '127.0.0.1',
-      certificateDer: cert.der,
-    };
-  }
+  const trust = (): RelayRequest['trust'] => pinTo(cert);
 
   function get(transport: Transport, path: string, extra: Partial<RelayRequest> = {}) {
     return transport.request({

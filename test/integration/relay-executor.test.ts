@@ -7,6 +7,7 @@ import { createCertificate, fingerprintOf, type GeneratedCertificate } from '../
 import { useCleanups } from '../helpers/cleanup.js';
 import {
   closedPort,
+  pinTo as pin,
   type SilentTarget,
   startSilentTarget,
   startTlsTarget,
@@ -56,14 +57,6 @@ function transport(options: Parameters<typeof createDirectTransport>[0] = {}): D
   const t = createDirectTransport(options);
   cleanups.push(() => t.close());
   return t;
-}
-
-function pin(certificate: GeneratedCertificate, expectedHostname = '127.0.0.1'): TrustMetadata {
-  return {
-    fingerprintSha256: certificate.fingerprintSha256,
-    expectedHostname,
-    certificateDer: certificate.der,
-  };
 }
 
 /** What a caller sends that must never reach an impostor. */

@@ -14,7 +14,7 @@ import type { Resolver } from '../../src/relay/target-policy.js';
 import type { RelayResponse, TrustMetadata } from '../../src/relay/transport.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
 import { useCleanups } from '../helpers/cleanup.js';
-import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
+import { pinTo, startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 import { startInstance } from './environment-helpers.js';
 
 let cert: GeneratedCertificate;
@@ -47,11 +47,7 @@ function scripted(...answers: string[][]): Resolver & { calls: string[] } {
   return Object.assign(resolver, { calls });
 }
 
-const trust = (expectedHostname: string): TrustMetadata => ({
-  fingerprintSha256: cert.fingerprintSha256,
-  expectedHostname,
-  certificateDer: cert.der,
-});
+const trust = (expectedHostname: string): TrustMetadata => pinTo(cert, expectedHostname);
 
 async function text(response: RelayResponse): Promise<string> {
   const chunks: Uint8Array[] = [];

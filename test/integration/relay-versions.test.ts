@@ -5,14 +5,13 @@
  */
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { type AgentEvent, startAgent } from '../../agent/agent.js';
-import { createAgentExecutor } from '../../agent/main.js';
+import type { AgentEvent } from '../../agent/agent.js';
 import type { HubOptions } from '../../src/hub/hub.js';
 import { createLogger } from '../../src/logger.js';
 import type { VersionRange } from '../../src/relay/protocol.js';
 import { agentHeaders, upgradeAgent } from '../helpers/agent.js';
 import { useCleanups } from '../helpers/cleanup.js';
-import { startBareHub } from '../helpers/hub.js';
+import { startBareHub, startHubAgent } from '../helpers/hub.js';
 import { eventually } from '../helpers/wait.js';
 
 const cleanups = useCleanups();
@@ -24,7 +23,6 @@ async function hub(options: Partial<HubOptions> = {}) {
 }
 
 async function agentOf(bare: Awaited<ReturnType<typeof hub>>, versions?: VersionRange) {
-  const created = await bare.agents.create({ name: `edge-${Math.random().toString(36).slice(2)}` });
   const logs: Array<Record<string, unknown>> = [];
   const sink = new Writable({
     write(chunk, _enc, cb) {
@@ -33,24 +31,23 @@ async function agentOf(bare: Awaited<ReturnType<typeof hub>>, versions?: Version
     },
   });
   const events: AgentEvent[] = [];
-  const agent = startAgent({
-    managementUrl: bare.target.url,
-    agentId: created.agent.id,
-    agentToken: created.token,
-    ca: bare.target.ca,
-    createExecutor: createAgentExecutor,
-    backoff: { initialMs: 20, maxMs: 50 },
-    unauthorizedRetryMs: 60_000,
-    logger: createLogger('debug', sink),
-    ...(versions ? { protocolVersions: versions } : {}),
-  });
+  const { id, token, agent } = await startHubAgent(
+    bare,
+    {
+      name: `edge-${Math.random().toString(36).slice(2)}`,
+      backoff: { initialMs: 20, maxMs: 50 },
+      unauthorizedRetryMs: 60_000,
+      logger: createLogger('debug', sink),
+      ...(versions ? { protocolVersions: versions } : {}),
+    },
+    cleanups,
+  );
   agent.onEvent((event) => events.push(event));
-  cleanups.push(() => agent.close());
   const waitFor = (predicate: (e: AgentEvent) => boolean) =>
     eventually(() => {
       if (!events.some(predicate)) throw new Error(`event not seen: ${JSON.stringify(events)}`);
     });
-  return { id: created.agent.id, token: created.token, agent, events, logs, waitFor };
+  return { id, token, agent, events, logs, waitFor };
 }
 
 describe('protocol version window', () => {

@@ -8,10 +8,9 @@ import { AppError } from '../../src/errors.js';
 import { decodeEnvelope, encodeEnvelope } from '../../src/relay/codec.js';
 import { EnvelopeExecutor } from '../../src/relay/envelope-executor.js';
 import { RelayClient } from '../../src/relay/relay-client.js';
-import type { TrustMetadata } from '../../src/relay/transport.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
 import { useCleanups } from '../helpers/cleanup.js';
-import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
+import { pinTo as pin, startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 
 let good: GeneratedCertificate;
 let impostor: GeneratedCertificate;
@@ -69,14 +68,6 @@ async function target(
   const t = await startTlsTarget({ cert: certificate.cert, key: certificate.key, handler });
   cleanups.push(() => t.close());
   return t;
-}
-
-function pin(certificate: GeneratedCertificate): TrustMetadata {
-  return {
-    fingerprintSha256: certificate.fingerprintSha256,
-    expectedHostname: '127.0.0.1',
-    certificateDer: certificate.der,
-  };
 }
 
 describe('relay over encoded frames', () => {
