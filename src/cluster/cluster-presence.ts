@@ -14,7 +14,10 @@
  *   session ends and refreshes its keys well within the bucket's TTL (15 min).
  *   A draining replica (stopping) is chosen only when no other holds the agent.
  *
- * Both buckets are watched: each replica has the whole picture in memory.
+ * Both buckets are watched: each replica has the whole picture in memory,
+ * kept small, as most of it is other replicas' agents: per agent its id (a
+ * flat string of its own) and, per replica holding it, the replica's id (one
+ * shared string per replica) and the session's start (a number).
  * While NATS is unreachable (`busConnected` false) the picture is stale: the
  * server stops taking agents (see Hub.pause) and says so in system info.
  */
@@ -63,8 +66,36 @@ export interface ReplicaView {
 /** Where an agent is held. */
 export interface AgentHolder {
   replicaId: string;
+  connectedAt: string;
+}
+
+/** An agent's key's value: the session a replica holds it with. */
+interface AgentClaimValue {
+  replicaId: string;
   sessionId: string;
   connectedAt: string;
+}
+
+/** One replica holding an agent, as the picture keeps it. */
+class Claim {
+  constructor(
+    readonly replicaId: string,
+    readonly connectedAtMs: number,
+  ) {}
+
+  toHolder(): AgentHolder {
+    return { replicaId: this.replicaId, connectedAt: new Date(this.connectedAtMs).toISOString() };
+  }
+}
+
+/**
+ * A flat copy of `text`: a key sliced from a NATS subject would otherwise
+ * keep the whole subject alive for as long as the picture keeps the key.
+ */
+function flatCopy(text: string): string {
+  const holder: Record<string, true> = { [text]: true };
+  for (const key in holder) return key;
+  return text;
 }
 
 interface Heartbeat {
@@ -96,8 +127,10 @@ export class ClusterPresence {
   readonly #heartbeatMs: number;
   readonly #replicaTtlMs: number;
   readonly #replicas = new Map<string, { beat: Heartbeat; at: number }>();
-  /** Agent id → the replicas holding it (an agent may keep connections to two). */
-  readonly #agents = new Map<string, Map<string, AgentHolder>>();
+  /** Agent id → the replica holding it, or the replicas (an agent may keep connections to two). */
+  readonly #agents = new Map<string, Claim | Claim[]>();
+  /** Each replica id once, shared by every claim of that replica. */
+  readonly #replicaIds = new Map<string, string>();
   /** Agents this replica holds, as it announced them. */
   readonly #held = new Map<string, HeldAgent>();
   #nc: NatsConnection | null = null;
@@ -181,18 +214,19 @@ export class ClusterPresence {
    */
   holderOf(agentId: string, exclude?: ReadonlySet<string>): AgentHolder | null {
     const held = this.#held.get(agentId);
-    const own = held
-      ? { replicaId: this.replicaId, sessionId: held.sessionId, connectedAt: held.connectedAt }
-      : null;
+    const own = held ? { replicaId: this.replicaId, connectedAt: held.connectedAt } : null;
     if (own && !this.#draining) return own;
-    let fallback: AgentHolder | null = own;
-    for (const holder of this.#agents.get(agentId)?.values() ?? []) {
-      if (holder.replicaId === this.replicaId || !this.isAlive(holder.replicaId)) continue;
-      if (exclude?.has(holder.replicaId)) continue;
-      if (!this.#replicas.get(holder.replicaId)?.beat.draining) return holder;
-      fallback ??= holder;
+    const claims = this.#agents.get(agentId);
+    if (claims === undefined) return own;
+    let fallback: Claim | null = null;
+    for (const claim of Array.isArray(claims) ? claims : [claims]) {
+      const replicaId = claim.replicaId;
+      if (replicaId === this.replicaId || !this.isAlive(replicaId)) continue;
+      if (exclude?.has(replicaId)) continue;
+      if (!this.#replicas.get(replicaId)?.beat.draining) return claim.toHolder();
+      fallback ??= claim;
     }
-    return fallback;
+    return own ?? fallback?.toHolder() ?? null;
   }
 
   /** Announces that this replica now holds the agent. */
@@ -326,33 +360,68 @@ export class ClusterPresence {
     const agentId = entry.key.slice(0, dot);
     const replicaId = entry.key.slice(dot + 1);
     if (entry.operation !== 'PUT') {
-      const holders = this.#agents.get(agentId);
-      holders?.delete(replicaId);
-      if (holders?.size === 0) this.#agents.delete(agentId);
+      this.#unclaim(agentId, replicaId);
       return;
     }
+    let value: AgentClaimValue;
     try {
-      const holder = entry.json<AgentHolder>();
-      if (holder.replicaId !== replicaId) return;
-      let holders = this.#agents.get(agentId);
-      if (!holders) {
-        holders = new Map();
-        this.#agents.set(agentId, holders);
-      }
-      holders.set(replicaId, holder);
-      const held = this.#held.get(agentId);
-      if (held && replicaId === this.replicaId && holder.sessionId === held.sessionId)
-        held.revision = entry.revision;
+      value = entry.json<AgentClaimValue>();
     } catch {
-      // A value that is not ours: ignored.
+      return; // A value that is not ours: ignored.
     }
+    const connectedAtMs = Date.parse(value.connectedAt);
+    if (value.replicaId !== replicaId || Number.isNaN(connectedAtMs)) return;
+    this.#claim(agentId, new Claim(this.#replicaId(replicaId), connectedAtMs));
+    const held = this.#held.get(agentId);
+    if (held && replicaId === this.replicaId && value.sessionId === held.sessionId)
+      held.revision = entry.revision;
+  }
+
+  #claim(agentId: string, claim: Claim): void {
+    const claims = this.#agents.get(agentId);
+    if (claims === undefined) {
+      this.#agents.set(flatCopy(agentId), claim);
+      return;
+    }
+    const list = Array.isArray(claims) ? claims : [claims];
+    const at = list.findIndex((c) => c.replicaId === claim.replicaId);
+    if (at >= 0) list[at] = claim;
+    else list.push(claim);
+    this.#agents.set(agentId, list.length === 1 ? list[0]! : list);
+  }
+
+  #unclaim(agentId: string, replicaId: string): void {
+    const claims = this.#agents.get(agentId);
+    if (claims === undefined) return;
+    const rest = (Array.isArray(claims) ? claims : [claims]).filter((c) => c.replicaId !== replicaId);
+    if (rest.length === 0) this.#agents.delete(agentId);
+    else this.#agents.set(agentId, rest.length === 1 ? rest[0]! : rest);
+  }
+
+  /** The one copy of a replica id (those of gone replicas are dropped with their last claim). */
+  #replicaId(replicaId: string): string {
+    let id = this.#replicaIds.get(replicaId);
+    if (id === undefined) {
+      if (this.#replicaIds.size >= 64) this.#pruneReplicaIds();
+      id = flatCopy(replicaId);
+      this.#replicaIds.set(id, id);
+    }
+    return id;
+  }
+
+  #pruneReplicaIds(): void {
+    const used = new Set<string>();
+    for (const claims of this.#agents.values()) {
+      for (const claim of Array.isArray(claims) ? claims : [claims]) used.add(claim.replicaId);
+    }
+    for (const id of this.#replicaIds.keys()) if (!used.has(id)) this.#replicaIds.delete(id);
   }
 
   #putAgent(agentId: string, held: HeldAgent): void {
     const kv = this.#agentsKv;
     if (!kv || !this.#connected) return;
     held.putAt = this.#now();
-    const holder: AgentHolder = {
+    const holder: AgentClaimValue = {
       replicaId: this.replicaId,
       sessionId: held.sessionId,
       connectedAt: held.connectedAt,
