@@ -4,14 +4,18 @@
  * - forwarded ÷ holding p50: a relayed call (`GET /api/v1/system/info` of a
  *   target through an agent) made on the replica that does not hold the
  *   agent (X → NATS → Y → agent) against the same call on the replica that
- *   holds it, same run (goal ≤ 1.3). The two replicas, the agent and the
- *   target run in this process, so the ratio shows what the extra hop costs,
- *   not what separate machines would.
+ *   holds it, the calls alternating (goal ≤ 1.3). The two replicas, the
+ *   agent and the target run in this process, so the ratio shows what the
+ *   extra hop costs, not what separate machines would. Beside it, figures
+ *   that do not move with the machine's load: CPU per call of this process
+ *   and of nats-server, and the NATS messages and bytes per forwarded call
+ *   (a tap on the link subjects).
  * - memory per agent, replica ÷ one process: 3 replicas each holding 5,000
  *   idle agents (of the 15,000 in their shared database and presence) against
  *   one process (the embedded store, no cluster) holding 5,000, each figure
- *   the RSS growth of its process from connecting them, divided by the agents
- *   it holds (goal ≤ 1.1).
+ *   the RSS growth of its process from connecting them, without the young
+ *   generation's growth (see {@link rssPerAgent}), divided by the agents it
+ *   holds (goal ≤ 1.1).
  * - settling after a replica dies: 10,000 agents, each with two connections
  *   to 3 replicas as the agent keeps them, one replica killed (SIGKILL); the
  *   time until every agent again has two connections on the survivors (goal
@@ -41,15 +45,16 @@ import { Backoff, DEFAULT_BACKOFF_INITIAL_MS, DEFAULT_BACKOFF_MAX_MS } from '../
 import { createAgentExecutor } from '../agent/main.js';
 import { startNats, startPostgres, type TestNats, type TestPostgres } from '../scripts/local-services.js';
 import { AGENTS_BUCKET } from '../src/cluster/cluster-presence.js';
+import { LINK_SUBJECT_PREFIX } from '../src/cluster/nats-frame-transport.js';
 import { loadConfig, type ServerConfig } from '../src/config.js';
 import { createLogger } from '../src/logger.js';
 import { type RunningServer, startServer } from '../src/server.js';
 import { PostgresStore } from '../src/storage/postgres-store.js';
 import { SECRETS_KEY_FILE_NAME } from '../src/storage/secrets-box.js';
 import { GENERATED_CERT_FILE, GENERATED_KEY_FILE } from '../src/tls/management-certificate.js';
-import { type BenchRow, percentile, repeat, spread } from './harness.js';
+import { type BenchRow, percentile, repeat, roundOrder, spread } from './harness.js';
 import { ask, CONNECT_TIMEOUT_MS, IN_FLIGHT, SCALE_SERVER } from './hub-scale.js';
-import { DIST } from './instances.js';
+import { DIST, sampleProcess } from './instances.js';
 import { type LightCredentials, newAgentRecords, openLightConnection } from './light-agents.js';
 
 export interface ClusterBenchOptions {
@@ -154,7 +159,10 @@ export async function benchCluster(options: ClusterBenchOptions = {}): Promise<B
   }
 }
 
-async function benchForwarded(postgres: TestPostgres, options: ClusterBenchOptions): Promise<BenchRow[]> {
+export async function benchForwarded(
+  postgres: TestPostgres,
+  options: ClusterBenchOptions,
+): Promise<BenchRow[]> {
   const calls = options.calls ?? 300;
   const cleanups: Array<() => Promise<unknown> | unknown> = [];
   try {
@@ -221,31 +229,81 @@ async function benchForwarded(postgres: TestPostgres, options: ClusterBenchOptio
       body: { fingerprintSha256: discovered.json.certificate.fingerprintSha256 },
     });
 
-    const p50 = async (node: Node): Promise<number> => {
-      const times: number[] = [];
+    const call = async (node: Node): Promise<number> => {
+      const started = performance.now();
+      const res = await api(node, 'GET', '/api/v1/system/info', {
+        auth: token,
+        headers: { 'x-p2pstream-environment': environmentId },
+      });
+      if (res.status !== 200) throw new Error(`cluster bench: relayed call answered ${res.status}`);
+      return performance.now() - started;
+    };
+    // The p50s: holding and forwarding calls alternate (each leading in turn), so a busy moment of
+    // the machine falls on both alike.
+    const p50s = async (): Promise<{ holding: number; forwarded: number }> => {
+      const times = { holding: [] as number[], forwarded: [] as number[] };
       for (let i = 0; i < calls; i++) {
-        const started = performance.now();
-        const res = await api(node, 'GET', '/api/v1/system/info', {
-          auth: token,
-          headers: { 'x-p2pstream-environment': environmentId },
-        });
-        if (res.status !== 200) throw new Error(`cluster bench: relayed call answered ${res.status}`);
-        times.push(performance.now() - started);
+        for (const side of roundOrder(['holding', 'forwarded'] as const, i)) {
+          times[side].push(await call(side === 'holding' ? holder : forwarder));
+        }
       }
-      return percentile(
-        times.sort((a, b) => a - b),
-        0.5,
-      );
+      const p50 = (list: number[]) =>
+        percentile(
+          list.sort((a, b) => a - b),
+          0.5,
+        );
+      return { holding: p50(times.holding), forwarded: p50(times.forwarded) };
+    };
+    // Load-independent: CPU per call (this process holds both replicas, the agent, the target and
+    // the caller; nats-server its own) in a block of each, and the link's NATS messages per call.
+    const natsPid = nats.pid();
+    const tap = await connectNats({ servers: nats.url });
+    cleanups.push(() => tap.close());
+    let linkMessages = 0;
+    let linkBytes = 0;
+    tap.subscribe(`${LINK_SUBJECT_PREFIX}.>`, {
+      callback: (_err, message) => {
+        linkMessages++;
+        linkBytes += message.data.byteLength;
+      },
+    });
+    await tap.flush();
+    const cpuPerCall = async (node: Node) => {
+      const natsBefore = natsPid ? (await sampleProcess(natsPid)).cpuMs : 0;
+      const messagesBefore = linkMessages;
+      const bytesBefore = linkBytes;
+      const before = process.cpuUsage();
+      for (let i = 0; i < calls; i++) await call(node);
+      const used = process.cpuUsage(before);
+      await tap.flush();
+      const natsAfter = natsPid ? (await sampleProcess(natsPid)).cpuMs : 0;
+      return {
+        cpu: (used.user + used.system) / 1000 / calls,
+        natsCpu: (natsAfter - natsBefore) / calls,
+        messages: (linkMessages - messagesBefore) / calls,
+        bytes: (linkBytes - bytesBefore) / calls,
+      };
     };
     const samples = await repeat(
       async () => {
-        const holding = await p50(holder);
-        const forwarded = await p50(forwarder);
-        return { holding, forwarded, ratio: forwarded / holding };
+        const { holding, forwarded } = await p50s();
+        const cpuHolding = await cpuPerCall(holder);
+        const cpuForwarded = await cpuPerCall(forwarder);
+        return {
+          holding,
+          forwarded,
+          ratio: forwarded / holding,
+          cpuHolding: cpuHolding.cpu,
+          cpuForwarded: cpuForwarded.cpu + cpuForwarded.natsCpu,
+          natsCpu: cpuForwarded.natsCpu,
+          messages: cpuForwarded.messages,
+          bytes: cpuForwarded.bytes,
+        };
       },
       { warmup: 1, repetitions: options.repetitions ?? 3 },
     );
     const ratio = spread(samples.map((s) => s.ratio));
+    const median = (key: keyof (typeof samples)[number]) => spread(samples.map((s) => s[key])).median;
     return [
       {
         group: 'cluster',
@@ -254,7 +312,7 @@ async function benchForwarded(postgres: TestPostgres, options: ClusterBenchOptio
         unit: '×',
         goal: '≤ 1.3',
         met: ratio.median <= 1.3,
-        note: `p50 holding ${spread(samples.map((s) => s.holding)).median.toFixed(2)} ms, forwarding ${spread(samples.map((s) => s.forwarded)).median.toFixed(2)} ms over ${calls} sequential calls; replicas, agent and target share this process, PostgreSQL and NATS run beside it`,
+        note: `p50 holding ${median('holding').toFixed(2)} ms, forwarding ${median('forwarded').toFixed(2)} ms over ${calls} calls each, alternating; CPU per call (load-independent) holding ${median('cpuHolding').toFixed(2)} ms, forwarding ${median('cpuForwarded').toFixed(2)} ms (nats-server ${median('natsCpu').toFixed(2)} ms of it), ${median('messages').toFixed(1)} NATS messages (${Math.round(median('bytes'))} bytes) per forwarded call; replicas, agent and target share this process, PostgreSQL and NATS run beside it`,
       },
     ];
   } finally {
@@ -286,7 +344,19 @@ const AGENTS_PER_HOST = 4000;
 interface Stats {
   rss: number;
   heap: number;
+  /** Resident bytes of the young generation (V8's semi-spaces). */
+  young: number;
   connections: number;
+}
+
+/**
+ * RSS growth per agent without the young generation's growth: the young
+ * generation grows with the allocation rate to a fixed cap (32 MiB here)
+ * whatever the agent count, and the one process had grown it while writing
+ * its agents, before its baseline, a replica only while agents connect.
+ */
+function rssPerAgent(before: Stats, after: Stats, agents: number): number {
+  return (after.rss - before.rss - (after.young - before.young)) / agents;
 }
 
 interface ScaleServer {
@@ -427,7 +497,7 @@ async function connectRetrying(
 }
 
 /** Memory per agent: 3 replicas holding `perReplica` each against one process holding `perReplica`. */
-async function benchMemory(
+export async function benchMemory(
   postgres: TestPostgres,
   perReplica: number,
   log: (line: string) => void,
@@ -464,7 +534,8 @@ async function benchMemory(
     });
     const singleAfter = await statsWhenHolding(single, perReplica);
     log(`cluster: one process holds ${perReplica} agents`);
-    const singlePerAgent = (singleAfter.rss - singleBefore.rss) / perReplica;
+    const singlePerAgent = rssPerAgent(singleBefore, singleAfter, perReplica);
+    const singleYoung = singleAfter.young - singleBefore.young;
     const singleHeapPerAgent = (singleAfter.heap - singleBefore.heap) / perReplica;
     for (const ws of clients.splice(0)) ws.terminate();
     await ask(single, { cmd: 'stop' });
@@ -506,7 +577,8 @@ async function benchMemory(
     }
     await new Promise((resolve) => setTimeout(resolve, 2500));
     const after = await Promise.all(replicas.map((r) => ask<Stats>(r.child, { cmd: 'stats' })));
-    const perAgent = after.map((a, i) => (a.rss - before[i]!.rss) / perReplica);
+    const perAgent = after.map((a, i) => rssPerAgent(before[i]!, a, perReplica));
+    const young = after.map((a, i) => a.young - before[i]!.young);
     const heapPerAgent = after.map((a, i) => (a.heap - before[i]!.heap) / perReplica);
     const ratio = spread(perAgent.map((b) => b / singlePerAgent));
     const kb = (bytes: number) => (bytes / 1024).toFixed(1);
@@ -517,7 +589,7 @@ async function benchMemory(
       unit: '×',
       goal: '≤ 1.1',
       met: ratio.median <= 1.1,
-      note: `RSS growth per agent: replicas ${perAgent.map(kb).join(', ')} KB (JS heap and buffers ${heapPerAgent.map(kb).join(', ')} KB), one process ${kb(singlePerAgent)} KB (${kb(singleHeapPerAgent)} KB); min/max are the replicas. A replica also keeps every other replica's agents in its presence picture and store document; one connection per agent here, ${retries} connects retried; each process measured after two GCs, so allocator slack and the heap's growth steps move the figure by a few KB at small counts`,
+      note: `RSS growth per agent without the young generation's: replicas ${perAgent.map(kb).join(', ')} KB (JS heap and buffers ${heapPerAgent.map(kb).join(', ')} KB), one process ${kb(singlePerAgent)} KB (${kb(singleHeapPerAgent)} KB); min/max are the replicas. The young generation grew by ${young.map((b) => (b / 1048576).toFixed(1)).join(', ')} MiB in the replicas and ${(singleYoung / 1048576).toFixed(1)} MiB in the one process (it had grown while writing its agents, before its baseline). A replica also keeps every other replica's agents in its presence picture and store document; one connection per agent here, ${retries} connects retried; each process measured after two GCs, so allocator slack and the heap's growth steps move the figure by a few KB at small counts`,
     };
   } finally {
     for (const ws of clients.splice(0)) ws.terminate();

@@ -14,7 +14,8 @@
  *   key and certificate to the others); answered once it takes agents.
  *
  * Messages from the parent: `{cmd: 'start', kind, agents}` (`{cmd: 'start',
- * kind: 'replica', dataDir, databaseUrl, natsUrl}`), `{cmd: 'stats'}`,
+ * kind: 'replica', dataDir, databaseUrl, natsUrl}`), `{cmd: 'stats'}` (after two GCs: RSS,
+ * JS heap and buffers, the young generation's resident bytes, agents held),
  * `{cmd: 'discoverEach', url}` (hub only: one discovery through each agent),
  * `{cmd: 'sample'}` (from now on, the connected agents every 100 ms),
  * `{cmd: 'samples'}` (those samples, `[ms since the epoch, count]`),
@@ -25,6 +26,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import v8 from 'node:v8';
 import { WebSocketServer } from 'ws';
 import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/logger.js';
@@ -164,7 +166,12 @@ process.on('message', (message: Message) => {
         gc?.();
         {
           const { rss, heapUsed, external, arrayBuffers } = process.memoryUsage();
-          return { rss, heap: heapUsed + external + arrayBuffers, connections: connections() };
+          // The young generation: semi-spaces that grow (to a fixed cap) with the allocation rate.
+          const young = v8
+            .getHeapSpaceStatistics()
+            .filter((space) => space.space_name.startsWith('new_'))
+            .reduce((sum, space) => sum + space.physical_space_size, 0);
+          return { rss, heap: heapUsed + external + arrayBuffers, young, connections: connections() };
         }
       case 'discoverEach':
         return discoverEach(message.url);

@@ -270,6 +270,8 @@ export interface TestNats {
   dir: string;
   /** `nats://127.0.0.1:PORT` */
   url: string;
+  /** The server's process id while it runs (undefined when stopped). */
+  pid(): number | undefined;
   output(): string;
   /** Stops the server (SIGTERM), keeping its dir and port for `start()`. */
   stop(): Promise<void>;
@@ -342,6 +344,7 @@ export async function startNats(): Promise<TestNats> {
     port,
     dir,
     url: `nats://127.0.0.1:${port}`,
+    pid: () => (child as ChildProcess | null)?.pid,
     output: () => output.join(''),
     stop,
     async start() {
