@@ -316,6 +316,33 @@ describe('several PostgreSQL stores on one database (replicas)', () => {
     }
   });
 
+  it("puts records another replica changed in their place, a few or many at once, beside this one's unwritten ones", async () => {
+    const {
+      stores: [a, b],
+    } = await replicas(2);
+    const ids = Array.from({ length: 30 }, (_, i) => `t-${i}`);
+    await a!.update((db) => {
+      db.apiTokens.push(...ids.map((id) => token(id)));
+    });
+    await eventually(() => expect(b!.read().apiTokens.map((t) => t.id)).toEqual(ids), 1000);
+    // Added on b and not written yet: stays where it is while a's changes come in.
+    b!.updateSoon((db) => {
+      db.apiTokens.push(token('local'));
+    });
+    await a!.update((db) => {
+      db.apiTokens[3]!.lastUsedAt = 'few';
+    });
+    await eventually(() => expect(b!.read().apiTokens[3]!.lastUsedAt).toBe('few'), 1000);
+    await a!.update((db) => {
+      for (const t of db.apiTokens.slice(10, 25)) t.lastUsedAt = `many ${t.id}`;
+    });
+    await eventually(() => expect(b!.read().apiTokens[24]!.lastUsedAt).toBe('many t-24'), 1000);
+    expect(b!.read().apiTokens.map((t) => t.id)).toEqual([...ids, 'local']);
+    expect(b!.read().apiTokens.filter((t) => t.lastUsedAt?.startsWith('many'))).toHaveLength(15);
+    await b!.flush();
+    await eventually(() => expect(a!.read().apiTokens.map((t) => t.id)).toEqual([...ids, 'local']), 1000);
+  });
+
   it("merges another replica's change into a record this one changed but has not written yet, field by field", async () => {
     const {
       stores: [a, b],
