@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import CachePolicy from 'http-cache-semantics';
@@ -110,6 +110,41 @@ describe('cache store', () => {
     release(); // once is enough; more is harmless
     await put(store, id(9), 32 * KiB, 9);
     expect(first.memory).toBeNull();
+    expect(store.stats().memoryBytes).toBeLessThanOrEqual(256 * KiB);
+  });
+
+  it('reads a hot body from disk straight into the memory tier, held while it is written, and drops a damaged one', async () => {
+    // 32 KiB segments, one body each; seven fit in 256 KiB beside the index.
+    const { store, dir } = await openStore({ memoryBytes: 256 * KiB, hotObjectBytes: 32 * KiB });
+    for (let n = 1; n <= 9; n++) await put(store, id(n), 32 * KiB, n);
+    expect(store.stats().memorySegments).toBe(7);
+    const first = store.get(id(1))!;
+    expect(first.memory).toBeNull();
+    const read = await store.readBody(first);
+    if (read.kind !== 'memory') throw new Error(`expected a body, got ${read.kind}`);
+    expect(read.body.equals(Buffer.alloc(32 * KiB, 1))).toBe(true);
+    // The bytes were read into a segment: the entry's memory copy is that view, and it is held.
+    expect(first.memory).toBe(read.body);
+    expect(read.release).toBeTypeOf('function');
+    for (let n = 10; n <= 20; n++) await put(store, id(n), 32 * KiB, n);
+    expect(read.body.equals(Buffer.alloc(32 * KiB, 1))).toBe(true);
+    expect(store.stats().memoryBytes).toBeLessThanOrEqual(256 * KiB);
+    read.release!();
+    await put(store, id(21), 32 * KiB, 21);
+    expect(store.stats().memoryBytes).toBeLessThanOrEqual(256 * KiB);
+    // A body whose bytes changed, or that lost some, is dropped, never returned.
+    const flipped = store.get(id(2))!;
+    const truncated = store.get(id(3))!;
+    expect(flipped.memory).toBeNull();
+    await writeFile(path.join(dir, flipped.meta.bodyFile!), Buffer.alloc(32 * KiB, 99));
+    await truncate(path.join(dir, truncated.meta.bodyFile!), 100);
+    expect((await store.readBody(flipped)).kind).toBe('corrupt');
+    expect((await store.readBody(truncated)).kind).toBe('corrupt');
+    expect(store.get(id(2))).toBeUndefined();
+    expect(store.get(id(3))).toBeUndefined();
+    // Nothing stays held: every segment can be reused again.
+    for (let n = 22; n <= 30; n++) await put(store, id(n), 32 * KiB, n);
+    expect(store.get(id(30))?.memory?.equals(Buffer.alloc(32 * KiB, 30))).toBe(true);
     expect(store.stats().memoryBytes).toBeLessThanOrEqual(256 * KiB);
   });
 

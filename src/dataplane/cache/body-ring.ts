@@ -33,11 +33,15 @@ export interface RingSegment<T> {
   pins: number;
   /** What lives in it (given to `onRetire` when the segment is reused or dropped). */
   readonly owners: Set<T>;
+  /** Counts the times the segment was emptied (reused or let go). */
+  generation: number;
 }
 
 export interface RingSlot<T> {
   readonly segment: RingSegment<T>;
   readonly body: Buffer;
+  /** The segment's generation when the slot was taken. */
+  readonly generation: number;
 }
 
 export class BodyRing<T> {
@@ -85,12 +89,33 @@ export class BodyRing<T> {
     mayGrow: boolean,
     keep: RingSegment<T> | null = null,
   ): RingSlot<T> | null {
+    const slot = this.reserve(length, mayGrow, keep);
+    if (slot === null) return null;
+    let offset = 0;
+    for (const chunk of chunks) offset += chunk.copy(slot.body, offset);
+    slot.segment.owners.add(owner);
+    return slot;
+  }
+
+  /**
+   * Takes `length` bytes at the head for a body that is not there yet (read
+   * from disk straight into the ring, so no buffer of its own is allocated).
+   * The slot has no owner: pin its segment while filling it, then {@link keep}
+   * it for its owner. Null as for {@link add}.
+   */
+  reserve(length: number, mayGrow: boolean, keep: RingSegment<T> | null = null): RingSlot<T> | null {
     if (length > this.segmentBytes) return null;
     let head = this.#segments.at(-1);
     if (head === undefined || head.used + length > this.segmentBytes) {
       if (mayGrow || head === undefined) {
         if (!mayGrow) return null;
-        head = { bytes: Buffer.allocUnsafeSlow(this.segmentBytes), used: 0, pins: 0, owners: new Set() };
+        head = {
+          bytes: Buffer.allocUnsafeSlow(this.segmentBytes),
+          used: 0,
+          pins: 0,
+          owners: new Set(),
+          generation: 0,
+        };
         this.#segments.push(head);
       } else {
         const index = this.#segments.findIndex((s) => s.pins === 0 && s !== keep);
@@ -102,11 +127,20 @@ export class BodyRing<T> {
       }
     }
     const body = head.bytes.subarray(head.used, head.used + length);
-    let offset = 0;
-    for (const chunk of chunks) offset += chunk.copy(body, offset);
     head.used += length;
-    head.owners.add(owner);
-    return { segment: head, body };
+    return { segment: head, body, generation: head.generation };
+  }
+
+  /**
+   * Makes a reserved slot `owner`'s; false when its segment was let go or
+   * emptied since (the bytes are still readable through the slot, but no
+   * longer part of the memory tier).
+   */
+  keep(owner: T, slot: RingSlot<T>): boolean {
+    // Reused or let go segments were retired, which counts a new generation.
+    if (slot.segment.generation !== slot.generation) return false;
+    slot.segment.owners.add(owner);
+    return true;
   }
 
   /** Keeps a segment from being reused until the returned function is called (once is enough). */
@@ -141,6 +175,7 @@ export class BodyRing<T> {
     const owners = [...segment.owners];
     segment.owners.clear();
     segment.used = 0;
+    segment.generation++;
     for (const owner of owners) this.#onRetire(owner);
   }
 }

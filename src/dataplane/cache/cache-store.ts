@@ -29,7 +29,7 @@ import path from 'node:path';
 import CachePolicy from 'http-cache-semantics';
 import type { CachePurgeFilter } from '../../domain/cache-types.js';
 import type { Logger } from '../../logger.js';
-import { BodyRing, type RingSegment } from './body-ring.js';
+import { BodyRing, type RingSegment, type RingSlot } from './body-ring.js';
 
 /** Bodies up to this size are read whole and checked before the first byte is sent. */
 export const VERIFY_BEFORE_SERVING_BYTES = 1024 * 1024;
@@ -110,7 +110,11 @@ export interface CacheWriter {
 
 /** Outcome of reading a body from the store. */
 export type CacheBodyRead =
-  | { kind: 'memory'; body: Buffer }
+  /**
+   * The body whole. When `release` is set, `body` is a view into the memory
+   * tier that stays pinned until it is called (once the answer is over).
+   */
+  | { kind: 'memory'; body: Buffer; release: (() => void) | null }
   | { kind: 'stream'; chunks: AsyncIterable<Buffer> }
   | { kind: 'corrupt' };
 
@@ -255,24 +259,21 @@ export class CacheStore {
    * client never receives a complete corrupt body.
    */
   async readBody(entry: CacheEntry): Promise<CacheBodyRead> {
-    if (entry.memory !== null) return { kind: 'memory', body: entry.memory };
+    if (entry.memory !== null) return { kind: 'memory', body: entry.memory, release: null };
     const file = entry.meta.bodyFile;
     if (file === null) return { kind: 'corrupt' };
     const full = path.join(this.dir, file);
     if (entry.meta.bodyLength <= VERIFY_BEFORE_SERVING_BYTES) {
-      let body: Buffer;
-      try {
-        body = await fs.readFile(full);
-      } catch {
-        this.#dropCorrupt(entry, 'the body file is missing');
-        return { kind: 'corrupt' };
-      }
-      if (body.length !== entry.meta.bodyLength || sha256(body) !== entry.meta.bodySha256) {
+      const read = await this.#readWhole(entry, full);
+      if (read === null) return { kind: 'corrupt' };
+      if (read.body.length !== entry.meta.bodyLength || sha256(read.body) !== entry.meta.bodySha256) {
+        read.release?.();
         this.#dropCorrupt(entry, 'the body does not match its checksum');
         return { kind: 'corrupt' };
       }
-      this.#keepInMemory(entry, [body], body.length);
-      return { kind: 'memory', body };
+      if (read.slot !== null) this.#keepSlot(entry, read.slot);
+      else this.#keepInMemory(entry, [read.body], read.body.length);
+      return { kind: 'memory', body: read.body, release: read.release };
     }
     try {
       const stat = await fs.stat(full);
@@ -427,6 +428,65 @@ export class CacheStore {
   }
 
   // --- private -----------------------------------------------------------------------
+
+  /**
+   * Reads a body file whole: a hot body straight into a slot of the memory
+   * tier (no buffer of its own, so reading the disk tier does not churn the
+   * allocator), pinned until `release`; any other into a buffer of its own.
+   * Null when the file cannot be read (the entry is dropped). The caller
+   * checks the bytes.
+   */
+  async #readWhole(
+    entry: CacheEntry,
+    full: string,
+  ): Promise<{ body: Buffer; slot: RingSlot<CacheEntry> | null; release: (() => void) | null } | null> {
+    const length = entry.meta.bodyLength;
+    const slot =
+      length > 0 && length <= this.#limits.hotObjectBytes && this.#entries.get(entry.meta.id) === entry
+        ? this.#ring.reserve(length, this.#mayGrow())
+        : null;
+    if (slot === null) {
+      try {
+        return { body: await fs.readFile(full), slot: null, release: null };
+      } catch {
+        this.#dropCorrupt(entry, 'the body file is missing');
+        return null;
+      }
+    }
+    const release = this.#ring.pin(slot.segment);
+    let file: fs.FileHandle | null = null;
+    try {
+      file = await fs.open(full, 'r');
+      let offset = 0;
+      while (offset < length) {
+        const { bytesRead } = await file.read(slot.body, offset, length - offset, offset);
+        if (bytesRead === 0) break;
+        offset += bytesRead;
+      }
+      // A file that is shorter or longer than its metadata says is not this body.
+      const extra = offset === length ? (await file.stat()).size - length : -1;
+      if (extra !== 0) {
+        release();
+        this.#dropCorrupt(entry, 'the body file has the wrong length');
+        return null;
+      }
+    } catch {
+      release();
+      this.#dropCorrupt(entry, 'the body file is missing');
+      return null;
+    } finally {
+      await file?.close().catch(() => {});
+    }
+    return { body: slot.body, slot, release };
+  }
+
+  /** A body read into a reserved slot becomes the entry's memory-tier copy (when nothing else did meanwhile). */
+  #keepSlot(entry: CacheEntry, slot: RingSlot<CacheEntry>): void {
+    if (this.#entries.get(entry.meta.id) !== entry || entry.memory !== null) return;
+    if (!this.#ring.keep(entry, slot)) return;
+    entry.memory = slot.body;
+    entry.segment = slot.segment;
+  }
 
   #makeEntry(meta: CacheEntryMeta, policy: CachePolicy): CacheEntry {
     const metaBytes = Buffer.byteLength(metaJson(meta, policy));

@@ -530,6 +530,8 @@ export class ResponseCache implements CacheRuntime {
       if (body?.kind === 'memory' && body.body === inMemory) client.hold(release);
       else release();
     }
+    // Read from disk into the memory tier: that space is held the same way.
+    if (body?.kind === 'memory' && body.release !== null) client.hold(body.release);
     if (body?.kind === 'corrupt') return null;
     const headers: string[] = [];
     for (const [name, value] of entry.meta.headers) {
