@@ -134,8 +134,8 @@ export class CacheStore {
   readonly #entries = new Map<string, CacheEntry>();
   /** The memory tier: hot bodies. */
   #ring: BodyRing<CacheEntry>;
-  /** Per resource: the Vary names of its last stored response and its variants. */
-  readonly #resources = new Map<string, { varyNames: string[]; ids: Set<string> }>();
+  /** Per resource: the Vary names of its last stored response and its variants (variant key → id). */
+  readonly #resources = new Map<string, { varyNames: string[]; ids: Map<string, string> }>();
   /** Bytes of the index (the memory tier's segments come on top). */
   #indexBytes = 0;
   #diskBytes = 0;
@@ -201,9 +201,17 @@ export class CacheStore {
     };
   }
 
-  /** The Vary names recorded for a resource (empty when none or unknown). */
-  varyNamesOf(primaryKey: string): readonly string[] {
-    return this.#resources.get(primaryKey)?.varyNames ?? [];
+  /**
+   * The stored variant of a resource for a request, marked as recently used
+   * (see {@link get}): `variantKeyOf` gets the resource's Vary names and
+   * gives the request's values of them. Found through the resource, without
+   * hashing the keys into the entry id on every hit.
+   */
+  find(primaryKey: string, variantKeyOf: (varyNames: readonly string[]) => string): CacheEntry | undefined {
+    const resource = this.#resources.get(primaryKey);
+    if (resource === undefined) return undefined;
+    const id = resource.ids.get(variantKeyOf(resource.varyNames));
+    return id === undefined ? undefined : this.get(id);
   }
 
   /**
@@ -540,11 +548,11 @@ export class CacheStore {
     this.#diskBytes += entry.diskBytes;
     let resource = this.#resources.get(entry.meta.primaryKey);
     if (!resource) {
-      resource = { varyNames: entry.meta.varyNames, ids: new Set() };
+      resource = { varyNames: entry.meta.varyNames, ids: new Map() };
       this.#resources.set(entry.meta.primaryKey, resource);
     }
     resource.varyNames = entry.meta.varyNames;
-    resource.ids.add(id);
+    resource.ids.set(entry.meta.variantKey, id);
   }
 
   #replace(previous: CacheEntry, next: CacheEntry): void {
@@ -567,7 +575,7 @@ export class CacheStore {
     entry.hit = null;
     const resource = this.#resources.get(entry.meta.primaryKey);
     if (resource) {
-      resource.ids.delete(id);
+      if (resource.ids.get(entry.meta.variantKey) === id) resource.ids.delete(entry.meta.variantKey);
       if (resource.ids.size === 0) this.#resources.delete(entry.meta.primaryKey);
     }
   }

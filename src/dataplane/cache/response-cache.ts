@@ -502,8 +502,7 @@ export class ResponseCache implements CacheRuntime {
 
   /** The stored variant for a request, or undefined. */
   #find(primaryKey: string, headers: IncomingHttpHeaders): CacheEntry | undefined {
-    const varyNames = this.#store.varyNamesOf(primaryKey);
-    return this.#store.get(entryId(primaryKey, variantKeyOf(varyNames, headers)));
+    return this.#store.find(primaryKey, (varyNames) => variantKeyOf(varyNames, headers));
   }
 
   /**
