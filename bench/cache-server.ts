@@ -6,8 +6,8 @@
  * rule; everything else is proxied uncached.
  *
  * Messages: `{cmd: 'start', upstreamUrl, memoryMiB, diskMiB, hotObjectKiB}` →
- * `{port}`; `{cmd: 'stats'}` → `{rss, heap, heapTotal, external, brk, cache}` (after a full GC;
- * `brk`: resident bytes of the malloc heap); `{cmd: 'waiting'}` → `{waiting}` (requests
+ * `{port}`; `{cmd: 'stats'}` → `{rss, heap, heapTotal, young, external, brk, cache}` (after a full GC;
+ * `young`: resident bytes of V8's young generation; `brk`: resident bytes of the malloc heap); `{cmd: 'waiting'}` → `{waiting}` (requests
  * waiting for another's origin answer);
  * `{cmd: 'stop'}` → `{}`.
  */
@@ -15,6 +15,7 @@ import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { getHeapSpaceStatistics } from 'node:v8';
 import { DataPlane } from '../src/dataplane/data-plane.js';
 import { compileExpression } from '../src/domain/policy-expression.js';
 import { createLogger } from '../src/logger.js';
@@ -92,6 +93,7 @@ async function handle(message: Message): Promise<unknown> {
         brk: mallocHeapRss(),
         heap: memory.heapUsed,
         heapTotal: memory.heapTotal,
+        young: youngGenerationRss(),
         external: memory.external,
         cache: dataPlane?.cache?.stats() ?? null,
       };
@@ -128,4 +130,12 @@ function mallocHeapRss(): number | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * Resident bytes of V8's young generation: committed whole (heapTotal) from
+ * the start, but resident only as far as allocation has reached in it.
+ */
+function youngGenerationRss(): number {
+  return getHeapSpaceStatistics().find((space) => space.space_name === 'new_space')?.physical_space_size ?? 0;
 }
