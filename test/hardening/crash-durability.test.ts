@@ -33,24 +33,33 @@ function caller(server: BinServer, cookie: () => string) {
     });
 }
 
+/** Starts the server binary on `env`; killed after the file if still running. */
+async function startRound(env: Record<string, string>): Promise<BinServer> {
+  const server = await startBinServer(env);
+  servers.push(server);
+  return server;
+}
+
+/** Runs the first-run setup through `call` and returns the admin's session cookie. */
+async function setupAdmin(call: ReturnType<typeof caller>): Promise<string> {
+  const setup = await call('POST', '/api/v1/setup', {
+    username: 'admin',
+    password: 'crash test password',
+    setupToken: 'crash-setup-code',
+  });
+  expect(setup.status).toBe(201);
+  return (setup.headers.get('set-cookie') ?? '').split(';')[0]!;
+}
+
 describe('kill -9 in the middle of writes', () => {
   it('keeps every acknowledged write across repeated hard kills', async () => {
     const env = { P2PSTREAM_DATA_DIR: dataDir, P2PSTREAM_SETUP_TOKEN: 'crash-setup-code' };
     let cookie = '';
     const acknowledged = new Set<string>();
     for (let round = 0; round < 6; round++) {
-      const server = await startBinServer(env);
-      servers.push(server);
+      const server = await startRound(env);
       const call = caller(server, () => cookie);
-      if (round === 0) {
-        const setup = await call('POST', '/api/v1/setup', {
-          username: 'admin',
-          password: 'crash test password',
-          setupToken: 'crash-setup-code',
-        });
-        expect(setup.status).toBe(201);
-        cookie = (setup.headers.get('set-cookie') ?? '').split(';')[0]!;
-      }
+      if (round === 0) cookie = await setupAdmin(call);
       // The previous rounds' acknowledged tokens must all have survived the kill.
       const list = await call('GET', '/api/v1/tokens');
       expect(list.status).toBe(200);
@@ -84,8 +93,7 @@ describe('kill -9 in the middle of writes', () => {
       await Promise.all(writes);
       await server.exited;
     }
-    const final = await startBinServer(env);
-    servers.push(final);
+    const final = await startRound(env);
     const res = await fetch(`${final.url}/api/v1/tokens`, {
       dispatcher: final.dispatcher,
       headers: { cookie },
@@ -106,16 +114,10 @@ describe('kill -9 in the middle of writes', () => {
     let lastAcked: string | null = null;
     let inFlight: string | null = null;
     for (let round = 0; round < 5; round++) {
-      const server = await startBinServer(env);
-      servers.push(server);
+      const server = await startRound(env);
       const call = caller(server, () => cookie);
       if (round === 0) {
-        const setup = await call('POST', '/api/v1/setup', {
-          username: 'admin',
-          password: 'crash test password',
-          setupToken: 'crash-setup-code',
-        });
-        cookie = (setup.headers.get('set-cookie') ?? '').split(';')[0]!;
+        cookie = await setupAdmin(call);
         const created = await call('POST', '/api/v1/environments', {
           name: 'start',
           url: 'https://127.0.0.1:9',
@@ -157,8 +159,7 @@ describe('kill -9 in the middle of writes', () => {
       await updates;
       await server.exited;
     }
-    const final = await startBinServer(env);
-    servers.push(final);
+    const final = await startRound(env);
     const res = await fetch(`${final.url}/api/v1/environments/${environmentId}`, {
       dispatcher: final.dispatcher,
       headers: { cookie },
