@@ -24,6 +24,8 @@ import { createCertificate, type GeneratedCertificate } from '../../src/tls/cert
 import { createCloudflareProvider } from '../../src/tls/dns-cloudflare.js';
 import { createTestAgent, serverFingerprint } from '../helpers/agent.js';
 import { BIN, ensureBuilt } from '../helpers/bin.js';
+import { useCleanups } from '../helpers/cleanup.js';
+import type { TestServer } from '../helpers/server.js';
 import {
   eventually,
   type Instance,
@@ -33,7 +35,8 @@ import {
 } from '../integration/environment-helpers.js';
 
 const previous = process.env.NODE_TLS_REJECT_UNAUTHORIZED;
-const cleanups: Array<() => Promise<void> | void> = [];
+// Declared before the afterEach below, so the agent processes are killed before these run.
+const cleanups = useCleanups();
 const children: ChildProcess[] = [];
 
 beforeAll(() => {
@@ -52,7 +55,6 @@ afterEach(async () => {
       await exited;
     }
   }
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
 const instance = (options: Parameters<typeof startInstance>[0] = {}): Promise<Instance> =>
@@ -73,6 +75,28 @@ function runAgent(env: Record<string, string>): { output(): string } {
     out += chunk.toString();
   });
   return { output: () => out };
+}
+
+/** Waits until the hub of `server` has agent `id` connected; the agent's output names why not. */
+async function connected(server: TestServer, id: string, agent: { output(): string }): Promise<void> {
+  await eventually(() => server.server.hub.isConnected(id), 15_000).catch(() => {
+    throw new Error(`agent did not connect:\n${agent.output()}`);
+  });
+}
+
+/**
+ * Waits until `agent` has refused `impostor` (its probe and one more
+ * connection at least), which got not one application byte.
+ */
+async function refused(agent: { output(): string }, impostor: FakeControlPlane): Promise<void> {
+  await eventually(
+    () => /refusing the control plane/.test(agent.output()) && impostor.connections >= 2,
+    15_000,
+  ).catch(() => {
+    throw new Error(`agent did not refuse (${impostor.connections} connections):\n${agent.output()}`);
+  });
+  expect(impostor.receivedBytes).toBe(0);
+  expect(agent.output()).toMatch(/CERTIFICATE_CHANGED/);
 }
 
 interface FakeControlPlane {
@@ -179,9 +203,7 @@ describe('with NODE_TLS_REJECT_UNAUTHORIZED=0', () => {
       AGENT_TOKEN: created.token,
       MANAGEMENT_FINGERPRINT: serverFingerprint(control.server),
     });
-    await eventually(() => control.server.server.hub.isConnected(created.id), 15_000).catch(() => {
-      throw new Error(`agent did not connect:\n${agent.output()}`);
-    });
+    await connected(control.server, created.id, agent);
     const { selected, impostor } = await impostorBehind(control, { transport: 'agent', agentId: created.id });
     const refused = await control.server.request('GET', '/api/v1/system/info', {
       token: control.token,
@@ -209,14 +231,7 @@ describe('with NODE_TLS_REJECT_UNAUTHORIZED=0', () => {
       AGENT_TOKEN: created.token,
       MANAGEMENT_CA_FILE: caFile,
     });
-    await eventually(
-      () => /refusing the control plane/.test(agent.output()) && impostor.connections >= 2,
-      15_000,
-    ).catch(() => {
-      throw new Error(`agent did not refuse (${impostor.connections} connections):\n${agent.output()}`);
-    });
-    expect(impostor.receivedBytes).toBe(0);
-    expect(agent.output()).toMatch(/CERTIFICATE_CHANGED/);
+    await refused(agent, impostor);
     expect(agent.output()).not.toContain(created.token);
 
     // The same agent against the real control plane connects: the CA check itself works.
@@ -226,9 +241,7 @@ describe('with NODE_TLS_REJECT_UNAUTHORIZED=0', () => {
       AGENT_TOKEN: created.token,
       MANAGEMENT_CA_FILE: caFile,
     });
-    await eventually(() => real.server.server.hub.isConnected(created.id), 15_000).catch(() => {
-      throw new Error(`agent did not connect:\n${good.output()}`);
-    });
+    await connected(real.server, created.id, good);
   });
 
   it('the agent in fingerprint mode refuses a certificate swapped after its probe: no token sent', async () => {
@@ -243,14 +256,7 @@ describe('with NODE_TLS_REJECT_UNAUTHORIZED=0', () => {
       MANAGEMENT_FINGERPRINT: pinned.fingerprintSha256,
     });
     // The probe (connection 1) sees the pinned leaf; the WebSocket (connection 2) gets the other one.
-    await eventually(
-      () => /refusing the control plane/.test(agent.output()) && impostor.connections >= 2,
-      15_000,
-    ).catch(() => {
-      throw new Error(`agent did not refuse (${impostor.connections} connections):\n${agent.output()}`);
-    });
-    expect(impostor.receivedBytes).toBe(0);
-    expect(agent.output()).toMatch(/CERTIFICATE_CHANGED/);
+    await refused(agent, impostor);
   });
 
   it('the DNS provider client does not send its API token to an unverified server', async () => {
