@@ -5,11 +5,12 @@
  * is closed, the others keep relaying.
  */
 import fc from 'fast-check';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { AppError } from '../../src/errors.js';
 import { decodeEnvelope, encodeEnvelope } from '../../src/relay/codec.js';
 import type { Envelope } from '../../src/relay/envelope.js';
 import { agentHeaders, upgradeAgent } from '../helpers/agent.js';
+import { useCleanups } from '../helpers/cleanup.js';
 import { startBareHub } from '../helpers/hub.js';
 
 function varint(value: bigint): number[] {
@@ -80,10 +81,7 @@ describe('envelope decoder against hostile frames', () => {
 });
 
 describe('fuzzed frames over a real hub connection', () => {
-  const cleanups: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-  });
+  const cleanups = useCleanups();
 
   it('closes only the connection that sent a broken frame', async () => {
     const bare = await startBareHub();
