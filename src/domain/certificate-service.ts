@@ -205,18 +205,9 @@ export class CertificateService {
     for (const record of this.#records()) {
       try {
         if (record.source === 'file') await this.#loadFile(record, false);
-        else if (record.certificatePem !== null && record.privateKeySealed !== null) {
-          this.#live.set(record.id, {
-            certificatePem: record.certificatePem,
-            privateKeyPem: this.#secrets.open(SEAL_KEY, record.id, record.privateKeySealed),
-            fingerprintSha256: record.fingerprintSha256 ?? '',
-          });
-        }
+        else this.#serveStored(record);
       } catch (err) {
-        this.#logger?.warn(
-          { certificateId: record.id, err },
-          `certificate "${record.name}" could not be loaded`,
-        );
+        this.#notLoaded(record, err);
       }
     }
     this.#publish();
@@ -406,6 +397,21 @@ export class CertificateService {
     }
   }
 
+  /** Serves the certificate stored in `record`, its key opened (nothing when it has none yet). */
+  #serveStored(record: CertificateRecord): void {
+    if (record.certificatePem === null || record.privateKeySealed === null) return;
+    this.#live.set(record.id, {
+      certificatePem: record.certificatePem,
+      privateKeyPem: this.#secrets.open(SEAL_KEY, record.id, record.privateKeySealed),
+      fingerprintSha256: record.fingerprintSha256 ?? '',
+    });
+  }
+
+  /** A certificate that cannot be loaded is logged and left out; the others are served. */
+  #notLoaded(record: CertificateRecord, err: unknown): void {
+    this.#logger?.warn({ certificateId: record.id, err }, `certificate "${record.name}" could not be loaded`);
+  }
+
   /**
    * Follows what other replicas wrote (`tls`, `acmeChallenges`): serves the
    * certificates they stored, issued or renewed, drops deleted ones, and
@@ -426,16 +432,9 @@ export class CertificateService {
       if (record.certificatePem === null || record.privateKeySealed === null) continue;
       if (live && live.fingerprintSha256 === record.fingerprintSha256) continue;
       try {
-        this.#live.set(record.id, {
-          certificatePem: record.certificatePem,
-          privateKeyPem: this.#secrets.open(SEAL_KEY, record.id, record.privateKeySealed),
-          fingerprintSha256: record.fingerprintSha256 ?? '',
-        });
+        this.#serveStored(record);
       } catch (err) {
-        this.#logger?.warn(
-          { certificateId: record.id, err },
-          `certificate "${record.name}" could not be loaded`,
-        );
+        this.#notLoaded(record, err);
       }
     }
     for (const id of [...this.#live.keys()]) {
