@@ -133,12 +133,7 @@ export class TemplateService {
       id: newId(),
       name: requireName(input.name),
       kind,
-      status: input.status === undefined ? DEFAULT_TEMPLATE_STATUS[kind] : requireStatus(input.status),
-      contentType:
-        input.contentType === undefined
-          ? DEFAULT_TEMPLATE_CONTENT_TYPE
-          : requireContentType(input.contentType),
-      body: input.body === undefined ? '' : requireBody(input.body),
+      ...pageOf(input, kind),
       createdAt: at,
       updatedAt: at,
     };
@@ -225,12 +220,7 @@ export class TemplateService {
       id: 'draft',
       name: 'draft',
       kind,
-      status: input.status === undefined ? DEFAULT_TEMPLATE_STATUS[kind] : requireStatus(input.status),
-      contentType:
-        input.contentType === undefined
-          ? DEFAULT_TEMPLATE_CONTENT_TYPE
-          : requireContentType(input.contentType),
-      body: input.body === undefined ? '' : requireBody(input.body),
+      ...pageOf(input, kind),
       createdAt: '',
       updatedAt: '',
     };
@@ -280,6 +270,19 @@ export function requireTemplateRef(db: Readonly<Database>, value: unknown, field
   if (typeof value !== 'string' || !db.templates.some((t) => t.id === value))
     throw invalid(field, 'no such template');
   return value;
+}
+
+/** The status, content type and body of a new or draft template; each absent one defaulted. */
+function pageOf(
+  input: Record<string, unknown>,
+  kind: TemplateKind,
+): Pick<TemplateRecord, 'status' | 'contentType' | 'body'> {
+  return {
+    status: input.status === undefined ? DEFAULT_TEMPLATE_STATUS[kind] : requireStatus(input.status),
+    contentType:
+      input.contentType === undefined ? DEFAULT_TEMPLATE_CONTENT_TYPE : requireContentType(input.contentType),
+    body: input.body === undefined ? '' : requireBody(input.body),
+  };
 }
 
 function findTemplate(db: Readonly<Database>, id: string): Readonly<TemplateRecord> {
