@@ -283,13 +283,7 @@ describe('relayed streams through an agent', () => {
     const before = target.receivedBytes;
     let error: AppError | null = null;
     try {
-      await get(transport, '/', {
-        trust: {
-          fingerprintSha256: other.fingerprintSha256,
-          expectedHostname: '127.0.0.1',
-          certificateDer: other.der,
-        },
-      });
+      await get(transport, '/', { trust: pinTo(other) });
     } catch (err) {
       error = err as AppError;
     }

@@ -20,7 +20,7 @@ import type { TrustMetadata } from '../../src/relay/transport.js';
 import { createCertificate, type GeneratedCertificate } from '../../src/tls/certificates.js';
 import { useCleanups } from '../helpers/cleanup.js';
 import { freePort } from '../helpers/processes.js';
-import { startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
+import { pinTo as pin, startTlsTarget, type TlsTarget } from '../helpers/tls-target.js';
 
 const cleanups = useCleanups();
 let good: GeneratedCertificate;
@@ -86,14 +86,6 @@ async function link(control: readonly string[], agent: readonly string[]) {
   });
   const [session] = await Promise.all([controlPeer.whenReady, agentPeer.whenReady]);
   return { session, client, heads };
-}
-
-function pin(certificate: GeneratedCertificate): TrustMetadata {
-  return {
-    fingerprintSha256: certificate.fingerprintSha256,
-    expectedHostname: '127.0.0.1',
-    certificateDer: certificate.der,
-  };
 }
 
 async function get(client: RelayClient, url: string, trust: TrustMetadata): Promise<number | string> {
