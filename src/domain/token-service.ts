@@ -144,10 +144,13 @@ export class TokenService {
     if (record.expiresAt !== null && Date.parse(record.expiresAt) <= now) return null;
     const at = new Date(now).toISOString();
     // Bookkeeping: a crash may lose the last second of it, never the request.
-    this.#store.updateSoon((db) => {
-      const live = db.apiTokens.find((t) => t.id === record.id);
-      if (live) live.lastUsedAt = at;
-    });
+    this.#store.updateSoon(
+      (db) => {
+        const live = db.apiTokens.find((t) => t.id === record.id);
+        if (live) live.lastUsedAt = at;
+      },
+      { collection: 'apiTokens', id: record.id },
+    );
     return toApiToken(record);
   }
 

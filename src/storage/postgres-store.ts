@@ -32,7 +32,7 @@ import pg from 'pg';
 import type { Logger } from '../logger.js';
 import { documentLayout, getAt, type LayoutSlot, recordIds, setAt, WHOLE_ROW_ID } from './document-layout.js';
 import { type Database, emptyDatabase, migrate } from './schema.js';
-import { DeferredWrite, type ExternalChangeListener, type Store } from './store.js';
+import { DeferredWrite, type ExternalChangeListener, type RecordRef, type Store } from './store.js';
 
 /** The channel replicas notify each other on. */
 export const CHANGES_CHANNEL = 'p2pstream_changes';
@@ -137,6 +137,12 @@ export class PostgresStore implements Store {
   #pending: PendingUpdate[] = [];
   #cycle: Promise<void> | null = null;
   readonly #deferred = new DeferredWrite(() => void this.#scheduleCycle().catch(() => {}));
+  /**
+   * The records deferred writes changed since the last write cycle, by
+   * collection, when each named its record; null when one did not (or after
+   * a failed write), and the next cycle compares everything.
+   */
+  #deferredRecords: Map<string, Set<string>> | null = new Map();
   #poll: ReturnType<typeof setInterval> | null = null;
   #reconnect: ReturnType<typeof setTimeout> | null = null;
   #reconnectDelayMs = 100;
@@ -172,7 +178,10 @@ export class PostgresStore implements Store {
         } else {
           ({ migrated } = migrate(store.#db, randomUUID));
         }
-        if (fresh || migrated) await store.#runCycle();
+        if (fresh || migrated) {
+          store.#deferredRecords = null;
+          await store.#runCycle();
+        }
       } finally {
         await client.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY]).catch(() => {});
       }
@@ -209,11 +218,30 @@ export class PostgresStore implements Store {
     });
   }
 
-  updateSoon<T>(mutate: (db: Database) => T): T {
+  updateSoon<T>(mutate: (db: Database) => T, record?: RecordRef): T {
     if (this.#closed) throw new Error('the store is closed');
-    const result = mutate(this.#db);
+    let result: T;
+    try {
+      result = mutate(this.#db);
+    } finally {
+      this.#noteDeferred(record);
+    }
     this.#deferred.schedule();
     return result;
+  }
+
+  #noteDeferred(record: RecordRef | undefined): void {
+    if (this.#deferredRecords === null) return;
+    if (!record || this.#slots.get(record.collection)?.kind !== 'collection') {
+      this.#deferredRecords = null;
+      return;
+    }
+    let ids = this.#deferredRecords.get(record.collection);
+    if (!ids) {
+      ids = new Set();
+      this.#deferredRecords.set(record.collection, ids);
+    }
+    ids.add(record.id);
   }
 
   /** Writes every pending change; throws StoreUnavailableError when that write fails. */
@@ -265,11 +293,15 @@ export class PostgresStore implements Store {
 
   async #runCycle(): Promise<void> {
     const ops = this.#pending.splice(0);
+    // Only named records changed since the last write (no update's mutation runs in this one): compare those.
+    const named = ops.length === 0 ? this.#deferredRecords : null;
+    this.#deferredRecords = new Map();
     this.#deferred.cancel();
     let client: pg.Client;
     try {
       client = await this.#connectWriter();
     } catch (err) {
+      this.#deferredRecords = null;
       for (const op of ops) op.reject(unavailable(err));
       throw err;
     }
@@ -291,7 +323,7 @@ export class PostgresStore implements Store {
           results.push({ ok: false, error });
         }
       }
-      diff = this.#diff();
+      diff = (named && this.#diffRecords(named)) ?? this.#diff();
       if (diff.upserts.length === 0 && diff.deletes.length === 0) {
         await client.query('COMMIT');
       } else {
@@ -305,6 +337,7 @@ export class PostgresStore implements Store {
         this.#rev = rev;
       }
     } catch (err) {
+      this.#deferredRecords = null;
       await client.query('ROLLBACK').catch(() => this.#dropWriter());
       // The document goes back to what PostgreSQL holds; a commit whose answer was lost comes back by revision.
       if (applied) this.#restore(diff ? touchedSlots(diff) : new Set(this.#slots.keys()));
@@ -352,6 +385,36 @@ export class PostgresStore implements Store {
       for (const id of known.keys()) if (!present.has(id)) deletes.push({ path: slot.name, id });
     }
     return { upserts, deletes };
+  }
+
+  /**
+   * The rows of the named records that differ from what this replica last
+   * wrote or read, or null when that cannot tell (a record new or gone, a
+   * collection stored whole): then the whole document is compared.
+   */
+  #diffRecords(named: Map<string, Set<string>>): { upserts: RowUpsert[]; deletes: RowDelete[] } | null {
+    const upserts: RowUpsert[] = [];
+    for (const [name, ids] of named) {
+      const slot = this.#slots.get(name);
+      const known = this.#knownFor(name);
+      const elements = slot ? getAt(this.#db, slot.path) : undefined;
+      if (!slot || !Array.isArray(elements) || known.has(WHOLE_ROW_ID)) return null;
+      const wanted = new Map<string, unknown>();
+      for (const element of elements) {
+        const id = (element as { id?: unknown } | null)?.id;
+        if (typeof id === 'string' && ids.has(id)) {
+          if (wanted.has(id)) return null;
+          wanted.set(id, element);
+        }
+      }
+      for (const id of ids) {
+        const row = known.get(id);
+        if (!row || !wanted.has(id)) return null;
+        const json = JSON.stringify(wanted.get(id));
+        if (row.json !== json) upserts.push({ path: name, id, ord: row.ord, json });
+      }
+    }
+    return { upserts, deletes: [] };
   }
 
   #notice(rev: number, diff: { upserts: RowUpsert[]; deletes: RowDelete[] }): string {

@@ -12,6 +12,12 @@ import type { Database } from './schema.js';
  */
 export type ExternalChangeListener = (keys: ReadonlySet<string>) => void;
 
+/** One record of a collection (`agents`, `apiTokens`, `proxy.routes`: the dotted path of the array). */
+export interface RecordRef {
+  collection: string;
+  id: string;
+}
+
 /** Longest delay of a deferred write ({@link Store.updateSoon}). */
 export const DEFERRED_WRITE_MS = 1000;
 
@@ -62,9 +68,12 @@ export interface Store {
    * Applies `mutate` now and persists it soon (within {@link DEFERRED_WRITE_MS},
    * in one write with whatever else changed by then). For bookkeeping whose
    * loss in a crash is harmless (agent sessions, last seen): a burst of such
-   * changes costs one write instead of one each.
+   * changes costs one write instead of one each. `record`: the one existing
+   * record `mutate` changes, when it changes nothing else (not its place, not
+   * another record); a store that writes by record then compares only those
+   * named since its last write, instead of the whole document.
    */
-  updateSoon<T>(mutate: (db: Database) => T): T;
+  updateSoon<T>(mutate: (db: Database) => T, record?: RecordRef): T;
   /** Resolves when every change, deferred ones included, is on disk. */
   flush(): Promise<void>;
   /**

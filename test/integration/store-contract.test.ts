@@ -401,6 +401,51 @@ describe('several PostgreSQL stores on one database (replicas)', () => {
     );
   });
 
+  it('writes deferred changes of named records with any unnamed change made meanwhile, and one of a record deleted elsewhere writes nothing back', async () => {
+    const {
+      url,
+      stores: [a, b],
+    } = await replicas(2);
+    await a!.update((db) => {
+      db.apiTokens.push(token('one'), token('two'), token('three'));
+    });
+    await eventually(() => expect(b!.read().apiTokens).toHaveLength(3), 1000);
+    const used = (id: string, at: string) =>
+      b!.updateSoon(
+        (db) => {
+          const record = db.apiTokens.find((t) => t.id === id);
+          if (record) record.lastUsedAt = at;
+        },
+        { collection: 'apiTokens', id },
+      );
+    used('one', 'named-1');
+    used('three', 'named-3');
+    await b!.flush();
+    await eventually(
+      () => expect(a!.read().apiTokens.map((t) => t.lastUsedAt)).toEqual(['named-1', null, 'named-3']),
+      1000,
+    );
+    // A named change and an unnamed one in the same write: both reach the other replica.
+    used('two', 'named-2');
+    b!.updateSoon((db) => {
+      db.traffic.level = 'detailed';
+    });
+    await b!.flush();
+    await eventually(() => {
+      expect(a!.read().apiTokens.map((t) => t.lastUsedAt)).toEqual(['named-1', 'named-2', 'named-3']);
+      expect(a!.read().traffic.level).toBe('detailed');
+    }, 1000);
+    // Deleted on a while b's named change waits: it stays deleted everywhere.
+    used('one', 'after-delete');
+    await a!.update((db) => {
+      db.apiTokens = db.apiTokens.filter((t) => t.id !== 'one');
+    });
+    await eventually(() => expect(b!.read().apiTokens.map((t) => t.id)).toEqual(['two', 'three']), 1000);
+    await b!.flush();
+    const peek = track(await PostgresStore.open({ url }));
+    expect(peek.read().apiTokens.map((t) => t.id)).toEqual(['two', 'three']);
+  });
+
   it('fails an update while PostgreSQL is unreachable and keeps the document as stored', async () => {
     const url = await postgres.createDatabase();
     const store = track(await PostgresStore.open({ url }));
