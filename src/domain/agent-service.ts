@@ -15,6 +15,7 @@ import type { AgentConnectionRecord, AgentRecord } from '../storage/schema.js';
 import type { Store } from '../storage/store.js';
 import type { AgentPresence } from './cluster-types.js';
 import { constantTimeEqual, hashSecret, isId, newId, newSecret } from './ids.js';
+import { RecordIndex } from './record-index.js';
 import {
   invalid,
   optionalBoolean,
@@ -177,6 +178,8 @@ export class AgentService {
   readonly #live = new Map<string, LiveSession>();
   readonly #logger: Logger | undefined;
   readonly #revocationListeners = new Set<(agentId: string, reason: AgentRevocationReason) => void>();
+  /** Agents by id: every upgrade and every revalidation looks agents up, among thousands. */
+  readonly #index = new RecordIndex<AgentRecord>();
 
   constructor(options: AgentServiceOptions) {
     this.#store = options.store;
@@ -198,12 +201,12 @@ export class AgentService {
 
   /** The agent's current labels (not a copy: do not change them), or null when there is no such agent. */
   labelsOf(id: string): Readonly<Record<string, string>> | null {
-    return this.#store.read().agents.find((a) => a.id === id)?.labels ?? null;
+    return this.#byId(this.#store.read().agents, id)?.labels ?? null;
   }
 
   /** True when an agent with this id exists (for other services' references). */
   exists(id: string): boolean {
-    return isId(id) && this.#store.read().agents.some((a) => a.id === id);
+    return isId(id) && this.#byId(this.#store.read().agents, id) !== undefined;
   }
 
   /** Creates an agent `{name, labels?, enabled?}`; the raw token is returned once and never stored. */
@@ -247,7 +250,7 @@ export class AgentService {
     const now = this.#isoNow();
     let disabled = false;
     const record = await this.#store.update((db) => {
-      const live = db.agents.find((a) => a.id === id);
+      const live = this.#byId(db.agents, id);
       if (!live) throw new AppError('AGENT_NOT_FOUND', 'no such agent');
       if (name !== undefined) assertNameFree(db.agents, name, id);
       if (name !== undefined) live.name = name;
@@ -269,7 +272,7 @@ export class AgentService {
     const token = newSecret(AGENT_TOKEN_PREFIX);
     const now = this.#isoNow();
     const record = await this.#store.update((db) => {
-      const live = db.agents.find((a) => a.id === id);
+      const live = this.#byId(db.agents, id);
       if (!live) throw new AppError('AGENT_NOT_FOUND', 'no such agent');
       live.tokenHash = hashSecret(token);
       live.tokenGeneration += 1;
@@ -305,7 +308,7 @@ export class AgentService {
    */
   authenticate(agentId: string, bearer: string): AgentAuthResult {
     if (!isId(agentId) || !looksLikeAgentToken(bearer)) return { ok: false, reason: 'malformed' };
-    const record = this.#store.read().agents.find((a) => a.id === agentId);
+    const record = this.#byId(this.#store.read().agents, agentId);
     if (!record) return { ok: false, reason: 'unknown-agent' };
     if (!constantTimeEqual(hashSecret(bearer), record.tokenHash)) return { ok: false, reason: 'wrong-token' };
     if (!record.enabled) return { ok: false, reason: 'disabled' };
@@ -314,13 +317,13 @@ export class AgentService {
 
   /** True while the credential's agent exists, is enabled and has not been rotated since. */
   isCredentialCurrent(credential: AgentCredential): boolean {
-    const record = this.#store.read().agents.find((a) => a.id === credential.agentId);
+    const record = this.#byId(this.#store.read().agents, credential.agentId);
     return record?.enabled === true && record.tokenGeneration === credential.generation;
   }
 
   /** Why a credential that is no longer current was revoked (for a session's end reason). */
   revocationReason(credential: AgentCredential): AgentRevocationReason {
-    const record = this.#store.read().agents.find((a) => a.id === credential.agentId);
+    const record = this.#byId(this.#store.read().agents, credential.agentId);
     if (!record) return 'deleted';
     if (!record.enabled) return 'disabled';
     return 'rotated';
@@ -356,24 +359,27 @@ export class AgentService {
     // The check and the change happen in one synchronous mutation, so no revocation slips in between.
     // Persisted soon rather than at once: a connect storm of thousands of agents then costs a few
     // writes of the document, not one each; a session lost in a crash is only missing history.
-    this.#store.updateSoon((db) => {
-      const record = db.agents.find((a) => a.id === credential.agentId);
-      if (!record?.enabled || record.tokenGeneration !== credential.generation) {
-        throw new AppError('UNAUTHENTICATED', 'the agent credentials were revoked');
-      }
-      record.connections.push(session);
-      trimConnections(record, this.#maxConnections);
-      record.lastSeenAt = session.startedAt;
-      record.remoteAddress = info.remoteAddress;
-      record.version = info.version;
-      if (info.protocol) record.protocol = { ...info.protocol, refusal: null, at: session.startedAt };
-      this.#live.set(credential.agentId, {
-        sessionId: session.id,
-        connectedAt: session.startedAt,
-        lastSeenAt: nowMs,
-        lastSeenWrittenAt: nowMs,
-      });
-    });
+    this.#store.updateSoon(
+      (db) => {
+        const record = this.#byId(db.agents, credential.agentId);
+        if (!record?.enabled || record.tokenGeneration !== credential.generation) {
+          throw new AppError('UNAUTHENTICATED', 'the agent credentials were revoked');
+        }
+        record.connections.push(session);
+        trimConnections(record, this.#maxConnections);
+        record.lastSeenAt = session.startedAt;
+        record.remoteAddress = info.remoteAddress;
+        record.version = info.version;
+        if (info.protocol) record.protocol = { ...info.protocol, refusal: null, at: session.startedAt };
+        this.#live.set(credential.agentId, {
+          sessionId: session.id,
+          connectedAt: session.startedAt,
+          lastSeenAt: nowMs,
+          lastSeenWrittenAt: nowMs,
+        });
+      },
+      { collection: 'agents', id: credential.agentId },
+    );
     return toConnection(session);
   }
 
@@ -392,28 +398,34 @@ export class AgentService {
     },
   ): void {
     const at = this.#isoNow();
-    this.#store.updateSoon((db) => {
-      const record = db.agents.find((a) => a.id === agentId);
-      if (!record) return;
-      record.remoteAddress = info.remoteAddress;
-      record.version = info.version;
-      record.lastSeenAt = at;
-      record.protocol = {
-        version: null,
-        agentVersions: { ...info.agentVersions },
-        controlPlaneVersions: { ...info.controlPlaneVersions },
-        refusal: info.refusal.slice(0, 200),
-        at,
-      };
-    });
+    this.#store.updateSoon(
+      (db) => {
+        const record = this.#byId(db.agents, agentId);
+        if (!record) return;
+        record.remoteAddress = info.remoteAddress;
+        record.version = info.version;
+        record.lastSeenAt = at;
+        record.protocol = {
+          version: null,
+          agentVersions: { ...info.agentVersions },
+          controlPlaneVersions: { ...info.controlPlaneVersions },
+          refusal: info.refusal.slice(0, 200),
+          at,
+        };
+      },
+      { collection: 'agents', id: agentId },
+    );
   }
 
   /** Records how many streams of a session were closed as leaked so far (both sides). */
   sessionLeaks(agentId: string, sessionId: string, leakedStreams: number): void {
-    this.#store.updateSoon((db) => {
-      const session = db.agents.find((a) => a.id === agentId)?.connections.find((c) => c.id === sessionId);
-      if (session) session.leakedStreams = leakedStreams;
-    });
+    this.#store.updateSoon(
+      (db) => {
+        const session = this.#byId(db.agents, agentId)?.connections.find((c) => c.id === sessionId);
+        if (session) session.leakedStreams = leakedStreams;
+      },
+      { collection: 'agents', id: agentId },
+    );
   }
 
   /** Notes that a live session was heard from (keepalive); persisted at most once a minute. */
@@ -426,10 +438,13 @@ export class AgentService {
     live.lastSeenWrittenAt = now;
     const at = new Date(now).toISOString();
     // Bookkeeping: persisted with the next write, never breaking a session.
-    this.#store.updateSoon((db) => {
-      const record = db.agents.find((a) => a.id === agentId);
-      if (record) record.lastSeenAt = at;
-    });
+    this.#store.updateSoon(
+      (db) => {
+        const record = this.#byId(db.agents, agentId);
+        if (record) record.lastSeenAt = at;
+      },
+      { collection: 'agents', id: agentId },
+    );
   }
 
   /** Records the end of a session; the agent goes offline unless a newer session replaced it. */
@@ -437,15 +452,18 @@ export class AgentService {
     const live = this.#live.get(agentId);
     if (live?.sessionId === sessionId) this.#live.delete(agentId);
     const at = this.#isoNow();
-    if (!this.#store.read().agents.some((a) => a.id === agentId)) return;
-    this.#store.updateSoon((db) => {
-      const record = db.agents.find((a) => a.id === agentId);
-      const session = record?.connections.find((c) => c.id === sessionId);
-      if (!record || !session || session.endedAt !== null) return;
-      session.endedAt = at;
-      session.endReason = reason;
-      record.lastSeenAt = at;
-    });
+    if (!this.#byId(this.#store.read().agents, agentId)) return;
+    this.#store.updateSoon(
+      (db) => {
+        const record = this.#byId(db.agents, agentId);
+        const session = record?.connections.find((c) => c.id === sessionId);
+        if (!record || !session || session.endedAt !== null) return;
+        session.endedAt = at;
+        session.endReason = reason;
+        record.lastSeenAt = at;
+      },
+      { collection: 'agents', id: agentId },
+    );
   }
 
   /**
@@ -534,9 +552,13 @@ export class AgentService {
   }
 
   #find(id: string): AgentRecord {
-    const record = isId(id) ? this.#store.read().agents.find((a) => a.id === id) : undefined;
+    const record = isId(id) ? this.#byId(this.#store.read().agents, id) : undefined;
     if (!record) throw new AppError('AGENT_NOT_FOUND', 'no such agent');
     return record;
+  }
+
+  #byId(agents: readonly AgentRecord[], id: string): AgentRecord | undefined {
+    return this.#index.get(agents, id);
   }
 
   #isoNow(): string {
