@@ -14,6 +14,7 @@
  * plane whose certificate does not verify is logged and retried, never
  * accepted. `close()` cancels the in-flight streams and says goodbye.
  */
+import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage } from 'node:http';
 import WebSocket from 'ws';
@@ -613,6 +614,18 @@ export function startAgent(options: StartAgentOptions): RunningAgent {
 }
 
 /**
+ * Where an agent's first connection starts in its list of URLs (the second
+ * takes the next one): a position drawn from the agent's id, so that agents
+ * configured with the same list spread evenly over the replicas instead of
+ * all landing on the first two, and an agent keeps its place across restarts.
+ */
+export function firstManagementUrl(urls: readonly string[], agentId: string): string {
+  if (urls.length <= 1) return urls[0]!;
+  const position = createHash('sha256').update(agentId).digest().readUInt32BE(0) % urls.length;
+  return urls[position]!;
+}
+
+/**
  * The URL a connection tries next, of several: one no other connection of the
  * agent uses (`taken`), not one being drained; failing that, the drained one's
  * (it is back after its restart); failing that, any. After a connection that
@@ -725,7 +738,8 @@ class AgentConnections implements RunningAgent {
   /** Opens connections until as many as wanted are not draining. */
   #topUp(): void {
     while (!this.#stopped && [...this.#connections].filter((a) => !a.retiring).length < this.#target) {
-      const agent = new Agent({ ...this.#options, managementUrl: this.#urls[0]! }, this.#hooks);
+      const managementUrl = firstManagementUrl(this.#urls, this.#options.agentId);
+      const agent = new Agent({ ...this.#options, managementUrl }, this.#hooks);
       this.#connections.add(agent);
       agent.onEvent((event) => this.#events.emit('event', event));
       agent.start();

@@ -9,6 +9,7 @@
  * connection to the replica it is not on, and one stays up throughout.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { firstManagementUrl } from '../../agent/agent.js';
 import { createTestAgent, serverFingerprint, startTestAgent } from '../helpers/agent.js';
 import { startNats, type TestNats } from '../helpers/nats.js';
 import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
@@ -119,9 +120,11 @@ describe('a rolling restart of every replica', () => {
         expect(replica!.server.store.read().agents.some((a) => a.id === credentials.id)).toBe(true);
     }, 10_000);
     // Two connections, first to replicas 0 and 1; replica 2 reaches the agent only through them
-    // until a drain moves a connection there.
+    // until a drain moves a connection there. The agent starts at a place in its list drawn from its
+    // id (the second connection takes the next URL): listed so that place holds replica 0.
+    const start = ['0', '1', '2'].indexOf(firstManagementUrl(['0', '1', '2'], credentials.id));
     const agent = startTestAgent(first, credentials, {
-      managementUrls: live.map((replica) => replica!.url),
+      managementUrls: live.map((_, k) => live[(k - start + 3) % 3]!.url),
       fingerprint: serverFingerprint(first),
     });
     const replicaIds = live.map((replica) => replica!.server.replicaId);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { pickManagementUrl } from '../../agent/agent.js';
+import { firstManagementUrl, pickManagementUrl } from '../../agent/agent.js';
 
 const urls = ['https://a', 'https://b', 'https://c'];
 const pick = (current: string, failed: boolean, taken: string[] = [], draining: string[] = []) =>
@@ -18,9 +18,11 @@ describe('pickManagementUrl', () => {
     ).toBe('https://a');
   });
 
-  it('puts the first connection on the first URL and the second on the next one not taken', () => {
+  it('keeps the first connection on the URL it starts at and puts the second on the next one not taken, wrapping round', () => {
     expect(pick('https://a', false)).toBe('https://a');
     expect(pick('https://a', false, ['https://a'])).toBe('https://b');
+    expect(pick('https://c', false)).toBe('https://c');
+    expect(pick('https://c', false, ['https://c'])).toBe('https://a');
   });
 
   it('retries its own URL once after a connection that was up, then moves on past it', () => {
@@ -34,5 +36,34 @@ describe('pickManagementUrl', () => {
     expect(pick('https://a', false, [], ['https://a'])).toBe('https://b');
     expect(pick('https://a', false, ['https://b', 'https://c'], ['https://a'])).toBe('https://a');
     expect(pick('https://a', true, ['https://a', 'https://b', 'https://c'])).toBe('https://b');
+  });
+});
+
+describe('firstManagementUrl', () => {
+  it('is the only URL when there is one', () => {
+    expect(firstManagementUrl(['https://a'], 'any-agent')).toBe('https://a');
+  });
+
+  it('is the same for an agent every time, and spreads agents with the same list evenly', () => {
+    expect(firstManagementUrl(urls, 'agent-1')).toBe(firstManagementUrl([...urls], 'agent-1'));
+    const counts = new Map<string, number>();
+    for (let i = 0; i < 3000; i++) {
+      const url = firstManagementUrl(urls, `agent-${i}`);
+      counts.set(url, (counts.get(url) ?? 0) + 1);
+    }
+    expect([...counts.keys()].sort()).toEqual(urls);
+    for (const count of counts.values()) expect(count).toBeGreaterThan(900);
+    // So the agents' two connections are spread too: each pair of neighbours in the list gets a third.
+    const pairs = new Map<string, number>();
+    for (let i = 0; i < 3000; i++) {
+      const first = firstManagementUrl(urls, `agent-${i}`);
+      const second = pick(first, false, [first]);
+      pairs.set(`${first} ${second}`, (pairs.get(`${first} ${second}`) ?? 0) + 1);
+    }
+    expect([...pairs.keys()].sort()).toEqual([
+      'https://a https://b',
+      'https://b https://c',
+      'https://c https://a',
+    ]);
   });
 });
