@@ -18,7 +18,9 @@
  * JS heap and buffers, the young generation's resident bytes, agents held),
  * `{cmd: 'discoverEach', url}` (hub only: one discovery through each agent),
  * `{cmd: 'sample'}` (from now on, the connected agents every 100 ms),
- * `{cmd: 'samples'}` (those samples, `[ms since the epoch, count]`),
+ * `{cmd: 'samples'}` (those samples, `[ms since the epoch, count]`, and the
+ * CPU time this process used since `sample`, `cpuMs`, and its event loop's
+ * delays meanwhile, `loopDelayMs: {p99, max}`),
  * `{cmd: 'stop'}`. Every answer is one message back.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -26,6 +28,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import v8 from 'node:v8';
 import { WebSocketServer } from 'ws';
 import { loadConfig } from '../src/config.js';
@@ -100,8 +103,14 @@ async function startReplica(dataDir: string, databaseUrl: string, natsUrl: strin
 
 let samples: Array<[number, number]> = [];
 let sampler: ReturnType<typeof setInterval> | null = null;
+/** This process's CPU time when sampling started. */
+let cpuAtSample = process.cpuUsage();
+const loopDelay = monitorEventLoopDelay({ resolution: 20 });
 
 function startSampling(): void {
+  cpuAtSample = process.cpuUsage();
+  loopDelay.reset();
+  loopDelay.enable();
   samples = [[Date.now(), connections()]];
   if (sampler) clearInterval(sampler);
   sampler = setInterval(() => samples.push([Date.now(), connections()]), 100);
@@ -148,6 +157,9 @@ async function discoverEach(url: string): Promise<unknown> {
   return { ms: performance.now() - started, failed };
 }
 
+// A profiled run (BENCH_NODE_ARGS=--cpu-prof) writes its profile on exit; a plain SIGTERM would not.
+process.on('SIGTERM', () => process.exit(0));
+
 process.on('message', (message: Message) => {
   const answer = async (): Promise<unknown> => {
     switch (message.cmd) {
@@ -158,9 +170,15 @@ process.on('message', (message: Message) => {
       case 'sample':
         startSampling();
         return {};
-      case 'samples':
+      case 'samples': {
         samples.push([Date.now(), connections()]);
-        return { samples };
+        const cpu = process.cpuUsage(cpuAtSample);
+        return {
+          samples,
+          cpuMs: (cpu.user + cpu.system) / 1000,
+          loopDelayMs: { p99: loopDelay.percentile(99) / 1e6, max: loopDelay.max / 1e6 },
+        };
+      }
       case 'stats':
         gc?.();
         gc?.();

@@ -8,10 +8,13 @@
  * (answered once every agent has its two connections), `{cmd: 'lost',
  * replicaId}` (the connections on that replica, as they are now, and from now
  * on counting attempts), `{cmd: 'settled', replicaId}` (agents with two
- * connections, none on that replica; attempts and failed ones since `lost`),
+ * connections, none on that replica; attempts and failed ones since `lost`,
+ * and the failed ones by kind: error code, refusing status or timeout; this
+ * process's CPU time and longest event loop delay since `lost`),
  * `{cmd: 'stop'}`. Every answer is one message back.
  */
 import { X509Certificate } from 'node:crypto';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { LightAgent, type LightCredentials } from './light-agents.js';
 
 type Message =
@@ -27,6 +30,20 @@ const agents: LightAgent[] = [];
 let counting = false;
 let attempts = 0;
 let failures = 0;
+let failuresBy: Record<string, number> = {};
+let cpuAtLost = process.cpuUsage();
+const loopDelay = monitorEventLoopDelay({ resolution: 20 });
+
+/** A failed attempt's kind: the error code, the refusing status, or a timeout. */
+function failureKind(err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string') return code;
+  const message = err instanceof Error ? err.message : String(err);
+  const status = /upgrade refused with (\d+)/.exec(message);
+  if (status) return `HTTP ${status[1]}`;
+  if (/timed out|no welcome/i.test(message)) return 'timeout';
+  return message.slice(0, 60);
+}
 
 async function start(ca: string, list: Array<{ urls: string[]; agent: LightCredentials }>): Promise<unknown> {
   const der = new Uint8Array(new X509Certificate(ca).raw);
@@ -43,8 +60,11 @@ async function start(ca: string, list: Array<{ urls: string[]; agent: LightCrede
           onAttempt: () => {
             if (counting) attempts++;
           },
-          onFailure: () => {
-            if (counting) failures++;
+          onFailure: (_url, err) => {
+            if (!counting) return;
+            failures++;
+            const why = failureKind(err);
+            failuresBy[why] = (failuresBy[why] ?? 0) + 1;
           },
         });
         agents.push(agent);
@@ -56,6 +76,9 @@ async function start(ca: string, list: Array<{ urls: string[]; agent: LightCrede
   return {};
 }
 
+// A profiled run (BENCH_NODE_ARGS=--cpu-prof) writes its profile on exit; a plain SIGTERM would not.
+process.on('SIGTERM', () => process.exit(0));
+
 process.on('message', (message: Message) => {
   const answer = async (): Promise<unknown> => {
     switch (message.cmd) {
@@ -65,6 +88,10 @@ process.on('message', (message: Message) => {
         counting = true;
         attempts = 0;
         failures = 0;
+        failuresBy = {};
+        cpuAtLost = process.cpuUsage();
+        loopDelay.reset();
+        loopDelay.enable();
         return {
           lost: agents.flatMap((a) =>
             a
@@ -80,6 +107,9 @@ process.on('message', (message: Message) => {
           ).length,
           attempts,
           failures,
+          failuresBy,
+          cpuMs: (({ user, system }) => (user + system) / 1000)(process.cpuUsage(cpuAtLost)),
+          loopDelayMaxMs: loopDelay.max / 1e6,
         };
       case 'stop':
         await Promise.all(agents.map((a) => a.close()));

@@ -10,15 +10,16 @@
  *   reconnects the way agent/agent.ts does: two connections to different
  *   URLs, each with its own reconnect loop, the agent's Backoff (jittered,
  *   reset after a connection that stayed up `stableAfterMs`) and its choice of
- *   URL (pickManagementUrl), naming the replica of its other connection in
+ *   URL (firstManagementUrl, pickManagementUrl), naming the replica of its other connection in
  *   `X-P2PStream-Agent-Elsewhere`. Unlike the real agent it does not wait
  *   longer after a 401 or 429 (the benches give it valid credentials).
  * - {@link newAgentRecords}: agents to write into a store in one update, with
  *   their tokens (creating thousands through the API would measure the
  *   registry, not the hub).
  */
+import { type ConnectionOptions, createSecureContext, type SecureContext } from 'node:tls';
 import WebSocket from 'ws';
-import { DEFAULT_STABLE_AFTER_MS, pickManagementUrl } from '../agent/agent.js';
+import { DEFAULT_STABLE_AFTER_MS, firstManagementUrl, pickManagementUrl } from '../agent/agent.js';
 import { Backoff, type BackoffOptions } from '../agent/backoff.js';
 import { AGENT_TOKEN_PREFIX } from '../src/domain/agent-service.js';
 import { hashSecret, newId, newSecret } from '../src/domain/ids.js';
@@ -80,6 +81,24 @@ export interface LightConnection {
   replicaId: string;
 }
 
+const secureContexts = new Map<string, SecureContext>();
+
+/**
+ * One TLS context per CA for every connection of this process: a context of
+ * its own per connection (what passing `ca` does) costs a millisecond of CPU
+ * each, which thousands of agents reconnecting at once in one process would
+ * spend as seconds of a blocked event loop (their handshakes then time out:
+ * the bench's own doing, not the server's). A real agent is one process.
+ */
+function secureContextFor(ca: string): SecureContext {
+  let context = secureContexts.get(ca);
+  if (!context) {
+    context = createSecureContext({ ca });
+    secureContexts.set(ca, context);
+  }
+  return context;
+}
+
 /**
  * Opens one connection; with credentials, an agent that says hello and answers
  * pings and discoveries. Rejects on a refused upgrade, an error or no welcome
@@ -91,8 +110,10 @@ export function openLightConnection(options: LightConnectionOptions): Promise<Li
   const url = agent
     ? `${options.url.replace(/^https/, 'wss')}${AGENT_CONNECT_PATH}`
     : options.url.replace(/^https/, 'wss');
+  // Not in ws's option types, but handed to tls.connect with the rest.
+  const tlsOptions: ConnectionOptions = { secureContext: secureContextFor(options.ca) };
   const ws = new WebSocket(url, {
-    ca: options.ca,
+    ...tlsOptions,
     perMessageDeflate: false,
     handshakeTimeout: timeoutMs,
     ...(agent
@@ -179,8 +200,8 @@ export interface LightAgentOptions {
   stableAfterMs?: number;
   /** Each attempt, as it starts (for counting). */
   onAttempt?: (url: string) => void;
-  /** Each attempt that failed (refused, unreachable, no welcome). */
-  onFailure?: (url: string) => void;
+  /** Each attempt that failed (refused, unreachable, no welcome), and why. */
+  onFailure?: (url: string, err: unknown) => void;
 }
 
 /** One of a light agent's connections: its own URL, backoff and reconnect loop. */
@@ -220,11 +241,12 @@ export class LightAgent {
 
   constructor(options: LightAgentOptions) {
     this.options = options;
-    // As the agent's connections start: the first on the first URL, the second on the next free one.
+    // As the agent's connections start: the first at the place its id draws, the second on the next free one.
+    const first = firstManagementUrl(options.urls, options.agent.id);
     for (let i = 0; i < Math.min(2, options.urls.length); i++) {
       const url = pickManagementUrl({
         urls: options.urls,
-        current: options.urls[0]!,
+        current: first,
         failed: false,
         taken: this.#links.map((l) => l.url),
         draining: [],
@@ -295,8 +317,8 @@ export class LightAgent {
         if (Date.now() - connectedAt >= (options.stableAfterMs ?? DEFAULT_STABLE_AFTER_MS))
           link.backoff.reset();
         failed = false;
-      } catch {
-        options.onFailure?.(link.url);
+      } catch (err) {
+        options.onFailure?.(link.url, err);
         failed = true;
       }
       if (this.#stopped) break;
