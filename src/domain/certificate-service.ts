@@ -119,10 +119,8 @@ export interface CertificateServiceOptions {
   orderLeaseMs?: number;
 }
 
-const FIELDS = [
-  'name',
-  'hosts',
-  'source',
+/** The fields that belong to one source or another: the material, or where it comes from. */
+const SOURCE_FIELDS = [
   'certificatePem',
   'privateKeyPem',
   'certificateFile',
@@ -132,6 +130,7 @@ const FIELDS = [
   'challenge',
   'dnsProviderId',
 ];
+const FIELDS = ['name', 'hosts', 'source', ...SOURCE_FIELDS];
 const READ_ONLY = [
   'id',
   'status',
@@ -974,17 +973,7 @@ export function requireHosts(value: unknown): string[] {
 
 /** Refuses fields of other sources (e.g. `privateKeyPem` on an acme certificate). */
 function onlyFields(input: Record<string, unknown>, allowed: readonly string[]): void {
-  const material = [
-    'certificatePem',
-    'privateKeyPem',
-    'certificateFile',
-    'privateKeyFile',
-    'validDays',
-    'acmeAccountId',
-    'challenge',
-    'dnsProviderId',
-  ];
-  for (const key of material) {
+  for (const key of SOURCE_FIELDS) {
     if (input[key] !== undefined && input[key] !== null && !allowed.includes(key))
       throw invalid(key, `does not apply to source ${String(input.source ?? 'of this certificate')}`);
   }
