@@ -211,6 +211,8 @@ interface ConnectionHooks {
   mayAttempt(connection: Agent): boolean;
   /** The URL of the next attempt (`failed`: the last attempt did not get a session). */
   pickUrl(connection: Agent, failed: boolean): string;
+  /** An attempt to `url` was refused outright (nothing listens there). */
+  onRefused(connection: Agent, url: string): void;
   /** Replica ids the agent's other connections are on (sent so that one is not reached twice). */
   elsewhere(connection: Agent): string[];
   /** The connection is up, on `replicaId` ('' for a single process). */
@@ -348,6 +350,7 @@ class Agent {
       try {
         outcome = await this.#connectOnce();
       } catch (err) {
+        if (isConnectionRefused(err)) this.#hooks?.onRefused(this, this.#url);
         outcome = { delayMs: this.#failed(controlPlaneError(err, this.#verification)), failed: true };
       }
       this.#replicaId = null;
@@ -458,6 +461,7 @@ class Agent {
       });
 
       socket.on('error', (err) => {
+        if (isConnectionRefused(err)) this.#hooks?.onRefused(this, url);
         lastError = controlPlaneError(err, this.#verification);
       });
 
@@ -626,11 +630,29 @@ export function firstManagementUrl(urls: readonly string[], agentId: string): st
 }
 
 /**
+ * How long a URL whose connection was refused outright (ECONNREFUSED: its
+ * replica is down) is passed over while another URL can be tried. A refusal
+ * costs no server anything, but going back to a dead replica costs the agent
+ * a step of its backoff each time: after a replica is killed, that is what
+ * kept agents away from the survivors longest.
+ */
+export const REFUSED_SKIP_MS = 30_000;
+
+/** A TCP connect refused, possibly wrapped as the cause of an AppError. */
+export function isConnectionRefused(err: unknown): boolean {
+  for (let e = err, depth = 0; e && depth < 3; e = (e as { cause?: unknown }).cause, depth++)
+    if ((e as NodeJS.ErrnoException).code === 'ECONNREFUSED') return true;
+  return false;
+}
+
+/**
  * The URL a connection tries next, of several: one no other connection of the
- * agent uses (`taken`), not one being drained; failing that, the drained one's
- * (it is back after its restart); failing that, any. After a connection that
- * was up (`failed` false) it stays on its URL when that is allowed; after a
- * failed attempt it moves on to the next allowed URL, in the given order.
+ * agent uses (`taken`), not one being drained nor one refused lately
+ * (`refused`, {@link REFUSED_SKIP_MS}); failing that, one not taken that was
+ * not refused; failing that, the drained one's (it is back after its
+ * restart); failing that, any. After a connection that was up (`failed`
+ * false) it stays on its URL when that is allowed; after a failed attempt it
+ * moves on to the next allowed URL, in the given order.
  */
 export function pickManagementUrl(options: {
   urls: readonly string[];
@@ -638,17 +660,30 @@ export function pickManagementUrl(options: {
   failed: boolean;
   taken: readonly string[];
   draining: readonly string[];
+  refused?: readonly string[];
 }): string {
   const { urls, current, failed } = options;
   if (urls.length === 1) return urls[0]!;
   const taken = new Set(options.taken);
   const draining = new Set(options.draining);
-  let candidates = urls.filter((u) => !taken.has(u) && !draining.has(u));
+  const refused = new Set(options.refused ?? []);
+  let candidates = urls.filter((u) => !taken.has(u) && !draining.has(u) && !refused.has(u));
+  if (candidates.length === 0) candidates = urls.filter((u) => !taken.has(u) && !refused.has(u));
   if (candidates.length === 0) candidates = urls.filter((u) => !taken.has(u));
   if (candidates.length === 0) candidates = [...urls];
   const index = urls.indexOf(current);
   if (!failed && candidates.includes(current)) return current;
   return candidates.find((u) => urls.indexOf(u) > index) ?? candidates[0]!;
+}
+
+/** The URLs of `refusedAt` refused within {@link REFUSED_SKIP_MS} of `now` (older entries are dropped). */
+export function recentlyRefused(refusedAt: Map<string, number>, now: number): string[] {
+  const urls: string[] = [];
+  for (const [url, at] of refusedAt) {
+    if (now - at < REFUSED_SKIP_MS) urls.push(url);
+    else refusedAt.delete(url);
+  }
+  return urls;
 }
 
 /** Connections an agent keeps to a control plane of several replicas (one per replica). */
@@ -677,6 +712,8 @@ class AgentConnections implements RunningAgent {
   readonly #timers = new Set<ReturnType<typeof setTimeout>>();
   /** A welcome named a replica: the control plane is several. */
   #replicated = false;
+  /** When a connect to each URL was last refused outright ({@link REFUSED_SKIP_MS}). */
+  readonly #refusedAt = new Map<string, number>();
   #stopped = false;
 
   constructor(options: StartAgentOptions) {
@@ -767,14 +804,19 @@ class AgentConnections implements RunningAgent {
         failed,
         taken: others.filter((a) => !a.retiring).map((a) => a.url),
         draining: others.filter((a) => a.retiring).map((a) => a.url),
+        refused: recentlyRefused(this.#refusedAt, Date.now()),
       });
+    },
+    onRefused: (_agent, url) => {
+      if (this.#urls.length > 1) this.#refusedAt.set(url, Date.now());
     },
     elsewhere: (agent) => {
       const ids = new Set<string>();
       for (const other of this.#connections) if (other !== agent && other.replicaId) ids.add(other.replicaId);
       return [...ids];
     },
-    onConnected: (_agent, replicaId) => {
+    onConnected: (agent, replicaId) => {
+      this.#refusedAt.delete(agent.url);
       if (replicaId === '' || this.#replicated) return;
       this.#replicated = true;
       this.#topUp();

@@ -19,7 +19,13 @@
  */
 import { type ConnectionOptions, createSecureContext, type SecureContext } from 'node:tls';
 import WebSocket from 'ws';
-import { DEFAULT_STABLE_AFTER_MS, firstManagementUrl, pickManagementUrl } from '../agent/agent.js';
+import {
+  DEFAULT_STABLE_AFTER_MS,
+  firstManagementUrl,
+  isConnectionRefused,
+  pickManagementUrl,
+  recentlyRefused,
+} from '../agent/agent.js';
 import { Backoff, type BackoffOptions } from '../agent/backoff.js';
 import { AGENT_TOKEN_PREFIX } from '../src/domain/agent-service.js';
 import { hashSecret, newId, newSecret } from '../src/domain/ids.js';
@@ -236,6 +242,8 @@ class Link {
 export class LightAgent {
   readonly options: LightAgentOptions;
   readonly #links: Link[] = [];
+  /** As the agent's: when a connect to each URL was last refused outright. */
+  readonly #refusedAt = new Map<string, number>();
   #stopped = false;
   #loops: Promise<void>[] = [];
 
@@ -294,6 +302,7 @@ export class LightAgent {
         failed,
         taken: others.map((l) => l.url),
         draining: [],
+        refused: recentlyRefused(this.#refusedAt, Date.now()),
       });
       options.onAttempt?.(link.url);
       try {
@@ -305,6 +314,7 @@ export class LightAgent {
           elsewhere: others.flatMap((l) => (l.replicaId ? [l.replicaId] : [])),
         });
         const connectedAt = Date.now();
+        this.#refusedAt.delete(link.url);
         link.ws = ws;
         link.replicaId = replicaId;
         if (this.#stopped) ws.terminate();
@@ -319,6 +329,7 @@ export class LightAgent {
         failed = false;
       } catch (err) {
         options.onFailure?.(link.url, err);
+        if (isConnectionRefused(err)) this.#refusedAt.set(link.url, Date.now());
         failed = true;
       }
       if (this.#stopped) break;

@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { firstManagementUrl, pickManagementUrl } from '../../agent/agent.js';
+import {
+  firstManagementUrl,
+  pickManagementUrl,
+  REFUSED_SKIP_MS,
+  recentlyRefused,
+} from '../../agent/agent.js';
 
 const urls = ['https://a', 'https://b', 'https://c'];
 const pick = (current: string, failed: boolean, taken: string[] = [], draining: string[] = []) =>
@@ -36,6 +41,29 @@ describe('pickManagementUrl', () => {
     expect(pick('https://a', false, [], ['https://a'])).toBe('https://b');
     expect(pick('https://a', false, ['https://b', 'https://c'], ['https://a'])).toBe('https://a');
     expect(pick('https://a', true, ['https://a', 'https://b', 'https://c'])).toBe('https://b');
+  });
+
+  it('passes over a URL refused lately, back and forth between a dead replica and a live one no more', () => {
+    const refusedPick = (current: string, failed: boolean, taken: string[], refused: string[]) =>
+      pickManagementUrl({ urls, current, failed, taken, draining: [], refused });
+    // Its replica was killed: after the drop it retries its own URL once (refused), then moves on...
+    expect(refusedPick('https://c', false, ['https://a'], [])).toBe('https://c');
+    expect(refusedPick('https://c', true, ['https://a'], ['https://c'])).toBe('https://b');
+    // ...and a failed attempt on the live one does not send it back to the refused one.
+    expect(refusedPick('https://b', true, ['https://a'], ['https://c'])).toBe('https://b');
+    expect(pick('https://b', true, ['https://a'])).toBe('https://c');
+    // A refused URL is still tried when nothing else is free, and before a taken one.
+    expect(refusedPick('https://a', true, ['https://b'], ['https://a', 'https://c'])).toBe('https://c');
+    expect(refusedPick('https://a', true, [], ['https://a', 'https://b', 'https://c'])).toBe('https://b');
+  });
+
+  it('forgets a refusal after REFUSED_SKIP_MS', () => {
+    const refusedAt = new Map([
+      ['https://a', 1_000],
+      ['https://b', 1_000 + REFUSED_SKIP_MS],
+    ]);
+    expect(recentlyRefused(refusedAt, 1_000 + REFUSED_SKIP_MS)).toEqual(['https://b']);
+    expect([...refusedAt.keys()]).toEqual(['https://b']);
   });
 });
 
