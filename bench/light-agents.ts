@@ -27,8 +27,8 @@ import {
   recentlyRefused,
 } from '../agent/agent.js';
 import { Backoff, type BackoffOptions } from '../agent/backoff.js';
-import { AGENT_TOKEN_PREFIX } from '../src/domain/agent-service.js';
-import { hashSecret, newId, newSecret } from '../src/domain/ids.js';
+import { AGENT_TOKEN_PREFIX, newAgentRecord } from '../src/domain/agent-service.js';
+import { newId, newSecret } from '../src/domain/ids.js';
 import { decodeEnvelope, encodeEnvelope } from '../src/relay/codec.js';
 import { PROTOCOL_VERSION } from '../src/relay/envelope.js';
 import { AGENT_CONNECT_PATH, AGENT_ELSEWHERE_HEADER, AGENT_ID_HEADER } from '../src/relay/protocol.js';
@@ -47,21 +47,8 @@ export function newAgentRecords(count: number): { records: AgentRecord[]; creden
     id: newId(),
     token: newSecret(AGENT_TOKEN_PREFIX),
   }));
-  const records = credentials.map(
-    (a, i): AgentRecord => ({
-      id: a.id,
-      name: `scale-${i}`,
-      enabled: true,
-      labels: {},
-      tokenHash: hashSecret(a.token),
-      tokenGeneration: 1,
-      lastSeenAt: null,
-      remoteAddress: null,
-      version: null,
-      connections: [],
-      createdAt: now,
-      updatedAt: now,
-    }),
+  const records = credentials.map((a, i) =>
+    newAgentRecord({ id: a.id, name: `scale-${i}`, enabled: true, labels: {}, token: a.token, at: now }),
   );
   return { records, credentials };
 }

@@ -169,6 +169,32 @@ export function parseLabels(value: unknown): Record<string, string> {
   return labels;
 }
 
+/** The record of a new agent: its token stored as a hash, never connected yet. */
+export function newAgentRecord(fields: {
+  id: string;
+  name: string;
+  enabled: boolean;
+  labels: Record<string, string>;
+  token: string;
+  /** ISO time of creation. */
+  at: string;
+}): AgentRecord {
+  return {
+    id: fields.id,
+    name: fields.name,
+    enabled: fields.enabled,
+    labels: fields.labels,
+    tokenHash: hashSecret(fields.token),
+    tokenGeneration: 1,
+    lastSeenAt: null,
+    remoteAddress: null,
+    version: null,
+    connections: [],
+    createdAt: fields.at,
+    updatedAt: fields.at,
+  };
+}
+
 export class AgentService {
   readonly #store: Store;
   readonly #now: () => number;
@@ -218,20 +244,7 @@ export class AgentService {
     const enabled = optionalBoolean(input.enabled, 'enabled', true);
     const token = newSecret(AGENT_TOKEN_PREFIX);
     const now = this.#isoNow();
-    const record: AgentRecord = {
-      id: newId(),
-      name,
-      enabled,
-      labels,
-      tokenHash: hashSecret(token),
-      tokenGeneration: 1,
-      lastSeenAt: null,
-      remoteAddress: null,
-      version: null,
-      connections: [],
-      createdAt: now,
-      updatedAt: now,
-    };
+    const record = newAgentRecord({ id: newId(), name, enabled, labels, token, at: now });
     await this.#store.update((db) => {
       assertNameFree(db.agents, name, null);
       db.agents.push(record);
