@@ -122,6 +122,9 @@ describe('console: backends', () => {
     await page.getByRole('link', { name: 'Traffic', exact: true }).click();
     const traced = page.getByTestId('traffic-table').locator('tbody tr').filter({ hasText: '/x' });
     await expect.poll(() => traced.count()).toBe(4);
+    // Names replace ids once the page's list of backends is reloaded (at most every few seconds).
+    const named = () => traced.getByTestId('trace-backend').filter({ hasText: 'backend web' });
+    await expect.poll(() => named().count(), { timeout: 10_000 }).toBe(4);
     const targets = await traced.getByTestId('trace-backend').allTextContents();
     expect(targets.filter((t) => t === `backend webmember ${a.url}`)).toHaveLength(2);
     expect(targets.filter((t) => t === `backend webmember ${b.url}`)).toHaveLength(2);
